@@ -1,0 +1,7 @@
+//! quiesce: make disk snapshots of a running Linux machine
+//! application-consistent.
+//!
+//! A [`session`] runs validate → pre hooks → freeze → snapshot → thaw → post
+//! hooks → report. Each step lives in its own module; the session is the only
+//! place that knows their order. Agents embed a session with
+//! [`session::Session`]; the `quiesce` binary is a thin shell over it.

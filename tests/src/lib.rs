@@ -1,0 +1,386 @@
+//! Fixtures for scenario tests and benchmarks: real loop-mounted file systems,
+//! root-owned scratch directories, a frozen-ness probe that cannot hang the
+//! test, and a runner for the `quiesce` binary.
+//!
+//! Every fixture cleans up in `Drop`, so a failing assertion still thaws,
+//! unmounts and detaches what the test created.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// Where scratch directories live. Not under /tmp: a world-writable
+/// directory on a script's path makes quiesce (rightly) refuse the script.
+pub const SCRATCH_BASE: &str = "/var/lib/quiesce-tests";
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Runs a command and panics with its output if it fails: fixture setup
+/// errors should be loud, not swallowed.
+pub fn sh(cmd: &str) -> String {
+    let out = Command::new("/bin/sh").arg("-c").arg(cmd).output().expect("spawn /bin/sh");
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A root-owned, mode-0700 directory removed (with everything mounted in it
+/// unmounted first, by the `LoopMount`s dropped before it) at the end.
+pub struct Scratch {
+    pub path: PathBuf,
+}
+
+impl Scratch {
+    pub fn new(name: &str) -> Scratch {
+        fs::create_dir_all(SCRATCH_BASE).expect("create scratch base");
+        fs::set_permissions(SCRATCH_BASE, fs::Permissions::from_mode(0o755)).unwrap();
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let path = PathBuf::from(format!("{SCRATCH_BASE}/{name}-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path).expect("create scratch dir");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o700)).unwrap();
+        Scratch { path }
+    }
+
+    pub fn join(&self, p: &str) -> PathBuf {
+        self.path.join(p)
+    }
+
+    /// Writes an executable root-owned script (mode 0700) and returns its path.
+    pub fn script(&self, name: &str, body: &str) -> PathBuf {
+        let path = self.join(name);
+        write_mode(&path, body, 0o700);
+        path
+    }
+
+    /// Writes a config file with mode 0600, as the legacy contract requires.
+    pub fn config(&self, name: &str, body: &str) -> PathBuf {
+        let path = self.join(name);
+        write_mode(&path, body, 0o600);
+        path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        // Only remove if nothing is still mounted below: never recurse into a mount.
+        let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let prefix = format!("{} ", self.path.display());
+        let inside = format!("{}/", self.path.display());
+        if mounts.lines().any(|l| {
+            let mp = l.split(' ').nth(1).unwrap_or("");
+            mp.starts_with(&inside) || l.contains(&prefix)
+        }) {
+            eprintln!("scratch {} still has mounts; leaving it", self.path.display());
+            return;
+        }
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+pub fn write_mode(path: &Path, body: &str, mode: u32) {
+    let _ = fs::remove_file(path);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+    f.write_all(body.as_bytes()).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fs {
+    Ext4,
+    Xfs,
+    Btrfs,
+}
+
+impl Fs {
+    pub fn name(self) -> &'static str {
+        match self {
+            Fs::Ext4 => "ext4",
+            Fs::Xfs => "xfs",
+            Fs::Btrfs => "btrfs",
+        }
+    }
+    fn mkfs(self, image: &Path) -> String {
+        let img = image.display();
+        match self {
+            Fs::Ext4 => format!("mkfs.ext4 -q -F {img}"),
+            Fs::Xfs => format!("mkfs.xfs -q -f {img}"),
+            Fs::Btrfs => format!("mkfs.btrfs -q -f {img}"),
+        }
+    }
+    /// Smallest image size the mkfs accepts comfortably.
+    pub fn min_mib(self) -> u32 {
+        match self {
+            Fs::Ext4 => 64,
+            Fs::Xfs => 320,
+            Fs::Btrfs => 128,
+        }
+    }
+}
+
+/// A file system on a loop device, mounted at `mountpoint`. Drop thaws it
+/// (if a test left it frozen), unmounts it and detaches the loop device.
+pub struct LoopMount {
+    pub image: PathBuf,
+    pub mountpoint: PathBuf,
+    pub fs: Fs,
+}
+
+impl LoopMount {
+    /// Creates `<dir>/<name>.img` and mounts it at `<dir>/<name>`.
+    pub fn new(dir: &Path, name: &str, fs: Fs) -> LoopMount {
+        Self::with_size(dir, name, fs, fs.min_mib())
+    }
+
+    pub fn with_size(dir: &Path, name: &str, fs: Fs, mib: u32) -> LoopMount {
+        let image = dir.join(format!("{name}.img"));
+        let mountpoint = dir.join(name);
+        fs::create_dir_all(&mountpoint).unwrap();
+        sh(&format!("truncate -s {mib}M {}", image.display()));
+        sh(&fs.mkfs(&image));
+        sh(&format!("mount -o loop {} {}", image.display(), mountpoint.display()));
+        LoopMount { image, mountpoint, fs }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    pub fn loop_device(&self) -> String {
+        let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
+        let mp = self.mountpoint.display().to_string();
+        mounts
+            .lines()
+            .find(|l| l.split(' ').nth(1) == Some(mp.as_str()))
+            .and_then(|l| l.split(' ').next())
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+impl Drop for LoopMount {
+    fn drop(&mut self) {
+        let mp = self.mountpoint.display();
+        // A thaw of a file system that is not frozen fails harmlessly.
+        let _ = Command::new("fsfreeze").args(["-u"]).arg(&self.mountpoint).stderr(Stdio::null()).status();
+        for _ in 0..50 {
+            let ok = Command::new("umount").arg(&self.mountpoint).stderr(Stdio::null()).status();
+            if matches!(ok, Ok(s) if s.success()) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if is_mountpoint(&self.mountpoint) {
+            eprintln!("{mp} still busy; detaching lazily");
+            let _ = Command::new("umount").arg("-l").arg(&self.mountpoint).status();
+        }
+        // `mount -o loop` sets autoclear, but be explicit for images whose
+        // device outlived the mount.
+        let img = self.image.display().to_string();
+        if let Ok(out) = Command::new("losetup").args(["-j", &img]).output() {
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                if let Some(dev) = line.split(':').next() {
+                    let _ = Command::new("losetup").args(["-d", dev]).status();
+                }
+            }
+        }
+    }
+}
+
+pub fn is_mountpoint(path: &Path) -> bool {
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let p = path.display().to_string();
+    mounts.lines().any(|l| l.split(' ').nth(1) == Some(p.as_str()))
+}
+
+/// Bind-mounts `src` at `dst`; unmounted on drop.
+pub struct BindMount {
+    pub mountpoint: PathBuf,
+}
+
+impl BindMount {
+    pub fn new(src: &Path, dst: &Path) -> BindMount {
+        fs::create_dir_all(dst).unwrap();
+        sh(&format!("mount --bind {} {}", src.display(), dst.display()));
+        BindMount { mountpoint: dst.to_path_buf() }
+    }
+}
+
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mountpoint).status();
+    }
+}
+
+/// Starts a background write to `dir` and reports whether it is still
+/// blocked after `wait`. A write to a frozen file system blocks
+/// uninterruptibly, so the probe runs in its own process and is never waited
+/// for while it could hang.
+pub struct WriteProbe {
+    child: Child,
+    started: Instant,
+}
+
+impl WriteProbe {
+    pub fn start(dir: &Path) -> WriteProbe {
+        let target = dir.join(format!(".probe-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst)));
+        let child = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(format!("echo x > '{}' && rm -f '{}'", target.display(), target.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn write probe");
+        WriteProbe { child, started: Instant::now() }
+    }
+
+    /// True once the write has completed.
+    pub fn done(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// Waits up to `limit` for the write; returns how long it took, or None.
+    pub fn wait_done(&mut self, limit: Duration) -> Option<Duration> {
+        while self.started.elapsed() < limit {
+            if self.done() {
+                return Some(self.started.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if self.done() {
+            Some(self.started.elapsed())
+        } else {
+            None
+        }
+    }
+}
+
+impl Drop for WriteProbe {
+    fn drop(&mut self) {
+        // Not waited for: it may still be blocked on a frozen file system
+        // that the mount fixture is about to thaw. The kernel reaps it via init
+        // once this process exits.
+        let _ = self.child.try_wait();
+    }
+}
+
+/// Is `dir` frozen? A write that does not finish within 300 ms counts as blocked.
+pub fn is_frozen(dir: &Path) -> bool {
+    WriteProbe::start(dir).wait_done(Duration::from_millis(300)).is_none()
+}
+
+/// Polls until a write to `dir` succeeds; returns how long that took.
+pub fn writable_within(dir: &Path, limit: Duration) -> Option<Duration> {
+    WriteProbe::start(dir).wait_done(limit)
+}
+
+/// Path of the `quiesce` binary built from this workspace.
+pub fn quiesce_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test-binary> -> target/<profile>/quiesce
+    let bin = exe.parent().and_then(Path::parent).map(|d| d.join("quiesce")).expect("target dir");
+    assert!(bin.exists(), "{} not built: run `cargo build --workspace --bins` first", bin.display());
+    bin
+}
+
+/// A `quiesce` invocation isolated from the machine's own state: its run
+/// directory (session lock, state) and log file live in the scratch dir.
+pub fn quiesce(scratch: &Scratch) -> Command {
+    let mut cmd = Command::new(quiesce_bin());
+    cmd.env("QUIESCE_RUN_DIR", scratch.join("run"))
+        .env("QUIESCE_LOG_FILE", scratch.join("quiesce.log"))
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// The result of one `quiesce` run, with the `--json` report parsed.
+pub struct Run {
+    pub output: Output,
+    pub report: serde_json::Value,
+}
+
+impl Run {
+    pub fn code(&self) -> i32 {
+        self.output.status.code().unwrap_or(-1)
+    }
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+    pub fn consistency(&self) -> &str {
+        self.report["consistency"].as_str().unwrap_or("<missing>")
+    }
+    pub fn error_codes(&self) -> Vec<String> {
+        self.report["errors"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|e| e["code"].as_str().map(String::from)).collect())
+            .unwrap_or_default()
+    }
+    pub fn has_error(&self, code: &str) -> bool {
+        self.error_codes().iter().any(|c| c == code)
+    }
+    /// The report entry for `name`'s `phase` hook.
+    pub fn hook(&self, name: &str, phase: &str) -> &serde_json::Value {
+        self.report["hooks"]
+            .as_array()
+            .and_then(|a| a.iter().find(|h| h["name"] == name && h["phase"] == phase))
+            .unwrap_or_else(|| panic!("no {phase} hook {name} in report: {}", self.report))
+    }
+}
+
+/// Runs `cmd` with `--json` appended and parses the report it prints.
+pub fn run_json(mut cmd: Command) -> Run {
+    cmd.arg("--json");
+    let output = cmd.output().expect("run quiesce");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let report = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "no JSON report ({e}); status {}\nstdout:\n{stdout}\nstderr:\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    Run { output, report }
+}
+
+/// Writes a legacy Azure-style config naming the given scripts.
+pub fn legacy_config(scratch: &Scratch, pre: &Path, post: &Path, extra: &str) -> PathBuf {
+    let body = format!(
+        r#"{{
+  "pluginName": "ScriptRunner",
+  "preScriptLocation": "{}",
+  "postScriptLocation": "{}",
+  "preScriptParams": ["a1", "a 2"],
+  "postScriptParams": ["p1"],
+  "preScriptNoOfRetries": 0,
+  "postScriptNoOfRetries": 0,
+  "timeoutInSeconds": 10,
+  "continueBackupOnFailure": true,
+  "fsFreezeEnabled": true{extra}
+}}"#,
+        pre.display(),
+        post.display()
+    );
+    scratch.config("VMSnapshotScriptPluginConfig.json", &body)
+}
+
+/// Is a process with this pid alive (and not a zombie)?
+pub fn alive(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Err(_) => false,
+    }
+}
