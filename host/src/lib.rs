@@ -5,3 +5,13 @@
 //! hooks → report. Each step lives in its own module; the session is the only
 //! place that knows their order. Agents embed a session with
 //! [`session::Session`]; the `quiesce` binary is a thin shell over it.
+
+pub mod check;
+pub mod config;
+pub mod interrupt;
+pub mod logging;
+pub mod report;
+pub mod rundir;
+pub mod session;
+pub mod snapshot;
+pub mod status;

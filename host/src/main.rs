@@ -1,1 +1,287 @@
-fn main() {}
+//! The `quiesce` command: parses arguments, calls the library, prints.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use quiesce::interrupt::Interrupt;
+use quiesce::report::Report;
+use quiesce::rundir::RunDir;
+use quiesce::session::{self, Session, SessionOptions};
+use quiesce::snapshot::ShellCommand;
+use quiesce::{check, freeze, logging, status};
+
+/// Exit status for usage errors (bad arguments, a --mount that is not a mount point).
+const USAGE: u8 = 2;
+
+#[derive(Parser)]
+#[command(name = "quiesce", version, about = "Application-consistent disk snapshots: hooks, native freeze, truthful report")]
+struct Cli {
+    /// Support log (default /var/log/quiesce/quiesce.log, or $QUIESCE_LOG_FILE).
+    #[arg(long, global = true, value_name = "FILE")]
+    log_file: Option<PathBuf>,
+    /// Debug-level log records.
+    #[arg(short, long, global = true)]
+    verbose: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// One full session: pre hooks → freeze → snapshot → thaw → post hooks.
+    Snapshot(SnapshotArgs),
+    /// Dry run: parse the config, check permissions and paths, plan the freeze.
+    Check(CheckArgs),
+    /// Whether a session is running and which file systems are frozen.
+    Status(StatusArgs),
+    /// Emergency: thaw frozen file systems.
+    Thaw(ThawArgs),
+}
+
+#[derive(Args)]
+struct ConfigArgs {
+    /// Legacy JSON or native TOML (detected from the content).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Restrict freezing to this mount point (repeatable).
+    #[arg(long = "mount", value_name = "DIR")]
+    mounts: Vec<PathBuf>,
+}
+
+#[derive(Args)]
+struct SnapshotArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Takes the snapshot: run by /bin/sh -c while frozen; exit 0 = taken.
+    #[arg(long, value_name = "CMD")]
+    snapshot_cmd: Option<String>,
+    /// Longest the file systems may stay frozen, even if quiesce is killed.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    max_freeze: Option<Duration>,
+    /// Print the report as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    #[arg(long, value_name = "CMD")]
+    snapshot_cmd: Option<String>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    /// Only probe these mount points.
+    #[arg(long = "mount", value_name = "DIR")]
+    mounts: Vec<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct ThawTarget {
+    /// Every eligible file system.
+    #[arg(long)]
+    all: bool,
+    /// Only this mount point (repeatable).
+    #[arg(long = "mount", value_name = "DIR")]
+    mounts: Vec<PathBuf>,
+}
+
+#[derive(Args)]
+struct ThawArgs {
+    #[command(flatten)]
+    target: ThawTarget,
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(Duration::from_secs_f64(v)),
+        _ => Err(format!("{s:?} is not a positive number of seconds")),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_file.clone(), cli.verbose);
+    match cli.command {
+        Command::Snapshot(args) => snapshot(args),
+        Command::Check(args) => run_check(args),
+        Command::Status(args) => run_status(args),
+        Command::Thaw(args) => run_thaw(args),
+    }
+}
+
+fn snapshot(args: SnapshotArgs) -> ExitCode {
+    let config = session::load_config(args.config.config.as_deref());
+    let opts = SessionOptions {
+        run_dir: None,
+        mounts: args.config.mounts,
+        max_freeze: args.max_freeze,
+        provider: args.snapshot_cmd.map(|command| Box::new(ShellCommand { command }) as _),
+    };
+    let session = match Session::prepare(config, opts) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("quiesce: {e}");
+            return ExitCode::from(USAGE);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("quiesce: cannot start the async runtime: {e}");
+            return ExitCode::from(4);
+        }
+    };
+    let report = runtime.block_on(async {
+        let interrupt = match Interrupt::on_signals() {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::warn!("cannot install signal handlers ({e}); a signal will end quiesce at once");
+                Interrupt::never()
+            }
+        };
+        session.run(interrupt).await
+    });
+    print_report(&report, args.json);
+    ExitCode::from(report.exit_code() as u8)
+}
+
+fn print_report(report: &Report, json: bool) {
+    if json {
+        match serde_json::to_string(report) {
+            Ok(s) => println!("{s}"),
+            Err(e) => eprintln!("quiesce: cannot serialize the report: {e}"),
+        }
+        return;
+    }
+    println!("{}", report.summary());
+    for h in &report.hooks {
+        println!("  hook {:<20} {:<4} {:?} after {} attempt(s), {:.1} ms", h.name, format!("{:?}", h.phase).to_lowercase(), h.outcome, h.attempts, h.duration_ms);
+    }
+    for m in &report.freeze.mounts {
+        println!("  froze {} ({}) in {:.3} ms", m.path.display(), m.fs_type, m.freeze_ms);
+    }
+    if let Some(w) = report.freeze.window_ms {
+        println!("  frozen for {w:.3} ms, of which quiesce itself {:.3} ms", report.freeze.overhead_ms.unwrap_or(0.0));
+    }
+    if let Some(p) = &report.snapshot.provider {
+        println!("  snapshot by {p} in {:.3} ms", report.snapshot.duration_ms);
+    } else if let Some(m) = &report.snapshot.message {
+        println!("  {m}");
+    }
+    for e in &report.errors {
+        println!("  error {}: {}", e.code.as_str(), e.message);
+    }
+}
+
+fn run_check(args: CheckArgs) -> ExitCode {
+    let config = session::load_config(args.config.config.as_deref());
+    let report = check::check(config, &args.config.mounts, args.snapshot_cmd.as_deref());
+    if args.json {
+        println!("{}", serde_json::to_string(&report).unwrap_or_default());
+    } else {
+        print_check(&report);
+    }
+    if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+fn print_check(r: &check::CheckReport) {
+    match &r.config {
+        Some(p) => println!("config: {} ({:?})", p.display(), r.format),
+        None => println!("config: built-in default (no hooks)"),
+    }
+    for h in &r.hooks {
+        println!("hook {} (timeout {} s per attempt, on failure: {:?})", h.name, h.timeout_s, h.on_failure);
+        for (phase, s) in [("pre", &h.pre), ("post", &h.post)] {
+            if let Some(s) = s {
+                println!("  {phase:<4} {} {:?} x{}: {}", s.path.display(), s.args, s.attempts, s.status);
+            }
+        }
+    }
+    if r.freeze.enabled {
+        println!("freeze (in this order, thaw in reverse; at most {} s):", r.freeze.max_freeze_s);
+        for t in &r.freeze.targets {
+            println!("  {} ({}, {})", t.path.display(), t.fs_type, t.source);
+        }
+        for s in &r.freeze.skipped {
+            println!("  skip {} ({}): {}", s.path.display(), s.fs_type, s.reason);
+        }
+    } else {
+        println!("freeze: disabled");
+    }
+    println!("snapshot: {}", r.snapshot.as_deref().unwrap_or("none configured (quiesce takes no snapshot)"));
+    for p in &r.problems {
+        println!("problem {}: {}", p.code.as_str(), p.message);
+    }
+    println!("{}", if r.ok { "check passed" } else { "check found problems" });
+}
+
+fn run_status(args: StatusArgs) -> ExitCode {
+    let st = match status::status(&RunDir::from_env(), &args.mounts) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("quiesce: {e}");
+            return ExitCode::from(USAGE);
+        }
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&st).unwrap_or_default());
+        return ExitCode::SUCCESS;
+    }
+    match &st.session {
+        Some(s) => println!("session {} running (pid {}), phase {}", s.session_id, s.pid, s.phase),
+        None if st.session_running => println!("a session is running"),
+        None => println!("no session running"),
+    }
+    if st.frozen.is_empty() {
+        println!("no file system is frozen");
+    }
+    for f in &st.frozen {
+        println!("frozen: {} ({}) by {}", f.path.display(), f.fs_type, f.frozen_by);
+    }
+    for (p, e) in &st.unknown {
+        println!("unknown: {}: {e}", p.display());
+    }
+    ExitCode::SUCCESS
+}
+
+fn run_thaw(args: ThawArgs) -> ExitCode {
+    let results = if args.target.all {
+        freeze::thaw::thaw_all()
+    } else {
+        match freeze::thaw::thaw_mounts(&args.target.mounts) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("quiesce: {e}");
+                return ExitCode::from(USAGE);
+            }
+        }
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&results).unwrap_or_default());
+    } else {
+        for r in &results {
+            println!("{r}");
+        }
+    }
+    if results.iter().any(|r| r.failed()) {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}

@@ -356,25 +356,27 @@ pub fn run_json(mut cmd: Command) -> Run {
     Run { output, report }
 }
 
-/// Writes a legacy Azure-style config naming the given scripts.
-pub fn legacy_config(scratch: &Scratch, pre: &Path, post: &Path, extra: &str) -> PathBuf {
-    let body = format!(
-        r#"{{
-  "pluginName": "ScriptRunner",
-  "preScriptLocation": "{}",
-  "postScriptLocation": "{}",
-  "preScriptParams": ["a1", "a 2"],
-  "postScriptParams": ["p1"],
-  "preScriptNoOfRetries": 0,
-  "postScriptNoOfRetries": 0,
-  "timeoutInSeconds": 10,
-  "continueBackupOnFailure": true,
-  "fsFreezeEnabled": true{extra}
-}}"#,
-        pre.display(),
-        post.display()
-    );
-    scratch.config("VMSnapshotScriptPluginConfig.json", &body)
+/// Writes a legacy Azure-style config naming the given scripts; `overrides`
+/// (a JSON object) replaces or adds fields.
+pub fn legacy_config(scratch: &Scratch, pre: &Path, post: &Path, overrides: serde_json::Value) -> PathBuf {
+    let mut config = serde_json::json!({
+        "pluginName": "ScriptRunner",
+        "preScriptLocation": pre,
+        "postScriptLocation": post,
+        "preScriptParams": ["a1", "a 2"],
+        "postScriptParams": ["p1"],
+        "preScriptNoOfRetries": 0,
+        "postScriptNoOfRetries": 0,
+        "timeoutInSeconds": 10,
+        "continueBackupOnFailure": true,
+        "fsFreezeEnabled": true
+    });
+    if let (Some(base), Some(extra)) = (config.as_object_mut(), overrides.as_object()) {
+        for (k, v) in extra {
+            base.insert(k.clone(), v.clone());
+        }
+    }
+    scratch.config("VMSnapshotScriptPluginConfig.json", &serde_json::to_string_pretty(&config).unwrap())
 }
 
 /// Is a process with this pid alive (and not a zombie)?

@@ -1,0 +1,171 @@
+//! What a session should do, read from the admin's config.
+//!
+//! Two formats feed one model: the widely deployed Azure-style JSON
+//! (`VMSnapshotScriptPluginConfig.json`, read unchanged) and quiesce's native
+//! TOML, which can declare several hooks. The format is detected from the
+//! content, so `--config` takes either.
+
+mod legacy;
+mod native;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::trust::{self, Rule, TrustError};
+
+/// Where quiesce looks when no `--config` is given: the native config first,
+/// then the legacy file admins already have.
+pub const NATIVE_DEFAULT: &str = "/etc/quiesce/quiesce.toml";
+pub const LEGACY_DEFAULT: &str = "/etc/azure/VMSnapshotScriptPluginConfig.json";
+
+/// Freeze settings when nothing overrides them.
+pub const DEFAULT_MAX_FREEZE: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file failed the ownership/mode checks; its content is not trusted.
+    #[error("config {path}: {source}")]
+    Untrusted { path: PathBuf, source: TrustError },
+    #[error("config {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// Azure-style JSON.
+    Legacy,
+    /// quiesce's TOML.
+    Native,
+    /// No config file: no hooks, freeze with defaults.
+    Builtin,
+}
+
+/// What to do when a step fails: still take the (weaker) snapshot, or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    Continue,
+    Abort,
+}
+
+/// A script and the arguments it is run with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ScriptAction {
+    pub path: PathBuf,
+    pub args: Vec<String>,
+    /// Retries after a failed attempt (N retries = up to N+1 attempts).
+    pub retries: u32,
+}
+
+/// Which family of error codes a hook's failures use. The legacy config's one
+/// script pair reports the codes admins already search for
+/// (`Pre-ScriptTimeout`, ...); native script hooks use the same names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HookSpec {
+    pub name: String,
+    pub pre: Option<ScriptAction>,
+    pub post: Option<ScriptAction>,
+    /// Per attempt.
+    pub timeout: Duration,
+    pub retry_delay: Duration,
+    pub on_failure: OnFailure,
+    /// Exit codes that mean "succeeded with a warning" (the Azure samples exit 2 for that).
+    pub warning_exit_codes: Vec<i32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FreezeSettings {
+    pub enabled: bool,
+    /// Restrict freezing to these mount points; empty = every eligible one.
+    pub mounts: Vec<PathBuf>,
+    /// Mount points (or globs) never to freeze.
+    pub exclude: Vec<String>,
+    pub max_freeze: Duration,
+    pub on_failure: OnFailure,
+}
+
+/// How the snapshot itself is taken, when quiesce takes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "kind")]
+pub enum SnapshotSpec {
+    /// Run by `/bin/sh -c` while frozen; exit 0 = taken.
+    Command { command: String },
+    /// Clone a file (a VM disk image) with FICLONE: an instant block-level copy.
+    Reflink { source: PathBuf, dest: PathBuf },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Config {
+    /// The file this came from (None for the built-in default).
+    pub path: Option<PathBuf>,
+    pub format: Format,
+    /// In pre order; post hooks run in reverse.
+    pub hooks: Vec<HookSpec>,
+    pub freeze: FreezeSettings,
+    pub snapshot: Option<SnapshotSpec>,
+}
+
+impl Config {
+    /// No hooks; freeze every selected file system with the defaults.
+    pub fn builtin() -> Config {
+        Config {
+            path: None,
+            format: Format::Builtin,
+            hooks: Vec::new(),
+            freeze: FreezeSettings {
+                enabled: true,
+                mounts: Vec::new(),
+                exclude: Vec::new(),
+                max_freeze: DEFAULT_MAX_FREEZE,
+                on_failure: OnFailure::Continue,
+            },
+            snapshot: None,
+        }
+    }
+
+    /// Loads `path` after checking that only root can have written (or read) it.
+    /// The content parsed is read from the very fd that was checked.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = trust::open_trusted(path, Rule::Config)
+            .map_err(|source| ConfigError::Untrusted { path: path.to_path_buf(), source })?;
+        let text = file.read_to_string().map_err(|e| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses config text whose format is detected from the content: a JSON
+    /// object is the legacy format, anything else is TOML.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid { path: path.to_path_buf(), message };
+        if text.trim_start().starts_with('{') {
+            legacy::parse(text).map(|c| c.with_path(path)).map_err(invalid)
+        } else {
+            native::parse(text).map(|c| c.with_path(path)).map_err(invalid)
+        }
+    }
+
+    /// The config a session uses when `--config` is not given.
+    pub fn default_path() -> Option<PathBuf> {
+        [NATIVE_DEFAULT, LEGACY_DEFAULT].iter().map(PathBuf::from).find(|p| p.exists())
+    }
+
+    fn with_path(mut self, path: &Path) -> Config {
+        self.path = Some(path.to_path_buf());
+        self
+    }
+}
+
+/// Timeouts are configured in whole seconds in both formats; zero makes no
+/// sense for a hook and is refused rather than read as "no timeout".
+fn positive_secs(field: &str, secs: u64) -> Result<Duration, String> {
+    if secs == 0 {
+        Err(format!("`{field}` must be at least 1 second"))
+    } else {
+        Ok(Duration::from_secs(secs))
+    }
+}

@@ -1,0 +1,214 @@
+//! quiesce's own TOML config: several hooks, each with its own timeout,
+//! retries and failure policy; freeze and snapshot settings.
+//!
+//! Unknown keys are errors here (unlike the legacy format): a typo such as
+//! `timout_secs` must not silently fall back to a default.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{positive_secs, Config, Format, HookSpec, OnFailure, ScriptAction, SnapshotSpec};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NativeFile {
+    #[serde(default)]
+    freeze: FreezeTable,
+    snapshot: Option<SnapshotTable>,
+    #[serde(default, rename = "hook")]
+    hooks: Vec<HookTable>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FreezeTable {
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default)]
+    mounts: Vec<PathBuf>,
+    #[serde(default)]
+    exclude: Vec<String>,
+    #[serde(default = "default_max_freeze")]
+    max_freeze_secs: u64,
+    #[serde(default = "continue_")]
+    on_failure: OnFailure,
+}
+
+impl Default for FreezeTable {
+    fn default() -> Self {
+        FreezeTable {
+            enabled: true,
+            mounts: Vec::new(),
+            exclude: Vec::new(),
+            max_freeze_secs: default_max_freeze(),
+            on_failure: OnFailure::Continue,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotTable {
+    command: Option<String>,
+    reflink_source: Option<PathBuf>,
+    reflink_dest: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HookTable {
+    name: String,
+    pre: Option<PathBuf>,
+    #[serde(default)]
+    pre_args: Vec<String>,
+    post: Option<PathBuf>,
+    #[serde(default)]
+    post_args: Vec<String>,
+    #[serde(default = "default_timeout")]
+    timeout_secs: u64,
+    #[serde(default)]
+    retries: u32,
+    #[serde(default)]
+    retry_delay_ms: u64,
+    #[serde(default = "continue_")]
+    on_failure: OnFailure,
+    #[serde(default = "default_warning_codes")]
+    warning_exit_codes: Vec<i32>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn continue_() -> OnFailure {
+    OnFailure::Continue
+}
+fn default_max_freeze() -> u64 {
+    super::DEFAULT_MAX_FREEZE.as_secs()
+}
+fn default_timeout() -> u64 {
+    30
+}
+fn default_warning_codes() -> Vec<i32> {
+    vec![2]
+}
+
+pub(super) fn parse(text: &str) -> Result<Config, String> {
+    let file: NativeFile = toml::from_str(text).map_err(|e| format!("not a valid quiesce TOML config: {e}"))?;
+    let mut hooks = Vec::with_capacity(file.hooks.len());
+    for h in file.hooks {
+        if hooks.iter().any(|other: &HookSpec| other.name == h.name) {
+            return Err(format!("hook name {:?} is used twice; names must be unique", h.name));
+        }
+        if h.pre.is_none() && h.post.is_none() {
+            return Err(format!("hook {:?} has neither `pre` nor `post`", h.name));
+        }
+        let action = |field: &str, path: Option<PathBuf>, args: Vec<String>| -> Result<Option<ScriptAction>, String> {
+            match path {
+                Some(p) if p.is_absolute() => Ok(Some(ScriptAction { path: p, args, retries: h.retries })),
+                Some(p) => Err(format!("hook {:?}: `{field}` must be an absolute path, got {}", h.name, p.display())),
+                None => Ok(None),
+            }
+        };
+        hooks.push(HookSpec {
+            pre: action("pre", h.pre.clone(), h.pre_args.clone())?,
+            post: action("post", h.post.clone(), h.post_args.clone())?,
+            timeout: positive_secs(&format!("hook {:?}: timeout_secs", h.name), h.timeout_secs)?,
+            retry_delay: Duration::from_millis(h.retry_delay_ms),
+            on_failure: h.on_failure,
+            warning_exit_codes: h.warning_exit_codes,
+            name: h.name,
+        });
+    }
+    let snapshot = match file.snapshot {
+        None => None,
+        Some(SnapshotTable { command: Some(command), reflink_source: None, reflink_dest: None }) => {
+            Some(SnapshotSpec::Command { command })
+        }
+        Some(SnapshotTable { command: None, reflink_source: Some(source), reflink_dest: Some(dest) }) => {
+            Some(SnapshotSpec::Reflink { source, dest })
+        }
+        Some(_) => {
+            return Err("[snapshot] takes either `command`, or both `reflink_source` and `reflink_dest`".into());
+        }
+    };
+    let mut config = Config::builtin();
+    config.format = Format::Native;
+    config.hooks = hooks;
+    config.snapshot = snapshot;
+    config.freeze.enabled = file.freeze.enabled;
+    config.freeze.mounts = file.freeze.mounts;
+    config.freeze.exclude = file.freeze.exclude;
+    config.freeze.max_freeze = positive_secs("freeze.max_freeze_secs", file.freeze.max_freeze_secs)?;
+    config.freeze.on_failure = file.freeze.on_failure;
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn several_hooks_with_their_own_policies() {
+        let c = parse(
+            r#"
+            [freeze]
+            mounts = ["/srv/db"]
+            exclude = ["/boot", "/mnt/scratch*"]
+            max_freeze_secs = 20
+            on_failure = "abort"
+
+            [snapshot]
+            command = "cloud-snap create"
+
+            [[hook]]
+            name = "db"
+            pre = "/etc/quiesce/db-pre"
+            pre_args = ["--fast", ""]
+            post = "/etc/quiesce/db-post"
+            timeout_secs = 5
+            retries = 2
+            retry_delay_ms = 250
+            on_failure = "abort"
+
+            [[hook]]
+            name = "app"
+            post = "/etc/quiesce/app-post"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.hooks.len(), 2);
+        let db = &c.hooks[0];
+        assert_eq!(db.pre.as_ref().unwrap().args, vec!["--fast", ""]);
+        assert_eq!(db.pre.as_ref().unwrap().retries, 2);
+        assert_eq!(db.timeout, Duration::from_secs(5));
+        assert_eq!(db.retry_delay, Duration::from_millis(250));
+        assert_eq!(db.on_failure, OnFailure::Abort);
+        assert!(c.hooks[1].pre.is_none());
+        assert_eq!(c.hooks[1].timeout, Duration::from_secs(30));
+        assert_eq!(c.freeze.max_freeze, Duration::from_secs(20));
+        assert_eq!(c.freeze.on_failure, OnFailure::Abort);
+        assert_eq!(c.snapshot, Some(SnapshotSpec::Command { command: "cloud-snap create".into() }));
+    }
+
+    #[test]
+    fn typos_are_errors_not_defaults() {
+        let e = parse("[[hook]]\nname = \"x\"\npre = \"/a\"\ntimout_secs = 5\n").unwrap_err();
+        assert!(e.contains("timout_secs"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_or_empty_hooks_are_errors() {
+        assert!(parse("[[hook]]\nname = \"x\"\npre = \"/a\"\n[[hook]]\nname = \"x\"\npre = \"/b\"\n").is_err());
+        assert!(parse("[[hook]]\nname = \"x\"\n").unwrap_err().contains("neither"));
+        assert!(parse("[[hook]]\nname = \"x\"\npre = \"rel\"\n").unwrap_err().contains("absolute"));
+    }
+
+    #[test]
+    fn empty_file_is_freeze_only() {
+        let c = parse("").unwrap();
+        assert!(c.hooks.is_empty());
+        assert!(c.freeze.enabled);
+    }
+}

@@ -1,0 +1,255 @@
+//! The session report: the JSON object on stdout that product.md fixes, the
+//! consistency label, and the exit status derived from them.
+//!
+//! The label is computed from what happened, in one place
+//! ([`Consistency::judge`]), so no path can claim more than it achieved.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+/// Stable error codes: the legacy framework's names where they apply, plus
+/// quiesce's own. Serialized exactly as users search for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ErrorCode {
+    #[serde(rename = "Pre-ScriptExecutionFailed")]
+    PreScriptExecutionFailed,
+    #[serde(rename = "Post-ScriptExecutionFailed")]
+    PostScriptExecutionFailed,
+    #[serde(rename = "Pre-ScriptNotFound")]
+    PreScriptNotFound,
+    #[serde(rename = "Post-ScriptNotFound")]
+    PostScriptNotFound,
+    #[serde(rename = "Pre-ScriptTimeout")]
+    PreScriptTimeout,
+    #[serde(rename = "Post-ScriptTimeout")]
+    PostScriptTimeout,
+    #[serde(rename = "InsufficientPermissionforPre-Script")]
+    InsufficientPermissionforPreScript,
+    #[serde(rename = "InsufficientPermissionforPost-Script")]
+    InsufficientPermissionforPostScript,
+    InsufficientPermissionforConfig,
+    IncorrectJSONConfigFile,
+    IncorrectPluginhostFile,
+    FsFreezeFailed,
+    FsFreezeTimeout,
+    SnapshotFailed,
+    BackupOperationInProgress,
+    PluginLoadFailed,
+    PluginTrapped,
+    PluginTimeout,
+    GrantDenied,
+    /// The session was interrupted by a signal (SIGINT/SIGTERM/SIGHUP).
+    Interrupted,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> String {
+        serde_json::to_value(self).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReportError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Consistency {
+    AppConsistent,
+    FileSystemConsistent,
+    CrashConsistent,
+    None,
+}
+
+/// The facts the label is judged from.
+#[derive(Debug, Clone, Copy)]
+pub struct Facts {
+    pub snapshot_taken: bool,
+    /// Every pre hook ran and succeeded (true when there are none).
+    pub apps_quiesced: bool,
+    pub freeze_enabled: bool,
+    /// Every planned file system was frozen, and stayed frozen until the
+    /// snapshot finished (no auto-thaw at the deadline).
+    pub frozen_throughout: bool,
+}
+
+impl Consistency {
+    pub fn judge(f: Facts) -> Consistency {
+        if !f.snapshot_taken {
+            return Consistency::None;
+        }
+        let frozen_ok = !f.freeze_enabled || f.frozen_throughout;
+        match (f.apps_quiesced, frozen_ok, f.freeze_enabled && f.frozen_throughout) {
+            (true, true, _) => Consistency::AppConsistent,
+            (false, _, true) => Consistency::FileSystemConsistent,
+            _ => Consistency::CrashConsistent,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HookKind {
+    Script,
+    Wasm,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Pre,
+    Post,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Succeeded,
+    Failed,
+    TimedOut,
+    Skipped,
+    Refused,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HookReport {
+    pub name: String,
+    pub kind: HookKind,
+    pub phase: Phase,
+    pub attempts: u32,
+    pub outcome: Outcome,
+    pub duration_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MountReport {
+    pub path: PathBuf,
+    pub fs_type: String,
+    pub freeze_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thaw_ms: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SkippedMount {
+    pub path: PathBuf,
+    pub fs_type: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FreezeReport {
+    pub enabled: bool,
+    pub mounts: Vec<MountReport>,
+    pub skipped: Vec<SkippedMount>,
+    /// First FIFREEZE start to last FITHAW end, as the guardian measured it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window_ms: Option<f64>,
+    /// The part of the window that was not the snapshot itself: quiesce's own cost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overhead_ms: Option<f64>,
+    /// Set when the guardian thawed on its own (deadline, host gone, signal).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auto_thawed: Option<String>,
+    pub max_freeze_s: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SnapshotReport {
+    /// What took the snapshot, e.g. `command: ...`; None when quiesce took none.
+    pub provider: Option<String>,
+    pub duration_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ConfigReport {
+    pub path: Option<PathBuf>,
+    pub format: crate::config::Format,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub session_id: String,
+    pub consistency: Consistency,
+    pub snapshot_taken: bool,
+    pub errors: Vec<ReportError>,
+    pub warnings: Vec<String>,
+    pub hooks: Vec<HookReport>,
+    pub freeze: FreezeReport,
+    pub snapshot: SnapshotReport,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config: Option<ConfigReport>,
+    /// The signal that interrupted the session, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interrupted_by: Option<String>,
+    pub duration_ms: f64,
+}
+
+impl Report {
+    pub fn has_error(&self, code: ErrorCode) -> bool {
+        self.errors.iter().any(|e| e.code == code)
+    }
+
+    /// `0` taken, AppConsistent, no error · `3` taken but weaker or with
+    /// errors · `4` no snapshot taken (product.md).
+    pub fn exit_code(&self) -> i32 {
+        match (self.snapshot_taken, self.consistency, self.errors.is_empty()) {
+            (false, _, _) => 4,
+            (true, Consistency::AppConsistent, true) => 0,
+            (true, _, _) => 3,
+        }
+    }
+
+    /// One line for humans: what the snapshot is.
+    pub fn summary(&self) -> String {
+        let codes: Vec<String> = self.errors.iter().map(|e| e.code.as_str()).collect();
+        let label = serde_json::to_value(self.consistency).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+        format!(
+            "session {}: {} (snapshot {}){}",
+            self.session_id,
+            label,
+            if self.snapshot_taken { "taken" } else { "not taken" },
+            if codes.is_empty() { String::new() } else { format!("; errors: {}", codes.join(", ")) }
+        )
+    }
+}
+
+pub fn ms(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(snapshot_taken: bool, apps_quiesced: bool, freeze_enabled: bool, frozen_throughout: bool) -> Facts {
+        Facts { snapshot_taken, apps_quiesced, freeze_enabled, frozen_throughout }
+    }
+
+    #[test]
+    fn label_never_claims_more_than_happened() {
+        use Consistency::*;
+        assert_eq!(Consistency::judge(facts(false, true, true, true)), None);
+        assert_eq!(Consistency::judge(facts(true, true, true, true)), AppConsistent);
+        assert_eq!(Consistency::judge(facts(true, true, false, false)), AppConsistent, "freeze disabled by the admin");
+        assert_eq!(Consistency::judge(facts(true, false, true, true)), FileSystemConsistent);
+        assert_eq!(Consistency::judge(facts(true, false, false, false)), CrashConsistent);
+        assert_eq!(Consistency::judge(facts(true, true, true, false)), CrashConsistent, "freeze failed or timed out");
+        assert_eq!(Consistency::judge(facts(true, false, true, false)), CrashConsistent);
+    }
+
+    #[test]
+    fn codes_serialize_with_legacy_names() {
+        assert_eq!(ErrorCode::PreScriptTimeout.as_str(), "Pre-ScriptTimeout");
+        assert_eq!(ErrorCode::InsufficientPermissionforPostScript.as_str(), "InsufficientPermissionforPost-Script");
+        assert_eq!(ErrorCode::FsFreezeFailed.as_str(), "FsFreezeFailed");
+    }
+}

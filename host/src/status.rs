@@ -1,0 +1,54 @@
+//! `quiesce status` and `quiesce thaw`: what is frozen right now, by whom,
+//! and the emergency way out.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::freeze::{self, Selection};
+use crate::rundir::{RunDir, SessionState};
+
+/// A probe that does not finish in this long counts as "frozen".
+const PROBE_WAIT: std::time::Duration = std::time::Duration::from_millis(150);
+
+#[derive(Debug, Serialize)]
+pub struct FrozenMount {
+    pub path: PathBuf,
+    pub fs_type: String,
+    /// "this host's session <id>" when the running session froze it, else "unknown".
+    pub frozen_by: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub session_running: bool,
+    pub session: Option<SessionState>,
+    /// Eligible file systems that are frozen right now (probed, not remembered).
+    pub frozen: Vec<FrozenMount>,
+    /// Mounts that could not be probed, with the reason.
+    pub unknown: Vec<(PathBuf, String)>,
+}
+
+pub fn status(run_dir: &RunDir, mounts: &[PathBuf]) -> Result<Status, freeze::FreezeError> {
+    let session_running = run_dir.session_running();
+    // A state file without a live lock holder is left over from a killed host.
+    let session = run_dir.read_state().filter(|_| session_running);
+    let plan = freeze::plan(&Selection { mounts: mounts.to_vec(), exclude: Vec::new() })?;
+    let mut frozen = Vec::new();
+    let mut unknown = Vec::new();
+    for t in plan.targets {
+        match freeze::probe::is_frozen(&t.path, PROBE_WAIT) {
+            Ok(true) => {
+                let ours = session.as_ref().filter(|s| s.frozen.contains(&t.path));
+                frozen.push(FrozenMount {
+                    frozen_by: ours.map(|s| format!("this host's session {}", s.session_id)).unwrap_or_else(|| "unknown".into()),
+                    path: t.path,
+                    fs_type: t.fs_type,
+                });
+            }
+            Ok(false) => {}
+            Err(e) => unknown.push((t.path, e.to_string())),
+        }
+    }
+    Ok(Status { session_running, session, frozen, unknown })
+}
