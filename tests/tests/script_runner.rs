@@ -325,6 +325,13 @@ async fn environment_is_clean() {
         assert!(lines.contains(&want.as_str()), "{want:?} missing from:\n{out}");
     }
     assert!(!out.contains("QUIESCE_TEST_LEAK"), "host environment leaked:\n{out}");
+    let allowed = ["PATH", "LANG", "HOME", "PWD", "SHLVL", "OLDPWD", "_"];
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if !allowed.contains(&name.as_ref()) {
+            assert!(!lines.iter().any(|l| l.starts_with(&format!("{name}="))), "host variable {name} leaked:\n{out}");
+        }
+    }
     // Nothing else, except what the shell itself exports.
     for line in lines.iter().filter(|l| !l.starts_with("stdin=") && !l.starts_with("cwd=")) {
         let name = line.split('=').next().unwrap_or("");

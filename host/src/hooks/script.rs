@@ -30,10 +30,17 @@
 //! waited for nor killed, and its output is drained by a detached task so it
 //! does not die of SIGPIPE while the host lives.
 //!
-//! Limits: the process group is the unit of cleanup, so a descendant that
-//! calls `setsid`/`setpgid` leaves it and survives a timeout. Scripts see
-//! `/proc/self/fd/N` as `$0` (the kernel passes the exec'd name to the
-//! interpreter); `QUIESCE_SCRIPT` holds the configured path.
+//! Limits:
+//! - The process group is the unit of cleanup, so a descendant that calls
+//!   `setsid`/`setpgid` leaves it and survives a timeout.
+//! - Scripts with a shebang, and the `/bin/sh` fallback, see
+//!   `/proc/self/fd/N` as `$0` (the kernel hands the interpreter the name
+//!   that was exec'd); `QUIESCE_SCRIPT` holds the configured path, so
+//!   `$(dirname "$0")` idioms must use it instead.
+//! - The script and its children inherit that read-only fd N on the script
+//!   file itself (that is how the interpreter opens it).
+//! - The interpreter named by the shebang is resolved by the kernel as usual;
+//!   only the script file is trust-checked.
 
 use std::fs;
 use std::io;
