@@ -8,6 +8,7 @@
 
 pub mod check;
 pub mod config;
+pub mod hooks;
 pub mod interrupt;
 pub mod logging;
 pub mod report;
@@ -15,3 +16,4 @@ pub mod rundir;
 pub mod session;
 pub mod snapshot;
 pub mod status;
+pub mod trust;

@@ -1,0 +1,604 @@
+//! Scenarios for `quiesce::trust` and `quiesce::hooks::script`: real scripts,
+//! real processes, real permission bits — one scenario per defect of the
+//! reference runner that we claim to fix, and one per trust rule.
+
+use std::fs;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use quiesce::hooks::script::{run_script, ScriptOutcome, ScriptRun, ScriptSpec};
+use quiesce::trust::{open_trusted, Rule, TrustError, TrustedFile};
+use quiesce_tests::{alive, write_mode, Scratch};
+
+fn spec() -> ScriptSpec {
+    let mut spec = ScriptSpec::new("test-hook");
+    spec.timeout = Duration::from_secs(20);
+    spec.retry_delay = Duration::ZERO;
+    spec.kill_grace = Duration::from_secs(1);
+    spec
+}
+
+fn trusted(path: &Path) -> TrustedFile {
+    open_trusted(path, Rule::Script).unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn exec(path: &Path, spec: &ScriptSpec) -> ScriptRun {
+    let run = run_script(&trusted(path), spec).await;
+    // Whatever a test leaves behind in the script's group dies with the test.
+    for a in &run.attempts {
+        GROUPS.with(|g| g.borrow_mut().push(a.pid));
+    }
+    run
+}
+
+thread_local! {
+    static GROUPS: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Kills every process group a test's scripts ran in, also when an
+/// assertion failed halfway. Create one at the top of each test that runs scripts.
+struct Reaper;
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        GROUPS.with(|g| {
+            for pid in g.borrow_mut().drain(..) {
+                if pid != 0 {
+                    let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                }
+            }
+        });
+    }
+}
+
+/// Waits (up to 10 s) for a pid file the script writes, and returns the pid.
+fn read_pid(path: &Path) -> i32 {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(s) = fs::read_to_string(path) {
+            if let Ok(pid) = s.trim().parse() {
+                return pid;
+            }
+        }
+        assert!(Instant::now() < until, "{} never written", path.display());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A killed process may take a moment to disappear from /proc.
+fn gone_within(pid: i32, limit: Duration) -> bool {
+    let until = Instant::now() + limit;
+    while alive(pid) {
+        if Instant::now() > until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+fn outcome_of(run: &ScriptRun) -> String {
+    format!("{:?}; output of attempts: {:?}", run.outcome, run.attempts.iter().map(|a| &a.output).collect::<Vec<_>>())
+}
+
+// ---------------------------------------------------------------- runner
+
+#[tokio::test(flavor = "current_thread")]
+async fn retries_rerun_the_script_with_attempt_number() {
+    let _r = Reaper;
+    let s = Scratch::new("retries");
+    let log = s.join("attempts.log");
+    let script = s.script(
+        "pre.sh",
+        &format!(
+            "#!/bin/sh\necho \"$QUIESCE_ATTEMPT/$QUIESCE_MAX_ATTEMPTS\" >> {}\n[ \"$QUIESCE_ATTEMPT\" -ge 3 ]\n",
+            log.display()
+        ),
+    );
+    let mut spec = spec();
+    spec.retries = 4;
+    let run = exec(&script, &spec).await;
+    assert_eq!(run.outcome, ScriptOutcome::Succeeded, "{}", outcome_of(&run));
+    assert_eq!(fs::read_to_string(&log).unwrap(), "1/5\n2/5\n3/5\n");
+    let numbers: Vec<u32> = run.attempts.iter().map(|a| a.number).collect();
+    assert_eq!(numbers, [1, 2, 3]);
+    assert_eq!(run.attempts[0].outcome, ScriptOutcome::Failed { exit_code: Some(1), signal: None });
+    // Three distinct processes, not one logged three times.
+    assert_ne!(run.attempts[0].pid, run.attempts[1].pid);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn retries_stop_after_retries_plus_one_attempts() {
+    let _r = Reaper;
+    let s = Scratch::new("retries-exhausted");
+    let log = s.join("attempts.log");
+    let script = s.script("pre.sh", &format!("#!/bin/sh\necho $QUIESCE_ATTEMPT >> {}\nexit 7\n", log.display()));
+    let mut spec = spec();
+    spec.retries = 2;
+    let run = exec(&script, &spec).await;
+    assert_eq!(run.outcome, ScriptOutcome::Failed { exit_code: Some(7), signal: None });
+    assert_eq!(run.attempts.len(), 3);
+    assert_eq!(fs::read_to_string(&log).unwrap(), "1\n2\n3\n");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn timeout_kills_script_and_grandchild() {
+    let _r = Reaper;
+    let s = Scratch::new("timeout");
+    let pidfile = s.join("grandchild.pid");
+    let script = s.script(
+        "pre.sh",
+        &format!("#!/bin/sh\nsleep 1000 &\necho $! > {}\nsleep 1000\n", pidfile.display()),
+    );
+    let mut spec = spec();
+    spec.timeout = Duration::from_secs(1);
+    let run = exec(&script, &spec).await;
+    assert_eq!(run.outcome, ScriptOutcome::TimedOut, "{}", outcome_of(&run));
+    assert_eq!(run.attempts.len(), 1);
+    let grandchild = read_pid(&pidfile);
+    let script_pid = run.attempts[0].pid as i32;
+    // The runner promises the group is gone when it reports the timeout;
+    // the short allowance is only for /proc bookkeeping.
+    assert!(gone_within(script_pid, Duration::from_millis(500)), "script {script_pid} survived the timeout");
+    assert!(gone_within(grandchild, Duration::from_millis(500)), "grandchild {grandchild} survived the timeout");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn timeout_applies_to_each_attempt() {
+    let _r = Reaper;
+    let s = Scratch::new("timeout-each");
+    let script = s.script("pre.sh", "#!/bin/sh\nsleep 1000\n");
+    let mut spec = spec();
+    spec.timeout = Duration::from_secs(1);
+    spec.retries = 1;
+    let run = exec(&script, &spec).await;
+    assert_eq!(run.outcome, ScriptOutcome::TimedOut);
+    assert_eq!(run.attempts.len(), 2);
+    for a in &run.attempts {
+        assert_eq!(a.outcome, ScriptOutcome::TimedOut);
+        assert!(a.duration >= Duration::from_millis(900), "{:?}", a.duration);
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn timeout_sends_sigterm_first_so_the_script_can_clean_up() {
+    let _r = Reaper;
+    let s = Scratch::new("sigterm");
+    let marker = s.join("cleaned-up");
+    let script = s.script(
+        "pre.sh",
+        &format!("#!/bin/sh\ntrap 'echo yes > {}; exit 0' TERM\nwhile :; do sleep 0.1; done\n", marker.display()),
+    );
+    let mut spec = spec();
+    spec.timeout = Duration::from_secs(1);
+    spec.kill_grace = Duration::from_secs(5);
+    let run = exec(&script, &spec).await;
+    assert_eq!(run.outcome, ScriptOutcome::TimedOut);
+    assert_eq!(fs::read_to_string(&marker).unwrap_or_default(), "yes\n", "the TERM trap did not run");
+    // It exited on SIGTERM, so the runner did not sit out the whole grace period.
+    assert!(run.duration < Duration::from_secs(5), "{:?}", run.duration);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn timeout_escalates_to_sigkill_when_sigterm_is_trapped() {
+    let _r = Reaper;
+    let s = Scratch::new("sigkill");
+    let pidfile = s.join("grandchild.pid");
+    let script = s.script(
+        "pre.sh",
+        &format!(
+            "#!/bin/sh\ntrap '' TERM\nsh -c 'trap \"\" TERM; echo $$ > {}; while :; do sleep 0.1; done' &\nwhile :; do sleep 0.1; done\n",
+            pidfile.display()
+        ),
+    );
+    let mut spec = spec();
+    spec.timeout = Duration::from_secs(1);
+    spec.kill_grace = Duration::from_secs(1);
+    let run = exec(&script, &spec).await;
+    assert_eq!(run.outcome, ScriptOutcome::TimedOut);
+    // The grace period was granted before SIGKILL.
+    assert!(run.duration >= Duration::from_millis(1900), "{:?}", run.duration);
+    let grandchild = read_pid(&pidfile);
+    assert!(gone_within(run.attempts[0].pid as i32, Duration::from_millis(500)), "script ignored SIGTERM and survived");
+    assert!(gone_within(grandchild, Duration::from_millis(500)), "grandchild ignored SIGTERM and survived");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn ten_megabytes_of_output_do_not_block() {
+    let _r = Reaper;
+    let s = Scratch::new("chatty");
+    let script = s.script("pre.sh", "#!/bin/sh\nyes 0123456789abcdef | head -c 10485760\necho on-stderr >&2\n");
+    let mut spec = spec();
+    spec.output_cap = 4096;
+    let run = exec(&script, &spec).await;
+    assert_eq!(run.outcome, ScriptOutcome::Succeeded, "{}", outcome_of(&run));
+    let a = &run.attempts[0];
+    assert_eq!(a.output_bytes, 10_485_760 + "on-stderr\n".len() as u64);
+    assert_eq!(a.output.len(), 4096);
+    assert!(a.output.starts_with("0123456789abcdef\n0123456789abcdef\n"));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn last_output_before_exit_is_kept() {
+    let _r = Reaper;
+    let s = Scratch::new("last-output");
+    // No trailing newline, and on both streams: drained after exit, not lost.
+    let script = s.script("pre.sh", "#!/bin/sh\necho out\necho err >&2\nprintf 'no-newline'\n");
+    let run = exec(&script, &spec()).await;
+    let out = &run.attempts[0].output;
+    for want in ["out\n", "err\n", "no-newline\n"] {
+        assert!(out.contains(want), "{want:?} missing from {out:?}");
+    }
+    assert_eq!(run.attempts[0].output_bytes, 18);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn shebang_is_honoured() {
+    let _r = Reaper;
+    let s = Scratch::new("shebang");
+    let args = vec!["a b".to_string(), String::new()];
+    let mut spec = spec();
+    spec.args = args;
+
+    let bash = s.script("bash.sh", "#!/bin/bash\necho \"bash:${BASH_VERSION:+yes}:$#:[$1]:[$2]\"\n");
+    let run = exec(&bash, &spec).await;
+    assert_eq!(run.outcome, ScriptOutcome::Succeeded, "{}", outcome_of(&run));
+    assert_eq!(run.attempts[0].output, "bash:yes:2:[a b]:[]\n");
+
+    let py = s.script(
+        "py.sh",
+        "#!/usr/bin/env python3\nimport os, sys\nprint('python', sys.argv[1:], os.environ['QUIESCE_SCRIPT'])\n",
+    );
+    let run = exec(&py, &spec).await;
+    assert_eq!(run.outcome, ScriptOutcome::Succeeded, "{}", outcome_of(&run));
+    assert_eq!(run.attempts[0].output, format!("python ['a b', ''] {}\n", py.display()));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn no_shebang_falls_back_to_sh() {
+    let _r = Reaper;
+    let s = Scratch::new("no-shebang");
+    // Executed directly this would fail with ENOEXEC; /bin/sh runs it.
+    let script = s.script("pre.sh", "echo \"sh:$#:[$1]:[$2]\"\n");
+    let mut spec = spec();
+    spec.args = vec!["x y".into(), String::new()];
+    let run = exec(&script, &spec).await;
+    assert_eq!(run.outcome, ScriptOutcome::Succeeded, "{}", outcome_of(&run));
+    assert_eq!(run.attempts[0].output, "sh:2:[x y]:[]\n");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn elf_binary_runs_directly() {
+    let _r = Reaper;
+    let mut spec = spec();
+    spec.args = vec!["--".into(), "a b".into()];
+    // /bin/echo through Debian's /bin -> usr/bin symlink.
+    let run = exec(Path::new("/bin/echo"), &spec).await;
+    assert_eq!(run.outcome, ScriptOutcome::Succeeded, "{}", outcome_of(&run));
+    assert_eq!(run.attempts[0].output, "-- a b\n");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn params_are_passed_as_argv() {
+    let _r = Reaper;
+    let s = Scratch::new("argv");
+    let script = s.script("pre.sh", "#!/bin/sh\nfor a in \"$@\"; do printf '<%s>\\n' \"$a\"; done\necho \"n=$#\"\n");
+    let mut spec = spec();
+    spec.args = ["", "a b", "  lead", "*", "$HOME", "x\ny"].map(String::from).to_vec();
+    let run = exec(&script, &spec).await;
+    assert_eq!(run.outcome, ScriptOutcome::Succeeded, "{}", outcome_of(&run));
+    assert_eq!(run.attempts[0].output, "<>\n<a b>\n<  lead>\n<*>\n<$HOME>\n<x\ny>\nn=6\n");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn environment_is_clean() {
+    let _r = Reaper;
+    let s = Scratch::new("env");
+    // Set in this (the host's) process; must not reach the script.
+    std::env::set_var("QUIESCE_TEST_LEAK", "leaked");
+    let script = s.script(
+        "pre.sh",
+        "#!/bin/sh\nenv\necho \"stdin=$(readlink /proc/self/fd/0)\"\necho \"cwd=$(pwd)\"\n",
+    );
+    let mut spec = spec();
+    spec.env = vec![("QUIESCE_SESSION_ID".into(), "s-123".into()), ("QUIESCE_PHASE".into(), "pre".into())];
+    let run = exec(&script, &spec).await;
+    assert_eq!(run.outcome, ScriptOutcome::Succeeded, "{}", outcome_of(&run));
+    let out = &run.attempts[0].output;
+    let lines: Vec<&str> = out.lines().collect();
+    let expected = [
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+        "LANG=C.UTF-8".into(),
+        "HOME=/root".into(),
+        format!("QUIESCE_SCRIPT={}", script.display()),
+        "QUIESCE_ATTEMPT=1".into(),
+        "QUIESCE_MAX_ATTEMPTS=1".into(),
+        "QUIESCE_SESSION_ID=s-123".into(),
+        "QUIESCE_PHASE=pre".into(),
+        "stdin=/dev/null".into(),
+        "cwd=/".into(),
+    ];
+    for want in &expected {
+        assert!(lines.contains(&want.as_str()), "{want:?} missing from:\n{out}");
+    }
+    assert!(!out.contains("QUIESCE_TEST_LEAK"), "host environment leaked:\n{out}");
+    let allowed = ["PATH", "LANG", "HOME", "PWD", "SHLVL", "OLDPWD", "_"];
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if !allowed.contains(&name.as_ref()) {
+            assert!(!lines.iter().any(|l| l.starts_with(&format!("{name}="))), "host variable {name} leaked:\n{out}");
+        }
+    }
+    // Nothing else, except what the shell itself exports.
+    for line in lines.iter().filter(|l| !l.starts_with("stdin=") && !l.starts_with("cwd=")) {
+        let name = line.split('=').next().unwrap_or("");
+        let ok = expected.iter().any(|e| e.starts_with(&format!("{name}="))) || ["PWD", "SHLVL", "OLDPWD", "_"].contains(&name);
+        assert!(ok, "unexpected variable {line:?} in:\n{out}");
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn background_child_holding_stdout_does_not_delay_completion() {
+    let _r = Reaper;
+    let s = Scratch::new("background");
+    let pidfile = s.join("bg.pid");
+    let script = s.script(
+        "pre.sh",
+        &format!("#!/bin/sh\n(sleep 30; echo late) &\necho $! > {}\necho started\nexit 0\n", pidfile.display()),
+    );
+    let started = Instant::now();
+    let run = exec(&script, &spec()).await;
+    let took = started.elapsed();
+    assert_eq!(run.outcome, ScriptOutcome::Succeeded, "{}", outcome_of(&run));
+    assert!(took < Duration::from_secs(10), "run waited for the background child: {took:?}");
+    assert_eq!(run.attempts[0].output, "started\n");
+    let bg = read_pid(&pidfile);
+    assert!(alive(bg), "the runner killed the background child (it must neither wait for nor kill it)");
+    // The Reaper kills the group.
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn background_child_output_is_drained_after_completion() {
+    let _r = Reaper;
+    let s = Scratch::new("background-drain");
+    let marker = s.join("survived");
+    // If the runner closed the pipes when the script exited, `echo late`
+    // would die of SIGPIPE and the marker would never appear.
+    let script = s.script(
+        "pre.sh",
+        &format!("#!/bin/sh\n(sleep 1; echo late; echo late >&2; echo yes > {}) &\nexit 0\n", marker.display()),
+    );
+    let run = exec(&script, &spec()).await;
+    assert_eq!(run.outcome, ScriptOutcome::Succeeded);
+    // Keep this runtime turning so the detached drain task can run.
+    let until = Instant::now() + Duration::from_secs(10);
+    while !marker.exists() && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(fs::read_to_string(&marker).unwrap_or_default(), "yes\n", "background child did not survive its late output");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn exit_code_2_is_a_warning_not_a_failure() {
+    let _r = Reaper;
+    let s = Scratch::new("warning");
+    let log = s.join("runs");
+    let script = s.script("pre.sh", &format!("#!/bin/sh\necho x >> {}\nexit 2\n", log.display()));
+    let mut spec = spec();
+    spec.retries = 2;
+    spec.warning_exit_codes = vec![2];
+    let run = exec(&script, &spec).await;
+    assert_eq!(run.outcome, ScriptOutcome::SucceededWithWarning { exit_code: 2 });
+    assert!(run.outcome.is_success());
+    assert_eq!(run.attempts.len(), 1, "a warning is not retried");
+    assert_eq!(fs::read_to_string(&log).unwrap(), "x\n");
+
+    // Without the warning list, 2 is an ordinary failure.
+    spec.warning_exit_codes.clear();
+    spec.retries = 0;
+    let run2 = exec(&script, &spec).await;
+    assert_eq!(run2.outcome, ScriptOutcome::Failed { exit_code: Some(2), signal: None });
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn killed_by_signal_is_a_failure_with_the_signal() {
+    let _r = Reaper;
+    let s = Scratch::new("signal");
+    let script = s.script("pre.sh", "#!/bin/sh\nkill -KILL $$\n");
+    let run = exec(&script, &spec()).await;
+    assert_eq!(run.outcome, ScriptOutcome::Failed { exit_code: None, signal: Some(9) });
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn missing_interpreter_is_a_spawn_failure_not_retried() {
+    let _r = Reaper;
+    let s = Scratch::new("bad-interp");
+    let script = s.script("pre.sh", "#!/nonexistent/interpreter\n");
+    let mut spec = spec();
+    spec.retries = 3;
+    let run = exec(&script, &spec).await;
+    assert!(matches!(&run.outcome, ScriptOutcome::SpawnFailed { message } if message.contains("pre.sh")), "{:?}", run.outcome);
+    assert_eq!(run.attempts.len(), 1);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn swapped_symlink_is_not_executed() {
+    let _r = Reaper;
+    let s = Scratch::new("swap");
+    let marker = s.join("evil-ran");
+    let evil_body = format!("#!/bin/sh\ntouch {}\necho evil\n", marker.display());
+    let evil_sh = s.script("evil-sh.sh", &format!("touch {}\necho evil\n", marker.display()));
+    let evil = s.script("evil.sh", &evil_body);
+    for (name, body, evil) in [("hook.sh", "#!/bin/sh\necho original\n", &evil), ("plain.sh", "echo original\n", &evil_sh)] {
+        let path = s.script(name, body);
+        let checked = trusted(&path);
+        // Swap the name for a symlink to another script, atomically.
+        let tmp = s.join("swap-tmp");
+        symlink(evil, &tmp).unwrap();
+        fs::rename(&tmp, &path).unwrap();
+        let run = run_script(&checked, &spec()).await;
+        assert_eq!(run.outcome, ScriptOutcome::Succeeded, "{}", outcome_of(&run));
+        assert_eq!(run.attempts[0].output, "original\n", "{name}");
+        assert!(!marker.exists(), "{name}: the swapped-in script ran");
+        // And a fresh check now refuses the name.
+        assert!(matches!(open_trusted(&path, Rule::Script), Err(TrustError::SymlinkFinal { .. })));
+    }
+}
+
+// ---------------------------------------------------------------- trust
+
+#[test]
+fn trust_refuses_group_writable_script() {
+    let s = Scratch::new("trust-gw");
+    for mode in [0o720, 0o702, 0o777] {
+        let p = s.join("pre.sh");
+        write_mode(&p, "#!/bin/sh\n", mode);
+        let e = open_trusted(&p, Rule::Script).unwrap_err();
+        assert!(matches!(e, TrustError::GroupOrOtherWritable { mode: m, .. } if m == mode), "{mode:o}: {e}");
+        assert!(e.to_string().contains(&format!("chmod 700 {}", p.display())), "{e}");
+        assert!(!e.is_not_found());
+    }
+    // The legacy contract's own mode passes; so does 0755.
+    for mode in [0o700, 0o755, 0o500] {
+        let p = s.join("pre.sh");
+        write_mode(&p, "#!/bin/sh\n", mode);
+        open_trusted(&p, Rule::Script).unwrap_or_else(|e| panic!("{mode:o}: {e}"));
+    }
+}
+
+#[test]
+fn trust_refuses_non_executable_script() {
+    let s = Scratch::new("trust-noexec");
+    let p = s.join("pre.sh");
+    write_mode(&p, "#!/bin/sh\n", 0o600);
+    let e = open_trusted(&p, Rule::Script).unwrap_err();
+    assert!(matches!(e, TrustError::NotExecutable { .. }), "{e}");
+    assert!(e.to_string().contains("chmod 700"), "{e}");
+}
+
+#[test]
+fn trust_refuses_script_in_world_writable_dir() {
+    let s = Scratch::new("trust-dir");
+    for (name, mode) in [("sticky", 0o1777), ("open", 0o777), ("group", 0o775)] {
+        let dir = s.join(name);
+        fs::create_dir(&dir).unwrap();
+        let script = dir.join("pre.sh");
+        write_mode(&script, "#!/bin/sh\n", 0o700);
+        fs::set_permissions(&dir, fs::Permissions::from_mode(mode)).unwrap();
+        match open_trusted(&script, Rule::Script) {
+            Err(TrustError::UntrustedDirectory { dir: d, .. }) => assert_eq!(d, dir),
+            other => panic!("{mode:o}: {other:?}"),
+        }
+    }
+    // A directory owned by someone else is just as bad.
+    let dir = s.join("nobodys");
+    fs::create_dir(&dir).unwrap();
+    write_mode(&dir.join("pre.sh"), "#!/bin/sh\n", 0o700);
+    nix::unistd::chown(&dir, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+    let e = open_trusted(&dir.join("pre.sh"), Rule::Script).unwrap_err();
+    assert!(matches!(&e, TrustError::UntrustedDirectory { reason, .. } if reason.contains("65534")), "{e}");
+}
+
+#[test]
+fn trust_refuses_non_root_owner() {
+    let s = Scratch::new("trust-owner");
+    let p = s.script("pre.sh", "#!/bin/sh\n");
+    nix::unistd::chown(&p, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+    let e = open_trusted(&p, Rule::Script).unwrap_err();
+    assert!(matches!(e, TrustError::BadOwner { uid: 65534, .. }), "{e}");
+    assert!(e.to_string().contains("chown root"), "{e}");
+}
+
+#[test]
+fn trust_refuses_final_symlink() {
+    let s = Scratch::new("trust-link");
+    let real = s.script("real.sh", "#!/bin/sh\n");
+    let link = s.join("pre.sh");
+    symlink(&real, &link).unwrap();
+    let e = open_trusted(&link, Rule::Script).unwrap_err();
+    assert!(matches!(e, TrustError::SymlinkFinal { .. }), "{e}");
+    assert!(!e.is_not_found());
+}
+
+#[test]
+fn trust_refuses_non_regular_files() {
+    let s = Scratch::new("trust-nonreg");
+    let fifo = s.join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o700)).unwrap();
+    // Must not hang on the FIFO.
+    assert!(matches!(open_trusted(&fifo, Rule::Script), Err(TrustError::NotRegular { .. })));
+    fs::create_dir(s.join("dir")).unwrap();
+    assert!(matches!(open_trusted(&s.join("dir"), Rule::Script), Err(TrustError::NotRegular { .. })));
+}
+
+#[test]
+fn trust_follows_root_owned_dir_symlinks() {
+    // Debian: /bin -> usr/bin (relative target).
+    let t = open_trusted(Path::new("/bin/true"), Rule::Script).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(t.path(), Path::new("/bin/true"));
+    let usr = fs::metadata("/usr/bin/true").unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(t.dev_ino(), (usr.dev(), usr.ino()));
+
+    let s = Scratch::new("trust-dirlink");
+    let real = s.join("real");
+    fs::create_dir_all(real.join("dir")).unwrap();
+    let script = real.join("dir/pre.sh");
+    write_mode(&script, "#!/bin/sh\n", 0o700);
+    let ino = fs::metadata(&script).unwrap().ino();
+    symlink("real/dir", s.join("rel")).unwrap();
+    symlink(real.join("dir"), s.join("abs")).unwrap();
+    symlink("rel", s.join("chain")).unwrap();
+    for p in ["rel/pre.sh", "abs/pre.sh", "chain/pre.sh", "rel/../dir/pre.sh", "./abs//pre.sh"] {
+        let t = open_trusted(&s.join(p), Rule::Script).unwrap_or_else(|e| panic!("{p}: {e}"));
+        assert_eq!(t.dev_ino().1, ino, "{p}");
+    }
+
+    // A link is followed, but its target is checked like any directory.
+    let open = s.join("open");
+    fs::create_dir(&open).unwrap();
+    write_mode(&open.join("pre.sh"), "#!/bin/sh\n", 0o700);
+    fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+    symlink("open", s.join("to-open")).unwrap();
+    let e = open_trusted(&s.join("to-open/pre.sh"), Rule::Script).unwrap_err();
+    assert!(matches!(e, TrustError::UntrustedDirectory { .. }), "{e}");
+
+    // Loops end.
+    symlink("loop-b", s.join("loop-a")).unwrap();
+    symlink("loop-a", s.join("loop-b")).unwrap();
+    let e = open_trusted(&s.join("loop-a/pre.sh"), Rule::Script).unwrap_err();
+    assert!(matches!(e, TrustError::SymlinkLoop { .. }), "{e}");
+}
+
+#[test]
+fn trust_refuses_world_readable_config() {
+    let s = Scratch::new("trust-config");
+    let body = "{\"pluginName\": \"ScriptRunner\"}\n";
+    let p = s.config("config.json", body);
+    let t = open_trusted(&p, Rule::Config).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(t.read_to_string().unwrap(), body);
+
+    write_mode(&p, body, 0o644);
+    let e = open_trusted(&p, Rule::Config).unwrap_err();
+    assert!(matches!(e, TrustError::GroupOrOtherReadable { mode: 0o644, .. }), "{e}");
+    assert!(e.to_string().contains("chmod 600"), "{e}");
+    write_mode(&p, body, 0o604);
+    assert!(matches!(open_trusted(&p, Rule::Config), Err(TrustError::GroupOrOtherReadable { .. })));
+    write_mode(&p, body, 0o620);
+    assert!(matches!(open_trusted(&p, Rule::Config), Err(TrustError::GroupOrOtherWritable { .. })));
+}
+
+#[test]
+fn not_found_is_reported_as_not_found() {
+    let s = Scratch::new("trust-missing");
+    for p in [s.join("absent.sh"), s.join("no-dir/absent.sh"), PathBuf::from("/etc/passwd/absent.sh")] {
+        let e = open_trusted(&p, Rule::Script).unwrap_err();
+        assert!(e.is_not_found(), "{}: {e}", p.display());
+        assert!(e.to_string().contains(&p.display().to_string()), "{e}");
+    }
+    let e = open_trusted(Path::new("relative/pre.sh"), Rule::Script).unwrap_err();
+    assert!(!e.is_not_found() && matches!(e, TrustError::NotAbsolute { .. }), "{e}");
+}
