@@ -261,25 +261,15 @@ fn run_status(args: StatusArgs) -> ExitCode {
 }
 
 fn run_thaw(args: ThawArgs) -> ExitCode {
-    let results = if args.target.all {
-        freeze::thaw::thaw_all()
-    } else {
-        match freeze::thaw::thaw_mounts(&args.target.mounts) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("quiesce: {e}");
-                return ExitCode::from(USAGE);
-            }
-        }
-    };
+    let results = if args.target.all { freeze::thaw_all() } else { freeze::thaw_mounts(&args.target.mounts) };
     if args.json {
         println!("{}", serde_json::to_string(&results).unwrap_or_default());
     } else {
         for r in &results {
-            println!("{r}");
+            println!("{}: {}", r.path.display(), r.message);
         }
     }
-    if results.iter().any(|r| r.failed()) {
+    if results.iter().any(|r| r.outcome == freeze::ThawOutcome::Failed) {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS

@@ -171,8 +171,10 @@ impl Session {
         );
         self.record_state(&r, "validating", None);
         if let Some(e) = &self.config_error {
+            // The hooks it names cannot run, so no application was quiesced.
             tracing::error!("{}", e.message);
             r.errors.push(e.clone());
+            r.apps_quiesced = false;
         }
 
         // 1. Validate every script before anything runs or freezes.
@@ -287,7 +289,7 @@ impl Session {
         }
         let mut ok = true;
         for t in &plan.targets {
-            match freeze::probe::is_frozen(&t.path, FROZEN_PROBE_WAIT) {
+            match freeze::is_frozen(&t.path, FROZEN_PROBE_WAIT) {
                 Ok(true) => {
                     ok = false;
                     r.error(
@@ -320,6 +322,7 @@ impl Session {
         logging::gate().hold();
         match guardian.freeze() {
             Ok(frozen) => {
+                r.first_freeze_ns = frozen.first_freeze_ns;
                 for m in &frozen.mounts {
                     tracing::info!("froze {} ({}) in {:.3} ms", m.path.display(), m.fs_type, m.freeze_ms);
                     r.freeze.mounts.push(MountReport {
@@ -377,7 +380,7 @@ impl Session {
         }
     }
 
-    fn thaw(&self, guardian: Guardian, r: &mut Run) {
+    fn thaw(&self, mut guardian: Guardian, r: &mut Run) {
         match guardian.thaw() {
             Ok(thawed) => {
                 logging::gate().release();
@@ -387,11 +390,16 @@ impl Session {
                     }
                     tracing::info!("thawed {} in {:.3} ms", m.path.display(), m.thaw_ms);
                 }
-                let window_ns = thawed.last_thaw_ns.saturating_sub(thawed.first_freeze_ns);
+                let last_thaw_ns = thawed.auto_thawed_at_ns.unwrap_or(thawed.last_thaw_ns).max(thawed.last_thaw_ns);
+                let window_ns = last_thaw_ns.saturating_sub(r.first_freeze_ns);
                 r.freeze.window_ms = Some(window_ns as f64 / 1e6);
                 r.freeze.overhead_ms = Some(window_ns.saturating_sub(r.snapshot_ns) as f64 / 1e6);
-                if let Some(auto) = thawed.auto_thaw {
-                    let why = auto.to_string();
+                if let Some(at_ns) = thawed.auto_thawed_at_ns {
+                    let why = format!(
+                        "{} after {:.3} s",
+                        thaw_reason(thawed.reason),
+                        at_ns.saturating_sub(r.first_freeze_ns) as f64 / 1e9
+                    );
                     r.error(
                         ErrorCode::FsFreezeTimeout,
                         format!("the guardian thawed every file system on its own ({why}) before the snapshot finished; the snapshot is not frozen-consistent"),
@@ -467,6 +475,8 @@ struct Run {
     freeze: FreezeReport,
     snapshot: SnapshotReport,
     snapshot_ns: u64,
+    /// Guardian clock (CLOCK_MONOTONIC) at the first FIFREEZE.
+    first_freeze_ns: u64,
     snapshot_taken: bool,
     apps_quiesced: bool,
     frozen_throughout: bool,
@@ -491,6 +501,7 @@ impl Run {
             freeze,
             snapshot: SnapshotReport::default(),
             snapshot_ns: 0,
+            first_freeze_ns: 0,
             snapshot_taken: false,
             apps_quiesced: true,
             frozen_throughout: false,
@@ -650,6 +661,16 @@ impl Run {
         };
         tracing::info!("{}", report.summary());
         report
+    }
+}
+
+fn thaw_reason(reason: freeze::ThawReason) -> String {
+    match reason {
+        freeze::ThawReason::Asked => "asked".into(),
+        freeze::ThawReason::Deadline => "max-freeze deadline".into(),
+        freeze::ThawReason::HostGone => "host gone".into(),
+        freeze::ThawReason::Signal(sig) => format!("guardian got signal {sig}"),
+        freeze::ThawReason::Internal => "guardian error".into(),
     }
 }
 

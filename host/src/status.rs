@@ -37,7 +37,7 @@ pub fn status(run_dir: &RunDir, mounts: &[PathBuf]) -> Result<Status, freeze::Fr
     let mut frozen = Vec::new();
     let mut unknown = Vec::new();
     for t in plan.targets {
-        match freeze::probe::is_frozen(&t.path, PROBE_WAIT) {
+        match freeze::is_frozen(&t.path, PROBE_WAIT) {
             Ok(true) => {
                 let ours = session.as_ref().filter(|s| s.frozen.contains(&t.path));
                 frozen.push(FrozenMount {

@@ -425,7 +425,7 @@ on_failure = "continue"
         ),
     );
     let run = f.snapshot(&config, "true");
-    assert_eq!(f.read("log.txt"), "a-pre 1\nb-pre 1 x \nc-pre 1\nc-pre 2\nc-post 1\nb-post 1\na-post 1\n");
+    assert_eq!(f.read("log.txt"), "a-pre 1 \nb-pre 1 x \nc-pre 1 \nc-pre 2 \nc-post 1 \nb-post 1 \na-post 1 \n");
     assert_eq!(run.consistency(), "FileSystemConsistent");
     assert_eq!(run.report["config"]["format"], "native");
 
@@ -442,7 +442,7 @@ on_failure = "continue"
     );
     fs::write(f.file("log.txt"), "").unwrap();
     let run = f.snapshot(&config2, &format!("touch {}", f.file("snapped").display()));
-    assert_eq!(f.read("log.txt"), "c-pre 1\nc-post 1\n");
+    assert_eq!(f.read("log.txt"), "c-pre 1 \nc-post 1 \n");
     assert_eq!(run.hook("a", "pre")["outcome"], "skipped");
     assert_eq!(run.consistency(), "None");
     assert!(!f.file("snapped").exists());
