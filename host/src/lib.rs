@@ -5,3 +5,5 @@
 //! hooks → report. Each step lives in its own module; the session is the only
 //! place that knows their order. Agents embed a session with
 //! [`session::Session`]; the `quiesce` binary is a thin shell over it.
+
+pub mod freeze;
