@@ -322,6 +322,28 @@ fn guardian_thaws_on_sigterm_to_guardian() {
 }
 
 #[test]
+fn guardian_thaws_on_any_terminating_signal_but_not_on_harmless_ones() {
+    let s = Scratch::new("signals");
+    let a = LoopMount::new(&s.path, "a", Fs::Ext4);
+    let p = plan_for(&[a.path()]);
+    for sig in [libc::SIGINT, libc::SIGHUP, libc::SIGUSR1, libc::SIGALRM] {
+        let mut g = Guardian::start(&p, Duration::from_secs(30), &[]).unwrap();
+        g.freeze().unwrap();
+        // Default-ignored or stopping signals must neither thaw nor stop it.
+        for harmless in [libc::SIGWINCH, libc::SIGCHLD, libc::SIGTSTP] {
+            // SAFETY: plain kill(2) on our own child.
+            assert_eq!(unsafe { libc::kill(g.pid(), harmless) }, 0);
+        }
+        assert!(probe_frozen(a.path(), Duration::from_millis(300)).unwrap(), "harmless signals keep the freeze");
+        assert!(g.auto_thawed().is_none());
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::kill(g.pid(), sig) }, 0);
+        assert!(writable_within(a.path(), Duration::from_secs(1)).is_some(), "thawed on signal {sig}");
+        assert_eq!(g.thaw().unwrap().reason, ThawReason::Signal(sig));
+    }
+}
+
+#[test]
 fn dropping_a_frozen_guardian_thaws_and_reaps_it() {
     let s = Scratch::new("drop");
     let a = LoopMount::new(&s.path, "a", Fs::Xfs);

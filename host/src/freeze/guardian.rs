@@ -7,9 +7,9 @@
 //! child in its own session, so a SIGKILL of the host or of its process
 //! group does not reach it. It thaws everything it froze when the host asks,
 //! when `max_freeze` has passed since the first freeze, when the host's end
-//! of the command pipe closes (the host died, however), or when it gets
-//! SIGINT/SIGTERM/SIGHUP/SIGQUIT. It never writes to any file system, only to
-//! its event pipe.
+//! of the command pipe closes (the host died, however), or when it gets any
+//! signal that would otherwise end it (SIGTERM, SIGINT, SIGHUP, SIGUSR1, ...).
+//! It never writes to any file system, only to its event pipe.
 //!
 //! The host is multi-threaded (tokio), so after `fork` the child may only
 //! make async-signal-safe calls: no allocation, no locks, no std I/O. All
@@ -288,22 +288,20 @@ unsafe fn guardian_main(ctx: &mut ChildCtx) -> ! {
     libc::setsid();
 
     // Block everything while the inherited (tokio) handlers are reset, then
-    // watch the termination signals through a signalfd so they lead to a
-    // thaw instead of an exit with file systems frozen.
-    let mut all: libc::sigset_t = std::mem::zeroed();
-    libc::sigfillset(&mut all);
-    libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
+    // take every catchable signal through a signalfd: a signal whose default
+    // would kill us (SIGTERM, but also SIGUSR1, SIGALRM, ...) must lead to a
+    // thaw first, and one that would stop us (SIGTSTP) must not stop us.
+    // Faults stay deliverable: a crash in here is a bug to see, not to hide.
+    let mut watched: libc::sigset_t = std::mem::zeroed();
+    libc::sigfillset(&mut watched);
+    libc::sigprocmask(libc::SIG_SETMASK, &watched, std::ptr::null_mut());
     for sig in 1..65 {
         if sig != libc::SIGKILL && sig != libc::SIGSTOP {
             libc::signal(sig, libc::SIG_DFL);
         }
     }
-    // A write to the event pipe after the host died must fail with EPIPE, not kill us.
-    libc::signal(libc::SIGPIPE, libc::SIG_IGN);
-    let mut watched: libc::sigset_t = std::mem::zeroed();
-    libc::sigemptyset(&mut watched);
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
-        libc::sigaddset(&mut watched, sig);
+    for sig in [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE, libc::SIGTRAP, libc::SIGSYS] {
+        libc::sigdelset(&mut watched, sig);
     }
     libc::sigprocmask(libc::SIG_SETMASK, &watched, std::ptr::null_mut());
 
@@ -367,8 +365,17 @@ unsafe fn guardian_main(ctx: &mut ChildCtx) -> ! {
         }
         if pfds[1].revents & libc::POLLIN != 0 {
             let mut info: libc::signalfd_siginfo = std::mem::zeroed();
-            libc::read(sfd, (&mut info as *mut libc::signalfd_siginfo).cast(), size_of::<libc::signalfd_siginfo>());
-            exit_after_thaw(ctx, WHY_SIGNAL, info.ssi_signo as i32);
+            let r = libc::read(sfd, (&mut info as *mut libc::signalfd_siginfo).cast(), size_of::<libc::signalfd_siginfo>());
+            let signo = info.ssi_signo as i32;
+            // Those whose default is to ignore or to stop: carry on.
+            // (SIGPIPE is only our own write to a departed host.)
+            let harmless = [
+                libc::SIGCHLD, libc::SIGWINCH, libc::SIGURG, libc::SIGCONT, libc::SIGPIPE,
+                libc::SIGTSTP, libc::SIGTTIN, libc::SIGTTOU,
+            ];
+            if r > 0 && !harmless.contains(&signo) {
+                exit_after_thaw(ctx, WHY_SIGNAL, signo);
+            }
         }
         if pfds[0].revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
             let mut cmd = Cmd::default();

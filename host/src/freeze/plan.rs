@@ -96,8 +96,11 @@ impl PlanEnv for SystemEnv {
             return None;
         }
         let rdev = meta.rdev();
-        let sys = PathBuf::from(format!("/sys/dev/block/{}:{}/loop", libc::major(rdev), libc::minor(rdev)));
-        let file = std::fs::read(sys.join("backing_file")).ok()?;
+        let dev = PathBuf::from(format!("/sys/dev/block/{}:{}", libc::major(rdev), libc::minor(rdev)));
+        // A partition of a loop device (loop0p1) depends on the same file.
+        let file = std::fs::read(dev.join("loop/backing_file"))
+            .or_else(|_| std::fs::read(dev.join("../loop/backing_file")))
+            .ok()?;
         let mut file = file.strip_suffix(b"\n").unwrap_or(&file).to_vec();
         // A deleted backing file still pins its fs, but can no longer be
         // stat'ed by name; the kernel marks it so.
