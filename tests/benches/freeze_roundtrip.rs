@@ -1,1 +1,336 @@
-fn main() {}
+//! Freeze+thaw round trips of three idle loop mounts (ext4, xfs, btrfs) by
+//! every way this machine offers, in one run so they share conditions:
+//!
+//! - floor: bare FIFREEZE/FITHAW ioctls in this process;
+//! - quiesce: the guardian (cold: start+freeze+thaw; warm: freeze+thaw on a
+//!   started guardian), plus the start alone;
+//! - util-linux `fsfreeze -f/-u` processes;
+//! - the QEMU guest agent over its Unix socket.
+//!
+//! It also reports the host's own time inside the freeze window when the
+//! snapshot is instant (window − snapshot), i.e. what quiesce adds to the
+//! time applications stay blocked.
+//!
+//! Run: `cargo bench -p quiesce-tests --bench freeze_roundtrip` (root).
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use quiesce::freeze::{monotonic_ns, plan, Guardian, Selection};
+use quiesce_tests::{Fs, LoopMount, Scratch};
+
+const WARMUP: usize = 5;
+const ROUNDS: usize = 50;
+const FIFREEZE: libc::c_ulong = 0xC004_5877;
+const FITHAW: libc::c_ulong = 0xC004_5878;
+
+struct Row {
+    name: String,
+    samples: Vec<Duration>,
+    note: String,
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn ioctl_all(fds: &[OwnedFd], req: libc::c_ulong) -> Result<(), String> {
+    for fd in fds {
+        // SAFETY: ioctl on an open directory fd with an unused int argument.
+        if unsafe { libc::ioctl(fd.as_raw_fd(), req as _, 0) } < 0 {
+            return Err(format!("ioctl {req:#x}: {}", std::io::Error::last_os_error()));
+        }
+    }
+    Ok(())
+}
+
+fn open_dir(p: &Path) -> OwnedFd {
+    std::fs::File::open(p).unwrap_or_else(|e| panic!("open {}: {e}", p.display())).into()
+}
+
+fn fsfreeze(flag: &str, p: &Path) -> Result<(), String> {
+    let st = Command::new("fsfreeze").arg(flag).arg(p).status().map_err(|e| e.to_string())?;
+    st.success().then_some(()).ok_or(format!("fsfreeze {flag} {}: {st}", p.display()))
+}
+
+/// A private qemu-ga: its socket, state and pid files in the scratch dir,
+/// no fsfreeze hook. Killed on drop.
+struct QemuGa {
+    child: std::process::Child,
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl QemuGa {
+    fn start(dir: &Path) -> Result<QemuGa, String> {
+        if Command::new("qemu-ga").arg("--version").output().is_err() {
+            let ok = Command::new("apt-get")
+                .args(["install", "-y", "-qq", "qemu-guest-agent"])
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if !ok {
+                return Err("qemu-ga missing and `apt-get install qemu-guest-agent` failed".into());
+            }
+        }
+        let sock = dir.join("qga.sock");
+        let state = dir.join("qga-state");
+        std::fs::create_dir_all(&state).map_err(|e| e.to_string())?;
+        let child = Command::new("qemu-ga")
+            .args(["-m", "unix-listen", "-p"])
+            .arg(&sock)
+            .arg("-t")
+            .arg(&state)
+            .arg("-f")
+            .arg(dir.join("qga.pid"))
+            .arg("-l")
+            .arg(dir.join("qga.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("start qemu-ga: {e}"))?;
+        let t = Instant::now();
+        let stream = loop {
+            match UnixStream::connect(&sock) {
+                Ok(s) => break s,
+                Err(_) if t.elapsed() < Duration::from_secs(5) => std::thread::sleep(Duration::from_millis(20)),
+                Err(e) => return Err(format!("connect to qemu-ga: {e}")),
+            }
+        };
+        stream.set_read_timeout(Some(Duration::from_secs(30))).ok();
+        let writer = stream.try_clone().map_err(|e| e.to_string())?;
+        let mut ga = QemuGa { child, reader: BufReader::new(stream), writer };
+        ga.call(r#"{"execute":"guest-ping"}"#)?;
+        Ok(ga)
+    }
+
+    fn call(&mut self, req: &str) -> Result<String, String> {
+        self.writer.write_all(req.as_bytes()).and_then(|_| self.writer.write_all(b"\n")).map_err(|e| e.to_string())?;
+        let mut line = String::new();
+        self.reader.read_line(&mut line).map_err(|e| e.to_string())?;
+        if line.contains("\"error\"") || line.is_empty() {
+            return Err(format!("qemu-ga: {req} -> {line}"));
+        }
+        Ok(line)
+    }
+}
+
+impl Drop for QemuGa {
+    fn drop(&mut self) {
+        let _ = self.call(r#"{"execute":"guest-fsfreeze-thaw"}"#);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn main() {
+    let s = Scratch::new("bench-freeze");
+    let mounts = [
+        LoopMount::new(&s.path, "e", Fs::Ext4),
+        LoopMount::new(&s.path, "x", Fs::Xfs),
+        LoopMount::new(&s.path, "b", Fs::Btrfs),
+    ];
+    let sel = Selection { mounts: mounts.iter().map(|m| m.path().to_path_buf()).collect(), exclude: vec![] };
+    let plan = plan(&sel).expect("plan");
+    assert_eq!(plan.targets.len(), 3, "{plan:?}");
+    let order: Vec<PathBuf> = plan.targets.iter().map(|t| t.path.clone()).collect();
+    let max = Duration::from_secs(60);
+    let mut unavailable: Vec<(String, String)> = Vec::new();
+
+    // Freeze cost depends on what the file systems (and the disk under the
+    // images) are doing, which drifts during a run; so the methods take
+    // turns round by round instead of running one after another.
+    let fds: Vec<OwnedFd> = order.iter().map(|p| open_dir(p)).collect();
+    let rev: Vec<OwnedFd> = fds.iter().rev().map(|f| f.try_clone().unwrap()).collect();
+    let mut warm = Guardian::start(&plan, max, &[]).expect("guardian");
+    let mut ga = match QemuGa::start(&s.path) {
+        Ok(ga) => Some(ga),
+        Err(e) => {
+            unavailable.push(("qemu-ga".into(), e));
+            None
+        }
+    };
+    let list = serde_json::to_string(&order.iter().map(|p| p.display().to_string()).collect::<Vec<_>>()).unwrap();
+    let ga_freeze = format!(r#"{{"execute":"guest-fsfreeze-freeze-list","arguments":{{"mountpoints":{list}}}}}"#);
+    let mut ga_count = String::new();
+
+    let names = [
+        "bare ioctls (floor)",
+        "quiesce guardian: start+freeze+thaw",
+        "quiesce guardian: start alone",
+        "quiesce guardian: freeze+thaw (started)",
+        "fsfreeze -f/-u processes",
+        "qemu-ga freeze-list+thaw (socket)",
+    ];
+    let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); names.len()];
+    // Time outside the kernel's freeze/thaw calls, per round.
+    let mut floor_rest = Vec::new();
+    let mut warm_rest = Vec::new();
+    let mut overhead = Vec::new();
+    let mut windows = Vec::new();
+    let mut window_rest = Vec::new();
+    for round in 0..WARMUP + ROUNDS {
+        let keep = round >= WARMUP;
+        let mut put = |i: usize, d: Duration| {
+            if keep {
+                samples[i].push(d)
+            }
+        };
+
+        // Rotate which method goes first: the first freeze after another
+        // method's thaw can pay for that thaw's background work.
+        for turn in 0..5 {
+            match (turn + round) % 5 {
+                0 => {
+                // (a) the floor: each ioctl timed too, so the rest is what the loop costs.
+                let t = Instant::now();
+                let mut in_kernel = Duration::ZERO;
+                for (set, req) in [(&fds, FIFREEZE), (&rev, FITHAW)] {
+                    for fd in set {
+                        let k = Instant::now();
+                        ioctl_all(std::slice::from_ref(fd), req).expect("floor ioctl");
+                        in_kernel += k.elapsed();
+                    }
+                }
+                let d = t.elapsed();
+                put(0, d);
+                if keep {
+                    floor_rest.push(d - in_kernel);
+                }
+                }
+                1 => {
+                // (b) quiesce, cold.
+                let t = Instant::now();
+                let mut g = Guardian::start(&plan, max, &[]).expect("guardian start");
+                let started = t.elapsed();
+                g.freeze().expect("freeze");
+                g.thaw().expect("thaw");
+                put(1, t.elapsed());
+                put(2, started);
+                drop(g); // reaping is after the window and not timed
+                }
+                2 => {
+                // (b) quiesce, started: the freeze as a session sees it, with an
+                // instant snapshot in the middle.
+                let t = Instant::now();
+                let frozen = warm.freeze().expect("freeze");
+                let snap_start = monotonic_ns();
+                std::hint::black_box(()); // the instant snapshot
+                let snap_end = monotonic_ns();
+                let thawed = warm.thaw().expect("thaw");
+                let d = t.elapsed();
+                put(3, d);
+                if keep {
+                    let ioctl_ns: u64 = frozen.mounts.iter().map(|m| m.end_ns - m.start_ns).sum::<u64>()
+                        + thawed.mounts.iter().map(|m| m.end_ns - m.start_ns).sum::<u64>();
+                    let window = thawed.last_thaw_ns - frozen.first_freeze_ns;
+                    windows.push(window);
+                    overhead.push(window - (snap_end - snap_start));
+                    window_rest.push(window.saturating_sub(snap_end - snap_start).saturating_sub(ioctl_ns));
+                    warm_rest.push(d.saturating_sub(Duration::from_nanos(ioctl_ns)));
+                }
+                }
+                3 => {
+                // (c) util-linux.
+                let t = Instant::now();
+                for p in &order {
+                    fsfreeze("-f", p).expect("fsfreeze -f");
+                }
+                for p in order.iter().rev() {
+                    fsfreeze("-u", p).expect("fsfreeze -u");
+                }
+                put(4, t.elapsed());
+                }
+                4 => {
+                // (d) the QEMU guest agent.
+                if let Some(agent) = ga.as_mut() {
+                    let t = Instant::now();
+                    let r = agent.call(&ga_freeze).and_then(|c| {
+                        ga_count = c;
+                        agent.call(r#"{"execute":"guest-fsfreeze-thaw"}"#)
+                    });
+                    match r {
+                        Ok(_) => put(5, t.elapsed()),
+                        Err(e) => {
+                            unavailable.push(("qemu-ga".into(), e));
+                            ga = None;
+                        }
+                    }
+                }
+                }
+                _ => unreachable!(),
+            }
+        }
+    }
+    drop((fds, rev, warm, ga));
+
+    let mut rows: Vec<Row> = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let mut v = std::mem::take(&mut samples[i]);
+        if v.is_empty() || (i == 5 && !unavailable.is_empty()) {
+            continue;
+        }
+        v.sort();
+        let mut note = String::new();
+        if i == 5 {
+            let n: String = ga_count.chars().filter(char::is_ascii_digit).collect();
+            if n != "3" {
+                note = format!("froze only {n} of 3");
+            }
+        }
+        rows.push(Row { name: name.to_string(), samples: v, note });
+    }
+
+    let floor = rows[0].samples[ROUNDS / 2].as_secs_f64();
+    println!("\nfreeze+thaw of 3 idle loop mounts (ext4, xfs, btrfs), {ROUNDS} rounds after {WARMUP} warm-up");
+    println!("| method | median ms | p90 ms | median / floor | note |");
+    println!("|---|---:|---:|---:|---|");
+    for r in &rows {
+        let med = pct(&r.samples, 0.5);
+        let ratio = if r.name.contains("start alone") { "-".to_string() } else { format!("{:.2}x", med.as_secs_f64() / floor) };
+        println!(
+            "| {} | {:.3} | {:.3} | {} | {} |",
+            r.name,
+            med.as_secs_f64() * 1e3,
+            pct(&r.samples, 0.9).as_secs_f64() * 1e3,
+            ratio,
+            r.note
+        );
+    }
+    for (name, why) in &unavailable {
+        println!("| {name} | unavailable | | | {why} |");
+    }
+    for v in [&mut overhead, &mut windows, &mut window_rest] {
+        v.sort();
+    }
+    floor_rest.sort();
+    warm_rest.sort();
+    println!(
+        "\ntime outside FIFREEZE/FITHAW per round: floor median {:.0} µs; quiesce (started) median {:.0} µs, p90 {:.0} µs",
+        pct(&floor_rest, 0.5).as_secs_f64() * 1e6,
+        pct(&warm_rest, 0.5).as_secs_f64() * 1e6,
+        pct(&warm_rest, 0.9).as_secs_f64() * 1e6,
+    );
+    println!(
+        "\nfreeze window with an instant snapshot (guardian, started): median {:.0} µs, p90 {:.0} µs; \
+         host time inside the window (window − snapshot): median {:.0} µs, p90 {:.0} µs",
+        windows[ROUNDS / 2] as f64 / 1e3,
+        windows[ROUNDS * 9 / 10] as f64 / 1e3,
+        overhead[ROUNDS / 2] as f64 / 1e3,
+        overhead[ROUNDS * 9 / 10] as f64 / 1e3,
+    );
+    println!(
+        "of which outside the kernel's freeze/thaw calls (guardian→host→guardian round trip): median {:.0} µs, p90 {:.0} µs",
+        window_rest[ROUNDS / 2] as f64 / 1e3,
+        window_rest[ROUNDS * 9 / 10] as f64 / 1e3,
+    );
+}

@@ -155,6 +155,19 @@ impl LoopMount {
         LoopMount { image, mountpoint, fs }
     }
 
+    /// Creates `<image_dir>/<name>.img` and mounts it at `<mount_dir>/<name>`:
+    /// for a mount nested in another whose image lives elsewhere, or an
+    /// image on one mount mounted outside it.
+    pub fn split(image_dir: &Path, mount_dir: &Path, name: &str, fs: Fs) -> LoopMount {
+        let image = image_dir.join(format!("{name}.img"));
+        let mountpoint = mount_dir.join(name);
+        fs::create_dir_all(&mountpoint).unwrap();
+        sh(&format!("truncate -s {}M {}", fs.min_mib(), image.display()));
+        sh(&fs.mkfs(&image));
+        sh(&format!("mount -o loop {} {}", image.display(), mountpoint.display()));
+        LoopMount { image, mountpoint, fs }
+    }
+
     pub fn path(&self) -> &Path {
         &self.mountpoint
     }

@@ -1,0 +1,869 @@
+//! The guardian: a forked process that holds the freeze and guarantees the
+//! thaw.
+//!
+//! Every peer that freezes from the agent's own process leaves machines
+//! frozen when that process dies (Azure extensions #951/#1680, Velero #2113,
+//! open-vm-tools #27). Here the FIFREEZE/FITHAW calls are made by a small
+//! child in its own session, so a SIGKILL of the host or of its process
+//! group does not reach it. It thaws everything it froze when the host asks,
+//! when `max_freeze` has passed since the first freeze, when the host's end
+//! of the command pipe closes (the host died, however), or when it gets any
+//! signal that would otherwise end it (SIGTERM, SIGINT, SIGHUP, SIGUSR1, ...).
+//! It never writes to any file system, only to its event pipe.
+//!
+//! The host is multi-threaded (tokio), so after `fork` the child may only
+//! make async-signal-safe calls: no allocation, no locks, no std I/O. All
+//! its data (fds, flags, lists) is prepared before the fork, and it talks in
+//! fixed-size records smaller than PIPE_BUF, so each write is atomic.
+
+use std::io;
+use std::mem::size_of;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use super::error::{errno_name, freeze_errno_explanation, FreezeError};
+use super::plan::{FreezePlan, Target};
+use super::probe::{close_range, wait_exit};
+use super::thaw::{thaw_mounts, FIFREEZE, FITHAW};
+
+/// Nanoseconds on CLOCK_MONOTONIC, the clock of every guardian timestamp,
+/// so a session can place its own measurements in the freeze window.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid out pointer; async-signal-safe (used in the child too).
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+// ---- wire format -------------------------------------------------------
+
+const CMD_FREEZE: u32 = 1;
+const CMD_THAW: u32 = 2;
+
+const EV_READY: u32 = 1;
+const EV_FROZE: u32 = 2;
+const EV_FREEZE_DONE: u32 = 3;
+const EV_THAWED: u32 = 4;
+const EV_THAW_DONE: u32 = 5;
+
+const WHY_ASKED: u32 = 1;
+const WHY_DEADLINE: u32 = 2;
+const WHY_HOST_GONE: u32 = 3;
+const WHY_SIGNAL: u32 = 4;
+const WHY_INTERNAL: u32 = 5;
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct Cmd {
+    op: u32,
+    _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug)]
+struct Event {
+    kind: u32,
+    /// Index into the targets (per-mount events), or of the failed mount.
+    index: u32,
+    /// errno of the operation; the signal number for a signal thaw.
+    errno: i32,
+    /// WHY_* for EV_THAW_DONE.
+    reason: u32,
+    start_ns: u64,
+    end_ns: u64,
+}
+
+const _: () = assert!(size_of::<Event>() <= libc::PIPE_BUF && size_of::<Cmd>() <= libc::PIPE_BUF);
+
+// ---- public results ----------------------------------------------------
+
+/// How long one mount took to freeze.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct MountTiming {
+    pub path: PathBuf,
+    pub fs_type: String,
+    pub freeze_ms: f64,
+    /// CLOCK_MONOTONIC ns around the FIFREEZE call.
+    pub start_ns: u64,
+    pub end_ns: u64,
+}
+
+/// A successful freeze of every target.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Frozen {
+    /// In freeze order.
+    pub mounts: Vec<MountTiming>,
+    /// When the first FIFREEZE started: the freeze window opens here.
+    pub first_freeze_ns: u64,
+    /// When the last FIFREEZE returned: everything is frozen from here.
+    pub all_frozen_ns: u64,
+    /// When the guardian will thaw by itself (first_freeze_ns + max_freeze).
+    pub deadline_ns: u64,
+}
+
+/// How long one mount took to thaw.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ThawTiming {
+    pub path: PathBuf,
+    pub fs_type: String,
+    pub thaw_ms: f64,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    /// Set when FITHAW failed (EINVAL, "was not frozen", is not a failure).
+    pub error: Option<String>,
+}
+
+/// Why the guardian thawed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ThawReason {
+    /// The host asked (`thaw()` or drop).
+    Asked,
+    /// `max_freeze` passed.
+    Deadline,
+    /// The host's command pipe closed: the host died.
+    HostGone,
+    /// The guardian got this signal.
+    Signal(i32),
+    /// The guardian hit an unexpected error and thawed to be safe.
+    Internal,
+}
+
+/// A thaw the guardian did on its own (deadline or signal), before the host asked.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AutoThaw {
+    pub reason: ThawReason,
+    /// When the last FITHAW of that thaw returned.
+    pub at_ns: u64,
+    pub mounts: Vec<ThawTiming>,
+}
+
+/// The result of [`Guardian::thaw`].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Thawed {
+    /// In thaw order; empty if nothing was frozen.
+    pub mounts: Vec<ThawTiming>,
+    /// When the last FITHAW returned: the freeze window closes here (0 if nothing was frozen).
+    pub last_thaw_ns: u64,
+    pub reason: ThawReason,
+    /// Set when the guardian had already thawed by itself (deadline, signal)
+    /// before this call: the snapshot may not have been taken while frozen.
+    pub auto_thawed_at_ns: Option<u64>,
+}
+
+/// A failed freeze: which mount, why, and what was thawed back.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot freeze {} ({}): {errno_name}: {explanation}; thawed back: {}", .path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "-".into()), .fs_type.as_deref().unwrap_or("-"), describe_thawed(.thawed_back))]
+pub struct FreezeFailure {
+    /// The mount that failed (None if the guardian itself failed).
+    pub path: Option<PathBuf>,
+    pub fs_type: Option<String>,
+    pub error: io::Error,
+    /// `EBUSY`, `EOPNOTSUPP`, ...
+    pub errno_name: &'static str,
+    /// What the errno means here and what to do.
+    pub explanation: String,
+    /// Mounts this guardian froze before the failure and thawed again.
+    pub thawed_back: Vec<ThawTiming>,
+    /// Mounts frozen before the failure (with timings).
+    pub frozen_before: Vec<MountTiming>,
+}
+
+fn describe_thawed(t: &[ThawTiming]) -> String {
+    if t.is_empty() {
+        return "none".into();
+    }
+    t.iter().map(|m| m.path.display().to_string()).collect::<Vec<_>>().join(", ")
+}
+
+// ---- the child ---------------------------------------------------------
+
+/// Everything the guardian child touches, built before the fork.
+struct ChildCtx {
+    cmd_r: RawFd,
+    evt_w: RawFd,
+    devnull: RawFd,
+    fds: Vec<RawFd>,
+    frozen: Vec<bool>,
+    /// Sorted fds to keep open (besides 0..=2).
+    keep: Vec<RawFd>,
+    max_ns: u64,
+}
+
+/// Sends one event; drops it if the host is gone or not reading (the pipe is
+/// non-blocking in the child: a full pipe must never stall a thaw).
+unsafe fn send(ctx: &ChildCtx, ev: Event) {
+    libc::write(ctx.evt_w, (&ev as *const Event).cast(), size_of::<Event>());
+}
+
+unsafe fn errno() -> i32 {
+    *libc::__errno_location()
+}
+
+/// Thaws everything this guardian froze, in reverse order, then reports.
+unsafe fn thaw_all_frozen(ctx: &mut ChildCtx, why: u32, detail: i32) {
+    let n = ctx.fds.len();
+    for i in (0..n).rev() {
+        if !ctx.frozen[i] {
+            continue;
+        }
+        let fd = ctx.fds[i];
+        let start = monotonic_ns();
+        let mut err = 0;
+        for _ in 0..3 {
+            err = if libc::ioctl(fd, FITHAW as _, 0) < 0 { errno() } else { 0 };
+            if err == 0 || err == libc::EINVAL {
+                break;
+            }
+        }
+        let end = monotonic_ns();
+        ctx.frozen[i] = false;
+        send(ctx, Event { kind: EV_THAWED, index: i as u32, errno: err, reason: 0, start_ns: start, end_ns: end });
+    }
+    send(ctx, Event { kind: EV_THAW_DONE, index: 0, errno: detail, reason: why, start_ns: 0, end_ns: monotonic_ns() });
+}
+
+/// Freezes the targets in order; on the first failure thaws back what it froze.
+/// Returns the deadline (0 if nothing stays frozen).
+unsafe fn freeze_all(ctx: &mut ChildCtx) -> u64 {
+    let mut deadline = 0u64;
+    let n = ctx.fds.len();
+    let mut failed: Option<(u32, i32)> = None;
+    for i in 0..n {
+        if deadline != 0 && monotonic_ns() >= deadline {
+            failed = Some((i as u32, libc::ETIMEDOUT));
+            break;
+        }
+        let start = monotonic_ns();
+        let r = libc::ioctl(ctx.fds[i], FIFREEZE as _, 0);
+        let err = if r < 0 { errno() } else { 0 };
+        let end = monotonic_ns();
+        if err == 0 {
+            ctx.frozen[i] = true;
+            if deadline == 0 {
+                deadline = start.saturating_add(ctx.max_ns);
+            }
+        }
+        send(ctx, Event { kind: EV_FROZE, index: i as u32, errno: err, reason: 0, start_ns: start, end_ns: end });
+        if err != 0 {
+            failed = Some((i as u32, err));
+            break;
+        }
+    }
+    match failed {
+        None => {
+            send(ctx, Event { kind: EV_FREEZE_DONE, index: 0, errno: 0, reason: 0, start_ns: 0, end_ns: monotonic_ns() });
+            deadline
+        }
+        Some((index, err)) => {
+            // Thaw back only what this guardian froze: an EBUSY mount was
+            // frozen by someone else, who will expect to thaw it.
+            let n = ctx.fds.len();
+            for i in (0..n).rev() {
+                if ctx.frozen[i] {
+                    let fd = ctx.fds[i];
+                    let start = monotonic_ns();
+                    let e = if libc::ioctl(fd, FITHAW as _, 0) < 0 { errno() } else { 0 };
+                    ctx.frozen[i] = false;
+                    send(ctx, Event { kind: EV_THAWED, index: i as u32, errno: e, reason: 0, start_ns: start, end_ns: monotonic_ns() });
+                }
+            }
+            send(ctx, Event { kind: EV_FREEZE_DONE, index, errno: err, reason: 0, start_ns: 0, end_ns: monotonic_ns() });
+            0
+        }
+    }
+}
+
+unsafe fn exit_after_thaw(ctx: &mut ChildCtx, why: u32, detail: i32) -> ! {
+    thaw_all_frozen(ctx, why, detail);
+    libc::_exit(0)
+}
+
+/// The guardian's whole life. Only async-signal-safe calls from here on.
+unsafe fn guardian_main(ctx: &mut ChildCtx) -> ! {
+    // Out of the host's session and process group: `kill -9 -PGID` and a
+    // terminal hangup must not take the guardian with the host.
+    libc::setsid();
+
+    // Block everything while the inherited (tokio) handlers are reset, then
+    // take every catchable signal through a signalfd: a signal whose default
+    // would kill us (SIGTERM, but also SIGUSR1, SIGALRM, ...) must lead to a
+    // thaw first, and one that would stop us (SIGTSTP) must not stop us.
+    // Faults stay deliverable: a crash in here is a bug to see, not to hide.
+    let mut watched: libc::sigset_t = std::mem::zeroed();
+    libc::sigfillset(&mut watched);
+    libc::sigprocmask(libc::SIG_SETMASK, &watched, std::ptr::null_mut());
+    for sig in 1..65 {
+        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            libc::signal(sig, libc::SIG_DFL);
+        }
+    }
+    for sig in [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE, libc::SIGTRAP, libc::SIGSYS] {
+        libc::sigdelset(&mut watched, sig);
+    }
+    libc::sigprocmask(libc::SIG_SETMASK, &watched, std::ptr::null_mut());
+
+    libc::prctl(libc::PR_SET_NAME, c"quiesce-guard".as_ptr(), 0, 0, 0);
+
+    // Nothing of the host's: stdio to /dev/null, every other fd closed but
+    // those we need, so e.g. a host pipe held here cannot hide a hang-up.
+    for std_fd in 0..3 {
+        libc::dup2(ctx.devnull, std_fd);
+    }
+    let mut next = 3;
+    for &fd in ctx.keep.iter() {
+        if fd >= next {
+            close_range(next, i64::from(fd) - 1);
+            next = fd + 1;
+        }
+    }
+    close_range(next, i64::from(u32::MAX));
+
+    let sfd = libc::signalfd(-1, &watched, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
+    let fl = libc::fcntl(ctx.evt_w, libc::F_GETFL);
+    libc::fcntl(ctx.evt_w, libc::F_SETFL, fl | libc::O_NONBLOCK);
+
+    // The OOM killer must not pick the one process that can thaw.
+    let oom = libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+    if oom >= 0 {
+        libc::write(oom, b"-1000".as_ptr().cast(), 5);
+        libc::close(oom);
+    }
+    // Never wait for a page-in while the machine is frozen. ONFAULT: lock
+    // what is touched, without faulting in (and copying) the host's heap.
+    let ml = libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE | libc::MCL_ONFAULT);
+    let ml_err = if ml < 0 { errno() } else { 0 };
+    send(ctx, Event { kind: EV_READY, index: 0, errno: ml_err, reason: 0, start_ns: 0, end_ns: monotonic_ns() });
+
+    let mut deadline = 0u64;
+    loop {
+        let timeout = if deadline == 0 {
+            -1
+        } else {
+            let now = monotonic_ns();
+            if now >= deadline {
+                exit_after_thaw(ctx, WHY_DEADLINE, 0);
+            }
+            ((deadline - now).div_ceil(1_000_000)).min(i32::MAX as u64) as i32
+        };
+        let mut pfds = [
+            libc::pollfd { fd: ctx.cmd_r, events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: sfd, events: libc::POLLIN, revents: 0 },
+        ];
+        let nfds = if sfd >= 0 { 2 } else { 1 };
+        let n = libc::poll(pfds.as_mut_ptr(), nfds, timeout);
+        if n < 0 {
+            if errno() == libc::EINTR {
+                continue;
+            }
+            exit_after_thaw(ctx, WHY_INTERNAL, errno());
+        }
+        if n == 0 {
+            continue; // the deadline is checked at the top
+        }
+        if pfds[1].revents & libc::POLLIN != 0 {
+            let mut info: libc::signalfd_siginfo = std::mem::zeroed();
+            let r = libc::read(sfd, (&mut info as *mut libc::signalfd_siginfo).cast(), size_of::<libc::signalfd_siginfo>());
+            let signo = info.ssi_signo as i32;
+            // Those whose default is to ignore or to stop: carry on.
+            // (SIGPIPE is only our own write to a departed host.)
+            let harmless = [
+                libc::SIGCHLD, libc::SIGWINCH, libc::SIGURG, libc::SIGCONT, libc::SIGPIPE,
+                libc::SIGTSTP, libc::SIGTTIN, libc::SIGTTOU,
+            ];
+            if r > 0 && !harmless.contains(&signo) {
+                exit_after_thaw(ctx, WHY_SIGNAL, signo);
+            }
+        }
+        if pfds[0].revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+            let mut cmd = Cmd::default();
+            let r = libc::read(ctx.cmd_r, (&mut cmd as *mut Cmd).cast(), size_of::<Cmd>());
+            if r < 0 && (errno() == libc::EINTR || errno() == libc::EAGAIN) {
+                continue;
+            }
+            if r <= 0 {
+                exit_after_thaw(ctx, WHY_HOST_GONE, 0);
+            }
+            match cmd.op {
+                CMD_FREEZE if deadline != 0 => send(
+                    ctx,
+                    Event { kind: EV_FREEZE_DONE, index: 0, errno: libc::EALREADY, reason: 0, start_ns: 0, end_ns: monotonic_ns() },
+                ),
+                CMD_FREEZE => deadline = freeze_all(ctx),
+                CMD_THAW => {
+                    thaw_all_frozen(ctx, WHY_ASKED, 0);
+                    deadline = 0;
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+// ---- the host side -----------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Idle,
+    Frozen,
+    /// The guardian has exited (after an auto-thaw, or lost).
+    Gone,
+}
+
+/// Handle on a running guardian process. Blocking and simple; an async
+/// caller awaits [`Guardian::event_fd`] readability before calling in.
+pub struct Guardian {
+    pid: libc::pid_t,
+    cmd: Option<OwnedFd>,
+    events: OwnedFd,
+    targets: Vec<Target>,
+    max_freeze: Duration,
+    state: State,
+    /// Per-mount thaw events received but not yet returned.
+    thawed: Vec<ThawTiming>,
+    auto: Option<AutoThaw>,
+    reaped: bool,
+    /// errno of the guardian's mlockall (0 = locked).
+    mlock_errno: i32,
+}
+
+fn os_err(what: &'static str) -> FreezeError {
+    FreezeError::GuardianStart { what, source: io::Error::last_os_error() }
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), FreezeError> {
+    let mut fds = [0; 2];
+    // SAFETY: valid out array; fds are owned right away.
+    unsafe {
+        if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) < 0 {
+            return Err(os_err("pipe2"));
+        }
+        Ok((OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])))
+    }
+}
+
+/// Opens a target and checks it is still the mount the plan chose.
+fn open_target(t: &Target) -> Result<OwnedFd, FreezeError> {
+    let c = std::ffi::CString::new(t.path.as_os_str().as_bytes())
+        .map_err(|_| FreezeError::Open { path: t.path.clone(), source: io::ErrorKind::InvalidInput.into() })?;
+    // SAFETY: valid C string; the fd is owned right away.
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(FreezeError::Open { path: t.path.clone(), source: io::Error::last_os_error() });
+    }
+    // SAFETY: fd was just opened.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    if t.mount_id != 0 {
+        // SAFETY: zeroed statx is a valid out buffer; empty path + AT_EMPTY_PATH stats the fd.
+        let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+        let r = unsafe { libc::statx(fd.as_raw_fd(), c"".as_ptr(), libc::AT_EMPTY_PATH, libc::STATX_MNT_ID, &mut stx) };
+        if r == 0 && stx.stx_mask & libc::STATX_MNT_ID != 0 && stx.stx_mnt_id != t.mount_id {
+            return Err(FreezeError::MountChanged { path: t.path.clone(), expected: t.mount_id, found: stx.stx_mnt_id });
+        }
+    }
+    Ok(fd)
+}
+
+impl Guardian {
+    /// Forks the guardian for `plan`'s targets. It will thaw on its own
+    /// `max_freeze` after the first FIFREEZE. `keep_fds` (≥ 3) stay open in
+    /// it; every other inherited fd is closed there.
+    pub fn start(plan: &FreezePlan, max_freeze: Duration, keep_fds: &[RawFd]) -> Result<Guardian, FreezeError> {
+        let targets = plan.targets.clone();
+        let fds: Vec<OwnedFd> = targets.iter().map(open_target).collect::<Result<_, _>>()?;
+        let (cmd_r, cmd_w) = pipe()?;
+        let (evt_r, evt_w) = pipe()?;
+        // Room for many per-mount events even if the host is slow to read.
+        // SAFETY: fcntl on an fd we own; failure only leaves the default size.
+        unsafe { libc::fcntl(evt_w.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
+        // SAFETY: valid C string.
+        let devnull = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+        if devnull < 0 {
+            return Err(os_err("open /dev/null"));
+        }
+        // SAFETY: just opened.
+        let devnull = unsafe { OwnedFd::from_raw_fd(devnull) };
+
+        let mut keep: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+        keep.extend([cmd_r.as_raw_fd(), evt_w.as_raw_fd()]);
+        keep.extend(keep_fds.iter().copied().filter(|&fd| fd > 2));
+        keep.sort_unstable();
+        keep.dedup();
+        let mut ctx = ChildCtx {
+            cmd_r: cmd_r.as_raw_fd(),
+            evt_w: evt_w.as_raw_fd(),
+            devnull: devnull.as_raw_fd(),
+            fds: fds.iter().map(AsRawFd::as_raw_fd).collect(),
+            frozen: vec![false; fds.len()],
+            keep,
+            max_ns: u64::try_from(max_freeze.as_nanos()).unwrap_or(u64::MAX),
+        };
+
+        // SAFETY: the child runs guardian_main, which never returns and only
+        // makes async-signal-safe calls on `ctx`, allocated above.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(os_err("fork"));
+        }
+        if pid == 0 {
+            unsafe { guardian_main(&mut ctx) }
+        }
+        // The child has its copies; the host keeps only its two pipe ends.
+        drop((fds, cmd_r, evt_w, devnull));
+        let mut g = Guardian {
+            pid,
+            cmd: Some(cmd_w),
+            events: evt_r,
+            targets,
+            max_freeze,
+            state: State::Idle,
+            thawed: Vec::new(),
+            auto: None,
+            reaped: false,
+            mlock_errno: 0,
+        };
+        match g.next_event(Instant::now() + Duration::from_secs(10)) {
+            Ok(ev) if ev.kind == EV_READY => {
+                g.mlock_errno = ev.errno;
+                Ok(g)
+            }
+            Ok(ev) => Err(FreezeError::GuardianStart {
+                what: "handshake",
+                source: io::Error::other(format!("unexpected event {}", ev.kind)),
+            }),
+            Err(e) => Err(FreezeError::GuardianStart { what: "handshake", source: e }),
+        }
+    }
+
+    /// Process id of the guardian.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// The targets, in freeze order.
+    pub fn targets(&self) -> &[Target] {
+        &self.targets
+    }
+
+    /// The `max_freeze` the guardian enforces.
+    pub fn max_freeze(&self) -> Duration {
+        self.max_freeze
+    }
+
+    /// errno of the guardian's mlockall, 0 if its memory is locked.
+    pub fn mlock_errno(&self) -> i32 {
+        self.mlock_errno
+    }
+
+    /// True while this guardian holds the targets frozen (as last heard).
+    pub fn is_frozen(&self) -> bool {
+        self.state == State::Frozen
+    }
+
+    /// Readable when the guardian has something to say (e.g. it auto-thawed);
+    /// an async session registers it with tokio's `AsyncFd`.
+    pub fn event_fd(&self) -> BorrowedFd<'_> {
+        self.events.as_fd()
+    }
+
+    /// Freezes every target in plan order. On failure, everything this
+    /// guardian froze has been thawed back; a mount frozen by someone else
+    /// (EBUSY) is left as it was.
+    #[allow(clippy::result_large_err)] // rare, and callers want the fields by value
+    pub fn freeze(&mut self) -> Result<Frozen, FreezeFailure> {
+        let guardian_failure = |explanation: String, error: io::Error| FreezeFailure {
+            path: None,
+            fs_type: None,
+            errno_name: error.raw_os_error().map(errno_name).unwrap_or("error"),
+            error,
+            explanation,
+            thawed_back: Vec::new(),
+            frozen_before: Vec::new(),
+        };
+        match self.state {
+            State::Idle => {}
+            State::Frozen => {
+                return Err(guardian_failure(
+                    "this guardian already holds a freeze; thaw first".into(),
+                    io::Error::from_raw_os_error(libc::EALREADY),
+                ))
+            }
+            State::Gone => {
+                return Err(guardian_failure(
+                    "the guardian has exited (after an automatic thaw); start a new one".into(),
+                    io::Error::from_raw_os_error(libc::ESRCH),
+                ))
+            }
+        }
+        if let Err(e) = self.send(CMD_FREEZE) {
+            return Err(guardian_failure(format!("cannot reach the guardian (pid {})", self.pid), e));
+        }
+        let mut frozen: Vec<MountTiming> = Vec::new();
+        let mut thawed_back: Vec<ThawTiming> = Vec::new();
+        let mut failed: Option<(usize, i32)> = None;
+        // FIFREEZE syncs the fs first; on a busy fs that can take long, but a
+        // freeze that outlives max_freeze is already a failure.
+        let limit = Instant::now() + self.max_freeze + Duration::from_secs(30);
+        loop {
+            let ev = match self.next_event(limit) {
+                Ok(ev) => ev,
+                Err(e) => {
+                    // The guardian died mid-freeze or hangs in FIFREEZE: thaw what we know it froze.
+                    let paths: Vec<PathBuf> = frozen.iter().rev().map(|m| m.path.clone()).collect();
+                    let results = thaw_mounts(&paths);
+                    self.state = State::Gone;
+                    let mut f = guardian_failure(format!("the guardian (pid {}) stopped answering during the freeze", self.pid), e);
+                    f.thawed_back = results
+                        .into_iter()
+                        .map(|r| ThawTiming {
+                            fs_type: self.fs_type_of(&r.path),
+                            error: (r.outcome == super::thaw::ThawOutcome::Failed).then(|| r.message.clone()),
+                            path: r.path,
+                            thaw_ms: r.thaw_ms,
+                            start_ns: 0,
+                            end_ns: 0,
+                        })
+                        .collect();
+                    f.frozen_before = frozen;
+                    return Err(f);
+                }
+            };
+            match ev.kind {
+                EV_FROZE => {
+                    let Some(t) = self.targets.get(ev.index as usize) else { continue };
+                    if ev.errno == 0 {
+                        frozen.push(MountTiming {
+                            path: t.path.clone(),
+                            fs_type: t.fs_type.clone(),
+                            freeze_ms: ms(ev.start_ns, ev.end_ns),
+                            start_ns: ev.start_ns,
+                            end_ns: ev.end_ns,
+                        });
+                    }
+                }
+                EV_THAWED => thawed_back.push(self.thaw_timing(&ev)),
+                EV_FREEZE_DONE => {
+                    if ev.errno != 0 {
+                        failed = Some((ev.index as usize, ev.errno));
+                    }
+                    break;
+                }
+                _ => {}
+            }
+        }
+        if let Some((index, errno)) = failed {
+            let t = self.targets.get(index);
+            return Err(FreezeFailure {
+                path: t.map(|t| t.path.clone()),
+                fs_type: t.map(|t| t.fs_type.clone()),
+                error: io::Error::from_raw_os_error(errno),
+                errno_name: errno_name(errno),
+                explanation: freeze_errno_explanation(errno).to_string(),
+                thawed_back,
+                frozen_before: frozen,
+            });
+        }
+        self.state = State::Frozen;
+        let first = frozen.first().map(|m| m.start_ns).unwrap_or(0);
+        let all = frozen.last().map(|m| m.end_ns).unwrap_or(0);
+        let deadline = first.saturating_add(u64::try_from(self.max_freeze.as_nanos()).unwrap_or(u64::MAX));
+        Ok(Frozen { mounts: frozen, first_freeze_ns: first, all_frozen_ns: all, deadline_ns: deadline })
+    }
+
+    /// Thaws every target this guardian froze, in reverse order. If the
+    /// guardian already thawed on its own (deadline, signal), says so and when.
+    pub fn thaw(&mut self) -> Result<Thawed, FreezeError> {
+        // An automatic thaw may be waiting in the pipe.
+        self.drain()?;
+        if let Some(auto) = self.auto.clone() {
+            return Ok(Thawed {
+                last_thaw_ns: auto.at_ns,
+                mounts: auto.mounts,
+                reason: auto.reason,
+                auto_thawed_at_ns: Some(auto.at_ns),
+            });
+        }
+        if self.state != State::Frozen {
+            return Ok(Thawed { mounts: Vec::new(), last_thaw_ns: 0, reason: ThawReason::Asked, auto_thawed_at_ns: None });
+        }
+        let sent = self.send(CMD_THAW);
+        let limit = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ev = match self.next_event(limit) {
+                Ok(ev) => ev,
+                Err(e) => {
+                    let why = match sent {
+                        Err(ref s) => format!("{s}; then {e}"),
+                        Ok(()) => e.to_string(),
+                    };
+                    return Err(self.lost(why));
+                }
+            };
+            if let Some(done) = self.absorb(ev) {
+                return Ok(done);
+            }
+        }
+    }
+
+    /// Non-blocking: has the guardian thawed on its own (deadline, signal)?
+    pub fn auto_thawed(&mut self) -> Option<AutoThaw> {
+        if let Err(e) = self.drain() {
+            tracing::error!("{e}");
+        }
+        self.auto.clone()
+    }
+
+    /// Absorbs every event already waiting, without blocking.
+    fn drain(&mut self) -> Result<(), FreezeError> {
+        while self.state == State::Frozen {
+            match self.next_event(Instant::now()) {
+                Ok(ev) => {
+                    self.absorb(ev);
+                }
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => break,
+                // The guardian vanished without a word: thaw from here.
+                Err(e) => return Err(self.lost(e.to_string())),
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles a thaw-related event; returns the finished thaw on THAW_DONE.
+    fn absorb(&mut self, ev: Event) -> Option<Thawed> {
+        match ev.kind {
+            EV_THAWED => {
+                let t = self.thaw_timing(&ev);
+                self.thawed.push(t);
+                None
+            }
+            EV_THAW_DONE => {
+                let reason = match ev.reason {
+                    WHY_ASKED => ThawReason::Asked,
+                    WHY_DEADLINE => ThawReason::Deadline,
+                    WHY_HOST_GONE => ThawReason::HostGone,
+                    WHY_SIGNAL => ThawReason::Signal(ev.errno),
+                    _ => ThawReason::Internal,
+                };
+                let mounts = std::mem::take(&mut self.thawed);
+                let last = mounts.iter().map(|m| m.end_ns).max().unwrap_or(ev.end_ns);
+                if reason == ThawReason::Asked {
+                    self.state = State::Idle;
+                    Some(Thawed { mounts, last_thaw_ns: last, reason, auto_thawed_at_ns: None })
+                } else {
+                    // The guardian exits after any thaw it did on its own.
+                    self.state = State::Gone;
+                    self.auto = Some(AutoThaw { reason, at_ns: last, mounts: mounts.clone() });
+                    Some(Thawed { mounts, last_thaw_ns: last, reason, auto_thawed_at_ns: Some(last) })
+                }
+            }
+            _ => None,
+        }
+    }
+
+    /// The guardian is gone while we believe it holds a freeze: thaw the
+    /// targets from here (EINVAL = it had thawed them after all).
+    fn lost(&mut self, why: String) -> FreezeError {
+        let paths: Vec<PathBuf> = self.targets.iter().rev().map(|t| t.path.clone()).collect();
+        let thawed = if self.state == State::Frozen { thaw_mounts(&paths) } else { Vec::new() };
+        self.state = State::Gone;
+        FreezeError::GuardianLost { pid: self.pid, why, thawed }
+    }
+
+    fn thaw_timing(&self, ev: &Event) -> ThawTiming {
+        let t = self.targets.get(ev.index as usize);
+        ThawTiming {
+            path: t.map(|t| t.path.clone()).unwrap_or_default(),
+            fs_type: t.map(|t| t.fs_type.clone()).unwrap_or_default(),
+            thaw_ms: ms(ev.start_ns, ev.end_ns),
+            start_ns: ev.start_ns,
+            end_ns: ev.end_ns,
+            error: (ev.errno != 0 && ev.errno != libc::EINVAL)
+                .then(|| format!("{}: {}", errno_name(ev.errno), io::Error::from_raw_os_error(ev.errno))),
+        }
+    }
+
+    fn fs_type_of(&self, path: &std::path::Path) -> String {
+        self.targets.iter().find(|t| t.path == path).map(|t| t.fs_type.clone()).unwrap_or_default()
+    }
+
+    fn send(&self, op: u32) -> io::Result<()> {
+        let Some(cmd) = &self.cmd else { return Err(io::ErrorKind::BrokenPipe.into()) };
+        let c = Cmd { op, _pad: 0 };
+        // SAFETY: writes a plain struct from our stack to our pipe. Records are
+        // < PIPE_BUF, so the write is atomic. (SIGPIPE is ignored in Rust
+        // binaries, so a dead guardian yields EPIPE.)
+        let r = unsafe { libc::write(cmd.as_raw_fd(), (&c as *const Cmd).cast(), size_of::<Cmd>()) };
+        if r == size_of::<Cmd>() as isize {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// Next event, waiting until `limit`. TimedOut if none by then,
+    /// UnexpectedEof if the guardian has exited.
+    fn next_event(&self, limit: Instant) -> io::Result<Event> {
+        let fd = self.events.as_raw_fd();
+        loop {
+            let left = limit.saturating_duration_since(Instant::now());
+            let ms = left.as_millis().min(i32::MAX as u128) as i32;
+            let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd.
+            let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                return Err(e);
+            }
+            if n == 0 {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "the guardian did not answer in time"));
+            }
+            let mut ev = Event::default();
+            // SAFETY: reads one plain record into a stack struct.
+            let r = unsafe { libc::read(fd, (&mut ev as *mut Event).cast(), size_of::<Event>()) };
+            if r == size_of::<Event>() as isize {
+                return Ok(ev);
+            }
+            if r == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the guardian exited"));
+            }
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                if matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EAGAIN)) {
+                    continue;
+                }
+                return Err(e);
+            }
+            return Err(io::Error::other(format!("short event record ({r} bytes)")));
+        }
+    }
+}
+
+fn ms(start: u64, end: u64) -> f64 {
+    end.saturating_sub(start) as f64 / 1e6
+}
+
+impl Drop for Guardian {
+    fn drop(&mut self) {
+        if self.state == State::Frozen {
+            if let Err(e) = self.thaw() {
+                tracing::error!("thaw on drop: {e}");
+            }
+        }
+        // Closing the command pipe tells the guardian to go (it thaws first
+        // if anything is still frozen).
+        self.cmd = None;
+        if !self.reaped {
+            // Bounded: a guardian stuck in the kernel must not hang the host.
+            if let Ok(true) = wait_exit(self.pid, Duration::from_secs(5)) {
+                // SAFETY: reaping our own exited child.
+                unsafe { libc::waitpid(self.pid, std::ptr::null_mut(), 0) };
+                self.reaped = true;
+            }
+        }
+    }
+}

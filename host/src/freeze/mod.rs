@@ -1,0 +1,22 @@
+//! Native file-system freeze that can never leave a machine frozen.
+//!
+//! [`plan`] decides which file systems to freeze and in which order (children
+//! and loop-mounted file systems before what holds them). [`Guardian`] holds
+//! the freeze in a separate, signal-proof process that thaws on request, at
+//! the `max_freeze` deadline, when the host dies, or on SIGTERM. [`is_frozen`]
+//! asks the kernel without risking a hang, and [`thaw_mounts`]/[`thaw_all`]
+//! are the guardian-less emergency exits.
+
+mod error;
+mod guardian;
+pub mod mountinfo;
+mod plan;
+mod probe;
+mod thaw;
+
+pub use error::{errno_name, FreezeError};
+pub use guardian::{monotonic_ns, AutoThaw, Frozen, FreezeFailure, Guardian, MountTiming, ThawReason, ThawTiming, Thawed};
+pub use mountinfo::MountInfoEntry;
+pub use plan::{plan, plan_from, FreezePlan, PlanEnv, Selection, Skipped, SystemEnv, Target};
+pub use probe::is_frozen;
+pub use thaw::{thaw_all, thaw_mounts, thaw_one, ThawOutcome, ThawResult};

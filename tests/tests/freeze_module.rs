@@ -1,0 +1,372 @@
+//! The freeze module on real loop-mounted file systems: planning against
+//! the live mount table, freezing and thawing through the guardian, and the
+//! guardian's promise that nothing stays frozen when the host dies, the
+//! deadline passes or the guardian is told to stop.
+//!
+//! Every test creates its own mounts in its own `Scratch` and passes them
+//! explicitly: nothing here freezes a file system it did not create.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use quiesce::freeze::{
+    is_frozen as probe_frozen, plan, thaw_mounts, FreezeError, FreezePlan, Guardian, Selection, ThawOutcome, ThawReason,
+};
+use quiesce_tests::{alive, is_frozen, sh, writable_within, BindMount, Fs, LoopMount, Scratch, WriteProbe};
+
+fn plan_for(mounts: &[&Path]) -> FreezePlan {
+    plan(&Selection { mounts: mounts.iter().map(|p| p.to_path_buf()).collect(), exclude: vec![] }).expect("plan")
+}
+
+fn target_paths(p: &FreezePlan) -> Vec<PathBuf> {
+    p.targets.iter().map(|t| t.path.clone()).collect()
+}
+
+/// Thaws with util-linux on drop: a test that froze something itself
+/// (to play "another process") must not leave it frozen when it fails.
+struct ForeignFreeze(PathBuf);
+impl ForeignFreeze {
+    fn new(p: &Path) -> ForeignFreeze {
+        sh(&format!("fsfreeze -f {}", p.display()));
+        ForeignFreeze(p.to_path_buf())
+    }
+}
+impl Drop for ForeignFreeze {
+    fn drop(&mut self) {
+        let _ = Command::new("fsfreeze").arg("-u").arg(&self.0).stderr(Stdio::null()).status();
+    }
+}
+
+#[test]
+fn plan_orders_children_before_parents() {
+    let s = Scratch::new("plan-nested");
+    let outer = LoopMount::new(&s.path, "outer", Fs::Ext4);
+    // Image outside `outer`, mount point inside: only the nesting orders them.
+    let inner = LoopMount::split(&s.path, outer.path(), "inner", Fs::Ext4);
+    let p = plan_for(&[outer.path(), inner.path()]);
+    assert_eq!(target_paths(&p), vec![inner.path().to_path_buf(), outer.path().to_path_buf()]);
+    assert_eq!(p.thaw_order().next().unwrap().path, outer.path());
+}
+
+#[test]
+fn plan_freezes_loop_image_fs_after_the_fs_on_it() {
+    let s = Scratch::new("plan-loop");
+    std::fs::create_dir_all(s.join("deep/er")).unwrap();
+    // The outer fs is mounted deeper than the inner one, so depth order alone
+    // would freeze the outer (image-holding) fs first and deadlock.
+    let outer = LoopMount::new(&s.join("deep/er"), "outer", Fs::Xfs);
+    let inner = LoopMount::split(outer.path(), &s.path, "inner", Fs::Ext4);
+    let p = plan_for(&[outer.path(), inner.path()]);
+    assert_eq!(target_paths(&p), vec![inner.path().to_path_buf(), outer.path().to_path_buf()]);
+
+    // And that order really freezes and thaws without hanging.
+    let mut g = Guardian::start(&p, Duration::from_secs(20), &[]).unwrap();
+    let started = Instant::now();
+    let frozen = g.freeze().expect("freeze inner then outer");
+    assert_eq!(frozen.mounts.len(), 2);
+    assert!(is_frozen(inner.path()) && is_frozen(outer.path()));
+    let thawed = g.thaw().unwrap();
+    assert_eq!(thawed.reason, ThawReason::Asked);
+    assert_eq!(thawed.mounts[0].path, outer.path(), "thaw order is the reverse of freeze order");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(writable_within(inner.path(), Duration::from_secs(2)).is_some());
+}
+
+#[test]
+fn plan_skips_bind_mount_of_listed_superblock() {
+    let s = Scratch::new("plan-bind");
+    let a = LoopMount::new(&s.path, "a", Fs::Ext4);
+    std::fs::create_dir_all(a.path().join("sub")).unwrap();
+    let bind = BindMount::new(&a.path().join("sub"), &s.join("bind"));
+    let p = plan_for(&[&bind.mountpoint, a.path()]);
+    assert_eq!(target_paths(&p), vec![a.path().to_path_buf()]);
+    let skipped = p.skipped.iter().find(|k| k.path == bind.mountpoint).expect("bind mount skipped");
+    assert!(skipped.reason.contains("bind mount"), "{}", skipped.reason);
+    assert!(skipped.reason.contains(&a.path().display().to_string()), "{}", skipped.reason);
+    drop(bind);
+}
+
+#[test]
+fn plan_skips_read_only_mount() {
+    let s = Scratch::new("plan-ro");
+    let ro = LoopMount::new(&s.path, "ro", Fs::Ext4);
+    let rw = LoopMount::new(&s.path, "rw", Fs::Ext4);
+    sh(&format!("mount -o remount,ro {}", ro.path().display()));
+    let p = plan_for(&[ro.path(), rw.path()]);
+    assert_eq!(target_paths(&p), vec![rw.path().to_path_buf()]);
+    assert_eq!(p.skipped.len(), 1);
+    assert!(p.skipped[0].reason.contains("read-only"), "{}", p.skipped[0].reason);
+}
+
+#[test]
+fn plan_skips_excluded_glob() {
+    let s = Scratch::new("plan-excl");
+    let a1 = LoopMount::new(&s.path, "app1", Fs::Ext4);
+    let a2 = LoopMount::new(&s.path, "app2", Fs::Ext4);
+    let b = LoopMount::new(&s.path, "b", Fs::Ext4);
+    let sel = Selection {
+        mounts: vec![a1.path().into(), a2.path().into(), b.path().into()],
+        exclude: vec![format!("{}/app*", s.path.display())],
+    };
+    let p = plan(&sel).unwrap();
+    assert_eq!(target_paths(&p), vec![b.path().to_path_buf()]);
+    for m in [&a1, &a2] {
+        let k = p.skipped.iter().find(|k| k.path == m.path()).expect("excluded mount listed as skipped");
+        assert!(k.reason.contains("excluded"), "{}", k.reason);
+    }
+}
+
+#[test]
+fn plan_rejects_non_mountpoint() {
+    let s = Scratch::new("plan-nomp");
+    let a = LoopMount::new(&s.path, "a", Fs::Ext4);
+    std::fs::create_dir_all(a.path().join("dir")).unwrap();
+    let err = plan(&Selection { mounts: vec![a.path().join("dir")], exclude: vec![] }).unwrap_err();
+    match &err {
+        FreezeError::NotAMountPoint { path } => assert_eq!(path, &a.path().join("dir")),
+        other => panic!("expected NotAMountPoint, got {other:?}"),
+    }
+    assert!(err.to_string().contains("is not a mount point"), "{err}");
+}
+
+#[test]
+fn freeze_and_thaw_ext4_xfs_btrfs() {
+    let s = Scratch::new("freeze-3");
+    let mounts = [
+        LoopMount::new(&s.path, "e", Fs::Ext4),
+        LoopMount::new(&s.path, "x", Fs::Xfs),
+        LoopMount::new(&s.path, "b", Fs::Btrfs),
+    ];
+    let p = plan_for(&mounts.iter().map(|m| m.path()).collect::<Vec<_>>());
+    assert_eq!(p.targets.len(), 3, "{p:?}");
+    let mut g = Guardian::start(&p, Duration::from_secs(30), &[]).unwrap();
+    let frozen = g.freeze().expect("freeze");
+    let types: Vec<&str> = frozen.mounts.iter().map(|m| m.fs_type.as_str()).collect();
+    assert_eq!(types.len(), 3);
+    for fs in ["ext4", "xfs", "btrfs"] {
+        assert!(types.contains(&fs), "{types:?}");
+    }
+    assert!(frozen.first_freeze_ns > 0 && frozen.all_frozen_ns >= frozen.first_freeze_ns);
+    for m in &mounts {
+        assert!(is_frozen(m.path()), "{} ({}) should be frozen", m.path().display(), m.fs.name());
+    }
+    let thawed = g.thaw().expect("thaw");
+    assert_eq!(thawed.reason, ThawReason::Asked);
+    assert_eq!(thawed.mounts.len(), 3);
+    assert!(thawed.mounts.iter().all(|m| m.error.is_none()), "{:?}", thawed.mounts);
+    assert!(thawed.last_thaw_ns > frozen.all_frozen_ns);
+    assert!(thawed.auto_thawed_at_ns.is_none());
+    for m in &mounts {
+        assert!(writable_within(m.path(), Duration::from_secs(2)).is_some(), "{} still frozen", m.path().display());
+    }
+}
+
+#[test]
+fn guardian_freezes_again_after_thaw() {
+    let s = Scratch::new("refreeze");
+    let a = LoopMount::new(&s.path, "a", Fs::Ext4);
+    let mut g = Guardian::start(&plan_for(&[a.path()]), Duration::from_secs(30), &[]).unwrap();
+    for _ in 0..3 {
+        g.freeze().expect("freeze");
+        assert!(probe_frozen(a.path(), Duration::from_millis(200)).unwrap());
+        assert_eq!(g.thaw().unwrap().mounts.len(), 1);
+        assert!(!probe_frozen(a.path(), Duration::from_secs(2)).unwrap());
+    }
+    // A second freeze while frozen is refused, not stacked.
+    g.freeze().unwrap();
+    let err = g.freeze().unwrap_err();
+    assert_eq!(err.errno_name, "EALREADY");
+}
+
+#[test]
+fn ebusy_mount_is_reported_and_left_frozen() {
+    let s = Scratch::new("ebusy");
+    let mounts = [
+        LoopMount::new(&s.path, "a", Fs::Ext4),
+        LoopMount::new(&s.path, "b", Fs::Xfs),
+        LoopMount::new(&s.path, "c", Fs::Ext4),
+    ];
+    let p = plan_for(&mounts.iter().map(|m| m.path()).collect::<Vec<_>>());
+    let order = target_paths(&p);
+    // Someone else froze the second one in freeze order: the first is
+    // frozen by the guardian before it hits EBUSY.
+    let foreign = ForeignFreeze::new(&order[1]);
+    let mut g = Guardian::start(&p, Duration::from_secs(30), &[]).unwrap();
+    let err = g.freeze().expect_err("freeze must fail on a mount frozen by someone else");
+    assert_eq!(err.path.as_deref(), Some(order[1].as_path()));
+    assert_eq!(err.errno_name, "EBUSY");
+    assert_eq!(err.error.raw_os_error(), Some(libc::EBUSY));
+    let msg = err.to_string();
+    assert!(msg.contains("EBUSY: already frozen by another process; quiesce will not thaw it"), "{msg}");
+    assert_eq!(err.thawed_back.iter().map(|t| t.path.clone()).collect::<Vec<_>>(), vec![order[0].clone()]);
+    assert!(!g.is_frozen());
+
+    assert!(writable_within(&order[0], Duration::from_secs(2)).is_some(), "thawed back");
+    assert!(writable_within(&order[2], Duration::from_secs(2)).is_some(), "never frozen");
+    assert!(is_frozen(&order[1]), "the foreign freeze must be left alone");
+    drop(g);
+    assert!(is_frozen(&order[1]), "not even the guardian's exit may thaw it");
+    drop(foreign);
+    assert!(writable_within(&order[1], Duration::from_secs(2)).is_some());
+}
+
+#[test]
+fn probe_detects_frozen_and_thawed() {
+    let s = Scratch::new("probe");
+    for fs in [Fs::Ext4, Fs::Xfs, Fs::Btrfs] {
+        let m = LoopMount::new(&s.path, fs.name(), fs);
+        assert!(!probe_frozen(m.path(), Duration::from_secs(2)).unwrap(), "{} thawed", fs.name());
+        let f = ForeignFreeze::new(m.path());
+        let t = Instant::now();
+        assert!(probe_frozen(m.path(), Duration::from_millis(200)).unwrap(), "{} frozen", fs.name());
+        assert!(t.elapsed() < Duration::from_secs(1), "the probe must not hang");
+        drop(f);
+        assert!(!probe_frozen(m.path(), Duration::from_secs(2)).unwrap(), "{} thawed again", fs.name());
+        // The probe changes nothing on disk.
+        let names: Vec<_> = std::fs::read_dir(m.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(!names.iter().any(|n| n.to_string_lossy().contains("quiesce-probe")), "{names:?}");
+    }
+}
+
+#[test]
+fn guardian_thaws_at_deadline() {
+    let s = Scratch::new("deadline");
+    let a = LoopMount::new(&s.path, "a", Fs::Ext4);
+    let b = LoopMount::new(&s.path, "b", Fs::Xfs);
+    let mut g = Guardian::start(&plan_for(&[a.path(), b.path()]), Duration::from_secs(1), &[]).unwrap();
+    let frozen = g.freeze().unwrap();
+    let t0 = Instant::now();
+    let mut pa = WriteProbe::start(a.path());
+    let mut pb = WriteProbe::start(b.path());
+    let wa = pa.wait_done(Duration::from_secs(2)).expect("a writable within deadline + 1 s");
+    let wb = pb.wait_done(Duration::from_secs(2)).expect("b writable within deadline + 1 s");
+    // Not thawed early: the writes stayed blocked until about the deadline.
+    assert!(t0.elapsed() >= Duration::from_millis(800), "thawed after {:?}", t0.elapsed());
+    assert!(wa >= Duration::from_millis(800) && wb >= Duration::from_millis(800), "{wa:?} {wb:?}");
+
+    let mut auto = None;
+    for _ in 0..100 {
+        auto = g.auto_thawed();
+        if auto.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let auto = auto.expect("auto-thaw reported");
+    assert_eq!(auto.reason, ThawReason::Deadline);
+    assert_eq!(auto.mounts.len(), 2);
+    let window = auto.at_ns - frozen.first_freeze_ns;
+    assert!((1_000_000_000..2_000_000_000).contains(&window), "window {window} ns");
+    let thawed = g.thaw().unwrap();
+    assert_eq!(thawed.reason, ThawReason::Deadline);
+    assert_eq!(thawed.auto_thawed_at_ns, Some(auto.at_ns));
+    assert!(g.freeze().is_err(), "the guardian exits after an automatic thaw");
+}
+
+#[test]
+fn guardian_thaws_when_host_dies() {
+    let s = Scratch::new("hostdies");
+    let a = LoopMount::new(&s.path, "a", Fs::Ext4);
+    let b = LoopMount::new(&s.path, "b", Fs::Xfs);
+    let mut host = Command::new(env!("CARGO_BIN_EXE_guardian_host"))
+        .arg("30")
+        .arg(a.path())
+        .arg(b.path())
+        .process_group(0)
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn guardian_host");
+    let host_pid = host.id() as i32;
+    let mut line = String::new();
+    BufReader::new(host.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(fields.first(), Some(&"FROZEN"), "host said {line:?}");
+    let guardian_pid: i32 = fields[1].parse().unwrap();
+    assert!(is_frozen(a.path()) && is_frozen(b.path()));
+
+    // SIGKILL the host and everything in its process group.
+    // SAFETY: plain kill(2) on the group we created.
+    assert_eq!(unsafe { libc::kill(-host_pid, libc::SIGKILL) }, 0);
+    let killed = Instant::now();
+    host.wait().unwrap();
+    for m in [&a, &b] {
+        let w = writable_within(m.path(), Duration::from_secs(1));
+        assert!(w.is_some(), "{} still frozen 1 s after the host died", m.path().display());
+    }
+    assert!(killed.elapsed() < Duration::from_secs(5));
+    let t = Instant::now();
+    while alive(guardian_pid) && t.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!alive(guardian_pid), "the guardian exits after thawing");
+}
+
+#[test]
+fn guardian_thaws_on_sigterm_to_guardian() {
+    let s = Scratch::new("sigterm");
+    let a = LoopMount::new(&s.path, "a", Fs::Btrfs);
+    let mut g = Guardian::start(&plan_for(&[a.path()]), Duration::from_secs(30), &[]).unwrap();
+    g.freeze().unwrap();
+    assert!(is_frozen(a.path()));
+    // SAFETY: plain kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(g.pid(), libc::SIGTERM) }, 0);
+    assert!(writable_within(a.path(), Duration::from_secs(1)).is_some(), "thawed on SIGTERM");
+    let thawed = g.thaw().unwrap();
+    assert_eq!(thawed.reason, ThawReason::Signal(libc::SIGTERM));
+    assert!(thawed.auto_thawed_at_ns.is_some());
+    assert_eq!(thawed.mounts.len(), 1);
+}
+
+#[test]
+fn guardian_thaws_on_any_terminating_signal_but_not_on_harmless_ones() {
+    let s = Scratch::new("signals");
+    let a = LoopMount::new(&s.path, "a", Fs::Ext4);
+    let p = plan_for(&[a.path()]);
+    for sig in [libc::SIGINT, libc::SIGHUP, libc::SIGUSR1, libc::SIGALRM] {
+        let mut g = Guardian::start(&p, Duration::from_secs(30), &[]).unwrap();
+        g.freeze().unwrap();
+        // Default-ignored or stopping signals must neither thaw nor stop it.
+        for harmless in [libc::SIGWINCH, libc::SIGCHLD, libc::SIGTSTP] {
+            // SAFETY: plain kill(2) on our own child.
+            assert_eq!(unsafe { libc::kill(g.pid(), harmless) }, 0);
+        }
+        assert!(probe_frozen(a.path(), Duration::from_millis(300)).unwrap(), "harmless signals keep the freeze");
+        assert!(g.auto_thawed().is_none());
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::kill(g.pid(), sig) }, 0);
+        assert!(writable_within(a.path(), Duration::from_secs(1)).is_some(), "thawed on signal {sig}");
+        assert_eq!(g.thaw().unwrap().reason, ThawReason::Signal(sig));
+    }
+}
+
+#[test]
+fn dropping_a_frozen_guardian_thaws_and_reaps_it() {
+    let s = Scratch::new("drop");
+    let a = LoopMount::new(&s.path, "a", Fs::Xfs);
+    let mut g = Guardian::start(&plan_for(&[a.path()]), Duration::from_secs(30), &[]).unwrap();
+    g.freeze().unwrap();
+    let pid = g.pid();
+    assert!(is_frozen(a.path()));
+    drop(g);
+    assert!(writable_within(a.path(), Duration::from_secs(1)).is_some());
+    // Reaped, not a zombie: /proc/<pid> is gone.
+    assert!(!Path::new(&format!("/proc/{pid}")).exists());
+}
+
+#[test]
+fn thaw_is_idempotent() {
+    let s = Scratch::new("thaw");
+    let a = LoopMount::new(&s.path, "a", Fs::Ext4);
+    let foreign = ForeignFreeze::new(a.path());
+    let first = thaw_mounts(&[a.path()]);
+    assert_eq!(first[0].outcome, ThawOutcome::Thawed, "{first:?}");
+    let second = thaw_mounts(&[a.path()]);
+    assert_eq!(second[0].outcome, ThawOutcome::NotFrozen, "{second:?}");
+    assert_eq!(second[0].message, "was not frozen");
+    assert!(writable_within(a.path(), Duration::from_secs(2)).is_some());
+    drop(foreign);
+}
