@@ -65,9 +65,10 @@ impl Fixture {
 
     /// Starts a session whose snapshot command touches `snapping` and then
     /// sleeps; returns once the file systems are frozen.
-    fn start_frozen_session(&self, max_freeze: &str, own_group: bool) -> (Child, String) {
-        let tag = format!("quiesce-test-sleeper-{}", self.s.path.file_name().unwrap().to_string_lossy());
-        let cmd_text = format!("touch {}; exec -a {tag} sleep 60", self.file("snapping").display());
+    /// The snapshot command outlives a killed host; the test ends it.
+    fn start_frozen_session(&self, max_freeze: &str, own_group: bool) -> (Child, PathBuf) {
+        let pidfile = self.file("sleeper.pid");
+        let cmd_text = format!("echo $$ > {}; touch {}; exec sleep 60", pidfile.display(), self.file("snapping").display());
         let mut cmd = self.session(&cmd_text, max_freeze);
         cmd.arg("--json").stdout(Stdio::piped()).stderr(Stdio::piped());
         if own_group {
@@ -80,12 +81,14 @@ impl Fixture {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert!(is_frozen(self.a.path()) && is_frozen(self.b.path()), "both mounts frozen during the snapshot");
-        (child, tag)
+        (child, pidfile)
     }
 }
 
-fn kill_sleeper(tag: &str) {
-    let _ = std::process::Command::new("pkill").arg("-f").arg(tag).status();
+fn kill_sleeper(pidfile: &std::path::Path) {
+    if let Ok(pid) = fs::read_to_string(pidfile).unwrap_or_default().trim().parse::<i32>() {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
 }
 
 fn assert_writable_within(f: &Fixture, limit: Duration) {
