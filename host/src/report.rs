@@ -131,6 +131,9 @@ pub struct HookReport {
 pub struct MountReport {
     pub path: PathBuf,
     pub fs_type: String,
+    /// `syncfs` right before the freeze (outside the window).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sync_ms: Option<f64>,
     pub freeze_ms: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub thaw_ms: Option<f64>,
@@ -151,9 +154,14 @@ pub struct FreezeReport {
     /// First FIFREEZE start to last FITHAW end, as the guardian measured it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub window_ms: Option<f64>,
-    /// The part of the window that was not the snapshot itself: quiesce's own cost.
+    /// The part of the window that was not the snapshot itself (the kernel's
+    /// freeze and thaw of the later mounts included).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub overhead_ms: Option<f64>,
+    /// quiesce's own time in the window: `overhead_ms` minus the FIFREEZE and
+    /// FITHAW calls themselves.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_ms: Option<f64>,
     /// Set when the guardian thawed on its own (deadline, host gone, signal).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auto_thawed: Option<String>,
@@ -222,8 +230,13 @@ impl Report {
     }
 }
 
+/// Milliseconds with microsecond resolution, as the report shows them.
 pub fn ms(d: std::time::Duration) -> f64 {
-    (d.as_secs_f64() * 1e6).round() / 1e3
+    round_ms(d.as_secs_f64() * 1e3)
+}
+
+pub fn round_ms(ms: f64) -> f64 {
+    (ms * 1e3).round() / 1e3
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use crate::hooks::script::{self, ScriptOutcome, ScriptSpec};
 use crate::interrupt::Interrupt;
 use crate::logging;
 use crate::report::{
-    ms, ConfigReport, Consistency, ErrorCode, Facts, FreezeReport, HookKind, HookReport, MountReport, Outcome, Phase,
+    ms, round_ms, ConfigReport, Consistency, ErrorCode, Facts, FreezeReport, HookKind, HookReport, MountReport, Outcome, Phase,
     Report, ReportError, SkippedMount, SnapshotReport,
 };
 use crate::rundir::{unix_ms, LockError, RunDir, SessionState};
@@ -318,6 +318,10 @@ impl Session {
             }
         };
         self.record_state(r, "frozen", Some(&guardian));
+        let synced = freeze::presync(&plan.targets);
+        for s in synced.iter().filter(|s| s.error.is_some()) {
+            tracing::warn!("syncfs {} before the freeze failed: {}", s.path.display(), s.error.as_deref().unwrap_or(""));
+        }
         // From the first FIFREEZE until thaw, nothing may be written to disk.
         logging::gate().hold();
         match guardian.freeze() {
@@ -328,6 +332,7 @@ impl Session {
                     r.freeze.mounts.push(MountReport {
                         path: m.path.clone(),
                         fs_type: m.fs_type.clone(),
+                        sync_ms: synced.iter().find(|s| s.path == m.path).map(|s| s.sync_ms),
                         freeze_ms: m.freeze_ms,
                         thaw_ms: None,
                     });
@@ -362,7 +367,7 @@ impl Session {
         };
         let t1 = freeze::monotonic_ns();
         r.snapshot_ns = t1.saturating_sub(t0);
-        r.snapshot.duration_ms = r.snapshot_ns as f64 / 1e6;
+        r.snapshot.duration_ms = ns_to_ms(r.snapshot_ns);
         match result {
             Ok(Ok(())) => {
                 r.snapshot_taken = true;
@@ -392,8 +397,13 @@ impl Session {
                 }
                 let last_thaw_ns = thawed.auto_thawed_at_ns.unwrap_or(thawed.last_thaw_ns).max(thawed.last_thaw_ns);
                 let window_ns = last_thaw_ns.saturating_sub(r.first_freeze_ns);
-                r.freeze.window_ms = Some(window_ns as f64 / 1e6);
-                r.freeze.overhead_ms = Some(window_ns.saturating_sub(r.snapshot_ns) as f64 / 1e6);
+                r.freeze.window_ms = Some(ns_to_ms(window_ns));
+                let overhead_ns = window_ns.saturating_sub(r.snapshot_ns);
+                r.freeze.overhead_ms = Some(ns_to_ms(overhead_ns));
+                // The window opens when the first FIFREEZE starts: every freeze and thaw call is in it.
+                let kernel_ms: f64 = r.freeze.mounts.iter().map(|m| m.freeze_ms).sum::<f64>()
+                    + thawed.mounts.iter().map(|m| m.thaw_ms).sum::<f64>();
+                r.freeze.host_ms = Some(round_ms(ns_to_ms(overhead_ns) - kernel_ms).max(0.0));
                 if let Some(at_ns) = thawed.auto_thawed_at_ns {
                     let why = format!(
                         "{} after {:.3} s",
@@ -662,6 +672,10 @@ impl Run {
         tracing::info!("{}", report.summary());
         report
     }
+}
+
+fn ns_to_ms(ns: u64) -> f64 {
+    ms(Duration::from_nanos(ns))
 }
 
 fn thaw_reason(reason: freeze::ThawReason) -> String {

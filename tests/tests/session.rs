@@ -99,6 +99,10 @@ fn legacy_session_runs_scripts_freezes_and_is_app_consistent() {
     let window = run.report["freeze"]["window_ms"].as_f64().unwrap();
     let snap = run.report["snapshot"]["duration_ms"].as_f64().unwrap();
     assert!(window >= snap && snap >= 300.0, "window {window} snapshot {snap}");
+    let host = run.report["freeze"]["host_ms"].as_f64().unwrap();
+    let overhead = run.report["freeze"]["overhead_ms"].as_f64().unwrap();
+    assert!(host <= overhead && (overhead - (window - snap)).abs() < 0.01, "host {host} overhead {overhead}");
+    assert!(m["sync_ms"].as_f64().is_some(), "presync measured");
     assert!(!is_frozen(f.mnt.path()), "thawed afterwards");
 }
 

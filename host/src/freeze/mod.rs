@@ -11,6 +11,7 @@ mod error;
 mod guardian;
 pub mod mountinfo;
 mod plan;
+mod presync;
 mod probe;
 mod thaw;
 
@@ -18,5 +19,6 @@ pub use error::{errno_name, FreezeError};
 pub use guardian::{monotonic_ns, AutoThaw, Frozen, FreezeFailure, Guardian, MountTiming, ThawReason, ThawTiming, Thawed};
 pub use mountinfo::MountInfoEntry;
 pub use plan::{plan, plan_from, FreezePlan, PlanEnv, Selection, Skipped, SystemEnv, Target};
+pub use presync::{presync, SyncTiming};
 pub use probe::is_frozen;
 pub use thaw::{thaw_all, thaw_mounts, thaw_one, ThawOutcome, ThawResult};
