@@ -59,8 +59,8 @@ fn main() {
     let mnt = LoopMount::new(&s.path, "mnt", Fs::Ext4);
     let pre = s.script("pre", "#!/bin/sh\nexit 0\n");
     let post = s.script("post", "#!/bin/sh\nexit 0\n");
-    let config = legacy_config(&s, &pre, &post, serde_json::json!({"fsFreezeEnabled": false}));
     let frozen_config = legacy_config_at(&s, "frozen.json", &pre, &post);
+    let config = legacy_config(&s, &pre, &post, serde_json::json!({"fsFreezeEnabled": false}));
     quiesce::logging::gate().set_stderr(false);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
 
@@ -87,7 +87,7 @@ fn main() {
     let mut overheads = Vec::new();
     let lib_frozen = measure(|| {
         let r = run_session(&frozen_config, vec![mnt.path().to_path_buf()]);
-        overheads.push(r.freeze.overhead_ms.unwrap_or(f64::NAN));
+        overheads.push(r.freeze.host_ms.unwrap_or(f64::NAN));
     });
     let bin = measure(|| {
         let out = quiesce(&s)

@@ -26,7 +26,8 @@ pub const DEFAULT_MAX_FREEZE: Duration = Duration::from_secs(60);
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file failed the ownership/mode checks; its content is not trusted.
-    #[error("config {path}: {source}")]
+    /// (The trust error names the file.)
+    #[error("config {source}")]
     Untrusted { path: PathBuf, source: TrustError },
     #[error("config {path}: {message}")]
     Invalid { path: PathBuf, message: String },

@@ -240,9 +240,19 @@ impl Launch {
         Ok(Launch { fd, via_shell })
     }
 
-    fn command(&self, script: &TrustedFile, spec: &ScriptSpec, number: u32, max: u32) -> Command {
-        let raw = self.fd.as_raw_fd();
-        let fd_path = format!("/proc/self/fd/{raw}");
+    /// A duplicate of the fd *without* close-on-exec, so the child inherits
+    /// it and the script (or its interpreter) can open /proc/self/fd/N.
+    /// It lives only while one child is spawned. Clearing CLOEXEC in the
+    /// child instead (`pre_exec`) would force a full fork() instead of
+    /// posix_spawn and cost milliseconds per hook.
+    fn inheritable(&self) -> io::Result<OwnedFd> {
+        let raw = fcntl::fcntl(self.fd.as_fd(), FcntlArg::F_DUPFD(3))?;
+        // SAFETY: F_DUPFD returned a new fd that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+    }
+
+    fn command(&self, fd: &OwnedFd, script: &TrustedFile, spec: &ScriptSpec, number: u32, max: u32) -> Command {
+        let fd_path = format!("/proc/self/fd/{}", fd.as_raw_fd());
         let mut cmd = if self.via_shell {
             let mut cmd = Command::new(FALLBACK_SHELL);
             cmd.arg(&fd_path);
@@ -271,20 +281,6 @@ impl Launch {
             .current_dir("/")
             .process_group(0)
             .kill_on_drop(false);
-        // SAFETY: the closure only calls fcntl(2), which is async-signal-safe,
-        // and builds an io::Error from errno without allocating.
-        unsafe {
-            cmd.pre_exec(move || {
-                // Only the child's copy loses CLOEXEC, so the script (and
-                // its interpreter) can open /proc/self/fd/N; the parent's fd
-                // stays close-on-exec for every other process it spawns.
-                let flags = libc::fcntl(raw, libc::F_GETFD);
-                if flags < 0 || libc::fcntl(raw, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
         cmd
     }
 }
@@ -292,12 +288,14 @@ impl Launch {
 async fn spawn(launch: &Launch, script: &TrustedFile, spec: &ScriptSpec, number: u32, max: u32) -> io::Result<Child> {
     let mut tries = 0;
     loop {
-        match launch.command(script, spec, number, max).spawn() {
+        let fd = launch.inheritable()?;
+        match launch.command(&fd, script, spec, number, max).spawn() {
             // ETXTBSY: another thread of this process forked while it held
             // some file open for writing, and that fork has not exec'd yet
             // (rust-lang/rust#114554). It clears within milliseconds.
             Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 5 => {
                 tries += 1;
+                drop(fd);
                 tokio::time::sleep(Duration::from_millis(10 << tries)).await;
             }
             other => return other,
