@@ -500,3 +500,35 @@ fn unknown_arguments_are_usage_errors() {
     let out = quiesce(&s).args(["frobnicate"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn failing_post_script_is_an_error_but_keeps_the_label() {
+    let f = Fixture::new("post-fails");
+    let config = f.pair("true", "echo 'cannot unlock' >&2; exit 1", json!({"postScriptNoOfRetries": 1}));
+    let run = f.snapshot(&config, "true");
+    assert!(run.has_error("Post-ScriptExecutionFailed"), "{:?}", run.error_codes());
+    assert_eq!(run.hook("ScriptRunner", "post")["attempts"], 2);
+    assert!(run.report["errors"].to_string().contains("cannot unlock"), "the script's last output is in the message");
+    assert_eq!(run.consistency(), "AppConsistent");
+    assert_eq!(run.code(), 3);
+}
+
+#[test]
+fn unusable_run_directory_is_reported_and_nothing_runs() {
+    let f = Fixture::new("bad-run-dir");
+    let config = f.pair("true", "true", json!({}));
+    fs::write(f.file("not-a-dir"), "").unwrap();
+    let mut cmd = quiesce(&f.s);
+    cmd.env("QUIESCE_RUN_DIR", f.file("not-a-dir"))
+        .arg("snapshot")
+        .arg("--config")
+        .arg(&config)
+        .arg("--mount")
+        .arg(f.mnt.path())
+        .arg("--snapshot-cmd")
+        .arg("true");
+    let run = run_json(cmd);
+    assert!(run.has_error("IncorrectPluginhostFile"), "{:?}", run.error_codes());
+    assert_eq!(run.code(), 4);
+    assert_eq!(f.read("log.txt"), "");
+}
