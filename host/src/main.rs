@@ -244,7 +244,13 @@ fn run_status(args: StatusArgs) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     match &st.session {
-        Some(s) => println!("session {} running (pid {}), phase {}", s.session_id, s.pid, s.phase),
+        Some(s) => {
+            println!("session {} running (pid {}), phase {}", s.session_id, s.pid, s.phase);
+            if let Some(since) = s.frozen_since_unix_ms {
+                let ago = quiesce::rundir::unix_ms().saturating_sub(since) as f64 / 1e3;
+                println!("froze {} mount(s) {ago:.1} s ago (guardian pid {:?}, thaws by itself after {} s)", s.frozen.len(), s.guardian_pid, s.max_freeze_s);
+            }
+        }
         None if st.session_running => println!("a session is running"),
         None => println!("no session running"),
     }
