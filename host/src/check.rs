@@ -71,16 +71,17 @@ pub fn check(config: Result<Config, ConfigError>, mounts: &[PathBuf], snapshot_c
     };
     let mut hooks = Vec::new();
     for h in &config.hooks {
-        let mut script = |a: &Option<ScriptAction>, pre: bool| {
-            a.as_ref().map(|a| ScriptCheck {
+        let (pre, post) = h.scripts();
+        let mut script = |a: Option<&ScriptAction>, pre: bool| {
+            a.map(|a| ScriptCheck {
                 path: a.path.clone(),
                 args: a.args.clone(),
                 attempts: a.retries + 1,
                 status: check_script(&a.path, pre, &mut problems),
             })
         };
-        let pre = script(&h.pre, true);
-        let post = script(&h.post, false);
+        let pre = script(pre, true);
+        let post = script(post, false);
         hooks.push(HookCheck { name: h.name.clone(), pre, post, timeout_s: h.timeout.as_secs(), on_failure: h.on_failure });
     }
     let mount_list = if mounts.is_empty() { config.freeze.mounts.clone() } else { mounts.to_vec() };

@@ -208,7 +208,7 @@ impl Session {
                     r.refused(h, Phase::Pre, e.clone());
                     false
                 }
-                None => match (&h.pre, &h.spec.pre) {
+                None => match (&h.pre, h.spec.scripts().0) {
                     (Some(file), Some(action)) => r.run_script(&self.id, h, Phase::Pre, file, action, None).await,
                     _ => true,
                 },
@@ -258,7 +258,7 @@ impl Session {
             match &h.refused {
                 Some(e) => r.refused(h, Phase::Post, e.clone()),
                 None => {
-                    if let (Some(file), Some(action)) = (&h.post, &h.spec.post) {
+                    if let (Some(file), Some(action)) = (&h.post, h.spec.scripts().1) {
                         r.run_script(&self.id, h, Phase::Post, file, action, Some(label)).await;
                     }
                 }
@@ -444,14 +444,15 @@ impl Session {
 }
 
 fn validate_hook(spec: &HookSpec) -> ReadyHook {
-    let open = |action: &Option<ScriptAction>, phase: Phase| -> Result<Option<TrustedFile>, ReportError> {
+    let open = |action: Option<&ScriptAction>, phase: Phase| -> Result<Option<TrustedFile>, ReportError> {
         match action {
             None => Ok(None),
             Some(a) => trust::open_trusted(&a.path, Rule::Script).map(Some).map_err(|e| trust_error(phase, &a.path, &e)),
         }
     };
-    let pre = open(&spec.pre, Phase::Pre);
-    let post = open(&spec.post, Phase::Post);
+    let (pre, post) = spec.scripts();
+    let pre = open(pre, Phase::Pre);
+    let post = open(post, Phase::Post);
     match (pre, post) {
         (Ok(pre), Ok(post)) => ReadyHook { spec: spec.clone(), pre, post, refused: None },
         (Err(e), _) | (_, Err(e)) => ReadyHook { spec: spec.clone(), pre: None, post: None, refused: Some(e) },

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{positive_secs, Config, FreezeSettings, HookSpec, OnFailure, ScriptAction};
+use super::{positive_secs, Config, FreezeSettings, HookBody, HookSpec, OnFailure, ScriptAction};
 
 /// The name the legacy script pair is reported under.
 pub const HOOK_NAME: &str = "ScriptRunner";
@@ -57,8 +57,10 @@ pub(super) fn parse(text: &str) -> Result<Config, String> {
     let on_failure = if file.continue_backup_on_failure.unwrap_or(true) { OnFailure::Continue } else { OnFailure::Abort };
     let hook = HookSpec {
         name: HOOK_NAME.to_string(),
-        pre: Some(ScriptAction { path: pre, args: file.pre_script_params, retries: file.pre_script_no_of_retries }),
-        post: Some(ScriptAction { path: post, args: file.post_script_params, retries: file.post_script_no_of_retries }),
+        body: HookBody::Script {
+            pre: Some(ScriptAction { path: pre, args: file.pre_script_params, retries: file.pre_script_no_of_retries }),
+            post: Some(ScriptAction { path: post, args: file.post_script_params, retries: file.post_script_no_of_retries }),
+        },
         timeout,
         retry_delay: Duration::ZERO,
         on_failure,
@@ -98,11 +100,12 @@ mod tests {
     fn reads_every_field() {
         let c = parse(TEMPLATE).unwrap();
         let h = &c.hooks[0];
-        assert_eq!(h.pre.as_ref().unwrap().path, PathBuf::from("/etc/azure/pre.sh"));
-        assert_eq!(h.pre.as_ref().unwrap().args, vec!["", ""]);
-        assert_eq!(h.pre.as_ref().unwrap().retries, 2);
-        assert_eq!(h.post.as_ref().unwrap().retries, 1);
-        assert_eq!(h.post.as_ref().unwrap().args, vec!["x"]);
+        let (pre, post) = h.scripts();
+        assert_eq!(pre.unwrap().path, PathBuf::from("/etc/azure/pre.sh"));
+        assert_eq!(pre.unwrap().args, vec!["", ""]);
+        assert_eq!(pre.unwrap().retries, 2);
+        assert_eq!(post.unwrap().retries, 1);
+        assert_eq!(post.unwrap().args, vec!["x"]);
         assert_eq!(h.timeout, Duration::from_secs(3600), "no 1800 s cap");
         assert_eq!(h.on_failure, OnFailure::Abort);
         assert_eq!(c.freeze.on_failure, OnFailure::Abort);
@@ -116,7 +119,7 @@ mod tests {
         assert_eq!(h.timeout, Duration::from_secs(10));
         assert_eq!(h.on_failure, OnFailure::Continue);
         assert!(c.freeze.enabled);
-        assert_eq!(h.pre.as_ref().unwrap().retries, 0);
+        assert_eq!(h.scripts().0.unwrap().retries, 0);
     }
 
     #[test]

@@ -61,20 +61,57 @@ pub struct ScriptAction {
     pub retries: u32,
 }
 
-/// Which family of error codes a hook's failures use. The legacy config's one
-/// script pair reports the codes admins already search for
-/// (`Pre-ScriptTimeout`, ...); native script hooks use the same names.
+/// A WebAssembly plugin hook: one instance lives from pre to post.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PluginAction {
+    pub path: PathBuf,
+    /// The admin's parameters, handed to every call.
+    pub params: Vec<(String, String)>,
+    /// What the admin allows (`tcp:HOST:PORT`, `unix:/path`, `file:/path`,
+    /// `dir:/path`, `exec:/path`); everything else is refused.
+    pub grants: Vec<String>,
+    pub memory_mib: u64,
+    /// Retries after a failed pre/post call.
+    pub retries: u32,
+}
+
+/// What a hook runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HookBody {
+    /// A pre and/or post script (the legacy pair, or native `pre`/`post`).
+    Script { pre: Option<ScriptAction>, post: Option<ScriptAction> },
+    /// A WebAssembly component exporting `quiesce:plugin/hooks`.
+    Plugin(PluginAction),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HookSpec {
     pub name: String,
-    pub pre: Option<ScriptAction>,
-    pub post: Option<ScriptAction>,
-    /// Per attempt.
+    pub body: HookBody,
+    /// Per attempt (per call for plugins).
     pub timeout: Duration,
     pub retry_delay: Duration,
     pub on_failure: OnFailure,
     /// Exit codes that mean "succeeded with a warning" (the Azure samples exit 2 for that).
     pub warning_exit_codes: Vec<i32>,
+}
+
+impl HookSpec {
+    /// The scripts of a script hook (None, None for a plugin).
+    pub fn scripts(&self) -> (Option<&ScriptAction>, Option<&ScriptAction>) {
+        match &self.body {
+            HookBody::Script { pre, post } => (pre.as_ref(), post.as_ref()),
+            HookBody::Plugin(_) => (None, None),
+        }
+    }
+
+    pub fn plugin(&self) -> Option<&PluginAction> {
+        match &self.body {
+            HookBody::Plugin(p) => Some(p),
+            HookBody::Script { .. } => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{positive_secs, Config, Format, HookSpec, OnFailure, ScriptAction, SnapshotSpec};
+use std::collections::BTreeMap;
+
+use super::{positive_secs, Config, Format, HookBody, HookSpec, OnFailure, PluginAction, ScriptAction, SnapshotSpec};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -76,6 +78,14 @@ struct HookTable {
     on_failure: OnFailure,
     #[serde(default = "default_warning_codes")]
     warning_exit_codes: Vec<i32>,
+    /// A WebAssembly plugin instead of scripts.
+    plugin: Option<PathBuf>,
+    #[serde(default)]
+    params: BTreeMap<String, String>,
+    #[serde(default)]
+    grants: Vec<String>,
+    #[serde(default = "default_memory_mib")]
+    memory_mib: u64,
 }
 
 fn yes() -> bool {
@@ -93,6 +103,55 @@ fn default_timeout() -> u64 {
 fn default_warning_codes() -> Vec<i32> {
     vec![2]
 }
+fn default_memory_mib() -> u64 {
+    64
+}
+
+/// Scripts or a plugin — never both in one hook.
+fn hook_body(h: &HookTable) -> Result<HookBody, String> {
+    let name = &h.name;
+    let absolute = |field: &str, p: &PathBuf| -> Result<(), String> {
+        if p.is_absolute() {
+            Ok(())
+        } else {
+            Err(format!("hook {name:?}: `{field}` must be an absolute path, got {}", p.display()))
+        }
+    };
+    if let Some(plugin) = &h.plugin {
+        if h.pre.is_some() || h.post.is_some() {
+            return Err(format!("hook {name:?} has both `plugin` and `pre`/`post`; split it into two hooks"));
+        }
+        absolute("plugin", plugin)?;
+        if h.memory_mib == 0 {
+            return Err(format!("hook {name:?}: `memory_mib` must be at least 1"));
+        }
+        return Ok(HookBody::Plugin(PluginAction {
+            path: plugin.clone(),
+            params: h.params.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            grants: h.grants.clone(),
+            memory_mib: h.memory_mib,
+            retries: h.retries,
+        }));
+    }
+    if !h.params.is_empty() || !h.grants.is_empty() {
+        return Err(format!("hook {name:?}: `params` and `grants` are for plugins; scripts take `pre_args`/`post_args`"));
+    }
+    let action = |field: &str, path: &Option<PathBuf>, args: &[String]| -> Result<Option<ScriptAction>, String> {
+        match path {
+            Some(p) => {
+                absolute(field, p)?;
+                Ok(Some(ScriptAction { path: p.clone(), args: args.to_vec(), retries: h.retries }))
+            }
+            None => Ok(None),
+        }
+    };
+    let pre = action("pre", &h.pre, &h.pre_args)?;
+    let post = action("post", &h.post, &h.post_args)?;
+    if pre.is_none() && post.is_none() {
+        return Err(format!("hook {name:?} has neither `pre`, `post` nor `plugin`"));
+    }
+    Ok(HookBody::Script { pre, post })
+}
 
 pub(super) fn parse(text: &str) -> Result<Config, String> {
     let file: NativeFile = toml::from_str(text).map_err(|e| format!("not a valid quiesce TOML config: {e}"))?;
@@ -101,19 +160,9 @@ pub(super) fn parse(text: &str) -> Result<Config, String> {
         if hooks.iter().any(|other: &HookSpec| other.name == h.name) {
             return Err(format!("hook name {:?} is used twice; names must be unique", h.name));
         }
-        if h.pre.is_none() && h.post.is_none() {
-            return Err(format!("hook {:?} has neither `pre` nor `post`", h.name));
-        }
-        let action = |field: &str, path: Option<PathBuf>, args: Vec<String>| -> Result<Option<ScriptAction>, String> {
-            match path {
-                Some(p) if p.is_absolute() => Ok(Some(ScriptAction { path: p, args, retries: h.retries })),
-                Some(p) => Err(format!("hook {:?}: `{field}` must be an absolute path, got {}", h.name, p.display())),
-                None => Ok(None),
-            }
-        };
+        let body = hook_body(&h)?;
         hooks.push(HookSpec {
-            pre: action("pre", h.pre.clone(), h.pre_args.clone())?,
-            post: action("post", h.post.clone(), h.post_args.clone())?,
+            body,
             timeout: positive_secs(&format!("hook {:?}: timeout_secs", h.name), h.timeout_secs)?,
             retry_delay: Duration::from_millis(h.retry_delay_ms),
             on_failure: h.on_failure,
@@ -180,12 +229,12 @@ mod tests {
         .unwrap();
         assert_eq!(c.hooks.len(), 2);
         let db = &c.hooks[0];
-        assert_eq!(db.pre.as_ref().unwrap().args, vec!["--fast", ""]);
-        assert_eq!(db.pre.as_ref().unwrap().retries, 2);
+        assert_eq!(db.scripts().0.unwrap().args, vec!["--fast", ""]);
+        assert_eq!(db.scripts().0.unwrap().retries, 2);
         assert_eq!(db.timeout, Duration::from_secs(5));
         assert_eq!(db.retry_delay, Duration::from_millis(250));
         assert_eq!(db.on_failure, OnFailure::Abort);
-        assert!(c.hooks[1].pre.is_none());
+        assert!(c.hooks[1].scripts().0.is_none());
         assert_eq!(c.hooks[1].timeout, Duration::from_secs(30));
         assert_eq!(c.freeze.max_freeze, Duration::from_secs(20));
         assert_eq!(c.freeze.on_failure, OnFailure::Abort);
@@ -203,6 +252,31 @@ mod tests {
         assert!(parse("[[hook]]\nname = \"x\"\npre = \"/a\"\n[[hook]]\nname = \"x\"\npre = \"/b\"\n").is_err());
         assert!(parse("[[hook]]\nname = \"x\"\n").unwrap_err().contains("neither"));
         assert!(parse("[[hook]]\nname = \"x\"\npre = \"rel\"\n").unwrap_err().contains("absolute"));
+    }
+
+    #[test]
+    fn plugin_hooks_take_params_grants_and_memory() {
+        let c = parse(
+            r#"
+            [[hook]]
+            name = "pg"
+            plugin = "/usr/lib/quiesce/plugins/postgres.wasm"
+            params = { port = "5432", mode = "backup" }
+            grants = ["tcp:127.0.0.1:5432", "file:/etc/quiesce/pg.pass"]
+            memory_mib = 32
+            retries = 1
+            "#,
+        )
+        .unwrap();
+        let p = c.hooks[0].plugin().unwrap();
+        assert_eq!(p.params, vec![("mode".to_string(), "backup".to_string()), ("port".to_string(), "5432".to_string())]);
+        assert_eq!(p.grants.len(), 2);
+        assert_eq!(p.memory_mib, 32);
+        assert_eq!(p.retries, 1);
+        let e = parse("[[hook]]\nname = \"x\"\nplugin = \"/a.wasm\"\npre = \"/b\"\n").unwrap_err();
+        assert!(e.contains("both"), "{e}");
+        let e = parse("[[hook]]\nname = \"x\"\npre = \"/b\"\ngrants = [\"tcp:a:1\"]\n").unwrap_err();
+        assert!(e.contains("plugins"), "{e}");
     }
 
     #[test]
