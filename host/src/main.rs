@@ -10,6 +10,7 @@ use quiesce::report::Report;
 use quiesce::rundir::RunDir;
 use quiesce::session::{self, Session, SessionOptions};
 use quiesce::snapshot::ShellCommand;
+use quiesce::hooks::wasm;
 use quiesce::{check, freeze, logging, status};
 
 /// Exit status for usage errors (bad arguments, a --mount that is not a mount point).
@@ -38,6 +39,24 @@ enum Command {
     Status(StatusArgs),
     /// Emergency: thaw frozen file systems.
     Thaw(ThawArgs),
+    /// WebAssembly plugins.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// WIT version and world, imports, requested grants, size, whether a compiled copy is cached.
+    Inspect(InspectArgs),
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    /// The plugin component (.wasm).
+    #[arg(value_name = "FILE.wasm")]
+    file: PathBuf,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -118,6 +137,7 @@ fn main() -> ExitCode {
         Command::Check(args) => run_check(args),
         Command::Status(args) => run_status(args),
         Command::Thaw(args) => run_thaw(args),
+        Command::Plugin(PluginCommand::Inspect(args)) => run_inspect(args),
     }
 }
 
@@ -280,4 +300,46 @@ fn run_thaw(args: ThawArgs) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+fn run_inspect(args: InspectArgs) -> ExitCode {
+    let cache_dir = std::env::var_os("QUIESCE_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(wasm::DEFAULT_CACHE_DIR));
+    let file = std::path::absolute(&args.file).unwrap_or(args.file);
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("quiesce: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = wasm::WasmEngine::new(&cache_dir).and_then(|engine| runtime.block_on(wasm::inspect(&engine, &file)));
+    match (result, args.json) {
+        (Ok(i), true) => println!("{}", serde_json::to_string(&i).unwrap_or_default()),
+        (Ok(i), false) => {
+            println!("plugin {} ({} bytes, sha256 {})", i.path, i.size, i.sha256);
+            println!("  {} {}: quiesces {}", i.name, i.version, if i.quiesces.is_empty() { "(not said)" } else { &i.quiesces });
+            println!("  WIT: quiesce:plugin@{}, world {}", i.wit_version, i.world);
+            println!("  imports: {}", i.imports.join(", "));
+            println!("  exports: {}", i.exports.join(", "));
+            println!("  requested grants: {}", if i.requested_grants.is_empty() { "none".to_owned() } else { i.requested_grants.join(", ") });
+            for p in &i.params {
+                let d = p.default.as_deref().map(|d| format!(" (default {d})")).unwrap_or_else(|| " (required)".into());
+                println!("  param {}{d}: {}", p.name, p.description);
+            }
+            println!("  compiled copy was cached: {} ({})", if i.cached { "yes" } else { "no (compiled now, cached for next time)" }, i.cache_dir);
+        }
+        (Err(e), json) => {
+            let code = match e {
+                wasm::PluginError::Grant(_) => "IncorrectJSONConfigFile",
+                _ => "PluginLoadFailed",
+            };
+            if json {
+                println!("{}", serde_json::json!({ "ok": false, "code": code, "message": e.to_string() }));
+            } else {
+                eprintln!("quiesce: {code}: {e}");
+            }
+            return ExitCode::from(1);
+        }
+    }
+    ExitCode::SUCCESS
 }

@@ -39,6 +39,9 @@ pub enum Rule {
     /// A hook script: root-owned, executable by its owner, writable only by
     /// its owner (the legacy contract's mode 700; 755 is fine too).
     Script,
+    /// A WebAssembly plugin: root-owned, writable only by its owner; no exec
+    /// bit needed (the host compiles it, the kernel never executes it).
+    Plugin,
 }
 
 impl Rule {
@@ -47,6 +50,7 @@ impl Rule {
         match self {
             Rule::Config => "chmod 600",
             Rule::Script => "chmod 700",
+            Rule::Plugin => "chmod 644",
         }
     }
 }

@@ -399,3 +399,5 @@ pub fn alive(pid: i32) -> bool {
         Err(_) => false,
     }
 }
+
+pub mod plugins;

@@ -1,0 +1,122 @@
+//! `connections`: byte streams to granted `tcp:HOST:PORT` and `unix:/path`
+//! targets. WASI sockets stay off (and have no Unix sockets at all, which
+//! is how local database admins authenticate); this resource is the only
+//! way out, and the target must be granted exactly as written.
+//!
+//! The streams live in the instance's resource table, so dropping the
+//! instance's store closes them: a database sees the session end and
+//! releases what the plugin held.
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+use wasmtime::component::Resource;
+
+use crate::hooks::wasm::bindings::v0_1_0::quiesce::plugin::connections;
+use crate::hooks::wasm::bindings::v0_1_0::quiesce::plugin::types::{Error, ErrorKind};
+use crate::hooks::wasm::caps::{error, io_error};
+use crate::hooks::wasm::grants::Target;
+use crate::hooks::wasm::state::HostState;
+
+/// Largest single read handed to the guest.
+const MAX_READ: u32 = 64 * 1024;
+/// Open connections per instance.
+const MAX_CONNECTIONS: usize = 16;
+
+pub struct Connection {
+    target: String,
+    stream: Stream,
+}
+
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Connection {
+    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match &mut self.stream {
+            Stream::Tcp(s) => s.read(buf).await,
+            Stream::Unix(s) => s.read(buf).await,
+        }
+    }
+    async fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match &mut self.stream {
+            Stream::Tcp(s) => s.write(buf).await,
+            Stream::Unix(s) => s.write(buf).await,
+        }
+    }
+    async fn shutdown(&mut self) -> std::io::Result<()> {
+        match &mut self.stream {
+            Stream::Tcp(s) => s.shutdown().await,
+            Stream::Unix(s) => s.shutdown().await,
+        }
+    }
+}
+
+impl connections::Host for HostState {
+    async fn connect(&mut self, target: String) -> wasmtime::Result<Result<Resource<Connection>, Error>> {
+        let parsed: Target = match target.parse() {
+            Ok(t) => t,
+            Err(e) => return Ok(Err(error(ErrorKind::Invalid, e.to_string()))),
+        };
+        if !self.grants.allows_connect(&parsed) {
+            let msg = self.deny("connect", &target, format!("grant {parsed}"));
+            return Ok(Err(error(ErrorKind::Denied, msg)));
+        }
+        if self.open_connections >= MAX_CONNECTIONS {
+            return Ok(Err(error(ErrorKind::TooLarge, format!("more than {MAX_CONNECTIONS} open connections"))));
+        }
+        let stream = match &parsed {
+            Target::Tcp { host, port } => TcpStream::connect((host.as_str(), *port)).await.map(|s| {
+                let _ = s.set_nodelay(true);
+                Stream::Tcp(s)
+            }),
+            Target::Unix(path) => UnixStream::connect(path).await.map(Stream::Unix),
+        };
+        match stream {
+            Ok(stream) => {
+                tracing::debug!(plugin = %self.plugin, "connected to {target}");
+                self.open_connections += 1;
+                Ok(Ok(self.table.push(Connection { target, stream })?))
+            }
+            Err(e) => Ok(Err(io_error(&format!("connect {target}"), &e))),
+        }
+    }
+}
+
+impl connections::HostConnection for HostState {
+    async fn read(&mut self, conn: Resource<Connection>, max: u32) -> wasmtime::Result<Result<Vec<u8>, Error>> {
+        let c = self.table.get_mut(&conn)?;
+        let mut buf = vec![0u8; max.clamp(1, MAX_READ) as usize];
+        match c.read(&mut buf).await {
+            Ok(n) => {
+                buf.truncate(n);
+                Ok(Ok(buf))
+            }
+            Err(e) => Ok(Err(io_error(&format!("read {}", c.target), &e))),
+        }
+    }
+
+    async fn write(&mut self, conn: Resource<Connection>, data: Vec<u8>) -> wasmtime::Result<Result<u32, Error>> {
+        let c = self.table.get_mut(&conn)?;
+        match c.write(&data).await {
+            Ok(n) => Ok(Ok(n as u32)),
+            Err(e) => Ok(Err(io_error(&format!("write {}", c.target), &e))),
+        }
+    }
+
+    async fn shutdown(&mut self, conn: Resource<Connection>) -> wasmtime::Result<Result<(), Error>> {
+        let c = self.table.get_mut(&conn)?;
+        match c.shutdown().await {
+            Ok(()) => Ok(Ok(())),
+            Err(e) => Ok(Err(io_error(&format!("shutdown {}", c.target), &e))),
+        }
+    }
+
+    async fn drop(&mut self, conn: Resource<Connection>) -> wasmtime::Result<()> {
+        let c = self.table.delete(conn)?;
+        self.open_connections = self.open_connections.saturating_sub(1);
+        tracing::debug!(plugin = %self.plugin, "closed {}", c.target);
+        Ok(())
+    }
+}

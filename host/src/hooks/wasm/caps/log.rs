@@ -1,0 +1,33 @@
+//! `log`: structured records into the host's log and the call's events,
+//! within the per-call output budget.
+
+use crate::hooks::wasm::bindings::v0_1_0::quiesce::plugin::log::{self, Level};
+use crate::hooks::wasm::state::{HostState, LogLevel, LogRecord, LogSource};
+
+impl log::Host for HostState {
+    async fn log(&mut self, level: Level, message: String, fields: Vec<(String, String)>) -> wasmtime::Result<()> {
+        let size = message.len() + fields.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+        if self.output.lock().admit(size) < size {
+            // Over budget: counted, not kept (a partial record would mislead).
+            return Ok(());
+        }
+        let level = match level {
+            Level::Trace => LogLevel::Trace,
+            Level::Debug => LogLevel::Debug,
+            Level::Info => LogLevel::Info,
+            Level::Warn => LogLevel::Warn,
+            Level::Error => LogLevel::Error,
+        };
+        let plugin = &self.plugin;
+        let kv = fields.iter().map(|(k, v)| format!(" {k}={v:?}")).collect::<String>();
+        match level {
+            LogLevel::Trace => tracing::trace!(plugin = %plugin, "{message}{kv}"),
+            LogLevel::Debug => tracing::debug!(plugin = %plugin, "{message}{kv}"),
+            LogLevel::Info => tracing::info!(plugin = %plugin, "{message}{kv}"),
+            LogLevel::Warn => tracing::warn!(plugin = %plugin, "{message}{kv}"),
+            LogLevel::Error => tracing::error!(plugin = %plugin, "{message}{kv}"),
+        }
+        self.events.logs.push(LogRecord { level, source: LogSource::Log, message, fields });
+        Ok(())
+    }
+}

@@ -1,0 +1,142 @@
+//! One wasmtime `Engine` per process: the compiler settings, the epoch
+//! ticker that enforces per-call deadlines, the linker with every import a
+//! plugin may use, and the compiled-code cache.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Config, Engine};
+
+use super::bindings::v0_1_0::{QuiescePlugin, QuiescePluginPre};
+use super::cache::Cache;
+use super::detect::{self, Kind};
+use super::plugin::Plugin;
+use super::state::HostState;
+use super::{error_chain, PluginError};
+use crate::trust::{self, Rule};
+
+/// Where compiled plugins are cached unless the caller says otherwise
+/// (the CLI honours `$QUIESCE_CACHE_DIR`).
+pub const DEFAULT_CACHE_DIR: &str = "/var/cache/quiesce/plugins";
+
+/// Granularity of the epoch deadline: a spinning plugin overruns its
+/// timeout by at most about this much.
+pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Larger files are refused before anything is read into memory.
+const MAX_PLUGIN_BYTES: u64 = 64 << 20;
+
+/// The plugin runtime. Cheap to clone; the epoch ticker stops when the last
+/// clone is dropped.
+#[derive(Clone)]
+pub struct WasmEngine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Engine,
+    linker: Linker<HostState>,
+    cache: Cache,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl WasmEngine {
+    /// Sets up the engine, its ticker thread and the cache directory
+    /// (created root-only if missing; an unusable one disables caching
+    /// with a warning rather than failing).
+    pub fn new(cache_dir: &Path) -> Result<WasmEngine, PluginError> {
+        let rt = |e: wasmtime::Error| PluginError::Runtime(error_chain(&e));
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        config.wasm_component_model(true);
+        let engine = Engine::new(&config).map_err(rt)?;
+
+        let mut linker = Linker::<HostState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(rt)?;
+        QuiescePlugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s).map_err(rt)?;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let ticker_engine = engine.clone();
+        let ticker_stop = stop.clone();
+        std::thread::Builder::new()
+            .name("quiesce-epoch".into())
+            .spawn(move || {
+                while !ticker_stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    ticker_engine.increment_epoch();
+                }
+            })
+            .map_err(|e| PluginError::Runtime(format!("cannot start the epoch ticker thread: {e}")))?;
+
+        Ok(WasmEngine { inner: Arc::new(Inner { engine, linker, cache: Cache::open(cache_dir), stop }) })
+    }
+
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    pub fn cache_dir(&self) -> &Path {
+        self.inner.cache.dir()
+    }
+
+    /// Whether a verified compiled entry exists for these plugin bytes.
+    pub fn is_cached(&self, wasm: &[u8]) -> bool {
+        self.inner.cache.contains(&self.inner.engine, wasm)
+    }
+
+    /// Opens `path` under the plugin trust rule (root-owned, not writable by
+    /// group or others, every directory on the way likewise), reads it from
+    /// the checked fd, and makes a [`Plugin`] of it: refused with
+    /// [`PluginError::Load`] unless it is a component of the
+    /// `quiesce:plugin@0.1.0` world.
+    pub fn load(&self, path: &Path) -> Result<Plugin, PluginError> {
+        let started = Instant::now();
+        let file = trust::open_trusted(path, Rule::Plugin).map_err(|source| PluginError::Untrusted { path: path.to_path_buf(), source })?;
+        let bytes = read_checked(file.file(), path)?;
+        self.load_bytes(path, bytes, started)
+    }
+
+    fn load_bytes(&self, path: &Path, bytes: Vec<u8>, started: Instant) -> Result<Plugin, PluginError> {
+        if let Kind::Other(what) = detect::classify(&bytes) {
+            return Err(PluginError::load(path, what));
+        }
+        let engine = &self.inner.engine;
+        let (component, cache) = self
+            .inner
+            .cache
+            .load_or_compile(engine, &bytes)
+            .map_err(|e| PluginError::load(path, format!("not a valid component: {}; {}", error_chain(&e), detect::expected())))?;
+        detect::check_world(engine, &component).map_err(|m| PluginError::load(path, m))?;
+        let pre = self
+            .inner
+            .linker
+            .instantiate_pre(&component)
+            .and_then(QuiescePluginPre::new)
+            .map_err(|e| PluginError::load(path, format!("cannot be linked: {} (quiesce offers WASI 0.2 and quiesce:plugin@0.1.0 imports only)", error_chain(&e))))?;
+        let plugin = Plugin::new(self.clone(), path, &bytes, &component, pre, cache, started.elapsed());
+        tracing::debug!("loaded plugin {} ({} bytes, cache: {:?}) in {:.3} ms", path.display(), bytes.len(), plugin.cache_status(), started.elapsed().as_secs_f64() * 1e3);
+        Ok(plugin)
+    }
+}
+
+fn read_checked(file: &File, path: &Path) -> Result<Vec<u8>, PluginError> {
+    let io = |e: std::io::Error| PluginError::load(path, format!("cannot read: {e}"));
+    let len = file.metadata().map_err(io)?.len();
+    if len > MAX_PLUGIN_BYTES {
+        return Err(PluginError::load(path, format!("{len} bytes; plugins larger than {} MiB are refused", MAX_PLUGIN_BYTES >> 20)));
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.take(MAX_PLUGIN_BYTES + 1).read_to_end(&mut bytes).map_err(io)?;
+    Ok(bytes)
+}

@@ -1,0 +1,333 @@
+//! One plugin instance per session: its own `Store`, alive from `pre` to
+//! `post`, so state and connections carry over. Every call runs under two
+//! clocks — the epoch deadline (a guest spinning in its own code) and a
+//! `tokio` timeout (a guest blocked in a host call) — and a call that traps,
+//! times out or exhausts memory kills the instance: the store is dropped,
+//! its connections close, later calls answer [`CallOutcome::Dead`].
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use wasmtime::{Store, Trap};
+
+use super::bindings::v0_1_0::quiesce::plugin::types as wit;
+use super::bindings::v0_1_0::QuiescePlugin;
+use super::engine::EPOCH_TICK;
+use super::grants::Grants;
+use super::plugin::{ParamDoc, Plugin, PluginInfo};
+use super::state::{Artifact, Events, HostState, LogSource};
+use super::{error_chain, PluginError};
+
+/// Limits and grants for one instance; the admin's config fills them.
+#[derive(Clone, Debug)]
+pub struct InstanceConfig {
+    /// For logs (the hook's name in the config).
+    pub name: String,
+    pub grants: Grants,
+    /// The admin's params, handed to every call.
+    pub params: Vec<(String, String)>,
+    /// Per linear memory.
+    pub memory_limit_bytes: usize,
+    /// Per call (`describe`, `pre`, `post`).
+    pub call_timeout: Duration,
+    /// Log records plus stdout/stderr bytes kept per call.
+    pub output_cap: usize,
+}
+
+impl InstanceConfig {
+    pub const DEFAULT_MEMORY_LIMIT: usize = 64 << 20;
+    pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const DEFAULT_OUTPUT_CAP: usize = 64 * 1024;
+
+    /// No grants, no params, 64 MiB, 10 s per call, 64 KiB of output per call.
+    pub fn new(name: impl Into<String>) -> InstanceConfig {
+        InstanceConfig {
+            name: name.into(),
+            grants: Grants::none(),
+            params: Vec::new(),
+            memory_limit_bytes: Self::DEFAULT_MEMORY_LIMIT,
+            call_timeout: Self::DEFAULT_CALL_TIMEOUT,
+            output_cap: Self::DEFAULT_OUTPUT_CAP,
+        }
+    }
+}
+
+/// What the session tells each call.
+#[derive(Clone, Debug)]
+pub struct CallContext {
+    pub session_id: String,
+    /// 1-based attempt of this hook in this session.
+    pub attempt: u32,
+}
+
+/// What `post` learns about the snapshot.
+#[derive(Clone, Debug)]
+pub struct SnapshotOutcome {
+    pub taken: bool,
+    /// The report's consistency label (`AppConsistent`, ..., `None`).
+    pub label: String,
+}
+
+/// How one call ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CallOutcome {
+    /// The plugin returned `ok`.
+    Ok(String),
+    /// The plugin returned `retryable`: the session may call again (same instance).
+    Retryable(String),
+    /// The plugin returned `fatal`.
+    Fatal(String),
+    /// The plugin trapped (a panic, `unreachable`, `exit`): instance dropped.
+    Trapped(String),
+    /// Past `call_timeout`: instance dropped.
+    TimedOut,
+    /// Tried to grow memory past the limit: instance dropped.
+    MemoryExhausted(String),
+    /// An earlier call killed the instance; nothing ran.
+    Dead,
+}
+
+impl CallOutcome {
+    pub fn is_success(&self) -> bool {
+        matches!(self, CallOutcome::Ok(_))
+    }
+    /// Whether this outcome ended the instance.
+    pub fn killed_instance(&self) -> bool {
+        matches!(self, CallOutcome::Trapped(_) | CallOutcome::TimedOut | CallOutcome::MemoryExhausted(_))
+    }
+}
+
+impl fmt::Display for CallOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CallOutcome::Ok(m) => write!(f, "ok: {m}"),
+            CallOutcome::Retryable(m) => write!(f, "retryable failure: {m}"),
+            CallOutcome::Fatal(m) => write!(f, "failed: {m}"),
+            CallOutcome::Trapped(m) => write!(f, "trapped: {m}"),
+            CallOutcome::TimedOut => f.write_str("timed out"),
+            CallOutcome::MemoryExhausted(m) => write!(f, "{m}"),
+            CallOutcome::Dead => f.write_str("not run: the instance died in an earlier call"),
+        }
+    }
+}
+
+struct Live {
+    store: Store<HostState>,
+    bindings: QuiescePlugin,
+}
+
+pub struct PluginInstance {
+    name: String,
+    live: Option<Live>,
+    params: Vec<(String, String)>,
+    call_timeout: Duration,
+    /// Kept when the instance dies (they were handed over before).
+    artifacts: Vec<Artifact>,
+    events: Events,
+    death: Option<String>,
+}
+
+enum Call<'a> {
+    Describe,
+    Pre(&'a CallContext),
+    Post(&'a CallContext, &'a SnapshotOutcome),
+}
+
+enum Returned {
+    Info(wit::PluginInfo),
+    Hook(wit::HookResult),
+}
+
+fn epoch_ticks(d: Duration) -> u64 {
+    (d.as_nanos() / EPOCH_TICK.as_nanos()).max(1) as u64 + 1
+}
+
+impl PluginInstance {
+    pub(crate) async fn new(plugin: &Plugin, cfg: InstanceConfig) -> Result<PluginInstance, PluginError> {
+        let state = HostState::new(&cfg.name, cfg.grants, cfg.memory_limit_bytes, cfg.output_cap);
+        let mut store = Store::new(plugin.engine().engine(), state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(epoch_ticks(cfg.call_timeout));
+        store.epoch_deadline_trap();
+        let inst = tokio::time::timeout(cfg.call_timeout, plugin.pre().instantiate_async(&mut store)).await;
+        let bindings = match inst {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => return Err(PluginError::Runtime(format!("{}: cannot instantiate: {}", cfg.name, error_chain(&e)))),
+            Err(_) => return Err(PluginError::Runtime(format!("{}: instantiation timed out", cfg.name))),
+        };
+        Ok(PluginInstance {
+            name: cfg.name,
+            live: Some(Live { store, bindings }),
+            params: cfg.params,
+            call_timeout: cfg.call_timeout,
+            artifacts: Vec::new(),
+            events: Events::default(),
+            death: None,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// False once a call trapped, timed out or exhausted memory.
+    pub fn is_alive(&self) -> bool {
+        self.live.is_some()
+    }
+
+    /// Why the instance died, if it did.
+    pub fn death(&self) -> Option<&str> {
+        self.death.as_deref()
+    }
+
+    /// The pre hook. `Retryable` leaves the instance alive for another attempt.
+    pub async fn pre(&mut self, ctx: &CallContext) -> CallOutcome {
+        match self.invoke(Call::Pre(ctx)).await {
+            Ok(Returned::Hook(r)) => hook_outcome(r),
+            Ok(Returned::Info(_)) => CallOutcome::Trapped("internal: pre returned plugin info".into()),
+            Err(o) => o,
+        }
+    }
+
+    /// The post hook, told what became of the snapshot.
+    pub async fn post(&mut self, ctx: &CallContext, snapshot: &SnapshotOutcome) -> CallOutcome {
+        match self.invoke(Call::Post(ctx, snapshot)).await {
+            Ok(Returned::Hook(r)) => hook_outcome(r),
+            Ok(Returned::Info(_)) => CallOutcome::Trapped("internal: post returned plugin info".into()),
+            Err(o) => o,
+        }
+    }
+
+    pub(crate) async fn describe(&mut self) -> Result<PluginInfo, CallOutcome> {
+        match self.invoke(Call::Describe).await? {
+            Returned::Info(i) => Ok(PluginInfo {
+                name: i.name,
+                version: i.version,
+                quiesces: i.quiesces,
+                grants: i.grants,
+                params: i
+                    .params
+                    .into_iter()
+                    .map(|p| ParamDoc { name: p.name, description: p.description, required: p.required, default: p.default })
+                    .collect(),
+            }),
+            Returned::Hook(_) => Err(CallOutcome::Trapped("internal: describe returned a hook result".into())),
+        }
+    }
+
+    /// Log records, grant denials and dropped-output counts since the last take.
+    pub fn take_events(&mut self) -> Events {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Artifacts the plugin stored this session (kept after the instance died).
+    pub fn artifacts(&self) -> &[Artifact] {
+        match &self.live {
+            Some(l) => &l.store.data().artifacts,
+            None => &self.artifacts,
+        }
+    }
+
+    /// Drops the store now: the plugin's connections close. Later calls
+    /// answer `Dead`. (Dropping the instance does the same.)
+    pub fn kill(&mut self, why: impl Into<String>) {
+        if let Some(mut live) = self.live.take() {
+            let why = why.into();
+            tracing::info!(plugin = %self.name, "instance dropped: {why}");
+            let data = live.store.data_mut();
+            self.artifacts = std::mem::take(&mut data.artifacts);
+            let ev = data.drain_events();
+            self.events.append(ev);
+            drop(live);
+            self.death = Some(why);
+        }
+    }
+
+    async fn invoke(&mut self, call: Call<'_>) -> Result<Returned, CallOutcome> {
+        let Some(live) = self.live.as_mut() else { return Err(CallOutcome::Dead) };
+        let timeout = self.call_timeout;
+        let started = Instant::now();
+        live.store.data_mut().deadline = Some(started + timeout);
+        live.store.set_epoch_deadline(epoch_ticks(timeout));
+
+        let ctx_of = |c: &CallContext| wit::HookContext {
+            session_id: c.session_id.clone(),
+            attempt: c.attempt,
+            deadline_ms: timeout.as_millis() as u64,
+            params: self.params.clone(),
+        };
+        let fut = async {
+            let hooks = live.bindings.quiesce_plugin_hooks();
+            match call {
+                Call::Describe => hooks.call_describe(&mut live.store).await.map(Returned::Info),
+                Call::Pre(c) => hooks.call_pre(&mut live.store, &ctx_of(c)).await.map(Returned::Hook),
+                Call::Post(c, s) => {
+                    let snap = wit::SnapshotOutcome { taken: s.taken, label: s.label.clone() };
+                    hooks.call_post(&mut live.store, &ctx_of(c), &snap).await.map(Returned::Hook)
+                }
+            }
+        };
+        let result = tokio::time::timeout(timeout, fut).await;
+
+        let data = live.store.data_mut();
+        data.deadline = None;
+        let exceeded = data.limiter.exceeded.map(|desired| (data.limiter.memory_limit, desired));
+        let ev = data.drain_events();
+        let stderr_tail = stderr_tail(&ev);
+        self.events.append(ev);
+
+        let outcome = match result {
+            Ok(Ok(r)) => return Ok(r),
+            Err(_elapsed) => CallOutcome::TimedOut,
+            Ok(Err(e)) => {
+                if let Some((limit, desired)) = exceeded {
+                    CallOutcome::MemoryExhausted(format!(
+                        "memory limit of {} MiB exceeded (the plugin asked for {} MiB)",
+                        limit >> 20,
+                        desired.div_ceil(1 << 20)
+                    ))
+                } else if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+                    CallOutcome::TimedOut
+                } else if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+                    CallOutcome::Trapped(format!("the plugin called exit({})", exit.0))
+                } else {
+                    let what = match e.downcast_ref::<Trap>() {
+                        Some(t) => t.to_string(),
+                        None => error_chain(&e),
+                    };
+                    CallOutcome::Trapped(match stderr_tail {
+                        Some(tail) => format!("{what} ({tail})"),
+                        None => what,
+                    })
+                }
+            }
+        };
+        let why = match &outcome {
+            CallOutcome::TimedOut => format!("call timed out after {:.1} s", timeout.as_secs_f64()),
+            other => other.to_string(),
+        };
+        tracing::warn!(plugin = %self.name, "{why}; dropping the instance (its connections close)");
+        self.kill(why);
+        Err(outcome)
+    }
+}
+
+fn hook_outcome(r: wit::HookResult) -> CallOutcome {
+    match r {
+        wit::HookResult::Ok(m) => CallOutcome::Ok(m),
+        wit::HookResult::Retryable(m) => CallOutcome::Retryable(m),
+        wit::HookResult::Fatal(m) => CallOutcome::Fatal(m),
+    }
+}
+
+/// The guest's last words on stderr (a Rust panic message), for the trap report.
+fn stderr_tail(ev: &Events) -> Option<String> {
+    let lines: Vec<&str> = ev
+        .logs
+        .iter()
+        .filter(|l| l.source == LogSource::Stderr && !l.message.starts_with("note: run with `RUST_BACKTRACE"))
+        .map(|l| l.message.as_str())
+        .collect();
+    let tail = lines[lines.len().saturating_sub(2)..].join(" ");
+    (!tail.is_empty()).then_some(tail)
+}

@@ -1,0 +1,111 @@
+//! A loaded plugin: compiled, checked against the world, pre-linked. Cheap
+//! to keep for the process's life; each session makes its own instance.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+use wasmtime::component::Component;
+
+use super::bindings::v0_1_0::QuiescePluginPre;
+use super::cache::{sha256_hex, CacheStatus};
+use super::engine::WasmEngine;
+use super::grants::Grants;
+use super::instance::{InstanceConfig, PluginInstance};
+use super::state::HostState;
+use super::PluginError;
+
+/// What a plugin says about itself (its `describe` export).
+#[derive(Clone, Debug, Serialize)]
+pub struct PluginInfo {
+    pub name: String,
+    pub version: String,
+    pub quiesces: String,
+    /// The grants it asks for; the admin's config decides.
+    pub grants: Vec<String>,
+    pub params: Vec<ParamDoc>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ParamDoc {
+    pub name: String,
+    pub description: String,
+    pub required: bool,
+    pub default: Option<String>,
+}
+
+pub struct Plugin {
+    engine: WasmEngine,
+    path: PathBuf,
+    size: u64,
+    sha256: String,
+    imports: Vec<String>,
+    exports: Vec<String>,
+    pre: QuiescePluginPre<HostState>,
+    cache: CacheStatus,
+    load_time: Duration,
+}
+
+impl Plugin {
+    pub(crate) fn new(
+        engine: WasmEngine,
+        path: &Path,
+        bytes: &[u8],
+        component: &Component,
+        pre: QuiescePluginPre<HostState>,
+        cache: CacheStatus,
+        load_time: Duration,
+    ) -> Plugin {
+        let ty = component.component_type();
+        let imports = ty.imports(engine.engine()).map(|(n, _)| n.to_owned()).collect();
+        let exports = ty.exports(engine.engine()).map(|(n, _)| n.to_owned()).collect();
+        Plugin { path: path.to_path_buf(), size: bytes.len() as u64, sha256: sha256_hex(bytes), imports, exports, pre, cache, load_time, engine }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+    /// Interfaces the component imports (WASI and quiesce).
+    pub fn imports(&self) -> &[String] {
+        &self.imports
+    }
+    pub fn exports(&self) -> &[String] {
+        &self.exports
+    }
+    /// Whether this load compiled or used the cache.
+    pub fn cache_status(&self) -> &CacheStatus {
+        &self.cache
+    }
+    /// Time `WasmEngine::load` took (trust checks, read, compile or cache load, link).
+    pub fn load_time(&self) -> Duration {
+        self.load_time
+    }
+
+    pub(crate) fn pre(&self) -> &QuiescePluginPre<HostState> {
+        &self.pre
+    }
+    pub(crate) fn engine(&self) -> &WasmEngine {
+        &self.engine
+    }
+
+    /// Calls `describe` in a throw-away instance with no grants (5 s, 64 MiB).
+    pub async fn describe(&self) -> Result<PluginInfo, PluginError> {
+        let mut cfg = InstanceConfig::new(self.path.display().to_string());
+        cfg.grants = Grants::none();
+        cfg.call_timeout = Duration::from_secs(5);
+        let mut inst = self.instantiate(cfg).await?;
+        inst.describe().await.map_err(|outcome| PluginError::load(&self.path, format!("describe failed: {outcome}")))
+    }
+
+    /// A fresh instance for one session, alive until dropped, a trap or a
+    /// timeout.
+    pub async fn instantiate(&self, cfg: InstanceConfig) -> Result<PluginInstance, PluginError> {
+        PluginInstance::new(self, cfg).await
+    }
+}
