@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::config::{Config, ConfigError, OnFailure, ScriptAction};
+use crate::config::{Config, ConfigError, OnFailure, PluginAction, ScriptAction};
+use crate::hooks::wasm::{Grants, WasmEngine};
 use crate::freeze::{self, Selection, Skipped, Target};
 use crate::report::ErrorCode;
 use crate::report::Phase;
@@ -28,10 +29,24 @@ pub struct ScriptCheck {
 }
 
 #[derive(Debug, Serialize)]
+pub struct PluginCheck {
+    pub path: PathBuf,
+    /// "ok", or why the session would refuse it.
+    pub status: String,
+    /// What the plugin asks for (from its `describe`).
+    pub requested_grants: Vec<String>,
+    /// What the admin granted in the config: the plugin gets exactly these.
+    pub granted: Vec<String>,
+    /// Requested but not granted: calls needing them will be refused (`GrantDenied`).
+    pub not_granted: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
 pub struct HookCheck {
     pub name: String,
     pub pre: Option<ScriptCheck>,
     pub post: Option<ScriptCheck>,
+    pub plugin: Option<PluginCheck>,
     pub timeout_s: u64,
     pub on_failure: OnFailure,
 }
@@ -57,7 +72,8 @@ pub struct CheckReport {
 }
 
 /// Checks what a session with this config and these `--mount`s would do.
-pub fn check(config: Result<Config, ConfigError>, mounts: &[PathBuf], snapshot_cmd: Option<&str>) -> CheckReport {
+/// Plugins are loaded (compiled and cached) and asked to describe themselves.
+pub async fn check(config: Result<Config, ConfigError>, mounts: &[PathBuf], snapshot_cmd: Option<&str>, cache_dir: &Path) -> CheckReport {
     let mut problems = Vec::new();
     let (config, path, format) = match config {
         Ok(c) => {
@@ -70,6 +86,7 @@ pub fn check(config: Result<Config, ConfigError>, mounts: &[PathBuf], snapshot_c
         }
     };
     let mut hooks = Vec::new();
+    let mut engine: Option<Result<WasmEngine, String>> = None;
     for h in &config.hooks {
         let (pre, post) = h.scripts();
         let mut script = |a: Option<&ScriptAction>, pre: bool| {
@@ -82,7 +99,14 @@ pub fn check(config: Result<Config, ConfigError>, mounts: &[PathBuf], snapshot_c
         };
         let pre = script(pre, true);
         let post = script(post, false);
-        hooks.push(HookCheck { name: h.name.clone(), pre, post, timeout_s: h.timeout.as_secs(), on_failure: h.on_failure });
+        let plugin = match h.plugin() {
+            Some(action) => {
+                let engine = engine.get_or_insert_with(|| WasmEngine::new(cache_dir).map_err(|e| e.to_string()));
+                Some(check_plugin(action, engine.as_ref(), &mut problems).await)
+            }
+            None => None,
+        };
+        hooks.push(HookCheck { name: h.name.clone(), pre, post, plugin, timeout_s: h.timeout.as_secs(), on_failure: h.on_failure });
     }
     let mount_list = if mounts.is_empty() { config.freeze.mounts.clone() } else { mounts.to_vec() };
     let mut freeze = FreezeCheck { enabled: config.freeze.enabled, max_freeze_s: config.freeze.max_freeze.as_secs_f64(), targets: vec![], skipped: vec![] };
@@ -102,6 +126,34 @@ pub fn check(config: Result<Config, ConfigError>, mounts: &[PathBuf], snapshot_c
         .map(|c| format!("command: {c}"))
         .or_else(|| config.snapshot.as_ref().map(|s| crate::snapshot::from_spec(s).describe()));
     CheckReport { ok: problems.is_empty(), config: path, format, hooks, freeze, snapshot, problems }
+}
+
+async fn check_plugin(action: &PluginAction, engine: Result<&WasmEngine, &String>, problems: &mut Vec<Problem>) -> PluginCheck {
+    let mut check = PluginCheck {
+        path: action.path.clone(),
+        status: "ok".into(),
+        requested_grants: Vec::new(),
+        granted: action.grants.clone(),
+        not_granted: Vec::new(),
+    };
+    let result = async {
+        Grants::parse(&action.grants).map_err(|e| format!("grant in the config: {e}"))?;
+        let engine = engine.map_err(|e| format!("cannot start the WebAssembly runtime: {e}"))?;
+        let plugin = engine.load(&action.path).map_err(|e| e.to_string())?;
+        plugin.describe().await.map_err(|e| e.to_string())
+    }
+    .await;
+    match result {
+        Ok(info) => {
+            check.not_granted = info.grants.iter().filter(|g| !action.grants.contains(g)).cloned().collect();
+            check.requested_grants = info.grants;
+        }
+        Err(message) => {
+            check.status = format!("{}: {message}", ErrorCode::PluginLoadFailed.as_str());
+            problems.push(Problem { code: ErrorCode::PluginLoadFailed, message });
+        }
+    }
+    check
 }
 
 fn check_script(path: &Path, pre: bool, problems: &mut Vec<Problem>) -> String {

@@ -148,6 +148,7 @@ fn snapshot(args: SnapshotArgs) -> ExitCode {
         mounts: args.config.mounts,
         max_freeze: args.max_freeze,
         provider: args.snapshot_cmd.map(|command| Box::new(ShellCommand { command }) as _),
+        ..Default::default()
     };
     let session = match Session::prepare(config, opts) {
         Ok(s) => s,
@@ -156,12 +157,9 @@ fn snapshot(args: SnapshotArgs) -> ExitCode {
             return ExitCode::from(USAGE);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("quiesce: cannot start the async runtime: {e}");
-            return ExitCode::from(4);
-        }
+        Err(code) => return code,
     };
     let report = runtime.block_on(async {
         let interrupt = match Interrupt::on_signals() {
@@ -205,9 +203,21 @@ fn print_report(report: &Report, json: bool) {
     }
 }
 
+/// The async runtime every command that runs hooks or plugins needs.
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| {
+        eprintln!("quiesce: cannot start the async runtime: {e}");
+        ExitCode::from(4)
+    })
+}
+
 fn run_check(args: CheckArgs) -> ExitCode {
     let config = session::load_config(args.config.config.as_deref());
-    let report = check::check(config, &args.config.mounts, args.snapshot_cmd.as_deref());
+    let runtime = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let report = runtime.block_on(check::check(config, &args.config.mounts, args.snapshot_cmd.as_deref(), &session::cache_dir_from_env()));
     if args.json {
         println!("{}", serde_json::to_string(&report).unwrap_or_default());
     } else {
@@ -227,6 +237,13 @@ fn print_check(r: &check::CheckReport) {
     }
     for h in &r.hooks {
         println!("hook {} (timeout {} s per attempt, on failure: {:?})", h.name, h.timeout_s, h.on_failure);
+        if let Some(p) = &h.plugin {
+            println!("  plugin {}: {}", p.path.display(), p.status);
+            println!("    granted: {}", if p.granted.is_empty() { "nothing".into() } else { p.granted.join(", ") });
+            if !p.not_granted.is_empty() {
+                println!("    requested but not granted (calls needing them will be refused): {}", p.not_granted.join(", "));
+            }
+        }
         for (phase, s) in [("pre", &h.pre), ("post", &h.post)] {
             if let Some(s) = s {
                 println!("  {phase:<4} {} {:?} x{}: {}", s.path.display(), s.args, s.attempts, s.status);
@@ -303,14 +320,11 @@ fn run_thaw(args: ThawArgs) -> ExitCode {
 }
 
 fn run_inspect(args: InspectArgs) -> ExitCode {
-    let cache_dir = std::env::var_os("QUIESCE_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(wasm::DEFAULT_CACHE_DIR));
+    let cache_dir = session::cache_dir_from_env();
     let file = std::path::absolute(&args.file).unwrap_or(args.file);
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("quiesce: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     let result = wasm::WasmEngine::new(&cache_dir).and_then(|engine| runtime.block_on(wasm::inspect(&engine, &file)));
     match (result, args.json) {

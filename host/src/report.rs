@@ -103,6 +103,15 @@ pub enum Phase {
     Post,
 }
 
+impl Phase {
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Pre => "pre",
+            Phase::Post => "post",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
@@ -178,6 +187,14 @@ pub struct SnapshotReport {
 }
 
 #[derive(Debug, Clone, Serialize)]
+pub struct ArtifactReport {
+    pub hook: String,
+    pub name: String,
+    pub path: PathBuf,
+    pub bytes: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
 pub struct ConfigReport {
     pub path: Option<PathBuf>,
     pub format: crate::config::Format,
@@ -195,6 +212,10 @@ pub struct Report {
     pub snapshot: SnapshotReport,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub config: Option<ConfigReport>,
+    /// Named blobs plugins handed over (e.g. a database's backup label),
+    /// stored with the session outside the snapshot.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub artifacts: Vec<ArtifactReport>,
     /// The signal that interrupted the session, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub interrupted_by: Option<String>,
@@ -219,7 +240,7 @@ impl Report {
     /// One line for humans: what the snapshot is.
     pub fn summary(&self) -> String {
         let codes: Vec<String> = self.errors.iter().map(|e| e.code.as_str()).collect();
-        let label = serde_json::to_value(self.consistency).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+        let label = label_name(self.consistency);
         format!(
             "session {}: {} (snapshot {}){}",
             self.session_id,
@@ -228,6 +249,11 @@ impl Report {
             if codes.is_empty() { String::new() } else { format!("; errors: {}", codes.join(", ")) }
         )
     }
+}
+
+/// The label as the report spells it (`AppConsistent`, ...).
+pub fn label_name(c: Consistency) -> String {
+    serde_json::to_value(c).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
 }
 
 /// Milliseconds with microsecond resolution, as the report shows them.

@@ -75,6 +75,7 @@ fn main() {
             mounts,
             max_freeze: None,
             provider: Some(Box::new(NoOp)),
+            ..Default::default()
         };
         let session = Session::prepare(load_config(Some(config)), opts).unwrap();
         let report = rt.block_on(session.run(Interrupt::never()));

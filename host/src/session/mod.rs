@@ -17,24 +17,34 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::config::{Config, ConfigError, HookSpec, OnFailure, ScriptAction};
+mod artifacts;
+mod hooks;
+mod record;
+
+use crate::config::{Config, ConfigError, HookBody, OnFailure};
 use crate::freeze::{self, FreezePlan, Guardian, Selection};
-use crate::hooks::script::{self, ScriptOutcome, ScriptSpec};
+use crate::hooks::wasm::{WasmEngine, DEFAULT_CACHE_DIR};
 use crate::interrupt::Interrupt;
 use crate::logging;
-use crate::report::{
-    ms, round_ms, ConfigReport, Consistency, ErrorCode, Facts, FreezeReport, HookKind, HookReport, MountReport, Outcome, Phase,
-    Report, ReportError, SkippedMount, SnapshotReport,
-};
+use crate::report::{ms, round_ms, ErrorCode, MountReport, Phase, Report, ReportError};
 use crate::rundir::{unix_ms, LockError, RunDir, SessionState};
 use crate::snapshot::{self, SnapshotContext, SnapshotProvider};
-use crate::trust::{self, Rule, TrustError, TrustedFile};
+
+pub use artifacts::{state_dir_from_env, DEFAULT_STATE_DIR, STATE_DIR_ENV};
+pub(crate) use hooks::trust_error;
+use hooks::{PhaseContext, ReadyHook};
+use record::Run;
+
+/// Where compiled plugins are cached unless `QUIESCE_CACHE_DIR` says otherwise.
+pub const CACHE_DIR_ENV: &str = "QUIESCE_CACHE_DIR";
+
+/// `$QUIESCE_CACHE_DIR`, else `/var/cache/quiesce/plugins`.
+pub fn cache_dir_from_env() -> PathBuf {
+    std::env::var_os(CACHE_DIR_ENV).map(PathBuf::from).unwrap_or_else(|| DEFAULT_CACHE_DIR.into())
+}
 
 /// How long a pre-session probe waits before it calls a file system frozen.
 const FROZEN_PROBE_WAIT: Duration = Duration::from_millis(200);
-/// Output kept per script attempt (the rest is counted, not kept).
-const SCRIPT_OUTPUT_CAP: usize = 64 * 1024;
-const KILL_GRACE: Duration = Duration::from_secs(2);
 
 /// What the caller (CLI flags, an embedding agent) adds to the config.
 #[derive(Default)]
@@ -47,6 +57,10 @@ pub struct SessionOptions {
     pub max_freeze: Option<Duration>,
     /// `--snapshot-cmd` or an embedder's own provider (overrides the config).
     pub provider: Option<Box<dyn SnapshotProvider>>,
+    /// Compiled-plugin cache; defaults to `$QUIESCE_CACHE_DIR` or `/var/cache/quiesce/plugins`.
+    pub cache_dir: Option<PathBuf>,
+    /// Where plugins' artifacts are kept; defaults to `$QUIESCE_STATE_DIR` or `/var/lib/quiesce`.
+    pub state_dir: Option<PathBuf>,
 }
 
 /// A session could not even be set up: the caller's arguments are wrong.
@@ -83,16 +97,8 @@ pub struct Session {
     provider: Option<Box<dyn SnapshotProvider>>,
     max_freeze: Duration,
     run_dir: RunDir,
-}
-
-/// A hook after validation: its scripts opened and checked, or refused.
-struct ReadyHook {
-    spec: HookSpec,
-    pre: Option<TrustedFile>,
-    post: Option<TrustedFile>,
-    /// Why the hook may not run at all (a bad script refuses the pair: a pre
-    /// that locks without a post that unlocks is worse than neither).
-    refused: Option<ReportError>,
+    cache_dir: PathBuf,
+    state_dir: PathBuf,
 }
 
 impl Session {
@@ -133,6 +139,8 @@ impl Session {
             plan,
             provider,
             run_dir: opts.run_dir.unwrap_or_else(RunDir::from_env),
+            cache_dir: opts.cache_dir.unwrap_or_else(cache_dir_from_env),
+            state_dir: opts.state_dir.unwrap_or_else(state_dir_from_env),
         })
     }
 
@@ -177,8 +185,9 @@ impl Session {
             r.apps_quiesced = false;
         }
 
-        // 1. Validate every script before anything runs or freezes.
-        let hooks: Vec<ReadyHook> = self.config.hooks.iter().map(validate_hook).collect();
+        // 1. Validate every script and plugin before anything runs or freezes.
+        let engine = self.wasm_engine();
+        let mut hooks: Vec<ReadyHook> = self.config.hooks.iter().map(|h| ReadyHook::validate(h, engine.as_ref())).collect();
         for h in &hooks {
             if let Some(e) = &h.refused {
                 tracing::error!("hook {} refused: {}", h.spec.name, e.message);
@@ -188,7 +197,7 @@ impl Session {
         if !freeze_ok && self.config.freeze.on_failure == OnFailure::Abort {
             tracing::error!("freeze is impossible and the policy is to abort: no hook runs, no snapshot");
             for h in &hooks {
-                r.skipped(h, "freeze impossible; session aborted before any hook");
+                r.skipped(&h.spec.name, h.kind(), "freeze impossible; session aborted before any hook");
             }
             return r.finish(&self, started, false);
         }
@@ -197,23 +206,14 @@ impl Session {
         self.record_state(&r, "pre", None);
         let mut entered = 0;
         let mut abort = false;
-        for h in &hooks {
+        let pre_ctx = PhaseContext { session_id: &self.id, snapshot: None };
+        for h in hooks.iter_mut() {
             if let Some(why) = interrupt.fired() {
                 tracing::warn!("{why}: no further pre hooks");
                 break;
             }
             entered += 1;
-            let ok = match &h.refused {
-                Some(e) => {
-                    r.refused(h, Phase::Pre, e.clone());
-                    false
-                }
-                None => match (&h.pre, h.spec.scripts().0) {
-                    (Some(file), Some(action)) => r.run_script(&self.id, h, Phase::Pre, file, action, None).await,
-                    _ => true,
-                },
-            };
-            if !ok {
+            if !h.run(Phase::Pre, &pre_ctx, &mut r).await {
                 r.apps_quiesced = false;
                 if h.spec.on_failure == OnFailure::Abort {
                     tracing::error!("hook {} failed and its policy is abort: no snapshot", h.spec.name);
@@ -223,7 +223,7 @@ impl Session {
             }
         }
         for h in &hooks[entered..] {
-            r.skipped(h, if abort { "an earlier hook aborted the session" } else { "session interrupted" });
+            r.skipped(&h.spec.name, h.kind(), if abort { "an earlier hook aborted the session" } else { "session interrupted" });
         }
 
         // 3. Freeze, snapshot, thaw.
@@ -253,17 +253,11 @@ impl Session {
 
         // 4. Post hooks, in reverse order, for every hook whose turn came in pre.
         self.record_state(&r, "post", None);
-        let label = r.label(&self);
-        for h in hooks[..entered].iter().rev() {
-            match &h.refused {
-                Some(e) => r.refused(h, Phase::Post, e.clone()),
-                None => {
-                    if let (Some(file), Some(action)) = (&h.post, h.spec.scripts().1) {
-                        r.run_script(&self.id, h, Phase::Post, file, action, Some(label)).await;
-                    }
-                }
-            }
+        let post_ctx = PhaseContext { session_id: &self.id, snapshot: Some((r.snapshot_taken, r.label(&self))) };
+        for h in hooks[..entered].iter_mut().rev() {
+            h.run(Phase::Post, &post_ctx, &mut r).await;
         }
+        self.store_artifacts(&hooks, &mut r);
         r.interrupted_by = interrupted.or_else(|| interrupt.fired());
         if let Some(sig) = &r.interrupted_by {
             r.error(ErrorCode::Interrupted, format!("session interrupted by {sig}; thawed and ran post hooks before exiting"));
@@ -272,6 +266,41 @@ impl Session {
         self.run_dir.clear_state();
         drop(lock);
         report
+    }
+
+    /// The WebAssembly runtime, started only when a hook needs it.
+    fn wasm_engine(&self) -> Option<WasmEngine> {
+        if !self.config.hooks.iter().any(|h| matches!(h.body, HookBody::Plugin(_))) {
+            return None;
+        }
+        match WasmEngine::new(&self.cache_dir) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                tracing::error!("cannot start the WebAssembly runtime: {e}");
+                None
+            }
+        }
+    }
+
+    /// Keeps what plugins handed over, after thaw (never into a frozen file system).
+    fn store_artifacts(&self, hooks: &[ReadyHook], r: &mut Run) {
+        for h in hooks {
+            if h.artifacts().is_empty() {
+                continue;
+            }
+            match artifacts::store(&self.state_dir, &self.id, &h.spec.name, h.artifacts()) {
+                Ok(stored) => {
+                    for a in &stored {
+                        tracing::info!("stored artifact {} of hook {} at {} ({} bytes)", a.name, a.hook, a.path.display(), a.bytes);
+                    }
+                    r.artifacts.extend(stored);
+                }
+                Err(e) => r.error(
+                    ErrorCode::IncorrectPluginhostFile,
+                    format!("cannot store the artifacts of hook {} under {}: {e}", h.spec.name, self.state_dir.display()),
+                ),
+            }
+        }
     }
 
     /// Before any hook runs: is there something to freeze, and is any of it
@@ -443,238 +472,6 @@ impl Session {
     }
 }
 
-fn validate_hook(spec: &HookSpec) -> ReadyHook {
-    let open = |action: Option<&ScriptAction>, phase: Phase| -> Result<Option<TrustedFile>, ReportError> {
-        match action {
-            None => Ok(None),
-            Some(a) => trust::open_trusted(&a.path, Rule::Script).map(Some).map_err(|e| trust_error(phase, &a.path, &e)),
-        }
-    };
-    let (pre, post) = spec.scripts();
-    let pre = open(pre, Phase::Pre);
-    let post = open(post, Phase::Post);
-    match (pre, post) {
-        (Ok(pre), Ok(post)) => ReadyHook { spec: spec.clone(), pre, post, refused: None },
-        (Err(e), _) | (_, Err(e)) => ReadyHook { spec: spec.clone(), pre: None, post: None, refused: Some(e) },
-    }
-}
-
-/// The report code and message for a script that failed its checks.
-pub(crate) fn trust_error(phase: Phase, path: &Path, e: &TrustError) -> ReportError {
-    let code = match (phase, e.is_not_found()) {
-        (Phase::Pre, true) => ErrorCode::PreScriptNotFound,
-        (Phase::Post, true) => ErrorCode::PostScriptNotFound,
-        (Phase::Pre, false) => ErrorCode::InsufficientPermissionforPreScript,
-        (Phase::Post, false) => ErrorCode::InsufficientPermissionforPostScript,
-    };
-    ReportError { code, message: format!("{} script {}: {e}", phase_name(phase), path.display()) }
-}
-
-fn phase_name(p: Phase) -> &'static str {
-    match p {
-        Phase::Pre => "pre",
-        Phase::Post => "post",
-    }
-}
-
-/// What the session has learnt so far; turned into the report at the end.
-struct Run {
-    started_unix_ms: u128,
-    errors: Vec<ReportError>,
-    warnings: Vec<String>,
-    hooks: Vec<HookReport>,
-    freeze: FreezeReport,
-    snapshot: SnapshotReport,
-    snapshot_ns: u64,
-    /// Guardian clock (CLOCK_MONOTONIC) at the first FIFREEZE.
-    first_freeze_ns: u64,
-    snapshot_taken: bool,
-    apps_quiesced: bool,
-    frozen_throughout: bool,
-    interrupted_by: Option<String>,
-}
-
-impl Run {
-    fn new(s: &Session) -> Run {
-        let mut freeze = FreezeReport { enabled: s.plan.is_some(), max_freeze_s: s.max_freeze.as_secs_f64(), ..Default::default() };
-        if let Some(plan) = &s.plan {
-            freeze.skipped = plan
-                .skipped
-                .iter()
-                .map(|k| SkippedMount { path: k.path.clone(), fs_type: k.fs_type.clone(), reason: k.reason.clone() })
-                .collect();
-        }
-        Run {
-            started_unix_ms: unix_ms(),
-            errors: Vec::new(),
-            warnings: Vec::new(),
-            hooks: Vec::new(),
-            freeze,
-            snapshot: SnapshotReport::default(),
-            snapshot_ns: 0,
-            first_freeze_ns: 0,
-            snapshot_taken: false,
-            apps_quiesced: true,
-            frozen_throughout: false,
-            interrupted_by: None,
-        }
-    }
-
-    fn error(&mut self, code: ErrorCode, message: String) {
-        self.errors.push(ReportError { code, message });
-    }
-
-    fn label(&self, s: &Session) -> Consistency {
-        Consistency::judge(Facts {
-            snapshot_taken: self.snapshot_taken,
-            apps_quiesced: self.apps_quiesced && !self.hooks.iter().any(|h| h.phase == Phase::Pre && h.outcome == Outcome::Skipped),
-            freeze_enabled: s.plan.is_some(),
-            frozen_throughout: self.frozen_throughout,
-        })
-    }
-
-    fn refused(&mut self, h: &ReadyHook, phase: Phase, e: ReportError) {
-        if phase == Phase::Pre {
-            self.errors.push(e.clone());
-        }
-        self.hooks.push(HookReport {
-            name: h.spec.name.clone(),
-            kind: HookKind::Script,
-            phase,
-            attempts: 0,
-            outcome: Outcome::Refused,
-            duration_ms: 0.0,
-            exit_code: None,
-            message: Some(e.message),
-        });
-    }
-
-    fn skipped(&mut self, h: &ReadyHook, why: &str) {
-        for phase in [Phase::Pre, Phase::Post] {
-            self.hooks.push(HookReport {
-                name: h.spec.name.clone(),
-                kind: HookKind::Script,
-                phase,
-                attempts: 0,
-                outcome: Outcome::Skipped,
-                duration_ms: 0.0,
-                exit_code: None,
-                message: Some(why.into()),
-            });
-        }
-    }
-
-    /// Runs one phase of a script hook and records it. True if it succeeded.
-    async fn run_script(
-        &mut self,
-        session_id: &str,
-        h: &ReadyHook,
-        phase: Phase,
-        file: &TrustedFile,
-        action: &ScriptAction,
-        label: Option<Consistency>,
-    ) -> bool {
-        let name = &h.spec.name;
-        let mut env = vec![
-            ("QUIESCE_SESSION_ID".to_string(), session_id.to_string()),
-            ("QUIESCE_PHASE".to_string(), phase_name(phase).to_string()),
-            ("QUIESCE_HOOK".to_string(), name.clone()),
-        ];
-        if let Some(label) = label {
-            env.push(("QUIESCE_SNAPSHOT_TAKEN".into(), self.snapshot_taken.to_string()));
-            env.push(("QUIESCE_CONSISTENCY".into(), serde_json::to_value(label).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()));
-        }
-        let spec = ScriptSpec {
-            name: format!("{name}/{}", phase_name(phase)),
-            args: action.args.clone(),
-            env,
-            timeout: h.spec.timeout,
-            retries: action.retries,
-            retry_delay: h.spec.retry_delay,
-            kill_grace: KILL_GRACE,
-            warning_exit_codes: h.spec.warning_exit_codes.clone(),
-            output_cap: SCRIPT_OUTPUT_CAP,
-        };
-        tracing::info!("running {} hook {name}: {}", phase_name(phase), action.path.display());
-        let run = script::run_script(file, &spec).await;
-        let attempts = run.attempts.len() as u32;
-        let (outcome, exit_code, failure) = match &run.outcome {
-            ScriptOutcome::Succeeded => (Outcome::Succeeded, Some(0), None),
-            ScriptOutcome::SucceededWithWarning { exit_code } => {
-                self.warnings.push(format!("{} hook {name} exited {exit_code} (a warning)", phase_name(phase)));
-                (Outcome::Succeeded, Some(*exit_code), None)
-            }
-            ScriptOutcome::Failed { exit_code, signal } => {
-                let how = match (exit_code, signal) {
-                    (Some(c), _) => format!("exited {c}"),
-                    (None, Some(s)) => format!("was killed by signal {s}"),
-                    _ => "failed".into(),
-                };
-                let code = if phase == Phase::Pre { ErrorCode::PreScriptExecutionFailed } else { ErrorCode::PostScriptExecutionFailed };
-                (Outcome::Failed, *exit_code, Some((code, how)))
-            }
-            ScriptOutcome::TimedOut => {
-                let code = if phase == Phase::Pre { ErrorCode::PreScriptTimeout } else { ErrorCode::PostScriptTimeout };
-                let how = format!("ran past its {} s timeout (per attempt); its process group was killed", h.spec.timeout.as_secs());
-                (Outcome::TimedOut, None, Some((code, how)))
-            }
-            ScriptOutcome::SpawnFailed { message } => {
-                let code = if phase == Phase::Pre { ErrorCode::PreScriptExecutionFailed } else { ErrorCode::PostScriptExecutionFailed };
-                (Outcome::Failed, None, Some((code, format!("could not be started: {message}"))))
-            }
-        };
-        let message = failure.as_ref().map(|(_, how)| {
-            let tail = run.attempts.last().map(|a| last_line(&a.output)).unwrap_or_default();
-            format!(
-                "{} hook {name} ({}) {how} after {attempts} attempt(s){}",
-                phase_name(phase),
-                action.path.display(),
-                if tail.is_empty() { String::new() } else { format!("; last output: {tail}") }
-            )
-        });
-        match (&failure, &message) {
-            (Some((code, _)), Some(m)) => {
-                tracing::error!("{m}");
-                self.error(*code, m.clone());
-            }
-            _ => tracing::info!("{} hook {name} succeeded in {:.1} ms ({attempts} attempt(s))", phase_name(phase), ms(run.duration)),
-        }
-        self.hooks.push(HookReport {
-            name: name.clone(),
-            kind: HookKind::Script,
-            phase,
-            attempts,
-            outcome,
-            duration_ms: ms(run.duration),
-            exit_code,
-            message,
-        });
-        failure.is_none()
-    }
-
-    fn finish(mut self, s: &Session, started: Instant, ran: bool) -> Report {
-        let consistency = self.label(s);
-        if !ran {
-            self.snapshot_taken = false;
-        }
-        let report = Report {
-            session_id: s.id.clone(),
-            consistency,
-            snapshot_taken: self.snapshot_taken,
-            errors: self.errors,
-            warnings: self.warnings,
-            hooks: self.hooks,
-            freeze: self.freeze,
-            snapshot: self.snapshot,
-            config: Some(ConfigReport { path: s.config_path.clone(), format: s.config.format }),
-            interrupted_by: self.interrupted_by,
-            duration_ms: ms(started.elapsed()),
-        };
-        tracing::info!("{}", report.summary());
-        report
-    }
-}
-
 fn ns_to_ms(ns: u64) -> f64 {
     ms(Duration::from_nanos(ns))
 }
@@ -689,10 +486,6 @@ fn thaw_reason(reason: freeze::ThawReason) -> String {
     }
 }
 
-fn last_line(output: &str) -> String {
-    let line = output.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
-    line.chars().take(200).collect()
-}
 
 /// `q-<unix seconds>-<random>`: sortable, unique per machine.
 fn new_session_id() -> String {
