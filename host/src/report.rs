@@ -67,7 +67,8 @@ pub enum Consistency {
 #[derive(Debug, Clone, Copy)]
 pub struct Facts {
     pub snapshot_taken: bool,
-    /// Every pre hook ran and succeeded (true when there are none).
+    /// Every pre hook ran and succeeded, and there was at least one: with no
+    /// pre hook, nothing quiesced the applications.
     pub apps_quiesced: bool,
     pub freeze_enabled: bool,
     /// Every planned file system was frozen, and stayed frozen until the

@@ -350,6 +350,9 @@ fn record(
             Some(m)
         }
         None => {
+            if phase == Phase::Pre {
+                r.pre_succeeded += 1;
+            }
             tracing::info!("{} hook {} succeeded in {:.1} ms ({attempts} attempt(s))", phase.name(), spec.name, ms(duration));
             (!detail.is_empty()).then(|| detail.to_string())
         }

@@ -23,6 +23,9 @@ pub(super) struct Run {
     pub first_freeze_ns: u64,
     pub snapshot_taken: bool,
     pub apps_quiesced: bool,
+    /// Pre hooks that ran and succeeded: with none, no application was
+    /// quiesced, whatever else went well.
+    pub pre_succeeded: u32,
     pub frozen_throughout: bool,
     pub interrupted_by: Option<String>,
     pub artifacts: Vec<ArtifactReport>,
@@ -49,6 +52,7 @@ impl Run {
             first_freeze_ns: 0,
             snapshot_taken: false,
             apps_quiesced: true,
+            pre_succeeded: 0,
             frozen_throughout: false,
             interrupted_by: None,
             artifacts: Vec::new(),
@@ -66,7 +70,9 @@ impl Run {
     pub fn label(&self, s: &Session) -> Consistency {
         Consistency::judge(Facts {
             snapshot_taken: self.snapshot_taken,
-            apps_quiesced: self.apps_quiesced && !self.hooks.iter().any(|h| h.phase == Phase::Pre && h.outcome == Outcome::Skipped),
+            apps_quiesced: self.apps_quiesced
+                && self.pre_succeeded > 0
+                && !self.hooks.iter().any(|h| h.phase == Phase::Pre && h.outcome == Outcome::Skipped),
             freeze_enabled: s.plan.is_some(),
             frozen_throughout: self.frozen_throughout,
         })
