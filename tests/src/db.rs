@@ -120,6 +120,15 @@ fn reap(child: &mut Child, limit: Duration) {
     eprintln!("server pid {} did not exit", child.id());
 }
 
+/// `syncfs` of the file system holding `dir`: a freshly initialised server
+/// stands in for one that has run for a while, whose setup files the kernel
+/// wrote back long ago. Without it a crash-consistent snapshot taken seconds
+/// after `initdb --no-sync` may hold an empty `PG_VERSION` — true, but not
+/// what the tests are about.
+pub fn settle(dir: &Path) {
+    sh(&format!("sync -f {}", dir.display()));
+}
+
 fn tail(path: &Path) -> String {
     let s = fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = s.lines().collect();
@@ -142,6 +151,9 @@ pub struct Postgres {
     /// system: what a restore through `backup_label` replays up to the
     /// backup's end. `None` when started without archiving.
     pub archive_dir: Option<PathBuf>,
+    /// The postmaster's pid, for stopping it even when `pg_ctl` cannot
+    /// (e.g. its data directory is already gone).
+    pub pid: i32,
     stopped: bool,
     aux: Aux,
 }
@@ -190,6 +202,7 @@ impl Postgres {
             password,
             log: aux.join("pg.log"),
             archive_dir,
+            pid: 0,
             stopped: true,
             aux,
         };
@@ -201,6 +214,7 @@ impl Postgres {
         pg.pg_ctl_start(&settings);
         let mut c = pg.connect();
         c.simple_query("CREATE TABLE t (n bigint PRIMARY KEY)").expect("create table t");
+        settle(&pg.data_dir);
         pg
     }
 
@@ -214,7 +228,10 @@ impl Postgres {
         fs::write(&pwfile, format!("{password}\n")).unwrap();
         fs::create_dir_all(aux.join("sock")).unwrap();
         aux.chown("postgres");
-        allow_traverse(data_dir);
+        // PostgreSQL insists its data directory itself is 0700/0750.
+        if let Some(parent) = data_dir.parent() {
+            allow_traverse(parent);
+        }
         let _ = fs::remove_file(data_dir.join("postmaster.pid"));
         let mut pg = Postgres {
             data_dir: data_dir.to_path_buf(),
@@ -224,6 +241,7 @@ impl Postgres {
             password: password.into(),
             log: aux.join("pg.log"),
             archive_dir: None,
+            pid: 0,
             stopped: true,
             aux,
         };
@@ -253,6 +271,8 @@ impl Postgres {
             .expect("run pg_ctl");
         assert!(status.success(), "pg_ctl start failed ({status}); log:\n{}", tail(&self.log));
         self.stopped = false;
+        let pidfile = fs::read_to_string(self.data_dir.join("postmaster.pid")).unwrap_or_default();
+        self.pid = pidfile.lines().next().and_then(|l| l.trim().parse().ok()).expect("postmaster.pid");
     }
 
     /// Did `pg_ctl start` succeed? (For restores that are expected to fail.)
@@ -308,6 +328,22 @@ impl Postgres {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
+        // pg_ctl needs the data directory; the pid does not.
+        use nix::sys::signal::{kill, Signal};
+        let pid = nix::unistd::Pid::from_raw(self.pid);
+        for (sig, secs) in [(Signal::SIGQUIT, 20), (Signal::SIGKILL, 10)] {
+            if !crate::alive(self.pid) {
+                return;
+            }
+            let _ = kill(pid, sig);
+            let t = Instant::now();
+            while crate::alive(self.pid) && t.elapsed() < Duration::from_secs(secs) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        if crate::alive(self.pid) {
+            eprintln!("postmaster {} did not exit", self.pid);
+        }
     }
 
     pub fn psql_env(&self) -> String {
@@ -362,6 +398,7 @@ impl MariaDb {
         }
         fs::write(&my.password_file, format!("{app_password}\n")).unwrap();
         my.app_password = app_password;
+        settle(&my.data_dir);
         my
     }
 
@@ -495,6 +532,12 @@ impl Redis {
     }
 
     fn spawn(data_dir: &Path, appendonly: bool, password: &str) -> Redis {
+        let r = Self::spawn_unsettled(data_dir, appendonly, password);
+        settle(data_dir);
+        r
+    }
+
+    fn spawn_unsettled(data_dir: &Path, appendonly: bool, password: &str) -> Redis {
         let aux = Aux::new("rd");
         let port = free_port();
         let socket = aux.join("redis.sock");
