@@ -211,7 +211,7 @@ impl Postgres {
             settings.push("archive_mode=on".into());
             settings.push(format!("archive_command='test ! -f {0}/%f && cp %p {0}/%f'", a.display()));
         }
-        pg.pg_ctl_start(&settings);
+        pg.pg_ctl_start(&settings).unwrap_or_else(|e| panic!("{e}"));
         let mut c = pg.connect();
         c.simple_query("CREATE TABLE t (n bigint PRIMARY KEY)").expect("create table t");
         settle(&pg.data_dir);
@@ -223,6 +223,11 @@ impl Postgres {
     /// `postmaster.pid` first: the snapshot was taken from a running server,
     /// and its postmaster may still be alive.
     pub fn start_existing(data_dir: &Path, password: &str, settings: &[String]) -> Postgres {
+        Self::try_start_existing(data_dir, password, settings).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Postgres::start_existing`], or why `pg_ctl start` failed (for restores expected to fail).
+    pub fn try_start_existing(data_dir: &Path, password: &str, settings: &[String]) -> Result<Postgres, String> {
         let aux = Aux::new("pgr");
         let pwfile = aux.join("password");
         fs::write(&pwfile, format!("{password}\n")).unwrap();
@@ -245,11 +250,11 @@ impl Postgres {
             stopped: true,
             aux,
         };
-        pg.pg_ctl_start(settings);
-        pg
+        pg.pg_ctl_start(settings)?;
+        Ok(pg)
     }
 
-    fn pg_ctl_start(&mut self, settings: &[String]) {
+    fn pg_ctl_start(&mut self, settings: &[String]) -> Result<(), String> {
         self.port = free_port();
         let mut o = format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=on", self.port, self.socket_dir.display());
         for s in settings {
@@ -269,17 +274,20 @@ impl Postgres {
             .stderr(Stdio::null())
             .status()
             .expect("run pg_ctl");
-        assert!(status.success(), "pg_ctl start failed ({status}); log:\n{}", tail(&self.log));
-        self.stopped = false;
         let pidfile = fs::read_to_string(self.data_dir.join("postmaster.pid")).unwrap_or_default();
-        self.pid = pidfile.lines().next().and_then(|l| l.trim().parse().ok()).expect("postmaster.pid");
-    }
-
-    /// Did `pg_ctl start` succeed? (For restores that are expected to fail.)
-    pub fn try_start_existing(data_dir: &Path, password: &str, settings: &[String]) -> Result<Postgres, String> {
-        std::panic::catch_unwind(|| Self::start_existing(data_dir, password, settings)).map_err(|e| {
-            e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
-        })
+        if let Some(pid) = pidfile.lines().next().and_then(|l| l.trim().parse().ok()) {
+            // Also after a failed (timed-out) start: Drop must stop what runs.
+            self.pid = pid;
+            self.stopped = !crate::alive(pid);
+        }
+        if !status.success() {
+            return Err(format!("pg_ctl start failed ({status}); log:\n{}", tail(&self.log)));
+        }
+        if self.pid == 0 {
+            return Err("no pid in postmaster.pid".into());
+        }
+        self.stopped = false;
+        Ok(())
     }
 
     pub fn aux_dir(&self) -> &Path {

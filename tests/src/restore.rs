@@ -16,7 +16,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::db::{allow_traverse, MariaDb, Postgres, Redis};
-use crate::{sh, Fs, LoopMount};
+use crate::legacy::Pair;
+use crate::{legacy_config, quiesce, run_json, sh, Fs, LoopMount, Run, Scratch};
 
 /// Outer XFS image size: sparse, so only what is written costs disk.
 pub const OUTER_MIB: u32 = 2048;
@@ -84,6 +85,78 @@ impl SnapshotRig {
     }
 }
 
+impl SnapshotRig {
+    /// Another instant clone of the snapshot, mounted at `<dir>/<name>`, for
+    /// a second restore independent of the first. Drop it before the rig.
+    pub fn mount_copy(&self, name: &str) -> LoopMount {
+        let img = self.outer.mountpoint.join(format!("{name}.img"));
+        sh(&format!("cp --reflink=always {} {}", self.snap_image().display(), img.display()));
+        let mp = self.dir.join(name);
+        fs::create_dir_all(&mp).unwrap();
+        sh(&format!("mount -o loop {} {}", img.display(), mp.display()));
+        allow_traverse(&mp);
+        LoopMount { image: img, mountpoint: mp, fs: Fs::Ext4 }
+    }
+}
+
+/// A scratch directory with a [`SnapshotRig`], and `quiesce snapshot` runs
+/// on it. Field order = drop order: the rig's mounts before the directory.
+pub struct Stage {
+    pub rig: SnapshotRig,
+    pub s: Scratch,
+}
+
+impl Stage {
+    pub fn new(name: &str) -> Stage {
+        let s = Scratch::new(name);
+        let rig = SnapshotRig::new(&s.path);
+        Stage { rig, s }
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.s.join(name)
+    }
+
+    /// A native config without hooks: freeze only, or (`false`) no freeze at all.
+    pub fn native_config(&self, freeze: bool) -> PathBuf {
+        self.s.config("quiesce.toml", &format!("[freeze]\nenabled = {freeze}\nmax_freeze_secs = 30\n"))
+    }
+
+    /// A legacy (Azure-style) config running this script pair, no snapshot if pre fails.
+    pub fn legacy_pair(&self, (pre, post): &Pair) -> PathBuf {
+        let pre = self.s.script("pre.sh", &format!("#!/bin/sh\nset -eu\n{pre}\n"));
+        let post = self.s.script("post.sh", &format!("#!/bin/sh\nset -eu\n{post}\n"));
+        legacy_config(
+            &self.s,
+            &pre,
+            &post,
+            serde_json::json!({"preScriptParams": [], "postScriptParams": [], "timeoutInSeconds": 60, "continueBackupOnFailure": false}),
+        )
+    }
+
+    /// `quiesce snapshot --config CONFIG --mount INNER --snapshot-cmd "cp --reflink=always …" --json`.
+    /// Panics unless a snapshot was taken without errors.
+    pub fn snapshot(&self, config: &Path) -> (Run, SnapTimes) {
+        let times = self.file("snap.times");
+        let _ = fs::remove_file(&times);
+        let _ = fs::remove_file(self.rig.snap_image());
+        let mut cmd = quiesce(&self.s);
+        cmd.arg("snapshot")
+            .arg("--config")
+            .arg(config)
+            .arg("--mount")
+            .arg(self.rig.inner())
+            .arg("--snapshot-cmd")
+            .arg(self.rig.snapshot_cmd(&times))
+            .arg("--max-freeze")
+            .arg("30");
+        let run = run_json(cmd);
+        assert_eq!(run.report["snapshot_taken"], true, "{}\n{}", run.report, run.stderr());
+        assert!(run.error_codes().is_empty(), "{:?}\n{}", run.error_codes(), run.report);
+        (run, snap_times(&times))
+    }
+}
+
 /// When the snapshot command ran (it runs while the inner mount is frozen).
 #[derive(Clone, Copy, Debug)]
 pub struct SnapTimes {
@@ -135,21 +208,29 @@ pub struct PgBackupFiles {
 /// record (written by `pg_backup_stop`, after the snapshot) is replayed.
 pub fn restore_postgres(rig: &mut SnapshotRig, original: &Postgres, backup: Option<&PgBackupFiles>) -> Result<Postgres, String> {
     let mp = rig.mount_snapshot();
-    let data = mp.join("pg/data");
+    start_restored_postgres(&mp.join("pg/data"), original, backup, true)
+}
+
+/// Starts PostgreSQL on a restored data directory (see [`restore_postgres`]);
+/// `use_archive = false` writes only the label (no `recovery.signal`, no
+/// `restore_command`): what a restore from the snapshot and the label alone is.
+pub fn start_restored_postgres(data: &Path, original: &Postgres, backup: Option<&PgBackupFiles>, use_archive: bool) -> Result<Postgres, String> {
     let mut settings = vec!["archive_mode=off".to_string()];
     if let Some(b) = backup {
         fs::write(data.join("backup_label"), &b.labelfile).unwrap();
         if !b.spcmapfile.is_empty() {
             fs::write(data.join("tablespace_map"), &b.spcmapfile).unwrap();
         }
-        fs::write(data.join("recovery.signal"), "").unwrap();
-        let arch = original.archive_dir.as_ref().ok_or("the original server has no WAL archive")?;
-        settings.push(format!("restore_command='cp {}/%f %p'", arch.display()));
-        settings.push("recovery_target=immediate".into());
-        settings.push("recovery_target_action=promote".into());
-        sh(&format!("chown postgres: {0}/backup_label {0}/recovery.signal; chown -f postgres: {0}/tablespace_map || true", data.display()));
+        if use_archive {
+            fs::write(data.join("recovery.signal"), "").unwrap();
+            let arch = original.archive_dir.as_ref().ok_or("the original server has no WAL archive")?;
+            settings.push(format!("restore_command='cp {}/%f %p'", arch.display()));
+            settings.push("recovery_target=immediate".into());
+            settings.push("recovery_target_action=promote".into());
+        }
+        sh(&format!("chown postgres: {0}/backup_label; chown -f postgres: {0}/recovery.signal {0}/tablespace_map || true", data.display()));
     }
-    Postgres::try_start_existing(&data, &original.password, &settings)
+    Postgres::try_start_existing(data, &original.password, &settings)
 }
 
 /// Mounts the snapshot and starts MariaDB on it (InnoDB and binlog crash recovery).

@@ -15,69 +15,17 @@
 //! differed (`cargo test -- --nocapture`).
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use quiesce_tests::db::*;
+use quiesce_tests::legacy;
 use quiesce_tests::restore::*;
 use quiesce_tests::*;
-use serde_json::json;
 
 /// How long the writer runs before and after the session.
 const WARMUP_ACKS: u64 = 300;
 const AFTER: Duration = Duration::from_millis(500);
-
-/// A scratch directory with the snapshot rig. Field order = drop order.
-struct Stage {
-    rig: SnapshotRig,
-    s: Scratch,
-}
-
-impl Stage {
-    fn new(name: &str) -> Stage {
-        let s = Scratch::new(name);
-        let rig = SnapshotRig::new(&s.path);
-        Stage { rig, s }
-    }
-
-    fn file(&self, name: &str) -> PathBuf {
-        self.s.join(name)
-    }
-
-    fn native_config(&self, freeze: bool) -> PathBuf {
-        self.s.config("quiesce.toml", &format!("[freeze]\nenabled = {freeze}\nmax_freeze_secs = 30\n"))
-    }
-
-    fn legacy_pair(&self, pre: &str, post: &str) -> PathBuf {
-        let pre = self.s.script("pre.sh", &format!("#!/bin/sh\nset -eu\n{pre}\n"));
-        let post = self.s.script("post.sh", &format!("#!/bin/sh\nset -eu\n{post}\n"));
-        legacy_config(
-            &self.s,
-            &pre,
-            &post,
-            json!({"preScriptParams": [], "postScriptParams": [], "timeoutInSeconds": 60, "continueBackupOnFailure": false}),
-        )
-    }
-
-    /// `quiesce snapshot` freezing the inner mount, the reflink clone as snapshot.
-    fn snapshot(&self, config: &Path) -> (Run, SnapTimes) {
-        let times = self.file("snap.times");
-        let mut cmd = quiesce(&self.s);
-        cmd.arg("snapshot")
-            .arg("--config")
-            .arg(config)
-            .arg("--mount")
-            .arg(self.rig.inner())
-            .arg("--snapshot-cmd")
-            .arg(self.rig.snapshot_cmd(&times))
-            .arg("--max-freeze")
-            .arg("30");
-        let run = run_json(cmd);
-        assert_eq!(run.report["snapshot_taken"], true, "{}\n{}", run.report, run.stderr());
-        assert!(run.error_codes().is_empty(), "{:?}\n{}", run.error_codes(), run.report);
-        (run, snap_times(&times))
-    }
-}
 
 /// One time stamp (`date +%s%N`) a hook script wrote.
 fn stamp(path: &Path) -> u64 {
@@ -168,38 +116,21 @@ fn postgres_legacy_fifo_backup_restores_through_backup_label() {
     let mut st = Stage::new("pg-legacy");
     let pg = Postgres::start_with(st.rig.inner(), PgOptions { archive: true, ..Default::default() });
     let d = st.file("hook");
-    fs::create_dir(&d).unwrap();
-    let psql = format!("{PG_BIN}/psql -X -q -A -t -v ON_ERROR_STOP=1 -h {} -p {} -U postgres -d postgres", pg.socket_dir.display(), pg.port);
-    let d = d.display();
-    let config = st.legacy_pair(
-        &format!(
-            "export PGPASSWORD=\"$(cat {pw})\"\nrm -f {d}/fifo {d}/out; mkfifo {d}/fifo\n\
-             setsid sh -c 'exec {psql} < {d}/fifo > {d}/out 2>&1' > /dev/null 2>&1 &\n\
-             setsid sh -c 'exec sleep 3600 > {d}/fifo' > /dev/null 2>&1 &\necho $! > {d}/holder.pid\n\
-             echo \"SELECT 'STARTED', pg_backup_start('quiesce-legacy', true);\" > {d}/fifo\n\
-             i=0; until grep -q '^STARTED' {d}/out; do i=$((i+1)); [ $i -lt 600 ] || {{ cat {d}/out; exit 1; }}; sleep 0.05; done\n\
-             date +%s%N > {d}/started",
-            pw = pg.password_file.display()
-        ),
-        &format!(
-            "date +%s%N > {d}/stopping\n\
-             printf '%s\\n' 'CREATE TEMP TABLE b AS SELECT * FROM pg_backup_stop(true);' '\\o {d}/labelfile' 'SELECT labelfile FROM b;' \
-             '\\o {d}/spcmapfile' 'SELECT spcmapfile FROM b;' '\\o' \"SELECT 'STOPPED';\" > {d}/fifo\n\
-             i=0; until grep -q '^STOPPED' {d}/out; do i=$((i+1)); [ $i -lt 1200 ] || {{ cat {d}/out; exit 1; }}; sleep 0.05; done\n\
-             date +%s%N > {d}/stopped\nkill $(cat {d}/holder.pid)"
-        ),
-    );
+    let config = st.legacy_pair(&legacy::pg_backup_fifo(&pg, &d));
     let ((run, t), log) = under_load(Writer::postgres(&pg), || st.snapshot(&config));
     assert_eq!(run.consistency(), "AppConsistent", "{}", run.report);
     // psql ends each value with a newline of its own.
-    let read = |f: &str| {
-        let s = fs::read_to_string(format!("{d}/{f}")).unwrap();
-        s.strip_suffix('\n').unwrap_or(&s).to_string()
-    };
-    let files = PgBackupFiles { labelfile: read("labelfile"), spcmapfile: read("spcmapfile") };
+    let files = legacy::pg_backup_files(&d);
     assert!(files.labelfile.starts_with("START WAL LOCATION:"), "{}", files.labelfile);
     let (stop_called, stop_returned) = (stamp(&st.file("hook/stopping")), stamp(&st.file("hook/stopped")));
 
+    // The label alone is not enough: without the WAL written after the
+    // snapshot (up to pg_backup_stop's end-of-backup record) PostgreSQL refuses.
+    {
+        let copy = st.rig.mount_copy("no-archive");
+        let e = start_restored_postgres(&copy.mountpoint.join("pg/data"), &pg, Some(&files), false).err().expect("must not start without the archive");
+        assert!(e.contains("WAL ends before end of online backup"), "{e}");
+    }
     let restored = restore_postgres(&mut st.rig, &pg, Some(&files)).expect("restore with backup_label");
     assert_backup_label_path(&restored);
     let rows = restored.rows();
@@ -273,28 +204,10 @@ fn mariadb_legacy_fifo_ftwrl_restores_exactly_the_locked_state() {
     let my = MariaDb::start(st.rig.inner());
     let gtid0 = gtid_seq(&my.connect_root().gtid_binlog_pos().unwrap().unwrap());
     let d = st.file("hook");
-    fs::create_dir(&d).unwrap();
-    let cli = format!("{} -N -B -n", my.cli());
-    let d = d.display();
-    let config = st.legacy_pair(
-        &format!(
-            "rm -f {d}/fifo {d}/out; mkfifo {d}/fifo\n\
-             setsid sh -c 'exec {cli} < {d}/fifo > {d}/out 2>&1' > /dev/null 2>&1 &\n\
-             setsid sh -c 'exec sleep 3600 > {d}/fifo' > /dev/null 2>&1 &\necho $! > {d}/holder.pid\n\
-             printf '%s\\n' 'SET SESSION lock_wait_timeout = 10;' 'FLUSH TABLES WITH READ LOCK;' 'SHOW MASTER STATUS;' \
-             'SELECT @@gtid_binlog_pos;' \"SELECT 'LOCKED';\" > {d}/fifo\n\
-             i=0; until grep -q '^LOCKED' {d}/out; do i=$((i+1)); [ $i -lt 600 ] || {{ cat {d}/out; exit 1; }}; sleep 0.05; done\n\
-             date +%s%N > {d}/locked"
-        ),
-        &format!(
-            "date +%s%N > {d}/unlocking\nprintf '%s\\n' 'UNLOCK TABLES;' \"SELECT 'UNLOCKED';\" > {d}/fifo\n\
-             i=0; until grep -q '^UNLOCKED' {d}/out; do i=$((i+1)); [ $i -lt 600 ] || {{ cat {d}/out; exit 1; }}; sleep 0.05; done\n\
-             kill $(cat {d}/holder.pid)"
-        ),
-    );
+    let config = st.legacy_pair(&legacy::mariadb_ftwrl_fifo(&my, &d));
     let ((run, t), log) = under_load(Writer::mariadb(&my), || st.snapshot(&config));
     assert_eq!(run.consistency(), "AppConsistent", "{}", run.report);
-    let out = fs::read_to_string(format!("{d}/out")).unwrap();
+    let out = fs::read_to_string(d.join("out")).unwrap();
     let lines: Vec<&str> = out.lines().collect();
     assert!(lines.len() >= 3, "pre script output: {out}");
     let master: Vec<&str> = lines[0].split('\t').collect();
@@ -350,18 +263,7 @@ fn redis_legacy_pause_and_bgsave_restores_exactly_the_paused_state() {
     let mut st = Stage::new("rd-legacy");
     let r = Redis::start(st.rig.inner(), false);
     let d = st.file("hook");
-    fs::create_dir(&d).unwrap();
-    let cli = r.cli();
-    let d = d.display();
-    let config = st.legacy_pair(
-        &format!(
-            "{cli} CLIENT PAUSE 60000 WRITE | grep -q OK\ndate +%s%N > {d}/paused\n\
-             {cli} BGSAVE | grep -q 'Background saving started'\n\
-             i=0; until {cli} INFO persistence | grep -q '^rdb_bgsave_in_progress:0'; do i=$((i+1)); [ $i -lt 3000 ] || exit 1; sleep 0.01; done\n\
-             {cli} INFO persistence | grep -q '^rdb_last_bgsave_status:ok'"
-        ),
-        &format!("date +%s%N > {d}/unpausing\n{cli} CLIENT UNPAUSE | grep -q OK"),
-    );
+    let config = st.legacy_pair(&legacy::redis_pause_bgsave(&r, &d));
     let ((run, t), log) = under_load(Writer::redis(&r), || st.snapshot(&config));
     assert_eq!(run.consistency(), "AppConsistent", "{}", run.report);
     let restored = restore_redis(&mut st.rig, &r);
