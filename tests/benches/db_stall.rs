@@ -10,13 +10,15 @@
 //! - (a) legacy: the shell-script pair admins use today (`quiesce_tests::legacy`):
 //!   PostgreSQL `pg_backup_start/stop` on a background psql, MariaDB
 //!   `FLUSH TABLES WITH READ LOCK` on a background client, Redis (RDB)
-//!   `CLIENT PAUSE WRITE` + `BGSAVE`; each released through a FIFO;
+//!   `CLIENT PAUSE WRITE` + `BGSAVE`, Redis (AOF) `CLIENT PAUSE WRITE` + wait
+//!   for `aof_buffer_length:0`; locks held by a background client are released
+//!   through a FIFO;
 //! - (b) freeze only: no hooks;
 //! - (c) the WASM plugin — SLOT, filled in when the plugin SDK lands.
 //!
 //! Also printed: the freeze window quiesce reported, and the writer's
 //! baseline (the longest gap over an equally long stretch without a session).
-//! Needs root; `cargo bench -p quiesce-tests --bench db_stall [-- pg|my|redis]`.
+//! Needs root; `cargo bench -p quiesce-tests --bench db_stall [-- pg|my|redis|redis-aof]`.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -61,7 +63,7 @@ impl Row {
 }
 
 /// Runs `ROUNDS` sessions with `config` under `writer`; returns the samples and the baseline gap.
-fn measure(st: &Stage, writer: Writer, config: &PathBuf, baseline: &mut Vec<Duration>) -> Vec<Sample> {
+fn measure(st: &Stage, mut writer: Writer, config: &PathBuf, baseline: &mut Vec<Duration>) -> Vec<Sample> {
     writer.wait_for(200, Duration::from_secs(60));
     let mut spans = Vec::new();
     let mut windows = Vec::new();
@@ -87,7 +89,18 @@ fn measure(st: &Stage, writer: Writer, config: &PathBuf, baseline: &mut Vec<Dura
         .collect()
 }
 
-fn bench_db<D>(db: &'static str, start: impl Fn(&Stage) -> D, writer: impl Fn(&D) -> Writer, legacy: impl Fn(&D, &Stage) -> legacy::Pair) -> (Vec<Row>, f64) {
+fn bench_db<D>(
+    db: &'static str,
+    start: impl Fn(&Stage) -> D,
+    writer: impl Fn(&D) -> Writer,
+    clear: impl Fn(&D),
+    legacy: impl Fn(&D, &Stage) -> legacy::Pair,
+) -> (Vec<Row>, f64) {
+    // Each writer numbers from 1: start it on an empty table.
+    let writer = |d: &D| {
+        clear(d);
+        writer(d)
+    };
     let st = Stage::new(&format!("bench-{db}"));
     let server = start(&st);
     let mut baseline = Vec::new();
@@ -122,23 +135,27 @@ fn main() {
             "postgres",
             |st| Postgres::start_with(st.rig.inner(), PgOptions { archive: true, ..Default::default() }),
             Writer::postgres,
+            Postgres::clear_rows,
             |pg, st| legacy::pg_backup_fifo(pg, &st.file("hook")),
         ));
     }
     if want("my") {
-        all.push(bench_db("mariadb", |st| MariaDb::start(st.rig.inner()), Writer::mariadb, |my, st| legacy::mariadb_ftwrl_fifo(my, &st.file("hook"))));
+        all.push(bench_db("mariadb", |st| MariaDb::start(st.rig.inner()), Writer::mariadb, MariaDb::clear_rows, |my, st| legacy::mariadb_ftwrl_fifo(my, &st.file("hook"))));
+    }
+    if want("redis-aof") {
+        all.push(bench_db("redis-aof", |st| Redis::start(st.rig.inner(), true), Writer::redis, Redis::clear_rows, |r, st| legacy::redis_pause_aof(r, &st.file("hook"))));
     }
     if want("redis") {
-        all.push(bench_db("redis", |st| Redis::start(st.rig.inner(), false), Writer::redis, |r, st| legacy::redis_pause_bgsave(r, &st.file("hook"))));
+        all.push(bench_db("redis", |st| Redis::start(st.rig.inner(), false), Writer::redis, Redis::clear_rows, |r, st| legacy::redis_pause_bgsave(r, &st.file("hook"))));
     }
 
     println!("\nwriter stall per snapshot session, median of {ROUNDS} (max in brackets); ratio = stall / freeze-only stall");
-    println!("{:<9} {:<24} {:>18} {:>8} {:>14} {:>12}", "database", "method", "stall ms", "ratio", "freeze win ms", "session ms");
+    println!("{:<10} {:<24} {:>18} {:>8} {:>14} {:>12}", "database", "method", "stall ms", "ratio", "freeze win ms", "session ms");
     for (rows, base) in &all {
         let freeze = rows.iter().find(|r| r.method.starts_with("(b)")).map(Row::stall_ms).unwrap_or(f64::NAN);
         for r in rows {
             println!(
-                "{:<9} {:<24} {:>9.1} [{:>6.1}] {:>8.2} {:>14.1} {:>12.1}",
+                "{:<10} {:<24} {:>9.1} [{:>6.1}] {:>8.2} {:>14.1} {:>12.1}",
                 r.db,
                 r.method,
                 r.stall_ms(),
@@ -148,7 +165,7 @@ fn main() {
                 r.session_ms()
             );
         }
-        println!("{:<9} {:<24} {:>9} {:>8} {:>14} {:>12}", rows[0].db, "(c) wasm plugin", "—", "—", "pending SDK", "");
-        println!("{:<9} {:<24} {:>9.1}   (longest gap in {} ms without a session)", rows[0].db, "baseline", base, PAUSE_BETWEEN.as_millis() - 50);
+        println!("{:<10} {:<24} {:>9} {:>8} {:>14} {:>12}", rows[0].db, "(c) wasm plugin", "—", "—", "pending SDK", "");
+        println!("{:<10} {:<24} {:>9.1}   (longest gap in {} ms without a session)", rows[0].db, "baseline", base, PAUSE_BETWEEN.as_millis() - 50);
     }
 }

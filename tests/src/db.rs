@@ -311,6 +311,11 @@ impl Postgres {
         pgwire::Client::connect(s, &self.config()).unwrap_or_else(|e| panic!("postgres login: {e}"))
     }
 
+    /// Empties `t`, for a new writer (it numbers from 1).
+    pub fn clear_rows(&self) {
+        self.connect().simple_query("TRUNCATE t").expect("truncate t");
+    }
+
     /// `SELECT n FROM t ORDER BY n`.
     pub fn rows(&self) -> Vec<u64> {
         let r = self.connect().query("SELECT n FROM t ORDER BY n").expect("select rows");
@@ -487,6 +492,11 @@ impl MariaDb {
             .unwrap_or_else(|e| panic!("mariadb app login: {e}"))
     }
 
+    /// Empties `q.t`, for a new writer (it numbers from 1).
+    pub fn clear_rows(&self) {
+        self.connect_root().query("DELETE FROM q.t").expect("delete from q.t");
+    }
+
     pub fn rows(&self) -> Vec<u64> {
         let r = self.connect_root().query("SELECT n FROM q.t ORDER BY n").expect("select rows");
         r.rows.iter().map(|row| row[0].as_deref().unwrap_or("0").parse().unwrap()).collect()
@@ -614,6 +624,11 @@ impl Redis {
         c
     }
 
+    /// Deletes the writer's list, for a new writer (it numbers from 1).
+    pub fn clear_rows(&self) {
+        self.connect().cmd(&["DEL", "l"]).expect("DEL l");
+    }
+
     /// The writer's list, `LRANGE l 0 -1`.
     pub fn rows(&self) -> Vec<u64> {
         match self.connect().cmd(&["LRANGE", "l", "0", "-1"]).expect("LRANGE") {
@@ -707,6 +722,8 @@ impl WriterLog {
 /// A thread committing 1, 2, 3, … one at a time, as fast as the server acknowledges.
 pub struct Writer {
     stop: Arc<AtomicBool>,
+    /// Set when the thread has ended (stopped, or a write failed).
+    ended: Arc<AtomicBool>,
     acked: Arc<AtomicU64>,
     handle: Option<JoinHandle<WriterLog>>,
 }
@@ -720,7 +737,8 @@ impl Writer {
     {
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(AtomicU64::new(0));
-        let (s, a) = (stop.clone(), acked.clone());
+        let ended = Arc::new(AtomicBool::new(false));
+        let (s, a, e) = (stop.clone(), acked.clone(), ended.clone());
         let handle = std::thread::spawn(move || {
             let mut write = connect();
             let mut log = WriterLog { started_ns: now_ns(), ..Default::default() };
@@ -733,15 +751,16 @@ impl Writer {
                         a.store(n, Ordering::Relaxed);
                         n += 1;
                     }
-                    Err(e) => {
-                        log.error = Some(format!("write {n}: {e}"));
+                    Err(err) => {
+                        log.error = Some(format!("write {n}: {err}"));
                         break;
                     }
                 }
             }
+            e.store(true, Ordering::Relaxed);
             log
         });
-        Writer { stop, acked, handle: Some(handle) }
+        Writer { stop, ended, acked, handle: Some(handle) }
     }
 
     /// `INSERT INTO t VALUES (n)`, autocommit, over TCP with SCRAM.
@@ -785,8 +804,16 @@ impl Writer {
     }
 
     /// Waits until at least `n` writes were acknowledged.
-    pub fn wait_for(&self, n: u64, limit: Duration) {
-        wait_until(limit, "writer progress", || (self.acked() >= n).then_some(()));
+    /// Waits until at least `n` writes were acknowledged (the writer numbers from 1:
+    /// start it on an empty table/list).
+    pub fn wait_for(&mut self, n: u64, limit: Duration) {
+        wait_until(limit, "writer progress", || {
+            if self.ended.load(Ordering::Relaxed) && self.acked() < n {
+                let log = self.handle.take().map(|h| h.join().unwrap_or_default()).unwrap_or_default();
+                panic!("the writer ended after {} acks: {:?}", log.acks.len(), log.error);
+            }
+            (self.acked() >= n).then_some(())
+        });
     }
 
     /// Stops after the write in flight and returns the log.

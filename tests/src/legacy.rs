@@ -106,3 +106,39 @@ pub fn redis_pause_bgsave(r: &Redis, dir: &Path) -> Pair {
     let post = format!("date +%s%N > {d}/unpausing\n{cli} CLIENT UNPAUSE | grep -q OK");
     (pre, post)
 }
+
+/// PostgreSQL, the lighter way for an atomic single-volume snapshot:
+/// `CHECKPOINT` in pre (so crash recovery of the snapshot replays little
+/// WAL), its redo LSN saved to `dir/redo_lsn`; nothing to release in post.
+pub fn pg_checkpoint(pg: &Postgres, dir: &Path) -> Pair {
+    fs::create_dir_all(dir).unwrap();
+    let pre = format!(
+        "export PGPASSWORD=\"$(cat {pw})\"\n{psql} -X -q -A -t -v ON_ERROR_STOP=1 -h {sock} -p {port} -U postgres -d postgres \
+         -c CHECKPOINT -c 'SELECT redo_lsn FROM pg_control_checkpoint()' > {d}/redo_lsn",
+        pw = pg.password_file.display(),
+        psql = format!("{PG_BIN}/psql"),
+        sock = pg.socket_dir.display(),
+        port = pg.port,
+        d = dir.display(),
+    );
+    (pre, "true".into())
+}
+
+/// Redis (AOF, `appendfsync everysec`): `CLIENT PAUSE 60000 WRITE`, then wait
+/// until `INFO persistence` shows every acknowledged write in the AOF file
+/// (`aof_buffer_length:0`, `aof_pending_bio_fsync:0`); the freeze then syncs
+/// the file to the disk. Post `CLIENT UNPAUSE`. Stamps: `paused`, `unpausing`.
+/// (The sequence the `resp` crate's `wait_aof_written` implements.)
+pub fn redis_pause_aof(r: &Redis, dir: &Path) -> Pair {
+    fs::create_dir_all(dir).unwrap();
+    let d = dir.display();
+    let cli = r.cli();
+    let pre = format!(
+        "{cli} CLIENT PAUSE 60000 WRITE | grep -q OK\ndate +%s%N > {d}/paused\n\
+         i=0; until {cli} INFO persistence | tr -d '\\r' > {d}/info && grep -qx 'aof_buffer_length:0' {d}/info \\\n\
+           && grep -qx 'aof_pending_bio_fsync:0' {d}/info; do i=$((i+1)); [ $i -lt 3000 ] || exit 1; sleep 0.01; done\n\
+         grep -qx 'aof_last_write_status:ok' {d}/info"
+    );
+    let post = format!("date +%s%N > {d}/unpausing\n{cli} CLIENT UNPAUSE | grep -q OK");
+    (pre, post)
+}

@@ -35,7 +35,7 @@ fn stamp(path: &Path) -> u64 {
 }
 
 /// Runs the writer around `session`, stops it a little later and returns its log.
-fn under_load<T>(writer: Writer, session: impl FnOnce() -> T) -> (T, WriterLog) {
+fn under_load<T>(mut writer: Writer, session: impl FnOnce() -> T) -> (T, WriterLog) {
     writer.wait_for(WARMUP_ACKS, Duration::from_secs(60));
     let out = session();
     std::thread::sleep(AFTER);
@@ -156,6 +156,37 @@ fn postgres_legacy_fifo_backup_restores_through_backup_label() {
     );
 }
 
+/// Where crash recovery of a restored server started and ended ("redo starts at", "redo done at").
+fn redo_range(restored: &Postgres) -> (Option<pgwire::Lsn>, Option<pgwire::Lsn>) {
+    let text = restored.log_text();
+    let find = |what: &str| {
+        text.lines()
+            .find_map(|l| l.split(what).nth(1))
+            .and_then(|s| pgwire::Lsn::parse(s.split_whitespace().next().unwrap_or("")))
+    };
+    (find("redo starts at "), find("redo done at "))
+}
+
+/// `CHECKPOINT` in pre: the restore is crash recovery, as with freeze only,
+/// but it starts from that checkpoint's redo point.
+#[test]
+fn postgres_checkpoint_script_restores_from_that_checkpoint() {
+    let mut st = Stage::new("pg-checkpoint");
+    let pg = Postgres::start(st.rig.inner());
+    let config = st.legacy_pair(&legacy::pg_checkpoint(&pg, &st.file("hook")));
+    let ((run, t), log) = under_load(Writer::postgres(&pg), || st.snapshot(&config));
+    assert_eq!(run.consistency(), "AppConsistent", "{}", run.report);
+    let redo = pgwire::Lsn::parse(&fs::read_to_string(st.file("hook/redo_lsn")).unwrap()).expect("redo lsn");
+    let restored = restore_postgres(&mut st.rig, &pg, None).expect("crash recovery");
+    let k = gapless_prefix(&restored.rows()).unwrap();
+    assert_durable_point_in_time(k, &log, t);
+    assert_writers_stalled_while_frozen(&log, t);
+    let (started, done) = redo_range(&restored);
+    let started = started.unwrap_or_else(|| panic!("no 'redo starts at' in the restored server's log:\n{}", restored.log_text()));
+    assert!(started >= redo, "recovery started at {started}, before the pre script's checkpoint (redo {redo})");
+    report("postgres", "legacy CHECKPOINT script", &run, k, &log, t, &format!("WAL replayed {:?} bytes (checkpoint redo {redo})", done.map(|d| d.0 - started.0)));
+}
+
 #[test]
 fn postgres_freeze_only_restores_by_crash_recovery() {
     let mut st = Stage::new("pg-freeze");
@@ -167,7 +198,8 @@ fn postgres_freeze_only_restores_by_crash_recovery() {
     assert_durable_point_in_time(k, &log, t);
     assert_writers_stalled_while_frozen(&log, t);
     assert!(restored.log_text().contains("database system was interrupted"), "a frozen snapshot of a running server needs crash recovery");
-    report("postgres", "freeze only", &run, k, &log, t, "");
+    let (started, done) = redo_range(&restored);
+    report("postgres", "freeze only", &run, k, &log, t, &format!("WAL replayed {:?} bytes", started.zip(done).map(|(s, d)| d.0 - s.0)));
 }
 
 #[test]
@@ -299,7 +331,7 @@ fn redis_aof_freeze_only_restores_what_was_written() {
     let mut st = Stage::new("rd-aof-freeze");
     let r = Redis::start(st.rig.inner(), true);
     let config = st.native_config(true);
-    let writer = Writer::redis(&r);
+    let mut writer = Writer::redis(&r);
     // Long enough that the 2 s bound means something.
     writer.wait_for(WARMUP_ACKS, Duration::from_secs(60));
     std::thread::sleep(Duration::from_millis(2500));
@@ -315,12 +347,28 @@ fn redis_aof_freeze_only_restores_what_was_written() {
     report("redis", "AOF everysec, freeze only", &run, k, &log, t, &format!("{missing} writes acknowledged before the freeze missing"));
 }
 
+/// The fix for the above, as the Redis plugin will do it: pause writers,
+/// wait until Redis has written every acknowledged write to the AOF file,
+/// then freeze. The restore holds exactly the paused state.
+#[test]
+fn redis_aof_pause_until_written_restores_exactly_the_paused_state() {
+    let mut st = Stage::new("rd-aof-pause");
+    let r = Redis::start(st.rig.inner(), true);
+    let config = st.legacy_pair(&legacy::redis_pause_aof(&r, &st.file("hook")));
+    let ((run, t), log) = under_load(Writer::redis(&r), || st.snapshot(&config));
+    assert_eq!(run.consistency(), "AppConsistent", "{}", run.report);
+    let restored = restore_redis(&mut st.rig, &r);
+    let k = gapless_prefix(&restored.rows()).unwrap();
+    assert_lock_point(k, &log, stamp(&st.file("hook/paused")), stamp(&st.file("hook/unpausing")));
+    report("redis", "AOF, CLIENT PAUSE + wait for the AOF write", &run, k, &log, t, "");
+}
+
 #[test]
 fn redis_aof_without_freeze_restores_what_was_fsynced() {
     let mut st = Stage::new("rd-aof-crash");
     let r = Redis::start(st.rig.inner(), true);
     let config = st.native_config(false);
-    let writer = Writer::redis(&r);
+    let mut writer = Writer::redis(&r);
     writer.wait_for(WARMUP_ACKS, Duration::from_secs(60));
     std::thread::sleep(Duration::from_millis(2500));
     let ((run, t), log) = under_load(writer, || st.snapshot(&config));
