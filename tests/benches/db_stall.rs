@@ -20,7 +20,7 @@
 //! baseline (the longest gap over an equally long stretch without a session).
 //! Needs root; `cargo bench -p quiesce-tests --bench db_stall [-- pg|my|redis|redis-aof]`.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use quiesce_tests::db::*;
@@ -63,7 +63,7 @@ impl Row {
 }
 
 /// Runs `ROUNDS` sessions with `config` under `writer`; returns the samples and the baseline gap.
-fn measure(st: &Stage, mut writer: Writer, config: &PathBuf, baseline: &mut Vec<Duration>) -> Vec<Sample> {
+fn measure(st: &Stage, mut writer: Writer, config: &Path, baseline: &mut Vec<Duration>) -> Vec<Sample> {
     writer.wait_for(200, Duration::from_secs(60));
     let mut spans = Vec::new();
     let mut windows = Vec::new();

@@ -113,10 +113,9 @@ pub fn redis_pause_bgsave(r: &Redis, dir: &Path) -> Pair {
 pub fn pg_checkpoint(pg: &Postgres, dir: &Path) -> Pair {
     fs::create_dir_all(dir).unwrap();
     let pre = format!(
-        "export PGPASSWORD=\"$(cat {pw})\"\n{psql} -X -q -A -t -v ON_ERROR_STOP=1 -h {sock} -p {port} -U postgres -d postgres \
+        "export PGPASSWORD=\"$(cat {pw})\"\n{PG_BIN}/psql -X -q -A -t -v ON_ERROR_STOP=1 -h {sock} -p {port} -U postgres -d postgres \
          -c CHECKPOINT -c 'SELECT redo_lsn FROM pg_control_checkpoint()' > {d}/redo_lsn",
         pw = pg.password_file.display(),
-        psql = format!("{PG_BIN}/psql"),
         sock = pg.socket_dir.display(),
         port = pg.port,
         d = dir.display(),
