@@ -5,6 +5,10 @@
 //! Every fixture cleans up in `Drop`, so a failing assertion still thaws,
 //! unmounts and detaches what the test created.
 
+pub mod db;
+pub mod legacy;
+pub mod restore;
+
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};

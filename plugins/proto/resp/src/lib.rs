@@ -1,0 +1,548 @@
+//! A small, blocking Redis client (RESP2) over any `std::io::Read + Write`
+//! — a `TcpStream`, a `UnixStream`, or a quiesce plugin's host connection on
+//! `wasm32-wasip2`. No async runtime, no OS calls.
+//!
+//! What a snapshot hook needs:
+//! - [`Client::auth`]: `AUTH` with a password read from a granted file
+//!   ([`secret_from_file_contents`] trims the trailing newline).
+//! - [`Client::role`]: refuse replicas — their data follows another server.
+//! - [`Client::persistence`]: `INFO persistence`, parsed ([`Persistence`]).
+//! - [`Client::client_pause`] / [`Client::client_unpause`]: `CLIENT PAUSE ms
+//!   WRITE` stops write commands for at most `ms` — it expires by itself, so a
+//!   hook that dies cannot block the application for longer.
+//! - Making the files on disk match the pause point, per persistence mode:
+//!   - RDB only: [`Client::bgsave_and_wait`] *after* pausing — the RDB then
+//!     holds exactly the state at the pause (a BGSAVE before the pause would
+//!     miss writes acknowledged between the two);
+//!   - AOF (`appendonly yes`): [`Client::wait_aof_written`] after pausing.
+//!     With `appendfsync everysec` Redis `write(2)`s its AOF buffer before
+//!     replying to clients, *except* when a background fsync is slow, when it
+//!     may postpone the write for up to 2 s while already acknowledging
+//!     commands. `aof_buffer_length == 0` (and no pending background fsync)
+//!     under the pause proves every acknowledged write is in the file — in the
+//!     page cache. Redis 7.0 has no command to fsync the AOF on demand
+//!     (`WAITAOF` is 7.2+); the page cache reaches the disk through the file
+//!     system freeze (FIFREEZE syncs the file system before it returns), which
+//!     is what the snapshot captures. Without a freeze, use `bgsave_and_wait`
+//!     or `BGREWRITEAOF`, which fsync their files.
+//! - [`Client::config_get`]: e.g. `appendfsync`, `appendonly`, `dir`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::time::{Duration, Instant};
+
+/// A RESP2 reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Value {
+    Simple(String),
+    Error(String),
+    Int(i64),
+    Bulk(Vec<u8>),
+    Nil,
+    Array(Vec<Value>),
+}
+
+impl Value {
+    pub fn as_text(&self) -> Option<String> {
+        match self {
+            Value::Simple(s) => Some(s.clone()),
+            Value::Bulk(b) => Some(String::from_utf8_lossy(b).into_owned()),
+            Value::Int(i) => Some(i.to_string()),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum Error {
+    Io(io::Error),
+    /// An error reply, e.g. `WRONGPASS invalid username-password pair`.
+    Server(String),
+    Protocol(String),
+    /// The server is a replica; snapshot its primary instead.
+    Replica,
+    /// A background save or AOF write did not complete in time, or failed.
+    Persistence(String),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Io(e) => write!(f, "connection: {e}"),
+            Error::Server(m) => write!(f, "server: {m}"),
+            Error::Protocol(m) => write!(f, "protocol: {m}"),
+            Error::Replica => write!(f, "the server is a replica; run the hook on the primary"),
+            Error::Persistence(m) => write!(f, "persistence: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Error {
+        Error::Io(e)
+    }
+}
+
+impl Error {
+    /// The error reply's first word: `NOAUTH`, `WRONGPASS`, `ERR`, `LOADING`, ...
+    pub fn kind(&self) -> Option<&str> {
+        match self {
+            Error::Server(m) => m.split_whitespace().next(),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Encodes a command as a RESP array of bulk strings.
+pub fn encode(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+fn read_line<R: BufRead>(r: &mut R) -> Result<String> {
+    let mut line = Vec::new();
+    r.read_until(b'\n', &mut line)?;
+    if line.is_empty() {
+        return Err(Error::Io(io::ErrorKind::UnexpectedEof.into()));
+    }
+    if !line.ends_with(b"\r\n") {
+        return Err(Error::Protocol("reply line without CRLF".into()));
+    }
+    line.truncate(line.len() - 2);
+    String::from_utf8(line).map_err(|_| Error::Protocol("reply line is not UTF-8".into()))
+}
+
+/// Reads one reply. Error replies are returned as `Value::Error`.
+pub fn read_value<R: BufRead>(r: &mut R) -> Result<Value> {
+    read_value_depth(r, 0)
+}
+
+fn read_value_depth<R: BufRead>(r: &mut R, depth: u32) -> Result<Value> {
+    if depth > 64 {
+        return Err(Error::Protocol("reply nested too deeply".into()));
+    }
+    let line = read_line(r)?;
+    let (kind, rest) = line.split_at_checked(1).ok_or_else(|| Error::Protocol("empty reply line".into()))?;
+    let int = |s: &str| s.parse::<i64>().map_err(|_| Error::Protocol(format!("bad integer {s:?}")));
+    match kind {
+        "+" => Ok(Value::Simple(rest.into())),
+        "-" => Ok(Value::Error(rest.into())),
+        ":" => Ok(Value::Int(int(rest)?)),
+        "$" => {
+            let n = int(rest)?;
+            if n < 0 {
+                return Ok(Value::Nil);
+            }
+            if n > 512 << 20 {
+                return Err(Error::Protocol(format!("bulk string of {n} bytes")));
+            }
+            let mut b = vec![0u8; n as usize + 2];
+            r.read_exact(&mut b)?;
+            if !b.ends_with(b"\r\n") {
+                return Err(Error::Protocol("bulk string without CRLF".into()));
+            }
+            b.truncate(n as usize);
+            Ok(Value::Bulk(b))
+        }
+        "*" => {
+            let n = int(rest)?;
+            if n < 0 {
+                return Ok(Value::Nil);
+            }
+            let mut v = Vec::with_capacity(n.min(1024) as usize);
+            for _ in 0..n {
+                v.push(read_value_depth(r, depth + 1)?);
+            }
+            Ok(Value::Array(v))
+        }
+        k => Err(Error::Protocol(format!("unknown reply type {k:?}"))),
+    }
+}
+
+/// A secret file's contents without the trailing newline.
+pub fn secret_from_file_contents(s: &str) -> &str {
+    s.trim_end_matches(['\n', '\r'])
+}
+
+/// `ROLE`, first element.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Role {
+    Master { offset: i64 },
+    Replica { master_host: String, master_port: i64, state: String },
+    Sentinel,
+}
+
+/// The `INFO persistence` fields a hook decides on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Persistence {
+    pub loading: bool,
+    pub aof_enabled: bool,
+    pub aof_rewrite_in_progress: bool,
+    /// Bytes acknowledged but not yet written to the AOF file.
+    pub aof_buffer_length: u64,
+    /// Background fsyncs queued.
+    pub aof_pending_bio_fsync: u64,
+    pub aof_last_write_ok: bool,
+    pub rdb_bgsave_in_progress: bool,
+    pub rdb_last_bgsave_ok: bool,
+    /// Unix time of the last successful save.
+    pub rdb_last_save_time: i64,
+    /// Saves since start (Redis ≥ 7.0), the exact way to see a new save.
+    pub rdb_saves: Option<u64>,
+    /// Every field, for what is not modelled here.
+    pub fields: BTreeMap<String, String>,
+}
+
+/// Parses `INFO` text (`# Section` headers, `key:value` lines).
+pub fn parse_info(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
+impl Persistence {
+    pub fn from_info(text: &str) -> Persistence {
+        let f = parse_info(text);
+        let flag = |k: &str| f.get(k).map(|v| v == "1").unwrap_or(false);
+        let num = |k: &str| f.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let ok = |k: &str| f.get(k).map(|v| v == "ok").unwrap_or(true);
+        Persistence {
+            loading: flag("loading"),
+            aof_enabled: flag("aof_enabled"),
+            aof_rewrite_in_progress: flag("aof_rewrite_in_progress"),
+            aof_buffer_length: num("aof_buffer_length"),
+            aof_pending_bio_fsync: num("aof_pending_bio_fsync"),
+            aof_last_write_ok: ok("aof_last_write_status"),
+            rdb_bgsave_in_progress: flag("rdb_bgsave_in_progress"),
+            rdb_last_bgsave_ok: ok("rdb_last_bgsave_status"),
+            rdb_last_save_time: f.get("rdb_last_save_time").and_then(|v| v.parse().ok()).unwrap_or(0),
+            rdb_saves: f.get("rdb_saves").and_then(|v| v.parse().ok()),
+            fields: f,
+        }
+    }
+}
+
+pub struct Client<S: Read + Write> {
+    io: BufReader<S>,
+}
+
+impl<S: Read + Write> Client<S> {
+    pub fn new(stream: S) -> Client<S> {
+        Client { io: BufReader::new(stream) }
+    }
+
+    /// Sends a command and reads its reply; an error reply is [`Error::Server`].
+    pub fn cmd(&mut self, args: &[&str]) -> Result<Value> {
+        let raw: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        self.cmd_bytes(&raw)
+    }
+
+    pub fn cmd_bytes(&mut self, args: &[&[u8]]) -> Result<Value> {
+        let s = self.io.get_mut();
+        s.write_all(&encode(args))?;
+        s.flush()?;
+        match read_value(&mut self.io)? {
+            Value::Error(e) => Err(Error::Server(e)),
+            v => Ok(v),
+        }
+    }
+
+    fn cmd_text(&mut self, args: &[&str]) -> Result<String> {
+        self.cmd(args)?.as_text().ok_or_else(|| Error::Protocol(format!("{} returned no text", args[0])))
+    }
+
+    fn cmd_ok(&mut self, args: &[&str]) -> Result<()> {
+        match self.cmd(args)? {
+            Value::Simple(s) if s == "OK" => Ok(()),
+            v => Err(Error::Protocol(format!("{} returned {v:?}", args[0]))),
+        }
+    }
+
+    /// `AUTH password` (the `default` user).
+    pub fn auth(&mut self, password: &str) -> Result<()> {
+        self.cmd_ok(&["AUTH", password])
+    }
+
+    /// `AUTH user password` (ACL users, Redis ≥ 6).
+    pub fn auth_user(&mut self, user: &str, password: &str) -> Result<()> {
+        self.cmd_ok(&["AUTH", user, password])
+    }
+
+    pub fn ping(&mut self) -> Result<()> {
+        match self.cmd(&["PING"])? {
+            Value::Simple(s) if s == "PONG" => Ok(()),
+            v => Err(Error::Protocol(format!("PING returned {v:?}"))),
+        }
+    }
+
+    /// `INFO section`, raw text.
+    pub fn info(&mut self, section: &str) -> Result<String> {
+        self.cmd_text(&["INFO", section])
+    }
+
+    pub fn persistence(&mut self) -> Result<Persistence> {
+        Ok(Persistence::from_info(&self.info("persistence")?))
+    }
+
+    /// `redis_version` from `INFO server`.
+    pub fn version(&mut self) -> Result<String> {
+        parse_info(&self.info("server")?)
+            .remove("redis_version")
+            .ok_or_else(|| Error::Protocol("INFO server has no redis_version".into()))
+    }
+
+    pub fn role(&mut self) -> Result<Role> {
+        let Value::Array(v) = self.cmd(&["ROLE"])? else { return Err(Error::Protocol("ROLE is not an array".into())) };
+        let text = |i: usize| v.get(i).and_then(Value::as_text).unwrap_or_default();
+        let int = |i: usize| match v.get(i) {
+            Some(Value::Int(n)) => *n,
+            _ => 0,
+        };
+        match text(0).as_str() {
+            "master" => Ok(Role::Master { offset: int(1) }),
+            "slave" | "replica" => Ok(Role::Replica { master_host: text(1), master_port: int(2), state: text(3) }),
+            "sentinel" => Ok(Role::Sentinel),
+            r => Err(Error::Protocol(format!("unknown role {r:?}"))),
+        }
+    }
+
+    /// Fails with [`Error::Replica`] unless the server is a master.
+    pub fn ensure_master(&mut self) -> Result<()> {
+        match self.role()? {
+            Role::Master { .. } => Ok(()),
+            _ => Err(Error::Replica),
+        }
+    }
+
+    /// `CONFIG GET name` → the value, `None` if there is no such parameter.
+    pub fn config_get(&mut self, name: &str) -> Result<Option<String>> {
+        let Value::Array(v) = self.cmd(&["CONFIG", "GET", name])? else { return Err(Error::Protocol("CONFIG GET is not an array".into())) };
+        Ok(v.get(1).and_then(Value::as_text))
+    }
+
+    /// `LASTSAVE`: Unix time of the last successful save.
+    pub fn lastsave(&mut self) -> Result<i64> {
+        match self.cmd(&["LASTSAVE"])? {
+            Value::Int(n) => Ok(n),
+            v => Err(Error::Protocol(format!("LASTSAVE returned {v:?}"))),
+        }
+    }
+
+    /// `CLIENT PAUSE ms WRITE` (`write_only`) or `CLIENT PAUSE ms` (all commands).
+    /// Ends by itself after `ms`, or at [`Client::client_unpause`].
+    pub fn client_pause(&mut self, ms: u64, write_only: bool) -> Result<()> {
+        let ms = ms.to_string();
+        if write_only {
+            self.cmd_ok(&["CLIENT", "PAUSE", &ms, "WRITE"])
+        } else {
+            self.cmd_ok(&["CLIENT", "PAUSE", &ms])
+        }
+    }
+
+    pub fn client_unpause(&mut self) -> Result<()> {
+        self.cmd_ok(&["CLIENT", "UNPAUSE"])
+    }
+
+    /// Starts a background save and waits until *that* save has finished
+    /// successfully (a save already running when we ask is not ours: it is
+    /// waited out and ours scheduled after it). Errors if it fails or takes
+    /// longer than `timeout`.
+    pub fn bgsave_and_wait(&mut self, timeout: Duration, poll: Duration) -> Result<Persistence> {
+        let t0 = Instant::now();
+        let before = self.persistence()?;
+        match self.cmd(&["BGSAVE", "SCHEDULE"]) {
+            Ok(_) => {}
+            Err(Error::Server(m)) if m.contains("already in progress") => {}
+            Err(e) => return Err(e),
+        }
+        loop {
+            let p = self.persistence()?;
+            let ours = match (before.rdb_saves, p.rdb_saves) {
+                (Some(b), Some(n)) => n > b,
+                // Before 7.0: a save finishing in a later second than the last one.
+                _ => p.rdb_last_save_time > before.rdb_last_save_time,
+            };
+            if !p.rdb_bgsave_in_progress && !p.rdb_last_bgsave_ok {
+                return Err(Error::Persistence("the background save failed (rdb_last_bgsave_status:err)".into()));
+            }
+            if ours && !p.rdb_bgsave_in_progress {
+                return Ok(p);
+            }
+            if t0.elapsed() > timeout {
+                return Err(Error::Persistence(format!("BGSAVE did not finish within {timeout:?}")));
+            }
+            std::thread::sleep(poll);
+        }
+    }
+
+    /// With writes paused: waits until every acknowledged write is in the
+    /// AOF file (`aof_buffer_length:0`, no queued background fsync) and the
+    /// last write succeeded. See the module doc for why this, not fsync.
+    pub fn wait_aof_written(&mut self, timeout: Duration, poll: Duration) -> Result<Persistence> {
+        let t0 = Instant::now();
+        loop {
+            let p = self.persistence()?;
+            if !p.aof_enabled {
+                return Err(Error::Persistence("AOF is not enabled".into()));
+            }
+            if !p.aof_last_write_ok {
+                return Err(Error::Persistence("the last AOF write failed (aof_last_write_status:err)".into()));
+            }
+            if p.aof_buffer_length == 0 && p.aof_pending_bio_fsync == 0 {
+                return Ok(p);
+            }
+            if t0.elapsed() > timeout {
+                return Err(Error::Persistence(format!(
+                    "AOF buffer not written within {timeout:?} ({} bytes, {} fsyncs pending)",
+                    p.aof_buffer_length, p.aof_pending_bio_fsync
+                )));
+            }
+            std::thread::sleep(poll);
+        }
+    }
+
+    pub fn into_inner(self) -> S {
+        self.io.into_inner()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    struct Duplex {
+        input: Cursor<Vec<u8>>,
+        output: Vec<u8>,
+    }
+    impl Read for Duplex {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.input.read(buf)
+        }
+    }
+    impl Write for Duplex {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.output.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    fn client(server: &[u8]) -> Client<Duplex> {
+        Client::new(Duplex { input: Cursor::new(server.to_vec()), output: vec![] })
+    }
+
+    #[test]
+    fn commands_are_arrays_of_bulk_strings() {
+        assert_eq!(encode(&[b"CLIENT", b"PAUSE", b"500", b"WRITE"]), b"*4\r\n$6\r\nCLIENT\r\n$5\r\nPAUSE\r\n$3\r\n500\r\n$5\r\nWRITE\r\n");
+        assert_eq!(encode(&[b"SET", b"k", b""]), b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$0\r\n\r\n");
+    }
+
+    #[test]
+    fn replies_of_every_type() {
+        let mut r = Cursor::new(b"+OK\r\n-ERR no\r\n:42\r\n$5\r\na\r\nbc\r\n$-1\r\n*2\r\n:1\r\n*1\r\n$0\r\n\r\n*-1\r\n".to_vec());
+        assert_eq!(read_value(&mut r).unwrap(), Value::Simple("OK".into()));
+        assert_eq!(read_value(&mut r).unwrap(), Value::Error("ERR no".into()));
+        assert_eq!(read_value(&mut r).unwrap(), Value::Int(42));
+        assert_eq!(read_value(&mut r).unwrap(), Value::Bulk(b"a\r\nbc".to_vec()), "binary-safe bulk");
+        assert_eq!(read_value(&mut r).unwrap(), Value::Nil);
+        assert_eq!(read_value(&mut r).unwrap(), Value::Array(vec![Value::Int(1), Value::Array(vec![Value::Bulk(vec![])])]));
+        assert_eq!(read_value(&mut r).unwrap(), Value::Nil);
+        assert!(matches!(read_value(&mut r), Err(Error::Io(_))), "EOF");
+    }
+
+    #[test]
+    fn malformed_replies_are_protocol_errors() {
+        for bad in [&b"?x\r\n"[..], b":abc\r\n", b"$3\r\nabcd\r\n", b"+OK\n"] {
+            assert!(matches!(read_value(&mut Cursor::new(bad.to_vec())), Err(Error::Protocol(_))), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn wrong_password_is_a_server_error_with_its_kind() {
+        let mut c = client(b"-WRONGPASS invalid username-password pair or user is disabled.\r\n");
+        let e = c.auth("nope").err().unwrap();
+        assert_eq!(e.kind(), Some("WRONGPASS"));
+        assert_eq!(c.io.get_ref().output, encode(&[b"AUTH", b"nope"]));
+        assert_eq!(secret_from_file_contents("s3cret\n"), "s3cret");
+    }
+
+    #[test]
+    fn role_master_and_replica() {
+        let mut c = client(b"*3\r\n$6\r\nmaster\r\n:3129659\r\n*0\r\n");
+        assert_eq!(c.role().unwrap(), Role::Master { offset: 3129659 });
+        let mut c = client(b"*5\r\n$5\r\nslave\r\n$9\r\n127.0.0.1\r\n:9753\r\n$9\r\nconnected\r\n:3167038\r\n");
+        assert!(matches!(c.ensure_master(), Err(Error::Replica)));
+    }
+
+    const INFO: &str = "# Persistence\r\nloading:0\r\nasync_loading:0\r\nrdb_changes_since_last_save:12\r\nrdb_bgsave_in_progress:0\r\nrdb_last_save_time:1700000000\r\nrdb_last_bgsave_status:ok\r\nrdb_saves:3\r\naof_enabled:1\r\naof_rewrite_in_progress:0\r\naof_last_write_status:ok\r\naof_buffer_length:0\r\naof_pending_bio_fsync:0\r\n";
+
+    #[test]
+    fn info_persistence_is_parsed() {
+        let p = Persistence::from_info(INFO);
+        assert!(p.aof_enabled && !p.loading && !p.rdb_bgsave_in_progress && p.rdb_last_bgsave_ok && p.aof_last_write_ok);
+        assert_eq!(p.rdb_last_save_time, 1700000000);
+        assert_eq!(p.rdb_saves, Some(3));
+        assert_eq!(p.fields["rdb_changes_since_last_save"], "12");
+        let p = Persistence::from_info("rdb_last_bgsave_status:err\r\naof_last_write_status:err\r\n");
+        assert!(!p.rdb_last_bgsave_ok && !p.aof_last_write_ok && p.rdb_saves.is_none());
+    }
+
+    fn bulk(s: &str) -> Vec<u8> {
+        format!("${}\r\n{s}\r\n", s.len()).into_bytes()
+    }
+
+    #[test]
+    fn bgsave_waits_for_a_new_save() {
+        let mut server = bulk(INFO);
+        server.extend_from_slice(b"+Background saving started\r\n");
+        server.extend(bulk(&INFO.replace("rdb_bgsave_in_progress:0", "rdb_bgsave_in_progress:1")));
+        server.extend(bulk(&INFO.replace("rdb_saves:3", "rdb_saves:4")));
+        let mut c = client(&server);
+        let p = c.bgsave_and_wait(Duration::from_secs(5), Duration::from_millis(1)).unwrap();
+        assert_eq!(p.rdb_saves, Some(4));
+    }
+
+    #[test]
+    fn a_failed_bgsave_is_an_error() {
+        let mut server = bulk(INFO);
+        server.extend_from_slice(b"+Background saving started\r\n");
+        server.extend(bulk(&INFO.replace("rdb_last_bgsave_status:ok", "rdb_last_bgsave_status:err")));
+        let mut c = client(&server);
+        assert!(matches!(c.bgsave_and_wait(Duration::from_secs(5), Duration::from_millis(1)), Err(Error::Persistence(_))));
+    }
+
+    #[test]
+    fn aof_wait_needs_an_empty_buffer() {
+        let mut server = bulk(&INFO.replace("aof_buffer_length:0", "aof_buffer_length:120"));
+        server.extend(bulk(INFO));
+        let mut c = client(&server);
+        c.wait_aof_written(Duration::from_secs(5), Duration::from_millis(1)).unwrap();
+        let mut c = client(&bulk(&INFO.replace("aof_enabled:1", "aof_enabled:0")));
+        assert!(matches!(c.wait_aof_written(Duration::from_secs(1), Duration::from_millis(1)), Err(Error::Persistence(_))));
+    }
+
+    #[test]
+    fn config_get_and_pause() {
+        let mut c = client(b"*2\r\n$11\r\nappendfsync\r\n$8\r\neverysec\r\n*0\r\n+OK\r\n+OK\r\n");
+        assert_eq!(c.config_get("appendfsync").unwrap().as_deref(), Some("everysec"));
+        assert_eq!(c.config_get("nosuch").unwrap(), None);
+        c.client_pause(500, true).unwrap();
+        c.client_unpause().unwrap();
+        let out = &c.io.get_ref().output;
+        assert!(out.ends_with(&[encode(&[b"CLIENT", b"PAUSE", b"500", b"WRITE"]), encode(&[b"CLIENT", b"UNPAUSE"])].concat()));
+    }
+}

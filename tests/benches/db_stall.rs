@@ -1,0 +1,171 @@
+//! How long a snapshot stalls a database's writers.
+//!
+//! Same rig as the restore tests (an ext4 disk image on reflink XFS, the
+//! snapshot a `cp --reflink=always` of it while quiesce has the disk frozen),
+//! one writer committing numbered rows as fast as the server acknowledges.
+//! For each database and method, `ROUNDS` sessions; the stall of a session is
+//! the longest gap between two acknowledgements overlapping the session.
+//!
+//! Methods:
+//! - (a) legacy: the shell-script pair admins use today (`quiesce_tests::legacy`):
+//!   PostgreSQL `pg_backup_start/stop` on a background psql, MariaDB
+//!   `FLUSH TABLES WITH READ LOCK` on a background client, Redis (RDB)
+//!   `CLIENT PAUSE WRITE` + `BGSAVE`, Redis (AOF) `CLIENT PAUSE WRITE` + wait
+//!   for `aof_buffer_length:0`; locks held by a background client are released
+//!   through a FIFO;
+//! - (b) freeze only: no hooks;
+//! - (c) the WASM plugin — SLOT, filled in when the plugin SDK lands.
+//!
+//! Also printed: the freeze window quiesce reported, and the writer's
+//! baseline (the longest gap over an equally long stretch without a session).
+//! Needs root; `cargo bench -p quiesce-tests --bench db_stall [-- pg|my|redis|redis-aof]`.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use quiesce_tests::db::*;
+use quiesce_tests::legacy;
+use quiesce_tests::restore::Stage;
+
+const ROUNDS: usize = 5;
+const PAUSE_BETWEEN: Duration = Duration::from_millis(400);
+
+struct Sample {
+    stall: Duration,
+    window_ms: f64,
+    session: Duration,
+}
+
+struct Row {
+    db: &'static str,
+    method: String,
+    samples: Vec<Sample>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+impl Row {
+    fn stall_ms(&self) -> f64 {
+        median(self.samples.iter().map(|s| s.stall.as_secs_f64() * 1e3).collect())
+    }
+    fn max_stall_ms(&self) -> f64 {
+        self.samples.iter().map(|s| s.stall.as_secs_f64() * 1e3).fold(0.0, f64::max)
+    }
+    fn window_ms(&self) -> f64 {
+        median(self.samples.iter().map(|s| s.window_ms).collect())
+    }
+    fn session_ms(&self) -> f64 {
+        median(self.samples.iter().map(|s| s.session.as_secs_f64() * 1e3).collect())
+    }
+}
+
+/// Runs `ROUNDS` sessions with `config` under `writer`; returns the samples and the baseline gap.
+fn measure(st: &Stage, mut writer: Writer, config: &Path, baseline: &mut Vec<Duration>) -> Vec<Sample> {
+    writer.wait_for(200, Duration::from_secs(60));
+    let mut spans = Vec::new();
+    let mut windows = Vec::new();
+    let mut quiet = Vec::new();
+    for _ in 0..ROUNDS {
+        let q0 = now_ns();
+        std::thread::sleep(PAUSE_BETWEEN);
+        let t0 = now_ns();
+        quiet.push((q0, t0));
+        let started = Instant::now();
+        let (run, _) = st.snapshot(config);
+        spans.push((t0, now_ns(), started.elapsed()));
+        windows.push(run.report["freeze"]["window_ms"].as_f64().unwrap_or(0.0));
+    }
+    std::thread::sleep(PAUSE_BETWEEN);
+    let log = writer.stop();
+    assert!(log.error.is_none(), "writer failed: {:?}", log.error);
+    baseline.extend(quiet.iter().map(|&(a, b)| log.max_gap_between(a + 50_000_000, b)));
+    spans
+        .iter()
+        .zip(windows)
+        .map(|(&(a, b, session), window_ms)| Sample { stall: log.max_gap_between(a, b), window_ms, session })
+        .collect()
+}
+
+fn bench_db<D>(
+    db: &'static str,
+    start: impl Fn(&Stage) -> D,
+    writer: impl Fn(&D) -> Writer,
+    clear: impl Fn(&D),
+    legacy: impl Fn(&D, &Stage) -> legacy::Pair,
+) -> (Vec<Row>, f64) {
+    // Each writer numbers from 1: start it on an empty table.
+    let writer = |d: &D| {
+        clear(d);
+        writer(d)
+    };
+    let st = Stage::new(&format!("bench-{db}"));
+    let server = start(&st);
+    let mut baseline = Vec::new();
+    let mut rows = Vec::new();
+
+    let config = st.legacy_pair(&legacy(&server, &st));
+    rows.push(Row { db, method: "(a) legacy script pair".into(), samples: measure(&st, writer(&server), &config, &mut baseline) });
+
+    let config = st.native_config(true);
+    rows.push(Row { db, method: "(b) freeze only".into(), samples: measure(&st, writer(&server), &config, &mut baseline) });
+
+    // (c) SLOT — the WASM plugin. When the SDK lands: build the plugin, write
+    // a native config with a `[[hook]]` for it, and push a Row measured the
+    // same way:
+    //   let config = st.s.config("plugin.toml", &plugin_config(db, &server));
+    //   rows.push(Row { db, method: "(c) wasm plugin".into(), samples: measure(&st, writer(&server), &config, &mut baseline) });
+
+    let base = median(baseline.iter().map(|d| d.as_secs_f64() * 1e3).collect());
+    drop(server);
+    (rows, base)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let want = |db: &str| args.is_empty() || args.iter().any(|a| a == db);
+    let mut all = Vec::new();
+    if want("pg") {
+        all.push(bench_db(
+            "postgres",
+            |st| Postgres::start_with(st.rig.inner(), PgOptions { archive: true, ..Default::default() }),
+            Writer::postgres,
+            Postgres::clear_rows,
+            |pg, st| legacy::pg_backup_fifo(pg, &st.file("hook")),
+        ));
+    }
+    if want("my") {
+        all.push(bench_db("mariadb", |st| MariaDb::start(st.rig.inner()), Writer::mariadb, MariaDb::clear_rows, |my, st| legacy::mariadb_ftwrl_fifo(my, &st.file("hook"))));
+    }
+    if want("redis-aof") {
+        all.push(bench_db("redis-aof", |st| Redis::start(st.rig.inner(), true), Writer::redis, Redis::clear_rows, |r, st| legacy::redis_pause_aof(r, &st.file("hook"))));
+    }
+    if want("redis") {
+        all.push(bench_db("redis", |st| Redis::start(st.rig.inner(), false), Writer::redis, Redis::clear_rows, |r, st| legacy::redis_pause_bgsave(r, &st.file("hook"))));
+    }
+
+    println!("\nwriter stall per snapshot session, median of {ROUNDS} (max in brackets); ratio = stall / freeze-only stall");
+    println!("{:<10} {:<24} {:>18} {:>8} {:>14} {:>12}", "database", "method", "stall ms", "ratio", "freeze win ms", "session ms");
+    for (rows, base) in &all {
+        let freeze = rows.iter().find(|r| r.method.starts_with("(b)")).map(Row::stall_ms).unwrap_or(f64::NAN);
+        for r in rows {
+            println!(
+                "{:<10} {:<24} {:>9.1} [{:>6.1}] {:>8.2} {:>14.1} {:>12.1}",
+                r.db,
+                r.method,
+                r.stall_ms(),
+                r.max_stall_ms(),
+                r.stall_ms() / freeze,
+                r.window_ms(),
+                r.session_ms()
+            );
+        }
+        println!("{:<10} {:<24} {:>9} {:>8} {:>14} {:>12}", rows[0].db, "(c) wasm plugin", "—", "—", "pending SDK", "");
+        println!("{:<10} {:<24} {:>9.1}   (longest gap in {} ms without a session)", rows[0].db, "baseline", base, PAUSE_BETWEEN.as_millis() - 50);
+    }
+}

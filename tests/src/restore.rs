@@ -1,0 +1,260 @@
+//! The restore harness: a real block-level snapshot of a database's disk,
+//! restored and started.
+//!
+//! An XFS file system with reflink (the "outer" mount) holds the database's
+//! ext4 *disk image*, itself loop-mounted (the "inner" mount) as the data
+//! directory's file system. quiesce freezes the inner mount and runs
+//! [`SnapshotRig::snapshot_cmd`] — `cp --reflink=always` of the disk image, an
+//! instant copy-on-write clone — while it is frozen. The clone is then
+//! loop-mounted elsewhere and a second server is started on it.
+//!
+//! The snapshot command records when it ran (`date +%s%N` before and after
+//! the clone) in a file outside the frozen mount, so the restored rows can be
+//! judged against the writer's acknowledgements ([`crate::db::WriterLog`]).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::db::{allow_traverse, MariaDb, Postgres, Redis};
+use crate::legacy::Pair;
+use crate::{legacy_config, quiesce, run_json, sh, Fs, LoopMount, Run, Scratch};
+
+/// Outer XFS image size: sparse, so only what is written costs disk.
+pub const OUTER_MIB: u32 = 2048;
+/// The database's disk.
+pub const INNER_MIB: u32 = 512;
+
+/// Field order is drop order: restored copy, inner disk, outer file system.
+pub struct SnapshotRig {
+    pub restored: Option<LoopMount>,
+    pub inner: LoopMount,
+    pub outer: LoopMount,
+    dir: PathBuf,
+}
+
+impl SnapshotRig {
+    /// Creates `<dir>/outer` (XFS, reflink) holding `disk.img` (ext4) mounted at `<dir>/inner`.
+    pub fn new(dir: &Path) -> SnapshotRig {
+        let outer_img = dir.join("outer.img");
+        let outer_mp = dir.join("outer");
+        fs::create_dir_all(&outer_mp).unwrap();
+        sh(&format!("truncate -s {OUTER_MIB}M {0} && mkfs.xfs -q -f -m reflink=1 {0}", outer_img.display()));
+        sh(&format!("mount -o loop {} {}", outer_img.display(), outer_mp.display()));
+        let outer = LoopMount { image: outer_img, mountpoint: outer_mp.clone(), fs: Fs::Xfs };
+        let disk = outer_mp.join("disk.img");
+        let inner_mp = dir.join("inner");
+        fs::create_dir_all(&inner_mp).unwrap();
+        sh(&format!("truncate -s {INNER_MIB}M {0} && mkfs.ext4 -q -F {0}", disk.display()));
+        sh(&format!("mount -o loop {} {}", disk.display(), inner_mp.display()));
+        let inner = LoopMount { image: disk, mountpoint: inner_mp.clone(), fs: Fs::Ext4 };
+        allow_traverse(&inner_mp);
+        SnapshotRig { restored: None, inner, outer, dir: dir.to_path_buf() }
+    }
+
+    /// The mount to freeze (and where the database's data lives).
+    pub fn inner(&self) -> &Path {
+        &self.inner.mountpoint
+    }
+
+    pub fn snap_image(&self) -> PathBuf {
+        self.outer.mountpoint.join("snap.img")
+    }
+
+    /// The `--snapshot-cmd`: clone the disk image; record start and end times in `times`.
+    pub fn snapshot_cmd(&self, times: &Path) -> String {
+        format!(
+            "date +%s%N > {t} && cp --reflink=always {src} {dst} && date +%s%N >> {t}",
+            t = times.display(),
+            src = self.inner.image.display(),
+            dst = self.snap_image().display()
+        )
+    }
+
+    /// Loop-mounts the clone at `<dir>/restored`; returns that path.
+    pub fn mount_snapshot(&mut self) -> PathBuf {
+        assert!(self.restored.is_none(), "snapshot already mounted");
+        let img = self.snap_image();
+        assert!(img.exists(), "no snapshot image at {}", img.display());
+        let mp = self.dir.join("restored");
+        fs::create_dir_all(&mp).unwrap();
+        // Mounting replays the ext4 journal of the clone, as booting a restored disk would.
+        sh(&format!("mount -o loop {} {}", img.display(), mp.display()));
+        allow_traverse(&mp);
+        self.restored = Some(LoopMount { image: img, mountpoint: mp.clone(), fs: Fs::Ext4 });
+        mp
+    }
+}
+
+impl SnapshotRig {
+    /// Another instant clone of the snapshot, mounted at `<dir>/<name>`, for
+    /// a second restore independent of the first. Drop it before the rig.
+    pub fn mount_copy(&self, name: &str) -> LoopMount {
+        let img = self.outer.mountpoint.join(format!("{name}.img"));
+        sh(&format!("cp --reflink=always {} {}", self.snap_image().display(), img.display()));
+        let mp = self.dir.join(name);
+        fs::create_dir_all(&mp).unwrap();
+        sh(&format!("mount -o loop {} {}", img.display(), mp.display()));
+        allow_traverse(&mp);
+        LoopMount { image: img, mountpoint: mp, fs: Fs::Ext4 }
+    }
+}
+
+/// A scratch directory with a [`SnapshotRig`], and `quiesce snapshot` runs
+/// on it. Field order = drop order: the rig's mounts before the directory.
+pub struct Stage {
+    pub rig: SnapshotRig,
+    pub s: Scratch,
+}
+
+impl Stage {
+    pub fn new(name: &str) -> Stage {
+        let s = Scratch::new(name);
+        let rig = SnapshotRig::new(&s.path);
+        Stage { rig, s }
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.s.join(name)
+    }
+
+    /// A native config without hooks: freeze only, or (`false`) no freeze at all.
+    pub fn native_config(&self, freeze: bool) -> PathBuf {
+        self.s.config("quiesce.toml", &format!("[freeze]\nenabled = {freeze}\nmax_freeze_secs = 30\n"))
+    }
+
+    /// A legacy (Azure-style) config running this script pair, no snapshot if pre fails.
+    pub fn legacy_pair(&self, (pre, post): &Pair) -> PathBuf {
+        let pre = self.s.script("pre.sh", &format!("#!/bin/sh\nset -eu\n{pre}\n"));
+        let post = self.s.script("post.sh", &format!("#!/bin/sh\nset -eu\n{post}\n"));
+        legacy_config(
+            &self.s,
+            &pre,
+            &post,
+            serde_json::json!({"preScriptParams": [], "postScriptParams": [], "timeoutInSeconds": 60, "continueBackupOnFailure": false}),
+        )
+    }
+
+    /// `quiesce snapshot --config CONFIG --mount INNER --snapshot-cmd "cp --reflink=always …" --json`.
+    /// Panics unless a snapshot was taken without errors.
+    pub fn snapshot(&self, config: &Path) -> (Run, SnapTimes) {
+        let times = self.file("snap.times");
+        let _ = fs::remove_file(&times);
+        let _ = fs::remove_file(self.rig.snap_image());
+        let mut cmd = quiesce(&self.s);
+        cmd.arg("snapshot")
+            .arg("--config")
+            .arg(config)
+            .arg("--mount")
+            .arg(self.rig.inner())
+            .arg("--snapshot-cmd")
+            .arg(self.rig.snapshot_cmd(&times))
+            .arg("--max-freeze")
+            .arg("30");
+        let run = run_json(cmd);
+        assert_eq!(run.report["snapshot_taken"], true, "{}\n{}", run.report, run.stderr());
+        assert!(run.error_codes().is_empty(), "{:?}\n{}", run.error_codes(), run.report);
+        (run, snap_times(&times))
+    }
+}
+
+/// When the snapshot command ran (it runs while the inner mount is frozen).
+#[derive(Clone, Copy, Debug)]
+pub struct SnapTimes {
+    pub start_ns: u64,
+    pub end_ns: u64,
+}
+
+/// Reads the file [`SnapshotRig::snapshot_cmd`] or a hook wrote: one `date +%s%N` per line.
+pub fn read_times(path: &Path) -> Vec<u64> {
+    fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(|l| l.trim().parse().unwrap_or_else(|_| panic!("{}: bad time {l:?}", path.display())))
+        .collect()
+}
+
+pub fn snap_times(path: &Path) -> SnapTimes {
+    let t = read_times(path);
+    assert_eq!(t.len(), 2, "snapshot command did not finish: {t:?}");
+    SnapTimes { start_ns: t[0], end_ns: t[1] }
+}
+
+/// `rows` must be exactly 1, 2, …, k: a writer commits one number at a time,
+/// so a consistent restore holds a gapless prefix. Returns k.
+pub fn gapless_prefix(rows: &[u64]) -> Result<u64, String> {
+    for (i, &n) in rows.iter().enumerate() {
+        if n != i as u64 + 1 {
+            return Err(format!("restored rows are not 1..k: position {i} holds {n} (of {} rows)", rows.len()));
+        }
+    }
+    Ok(rows.len() as u64)
+}
+
+/// What `pg_backup_stop()` returned, stored outside the snapshot.
+#[derive(Clone, Debug, Default)]
+pub struct PgBackupFiles {
+    pub labelfile: String,
+    pub spcmapfile: String,
+}
+
+/// Mounts the snapshot and starts PostgreSQL on it.
+///
+/// Without `backup`: plain crash recovery from the snapshot's own WAL.
+/// With `backup`: the backup-label path — `backup_label` (and a non-empty
+/// `tablespace_map`) written into the restored data directory, plus
+/// `recovery.signal` with `restore_command` reading the original server's WAL
+/// archive and `recovery_target = 'immediate'`: a backup started with
+/// `pg_backup_start` is consistent only once WAL up to its end-of-backup
+/// record (written by `pg_backup_stop`, after the snapshot) is replayed.
+pub fn restore_postgres(rig: &mut SnapshotRig, original: &Postgres, backup: Option<&PgBackupFiles>) -> Result<Postgres, String> {
+    let mp = rig.mount_snapshot();
+    start_restored_postgres(&mp.join("pg/data"), original, backup, true)
+}
+
+/// Starts PostgreSQL on a restored data directory (see [`restore_postgres`]);
+/// `use_archive = false` writes only the label (no `recovery.signal`, no
+/// `restore_command`): what a restore from the snapshot and the label alone is.
+pub fn start_restored_postgres(data: &Path, original: &Postgres, backup: Option<&PgBackupFiles>, use_archive: bool) -> Result<Postgres, String> {
+    let mut settings = vec!["archive_mode=off".to_string()];
+    if let Some(b) = backup {
+        fs::write(data.join("backup_label"), &b.labelfile).unwrap();
+        if !b.spcmapfile.is_empty() {
+            fs::write(data.join("tablespace_map"), &b.spcmapfile).unwrap();
+        }
+        if use_archive {
+            fs::write(data.join("recovery.signal"), "").unwrap();
+            let arch = original.archive_dir.as_ref().ok_or("the original server has no WAL archive")?;
+            settings.push(format!("restore_command='cp {}/%f %p'", arch.display()));
+            settings.push("recovery_target=immediate".into());
+            settings.push("recovery_target_action=promote".into());
+        }
+        sh(&format!("chown postgres: {0}/backup_label; chown -f postgres: {0}/recovery.signal {0}/tablespace_map || true", data.display()));
+    }
+    Postgres::try_start_existing(data, &original.password, &settings)
+}
+
+/// Mounts the snapshot and starts MariaDB on it (InnoDB and binlog crash recovery).
+pub fn restore_mariadb(rig: &mut SnapshotRig, original: &MariaDb) -> MariaDb {
+    let mp = rig.mount_snapshot();
+    MariaDb::start_existing(&mp.join("my"), &original.app_password)
+}
+
+/// Mounts the snapshot and starts Redis on it with the original's persistence settings.
+pub fn restore_redis(rig: &mut SnapshotRig, original: &Redis) -> Redis {
+    let mp = rig.mount_snapshot();
+    Redis::start_existing(&mp.join("redis"), original.appendonly, &original.password)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gapless_prefix_accepts_only_1_to_k() {
+        assert_eq!(gapless_prefix(&[]), Ok(0));
+        assert_eq!(gapless_prefix(&[1, 2, 3]), Ok(3));
+        assert!(gapless_prefix(&[1, 3]).is_err());
+        assert!(gapless_prefix(&[2, 3]).is_err());
+        assert!(gapless_prefix(&[1, 2, 2]).is_err());
+    }
+}
