@@ -438,6 +438,7 @@ fn second_load_uses_the_cache_and_is_fast() {
         first.load_time()
     );
     assert!(second.load_time() < Duration::from_millis(100), "cached load took {:?}", second.load_time());
+    eprintln!("first load (compile) {:?}, cached load {:?}", first.load_time(), second.load_time());
 }
 
 #[tokio::test]
