@@ -1,5 +1,6 @@
 //! What a WebAssembly hook costs, next to the shell script it replaces.
 //!
+//! - engine setup: Engine, linker, epoch ticker thread, cache directory;
 //! - first load: trust checks, read, compile (Cranelift), cache write, link;
 //! - cached load: the same with a verified cache entry instead of compiling;
 //! - instantiate: a fresh Store + WASI context + instance (once per session);
@@ -7,7 +8,7 @@
 //! - the same no-op pair as shell scripts: bare fork/exec + wait, and
 //!   through quiesce's script runner (what a session pays per script hook).
 //!
-//! Needs the plugins built (`cargo build --release --manifest-path plugins/Cargo.toml`).
+//! Needs the plugins built (`cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml`).
 //! Prints medians and the shell/WASM ratio.
 
 use std::path::Path;
@@ -67,6 +68,9 @@ fn main() {
     let cache = s.join("cache");
     let path = install_plugin(&s, "noop");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let setup = measure(10, || {
+        WasmEngine::new(&cache).expect("engine");
+    });
     let engine = WasmEngine::new(&cache).expect("engine");
 
     let first = measure(COMPILE_ROUNDS, || {
@@ -118,6 +122,7 @@ fn main() {
 
     let ratio = |shell: Duration, wasm: Duration| shell.as_secs_f64() / wasm.as_secs_f64();
     println!("wasm_hooks: medians ({ROUNDS} rounds; compile {COMPILE_ROUNDS}), noop plugin {} bytes", plugin.size());
+    println!("  {:<52} {}", "engine + linker setup (once per process)", fmt(setup));
     println!("  {:<52} {}", "first load (trust check, read, compile, cache write)", fmt(first));
     println!("  {:<52} {}", "cached load (trust check, read, verify, deserialize)", fmt(cached));
     println!("  {:<52} {}", "instantiate (Store + WASI ctx + instance)", fmt(instantiate));

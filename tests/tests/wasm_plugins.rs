@@ -1,5 +1,5 @@
 //! WebAssembly plugin scenarios: real components built from `plugins/`
-//! (`cargo build --release --manifest-path plugins/Cargo.toml`), real TCP
+//! (`cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml`), real TCP
 //! and Unix servers on loopback, the real wasmtime runtime.
 
 use std::path::{Path, PathBuf};
