@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::Scratch;
 
-/// Where `cargo build --release --manifest-path plugins/Cargo.toml` puts the components.
+/// Where `cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml` puts the components.
 pub fn plugin_build_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/target/wasm32-wasip2/release")
 }
@@ -22,7 +22,7 @@ pub fn built_plugin(name: &str) -> PathBuf {
     let p = plugin_build_dir().join(format!("{name}.wasm"));
     assert!(
         p.is_file(),
-        "{} is missing: build the plugins first with `cargo build --release --manifest-path plugins/Cargo.toml` (scripts/test does)",
+        "{} is missing: build the plugins first with `cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml` (scripts/test does)",
         p.display()
     );
     p

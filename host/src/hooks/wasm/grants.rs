@@ -200,6 +200,20 @@ impl Grants {
         })
     }
 
+    /// Of the grants a plugin asks for (its `describe`), those these grants
+    /// do not give, as written — for `quiesce check` to show the admin.
+    /// Malformed requests are listed too (they can never be granted).
+    pub fn missing<'a>(&self, requested: &'a [String]) -> Vec<&'a str> {
+        requested
+            .iter()
+            .filter(|r| match r.parse::<Grant>() {
+                Ok(g) => !self.0.contains(&g),
+                Err(_) => true,
+            })
+            .map(String::as_str)
+            .collect()
+    }
+
     pub fn allows_exec(&self, p: &Path) -> bool {
         self.0.iter().any(|g| matches!(g, Grant::Exec(e) if e == p))
     }
@@ -243,6 +257,13 @@ mod tests {
         assert!(g.allows_connect(&"unix:/run/a.sock".parse().unwrap()));
         assert!(!g.allows_connect(&"unix:/run/b.sock".parse().unwrap()));
         assert!(Grants::none().iter().next().is_none());
+    }
+
+    #[test]
+    fn missing_lists_requested_grants_not_given() {
+        let g = Grants::parse(["tcp:127.0.0.1:5432", "file:/etc/a.cnf"]).unwrap();
+        let asked: Vec<String> = ["tcp:127.0.0.1:5432", "unix:/run/pg.sock", "file:/etc/a.cnf", "bogus"].map(String::from).to_vec();
+        assert_eq!(g.missing(&asked), ["unix:/run/pg.sock", "bogus"]);
     }
 
     #[test]

@@ -331,3 +331,39 @@ fn stderr_tail(ev: &Events) -> Option<String> {
     let tail = lines[lines.len().saturating_sub(2)..].join(" ");
     (!tail.is_empty()).then_some(tail)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    /// The session may hold instances across awaits on a multi-threaded
+    /// runtime: everything it touches must be `Send`.
+    #[allow(dead_code, unreachable_code, unused_variables)]
+    fn instances_and_their_calls_are_send(plugin: &Plugin, mut inst: PluginInstance, engine: super::super::WasmEngine) {
+        assert_send(&engine);
+        assert_send(plugin);
+        assert_send(&plugin.instantiate(InstanceConfig::new("x")));
+        let ctx = CallContext { session_id: String::new(), attempt: 1 };
+        let snap = SnapshotOutcome { taken: true, label: String::new() };
+        assert_send(&inst.pre(&ctx));
+        assert_send(&inst.post(&ctx, &snap));
+        assert_send(&inst);
+    }
+
+    #[test]
+    fn epoch_ticks_cover_the_timeout() {
+        assert_eq!(epoch_ticks(Duration::from_millis(500)), 51);
+        assert_eq!(epoch_ticks(Duration::from_millis(1)), 2);
+    }
+
+    #[test]
+    fn outcomes_that_kill_are_the_runtime_ones() {
+        assert!(CallOutcome::TimedOut.killed_instance());
+        assert!(CallOutcome::Trapped("x".into()).killed_instance());
+        assert!(!CallOutcome::Fatal("x".into()).killed_instance());
+        assert!(!CallOutcome::Dead.killed_instance());
+        assert_eq!(CallOutcome::Dead.to_string(), "not run: the instance died in an earlier call");
+    }
+}

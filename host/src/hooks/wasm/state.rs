@@ -197,17 +197,18 @@ impl HostState {
         msg
     }
 
-    /// Moves this call's captured output and log records into `Events`.
+    /// Moves this call's log records, printed lines and denials into `Events`.
     pub fn drain_events(&mut self) -> Events {
         let captured = self.output.take();
         let mut ev = std::mem::take(&mut self.events);
-        for (source, bytes) in [(LogSource::Stdout, &captured.stdout), (LogSource::Stderr, &captured.stderr)] {
-            for line in String::from_utf8_lossy(bytes).lines() {
-                let level = if source == LogSource::Stderr { LogLevel::Warn } else { LogLevel::Info };
-                tracing::info!(plugin = %self.plugin, "{}: {line}", if source == LogSource::Stderr { "stderr" } else { "stdout" });
-                ev.logs.push(LogRecord { level, source, message: line.to_owned(), fields: Vec::new() });
+        for r in &captured.records {
+            match r.source {
+                LogSource::Stdout => tracing::info!(plugin = %self.plugin, "stdout: {}", r.message),
+                LogSource::Stderr => tracing::warn!(plugin = %self.plugin, "stderr: {}", r.message),
+                LogSource::Log => {}
             }
         }
+        ev.logs.extend(captured.records);
         ev.output_dropped_bytes += captured.dropped;
         ev
     }

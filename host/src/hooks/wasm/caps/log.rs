@@ -7,10 +7,6 @@ use crate::hooks::wasm::state::{HostState, LogLevel, LogRecord, LogSource};
 impl log::Host for HostState {
     async fn log(&mut self, level: Level, message: String, fields: Vec<(String, String)>) -> wasmtime::Result<()> {
         let size = message.len() + fields.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
-        if self.output.lock().admit(size) < size {
-            // Over budget: counted, not kept (a partial record would mislead).
-            return Ok(());
-        }
         let level = match level {
             Level::Trace => LogLevel::Trace,
             Level::Debug => LogLevel::Debug,
@@ -18,6 +14,12 @@ impl log::Host for HostState {
             Level::Warn => LogLevel::Warn,
             Level::Error => LogLevel::Error,
         };
+        let record = LogRecord { level, source: LogSource::Log, message, fields };
+        if !self.output.lock().push_log(record.clone(), size) {
+            // Over budget: counted, not kept (nor logged).
+            return Ok(());
+        }
+        let LogRecord { message, fields, .. } = record;
         let plugin = &self.plugin;
         let kv = fields.iter().map(|(k, v)| format!(" {k}={v:?}")).collect::<String>();
         match level {
@@ -27,7 +29,6 @@ impl log::Host for HostState {
             LogLevel::Warn => tracing::warn!(plugin = %plugin, "{message}{kv}"),
             LogLevel::Error => tracing::error!(plugin = %plugin, "{message}{kv}"),
         }
-        self.events.logs.push(LogRecord { level, source: LogSource::Log, message, fields });
         Ok(())
     }
 }
