@@ -137,15 +137,15 @@ async fn check_plugin(action: &PluginAction, engine: Result<&WasmEngine, &String
         not_granted: Vec::new(),
     };
     let result = async {
-        Grants::parse(&action.grants).map_err(|e| format!("grant in the config: {e}"))?;
+        let grants = Grants::parse(&action.grants).map_err(|e| format!("grant in the config: {e}"))?;
         let engine = engine.map_err(|e| format!("cannot start the WebAssembly runtime: {e}"))?;
         let plugin = engine.load(&action.path).map_err(|e| e.to_string())?;
-        plugin.describe().await.map_err(|e| e.to_string())
+        plugin.describe().await.map(|info| (grants, info)).map_err(|e| e.to_string())
     }
     .await;
     match result {
-        Ok(info) => {
-            check.not_granted = info.grants.iter().filter(|g| !action.grants.contains(g)).cloned().collect();
+        Ok((grants, info)) => {
+            check.not_granted = grants.missing(&info.grants).into_iter().map(String::from).collect();
             check.requested_grants = info.grants;
         }
         Err(message) => {
