@@ -116,7 +116,8 @@ fn postgres_plugin_backup_mode_restores_through_backup_label_and_wal_archive() {
         .lines()
         .find_map(|l| l.split("consistent recovery state reached at ").nth(1).and_then(|s| pgwire::Lsn::parse(s.split_whitespace().next()?)));
     let consistent_at = consistent_at.expect("no 'consistent recovery state reached at' in the restored log");
-    assert!(consistent_at <= stop_lsn, "consistent at {consistent_at}, after the stop LSN {stop_lsn} the plugin recorded");
+    // Recovery becomes consistent exactly at the end-of-backup record, whose end pg_backup_stop returned.
+    assert_eq!(consistent_at, stop_lsn, "recovery consistent at {consistent_at}, the plugin recorded stop LSN {stop_lsn}");
     report(
         "postgres",
         "wasm plugin, mode backup",

@@ -15,14 +15,12 @@
 //! differed (`cargo test -- --nocapture`).
 
 use std::fs;
-use std::path::Path;
 use std::time::Duration;
 
 use quiesce_tests::db::*;
 use quiesce_tests::judge::*;
 use quiesce_tests::legacy;
 use quiesce_tests::restore::*;
-use quiesce_tests::*;
 
 // ---------------------------------------------------------------- PostgreSQL
 
