@@ -350,6 +350,8 @@ struct FaultRun {
 ///
 /// `held` checks, while the hang is in progress, that the plugin really holds
 /// its lock (so the recovery afterwards proves something).
+/// `settle`: the pause between runs, so one fault's stall ends before the
+/// next run starts (a Redis pause outlives the plugin by up to `pause_ms`).
 /// Returns the writer's log and the three runs.
 fn fault_suite(
     st: &Stage,
@@ -357,6 +359,7 @@ fn fault_suite(
     plugin: &str,
     conn: (Vec<(&'static str, String)>, Vec<String>),
     held: &dyn Fn() -> bool,
+    settle: Duration,
 ) -> (WriterLog, Vec<FaultRun>) {
     let mut writer = writer;
     writer.wait_for(300, Duration::from_secs(60));
@@ -385,7 +388,7 @@ fn fault_suite(
     assert!(run.has_error("PluginTimeout"), "{:?}", run.error_codes());
     assert_eq!(run.hook("db", "post")["outcome"], "skipped");
     runs.push(FaultRun { what: "timeout (2 s) holding the lock", from_ns, to_ns });
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(settle);
 
     // 2. Trap while holding the lock.
     let cfg = config(st, plugin, with_fault("trap-after-lock"), "timeout_secs = 10");
@@ -395,7 +398,7 @@ fn fault_suite(
     assert!(run.has_error("PluginTrapped"), "{:?}\n{}", run.error_codes(), run.report);
     assert_eq!(run.hook("db", "post")["outcome"], "skipped");
     runs.push(FaultRun { what: "trap holding the lock", from_ns, to_ns });
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(settle);
 
     // 3. Host SIGKILLed while frozen, the plugin holding its lock.
     let cfg = config(st, plugin, conn.clone(), "timeout_secs = 10");
@@ -465,7 +468,7 @@ fn mariadb_plugin_lock_is_released_when_the_plugin_times_out_traps_or_the_host_i
     };
     let p2 = probe.clone();
     let held = move || p2(Duration::from_millis(300)).is_none();
-    let (log, runs) = fault_suite(&st, Writer::mariadb(&my), "quiesce_mariadb", my_unix(&my, &[]), &held);
+    let (log, runs) = fault_suite(&st, Writer::mariadb(&my), "quiesce_mariadb", my_unix(&my, &[]), &held, Duration::from_millis(300));
     let hang = judge_fault("mariadb", &log, &runs[0], Duration::from_millis(3500));
     assert!(hang >= Duration::from_millis(1500), "the hung plugin's lock stalled writers only {hang:?}: was it held?");
     judge_fault("mariadb", &log, &runs[1], Duration::from_millis(1500));
@@ -489,7 +492,7 @@ fn postgres_plugin_backup_ends_when_the_plugin_times_out_traps_or_the_host_is_ki
         c.query_value("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'quiesce'").unwrap().unwrap().parse().unwrap()
     };
     let s2 = sessions.clone();
-    let (log, runs) = fault_suite(&st, Writer::postgres(&pg), "quiesce_postgres", pg_tcp(&pg, &[("mode", "backup")]), &move || s2() > 0);
+    let (log, runs) = fault_suite(&st, Writer::postgres(&pg), "quiesce_postgres", pg_tcp(&pg, &[("mode", "backup")]), &move || s2() > 0, Duration::from_millis(300));
     judge_fault("postgres", &log, &runs[0], Duration::from_millis(1500));
     judge_fault("postgres", &log, &runs[1], Duration::from_millis(1500));
     judge_fault("postgres", &log, &runs[2], Duration::from_millis(4500));
@@ -517,7 +520,7 @@ fn redis_plugin_pause_ends_when_the_plugin_times_out_traps_or_the_host_is_killed
         })
         .is_none()
     };
-    let (log, runs) = fault_suite(&st, Writer::redis(&r), "quiesce_redis", redis_tcp(&r, &[("pause_ms", "3000")]), &held);
+    let (log, runs) = fault_suite(&st, Writer::redis(&r), "quiesce_redis", redis_tcp(&r, &[("pause_ms", "3000")]), &held, Duration::from_millis(3500));
     let hang = judge_fault("redis", &log, &runs[0], Duration::from_millis(4000));
     assert!(hang >= Duration::from_millis(1500), "the hung plugin's pause stalled writers only {hang:?}");
     // A trap leaves the pause in place until it expires (3 s): the bound is pause_ms.
