@@ -255,7 +255,7 @@ impl Plugin for MariaDb {
             .grant(DEFAULT_TARGET)
             .param("target", "unix:/path/mysqld.sock or tcp:HOST:PORT (must be granted)", Some(DEFAULT_TARGET))
             .param("user", "user to log in as (root over a Unix socket: unix_socket auth, no password)", Some("root"))
-            .param("password_file", "file with the password on its first line (grant file:PATH)", Some(""))
+            .param("password_file", "file with the password on its first line (grant file:PATH)", Some("(unset)"))
             .param("method", "backup-stage (MariaDB) or ftwrl", Some(DEFAULT_METHOD))
             .param("lock_wait_timeout_secs", "longest wait for the lock (writers queue behind a waiting lock)", Some("5"))
             .param("long_query_secs", "statements running this long make pre fail (retryable) before locking", Some("1"))

@@ -276,7 +276,7 @@ impl Plugin for Postgres {
             .param("target", "tcp:HOST:PORT or unix:/DIR/.s.PGSQL.PORT (must be granted)", Some(DEFAULT_TARGET))
             .param("user", "role to log in as", Some("postgres"))
             .param("database", "database to connect to", Some("postgres"))
-            .param("password_file", "file with the password on its first line (grant file:PATH); unset: trust auth", Some(""))
+            .param("password_file", "file with the password on its first line (grant file:PATH); unset: trust auth", Some("(unset)"))
             .param("mode", "checkpoint (atomic snapshots; restores by crash recovery) or backup (pg_backup_start/stop; restore needs backup_label + WAL archive)", Some("checkpoint"))
             .param("label", "backup label (backup mode)", Some("quiesce <session id>"))
             .param("wait_for_archive", "pg_backup_stop waits until the needed WAL is archived (backup mode)", Some("true"))
