@@ -13,7 +13,7 @@
 //! let plugin = engine.load(Path::new("/etc/quiesce/plugins/pg.wasm"))?; // checks, compiles or loads from cache
 //! let mut cfg = InstanceConfig::new("pg");
 //! cfg.grants = Grants::parse(["tcp:127.0.0.1:5432"])?;
-//! let mut inst = plugin.instantiate(cfg)?;                             // one per session
+//! let mut inst = plugin.instantiate(cfg).await?;                       // one per session
 //! let ctx = CallContext { session_id: "s1".into(), attempt: 1 };
 //! let pre = inst.pre(&ctx).await;                                      // CallOutcome
 //! // ... freeze, snapshot, thaw ...
