@@ -168,7 +168,7 @@ fn main() {
                     .iter()
                     .map(|m| {
                         let params = [("target", target.clone()), ("method", m.to_string())];
-                        let cfg = st.plugin_config("quiesce_mariadb", &params, &[target.clone()], "");
+                        let cfg = st.plugin_config("quiesce_mariadb", &params, std::slice::from_ref(&target), "");
                         // One config file per method: plugin_config writes plugin.toml.
                         let path = st.file(&format!("plugin-{m}.toml"));
                         std::fs::copy(&cfg, &path).unwrap();

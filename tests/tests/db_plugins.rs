@@ -250,7 +250,7 @@ fn plugins_fail_clearly_on_server_down_auth_refused_and_replica() {
 
     // Server down: retried, then failed; the snapshot goes on without the app.
     for plugin in ["quiesce_postgres", "quiesce_mariadb", "quiesce_redis"] {
-        let cfg = st.plugin_config(plugin, &[("target", down.clone())], &[down.clone()], retries);
+        let cfg = st.plugin_config(plugin, &[("target", down.clone())], std::slice::from_ref(&down), retries);
         let run = run_json(st.session(&cfg, "true", 30));
         let (attempts, msg) = pre_failure(&run);
         assert_eq!(attempts, 2, "{plugin}: server down is retryable: {msg}");
