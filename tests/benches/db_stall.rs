@@ -14,13 +14,16 @@
 //!   for `aof_buffer_length:0`; locks held by a background client are released
 //!   through a FIFO;
 //! - (b) freeze only: no hooks;
-//! - (c) the WASM plugin — SLOT, filled in when the plugin SDK lands.
+//! - (c) the WASM plugin (`plugins/db/*`): PostgreSQL `mode = "backup"` (what
+//!   (a) does), MariaDB both `method`s (`backup-stage`, `ftwrl`) — the
+//!   measurement behind the plugin's default — Redis with its default
+//!   `persist = "auto"`.
 //!
 //! Also printed: the freeze window quiesce reported, and the writer's
 //! baseline (the longest gap over an equally long stretch without a session).
 //! Needs root; `cargo bench -p quiesce-tests --bench db_stall [-- pg|my|redis|redis-aof]`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use quiesce_tests::db::*;
@@ -95,6 +98,7 @@ fn bench_db<D>(
     writer: impl Fn(&D) -> Writer,
     clear: impl Fn(&D),
     legacy: impl Fn(&D, &Stage) -> legacy::Pair,
+    plugin: impl Fn(&D, &Stage) -> Vec<(String, PathBuf)>,
 ) -> (Vec<Row>, f64) {
     // Each writer numbers from 1: start it on an empty table.
     let writer = |d: &D| {
@@ -112,15 +116,21 @@ fn bench_db<D>(
     let config = st.native_config(true);
     rows.push(Row { db, method: "(b) freeze only".into(), samples: measure(&st, writer(&server), &config, &mut baseline) });
 
-    // (c) SLOT — the WASM plugin. When the SDK lands: build the plugin, write
-    // a native config with a `[[hook]]` for it, and push a Row measured the
-    // same way:
-    //   let config = st.s.config("plugin.toml", &plugin_config(db, &server));
-    //   rows.push(Row { db, method: "(c) wasm plugin".into(), samples: measure(&st, writer(&server), &config, &mut baseline) });
+    // (c) the WASM plugin(s), same load, same rig.
+    for (method, config) in plugin(&server, &st) {
+        rows.push(Row { db, method, samples: measure(&st, writer(&server), &config, &mut baseline) });
+    }
 
     let base = median(baseline.iter().map(|d| d.as_secs_f64() * 1e3).collect());
     drop(server);
     (rows, base)
+}
+
+fn redis_plugin(r: &Redis, st: &Stage) -> Vec<(String, PathBuf)> {
+    let target = format!("tcp:127.0.0.1:{}", r.port);
+    let pw = r.password_file.display().to_string();
+    let params = [("target", target.clone()), ("password_file", pw.clone())];
+    vec![("(c) wasm plugin".into(), st.plugin_config("quiesce_redis", &params, &[target, format!("file:{pw}")], ""))]
 }
 
 fn main() {
@@ -137,25 +147,51 @@ fn main() {
             Writer::postgres,
             Postgres::clear_rows,
             |pg, st| legacy::pg_backup_fifo(pg, &st.file("hook")),
+            |pg, st| {
+                let target = format!("tcp:127.0.0.1:{}", pg.port);
+                let pw = pg.password_file.display().to_string();
+                let params = [("target", target.clone()), ("password_file", pw.clone()), ("mode", "backup".to_string())];
+                vec![("(c) wasm plugin (backup)".into(), st.plugin_config("quiesce_postgres", &params, &[target, format!("file:{pw}")], ""))]
+            },
         ));
     }
     if want("my") {
-        all.push(bench_db("mariadb", |st| MariaDb::start(st.rig.inner()), Writer::mariadb, MariaDb::clear_rows, |my, st| legacy::mariadb_ftwrl_fifo(my, &st.file("hook"))));
+        all.push(bench_db(
+            "mariadb",
+            |st| MariaDb::start(st.rig.inner()),
+            Writer::mariadb,
+            MariaDb::clear_rows,
+            |my, st| legacy::mariadb_ftwrl_fifo(my, &st.file("hook")),
+            |my, st| {
+                let target = format!("unix:{}", my.socket.display());
+                ["backup-stage", "ftwrl"]
+                    .iter()
+                    .map(|m| {
+                        let params = [("target", target.clone()), ("method", m.to_string())];
+                        let cfg = st.plugin_config("quiesce_mariadb", &params, std::slice::from_ref(&target), "");
+                        // One config file per method: plugin_config writes plugin.toml.
+                        let path = st.file(&format!("plugin-{m}.toml"));
+                        std::fs::copy(&cfg, &path).unwrap();
+                        (format!("(c) wasm plugin ({m})"), path)
+                    })
+                    .collect()
+            },
+        ));
     }
     if want("redis-aof") {
-        all.push(bench_db("redis-aof", |st| Redis::start(st.rig.inner(), true), Writer::redis, Redis::clear_rows, |r, st| legacy::redis_pause_aof(r, &st.file("hook"))));
+        all.push(bench_db("redis-aof", |st| Redis::start(st.rig.inner(), true), Writer::redis, Redis::clear_rows, |r, st| legacy::redis_pause_aof(r, &st.file("hook")), redis_plugin));
     }
     if want("redis") {
-        all.push(bench_db("redis", |st| Redis::start(st.rig.inner(), false), Writer::redis, Redis::clear_rows, |r, st| legacy::redis_pause_bgsave(r, &st.file("hook"))));
+        all.push(bench_db("redis", |st| Redis::start(st.rig.inner(), false), Writer::redis, Redis::clear_rows, |r, st| legacy::redis_pause_bgsave(r, &st.file("hook")), redis_plugin));
     }
 
     println!("\nwriter stall per snapshot session, median of {ROUNDS} (max in brackets); ratio = stall / freeze-only stall");
-    println!("{:<10} {:<24} {:>18} {:>8} {:>14} {:>12}", "database", "method", "stall ms", "ratio", "freeze win ms", "session ms");
+    println!("{:<10} {:<30} {:>18} {:>8} {:>14} {:>12}", "database", "method", "stall ms", "ratio", "freeze win ms", "session ms");
     for (rows, base) in &all {
         let freeze = rows.iter().find(|r| r.method.starts_with("(b)")).map(Row::stall_ms).unwrap_or(f64::NAN);
         for r in rows {
             println!(
-                "{:<10} {:<24} {:>9.1} [{:>6.1}] {:>8.2} {:>14.1} {:>12.1}",
+                "{:<10} {:<30} {:>9.1} [{:>6.1}] {:>8.2} {:>14.1} {:>12.1}",
                 r.db,
                 r.method,
                 r.stall_ms(),
@@ -165,7 +201,6 @@ fn main() {
                 r.session_ms()
             );
         }
-        println!("{:<10} {:<24} {:>9} {:>8} {:>14} {:>12}", rows[0].db, "(c) wasm plugin", "—", "—", "pending SDK", "");
-        println!("{:<10} {:<24} {:>9.1}   (longest gap in {} ms without a session)", rows[0].db, "baseline", base, PAUSE_BETWEEN.as_millis() - 50);
+        println!("{:<10} {:<30} {:>9.1}   (longest gap in {} ms without a session)", rows[0].db, "baseline", base, PAUSE_BETWEEN.as_millis() - 50);
     }
 }

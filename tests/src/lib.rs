@@ -349,6 +349,20 @@ impl Run {
     pub fn has_error(&self, code: &str) -> bool {
         self.error_codes().iter().any(|c| c == code)
     }
+    /// Where the report says hook `hook`'s artifact `name` was stored.
+    pub fn artifact(&self, hook: &str, name: &str) -> Option<PathBuf> {
+        self.report["artifacts"]
+            .as_array()?
+            .iter()
+            .find(|a| a["hook"] == hook && a["name"] == name)
+            .and_then(|a| a["path"].as_str())
+            .map(PathBuf::from)
+    }
+    /// The text of a stored artifact; panics if the report lists none such.
+    pub fn artifact_text(&self, hook: &str, name: &str) -> String {
+        let p = self.artifact(hook, name).unwrap_or_else(|| panic!("no artifact {hook}/{name} in the report: {}", self.report["artifacts"]));
+        fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    }
     /// The report entry for `name`'s `phase` hook.
     pub fn hook(&self, name: &str, phase: &str) -> &serde_json::Value {
         self.report["hooks"]
@@ -404,4 +418,5 @@ pub fn alive(pid: i32) -> bool {
     }
 }
 
+pub mod judge;
 pub mod plugins;

@@ -14,6 +14,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use crate::db::{allow_traverse, MariaDb, Postgres, Redis};
 use crate::legacy::Pair;
@@ -140,20 +141,45 @@ impl Stage {
         let times = self.file("snap.times");
         let _ = fs::remove_file(&times);
         let _ = fs::remove_file(self.rig.snap_image());
+        let run = run_json(self.session(config, &self.rig.snapshot_cmd(&times), 30));
+        assert_eq!(run.report["snapshot_taken"], true, "{}\n{}", run.report, run.stderr());
+        assert!(run.error_codes().is_empty(), "{:?}\n{}", run.error_codes(), run.report);
+        (run, snap_times(&times))
+    }
+
+    /// `quiesce snapshot --config CONFIG --mount INNER --snapshot-cmd CMD --max-freeze SECS`,
+    /// its plugin cache and artifact store (`state/`) in the scratch directory.
+    pub fn session(&self, config: &Path, snapshot_cmd: &str, max_freeze_secs: u32) -> Command {
         let mut cmd = quiesce(&self.s);
-        cmd.arg("snapshot")
+        cmd.env("QUIESCE_CACHE_DIR", self.file("cache"))
+            .env("QUIESCE_STATE_DIR", self.file("state"))
+            .arg("snapshot")
             .arg("--config")
             .arg(config)
             .arg("--mount")
             .arg(self.rig.inner())
             .arg("--snapshot-cmd")
-            .arg(self.rig.snapshot_cmd(&times))
+            .arg(snapshot_cmd)
             .arg("--max-freeze")
-            .arg("30");
-        let run = run_json(cmd);
-        assert_eq!(run.report["snapshot_taken"], true, "{}\n{}", run.report, run.stderr());
-        assert!(run.error_codes().is_empty(), "{:?}\n{}", run.error_codes(), run.report);
-        (run, snap_times(&times))
+            .arg(max_freeze_secs.to_string());
+        cmd
+    }
+
+    /// A native config running one WebAssembly plugin hook (installed from
+    /// the plugins build), freezing on. `params` are `key = "value"` pairs.
+    pub fn plugin_config(&self, plugin: &str, params: &[(&str, String)], grants: &[String], extra: &str) -> PathBuf {
+        let path = crate::plugins::install_plugin(&self.s, plugin);
+        let params: Vec<String> = params.iter().map(|(k, v)| format!("{k} = {v:?}")).collect();
+        let grants: Vec<String> = grants.iter().map(|g| format!("{g:?}")).collect();
+        self.s.config(
+            "plugin.toml",
+            &format!(
+                "[freeze]\nenabled = true\nmax_freeze_secs = 30\n\n[[hook]]\nname = \"db\"\nplugin = \"{}\"\nparams = {{ {} }}\ngrants = [{}]\n{extra}\n",
+                path.display(),
+                params.join(", "),
+                grants.join(", ")
+            ),
+        )
     }
 }
 
