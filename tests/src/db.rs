@@ -393,10 +393,16 @@ impl MariaDb {
     pub fn start(data_dir_parent: &Path) -> MariaDb {
         let data_dir = data_dir_parent.join("my");
         let aux = Aux::new("my");
+        // A private tmpdir: concurrent bootstraps in the shared /tmp were seen
+        // to fail on each other's temporary tables.
+        let tmp = aux.join("tmp");
+        fs::create_dir_all(&tmp).unwrap();
         sh(&format!(
-            "mariadb-install-db --no-defaults --datadir={} --user=root --auth-root-authentication-method=socket --skip-test-db > {} 2>&1",
+            "mariadb-install-db --no-defaults --datadir={} --tmpdir={} --user=root --auth-root-authentication-method=socket --skip-test-db > {log} 2>&1 \
+             || {{ grep -iE \"error|warn|fail\" {log} | head -n 20 >&2; exit 1; }}",
             data_dir.display(),
-            aux.join("install.log").display()
+            tmp.display(),
+            log = aux.join("install.log").display()
         ));
         let mut my = Self::spawn(&data_dir, aux);
         let app_password = format!("app-{}", now_ns() % 1_000_000_007);
@@ -427,8 +433,11 @@ impl MariaDb {
         let port = free_port();
         let socket = aux.join("my.sock");
         let error_log = aux.join("error.log");
+        let tmp = aux.join("tmp");
+        let _ = fs::create_dir_all(&tmp);
         let child = Command::new("mariadbd")
             .arg("--no-defaults")
+            .arg(format!("--tmpdir={}", tmp.display()))
             .arg(format!("--datadir={}", data_dir.display()))
             .arg(format!("--socket={}", socket.display()))
             .arg(format!("--port={port}"))
