@@ -34,7 +34,7 @@ impl Fixture {
         format!("[[hook]]\nname = \"app\"\npre = \"{}\"\npost = \"{}\"\n", pre.display(), post.display())
     }
 
-    fn plugin_hook(&self, name: &str, plugin: &str, params: &str, grants: &[String], extra: &str) -> String {
+    fn plugin_hook(&self, name: &str, plugin: &str, params: &str, grants: &[&str], extra: &str) -> String {
         let path = install_plugin(&self.s, plugin);
         let grants: Vec<String> = grants.iter().map(|g| format!("{g:?}")).collect();
         format!(
@@ -74,7 +74,7 @@ fn plugin_lock_is_held_through_the_snapshot_and_released_in_post() {
     let target = lockd.target.clone();
     let config = f.config(&[
         f.script_hook(),
-        f.plugin_hook("lockd", "lockd", &format!("target = {target:?}"), &[target.clone()], "timeout_secs = 5"),
+        f.plugin_hook("lockd", "lockd", &format!("target = {target:?}"), &[target.as_str()], "timeout_secs = 5"),
     ]);
     let started = f.file("snapping");
     let cmd = f.session(&config, &format!("touch {}; sleep 1", started.display()));
@@ -108,7 +108,7 @@ fn plugin_trap_in_pre_drops_the_instance_and_its_connection() {
     // "trap-post" opens a connection in pre and keeps it; post panics while holding it.
     let config = f.config(&[
         f.script_hook(),
-        f.plugin_hook("bad", "misbehave", &format!("mode = \"trap-post\", target = {target:?}"), &[target.clone()], ""),
+        f.plugin_hook("bad", "misbehave", &format!("mode = \"trap-post\", target = {target:?}"), &[target.as_str()], ""),
     ]);
     let run = run_json(f.session(&config, "true"));
     assert!(run.has_error("PluginTrapped"), "{:?}", run.error_codes());
@@ -136,7 +136,7 @@ fn plugin_blocked_on_a_silent_server_times_out_and_the_connection_closes() {
     let target = server.target();
     let config = f.config(&[
         f.script_hook(),
-        f.plugin_hook("hang", "misbehave", &format!("mode = \"block-read\", target = {target:?}"), &[target.clone()], "timeout_secs = 1"),
+        f.plugin_hook("hang", "misbehave", &format!("mode = \"block-read\", target = {target:?}"), &[target.as_str()], "timeout_secs = 1"),
     ]);
     let t = Instant::now();
     let run = run_json(f.session(&config, "true"));
