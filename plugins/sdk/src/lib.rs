@@ -278,6 +278,34 @@ impl HookResult {
     }
 }
 
+/// Why a hook failed, for plugins that classify their errors as they go:
+/// worth another attempt (the service is starting, a long query is running)
+/// or not (bad credentials, a replica). `Ok(msg)` / `Err(Failure)` converts
+/// into a [`HookResult`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Failure {
+    Retry(String),
+    Fatal(String),
+}
+
+impl From<Failure> for HookResult {
+    fn from(f: Failure) -> HookResult {
+        match f {
+            Failure::Retry(m) => HookResult::Retryable(m),
+            Failure::Fatal(m) => HookResult::Fatal(m),
+        }
+    }
+}
+
+impl From<Result<String, Failure>> for HookResult {
+    fn from(r: Result<String, Failure>) -> HookResult {
+        match r {
+            Ok(m) => HookResult::Ok(m),
+            Err(f) => f.into(),
+        }
+    }
+}
+
 /// A failed capability call: `Refused`, `Io` and `NotFound` become
 /// `Retryable` (the service may be starting), anything else `Fatal`.
 impl From<Error> for HookResult {

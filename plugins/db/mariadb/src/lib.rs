@@ -73,7 +73,7 @@
 use std::io;
 
 use mywire::{BackupStage, Client, Config, Error as MyError};
-use quiesce_plugin_sdk::{artifacts, clock, files, info, warn, Connection, Context, HookResult, Info, Plugin, Snapshot};
+use quiesce_plugin_sdk::{Failure as Fail, artifacts, clock, files, info, warn, Connection, Context, HookResult, Info, Plugin, Snapshot};
 
 const DEFAULT_TARGET: &str = "unix:/run/mysqld/mysqld.sock";
 const DEFAULT_METHOD: &str = "backup-stage";
@@ -93,11 +93,6 @@ struct Held {
 #[derive(Default)]
 struct MariaDb {
     held: Option<Held>,
-}
-
-enum Fail {
-    Retry(String),
-    Fatal(String),
 }
 
 fn classify(target: &str, what: &str, e: MyError) -> Fail {
@@ -280,12 +275,8 @@ impl Plugin for MariaDb {
     fn pre(&mut self, ctx: &Context) -> HookResult {
         // A retried pre must not keep an earlier attempt's session.
         self.held = None;
-        match self.lock(ctx) {
-            Ok(m) => HookResult::ok(m),
-            // Whatever was taken goes with the client, dropped here.
-            Err(Fail::Retry(m)) => HookResult::retryable(m),
-            Err(Fail::Fatal(m)) => HookResult::fatal(m),
-        }
+        // Whatever was taken goes with the client, dropped here.
+        self.lock(ctx).into()
     }
 
     fn post(&mut self, ctx: &Context, snapshot: &Snapshot) -> HookResult {

@@ -63,7 +63,7 @@
 use std::io;
 
 use pgwire::{Client, Config, Error as PgError, Lsn};
-use quiesce_plugin_sdk::{artifacts, clock, files, info, warn, Connection, Context, HookResult, Info, Plugin, Snapshot};
+use quiesce_plugin_sdk::{Failure as Fail, artifacts, clock, files, info, warn, Connection, Context, HookResult, Info, Plugin, Snapshot};
 
 const DEFAULT_TARGET: &str = "tcp:127.0.0.1:5432";
 const DEFAULT_PASSWORD_FILE: &str = "/etc/quiesce/secrets/postgres";
@@ -80,21 +80,6 @@ struct Backup {
     client: Client<Connection>,
     start_lsn: Lsn,
     times: Vec<(&'static str, u64)>,
-}
-
-/// A failed step: retryable or fatal, with a message naming the server.
-enum Fail {
-    Retry(String),
-    Fatal(String),
-}
-
-impl Fail {
-    fn into_result(self) -> HookResult {
-        match self {
-            Fail::Retry(m) => HookResult::retryable(m),
-            Fail::Fatal(m) => HookResult::fatal(m),
-        }
-    }
 }
 
 /// Classifies a protocol error.
@@ -294,7 +279,7 @@ impl Plugin for Postgres {
             Ok(m) => HookResult::ok(m),
             Err(f) => {
                 self.backup = None; // closes the session: PostgreSQL aborts the backup
-                f.into_result()
+                f.into()
             }
         }
     }
@@ -307,7 +292,7 @@ impl Plugin for Postgres {
                 // The session is dropped with `b`: the backup is aborted, nothing stays held.
                 Err(Fail::Retry(m) | Fail::Fatal(m)) => HookResult::fatal(format!("{m}; the backup session was closed (backup aborted)")),
             },
-            Err(f) => f.into_result(),
+            Err(f) => f.into(),
         }
     }
 }

@@ -43,7 +43,7 @@
 use std::io;
 use std::time::Duration;
 
-use quiesce_plugin_sdk::{artifacts, clock, files, info, warn, Connection, Context, HookResult, Info, Plugin, Snapshot};
+use quiesce_plugin_sdk::{Failure as Fail, artifacts, clock, files, info, warn, Connection, Context, HookResult, Info, Plugin, Snapshot};
 use resp::{Client, Error as RError, Value};
 
 const DEFAULT_TARGET: &str = "tcp:127.0.0.1:6379";
@@ -60,11 +60,6 @@ struct Paused {
 #[derive(Default)]
 struct Redis {
     paused: Option<Paused>,
-}
-
-enum Fail {
-    Retry(String),
-    Fatal(String),
 }
 
 fn classify(target: &str, what: &str, e: RError) -> Fail {
@@ -215,11 +210,7 @@ impl Plugin for Redis {
 
     fn pre(&mut self, ctx: &Context) -> HookResult {
         self.paused = None;
-        match self.pause(ctx) {
-            Ok(m) => HookResult::ok(m),
-            Err(Fail::Retry(m)) => HookResult::retryable(m),
-            Err(Fail::Fatal(m)) => HookResult::fatal(m),
-        }
+        self.pause(ctx).into()
     }
 
     fn post(&mut self, ctx: &Context, snapshot: &Snapshot) -> HookResult {
