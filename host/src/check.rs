@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::config::{Config, ConfigError, OnFailure, PluginAction, ScriptAction};
-use crate::hooks::wasm::{Grants, WasmEngine};
 use crate::freeze::{self, Selection, Skipped, Target};
+use crate::hooks::wasm::{Grants, WasmEngine};
 use crate::report::ErrorCode;
 use crate::report::Phase;
 use crate::session::{config_error_code, trust_error};
@@ -109,7 +109,12 @@ pub async fn check(config: Result<Config, ConfigError>, mounts: &[PathBuf], snap
         hooks.push(HookCheck { name: h.name.clone(), pre, post, plugin, timeout_s: h.timeout.as_secs(), on_failure: h.on_failure });
     }
     let mount_list = if mounts.is_empty() { config.freeze.mounts.clone() } else { mounts.to_vec() };
-    let mut freeze = FreezeCheck { enabled: config.freeze.enabled, max_freeze_s: config.freeze.max_freeze.as_secs_f64(), targets: vec![], skipped: vec![] };
+    let mut freeze = FreezeCheck {
+        enabled: config.freeze.enabled,
+        max_freeze_s: config.freeze.max_freeze.as_secs_f64(),
+        targets: vec![],
+        skipped: vec![],
+    };
     if config.freeze.enabled {
         match freeze::plan(&Selection { mounts: mount_list, exclude: config.freeze.exclude.clone() }) {
             Ok(plan) => {

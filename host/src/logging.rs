@@ -119,15 +119,8 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for GatedWriter {
 /// the log file, both through the gate. `verbose` adds debug records.
 pub fn init(log_file: Option<PathBuf>, verbose: bool) {
     let level = if verbose { tracing::Level::DEBUG } else { tracing::Level::INFO };
-    let _ = tracing_subscriber::fmt()
-        .with_writer(GatedWriter)
-        .with_max_level(level)
-        .with_ansi(false)
-        .with_target(false)
-        .try_init();
-    let path = log_file
-        .or_else(|| std::env::var_os(LOG_FILE_ENV).map(PathBuf::from))
-        .unwrap_or_else(|| DEFAULT_LOG_FILE.into());
+    let _ = tracing_subscriber::fmt().with_writer(GatedWriter).with_max_level(level).with_ansi(false).with_target(false).try_init();
+    let path = log_file.or_else(|| std::env::var_os(LOG_FILE_ENV).map(PathBuf::from)).unwrap_or_else(|| DEFAULT_LOG_FILE.into());
     if let Err(e) = gate().open_file(&path) {
         tracing::warn!("cannot open log file {}: {e}; logging to stderr only", path.display());
     }

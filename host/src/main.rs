@@ -5,12 +5,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use quiesce::hooks::wasm;
 use quiesce::interrupt::Interrupt;
 use quiesce::report::Report;
 use quiesce::rundir::RunDir;
 use quiesce::session::{self, Session, SessionOptions};
 use quiesce::snapshot::ShellCommand;
-use quiesce::hooks::wasm;
 use quiesce::{check, freeze, logging, status};
 
 /// Exit status for usage errors (bad arguments, a --mount that is not a mount point).
@@ -185,7 +185,14 @@ fn print_report(report: &Report, json: bool) {
     }
     println!("{}", report.summary());
     for h in &report.hooks {
-        println!("  hook {:<20} {:<4} {:?} after {} attempt(s), {:.1} ms", h.name, format!("{:?}", h.phase).to_lowercase(), h.outcome, h.attempts, h.duration_ms);
+        println!(
+            "  hook {:<20} {:<4} {:?} after {} attempt(s), {:.1} ms",
+            h.name,
+            format!("{:?}", h.phase).to_lowercase(),
+            h.outcome,
+            h.attempts,
+            h.duration_ms
+        );
     }
     for m in &report.freeze.mounts {
         println!("  froze {} ({}) in {:.3} ms", m.path.display(), m.fs_type, m.freeze_ms);
@@ -285,7 +292,12 @@ fn run_status(args: StatusArgs) -> ExitCode {
             println!("session {} running (pid {}), phase {}", s.session_id, s.pid, s.phase);
             if let Some(since) = s.frozen_since_unix_ms {
                 let ago = quiesce::rundir::unix_ms().saturating_sub(since) as f64 / 1e3;
-                println!("froze {} mount(s) {ago:.1} s ago (guardian pid {:?}, thaws by itself after {} s)", s.frozen.len(), s.guardian_pid, s.max_freeze_s);
+                println!(
+                    "froze {} mount(s) {ago:.1} s ago (guardian pid {:?}, thaws by itself after {} s)",
+                    s.frozen.len(),
+                    s.guardian_pid,
+                    s.max_freeze_s
+                );
             }
         }
         None if st.session_running => println!("a session is running"),
@@ -335,12 +347,19 @@ fn run_inspect(args: InspectArgs) -> ExitCode {
             println!("  WIT: quiesce:plugin@{}, world {}", i.wit_version, i.world);
             println!("  imports: {}", i.imports.join(", "));
             println!("  exports: {}", i.exports.join(", "));
-            println!("  requested grants: {}", if i.requested_grants.is_empty() { "none".to_owned() } else { i.requested_grants.join(", ") });
+            println!(
+                "  requested grants: {}",
+                if i.requested_grants.is_empty() { "none".to_owned() } else { i.requested_grants.join(", ") }
+            );
             for p in &i.params {
                 let d = p.default.as_deref().map(|d| format!(" (default {d})")).unwrap_or_else(|| " (required)".into());
                 println!("  param {}{d}: {}", p.name, p.description);
             }
-            println!("  compiled copy was cached: {} ({})", if i.cached { "yes" } else { "no (compiled now, cached for next time)" }, i.cache_dir);
+            println!(
+                "  compiled copy was cached: {} ({})",
+                if i.cached { "yes" } else { "no (compiled now, cached for next time)" },
+                i.cache_dir
+            );
         }
         (Err(e), json) => {
             let code = match e {

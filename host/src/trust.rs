@@ -221,11 +221,7 @@ pub fn open_trusted(path: &Path, rule: Rule) -> Result<TrustedFile, TrustError> 
 
 /// Path components without the empty and `.` ones (`a//b/./c` → a, b, c).
 fn components(p: &OsStr) -> VecDeque<OsString> {
-    p.as_bytes()
-        .split(|&b| b == b'/')
-        .filter(|c| !c.is_empty() && *c != b".")
-        .map(|c| OsStr::from_bytes(c).to_os_string())
-        .collect()
+    p.as_bytes().split(|&b| b == b'/').filter(|c| !c.is_empty() && *c != b".").map(|c| OsStr::from_bytes(c).to_os_string()).collect()
 }
 
 fn file_type(st: &FileStat) -> SFlag {
@@ -234,11 +230,7 @@ fn file_type(st: &FileStat) -> SFlag {
 
 fn check_dir(path: &Path, dir: &Path, fd: &OwnedFd) -> Result<(), TrustError> {
     let st = stat::fstat(fd).map_err(|e| TrustError::Io { path: path.to_path_buf(), source: e.into() })?;
-    let untrusted = |reason: String| TrustError::UntrustedDirectory {
-        path: path.to_path_buf(),
-        dir: dir.to_path_buf(),
-        reason,
-    };
+    let untrusted = |reason: String| TrustError::UntrustedDirectory { path: path.to_path_buf(), dir: dir.to_path_buf(), reason };
     if st.st_uid != 0 {
         return Err(untrusted(format!("is owned by uid {}", st.st_uid)));
     }

@@ -85,11 +85,7 @@ fn measure(st: &Stage, mut writer: Writer, config: &Path, baseline: &mut Vec<Dur
     let log = writer.stop();
     assert!(log.error.is_none(), "writer failed: {:?}", log.error);
     baseline.extend(quiet.iter().map(|&(a, b)| log.max_gap_between(a + 50_000_000, b)));
-    spans
-        .iter()
-        .zip(windows)
-        .map(|(&(a, b, session), window_ms)| Sample { stall: log.max_gap_between(a, b), window_ms, session })
-        .collect()
+    spans.iter().zip(windows).map(|(&(a, b, session), window_ms)| Sample { stall: log.max_gap_between(a, b), window_ms, session }).collect()
 }
 
 fn bench_db<D>(
@@ -151,7 +147,10 @@ fn main() {
                 let target = format!("tcp:127.0.0.1:{}", pg.port);
                 let pw = pg.password_file.display().to_string();
                 let params = [("target", target.clone()), ("password_file", pw.clone()), ("mode", "backup".to_string())];
-                vec![("(c) wasm plugin (backup)".into(), st.plugin_config("quiesce_postgres", &params, &[target, format!("file:{pw}")], ""))]
+                vec![(
+                    "(c) wasm plugin (backup)".into(),
+                    st.plugin_config("quiesce_postgres", &params, &[target, format!("file:{pw}")], ""),
+                )]
             },
         ));
     }
@@ -179,10 +178,24 @@ fn main() {
         ));
     }
     if want("redis-aof") {
-        all.push(bench_db("redis-aof", |st| Redis::start(st.rig.inner(), true), Writer::redis, Redis::clear_rows, |r, st| legacy::redis_pause_aof(r, &st.file("hook")), redis_plugin));
+        all.push(bench_db(
+            "redis-aof",
+            |st| Redis::start(st.rig.inner(), true),
+            Writer::redis,
+            Redis::clear_rows,
+            |r, st| legacy::redis_pause_aof(r, &st.file("hook")),
+            redis_plugin,
+        ));
     }
     if want("redis") {
-        all.push(bench_db("redis", |st| Redis::start(st.rig.inner(), false), Writer::redis, Redis::clear_rows, |r, st| legacy::redis_pause_bgsave(r, &st.file("hook")), redis_plugin));
+        all.push(bench_db(
+            "redis",
+            |st| Redis::start(st.rig.inner(), false),
+            Writer::redis,
+            Redis::clear_rows,
+            |r, st| legacy::redis_pause_bgsave(r, &st.file("hook")),
+            redis_plugin,
+        ));
     }
 
     println!("\nwriter stall per snapshot session, median of {ROUNDS} (max in brackets); ratio = stall / freeze-only stall");
@@ -201,6 +214,12 @@ fn main() {
                 r.session_ms()
             );
         }
-        println!("{:<10} {:<30} {:>9.1}   (longest gap in {} ms without a session)", rows[0].db, "baseline", base, PAUSE_BETWEEN.as_millis() - 50);
+        println!(
+            "{:<10} {:<30} {:>9.1}   (longest gap in {} ms without a session)",
+            rows[0].db,
+            "baseline",
+            base,
+            PAUSE_BETWEEN.as_millis() - 50
+        );
     }
 }

@@ -134,11 +134,7 @@ impl Drop for QemuGa {
 
 fn main() {
     let s = Scratch::new("bench-freeze");
-    let mounts = [
-        LoopMount::new(&s.path, "e", Fs::Ext4),
-        LoopMount::new(&s.path, "x", Fs::Xfs),
-        LoopMount::new(&s.path, "b", Fs::Btrfs),
-    ];
+    let mounts = [LoopMount::new(&s.path, "e", Fs::Ext4), LoopMount::new(&s.path, "x", Fs::Xfs), LoopMount::new(&s.path, "b", Fs::Btrfs)];
     let sel = Selection { mounts: mounts.iter().map(|m| m.path().to_path_buf()).collect(), exclude: vec![] };
     let plan = plan(&sel).expect("plan");
     assert_eq!(plan.targets.len(), 3, "{plan:?}");
@@ -191,81 +187,81 @@ fn main() {
         for turn in 0..5 {
             match (turn + round) % 5 {
                 0 => {
-                // (a) the floor: each ioctl timed too, so the rest is what the loop costs.
-                let t = Instant::now();
-                let mut in_kernel = Duration::ZERO;
-                for (set, req) in [(&fds, FIFREEZE), (&rev, FITHAW)] {
-                    for fd in set {
-                        let k = Instant::now();
-                        ioctl_all(std::slice::from_ref(fd), req).expect("floor ioctl");
-                        in_kernel += k.elapsed();
-                    }
-                }
-                let d = t.elapsed();
-                put(0, d);
-                if keep {
-                    floor_rest.push(d - in_kernel);
-                }
-                }
-                1 => {
-                // (b) quiesce, cold.
-                let t = Instant::now();
-                let mut g = Guardian::start(&plan, max, &[]).expect("guardian start");
-                let started = t.elapsed();
-                g.freeze().expect("freeze");
-                g.thaw().expect("thaw");
-                put(1, t.elapsed());
-                put(2, started);
-                drop(g); // reaping is after the window and not timed
-                }
-                2 => {
-                // (b) quiesce, started: the freeze as a session sees it, with an
-                // instant snapshot in the middle.
-                let t = Instant::now();
-                let frozen = warm.freeze().expect("freeze");
-                let snap_start = monotonic_ns();
-                std::hint::black_box(()); // the instant snapshot
-                let snap_end = monotonic_ns();
-                let thawed = warm.thaw().expect("thaw");
-                let d = t.elapsed();
-                put(3, d);
-                if keep {
-                    let ioctl_ns: u64 = frozen.mounts.iter().map(|m| m.end_ns - m.start_ns).sum::<u64>()
-                        + thawed.mounts.iter().map(|m| m.end_ns - m.start_ns).sum::<u64>();
-                    let window = thawed.last_thaw_ns - frozen.first_freeze_ns;
-                    windows.push(window);
-                    overhead.push(window - (snap_end - snap_start));
-                    window_rest.push(window.saturating_sub(snap_end - snap_start).saturating_sub(ioctl_ns));
-                    warm_rest.push(d.saturating_sub(Duration::from_nanos(ioctl_ns)));
-                }
-                }
-                3 => {
-                // (c) util-linux.
-                let t = Instant::now();
-                for p in &order {
-                    fsfreeze("-f", p).expect("fsfreeze -f");
-                }
-                for p in order.iter().rev() {
-                    fsfreeze("-u", p).expect("fsfreeze -u");
-                }
-                put(4, t.elapsed());
-                }
-                4 => {
-                // (d) the QEMU guest agent.
-                if let Some(agent) = ga.as_mut() {
+                    // (a) the floor: each ioctl timed too, so the rest is what the loop costs.
                     let t = Instant::now();
-                    let r = agent.call(&ga_freeze).and_then(|c| {
-                        ga_count = c;
-                        agent.call(r#"{"execute":"guest-fsfreeze-thaw"}"#)
-                    });
-                    match r {
-                        Ok(_) => put(5, t.elapsed()),
-                        Err(e) => {
-                            unavailable.push(("qemu-ga".into(), e));
-                            ga = None;
+                    let mut in_kernel = Duration::ZERO;
+                    for (set, req) in [(&fds, FIFREEZE), (&rev, FITHAW)] {
+                        for fd in set {
+                            let k = Instant::now();
+                            ioctl_all(std::slice::from_ref(fd), req).expect("floor ioctl");
+                            in_kernel += k.elapsed();
                         }
                     }
+                    let d = t.elapsed();
+                    put(0, d);
+                    if keep {
+                        floor_rest.push(d - in_kernel);
+                    }
                 }
+                1 => {
+                    // (b) quiesce, cold.
+                    let t = Instant::now();
+                    let mut g = Guardian::start(&plan, max, &[]).expect("guardian start");
+                    let started = t.elapsed();
+                    g.freeze().expect("freeze");
+                    g.thaw().expect("thaw");
+                    put(1, t.elapsed());
+                    put(2, started);
+                    drop(g); // reaping is after the window and not timed
+                }
+                2 => {
+                    // (b) quiesce, started: the freeze as a session sees it, with an
+                    // instant snapshot in the middle.
+                    let t = Instant::now();
+                    let frozen = warm.freeze().expect("freeze");
+                    let snap_start = monotonic_ns();
+                    std::hint::black_box(()); // the instant snapshot
+                    let snap_end = monotonic_ns();
+                    let thawed = warm.thaw().expect("thaw");
+                    let d = t.elapsed();
+                    put(3, d);
+                    if keep {
+                        let ioctl_ns: u64 = frozen.mounts.iter().map(|m| m.end_ns - m.start_ns).sum::<u64>()
+                            + thawed.mounts.iter().map(|m| m.end_ns - m.start_ns).sum::<u64>();
+                        let window = thawed.last_thaw_ns - frozen.first_freeze_ns;
+                        windows.push(window);
+                        overhead.push(window - (snap_end - snap_start));
+                        window_rest.push(window.saturating_sub(snap_end - snap_start).saturating_sub(ioctl_ns));
+                        warm_rest.push(d.saturating_sub(Duration::from_nanos(ioctl_ns)));
+                    }
+                }
+                3 => {
+                    // (c) util-linux.
+                    let t = Instant::now();
+                    for p in &order {
+                        fsfreeze("-f", p).expect("fsfreeze -f");
+                    }
+                    for p in order.iter().rev() {
+                        fsfreeze("-u", p).expect("fsfreeze -u");
+                    }
+                    put(4, t.elapsed());
+                }
+                4 => {
+                    // (d) the QEMU guest agent.
+                    if let Some(agent) = ga.as_mut() {
+                        let t = Instant::now();
+                        let r = agent.call(&ga_freeze).and_then(|c| {
+                            ga_count = c;
+                            agent.call(r#"{"execute":"guest-fsfreeze-thaw"}"#)
+                        });
+                        match r {
+                            Ok(_) => put(5, t.elapsed()),
+                            Err(e) => {
+                                unavailable.push(("qemu-ga".into(), e));
+                                ga = None;
+                            }
+                        }
+                    }
                 }
                 _ => unreachable!(),
             }

@@ -91,11 +91,7 @@ fn main() {
         overheads.push(r.freeze.host_ms.unwrap_or(f64::NAN));
     });
     let bin = measure(|| {
-        let out = quiesce(&s)
-            .args(["snapshot", "--snapshot-cmd", "true", "--config"])
-            .arg(&config)
-            .output()
-            .unwrap();
+        let out = quiesce(&s).args(["snapshot", "--snapshot-cmd", "true", "--config"]).arg(&config).output().unwrap();
         assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     });
     overheads.sort_by(f64::total_cmp);

@@ -97,9 +97,7 @@ pub fn assert_backup_label_path(restored: &Postgres) {
 pub fn redo_range(restored: &Postgres) -> (Option<pgwire::Lsn>, Option<pgwire::Lsn>) {
     let text = restored.log_text();
     let find = |what: &str| {
-        text.lines()
-            .find_map(|l| l.split(what).nth(1))
-            .and_then(|s| pgwire::Lsn::parse(s.split_whitespace().next().unwrap_or("")))
+        text.lines().find_map(|l| l.split(what).nth(1)).and_then(|s| pgwire::Lsn::parse(s.split_whitespace().next().unwrap_or("")))
     };
     (find("redo starts at "), find("redo done at "))
 }

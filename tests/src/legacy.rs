@@ -42,7 +42,8 @@ fn fifo_session(dir: &str, client: &str) -> String {
 pub fn pg_backup_fifo(pg: &Postgres, dir: &Path) -> Pair {
     fs::create_dir_all(dir).unwrap();
     let d = dir.display().to_string();
-    let psql = format!("{PG_BIN}/psql -X -q -A -t -v ON_ERROR_STOP=1 -h {} -p {} -U postgres -d postgres", pg.socket_dir.display(), pg.port);
+    let psql =
+        format!("{PG_BIN}/psql -X -q -A -t -v ON_ERROR_STOP=1 -h {} -p {} -U postgres -d postgres", pg.socket_dir.display(), pg.port);
     let pre = format!(
         "export PGPASSWORD=\"$(cat {pw})\"\n{session}\n\
          echo \"SELECT 'STARTED', pg_backup_start('quiesce-legacy', true);\" > {d}/fifo\n{wait}\ndate +%s%N > {d}/started",

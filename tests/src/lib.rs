@@ -27,12 +27,7 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 /// errors should be loud, not swallowed.
 pub fn sh(cmd: &str) -> String {
     let out = Command::new("/bin/sh").arg("-c").arg(cmd).output().expect("spawn /bin/sh");
-    assert!(
-        out.status.success(),
-        "`{cmd}` failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "`{cmd}` failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -179,12 +174,7 @@ impl LoopMount {
     pub fn loop_device(&self) -> String {
         let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
         let mp = self.mountpoint.display().to_string();
-        mounts
-            .lines()
-            .find(|l| l.split(' ').nth(1) == Some(mp.as_str()))
-            .and_then(|l| l.split(' ').next())
-            .unwrap_or_default()
-            .to_string()
+        mounts.lines().find(|l| l.split(' ').nth(1) == Some(mp.as_str())).and_then(|l| l.split(' ').next()).unwrap_or_default().to_string()
     }
 }
 
@@ -360,7 +350,8 @@ impl Run {
     }
     /// The text of a stored artifact; panics if the report lists none such.
     pub fn artifact_text(&self, hook: &str, name: &str) -> String {
-        let p = self.artifact(hook, name).unwrap_or_else(|| panic!("no artifact {hook}/{name} in the report: {}", self.report["artifacts"]));
+        let p =
+            self.artifact(hook, name).unwrap_or_else(|| panic!("no artifact {hook}/{name} in the report: {}", self.report["artifacts"]));
         fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
     }
     /// The report entry for `name`'s `phase` hook.
@@ -378,11 +369,7 @@ pub fn run_json(mut cmd: Command) -> Run {
     let output = cmd.output().expect("run quiesce");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let report = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-        panic!(
-            "no JSON report ({e}); status {}\nstdout:\n{stdout}\nstderr:\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        )
+        panic!("no JSON report ({e}); status {}\nstdout:\n{stdout}\nstderr:\n{}", output.status, String::from_utf8_lossy(&output.stderr))
     });
     Run { output, report }
 }

@@ -240,7 +240,12 @@ pub fn restore_postgres(rig: &mut SnapshotRig, original: &Postgres, backup: Opti
 /// Starts PostgreSQL on a restored data directory (see [`restore_postgres`]);
 /// `use_archive = false` writes only the label (no `recovery.signal`, no
 /// `restore_command`): what a restore from the snapshot and the label alone is.
-pub fn start_restored_postgres(data: &Path, original: &Postgres, backup: Option<&PgBackupFiles>, use_archive: bool) -> Result<Postgres, String> {
+pub fn start_restored_postgres(
+    data: &Path,
+    original: &Postgres,
+    backup: Option<&PgBackupFiles>,
+    use_archive: bool,
+) -> Result<Postgres, String> {
     let mut settings = vec!["archive_mode=off".to_string()];
     if let Some(b) = backup {
         fs::write(data.join("backup_label"), &b.labelfile).unwrap();

@@ -101,7 +101,9 @@ fn postgres_plugin_backup_mode_restores_through_backup_label_and_wal_archive() {
     // The label alone is not enough (BACKUP METHOD: streamed).
     {
         let copy = st.rig.mount_copy("no-archive");
-        let e = start_restored_postgres(&copy.mountpoint.join("pg/data"), &pg, Some(&files), false).err().expect("must not start without the archive");
+        let e = start_restored_postgres(&copy.mountpoint.join("pg/data"), &pg, Some(&files), false)
+            .err()
+            .expect("must not start without the archive");
         assert!(e.contains("WAL ends before end of online backup"), "{e}");
     }
     let restored = restore_postgres(&mut st.rig, &pg, Some(&files)).expect("restore with backup_label + archive");
@@ -111,10 +113,9 @@ fn postgres_plugin_backup_mode_restores_through_backup_label_and_wal_archive() {
     assert!(k >= before, "restored 1..{k}, but {before} was acknowledged before pg_backup_stop was called");
     let limit = log.first_acked_after(returned).unwrap_or(log.last() + 1);
     assert!(k <= limit, "restored 1..{k}: more than was sent before pg_backup_stop returned ({limit})");
-    let consistent_at = restored
-        .log_text()
-        .lines()
-        .find_map(|l| l.split("consistent recovery state reached at ").nth(1).and_then(|s| pgwire::Lsn::parse(s.split_whitespace().next()?)));
+    let consistent_at = restored.log_text().lines().find_map(|l| {
+        l.split("consistent recovery state reached at ").nth(1).and_then(|s| pgwire::Lsn::parse(s.split_whitespace().next()?))
+    });
     let consistent_at = consistent_at.expect("no 'consistent recovery state reached at' in the restored log");
     // Recovery becomes consistent exactly at the end-of-backup record, whose end pg_backup_stop returned.
     assert_eq!(consistent_at, stop_lsn, "recovery consistent at {consistent_at}, the plugin recorded stop LSN {stop_lsn}");
@@ -149,7 +150,15 @@ fn postgres_plugin_checkpoint_mode_restores_by_crash_recovery_from_its_checkpoin
     let (started, done) = redo_range(&restored);
     let started = started.unwrap_or_else(|| panic!("no 'redo starts at':\n{}", restored.log_text()));
     assert!(started >= redo, "recovery started at {started}, before the plugin's checkpoint (redo {redo})");
-    report("postgres", "wasm plugin, mode checkpoint", &run, k, &log, t, &format!("WAL replayed {:?} bytes (checkpoint redo {redo})", done.map(|d| d.0 - started.0)));
+    report(
+        "postgres",
+        "wasm plugin, mode checkpoint",
+        &run,
+        k,
+        &log,
+        t,
+        &format!("WAL replayed {:?} bytes (checkpoint redo {redo})", done.map(|d| d.0 - started.0)),
+    );
 }
 
 // ------------------------------------------------------------------- MariaDB
@@ -172,7 +181,11 @@ fn mariadb_plugin_restore(method: &str) {
     assert_lock_point(k, &log, tm["locked"], tm["releasing"]);
     assert_eq!(restored_gtid(&restored), recorded_gtid, "restored binlog GTID state vs the one recorded under the lock");
     assert_eq!(gtid_seq(&recorded_gtid) - gtid0, k, "one GTID per writer commit: the recorded position names the restored row count");
-    assert_eq!(fs::metadata(restored.data_dir.join(bin_file)).unwrap().len(), bin_pos, "{bin_file} ends where SHOW MASTER STATUS said under the lock");
+    assert_eq!(
+        fs::metadata(restored.data_dir.join(bin_file)).unwrap().len(),
+        bin_pos,
+        "{bin_file} ends where SHOW MASTER STATUS said under the lock"
+    );
     let held_ms = (tm["releasing"] - tm["locked"]) as f64 / 1e6;
     report(
         "mariadb",
@@ -296,12 +309,20 @@ fn plugins_fail_clearly_on_server_down_auth_refused_and_replica() {
     fs::write(&app_pw, format!("{}\n", my.app_password)).unwrap();
     let tcp = format!("tcp:127.0.0.1:{}", my.port);
     let params = [("target", tcp.clone()), ("user", "app".to_string()), ("password_file", app_pw.display().to_string())];
-    let run = run_json(st.session(&st.plugin_config("quiesce_mariadb", &params, &[tcp.clone(), format!("file:{}", app_pw.display())], retries), "true", 30));
+    let run = run_json(st.session(
+        &st.plugin_config("quiesce_mariadb", &params, &[tcp.clone(), format!("file:{}", app_pw.display())], retries),
+        "true",
+        30,
+    ));
     let (attempts, msg) = pre_failure(&run);
     assert_eq!(attempts, 1, "{msg}");
     println!("[errors] mariadb app without RELOAD: {msg}");
     let params = [("target", tcp.clone()), ("user", "app".to_string()), ("password_file", bad_pw.display().to_string())];
-    let run = run_json(st.session(&st.plugin_config("quiesce_mariadb", &params, &[tcp.clone(), format!("file:{}", bad_pw.display())], retries), "true", 30));
+    let run = run_json(st.session(
+        &st.plugin_config("quiesce_mariadb", &params, &[tcp.clone(), format!("file:{}", bad_pw.display())], retries),
+        "true",
+        30,
+    ));
     let (attempts, msg) = pre_failure(&run);
     assert_eq!(attempts, 1, "{msg}");
     assert!(msg.contains("1045") && msg.contains("access refused"), "{msg}");
@@ -321,9 +342,7 @@ fn plugins_fail_clearly_on_server_down_auth_refused_and_replica() {
     println!("[errors] mariadb long query: {msg}");
     sleeper.join().unwrap();
     // A replica is refused.
-    my.connect_root()
-        .query(&format!("CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={}, MASTER_USER='x'", free_port()))
-        .unwrap();
+    my.connect_root().query(&format!("CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={}, MASTER_USER='x'", free_port())).unwrap();
     let run = run_json(st.session(&config(&st, "quiesce_mariadb", my_unix(&my, &[]), retries), "true", 30));
     let (attempts, msg) = pre_failure(&run);
     assert_eq!(attempts, 1, "{msg}");
@@ -430,7 +449,12 @@ fn fault_suite(
 fn judge_fault(db: &str, log: &WriterLog, r: &FaultRun, limit: Duration) -> Duration {
     let gap = log.max_gap_between(r.from_ns, r.to_ns);
     let resumed = log.first_acked_after(r.to_ns).is_some();
-    println!("[fault] {db} {}: writers stalled at most {:.0} ms (limit {:.0} ms); writing again afterwards: {resumed}", r.what, gap.as_secs_f64() * 1e3, limit.as_secs_f64() * 1e3);
+    println!(
+        "[fault] {db} {}: writers stalled at most {:.0} ms (limit {:.0} ms); writing again afterwards: {resumed}",
+        r.what,
+        gap.as_secs_f64() * 1e3,
+        limit.as_secs_f64() * 1e3
+    );
     assert!(resumed, "{db} {}: no write acknowledged afterwards", r.what);
     assert!(gap <= limit, "{db} {}: writers stalled {gap:?}, more than {limit:?}", r.what);
     gap
@@ -492,7 +516,14 @@ fn postgres_plugin_backup_ends_when_the_plugin_times_out_traps_or_the_host_is_ki
         c.query_value("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'quiesce'").unwrap().unwrap().parse().unwrap()
     };
     let s2 = sessions.clone();
-    let (log, runs) = fault_suite(&st, Writer::postgres(&pg), "quiesce_postgres", pg_tcp(&pg, &[("mode", "backup")]), &move || s2() > 0, Duration::from_millis(300));
+    let (log, runs) = fault_suite(
+        &st,
+        Writer::postgres(&pg),
+        "quiesce_postgres",
+        pg_tcp(&pg, &[("mode", "backup")]),
+        &move || s2() > 0,
+        Duration::from_millis(300),
+    );
     judge_fault("postgres", &log, &runs[0], Duration::from_millis(1500));
     judge_fault("postgres", &log, &runs[1], Duration::from_millis(1500));
     judge_fault("postgres", &log, &runs[2], Duration::from_millis(4500));
@@ -520,7 +551,8 @@ fn redis_plugin_pause_ends_when_the_plugin_times_out_traps_or_the_host_is_killed
         })
         .is_none()
     };
-    let (log, runs) = fault_suite(&st, Writer::redis(&r), "quiesce_redis", redis_tcp(&r, &[("pause_ms", "3000")]), &held, Duration::from_millis(3500));
+    let (log, runs) =
+        fault_suite(&st, Writer::redis(&r), "quiesce_redis", redis_tcp(&r, &[("pause_ms", "3000")]), &held, Duration::from_millis(3500));
     let hang = judge_fault("redis", &log, &runs[0], Duration::from_millis(4000));
     assert!(hang >= Duration::from_millis(1500), "the hung plugin's pause stalled writers only {hang:?}");
     // A trap leaves the pause in place until it expires (3 s): the bound is pause_ms.

@@ -44,7 +44,9 @@ fn postgres_legacy_fifo_backup_restores_through_backup_label() {
     // snapshot (up to pg_backup_stop's end-of-backup record) PostgreSQL refuses.
     {
         let copy = st.rig.mount_copy("no-archive");
-        let e = start_restored_postgres(&copy.mountpoint.join("pg/data"), &pg, Some(&files), false).err().expect("must not start without the archive");
+        let e = start_restored_postgres(&copy.mountpoint.join("pg/data"), &pg, Some(&files), false)
+            .err()
+            .expect("must not start without the archive");
         assert!(e.contains("WAL ends before end of online backup"), "{e}");
     }
     let restored = restore_postgres(&mut st.rig, &pg, Some(&files)).expect("restore with backup_label");
@@ -89,7 +91,15 @@ fn postgres_checkpoint_script_restores_from_that_checkpoint() {
     let (started, done) = redo_range(&restored);
     let started = started.unwrap_or_else(|| panic!("no 'redo starts at' in the restored server's log:\n{}", restored.log_text()));
     assert!(started >= redo, "recovery started at {started}, before the pre script's checkpoint (redo {redo})");
-    report("postgres", "legacy CHECKPOINT script", &run, k, &log, t, &format!("WAL replayed {:?} bytes (checkpoint redo {redo})", done.map(|d| d.0 - started.0)));
+    report(
+        "postgres",
+        "legacy CHECKPOINT script",
+        &run,
+        k,
+        &log,
+        t,
+        &format!("WAL replayed {:?} bytes (checkpoint redo {redo})", done.map(|d| d.0 - started.0)),
+    );
 }
 
 #[test]
@@ -163,7 +173,15 @@ fn mariadb_freeze_only_restores_by_crash_recovery() {
     assert_durable_point_in_time(k, &log, t);
     assert_writers_stalled_while_frozen(&log, t);
     let g = restored_gtid(&restored);
-    report("mariadb", "freeze only", &run, k, &log, t, &format!("restored binlog gtid {g} ({} commits; no position was recorded)", gtid_seq(&g) - gtid0));
+    report(
+        "mariadb",
+        "freeze only",
+        &run,
+        k,
+        &log,
+        t,
+        &format!("restored binlog gtid {g} ({} commits; no position was recorded)", gtid_seq(&g) - gtid0),
+    );
 }
 
 #[test]

@@ -135,11 +135,7 @@ fn plan_rejects_non_mountpoint() {
 #[test]
 fn freeze_and_thaw_ext4_xfs_btrfs() {
     let s = Scratch::new("freeze-3");
-    let mounts = [
-        LoopMount::new(&s.path, "e", Fs::Ext4),
-        LoopMount::new(&s.path, "x", Fs::Xfs),
-        LoopMount::new(&s.path, "b", Fs::Btrfs),
-    ];
+    let mounts = [LoopMount::new(&s.path, "e", Fs::Ext4), LoopMount::new(&s.path, "x", Fs::Xfs), LoopMount::new(&s.path, "b", Fs::Btrfs)];
     let p = plan_for(&mounts.iter().map(|m| m.path()).collect::<Vec<_>>());
     assert_eq!(p.targets.len(), 3, "{p:?}");
     let mut g = Guardian::start(&p, Duration::from_secs(30), &[]).unwrap();
@@ -184,11 +180,7 @@ fn guardian_freezes_again_after_thaw() {
 #[test]
 fn ebusy_mount_is_reported_and_left_frozen() {
     let s = Scratch::new("ebusy");
-    let mounts = [
-        LoopMount::new(&s.path, "a", Fs::Ext4),
-        LoopMount::new(&s.path, "b", Fs::Xfs),
-        LoopMount::new(&s.path, "c", Fs::Ext4),
-    ];
+    let mounts = [LoopMount::new(&s.path, "a", Fs::Ext4), LoopMount::new(&s.path, "b", Fs::Xfs), LoopMount::new(&s.path, "c", Fs::Ext4)];
     let p = plan_for(&mounts.iter().map(|m| m.path()).collect::<Vec<_>>());
     let order = target_paths(&p);
     // Someone else froze the second one in freeze order: the first is

@@ -93,10 +93,7 @@ async fn retries_rerun_the_script_with_attempt_number() {
     let log = s.join("attempts.log");
     let script = s.script(
         "pre.sh",
-        &format!(
-            "#!/bin/sh\necho \"$QUIESCE_ATTEMPT/$QUIESCE_MAX_ATTEMPTS\" >> {}\n[ \"$QUIESCE_ATTEMPT\" -ge 3 ]\n",
-            log.display()
-        ),
+        &format!("#!/bin/sh\necho \"$QUIESCE_ATTEMPT/$QUIESCE_MAX_ATTEMPTS\" >> {}\n[ \"$QUIESCE_ATTEMPT\" -ge 3 ]\n", log.display()),
     );
     let mut spec = spec();
     spec.retries = 4;
@@ -129,10 +126,7 @@ async fn timeout_kills_script_and_grandchild() {
     let _r = Reaper;
     let s = Scratch::new("timeout");
     let pidfile = s.join("grandchild.pid");
-    let script = s.script(
-        "pre.sh",
-        &format!("#!/bin/sh\nsleep 1000 &\necho $! > {}\nsleep 1000\n", pidfile.display()),
-    );
+    let script = s.script("pre.sh", &format!("#!/bin/sh\nsleep 1000 &\necho $! > {}\nsleep 1000\n", pidfile.display()));
     let mut spec = spec();
     spec.timeout = Duration::from_secs(1);
     let run = exec(&script, &spec).await;
@@ -168,10 +162,8 @@ async fn timeout_sends_sigterm_first_so_the_script_can_clean_up() {
     let _r = Reaper;
     let s = Scratch::new("sigterm");
     let marker = s.join("cleaned-up");
-    let script = s.script(
-        "pre.sh",
-        &format!("#!/bin/sh\ntrap 'echo yes > {}; exit 0' TERM\nwhile :; do sleep 0.1; done\n", marker.display()),
-    );
+    let script =
+        s.script("pre.sh", &format!("#!/bin/sh\ntrap 'echo yes > {}; exit 0' TERM\nwhile :; do sleep 0.1; done\n", marker.display()));
     let mut spec = spec();
     spec.timeout = Duration::from_secs(1);
     spec.kill_grace = Duration::from_secs(5);
@@ -248,10 +240,7 @@ async fn shebang_is_honoured() {
     assert_eq!(run.outcome, ScriptOutcome::Succeeded, "{}", outcome_of(&run));
     assert_eq!(run.attempts[0].output, "bash:yes:2:[a b]:[]\n");
 
-    let py = s.script(
-        "py.sh",
-        "#!/usr/bin/env python3\nimport os, sys\nprint('python', sys.argv[1:], os.environ['QUIESCE_SCRIPT'])\n",
-    );
+    let py = s.script("py.sh", "#!/usr/bin/env python3\nimport os, sys\nprint('python', sys.argv[1:], os.environ['QUIESCE_SCRIPT'])\n");
     let run = exec(&py, &spec).await;
     assert_eq!(run.outcome, ScriptOutcome::Succeeded, "{}", outcome_of(&run));
     assert_eq!(run.attempts[0].output, format!("python ['a b', ''] {}\n", py.display()));
@@ -299,10 +288,7 @@ async fn environment_is_clean() {
     let s = Scratch::new("env");
     // Set in this (the host's) process; must not reach the script.
     std::env::set_var("QUIESCE_TEST_LEAK", "leaked");
-    let script = s.script(
-        "pre.sh",
-        "#!/bin/sh\nenv\necho \"stdin=$(readlink /proc/self/fd/0)\"\necho \"cwd=$(pwd)\"\n",
-    );
+    let script = s.script("pre.sh", "#!/bin/sh\nenv\necho \"stdin=$(readlink /proc/self/fd/0)\"\necho \"cwd=$(pwd)\"\n");
     let mut spec = spec();
     spec.env = vec![("QUIESCE_SESSION_ID".into(), "s-123".into()), ("QUIESCE_PHASE".into(), "pre".into())];
     let run = exec(&script, &spec).await;
@@ -345,10 +331,8 @@ async fn background_child_holding_stdout_does_not_delay_completion() {
     let _r = Reaper;
     let s = Scratch::new("background");
     let pidfile = s.join("bg.pid");
-    let script = s.script(
-        "pre.sh",
-        &format!("#!/bin/sh\n(sleep 30; echo late) &\necho $! > {}\necho started\nexit 0\n", pidfile.display()),
-    );
+    let script =
+        s.script("pre.sh", &format!("#!/bin/sh\n(sleep 30; echo late) &\necho $! > {}\necho started\nexit 0\n", pidfile.display()));
     let started = Instant::now();
     let run = exec(&script, &spec()).await;
     let took = started.elapsed();
@@ -367,10 +351,8 @@ async fn background_child_output_is_drained_after_completion() {
     let marker = s.join("survived");
     // If the runner closed the pipes when the script exited, `echo late`
     // would die of SIGPIPE and the marker would never appear.
-    let script = s.script(
-        "pre.sh",
-        &format!("#!/bin/sh\n(sleep 1; echo late; echo late >&2; echo yes > {}) &\nexit 0\n", marker.display()),
-    );
+    let script =
+        s.script("pre.sh", &format!("#!/bin/sh\n(sleep 1; echo late; echo late >&2; echo yes > {}) &\nexit 0\n", marker.display()));
     let run = exec(&script, &spec()).await;
     assert_eq!(run.outcome, ScriptOutcome::Succeeded);
     // Keep this runtime turning so the detached drain task can run.

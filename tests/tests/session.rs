@@ -34,10 +34,7 @@ impl Fixture {
     /// A script that appends "<tag> <args>" to log.txt, then runs `body`.
     fn script(&self, name: &str, tag: &str, body: &str) -> PathBuf {
         let log = self.file("log.txt");
-        self.s.script(
-            name,
-            &format!("#!/bin/sh\necho \"{tag} $QUIESCE_ATTEMPT $*\" >> {}\n{body}\n", log.display()),
-        )
+        self.s.script(name, &format!("#!/bin/sh\necho \"{tag} $QUIESCE_ATTEMPT $*\" >> {}\n{body}\n", log.display()))
     }
 
     /// A snapshot command that records whether the mount was frozen while it ran.
@@ -71,11 +68,8 @@ impl Fixture {
 fn legacy_session_runs_scripts_freezes_and_is_app_consistent() {
     let f = Fixture::new("app-consistent");
     let post_env = f.file("post.env");
-    let config = f.pair(
-        "true",
-        &format!("echo \"taken=$QUIESCE_SNAPSHOT_TAKEN $QUIESCE_CONSISTENCY\" > {}", post_env.display()),
-        json!({}),
-    );
+    let config =
+        f.pair("true", &format!("echo \"taken=$QUIESCE_SNAPSHOT_TAKEN $QUIESCE_CONSISTENCY\" > {}", post_env.display()), json!({}));
     let run = f.snapshot(&config, &f.probing_snapshot_cmd());
     assert_eq!(run.code(), 0, "{}\n{}", run.report, run.stderr());
     assert_eq!(run.consistency(), "AppConsistent");
@@ -164,7 +158,11 @@ fn post_script_timeout_is_reported_without_changing_the_label() {
 #[test]
 fn ten_megabytes_of_output_do_not_block() {
     let f = Fixture::new("chatty");
-    let config = f.pair("head -c 10000000 /dev/zero | tr '\\0' 'x' | fold -w 100; head -c 1000000 /dev/zero >&2", "true", json!({"timeoutInSeconds": 30}));
+    let config = f.pair(
+        "head -c 10000000 /dev/zero | tr '\\0' 'x' | fold -w 100; head -c 1000000 /dev/zero >&2",
+        "true",
+        json!({"timeoutInSeconds": 30}),
+    );
     let run = f.snapshot(&config, "true");
     assert_eq!(run.code(), 0, "{}", run.report);
     assert_eq!(run.hook("ScriptRunner", "pre")["outcome"], "succeeded");
@@ -479,14 +477,7 @@ fn log_file_on_the_frozen_mount_does_not_hang_the_session() {
 fn mount_that_is_not_a_mount_point_is_a_usage_error() {
     let f = Fixture::new("bad-mount");
     let config = f.pair("true", "true", json!({}));
-    let out = quiesce(&f.s)
-        .arg("snapshot")
-        .arg("--config")
-        .arg(&config)
-        .arg("--mount")
-        .arg(f.s.path.join("not-a-mount"))
-        .output()
-        .unwrap();
+    let out = quiesce(&f.s).arg("snapshot").arg("--config").arg(&config).arg("--mount").arg(f.s.path.join("not-a-mount")).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not-a-mount"));
     assert_eq!(f.read("log.txt"), "");

@@ -195,10 +195,7 @@ fn ungranted_connect_and_file_read_are_denied_and_reported() {
 #[test]
 fn malformed_and_wrong_version_plugins_are_refused_at_check() {
     let f = Fixture::new("plugin-load");
-    let config = f.config(&[
-        f.plugin_hook("wrong", "wrong_version", "", &[], ""),
-        f.plugin_hook("junk", "not_a_plugin", "", &[], ""),
-    ]);
+    let config = f.config(&[f.plugin_hook("wrong", "wrong_version", "", &[], ""), f.plugin_hook("junk", "not_a_plugin", "", &[], "")]);
     let out = quiesce(&f.s)
         .env("QUIESCE_CACHE_DIR", f.file("cache"))
         .args(["check", "--json", "--config"])

@@ -282,7 +282,8 @@ async fn exec_runs_only_granted_executables() {
     assert!(matches!(inst.pre(&ctx(1)).await, CallOutcome::Fatal(m) if m.starts_with("Denied: exec")));
     assert_eq!(inst.take_events().denials.len(), 1);
 
-    let mut inst = env.instance("misbehave", &[&format!("exec:{s}")], &[("mode", "exec"), ("exec", &s), ("args", "world")], 5 * SECOND).await;
+    let mut inst =
+        env.instance("misbehave", &[&format!("exec:{s}")], &[("mode", "exec"), ("exec", &s), ("args", "world")], 5 * SECOND).await;
     assert_eq!(inst.pre(&ctx(1)).await, CallOutcome::Ok("status 0 output \"hello world\\n\"".into()));
 }
 
@@ -366,7 +367,10 @@ fn load_err(env: &Env, file: &str, bytes: &[u8]) -> String {
 fn malformed_wasm_is_refused_naming_what_was_expected() {
     let env = Env::new("wasm-malformed");
     let m = load_err(&env, "junk.wasm", b"#!/bin/sh\necho I am not wasm\n");
-    assert!(m.contains("not a WebAssembly file") && m.contains("expected a WebAssembly component exporting quiesce:plugin/hooks@0.1.0"), "{m}");
+    assert!(
+        m.contains("not a WebAssembly file") && m.contains("expected a WebAssembly component exporting quiesce:plugin/hooks@0.1.0"),
+        "{m}"
+    );
     // Right magic, right layer, garbage after: wasmtime's parser refuses it.
     let m = load_err(&env, "truncated.wasm", b"\0asm\x0d\0\x01\0\x07\xff\xff");
     assert!(m.contains("not a valid component"), "{m}");

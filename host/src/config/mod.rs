@@ -167,12 +167,9 @@ impl Config {
     /// Loads `path` after checking that only root can have written (or read) it.
     /// The content parsed is read from the very fd that was checked.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let file = trust::open_trusted(path, Rule::Config)
-            .map_err(|source| ConfigError::Untrusted { path: path.to_path_buf(), source })?;
-        let text = file.read_to_string().map_err(|e| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            message: format!("cannot read: {e}"),
-        })?;
+        let file = trust::open_trusted(path, Rule::Config).map_err(|source| ConfigError::Untrusted { path: path.to_path_buf(), source })?;
+        let text =
+            file.read_to_string().map_err(|e| ConfigError::Invalid { path: path.to_path_buf(), message: format!("cannot read: {e}") })?;
         Self::parse(path, &text)
     }
 

@@ -172,9 +172,7 @@ pub(super) fn parse(text: &str) -> Result<Config, String> {
     }
     let snapshot = match file.snapshot {
         None => None,
-        Some(SnapshotTable { command: Some(command), reflink_source: None, reflink_dest: None }) => {
-            Some(SnapshotSpec::Command { command })
-        }
+        Some(SnapshotTable { command: Some(command), reflink_source: None, reflink_dest: None }) => Some(SnapshotSpec::Command { command }),
         Some(SnapshotTable { command: None, reflink_source: Some(source), reflink_dest: Some(dest) }) => {
             Some(SnapshotSpec::Reflink { source, dest })
         }

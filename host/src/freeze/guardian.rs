@@ -348,10 +348,8 @@ unsafe fn guardian_main(ctx: &mut ChildCtx) -> ! {
             }
             ((deadline - now).div_ceil(1_000_000)).min(i32::MAX as u64) as i32
         };
-        let mut pfds = [
-            libc::pollfd { fd: ctx.cmd_r, events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: sfd, events: libc::POLLIN, revents: 0 },
-        ];
+        let mut pfds =
+            [libc::pollfd { fd: ctx.cmd_r, events: libc::POLLIN, revents: 0 }, libc::pollfd { fd: sfd, events: libc::POLLIN, revents: 0 }];
         let nfds = if sfd >= 0 { 2 } else { 1 };
         let n = libc::poll(pfds.as_mut_ptr(), nfds, timeout);
         if n < 0 {
@@ -369,10 +367,8 @@ unsafe fn guardian_main(ctx: &mut ChildCtx) -> ! {
             let signo = info.ssi_signo as i32;
             // Those whose default is to ignore or to stop: carry on.
             // (SIGPIPE is only our own write to a departed host.)
-            let harmless = [
-                libc::SIGCHLD, libc::SIGWINCH, libc::SIGURG, libc::SIGCONT, libc::SIGPIPE,
-                libc::SIGTSTP, libc::SIGTTIN, libc::SIGTTOU,
-            ];
+            let harmless =
+                [libc::SIGCHLD, libc::SIGWINCH, libc::SIGURG, libc::SIGCONT, libc::SIGPIPE, libc::SIGTSTP, libc::SIGTTIN, libc::SIGTTOU];
             if r > 0 && !harmless.contains(&signo) {
                 exit_after_thaw(ctx, WHY_SIGNAL, signo);
             }
@@ -529,10 +525,9 @@ impl Guardian {
                 g.mlock_errno = ev.errno;
                 Ok(g)
             }
-            Ok(ev) => Err(FreezeError::GuardianStart {
-                what: "handshake",
-                source: io::Error::other(format!("unexpected event {}", ev.kind)),
-            }),
+            Ok(ev) => {
+                Err(FreezeError::GuardianStart { what: "handshake", source: io::Error::other(format!("unexpected event {}", ev.kind)) })
+            }
             Err(e) => Err(FreezeError::GuardianStart { what: "handshake", source: e }),
         }
     }
@@ -678,12 +673,7 @@ impl Guardian {
         // An automatic thaw may be waiting in the pipe.
         self.drain()?;
         if let Some(auto) = self.auto.clone() {
-            return Ok(Thawed {
-                last_thaw_ns: auto.at_ns,
-                mounts: auto.mounts,
-                reason: auto.reason,
-                auto_thawed_at_ns: Some(auto.at_ns),
-            });
+            return Ok(Thawed { last_thaw_ns: auto.at_ns, mounts: auto.mounts, reason: auto.reason, auto_thawed_at_ns: Some(auto.at_ns) });
         }
         if self.state != State::Frozen {
             return Ok(Thawed { mounts: Vec::new(), last_thaw_ns: 0, reason: ThawReason::Asked, auto_thawed_at_ns: None });

@@ -98,9 +98,7 @@ impl PlanEnv for SystemEnv {
         let rdev = meta.rdev();
         let dev = PathBuf::from(format!("/sys/dev/block/{}:{}", libc::major(rdev), libc::minor(rdev)));
         // A partition of a loop device (loop0p1) depends on the same file.
-        let file = std::fs::read(dev.join("loop/backing_file"))
-            .or_else(|_| std::fs::read(dev.join("../loop/backing_file")))
-            .ok()?;
+        let file = std::fs::read(dev.join("loop/backing_file")).or_else(|_| std::fs::read(dev.join("../loop/backing_file"))).ok()?;
         let mut file = file.strip_suffix(b"\n").unwrap_or(&file).to_vec();
         // A deleted backing file still pins its fs, but can no longer be
         // stat'ed by name; the kernel marks it so.
@@ -119,15 +117,32 @@ impl PlanEnv for SystemEnv {
 /// Network and host-shared file systems: freezing them is meaningless
 /// (the data lives elsewhere) and FIFREEZE is unsupported or hangs.
 const NETWORK_FS: &[&str] = &[
-    "nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "9p", "afs", "lustre", "ncpfs", "coda", "davfs",
-    "virtiofs", "fuse", "fuseblk", "sshfs", "ocfs2", "gfs2",
+    "nfs",
+    "nfs4",
+    "cifs",
+    "smb3",
+    "smbfs",
+    "ceph",
+    "glusterfs",
+    "9p",
+    "afs",
+    "lustre",
+    "ncpfs",
+    "coda",
+    "davfs",
+    "virtiofs",
+    "fuse",
+    "fuseblk",
+    "sshfs",
+    "ocfs2",
+    "gfs2",
 ];
 
 /// Block file systems whose kernel driver has no freeze support (FIFREEZE
 /// would fail with EOPNOTSUPP) or that cannot be written anyway.
 const NO_FREEZE_FS: &[&str] = &[
-    "vfat", "msdos", "fat", "exfat", "iso9660", "udf", "squashfs", "erofs", "cramfs", "romfs", "ntfs", "ntfs3",
-    "hfs", "hfsplus", "minix", "zfs", "swap",
+    "vfat", "msdos", "fat", "exfat", "iso9660", "udf", "squashfs", "erofs", "cramfs", "romfs", "ntfs", "ntfs3", "hfs", "hfsplus", "minix",
+    "zfs", "swap",
 ];
 
 /// Plans the freeze on the running machine.
@@ -139,10 +154,7 @@ pub fn plan(sel: &Selection) -> Result<FreezePlan, FreezeError> {
 
 /// `--mount a/../b/` and `/b` name the same mount point; mountinfo has the canonical form.
 fn canonical_mounts(mounts: &[PathBuf]) -> Result<Vec<PathBuf>, FreezeError> {
-    mounts
-        .iter()
-        .map(|p| std::fs::canonicalize(p).map_err(|source| FreezeError::BadPath { path: p.clone(), source }))
-        .collect()
+    mounts.iter().map(|p| std::fs::canonicalize(p).map_err(|source| FreezeError::BadPath { path: p.clone(), source })).collect()
 }
 
 /// Plans the freeze over a given mount table (`sel.mounts` must already be
@@ -191,10 +203,7 @@ pub fn plan_from(mountinfo: &[MountInfoEntry], sel: &Selection, env: &dyn PlanEn
         let m = &mountinfo[i];
         if let Some(&first) = by_dev.get(&m.dev) {
             let kind = if m.root == Path::new("/") { "another mount" } else { "a bind mount" };
-            plan.skipped.push(skip(
-                m,
-                format!("{kind} of the file system already frozen at {}", mountinfo[first].mount_point.display()),
-            ));
+            plan.skipped.push(skip(m, format!("{kind} of the file system already frozen at {}", mountinfo[first].mount_point.display())));
         } else {
             by_dev.insert(m.dev, i);
             chosen.push(i);
@@ -206,13 +215,7 @@ pub fn plan_from(mountinfo: &[MountInfoEntry], sel: &Selection, env: &dyn PlanEn
         .into_iter()
         .map(|i| {
             let m = &mountinfo[i];
-            Target {
-                path: m.mount_point.clone(),
-                fs_type: m.fs_type.clone(),
-                source: m.source.clone(),
-                dev: m.dev,
-                mount_id: m.mount_id,
-            }
+            Target { path: m.mount_point.clone(), fs_type: m.fs_type.clone(), source: m.source.clone(), dev: m.dev, mount_id: m.mount_id }
         })
         .collect();
     Ok(plan)
@@ -222,13 +225,7 @@ fn skip(m: &MountInfoEntry, reason: String) -> Skipped {
     Skipped { path: m.mount_point.clone(), fs_type: m.fs_type.clone(), reason }
 }
 
-fn ineligible_reason(
-    m: &MountInfoEntry,
-    i: usize,
-    visible: &HashMap<&Path, usize>,
-    sel: &Selection,
-    env: &dyn PlanEnv,
-) -> Option<String> {
+fn ineligible_reason(m: &MountInfoEntry, i: usize, visible: &HashMap<&Path, usize>, sel: &Selection, env: &dyn PlanEnv) -> Option<String> {
     if let Some(pat) = sel.exclude.iter().find(|p| excluded(p, &m.mount_point)) {
         return Some(format!("excluded by {pat:?}"));
     }
@@ -269,8 +266,7 @@ fn excluded(pattern: &str, path: &Path) -> bool {
 /// point, then the later mount, so the result is deterministic.
 fn freeze_order(mountinfo: &[MountInfoEntry], chosen: &[usize], env: &dyn PlanEnv) -> Vec<usize> {
     let n = chosen.len();
-    let backing: Vec<Option<(u32, u32)>> =
-        chosen.iter().map(|&i| env.loop_backing_dev(Path::new(&mountinfo[i].source))).collect();
+    let backing: Vec<Option<(u32, u32)>> = chosen.iter().map(|&i| env.loop_backing_dev(Path::new(&mountinfo[i].source))).collect();
     // before[a] holds every b that must be frozen after a.
     let mut after_count = vec![0usize; n];
     let mut successors: Vec<Vec<usize>> = vec![Vec::new(); n];

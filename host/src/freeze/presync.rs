@@ -35,11 +35,7 @@ pub fn presync(targets: &[Target]) -> Vec<SyncTiming> {
                     Err(std::io::Error::last_os_error())
                 }
             });
-            SyncTiming {
-                path: t.path.clone(),
-                sync_ms: started.elapsed().as_secs_f64() * 1e3,
-                error: result.err().map(|e| e.to_string()),
-            }
+            SyncTiming { path: t.path.clone(), sync_ms: started.elapsed().as_secs_f64() * 1e3, error: result.err().map(|e| e.to_string()) }
         })
         .collect()
 }

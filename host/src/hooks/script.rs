@@ -61,11 +61,8 @@ use tokio::time::Instant;
 use crate::trust::TrustedFile;
 
 /// The environment every script starts with (before `ScriptSpec::env`).
-pub const BASE_ENV: [(&str, &str); 3] = [
-    ("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
-    ("LANG", "C.UTF-8"),
-    ("HOME", "/root"),
-];
+pub const BASE_ENV: [(&str, &str); 3] =
+    [("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"), ("LANG", "C.UTF-8"), ("HOME", "/root")];
 
 /// Interpreter for files without `#!` — what the legacy framework used for all.
 const FALLBACK_SHELL: &str = "/bin/sh";
@@ -134,13 +131,20 @@ impl ScriptSpec {
 pub enum ScriptOutcome {
     Succeeded,
     /// Exited with one of `warning_exit_codes`.
-    SucceededWithWarning { exit_code: i32 },
+    SucceededWithWarning {
+        exit_code: i32,
+    },
     /// Non-zero exit (`exit_code`) or killed by a signal (`signal`).
-    Failed { exit_code: Option<i32>, signal: Option<i32> },
+    Failed {
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+    },
     /// Ran past the timeout; its process group was killed.
     TimedOut,
     /// Could not be started at all (not retried: it would fail the same way).
-    SpawnFailed { message: String },
+    SpawnFailed {
+        message: String,
+    },
 }
 
 impl ScriptOutcome {

@@ -39,5 +39,9 @@ pub fn store(state_dir: &Path, session_id: &str, hook: &str, artifacts: &[Artifa
 /// Hook names come from the admin's config; keep them one path component.
 fn sanitize(name: &str) -> String {
     let s: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' }).collect();
-    if s.is_empty() || s.starts_with('.') { format!("_{s}") } else { s }
+    if s.is_empty() || s.starts_with('.') {
+        format!("_{s}")
+    } else {
+        s
+    }
 }

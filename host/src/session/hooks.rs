@@ -10,9 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{HookBody, HookSpec, PluginAction, ScriptAction};
 use crate::hooks::script::{self, ScriptOutcome, ScriptSpec};
-use crate::hooks::wasm::{
-    CallContext, CallOutcome, Grants, InstanceConfig, Plugin, PluginInstance, SnapshotOutcome, WasmEngine,
-};
+use crate::hooks::wasm::{CallContext, CallOutcome, Grants, InstanceConfig, Plugin, PluginInstance, SnapshotOutcome, WasmEngine};
 use crate::report::{label_name, ms, Consistency, ErrorCode, HookKind, HookReport, Outcome, Phase, ReportError};
 use crate::trust::{self, Rule, TrustError, TrustedFile};
 
@@ -40,10 +38,17 @@ pub(super) struct ReadyHook {
 }
 
 enum Ready {
-    Script { pre: Option<TrustedFile>, post: Option<TrustedFile> },
+    Script {
+        pre: Option<TrustedFile>,
+        post: Option<TrustedFile>,
+    },
     /// The instance lives from pre to post; None until pre, or after a
     /// timeout in pre dropped it.
-    Plugin { plugin: Box<Plugin>, grants: Grants, instance: Option<PluginInstance> },
+    Plugin {
+        plugin: Box<Plugin>,
+        grants: Grants,
+        instance: Option<PluginInstance>,
+    },
     Refused,
 }
 
@@ -114,7 +119,8 @@ fn validate_scripts(pre: Option<&ScriptAction>, post: Option<&ScriptAction>) -> 
 fn validate_plugin(action: &PluginAction, engine: Option<&WasmEngine>) -> Result<Ready, ReportError> {
     let load_failed = |message: String| ReportError { code: ErrorCode::PluginLoadFailed, message };
     let engine = engine.ok_or_else(|| load_failed("the WebAssembly runtime could not be started".into()))?;
-    let grants = Grants::parse(&action.grants).map_err(|e| load_failed(format!("plugin {}: grant in the config: {e}", action.path.display())))?;
+    let grants =
+        Grants::parse(&action.grants).map_err(|e| load_failed(format!("plugin {}: grant in the config: {e}", action.path.display())))?;
     let plugin = engine.load(&action.path).map_err(|e| load_failed(e.to_string()))?;
     Ok(Ready::Plugin { plugin: Box::new(plugin), grants, instance: None })
 }
@@ -143,14 +149,7 @@ fn execution_failed(phase: Phase) -> ErrorCode {
     }
 }
 
-async fn run_script(
-    spec: &HookSpec,
-    phase: Phase,
-    file: &TrustedFile,
-    action: &ScriptAction,
-    ctx: &PhaseContext<'_>,
-    r: &mut Run,
-) -> bool {
+async fn run_script(spec: &HookSpec, phase: Phase, file: &TrustedFile, action: &ScriptAction, ctx: &PhaseContext<'_>, r: &mut Run) -> bool {
     let name = &spec.name;
     let mut env = vec![
         ("QUIESCE_SESSION_ID".to_string(), ctx.session_id.to_string()),
@@ -229,7 +228,9 @@ async fn run_plugin(
             outcome: Outcome::Skipped,
             duration_ms: 0.0,
             exit_code: None,
-            message: Some(format!("post not run: the plugin instance was dropped ({why}); its connections were closed, releasing what it held")),
+            message: Some(format!(
+                "post not run: the plugin instance was dropped ({why}); its connections were closed, releasing what it held"
+            )),
         });
         return true;
     }
@@ -250,7 +251,19 @@ async fn run_plugin(
                 Ok(i) => *instance = Some(i),
                 Err(e) => {
                     let failure = Failure { code: ErrorCode::PluginLoadFailed, how: format!("could not be instantiated: {e}") };
-                    return record(r, spec, HookKind::Wasm, phase, &what, attempts, started.elapsed(), Outcome::Failed, None, Some(failure), "");
+                    return record(
+                        r,
+                        spec,
+                        HookKind::Wasm,
+                        phase,
+                        &what,
+                        attempts,
+                        started.elapsed(),
+                        Outcome::Failed,
+                        None,
+                        Some(failure),
+                        "",
+                    );
                 }
             }
         }
@@ -286,7 +299,10 @@ async fn run_plugin(
         }
         CallOutcome::Trapped(m) | CallOutcome::MemoryExhausted(m) => (
             Outcome::Failed,
-            Some(Failure { code: ErrorCode::PluginTrapped, how: format!("trapped: {m}; the instance was dropped, closing its connections") }),
+            Some(Failure {
+                code: ErrorCode::PluginTrapped,
+                how: format!("trapped: {m}; the instance was dropped, closing its connections"),
+            }),
         ),
         CallOutcome::TimedOut => (
             Outcome::TimedOut,
@@ -357,16 +373,7 @@ fn record(
             (!detail.is_empty()).then(|| detail.to_string())
         }
     };
-    r.push_hook(HookReport {
-        name: spec.name.clone(),
-        kind,
-        phase,
-        attempts,
-        outcome,
-        duration_ms: ms(duration),
-        exit_code,
-        message,
-    });
+    r.push_hook(HookReport { name: spec.name.clone(), kind, phase, attempts, outcome, duration_ms: ms(duration), exit_code, message });
     ok
 }
 

@@ -312,7 +312,10 @@ impl Session {
             let skipped: Vec<String> = plan.skipped.iter().map(|s| format!("{} ({})", s.path.display(), s.reason)).collect();
             r.error(
                 ErrorCode::FsFreezeFailed,
-                format!("no eligible file system to freeze; skipped: {}", if skipped.is_empty() { "none".into() } else { skipped.join(", ") }),
+                format!(
+                    "no eligible file system to freeze; skipped: {}",
+                    if skipped.is_empty() { "none".into() } else { skipped.join(", ") }
+                ),
             );
             return false;
         }
@@ -430,15 +433,11 @@ impl Session {
                 let overhead_ns = window_ns.saturating_sub(r.snapshot_ns);
                 r.freeze.overhead_ms = Some(ns_to_ms(overhead_ns));
                 // The window opens when the first FIFREEZE starts: every freeze and thaw call is in it.
-                let kernel_ms: f64 = r.freeze.mounts.iter().map(|m| m.freeze_ms).sum::<f64>()
-                    + thawed.mounts.iter().map(|m| m.thaw_ms).sum::<f64>();
+                let kernel_ms: f64 =
+                    r.freeze.mounts.iter().map(|m| m.freeze_ms).sum::<f64>() + thawed.mounts.iter().map(|m| m.thaw_ms).sum::<f64>();
                 r.freeze.host_ms = Some(round_ms(ns_to_ms(overhead_ns) - kernel_ms).max(0.0));
                 if let Some(at_ns) = thawed.auto_thawed_at_ns {
-                    let why = format!(
-                        "{} after {:.3} s",
-                        thaw_reason(thawed.reason),
-                        at_ns.saturating_sub(r.first_freeze_ns) as f64 / 1e9
-                    );
+                    let why = format!("{} after {:.3} s", thaw_reason(thawed.reason), at_ns.saturating_sub(r.first_freeze_ns) as f64 / 1e9);
                     r.error(
                         ErrorCode::FsFreezeTimeout,
                         format!("the guardian thawed every file system on its own ({why}) before the snapshot finished; the snapshot is not frozen-consistent"),
@@ -485,7 +484,6 @@ fn thaw_reason(reason: freeze::ThawReason) -> String {
         freeze::ThawReason::Internal => "guardian error".into(),
     }
 }
-
 
 /// `q-<unix seconds>-<random>`: sortable, unique per machine.
 fn new_session_id() -> String {

@@ -3,8 +3,8 @@
 use std::time::Instant;
 
 use crate::report::{
-    ms, ArtifactReport, ConfigReport, Consistency, ErrorCode, Facts, FreezeReport, HookKind, HookReport, Outcome, Phase,
-    Report, ReportError, SkippedMount, SnapshotReport,
+    ms, ArtifactReport, ConfigReport, Consistency, ErrorCode, Facts, FreezeReport, HookKind, HookReport, Outcome, Phase, Report,
+    ReportError, SkippedMount, SnapshotReport,
 };
 use crate::rundir::unix_ms;
 
@@ -132,4 +132,3 @@ impl Run {
         report
     }
 }
-

@@ -24,6 +24,9 @@ mod tests {
     fn released_wit_versions_are_frozen() {
         let v0_1_0 = include_bytes!("../../../../wit/v0.1.0/plugin.wit");
         let sum: String = Sha256::digest(v0_1_0).iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(sum, "b6b618b6b5092f99e4820dce2a927ff842626df2ace4f7a4fde191d570df6a4c", "wit/v0.1.0/plugin.wit changed after release; put changes in wit/v0.2.0/");
+        assert_eq!(
+            sum, "b6b618b6b5092f99e4820dce2a927ff842626df2ace4f7a4fde191d570df6a4c",
+            "wit/v0.1.0/plugin.wit changed after release; put changes in wit/v0.2.0/"
+        );
     }
 }

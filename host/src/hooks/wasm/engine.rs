@@ -118,14 +118,20 @@ impl WasmEngine {
             .load_or_compile(engine, &bytes)
             .map_err(|e| PluginError::load(path, format!("not a valid component: {}; {}", error_chain(&e), detect::expected())))?;
         detect::check_world(engine, &component).map_err(|m| PluginError::load(path, m))?;
-        let pre = self
-            .inner
-            .linker
-            .instantiate_pre(&component)
-            .and_then(QuiescePluginPre::new)
-            .map_err(|e| PluginError::load(path, format!("cannot be linked: {} (quiesce offers WASI 0.2 and quiesce:plugin@0.1.0 imports only)", error_chain(&e))))?;
+        let pre = self.inner.linker.instantiate_pre(&component).and_then(QuiescePluginPre::new).map_err(|e| {
+            PluginError::load(
+                path,
+                format!("cannot be linked: {} (quiesce offers WASI 0.2 and quiesce:plugin@0.1.0 imports only)", error_chain(&e)),
+            )
+        })?;
         let plugin = Plugin::new(self.clone(), path, &bytes, &component, pre, cache, started.elapsed());
-        tracing::debug!("loaded plugin {} ({} bytes, cache: {:?}) in {:.3} ms", path.display(), bytes.len(), plugin.cache_status(), started.elapsed().as_secs_f64() * 1e3);
+        tracing::debug!(
+            "loaded plugin {} ({} bytes, cache: {:?}) in {:.3} ms",
+            path.display(),
+            bytes.len(),
+            plugin.cache_status(),
+            started.elapsed().as_secs_f64() * 1e3
+        );
         Ok(plugin)
     }
 }

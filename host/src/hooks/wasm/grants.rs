@@ -225,7 +225,15 @@ mod tests {
 
     #[test]
     fn grants_parse_and_print_back() {
-        for s in ["tcp:127.0.0.1:5432", "tcp:[::1]:5432", "tcp:db.example:3306", "unix:/run/pg/.s.PGSQL.5432", "file:/etc/x.cnf", "dir:/etc/x", "exec:/usr/bin/pg_ctl"] {
+        for s in [
+            "tcp:127.0.0.1:5432",
+            "tcp:[::1]:5432",
+            "tcp:db.example:3306",
+            "unix:/run/pg/.s.PGSQL.5432",
+            "file:/etc/x.cnf",
+            "dir:/etc/x",
+            "exec:/usr/bin/pg_ctl",
+        ] {
             let g: Grant = s.parse().unwrap();
             assert_eq!(g.to_string(), s);
         }

@@ -59,7 +59,17 @@ impl Plugin {
         let ty = component.component_type();
         let imports = ty.imports(engine.engine()).map(|(n, _)| n.to_owned()).collect();
         let exports = ty.exports(engine.engine()).map(|(n, _)| n.to_owned()).collect();
-        Plugin { path: path.to_path_buf(), size: bytes.len() as u64, sha256: sha256_hex(bytes), imports, exports, pre, cache, load_time, engine }
+        Plugin {
+            path: path.to_path_buf(),
+            size: bytes.len() as u64,
+            sha256: sha256_hex(bytes),
+            imports,
+            exports,
+            pre,
+            cache,
+            load_time,
+            engine,
+        }
     }
 
     pub fn path(&self) -> &Path {

@@ -73,7 +73,7 @@
 use std::io;
 
 use mywire::{BackupStage, Client, Config, Error as MyError};
-use quiesce_plugin_sdk::{Failure as Fail, artifacts, clock, files, info, warn, Connection, Context, HookResult, Info, Plugin, Snapshot};
+use quiesce_plugin_sdk::{artifacts, clock, files, info, warn, Connection, Context, Failure as Fail, HookResult, Info, Plugin, Snapshot};
 
 const DEFAULT_TARGET: &str = "unix:/run/mysqld/mysqld.sock";
 const DEFAULT_METHOD: &str = "backup-stage";
@@ -146,7 +146,12 @@ fn method(ctx: &Context) -> Result<Method, Fail> {
 fn num_param(ctx: &Context, name: &str, default: f64) -> Result<f64, Fail> {
     match ctx.param(name) {
         None => Ok(default),
-        Some(v) => v.trim().parse::<f64>().ok().filter(|x| *x >= 0.0).ok_or_else(|| Fail::Fatal(format!("{name} = {v:?} is not a non-negative number"))),
+        Some(v) => v
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|x| *x >= 0.0)
+            .ok_or_else(|| Fail::Fatal(format!("{name} = {v:?} is not a non-negative number"))),
     }
 }
 
@@ -197,12 +202,16 @@ impl MariaDb {
             (false, Method::BackupStage) => {
                 return Err(Fail::Fatal(format!("{target} runs MySQL {version}: BACKUP STAGE is MariaDB's; set method = \"ftwrl\"")))
             }
-            (false, _) if (major, minor) < (5, 7) => return Err(Fail::Fatal(format!("MySQL at {target}: version {version} is too old, need 5.7 or later"))),
+            (false, _) if (major, minor) < (5, 7) => {
+                return Err(Fail::Fatal(format!("MySQL at {target}: version {version} is too old, need 5.7 or later")))
+            }
             _ => {}
         }
         if let Some(rs) = c.replica_status().map_err(|e| classify(&target, "SHOW REPLICA STATUS", e))? {
             let master = rs.first("Master_Host").or(rs.first("Source_Host")).unwrap_or("?").to_string();
-            return Err(Fail::Fatal(format!("mariadb at {target} is a replica of {master}; quiesce its primary (locking a replica stalls replication)")));
+            return Err(Fail::Fatal(format!(
+                "mariadb at {target} is a replica of {master}; quiesce its primary (locking a replica stalls replication)"
+            )));
         }
         c.set_lock_wait_timeout(wait).map_err(|e| classify(&target, "SET lock_wait_timeout", e))?;
         let long_running = c.long_running_queries(long).map_err(|e| classify(&target, "PROCESSLIST", e))?;
@@ -291,7 +300,9 @@ impl Plugin for MariaDb {
         };
         let _ = h.client.close();
         if let Ok(r) = releasing {
-            if let Err(Fail::Fatal(m) | Fail::Retry(m)) = store("quiesce_times", format!("locked={}\nreleasing={r}\n", h.locked_ns).as_bytes()) {
+            if let Err(Fail::Fatal(m) | Fail::Retry(m)) =
+                store("quiesce_times", format!("locked={}\nreleasing={r}\n", h.locked_ns).as_bytes())
+            {
                 warn!("{m}");
             }
         }

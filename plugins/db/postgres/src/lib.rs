@@ -63,7 +63,7 @@
 use std::io;
 
 use pgwire::{Client, Config, Error as PgError, Lsn};
-use quiesce_plugin_sdk::{Failure as Fail, artifacts, clock, files, info, warn, Connection, Context, HookResult, Info, Plugin, Snapshot};
+use quiesce_plugin_sdk::{artifacts, clock, files, info, warn, Connection, Context, Failure as Fail, HookResult, Info, Plugin, Snapshot};
 
 const DEFAULT_TARGET: &str = "tcp:127.0.0.1:5432";
 const DEFAULT_PASSWORD_FILE: &str = "/etc/quiesce/secrets/postgres";
@@ -91,7 +91,9 @@ fn classify(target: &str, what: &str, e: PgError) -> Fail {
         // 57P03 cannot_connect_now (starting up / shutting down), 53300 too_many_connections,
         // 40001/40P01 serialization failure / deadlock, 55P03 lock_not_available.
         PgError::Server(s) if matches!(s.code.as_str(), "57P03" | "53300" | "40001" | "40P01" | "55P03") => Fail::Retry(msg),
-        PgError::Server(s) if s.code.starts_with("28") => Fail::Fatal(format!("{msg} (authentication refused: check `user` and `password_file`)")),
+        PgError::Server(s) if s.code.starts_with("28") => {
+            Fail::Fatal(format!("{msg} (authentication refused: check `user` and `password_file`)"))
+        }
         PgError::Auth(_) | PgError::UnsupportedAuth(_) => Fail::Fatal(format!("{msg} (authentication refused)")),
         PgError::Replica | PgError::Version { .. } => Fail::Fatal(msg),
         PgError::Server(_) | PgError::Protocol(_) => Fail::Fatal(msg),
@@ -135,8 +137,7 @@ fn inject(f: Fault) {
 /// The password: first line of the granted `password_file`, if one is set.
 fn password(ctx: &Context) -> Result<Option<String>, Fail> {
     let Some(path) = ctx.param("password_file").filter(|p| !p.is_empty()) else { return Ok(None) };
-    let text = files::read_to_string(path)
-        .map_err(|e| Fail::Fatal(format!("password_file {path}: {e} (grant it as \"file:{path}\")")))?;
+    let text = files::read_to_string(path).map_err(|e| Fail::Fatal(format!("password_file {path}: {e} (grant it as \"file:{path}\")")))?;
     let pw = text.lines().next().unwrap_or("").to_string();
     if pw.is_empty() {
         return Err(Fail::Fatal(format!("password_file {path} is empty")));
@@ -152,9 +153,7 @@ fn connect(ctx: &Context) -> Result<Client<Connection>, Fail> {
         HookResult::Retryable(_) => Fail::Retry(format!("postgres at {target} is not reachable (server down?): {e}")),
         _ => Fail::Fatal(format!("postgres at {target}: {e}")),
     })?;
-    let mut cfg = Config::new(ctx.param_or("user", "postgres"))
-        .database(ctx.param_or("database", "postgres"))
-        .application_name("quiesce");
+    let mut cfg = Config::new(ctx.param_or("user", "postgres")).database(ctx.param_or("database", "postgres")).application_name("quiesce");
     if let Some(pw) = &pw {
         cfg = cfg.password(pw);
     }

@@ -43,7 +43,7 @@
 use std::io;
 use std::time::Duration;
 
-use quiesce_plugin_sdk::{Failure as Fail, artifacts, clock, files, info, warn, Connection, Context, HookResult, Info, Plugin, Snapshot};
+use quiesce_plugin_sdk::{artifacts, clock, files, info, warn, Connection, Context, Failure as Fail, HookResult, Info, Plugin, Snapshot};
 use resp::{Client, Error as RError, Value};
 
 const DEFAULT_TARGET: &str = "tcp:127.0.0.1:6379";
@@ -68,7 +68,9 @@ fn classify(target: &str, what: &str, e: RError) -> Fail {
         (RError::Io(io), _) if matches!(io.kind(), io::ErrorKind::PermissionDenied | io::ErrorKind::InvalidInput) => Fail::Fatal(msg),
         (RError::Io(_), _) => Fail::Retry(msg),
         (_, Some("LOADING" | "BUSY" | "MASTERDOWN" | "TRYAGAIN")) => Fail::Retry(msg),
-        (_, Some("WRONGPASS" | "NOAUTH" | "NOPERM")) => Fail::Fatal(format!("{msg} (authentication refused: check `password_file`/`user`)")),
+        (_, Some("WRONGPASS" | "NOAUTH" | "NOPERM")) => {
+            Fail::Fatal(format!("{msg} (authentication refused: check `password_file`/`user`)"))
+        }
         _ => Fail::Fatal(msg),
     }
 }
@@ -125,7 +127,8 @@ fn connect(ctx: &Context, target: &str) -> Result<Client<Connection>, Fail> {
     })?;
     let mut c = Client::new(conn);
     if let Some(path) = ctx.param("password_file").filter(|p| !p.is_empty()) {
-        let text = files::read_to_string(path).map_err(|e| Fail::Fatal(format!("password_file {path}: {e} (grant it as \"file:{path}\")")))?;
+        let text =
+            files::read_to_string(path).map_err(|e| Fail::Fatal(format!("password_file {path}: {e} (grant it as \"file:{path}\")")))?;
         let pw = resp::secret_from_file_contents(&text);
         match ctx.param("user").filter(|u| !u.is_empty()) {
             Some(u) => c.auth_user(u, pw),
@@ -141,7 +144,12 @@ impl Redis {
         let target = ctx.param_or("target", DEFAULT_TARGET).to_string();
         let fault = fault(ctx)?;
         let pause_ms = match ctx.param("pause_ms") {
-            Some(v) => v.trim().parse::<u64>().ok().filter(|&n| n > 0).ok_or_else(|| Fail::Fatal(format!("pause_ms = {v:?} is not a positive integer")))?,
+            Some(v) => v
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or_else(|| Fail::Fatal(format!("pause_ms = {v:?} is not a positive integer")))?,
             None => ctx.deadline.as_millis().max(1) as u64,
         };
         let mut c = connect(ctx, &target)?;
@@ -222,13 +230,18 @@ impl Plugin for Redis {
         let unpausing = server_now_ns(&mut p.client);
         let r = p.client.client_unpause();
         if let Ok(u) = unpausing {
-            if let Err(Fail::Fatal(m) | Fail::Retry(m)) = store("quiesce_times", format!("paused={}\nunpausing={u}\n", p.paused_ns).as_bytes()) {
+            if let Err(Fail::Fatal(m) | Fail::Retry(m)) =
+                store("quiesce_times", format!("paused={}\nunpausing={u}\n", p.paused_ns).as_bytes())
+            {
                 warn!("{m}");
             }
         }
         let expired = held_ms >= p.pause_ms;
         if expired {
-            warn!("the pause ({} ms) had expired before post ({held_ms} ms): writes acknowledged after it may be in the snapshot", p.pause_ms);
+            warn!(
+                "the pause ({} ms) had expired before post ({held_ms} ms): writes acknowledged after it may be in the snapshot",
+                p.pause_ms
+            );
         }
         match r {
             Ok(()) if expired => HookResult::ok(format!(
@@ -239,7 +252,9 @@ impl Plugin for Redis {
                 snapshot.label
             )),
             Ok(()) => HookResult::ok(format!("unpaused after {held_ms} ms (snapshot taken: {}, {})", snapshot.taken, snapshot.label)),
-            Err(e) => HookResult::fatal(format!("redis at {target}: CLIENT UNPAUSE: {e}; the pause ends by itself within {} ms", p.pause_ms)),
+            Err(e) => {
+                HookResult::fatal(format!("redis at {target}: CLIENT UNPAUSE: {e}; the pause ends by itself within {} ms", p.pause_ms))
+            }
         }
     }
 }

@@ -784,7 +784,8 @@ mod tests {
         let out = &c.io.get_ref().output;
         let (seq, resp) = read_packet(&mut Cursor::new(out.clone())).unwrap();
         assert_eq!(seq, 1);
-        let expect = handshake_response(&cfg, c.handshake.capabilities, &native_password_scramble("secret", SCRAMBLE), "mysql_native_password");
+        let expect =
+            handshake_response(&cfg, c.handshake.capabilities, &native_password_scramble("secret", SCRAMBLE), "mysql_native_password");
         assert_eq!(resp, expect);
         // user, 20-byte auth (lenenc), database, plugin.
         let tail = &resp[32..];

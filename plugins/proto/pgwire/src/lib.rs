@@ -98,7 +98,10 @@ pub enum Error {
     /// The server is a standby; backups for snapshots must run on the primary.
     Replica,
     /// The server is older than a function needs.
-    Version { have: u32, need: u32 },
+    Version {
+        have: u32,
+        need: u32,
+    },
     /// Bytes that are not what the protocol says.
     Protocol(String),
 }
@@ -370,7 +373,10 @@ impl<S: Read + Write> Client<S> {
                     match kind {
                         0 => {}
                         3 => {
-                            let pw = cfg.password.as_deref().ok_or_else(|| Error::Auth("the server wants a password and none was given".into()))?;
+                            let pw = cfg
+                                .password
+                                .as_deref()
+                                .ok_or_else(|| Error::Auth("the server wants a password and none was given".into()))?;
                             let mut body = pw.as_bytes().to_vec();
                             body.push(0);
                             c.send(&frame(b'p', &body))?;
@@ -383,7 +389,10 @@ impl<S: Read + Write> Client<S> {
                             if !mechs.iter().any(|m| m == "SCRAM-SHA-256") {
                                 return Err(Error::UnsupportedAuth(format!("SASL {}", mechs.join(","))));
                             }
-                            let pw = cfg.password.as_deref().ok_or_else(|| Error::Auth("the server wants a password and none was given".into()))?;
+                            let pw = cfg
+                                .password
+                                .as_deref()
+                                .ok_or_else(|| Error::Auth("the server wants a password and none was given".into()))?;
                             let s = Scram::new(pw, nonce);
                             c.send(&sasl_initial_response("SCRAM-SHA-256", s.client_first().as_bytes()))?;
                             scram = Some(s);
@@ -490,9 +499,7 @@ impl<S: Read + Write> Client<S> {
 
     /// Runs one statement and returns its result.
     pub fn query(&mut self, sql: &str) -> Result<QueryResult> {
-        self.simple_query(sql)?
-            .pop()
-            .ok_or_else(|| Error::Protocol("empty query result".into()))
+        self.simple_query(sql)?.pop().ok_or_else(|| Error::Protocol("empty query result".into()))
     }
 
     /// Runs one statement and returns the first column of the first row.

@@ -298,9 +298,7 @@ impl<S: Read + Write> Client<S> {
 
     /// `redis_version` from `INFO server`.
     pub fn version(&mut self) -> Result<String> {
-        parse_info(&self.info("server")?)
-            .remove("redis_version")
-            .ok_or_else(|| Error::Protocol("INFO server has no redis_version".into()))
+        parse_info(&self.info("server")?).remove("redis_version").ok_or_else(|| Error::Protocol("INFO server has no redis_version".into()))
     }
 
     pub fn role(&mut self) -> Result<Role> {

@@ -26,9 +26,11 @@ fn hold(this: &mut Misbehave, ctx: &Context) -> Result<(), Error> {
 
 impl Plugin for Misbehave {
     fn describe() -> Info {
-        Info::new("misbehave", env!("CARGO_PKG_VERSION"))
-            .quiesces("nothing: misbehaves for tests")
-            .param("mode", "which misbehaviour", None)
+        Info::new("misbehave", env!("CARGO_PKG_VERSION")).quiesces("nothing: misbehaves for tests").param(
+            "mode",
+            "which misbehaviour",
+            None,
+        )
     }
 
     fn pre(&mut self, ctx: &Context) -> HookResult {

@@ -21,7 +21,10 @@ fn valid_name(name: &str) -> bool {
 impl artifacts::Host for HostState {
     async fn store(&mut self, name: String, data: Vec<u8>) -> wasmtime::Result<Result<(), Error>> {
         if !valid_name(&name) {
-            return Ok(Err(error(ErrorKind::Invalid, format!("artifact name {name:?}: use 1-128 of [A-Za-z0-9._-], not starting with '.'"))));
+            return Ok(Err(error(
+                ErrorKind::Invalid,
+                format!("artifact name {name:?}: use 1-128 of [A-Za-z0-9._-], not starting with '.'"),
+            )));
         }
         let others: usize = self.artifacts.iter().filter(|a| a.name != name).map(|a| a.data.len()).sum();
         let count = self.artifacts.iter().filter(|a| a.name != name).count() + 1;
