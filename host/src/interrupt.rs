@@ -8,6 +8,9 @@ use tokio::sync::watch;
 #[derive(Clone)]
 pub struct Interrupt {
     rx: watch::Receiver<Option<String>>,
+    /// For [`Interrupt::never`]: a sender nobody fires, kept alive so that
+    /// `wait` pends instead of seeing a closed channel.
+    _unfired: Option<std::sync::Arc<watch::Sender<Option<String>>>>,
 }
 
 /// The sending half, for embedders that cancel a session themselves.
@@ -32,15 +35,13 @@ impl Trigger {
 impl Interrupt {
     pub fn new() -> (Trigger, Interrupt) {
         let (tx, rx) = watch::channel(None);
-        (Trigger { tx }, Interrupt { rx })
+        (Trigger { tx }, Interrupt { rx, _unfired: None })
     }
 
     /// Never fires.
     pub fn never() -> Interrupt {
-        let (trigger, interrupt) = Interrupt::new();
-        // Keep the sender alive for the process lifetime so `wait` pends forever.
-        std::mem::forget(trigger);
-        interrupt
+        let (tx, rx) = watch::channel(None);
+        Interrupt { rx, _unfired: Some(std::sync::Arc::new(tx)) }
     }
 
     /// Installs handlers for SIGINT, SIGTERM and SIGHUP (replacing the default
@@ -78,6 +79,7 @@ impl Interrupt {
                 return why;
             }
             if self.rx.changed().await.is_err() {
+                // Every trigger is gone: nothing can fire any more.
                 std::future::pending::<()>().await;
             }
         }

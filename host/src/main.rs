@@ -312,6 +312,9 @@ fn run_status(args: StatusArgs) -> ExitCode {
     for (p, e) in &st.unknown {
         println!("unknown: {}: {e}", p.display());
     }
+    for k in &st.skipped {
+        println!("not frozen by a session: {} ({}): {}", k.path.display(), k.fs_type, k.reason);
+    }
     ExitCode::SUCCESS
 }
 

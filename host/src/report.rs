@@ -97,6 +97,15 @@ pub enum HookKind {
     Wasm,
 }
 
+impl HookKind {
+    pub fn of(body: &crate::config::HookBody) -> HookKind {
+        match body {
+            crate::config::HookBody::Script { .. } => HookKind::Script,
+            crate::config::HookBody::Plugin(_) => HookKind::Wasm,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {

@@ -27,6 +27,8 @@ pub struct Status {
     pub frozen: Vec<FrozenMount>,
     /// Mounts that could not be probed, with the reason.
     pub unknown: Vec<(PathBuf, String)>,
+    /// Mounts a session would not freeze, and why.
+    pub skipped: Vec<freeze::Skipped>,
 }
 
 pub fn status(run_dir: &RunDir, mounts: &[PathBuf]) -> Result<Status, freeze::FreezeError> {
@@ -36,6 +38,7 @@ pub fn status(run_dir: &RunDir, mounts: &[PathBuf]) -> Result<Status, freeze::Fr
     let plan = freeze::plan(&Selection { mounts: mounts.to_vec(), exclude: Vec::new() })?;
     let mut frozen = Vec::new();
     let mut unknown = Vec::new();
+    let skipped = plan.skipped;
     for t in plan.targets {
         match freeze::is_frozen(&t.path, PROBE_WAIT) {
             Ok(true) => {
@@ -50,5 +53,5 @@ pub fn status(run_dir: &RunDir, mounts: &[PathBuf]) -> Result<Status, freeze::Fr
             Err(e) => unknown.push((t.path, e.to_string())),
         }
     }
-    Ok(Status { session_running, session, frozen, unknown })
+    Ok(Status { session_running, session, frozen, unknown, skipped })
 }

@@ -353,14 +353,28 @@ fn second_concurrent_session_is_refused_and_touches_nothing() {
 }
 
 #[test]
-fn stale_lock_file_from_a_dead_process_does_not_block() {
+fn lock_held_by_a_process_refuses_until_that_process_dies() {
     let f = Fixture::new("stale-lock");
     let run_dir = f.file("run");
     fs::create_dir_all(&run_dir).unwrap();
-    fs::write(run_dir.join("session.lock"), "999999").unwrap();
+    let lock = run_dir.join("session.lock");
     let config = f.pair("true", "true", json!({}));
+    // Another holder of the session lock (as a running session would be);
+    // --no-fork: the lock lives in the one process the test kills.
+    let mut holder = std::process::Command::new("flock").arg("--no-fork").arg("-x").arg(&lock).arg("sleep").arg("60").spawn().unwrap();
+    let t = Instant::now();
+    while fs::metadata(&lock).is_err() && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let refused = f.snapshot(&config, "true");
+    // The holder dies without cleaning up: its lock file stays, its lock does not.
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert!(lock.exists(), "the stale lock file is still there");
     let run = f.snapshot(&config, "true");
-    assert_eq!(run.code(), 0, "{:?}", run.error_codes());
+    assert!(refused.has_error("BackupOperationInProgress"), "{:?}", refused.error_codes());
+    assert_eq!(run.code(), 0, "a dead holder's lock must not block: {:?}", run.error_codes());
 }
 
 #[test]

@@ -180,8 +180,18 @@ fn file_system_frozen_by_someone_else_is_reported_and_left_alone() {
 fn status_shows_the_running_session_and_its_frozen_mounts() {
     let _g = THAW_ALL.read().unwrap();
     let f = Fixture::new("status");
+    // A second mount of `a`'s file system: status shows it as skipped, with why.
+    let bind = BindMount::new(f.a.path(), &f.file("a-again"));
     let (child, tag) = f.start_frozen_session("30", false);
-    let out = quiesce(&f.s).args(["status", "--json", "--mount"]).arg(f.a.path()).arg("--mount").arg(f.b.path()).output().unwrap();
+    let out = quiesce(&f.s)
+        .args(["status", "--json", "--mount"])
+        .arg(f.a.path())
+        .arg("--mount")
+        .arg(f.b.path())
+        .arg("--mount")
+        .arg(&bind.mountpoint)
+        .output()
+        .unwrap();
     kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
     let _ = child.wait_with_output();
     kill_sleeper(&tag);
@@ -190,6 +200,8 @@ fn status_shows_the_running_session_and_its_frozen_mounts() {
     let frozen: Vec<String> = st["frozen"].as_array().unwrap().iter().map(|m| m["path"].as_str().unwrap().to_string()).collect();
     assert_eq!(frozen.len(), 2, "{st}");
     assert!(st["frozen"][0]["frozen_by"].as_str().unwrap().starts_with("this host's session"));
+    assert_eq!(st["skipped"][0]["path"], bind.mountpoint.display().to_string(), "{st}");
+    assert!(!st["skipped"][0]["reason"].as_str().unwrap().is_empty());
     // Afterwards: nothing running, nothing frozen.
     let out = quiesce(&f.s).args(["status", "--json", "--mount"]).arg(f.a.path()).output().unwrap();
     let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -32,9 +32,6 @@ pub(super) struct PhaseContext<'a> {
 pub(super) struct ReadyHook {
     pub spec: HookSpec,
     ready: Ready,
-    /// Why the hook may not run at all. A bad script refuses the pair: a pre
-    /// that locks without a post that unlocks is worse than neither.
-    pub refused: Option<ReportError>,
 }
 
 enum Ready {
@@ -49,7 +46,9 @@ enum Ready {
         grants: Grants,
         instance: Option<PluginInstance>,
     },
-    Refused,
+    /// Why the hook may not run at all. A bad script refuses the pair: a pre
+    /// that locks without a post that unlocks is worse than neither.
+    Refused(ReportError),
 }
 
 impl ReadyHook {
@@ -59,27 +58,28 @@ impl ReadyHook {
             HookBody::Script { pre, post } => validate_scripts(pre.as_ref(), post.as_ref()),
             HookBody::Plugin(action) => validate_plugin(action, engine),
         };
-        match ready {
-            Ok(ready) => ReadyHook { spec: spec.clone(), ready, refused: None },
-            Err(e) => ReadyHook { spec: spec.clone(), ready: Ready::Refused, refused: Some(e) },
+        ReadyHook { spec: spec.clone(), ready: ready.unwrap_or_else(Ready::Refused) }
+    }
+
+    pub fn refused(&self) -> Option<&ReportError> {
+        match &self.ready {
+            Ready::Refused(e) => Some(e),
+            _ => None,
         }
     }
 
     pub fn kind(&self) -> HookKind {
-        match self.spec.body {
-            HookBody::Script { .. } => HookKind::Script,
-            HookBody::Plugin(_) => HookKind::Wasm,
-        }
+        HookKind::of(&self.spec.body)
     }
 
     /// Runs `phase` and records it; true if it succeeded (or had nothing to do).
     pub async fn run(&mut self, phase: Phase, ctx: &PhaseContext<'_>, r: &mut Run) -> bool {
-        if let Some(e) = &self.refused {
-            r.refused(&self.spec.name, self.kind(), phase, e.clone());
-            return false;
-        }
         let spec = &self.spec;
         match (&mut self.ready, &spec.body) {
+            (Ready::Refused(e), _) => {
+                r.refused(&spec.name, HookKind::of(&spec.body), phase, e.clone());
+                false
+            }
             (Ready::Script { pre, post }, HookBody::Script { pre: pre_action, post: post_action }) => {
                 let (file, action) = match phase {
                     Phase::Pre => (pre.as_ref(), pre_action.as_ref()),

@@ -169,7 +169,7 @@ impl Session {
                 };
                 tracing::error!("{e}");
                 r.error(code, e.to_string());
-                return r.finish(&self, started, false);
+                return r.finish(&self, started);
             }
         };
         tracing::info!(
@@ -189,7 +189,7 @@ impl Session {
         let engine = self.wasm_engine();
         let mut hooks: Vec<ReadyHook> = self.config.hooks.iter().map(|h| ReadyHook::validate(h, engine.as_ref())).collect();
         for h in &hooks {
-            if let Some(e) = &h.refused {
+            if let Some(e) = h.refused() {
                 tracing::error!("hook {} refused: {}", h.spec.name, e.message);
             }
         }
@@ -199,7 +199,7 @@ impl Session {
             for h in &hooks {
                 r.skipped(&h.spec.name, h.kind(), "freeze impossible; session aborted before any hook");
             }
-            return r.finish(&self, started, false);
+            return r.finish(&self, started);
         }
 
         // 2. Pre hooks, in order.
@@ -262,7 +262,7 @@ impl Session {
         if let Some(sig) = &r.interrupted_by {
             r.error(ErrorCode::Interrupted, format!("session interrupted by {sig}; thawed and ran post hooks before exiting"));
         }
-        let report = r.finish(&self, started, true);
+        let report = r.finish(&self, started);
         self.run_dir.clear_state();
         drop(lock);
         report
@@ -427,7 +427,8 @@ impl Session {
                     }
                     tracing::info!("thawed {} in {:.3} ms", m.path.display(), m.thaw_ms);
                 }
-                let last_thaw_ns = thawed.auto_thawed_at_ns.unwrap_or(thawed.last_thaw_ns).max(thawed.last_thaw_ns);
+                // After an automatic thaw, the window closed then, not at this call.
+                let last_thaw_ns = thawed.last_thaw_ns.max(thawed.auto_thawed_at_ns.unwrap_or(0));
                 let window_ns = last_thaw_ns.saturating_sub(r.first_freeze_ns);
                 r.freeze.window_ms = Some(ns_to_ms(window_ns));
                 let overhead_ns = window_ns.saturating_sub(r.snapshot_ns);

@@ -109,11 +109,8 @@ impl Run {
         }
     }
 
-    pub fn finish(mut self, s: &Session, started: Instant, ran: bool) -> Report {
+    pub fn finish(self, s: &Session, started: Instant) -> Report {
         let consistency = self.label(s);
-        if !ran {
-            self.snapshot_taken = false;
-        }
         let report = Report {
             session_id: s.id.clone(),
             consistency,
