@@ -342,6 +342,10 @@ impl Session {
     }
 
     fn freeze(&self, plan: &FreezePlan, lock: &crate::rundir::SessionLock, r: &mut Run) -> Option<Guardian> {
+        let synced = freeze::presync(&plan.targets);
+        for s in synced.iter().filter(|s| s.error.is_some()) {
+            tracing::warn!("syncfs {} before the freeze failed: {}", s.path.display(), s.error.as_deref().unwrap_or(""));
+        }
         let mut guardian = match Guardian::start(plan, self.max_freeze, &[lock.raw_fd()]) {
             Ok(g) => g,
             Err(e) => {
@@ -349,11 +353,8 @@ impl Session {
                 return None;
             }
         };
+        // Recorded right before the first FIFREEZE, so `status` says "since" truthfully.
         self.record_state(r, "frozen", Some(&guardian));
-        let synced = freeze::presync(&plan.targets);
-        for s in synced.iter().filter(|s| s.error.is_some()) {
-            tracing::warn!("syncfs {} before the freeze failed: {}", s.path.display(), s.error.as_deref().unwrap_or(""));
-        }
         // From the first FIFREEZE until thaw, nothing may be written to disk.
         logging::gate().hold();
         match guardian.freeze() {
