@@ -92,16 +92,21 @@ fn in_range(field: Option<&str>, v: f64, shown: &str) -> Result<Duration, Durati
     Ok(Duration::from_secs_f64(v))
 }
 
-/// `start + d`, or the farthest instant the platform can represent after
-/// `start` when that overflows. Never panics; a saturated deadline is one
-/// that is never reached, which is what an absurdly long duration means.
+/// How far a saturated deadline lies: 30 years, tokio's own "far future"
+/// (its timer adds to a deadline internally, so the largest representable
+/// instant would overflow there).
+pub const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 86_400);
+
+/// `start + d`, with `d` capped at [`FAR_FUTURE`]. Never panics; a saturated
+/// deadline is one that is never reached, which is what an absurdly long
+/// duration means.
 pub fn deadline(start: Instant, d: Duration) -> Instant {
-    start.checked_add(d).unwrap_or_else(|| far_after(start, |s, d| s.checked_add(d)))
+    start.checked_add(d.min(FAR_FUTURE)).unwrap_or_else(|| far_after(start, |s, d| s.checked_add(d)))
 }
 
 /// [`deadline`] for tokio's clock.
 pub fn deadline_tokio(start: tokio::time::Instant, d: Duration) -> tokio::time::Instant {
-    start.checked_add(d).unwrap_or_else(|| far_after(start, |s, d| s.checked_add(d)))
+    start.checked_add(d.min(FAR_FUTURE)).unwrap_or_else(|| far_after(start, |s, d| s.checked_add(d)))
 }
 
 /// The largest `start + 2^k s` that fits; `start` itself if nothing does.
@@ -175,7 +180,7 @@ mod tests {
     fn deadlines_saturate_instead_of_panicking() {
         let now = Instant::now();
         let far = deadline(now, Duration::MAX);
-        assert!(far > now + Duration::from_secs(3600 * 24 * 365));
+        assert_eq!(far, now + FAR_FUTURE);
         assert_eq!(deadline(now, Duration::from_secs(1)), now + Duration::from_secs(1));
         let tnow = tokio::time::Instant::now();
         assert!(deadline_tokio(tnow, Duration::MAX) > tnow);
