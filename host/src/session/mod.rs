@@ -318,8 +318,13 @@ impl Session {
         // the guardian holds the lock until its retries succeed.
         if still_frozen.is_empty() {
             self.run_dir.clear_state();
+            drop(lock);
+        } else {
+            // Dropping the lock would unlock it (flock LOCK_UN) for the
+            // guardian's copy of the fd too; leaking our fd leaves the
+            // guardian the only holder until it has thawed and exited.
+            std::mem::forget(lock);
         }
-        drop(lock);
         report
     }
 
@@ -674,4 +679,100 @@ fn new_session_id() -> String {
     let mut rnd = [0u8; 4];
     let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut rnd));
     format!("q-{}-{:08x}", unix_ms() / 1000, u32::from_le_bytes(rnd))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::snapshot::{SnapshotError, TakeFuture};
+
+    /// Takes the snapshot at once, or never; says when its future is dropped.
+    struct Provider {
+        hangs: bool,
+        dropped: Arc<AtomicBool>,
+    }
+
+    struct SetOnDrop(Arc<AtomicBool>);
+    impl Drop for SetOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    impl SnapshotProvider for Provider {
+        fn describe(&self) -> String {
+            "test provider".into()
+        }
+        fn take<'a>(&'a self, _: &'a SnapshotContext) -> TakeFuture<'a> {
+            let guard = SetOnDrop(self.dropped.clone());
+            Box::pin(async move {
+                let _guard = guard;
+                if self.hangs {
+                    std::future::pending::<()>().await;
+                }
+                Ok::<(), SnapshotError>(())
+            })
+        }
+    }
+
+    fn session(tag: &str, config: Config, max_freeze: Option<Duration>, hangs: bool) -> (Session, Arc<AtomicBool>, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("quiesce-session-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let dropped = Arc::new(AtomicBool::new(false));
+        let opts = SessionOptions {
+            run_dir: Some(RunDir::new(dir.join("run"))),
+            max_freeze,
+            provider: Some(Box::new(Provider { hangs, dropped: dropped.clone() })),
+            cache_dir: Some(dir.join("cache")),
+            state_dir: Some(dir.join("state")),
+            ..Default::default()
+        };
+        (Session::prepare(Ok(config), opts).expect("prepare"), dropped, dir)
+    }
+
+    fn unfrozen() -> Config {
+        let mut c = Config::builtin();
+        c.freeze.enabled = false;
+        c
+    }
+
+    fn run(s: Session) -> Report {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(s.run(Interrupt::never()))
+    }
+
+    #[test]
+    fn an_embedders_duration_max_runs_the_session_without_panicking() {
+        let (s, _, dir) = session("max", unfrozen(), Some(Duration::MAX), false);
+        let report = run(s);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(report.snapshot_taken, "{:?}", report.errors);
+        assert_eq!(report.freeze.max_freeze_s, Duration::MAX.as_secs_f64());
+    }
+
+    #[test]
+    fn a_provider_past_snapshot_timeout_is_dropped_and_reported() {
+        let mut config = unfrozen();
+        config.snapshot_timeout = Some(Duration::from_millis(50));
+        let (s, dropped, dir) = session("timeout", config, Some(Duration::MAX), true);
+        let report = run(s);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(!report.snapshot_taken);
+        assert!(report.has_error(ErrorCode::SnapshotTimeout), "{:?}", report.errors);
+        assert!(report.errors[0].message.contains("timeout_secs"), "{}", report.errors[0].message);
+        assert!(dropped.load(Ordering::SeqCst), "the provider's future was dropped (= its work stopped)");
+        assert_eq!(report.exit_code(), 4);
+    }
+
+    #[test]
+    fn without_a_freeze_or_timeout_the_wait_defaults_to_max_freeze() {
+        let (s, _, dir) = session("default", unfrozen(), Some(Duration::from_millis(50)), true);
+        let report = run(s);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(report.has_error(ErrorCode::SnapshotTimeout), "{:?}", report.errors);
+        assert!(report.errors[0].message.contains("max-freeze"), "{}", report.errors[0].message);
+    }
 }
