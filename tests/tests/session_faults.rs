@@ -284,16 +284,20 @@ fn process_alive(pid: i32) -> bool {
         .is_ok_and(|st| st.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')))
 }
 
-/// Waits (bounded) for a process that was killed to disappear; true if it did.
-fn gone_within(pid: i32, limit: Duration) -> bool {
+/// A snapshot command that hangs: a `sleep 1000` child of the shell, in its
+/// process group (the whole group must go), its pid written to `pidfile`.
+fn hung_command(pidfile: &std::path::Path) -> String {
+    format!("sleep 1000 & echo $! > {}; wait", pidfile.display())
+}
+
+/// The hung command's sleep is gone (waits, bounded, for the kill to land).
+fn assert_killed(pidfile: &std::path::Path) {
+    let pid: i32 = fs::read_to_string(pidfile).unwrap().trim().parse().unwrap();
     let t = Instant::now();
     while process_alive(pid) {
-        if t.elapsed() > limit {
-            return false;
-        }
+        assert!(t.elapsed() < Duration::from_secs(10), "the snapshot command's child (pid {pid}) survived");
         std::thread::sleep(Duration::from_millis(20));
     }
-    true
 }
 
 #[test]
@@ -301,8 +305,7 @@ fn snapshot_command_that_hangs_is_killed_at_the_freeze_deadline_and_post_hooks_r
     let _g = THAW_ALL.read().unwrap();
     let f = Fixture::new("hung-snapshot");
     let pidfile = f.file("sleep.pid");
-    // The sleep is a child of the shell, in its process group: the whole group must go.
-    let cmd = f.session(&format!("sleep 1000 & echo $! > {}; wait", pidfile.display()), "2");
+    let cmd = f.session(&hung_command(&pidfile), "2");
     let t = Instant::now();
     let run = run_json(cmd);
     let took = t.elapsed();
@@ -312,8 +315,7 @@ fn snapshot_command_that_hangs_is_killed_at_the_freeze_deadline_and_post_hooks_r
     assert_eq!(run.report["snapshot_taken"], false);
     assert_eq!(run.consistency(), "None");
     assert_eq!(f.log(), "pre\npost\n", "post hooks ran after the abandoned snapshot");
-    let pid: i32 = fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
-    assert!(gone_within(pid, Duration::from_secs(10)), "the snapshot command's child (pid {pid}) was killed with its group");
+    assert_killed(&pidfile);
     assert!(!is_frozen(f.a.path()) && !is_frozen(f.b.path()));
 }
 
@@ -326,7 +328,7 @@ fn snapshot_timeout_secs_bounds_the_wait_without_a_freeze() {
     let config = native_config(&s, "[freeze]\nenabled = false\n[snapshot]\ntimeout_secs = 1\n");
     let mut cmd = quiesce(&s);
     cmd.arg("snapshot").arg("--config").arg(&config).arg("--mount").arg(a.path());
-    cmd.arg("--snapshot-cmd").arg(format!("sleep 1000 & echo $! > {}; wait", pidfile.display()));
+    cmd.arg("--snapshot-cmd").arg(hung_command(&pidfile));
     let t = Instant::now();
     let run = run_json(cmd);
     assert!(t.elapsed() < Duration::from_secs(300), "waited for the command, not for timeout_secs");
@@ -336,8 +338,7 @@ fn snapshot_timeout_secs_bounds_the_wait_without_a_freeze() {
     assert!(msg.contains("timeout_secs"), "{msg}");
     assert_eq!(run.report["freeze"]["enabled"], false);
     assert_eq!(fs::read_to_string(s.join("log.txt")).unwrap(), "pre\npost\n");
-    let pid: i32 = fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
-    assert!(gone_within(pid, Duration::from_secs(10)), "pid {pid} survived");
+    assert_killed(&pidfile);
 }
 
 #[test]

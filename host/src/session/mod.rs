@@ -452,7 +452,7 @@ impl Session {
     /// Takes the snapshot (if a provider is configured) while frozen, waiting
     /// for it at most until the freeze deadline or `[snapshot] timeout_secs`.
     /// Returns the signal that cut it short, if one did.
-    async fn snapshot(&self, mut guardian: Option<&mut Guardian>, r: &mut Run, interrupt: &mut Interrupt) -> Option<String> {
+    async fn snapshot(&self, guardian: Option<&mut Guardian>, r: &mut Run, interrupt: &mut Interrupt) -> Option<String> {
         let Some(provider) = &self.provider else {
             r.snapshot.message = Some("no snapshot provider configured (--snapshot-cmd or [snapshot]); quiesce took no snapshot".into());
             tracing::warn!("no snapshot provider: quiesce took no snapshot");
@@ -506,13 +506,12 @@ impl Session {
                 None
             }
             Err(Cut::GuardianThawed) => {
-                let why = guardian
-                    .as_deref_mut()
-                    .and_then(|g| g.auto_thawed())
-                    .map(|a| thaw_reason(a.reason))
-                    .unwrap_or_else(|| "guardian gone".into());
+                // The guardian reports once every mount is done; a FITHAW
+                // being retried can delay that past this moment.
+                let reason = guardian.and_then(|g| g.auto_thawed()).map(|a| a.reason);
+                let why = reason.map(thaw_reason).unwrap_or_else(|| "reason not reported yet".into());
                 let code =
-                    if why == thaw_reason(freeze::ThawReason::Deadline) { ErrorCode::SnapshotTimeout } else { ErrorCode::SnapshotFailed };
+                    if reason == Some(freeze::ThawReason::Deadline) { ErrorCode::SnapshotTimeout } else { ErrorCode::SnapshotFailed };
                 let m = abandoned(format!("the guardian thawed every file system on its own ({why}) while it was still running"));
                 tracing::error!("{m}");
                 r.error(code, m);
