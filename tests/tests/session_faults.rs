@@ -465,7 +465,8 @@ impl Injected {
             .filter_map(|l| {
                 let (pid, rest) = l.split_once(' ')?;
                 let rest = rest.trim_start().strip_prefix("ioctl(")?;
-                let request = rest.split(", ").nth(1)?.trim_end_matches(')').split(')').next()?.to_string();
+                // `FITHAW)  = 0`, or `FITHAW <unfinished ...>` when strace interleaves lines.
+                let request: String = rest.split(", ").nth(1)?.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
                 Some((pid.to_string(), request))
             })
             .collect()
