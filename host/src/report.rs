@@ -190,6 +190,10 @@ pub struct FreezeReport {
     /// Set when the guardian thawed on its own (deadline, host gone, signal).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auto_thawed: Option<String>,
+    /// Mounts whose FITHAW kept failing: still frozen when the session ended
+    /// (the guardian keeps retrying; see `FsThawFailed`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub still_frozen: Vec<PathBuf>,
     pub max_freeze_s: f64,
 }
 

@@ -517,6 +517,7 @@ fn fithaw_that_keeps_failing_is_reported_and_status_shows_the_mount_still_frozen
     let msg = thaw["message"].as_str().unwrap();
     assert!(msg.contains(&a.path().display().to_string()) && msg.contains("EIO") && msg.contains("STILL FROZEN"), "{msg}");
     assert_eq!(report["freeze"]["window_ms"], serde_json::Value::Null, "no freeze window closed");
+    assert_eq!(report["freeze"]["still_frozen"][0], a.path().display().to_string(), "{report}");
     assert_eq!(fs::read_to_string(s.join("log.txt")).unwrap(), "pre\npost\n", "post hooks still ran");
 
     // The guardian keeps trying and holds the session: status says so, for real.

@@ -751,7 +751,11 @@ impl Guardian {
                         });
                     }
                 }
-                EV_THAWED => thawed_back.push(self.thaw_timing(&ev)),
+                EV_THAWED | EV_THAW_FAILED => {
+                    let t = self.thaw_timing(&ev);
+                    self.left_frozen |= t.still_frozen;
+                    thawed_back.push(t);
+                }
                 EV_FREEZE_DONE => {
                     if ev.errno != 0 {
                         failed = Some((ev.index as usize, ev.errno));

@@ -276,7 +276,6 @@ impl Session {
 
         // 3. Freeze, snapshot, thaw.
         let mut interrupted = interrupt.fired();
-        let mut still_frozen: Vec<PathBuf> = Vec::new();
         if !abort && interrupted.is_none() {
             let mut guardian = None;
             if freeze_ok {
@@ -295,13 +294,13 @@ impl Session {
                 interrupted = self.snapshot(guardian.as_mut(), &mut r, &mut interrupt).await;
             }
             if let Some(g) = guardian.take() {
-                still_frozen = self.thaw(g, &mut r);
+                self.thaw(g, &mut r);
             }
             r.frozen_throughout = freeze_required && freeze_ok && r.freeze.auto_thawed.is_none();
         }
 
         // 4. Post hooks, in reverse order, for every hook whose turn came in pre.
-        if still_frozen.is_empty() {
+        if r.freeze.still_frozen.is_empty() {
             self.record_state(&r, SessionPhase::Post, &[], None);
         }
         let post_ctx = PhaseContext { session_id: &self.id, snapshot: Some((r.snapshot_taken, r.label(&self))) };
@@ -316,7 +315,7 @@ impl Session {
         let report = r.finish(&self, started);
         // A mount still frozen keeps its state file: `status` shows it, and
         // the guardian holds the lock until its retries succeed.
-        if still_frozen.is_empty() {
+        if report.freeze.still_frozen.is_empty() {
             self.run_dir.clear_state();
             drop(lock);
         } else {
@@ -435,13 +434,15 @@ impl Session {
                 Some(guardian)
             }
             Err(failure) => {
-                let left: Vec<&Path> = failure.thawed_back.iter().filter(|t| t.still_frozen).map(|t| t.path.as_path()).collect();
-                if left.is_empty() {
+                // Thawing back what it froze before the failure can fail too.
+                r.freeze.still_frozen = failure.thawed_back.iter().filter(|t| t.still_frozen).map(|t| t.path.clone()).collect();
+                if r.freeze.still_frozen.is_empty() {
                     release_log(r);
                 } else {
                     for t in failure.thawed_back.iter().filter(|t| t.still_frozen) {
                         r.error(ErrorCode::FsThawFailed, thaw_failed_message(t, guardian.pid()));
                     }
+                    self.record_state(r, SessionPhase::ThawFailed, &r.freeze.still_frozen, Some(&guardian));
                 }
                 r.error(ErrorCode::FsFreezeFailed, failure.to_string());
                 None
@@ -533,9 +534,9 @@ impl Session {
         }
     }
 
-    /// Thaws and records it. Returns the mounts still frozen because FITHAW
-    /// kept failing (the guardian keeps trying; see `freeze::Guardian`).
-    fn thaw(&self, mut guardian: Guardian, r: &mut Run) -> Vec<PathBuf> {
+    /// Thaws and records it, including the mounts still frozen because
+    /// FITHAW kept failing (the guardian keeps trying; see `freeze::Guardian`).
+    fn thaw(&self, mut guardian: Guardian, r: &mut Run) {
         match guardian.thaw() {
             Ok(thawed) => {
                 let still: Vec<PathBuf> = thawed.mounts.iter().filter(|m| m.still_frozen).map(|m| m.path.clone()).collect();
@@ -578,6 +579,7 @@ impl Session {
                     // not be written to a file system that may be frozen.
                     self.record_state(r, SessionPhase::ThawFailed, &still, Some(&guardian));
                 }
+                r.freeze.still_frozen = still;
                 if let Some(at_ns) = thawed.auto_thawed_at_ns {
                     let why = format!("{} after {:.3} s", thaw_reason(thawed.reason), at_ns.saturating_sub(r.first_freeze_ns) as f64 / 1e9);
                     r.error(
@@ -586,7 +588,6 @@ impl Session {
                     );
                     r.freeze.auto_thawed = Some(why);
                 }
-                still
             }
             Err(e) => {
                 release_log(r);
@@ -608,9 +609,13 @@ impl Session {
                 }
                 r.error(ErrorCode::FsFreezeFailed, format!("thaw: {e}"));
                 r.freeze.auto_thawed = Some("thaw reported an error".into());
-                // The guardian is gone, so nothing holds the lock for these:
-                // the state file is all `status` can show besides its probe.
-                still
+                // The guardian is gone, so nothing holds the lock for these
+                // once this process exits: the state file is what `status`
+                // can show besides its probe.
+                if !still.is_empty() {
+                    self.record_state(r, SessionPhase::ThawFailed, &still, None);
+                }
+                r.freeze.still_frozen = still;
             }
         }
     }
