@@ -165,7 +165,7 @@ impl Session {
             Err(e) => {
                 let code = match e {
                     LockError::Busy { .. } => ErrorCode::BackupOperationInProgress,
-                    LockError::Io { .. } => ErrorCode::IncorrectPluginhostFile,
+                    LockError::Io { .. } | LockError::Untrusted { .. } => ErrorCode::IncorrectPluginhostFile,
                 };
                 tracing::error!("{e}");
                 r.error(code, e.to_string());
