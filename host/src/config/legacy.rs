@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{positive_secs, Config, FreezeSettings, HookBody, HookSpec, OnFailure, ScriptAction};
+use super::{positive_secs, Config, FreezeSettings, HookBody, HookSpec, OnFailure, ScriptAction, ScriptPermissions};
 
 /// The name the legacy script pair is reported under.
 pub const HOOK_NAME: &str = "ScriptRunner";
@@ -58,8 +58,18 @@ pub(super) fn parse(text: &str) -> Result<Config, String> {
     let hook = HookSpec {
         name: HOOK_NAME.to_string(),
         body: HookBody::Script {
-            pre: Some(ScriptAction { path: pre, args: file.pre_script_params, retries: file.pre_script_no_of_retries }),
-            post: Some(ScriptAction { path: post, args: file.post_script_params, retries: file.post_script_no_of_retries }),
+            pre: Some(ScriptAction {
+                path: pre,
+                args: file.pre_script_params,
+                retries: file.pre_script_no_of_retries,
+                permissions: ScriptPermissions::Legacy,
+            }),
+            post: Some(ScriptAction {
+                path: post,
+                args: file.post_script_params,
+                retries: file.post_script_no_of_retries,
+                permissions: ScriptPermissions::Legacy,
+            }),
         },
         timeout,
         retry_delay: Duration::ZERO,

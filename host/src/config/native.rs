@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use std::collections::BTreeMap;
 
-use super::{positive_secs, Config, Format, HookBody, HookSpec, OnFailure, PluginAction, ScriptAction, SnapshotSpec};
+use super::{positive_secs, Config, Format, HookBody, HookSpec, OnFailure, PluginAction, ScriptAction, ScriptPermissions, SnapshotSpec};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -140,7 +140,7 @@ fn hook_body(h: &HookTable) -> Result<HookBody, String> {
         match path {
             Some(p) => {
                 absolute(field, p)?;
-                Ok(Some(ScriptAction { path: p.clone(), args: args.to_vec(), retries: h.retries }))
+                Ok(Some(ScriptAction { path: p.clone(), args: args.to_vec(), retries: h.retries, permissions: ScriptPermissions::Native }))
             }
             None => Ok(None),
         }

@@ -12,7 +12,7 @@ use crate::config::{HookBody, HookSpec, PluginAction, ScriptAction};
 use crate::hooks::script::{self, ScriptOutcome, ScriptSpec};
 use crate::hooks::wasm::{CallContext, CallOutcome, Grants, InstanceConfig, Plugin, PluginInstance, SnapshotOutcome, WasmEngine};
 use crate::report::{label_name, ms, Consistency, ErrorCode, HookKind, HookReport, Outcome, Phase, ReportError};
-use crate::trust::{self, Rule, TrustError, TrustedFile};
+use crate::trust::{self, TrustError, TrustedFile};
 
 use super::record::Run;
 
@@ -29,9 +29,12 @@ pub(super) struct PhaseContext<'a> {
 
 /// A hook after validation: its scripts opened and checked (or its plugin
 /// loaded), or refused.
-pub(super) struct ReadyHook {
+pub(crate) struct ReadyHook {
     pub spec: HookSpec,
     ready: Ready,
+    /// What passed but deserves the admin's attention (a native config's
+    /// script that group or others may read).
+    pub warnings: Vec<String>,
 }
 
 enum Ready {
@@ -58,7 +61,21 @@ impl ReadyHook {
             HookBody::Script { pre, post } => validate_scripts(pre.as_ref(), post.as_ref()),
             HookBody::Plugin(action) => validate_plugin(action, engine),
         };
-        ReadyHook { spec: spec.clone(), ready: ready.unwrap_or_else(Ready::Refused) }
+        let ready = ready.unwrap_or_else(Ready::Refused);
+        let warnings = match &ready {
+            // Only the native rule lets such a script pass; the legacy one refuses it.
+            Ready::Script { pre, post } => [pre, post].into_iter().flatten().filter_map(TrustedFile::group_or_other_access).collect(),
+            Ready::Plugin { .. } | Ready::Refused(_) => Vec::new(),
+        };
+        ReadyHook { spec: spec.clone(), ready, warnings }
+    }
+
+    /// The loaded plugin of a plugin hook that passed validation.
+    pub fn plugin(&self) -> Option<&Plugin> {
+        match &self.ready {
+            Ready::Plugin { plugin, .. } => Some(plugin),
+            Ready::Script { .. } | Ready::Refused(_) => None,
+        }
     }
 
     pub fn refused(&self) -> Option<&ReportError> {
@@ -73,7 +90,7 @@ impl ReadyHook {
     }
 
     /// Runs `phase` and records it; true if it succeeded (or had nothing to do).
-    pub async fn run(&mut self, phase: Phase, ctx: &PhaseContext<'_>, r: &mut Run) -> bool {
+    pub(super) async fn run(&mut self, phase: Phase, ctx: &PhaseContext<'_>, r: &mut Run) -> bool {
         let spec = &self.spec;
         match (&mut self.ready, &spec.body) {
             (Ready::Refused(e), _) => {
@@ -110,7 +127,7 @@ fn validate_scripts(pre: Option<&ScriptAction>, post: Option<&ScriptAction>) -> 
     let open = |action: Option<&ScriptAction>, phase: Phase| -> Result<Option<TrustedFile>, ReportError> {
         match action {
             None => Ok(None),
-            Some(a) => trust::open_trusted(&a.path, Rule::Script).map(Some).map_err(|e| trust_error(phase, &a.path, &e)),
+            Some(a) => trust::open_trusted(&a.path, a.permissions.rule()).map(Some).map_err(|e| trust_error(phase, &a.path, &e)),
         }
     };
     Ok(Ready::Script { pre: open(pre, Phase::Pre)?, post: open(post, Phase::Post)? })
