@@ -5,6 +5,11 @@
 //! there (open-vm-tools #16, #650). So every record goes through one
 //! process-wide [`LogGate`]: while it is held, records are kept in memory;
 //! on release they are written out in order.
+//!
+//! What is kept is capped at [`HELD_CAP`]: a hook or snapshot command that
+//! floods its output while frozen (and a hung one, issue 8) must not grow
+//! the host's memory without bound. Records past the cap are dropped and
+//! counted; release writes one line saying how many.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -16,11 +21,27 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 pub const DEFAULT_LOG_FILE: &str = "/var/log/quiesce/quiesce.log";
 pub const LOG_FILE_ENV: &str = "QUIESCE_LOG_FILE";
 
+/// Most bytes of log records kept while held. A normal freeze logs a few
+/// KiB; 4 MiB is room for thousands of records, and little memory.
+pub const HELD_CAP: usize = 4 << 20;
+
 struct Sinks {
     stderr: bool,
     file: Option<File>,
     /// Some while held: records waiting for the thaw.
-    held: Option<Vec<u8>>,
+    held: Option<Held>,
+}
+
+struct Held {
+    buf: Vec<u8>,
+    dropped: Dropped,
+}
+
+/// Log records dropped while held because the buffer was full.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Dropped {
+    pub records: u64,
+    pub bytes: u64,
 }
 
 /// The process-wide gate. [`gate()`] returns it.
@@ -58,16 +79,27 @@ impl LogGate {
     pub fn hold(&self) {
         let mut s = self.sinks();
         if s.held.is_none() {
-            s.held = Some(Vec::with_capacity(16 * 1024));
+            s.held = Some(Held { buf: Vec::with_capacity(16 * 1024), dropped: Dropped::default() });
         }
     }
 
-    /// Write out what was held and go back to writing directly. Called after thaw.
-    pub fn release(&self) {
+    /// Write out what was held and go back to writing directly. Called after
+    /// thaw. Returns what had to be dropped (also said in one log line).
+    pub fn release(&self) -> Dropped {
         let mut s = self.sinks();
-        if let Some(buf) = s.held.take() {
-            s.write_out(&buf);
+        let Some(held) = s.held.take() else { return Dropped::default() };
+        s.write_out(&held.buf);
+        let d = held.dropped;
+        if d.records > 0 {
+            let line = format!(
+                "quiesce: {} log records ({} bytes) dropped while frozen (at most {} MiB are kept in memory)\n",
+                d.records,
+                d.bytes,
+                HELD_CAP >> 20
+            );
+            s.write_out(line.as_bytes());
         }
+        d
     }
 
     pub fn is_held(&self) -> bool {
@@ -77,7 +109,11 @@ impl LogGate {
     fn write(&self, record: &[u8]) {
         let mut s = self.sinks();
         match &mut s.held {
-            Some(buf) => buf.extend_from_slice(record),
+            Some(h) if h.buf.len().saturating_add(record.len()) > HELD_CAP => {
+                h.dropped.records = h.dropped.records.saturating_add(1);
+                h.dropped.bytes = h.dropped.bytes.saturating_add(record.len() as u64);
+            }
+            Some(h) => h.buf.extend_from_slice(record),
             None => s.write_out(record),
         }
     }
@@ -144,6 +180,23 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "before\n");
         g.release();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "before\nwhile frozen\n");
+
+        // A flood while held stays within the cap, and the drop is counted.
+        let record = [b'x'; 1000];
+        g.hold();
+        for _ in 0..10_000 {
+            GatedWriter.write_all(&record).unwrap();
+        }
+        let dropped = g.release();
+        let written = std::fs::metadata(&path).unwrap().len() as usize;
+        assert_eq!(dropped.records, 10_000 - (HELD_CAP / 1000) as u64);
+        assert_eq!(dropped.bytes, dropped.records * 1000);
+        assert!(written <= "before\nwhile frozen\n".len() + HELD_CAP + 200, "{written}");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.ends_with(&format!(
+            "{} log records ({} bytes) dropped while frozen (at most 4 MiB are kept in memory)\n",
+            dropped.records, dropped.bytes
+        )));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

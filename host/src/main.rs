@@ -77,7 +77,7 @@ struct SnapshotArgs {
     #[arg(long, value_name = "CMD")]
     snapshot_cmd: Option<String>,
     /// Longest the file systems may stay frozen, even if quiesce is killed.
-    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    #[arg(long, value_name = "SECS", value_parser = quiesce::duration::parse_secs)]
     max_freeze: Option<Duration>,
     /// Print the report as one JSON object on stdout.
     #[arg(long)]
@@ -120,13 +120,6 @@ struct ThawArgs {
     target: ThawTarget,
     #[arg(long)]
     json: bool,
-}
-
-fn parse_secs(s: &str) -> Result<Duration, String> {
-    match s.parse::<f64>() {
-        Ok(v) if v > 0.0 && v.is_finite() => Ok(Duration::from_secs_f64(v)),
-        _ => Err(format!("{s:?} is not a positive number of seconds")),
-    }
 }
 
 fn main() -> ExitCode {

@@ -33,7 +33,13 @@ pub enum ErrorCode {
     IncorrectPluginhostFile,
     FsFreezeFailed,
     FsFreezeTimeout,
+    /// FITHAW kept failing until the freeze deadline: the mount is still
+    /// frozen (the guardian keeps retrying).
+    FsThawFailed,
     SnapshotFailed,
+    /// The snapshot provider ran past its deadline (the freeze deadline or
+    /// `[snapshot] timeout_secs`) and was stopped.
+    SnapshotTimeout,
     BackupOperationInProgress,
     PluginLoadFailed,
     PluginTrapped,
@@ -266,14 +272,7 @@ pub fn label_name(c: Consistency) -> String {
     serde_json::to_value(c).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
 }
 
-/// Milliseconds with microsecond resolution, as the report shows them.
-pub fn ms(d: std::time::Duration) -> f64 {
-    round_ms(d.as_secs_f64() * 1e3)
-}
-
-pub fn round_ms(ms: f64) -> f64 {
-    (ms * 1e3).round() / 1e3
-}
+pub use crate::duration::{ms, round_ms};
 
 #[cfg(test)]
 mod tests {

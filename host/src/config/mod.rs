@@ -208,6 +208,10 @@ pub struct Config {
     pub hooks: Vec<HookSpec>,
     pub freeze: FreezeSettings,
     pub snapshot: Option<SnapshotSpec>,
+    /// `[snapshot] timeout_secs`: the longest the session waits for the
+    /// provider (also for `--snapshot-cmd`); while frozen, the freeze
+    /// deadline caps it too. None: the freeze deadline, or `max_freeze`.
+    pub snapshot_timeout: Option<Duration>,
 }
 
 impl Config {
@@ -225,6 +229,7 @@ impl Config {
                 on_failure: OnFailure::Continue,
             },
             snapshot: None,
+            snapshot_timeout: None,
         }
     }
 
@@ -273,9 +278,5 @@ impl Config {
 /// Timeouts are configured in whole seconds in both formats; zero makes no
 /// sense for a hook and is refused rather than read as "no timeout".
 fn positive_secs(field: &str, secs: u64) -> Result<Duration, String> {
-    if secs == 0 {
-        Err(format!("`{field}` must be at least 1 second"))
-    } else {
-        Ok(Duration::from_secs(secs))
-    }
+    crate::duration::checked_secs(field, secs).map_err(|e| e.to_string())
 }

@@ -56,6 +56,8 @@ struct SnapshotTable {
     command: Option<String>,
     reflink_source: Option<PathBuf>,
     reflink_dest: Option<PathBuf>,
+    /// The longest the session waits for the provider (alone, it applies to `--snapshot-cmd`).
+    timeout_secs: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -170,10 +172,17 @@ pub(super) fn parse(text: &str) -> Result<Config, String> {
             name: h.name,
         });
     }
+    let snapshot_timeout = match file.snapshot.as_ref().and_then(|t| t.timeout_secs) {
+        Some(secs) => Some(positive_secs("snapshot.timeout_secs", secs)?),
+        None => None,
+    };
     let snapshot = match file.snapshot {
         None => None,
-        Some(SnapshotTable { command: Some(command), reflink_source: None, reflink_dest: None }) => Some(SnapshotSpec::Command { command }),
-        Some(SnapshotTable { command: None, reflink_source: Some(source), reflink_dest: Some(dest) }) => {
+        Some(SnapshotTable { command: None, reflink_source: None, reflink_dest: None, timeout_secs: Some(_) }) => None,
+        Some(SnapshotTable { command: Some(command), reflink_source: None, reflink_dest: None, .. }) => {
+            Some(SnapshotSpec::Command { command })
+        }
+        Some(SnapshotTable { command: None, reflink_source: Some(source), reflink_dest: Some(dest), .. }) => {
             Some(SnapshotSpec::Reflink { source, dest })
         }
         Some(_) => {
@@ -184,6 +193,7 @@ pub(super) fn parse(text: &str) -> Result<Config, String> {
     config.format = Format::Native;
     config.hooks = hooks;
     config.snapshot = snapshot;
+    config.snapshot_timeout = snapshot_timeout;
     config.freeze.enabled = file.freeze.enabled;
     config.freeze.mounts = file.freeze.mounts;
     config.freeze.exclude = file.freeze.exclude;

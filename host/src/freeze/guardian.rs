@@ -15,6 +15,17 @@
 //! make async-signal-safe calls: no allocation, no locks, no std I/O. All
 //! its data (fds, flags, lists) is prepared before the fork, and it talks in
 //! fixed-size records smaller than PIPE_BUF, so each write is atomic.
+//!
+//! A FITHAW that fails (anything but EINVAL, which means "not frozen") is
+//! retried with a short backoff until the freeze deadline (at least
+//! [`THAW_RETRY_MIN_NS`]), then reported per mount as still frozen. The kernel
+//! does not normally fail FITHAW, but when it does, a guardian that exits
+//! "after the thaw" would leave a frozen machine with nobody in charge. So the
+//! guardian never exits while a file system it froze is still frozen: past
+//! the deadline it retries every [`THAW_SLOW_RETRY_MS`], and since it holds
+//! the session lock's fd, `quiesce status` keeps showing the session and the
+//! mount (and a new session refuses to start) until the thaw succeeds, or
+//! someone else thaws it (its next FITHAW then says EINVAL).
 
 use std::io;
 use std::mem::size_of;
@@ -27,6 +38,7 @@ use super::error::{errno_name, freeze_errno_explanation, FreezeError};
 use super::plan::{FreezePlan, Target};
 use super::probe::{close_range, wait_exit};
 use super::thaw::{thaw_mounts, FIFREEZE, FITHAW};
+use crate::duration;
 
 /// Nanoseconds on CLOCK_MONOTONIC, the clock of every guardian timestamp,
 /// so a session can place its own measurements in the freeze window.
@@ -47,6 +59,16 @@ const EV_FROZE: u32 = 2;
 const EV_FREEZE_DONE: u32 = 3;
 const EV_THAWED: u32 = 4;
 const EV_THAW_DONE: u32 = 5;
+/// FITHAW kept failing until the retry window closed: still frozen.
+const EV_THAW_FAILED: u32 = 6;
+
+/// Fast retries of a failing FITHAW go on at least this long, even when the
+/// freeze deadline has already passed (the deadline thaw itself).
+const THAW_RETRY_MIN_NS: u64 = 1_000_000_000;
+/// Backoff between fast retries: 1 ms, doubling, capped here.
+const THAW_BACKOFF_MAX_MS: i32 = 100;
+/// After the fast retries: how often a still-frozen mount is tried again.
+const THAW_SLOW_RETRY_MS: i32 = 1_000;
 
 const WHY_ASKED: u32 = 1;
 const WHY_DEADLINE: u32 = 2;
@@ -67,9 +89,10 @@ struct Event {
     kind: u32,
     /// Index into the targets (per-mount events), or of the failed mount.
     index: u32,
-    /// errno of the operation; the signal number for a signal thaw.
+    /// errno of the operation (for EV_THAWED: of the last failed FITHAW
+    /// before it succeeded, 0 if none); the signal number for a signal thaw.
     errno: i32,
-    /// WHY_* for EV_THAW_DONE.
+    /// WHY_* for EV_THAW_DONE; failed FITHAW attempts for EV_THAWED/EV_THAW_FAILED.
     reason: u32,
     start_ns: u64,
     end_ns: u64,
@@ -111,8 +134,16 @@ pub struct ThawTiming {
     pub thaw_ms: f64,
     pub start_ns: u64,
     pub end_ns: u64,
-    /// Set when FITHAW failed (EINVAL, "was not frozen", is not a failure).
+    /// Set when the mount is still frozen: the last FITHAW error (EINVAL,
+    /// "was not frozen", is not a failure).
     pub error: Option<String>,
+    /// errno of the last failed FITHAW (also when a retry then succeeded), 0 if none failed.
+    pub errno: i32,
+    /// FITHAW calls that failed before it succeeded or the guardian gave up for now.
+    pub failed_attempts: u32,
+    /// FITHAW kept failing: the file system is still frozen, and the guardian
+    /// keeps retrying in the background (it does not exit until it succeeds).
+    pub still_frozen: bool,
 }
 
 /// Why the guardian thawed.
@@ -190,6 +221,8 @@ struct ChildCtx {
     /// Sorted fds to keep open (besides 0..=2).
     keep: Vec<RawFd>,
     max_ns: u64,
+    /// When the current freeze must end (0 when none is held).
+    deadline: u64,
 }
 
 /// Sends one event; drops it if the host is gone or not reading (the pipe is
@@ -202,27 +235,73 @@ unsafe fn errno() -> i32 {
     *libc::__errno_location()
 }
 
-/// Thaws everything this guardian froze, in reverse order, then reports.
-unsafe fn thaw_all_frozen(ctx: &mut ChildCtx, why: u32, detail: i32) {
+/// One FITHAW, retried with a backoff while it fails with anything but
+/// EINVAL, until `until_ns`. Returns (thawed, last errno, failed attempts);
+/// EINVAL ("not frozen": someone else thawed it) counts as thawed.
+unsafe fn fithaw_retrying(fd: RawFd, until_ns: u64) -> (bool, i32, u32) {
+    let mut last = 0;
+    let mut failures = 0u32;
+    let mut backoff_ms = 1;
+    loop {
+        let err = if libc::ioctl(fd, FITHAW as _, 0) < 0 { errno() } else { 0 };
+        if err == 0 || err == libc::EINVAL {
+            return (true, last, failures);
+        }
+        last = err;
+        failures = failures.saturating_add(1);
+        if monotonic_ns() >= until_ns {
+            return (false, last, failures);
+        }
+        // poll(2) with no fds: an async-signal-safe sleep.
+        libc::poll(std::ptr::null_mut(), 0, backoff_ms);
+        backoff_ms = (backoff_ms * 2).min(THAW_BACKOFF_MAX_MS);
+    }
+}
+
+/// Until when a thaw starting now retries fast: the freeze deadline, but at
+/// least [`THAW_RETRY_MIN_NS`] from now.
+fn retry_until(ctx: &ChildCtx) -> u64 {
+    ctx.deadline.max(monotonic_ns().saturating_add(THAW_RETRY_MIN_NS))
+}
+
+/// Thaws everything this guardian froze, in reverse order, retrying a
+/// failing FITHAW until `until_ns`, then reports. True if nothing it froze
+/// is still frozen.
+unsafe fn thaw_all_frozen(ctx: &mut ChildCtx, why: u32, detail: i32, until_ns: u64) -> bool {
     let n = ctx.fds.len();
+    let mut all = true;
     for i in (0..n).rev() {
         if !ctx.frozen[i] {
             continue;
         }
-        let fd = ctx.fds[i];
         let start = monotonic_ns();
-        let mut err = 0;
-        for _ in 0..3 {
-            err = if libc::ioctl(fd, FITHAW as _, 0) < 0 { errno() } else { 0 };
-            if err == 0 || err == libc::EINVAL {
-                break;
-            }
-        }
+        let (thawed, err, failures) = fithaw_retrying(ctx.fds[i], until_ns);
         let end = monotonic_ns();
-        ctx.frozen[i] = false;
-        send(ctx, Event { kind: EV_THAWED, index: i as u32, errno: err, reason: 0, start_ns: start, end_ns: end });
+        ctx.frozen[i] = !thawed;
+        all &= thawed;
+        let kind = if thawed { EV_THAWED } else { EV_THAW_FAILED };
+        send(ctx, Event { kind, index: i as u32, errno: err, reason: failures, start_ns: start, end_ns: end });
     }
     send(ctx, Event { kind: EV_THAW_DONE, index: 0, errno: detail, reason: why, start_ns: 0, end_ns: monotonic_ns() });
+    all
+}
+
+/// One more FITHAW on each mount still frozen after a failed thaw; no
+/// events (the host has stopped listening, or is gone). True when none is left.
+unsafe fn retry_still_frozen(ctx: &mut ChildCtx) -> bool {
+    let mut all = true;
+    for i in (0..ctx.fds.len()).rev() {
+        if ctx.frozen[i] {
+            let err = if libc::ioctl(ctx.fds[i], FITHAW as _, 0) < 0 { errno() } else { 0 };
+            ctx.frozen[i] = !(err == 0 || err == libc::EINVAL);
+            all &= !ctx.frozen[i];
+        }
+    }
+    all
+}
+
+fn any_frozen(ctx: &ChildCtx) -> bool {
+    ctx.frozen.iter().any(|&f| f)
 }
 
 /// Freezes the targets in order; on the first failure thaws back what it froze.
@@ -259,15 +338,17 @@ unsafe fn freeze_all(ctx: &mut ChildCtx) -> u64 {
         }
         Some((index, err)) => {
             // Thaw back only what this guardian froze: an EBUSY mount was
-            // frozen by someone else, who will expect to thaw it.
+            // frozen by someone else, who will expect to thaw it. One that
+            // will not thaw stays in `frozen`; the main loop keeps trying.
             let n = ctx.fds.len();
+            let until = monotonic_ns().saturating_add(THAW_RETRY_MIN_NS);
             for i in (0..n).rev() {
                 if ctx.frozen[i] {
-                    let fd = ctx.fds[i];
                     let start = monotonic_ns();
-                    let e = if libc::ioctl(fd, FITHAW as _, 0) < 0 { errno() } else { 0 };
-                    ctx.frozen[i] = false;
-                    send(ctx, Event { kind: EV_THAWED, index: i as u32, errno: e, reason: 0, start_ns: start, end_ns: monotonic_ns() });
+                    let (thawed, e, failures) = fithaw_retrying(ctx.fds[i], until);
+                    ctx.frozen[i] = !thawed;
+                    let kind = if thawed { EV_THAWED } else { EV_THAW_FAILED };
+                    send(ctx, Event { kind, index: i as u32, errno: e, reason: failures, start_ns: start, end_ns: monotonic_ns() });
                 }
             }
             send(ctx, Event { kind: EV_FREEZE_DONE, index, errno: err, reason: 0, start_ns: 0, end_ns: monotonic_ns() });
@@ -276,8 +357,14 @@ unsafe fn freeze_all(ctx: &mut ChildCtx) -> u64 {
     }
 }
 
+/// Thaws, and exits only once nothing this guardian froze is still frozen
+/// (see the module doc: past the fast retries it keeps trying, slowly).
 unsafe fn exit_after_thaw(ctx: &mut ChildCtx, why: u32, detail: i32) -> ! {
-    thaw_all_frozen(ctx, why, detail);
+    let mut done = thaw_all_frozen(ctx, why, detail, retry_until(ctx));
+    while !done {
+        libc::poll(std::ptr::null_mut(), 0, THAW_SLOW_RETRY_MS);
+        done = retry_still_frozen(ctx);
+    }
     libc::_exit(0)
 }
 
@@ -340,7 +427,12 @@ unsafe fn guardian_main(ctx: &mut ChildCtx) -> ! {
     let mut deadline = 0u64;
     loop {
         let timeout = if deadline == 0 {
-            -1
+            // After a thaw that left something frozen: keep trying, slowly.
+            if any_frozen(ctx) {
+                THAW_SLOW_RETRY_MS
+            } else {
+                -1
+            }
         } else {
             let now = monotonic_ns();
             if now >= deadline {
@@ -359,6 +451,9 @@ unsafe fn guardian_main(ctx: &mut ChildCtx) -> ! {
             exit_after_thaw(ctx, WHY_INTERNAL, errno());
         }
         if n == 0 {
+            if deadline == 0 && any_frozen(ctx) {
+                retry_still_frozen(ctx);
+            }
             continue; // the deadline is checked at the top
         }
         if pfds[1].revents & libc::POLLIN != 0 {
@@ -383,14 +478,18 @@ unsafe fn guardian_main(ctx: &mut ChildCtx) -> ! {
                 exit_after_thaw(ctx, WHY_HOST_GONE, 0);
             }
             match cmd.op {
-                CMD_FREEZE if deadline != 0 => send(
+                CMD_FREEZE if deadline != 0 || any_frozen(ctx) => send(
                     ctx,
                     Event { kind: EV_FREEZE_DONE, index: 0, errno: libc::EALREADY, reason: 0, start_ns: 0, end_ns: monotonic_ns() },
                 ),
-                CMD_FREEZE => deadline = freeze_all(ctx),
+                CMD_FREEZE => {
+                    deadline = freeze_all(ctx);
+                    ctx.deadline = deadline;
+                }
                 CMD_THAW => {
-                    thaw_all_frozen(ctx, WHY_ASKED, 0);
+                    thaw_all_frozen(ctx, WHY_ASKED, 0, retry_until(ctx));
                     deadline = 0;
+                    ctx.deadline = 0;
                 }
                 _ => {}
             }
@@ -423,6 +522,11 @@ pub struct Guardian {
     reaped: bool,
     /// errno of the guardian's mlockall (0 = locked).
     mlock_errno: i32,
+    /// CLOCK_MONOTONIC ns when the current freeze must end (0 if none).
+    deadline_ns: u64,
+    /// A thaw left something frozen: the guardian keeps retrying and will not
+    /// exit until it succeeds, so drop does not wait for it.
+    left_frozen: bool,
 }
 
 fn os_err(what: &'static str) -> FreezeError {
@@ -495,6 +599,7 @@ impl Guardian {
             frozen: vec![false; fds.len()],
             keep,
             max_ns: u64::try_from(max_freeze.as_nanos()).unwrap_or(u64::MAX),
+            deadline: 0,
         };
 
         // SAFETY: the child runs guardian_main, which never returns and only
@@ -519,6 +624,8 @@ impl Guardian {
             auto: None,
             reaped: false,
             mlock_errno: 0,
+            deadline_ns: 0,
+            left_frozen: false,
         };
         match g.next_event(Instant::now() + Duration::from_secs(10)) {
             Ok(ev) if ev.kind == EV_READY => {
@@ -600,7 +707,7 @@ impl Guardian {
         let mut failed: Option<(usize, i32)> = None;
         // FIFREEZE syncs the fs first; on a busy fs that can take long, but a
         // freeze that outlives max_freeze is already a failure.
-        let limit = Instant::now() + self.max_freeze + Duration::from_secs(30);
+        let limit = duration::deadline(Instant::now(), self.max_freeze.saturating_add(Duration::from_secs(30)));
         loop {
             let ev = match self.next_event(limit) {
                 Ok(ev) => ev,
@@ -612,13 +719,19 @@ impl Guardian {
                     let mut f = guardian_failure(format!("the guardian (pid {}) stopped answering during the freeze", self.pid), e);
                     f.thawed_back = results
                         .into_iter()
-                        .map(|r| ThawTiming {
-                            fs_type: self.fs_type_of(&r.path),
-                            error: (r.outcome == super::thaw::ThawOutcome::Failed).then(|| r.message.clone()),
-                            path: r.path,
-                            thaw_ms: r.thaw_ms,
-                            start_ns: 0,
-                            end_ns: 0,
+                        .map(|r| {
+                            let failed = r.outcome == super::thaw::ThawOutcome::Failed;
+                            ThawTiming {
+                                fs_type: self.fs_type_of(&r.path),
+                                error: failed.then(|| r.message.clone()),
+                                path: r.path,
+                                thaw_ms: r.thaw_ms,
+                                start_ns: 0,
+                                end_ns: 0,
+                                errno: 0,
+                                failed_attempts: u32::from(failed),
+                                still_frozen: failed,
+                            }
                         })
                         .collect();
                     f.frozen_before = frozen;
@@ -632,7 +745,7 @@ impl Guardian {
                         frozen.push(MountTiming {
                             path: t.path.clone(),
                             fs_type: t.fs_type.clone(),
-                            freeze_ms: ms(ev.start_ns, ev.end_ns),
+                            freeze_ms: duration::ms_between_ns(ev.start_ns, ev.end_ns),
                             start_ns: ev.start_ns,
                             end_ns: ev.end_ns,
                         });
@@ -664,6 +777,7 @@ impl Guardian {
         let first = frozen.first().map(|m| m.start_ns).unwrap_or(0);
         let all = frozen.last().map(|m| m.end_ns).unwrap_or(0);
         let deadline = first.saturating_add(u64::try_from(self.max_freeze.as_nanos()).unwrap_or(u64::MAX));
+        self.deadline_ns = deadline;
         Ok(Frozen { mounts: frozen, first_freeze_ns: first, all_frozen_ns: all, deadline_ns: deadline })
     }
 
@@ -679,7 +793,10 @@ impl Guardian {
             return Ok(Thawed { mounts: Vec::new(), last_thaw_ns: 0, reason: ThawReason::Asked, auto_thawed_at_ns: None });
         }
         let sent = self.send(CMD_THAW);
-        let limit = Instant::now() + Duration::from_secs(30);
+        // A failing FITHAW is retried until the freeze deadline (at least
+        // THAW_RETRY_MIN_NS): wait that long, plus room for a slow kernel.
+        let retrying = Duration::from_nanos(self.deadline_ns.saturating_sub(monotonic_ns()).max(THAW_RETRY_MIN_NS));
+        let limit = duration::deadline(Instant::now(), retrying.saturating_add(Duration::from_secs(30)));
         loop {
             let ev = match self.next_event(limit) {
                 Ok(ev) => ev,
@@ -723,8 +840,9 @@ impl Guardian {
     /// Handles a thaw-related event; returns the finished thaw on THAW_DONE.
     fn absorb(&mut self, ev: Event) -> Option<Thawed> {
         match ev.kind {
-            EV_THAWED => {
+            EV_THAWED | EV_THAW_FAILED => {
                 let t = self.thaw_timing(&ev);
+                self.left_frozen |= t.still_frozen;
                 self.thawed.push(t);
                 None
             }
@@ -738,6 +856,7 @@ impl Guardian {
                 };
                 let mounts = std::mem::take(&mut self.thawed);
                 let last = mounts.iter().map(|m| m.end_ns).max().unwrap_or(ev.end_ns);
+                self.deadline_ns = 0;
                 if reason == ThawReason::Asked {
                     self.state = State::Idle;
                     Some(Thawed { mounts, last_thaw_ns: last, reason, auto_thawed_at_ns: None })
@@ -763,14 +882,17 @@ impl Guardian {
 
     fn thaw_timing(&self, ev: &Event) -> ThawTiming {
         let t = self.targets.get(ev.index as usize);
+        let still_frozen = ev.kind == EV_THAW_FAILED;
         ThawTiming {
             path: t.map(|t| t.path.clone()).unwrap_or_default(),
             fs_type: t.map(|t| t.fs_type.clone()).unwrap_or_default(),
-            thaw_ms: ms(ev.start_ns, ev.end_ns),
+            thaw_ms: duration::ms_between_ns(ev.start_ns, ev.end_ns),
             start_ns: ev.start_ns,
             end_ns: ev.end_ns,
-            error: (ev.errno != 0 && ev.errno != libc::EINVAL)
-                .then(|| format!("{}: {}", errno_name(ev.errno), io::Error::from_raw_os_error(ev.errno))),
+            error: still_frozen.then(|| format!("{}: {}", errno_name(ev.errno), io::Error::from_raw_os_error(ev.errno))),
+            errno: ev.errno,
+            failed_attempts: ev.reason,
+            still_frozen,
         }
     }
 
@@ -798,10 +920,9 @@ impl Guardian {
         let fd = self.events.as_raw_fd();
         loop {
             let left = limit.saturating_duration_since(Instant::now());
-            let ms = left.as_millis().min(i32::MAX as u128) as i32;
             let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
             // SAFETY: one valid pollfd.
-            let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+            let n = unsafe { libc::poll(&mut pfd, 1, duration::poll_timeout_ms(left)) };
             if n < 0 {
                 let e = io::Error::last_os_error();
                 if e.raw_os_error() == Some(libc::EINTR) {
@@ -833,10 +954,6 @@ impl Guardian {
     }
 }
 
-fn ms(start: u64, end: u64) -> f64 {
-    end.saturating_sub(start) as f64 / 1e6
-}
-
 impl Drop for Guardian {
     fn drop(&mut self) {
         if self.state == State::Frozen {
@@ -847,7 +964,7 @@ impl Drop for Guardian {
         // Closing the command pipe tells the guardian to go (it thaws first
         // if anything is still frozen).
         self.cmd = None;
-        if !self.reaped {
+        if !self.reaped && !self.left_frozen {
             // Bounded: a guardian stuck in the kernel must not hang the host.
             if let Ok(true) = wait_exit(self.pid, Duration::from_secs(5)) {
                 // SAFETY: reaping our own exited child.

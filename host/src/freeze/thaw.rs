@@ -82,7 +82,7 @@ pub fn thaw_one(path: &Path) -> ThawResult {
             Ok(())
         }
     })();
-    let thaw_ms = started.elapsed().as_secs_f64() * 1e3;
+    let thaw_ms = crate::duration::ms(started.elapsed());
     let (outcome, message) = match result {
         Ok(()) => (ThawOutcome::Thawed, "thawed".to_string()),
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => (ThawOutcome::NotFrozen, "was not frozen".to_string()),

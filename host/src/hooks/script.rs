@@ -336,7 +336,7 @@ async fn run_attempt(launch: &Launch, script: &TrustedFile, spec: &ScriptSpec, n
         stderr: Pipe::new("stderr", child.stderr.take()),
     };
 
-    let deadline = started + spec.timeout;
+    let deadline = crate::duration::deadline_tokio(started, spec.timeout);
     let outcome = match out.pump(Some(&mut child), Some(deadline)).await {
         Some(Ok(status)) => {
             // The script is done; whatever it left running in its group is
@@ -386,7 +386,7 @@ fn classify(status: ExitStatus, spec: &ScriptSpec) -> ScriptOutcome {
 async fn terminate(child: &mut Child, pid: u32, out: &mut Output, grace: Duration) {
     let pgid = Pid::from_raw(pid as i32);
     let _ = killpg(pgid, Signal::SIGTERM);
-    let grace_end = Instant::now() + grace;
+    let grace_end = crate::duration::deadline_tokio(Instant::now(), grace);
     // Keep reading meanwhile: a script cleaning up on SIGTERM must not block
     // on a full pipe.
     if out.pump(Some(child), Some(grace_end)).await.is_some() {

@@ -9,9 +9,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::config::{HookBody, HookSpec, PluginAction, ScriptAction};
+use crate::duration::ms;
 use crate::hooks::script::{self, ScriptOutcome, ScriptSpec};
 use crate::hooks::wasm::{CallContext, CallOutcome, Grants, InstanceConfig, Plugin, PluginInstance, SnapshotOutcome, WasmEngine};
-use crate::report::{label_name, ms, Consistency, ErrorCode, HookKind, HookReport, Outcome, Phase, ReportError};
+use crate::report::{label_name, Consistency, ErrorCode, HookKind, HookReport, Outcome, Phase, ReportError};
 use crate::trust::{self, TrustError, TrustedFile};
 
 use super::record::Run;
@@ -37,21 +38,25 @@ pub(crate) struct ReadyHook {
     pub warnings: Vec<String>,
 }
 
+///
+/// Each variant carries what it runs (the script action next to its checked
+/// file, the plugin action next to its loaded plugin), so a script hook can
+/// never meet a plugin body when it runs.
 enum Ready {
-    Script {
-        pre: Option<TrustedFile>,
-        post: Option<TrustedFile>,
-    },
+    /// None for a phase the hook has no script for.
+    Script { pre: Option<ReadyScript>, post: Option<ReadyScript> },
     /// The instance lives from pre to post; None until pre, or after a
     /// timeout in pre dropped it.
-    Plugin {
-        plugin: Box<Plugin>,
-        grants: Grants,
-        instance: Option<PluginInstance>,
-    },
+    Plugin { action: PluginAction, plugin: Box<Plugin>, grants: Grants, instance: Option<PluginInstance> },
     /// Why the hook may not run at all. A bad script refuses the pair: a pre
     /// that locks without a post that unlocks is worse than neither.
     Refused(ReportError),
+}
+
+/// A script checked by `trust` and opened, with how to run it.
+struct ReadyScript {
+    file: TrustedFile,
+    action: ScriptAction,
 }
 
 impl ReadyHook {
@@ -64,7 +69,7 @@ impl ReadyHook {
         let ready = ready.unwrap_or_else(Ready::Refused);
         let warnings = match &ready {
             // Only the native rule lets such a script pass; the legacy one refuses it.
-            Ready::Script { pre, post } => [pre, post].into_iter().flatten().filter_map(TrustedFile::group_or_other_access).collect(),
+            Ready::Script { pre, post } => [pre, post].into_iter().flatten().filter_map(|s| s.file.group_or_other_access()).collect(),
             Ready::Plugin { .. } | Ready::Refused(_) => Vec::new(),
         };
         ReadyHook { spec: spec.clone(), ready, warnings }
@@ -92,25 +97,23 @@ impl ReadyHook {
     /// Runs `phase` and records it; true if it succeeded (or had nothing to do).
     pub(super) async fn run(&mut self, phase: Phase, ctx: &PhaseContext<'_>, r: &mut Run) -> bool {
         let spec = &self.spec;
-        match (&mut self.ready, &spec.body) {
-            (Ready::Refused(e), _) => {
+        match &mut self.ready {
+            Ready::Refused(e) => {
                 r.refused(&spec.name, HookKind::of(&spec.body), phase, e.clone());
                 false
             }
-            (Ready::Script { pre, post }, HookBody::Script { pre: pre_action, post: post_action }) => {
-                let (file, action) = match phase {
-                    Phase::Pre => (pre.as_ref(), pre_action.as_ref()),
-                    Phase::Post => (post.as_ref(), post_action.as_ref()),
+            Ready::Script { pre, post } => {
+                let script = match phase {
+                    Phase::Pre => pre.as_ref(),
+                    Phase::Post => post.as_ref(),
                 };
-                match (file, action) {
-                    (Some(file), Some(action)) => run_script(spec, phase, file, action, ctx, r).await,
-                    _ => true,
+                match script {
+                    Some(s) => run_script(spec, phase, &s.file, &s.action, ctx, r).await,
+                    // No script for this phase: nothing to do.
+                    None => true,
                 }
             }
-            (Ready::Plugin { plugin, grants, instance }, HookBody::Plugin(action)) => {
-                run_plugin(spec, action, plugin, grants, instance, phase, ctx, r).await
-            }
-            _ => true,
+            Ready::Plugin { action, plugin, grants, instance } => run_plugin(spec, action, plugin, grants, instance, phase, ctx, r).await,
         }
     }
 
@@ -124,10 +127,12 @@ impl ReadyHook {
 }
 
 fn validate_scripts(pre: Option<&ScriptAction>, post: Option<&ScriptAction>) -> Result<Ready, ReportError> {
-    let open = |action: Option<&ScriptAction>, phase: Phase| -> Result<Option<TrustedFile>, ReportError> {
+    let open = |action: Option<&ScriptAction>, phase: Phase| -> Result<Option<ReadyScript>, ReportError> {
         match action {
             None => Ok(None),
-            Some(a) => trust::open_trusted(&a.path, a.permissions.rule()).map(Some).map_err(|e| trust_error(phase, &a.path, &e)),
+            Some(a) => trust::open_trusted(&a.path, a.permissions.rule())
+                .map(|file| Some(ReadyScript { file, action: a.clone() }))
+                .map_err(|e| trust_error(phase, &a.path, &e)),
         }
     };
     Ok(Ready::Script { pre: open(pre, Phase::Pre)?, post: open(post, Phase::Post)? })
@@ -139,7 +144,7 @@ fn validate_plugin(action: &PluginAction, engine: Option<&WasmEngine>) -> Result
     let grants =
         Grants::parse(&action.grants).map_err(|e| load_failed(format!("plugin {}: grant in the config: {e}", action.path.display())))?;
     let plugin = engine.load(&action.path).map_err(|e| load_failed(e.to_string()))?;
-    Ok(Ready::Plugin { plugin: Box::new(plugin), grants, instance: None })
+    Ok(Ready::Plugin { action: action.clone(), plugin: Box::new(plugin), grants, instance: None })
 }
 
 /// The report code and message for a script that failed its checks.

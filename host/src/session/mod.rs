@@ -14,6 +14,7 @@
 //! # }
 //! ```
 
+use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -22,11 +23,12 @@ mod hooks;
 mod record;
 
 use crate::config::{Config, ConfigError, Format, HookBody, OnFailure};
+use crate::duration;
 use crate::freeze::{self, FreezePlan, Guardian, Selection};
 use crate::hooks::wasm::{WasmEngine, DEFAULT_CACHE_DIR};
 use crate::interrupt::Interrupt;
 use crate::logging;
-use crate::report::{ms, round_ms, ErrorCode, MountReport, Phase, Report, ReportError};
+use crate::report::{ErrorCode, MountReport, Phase, Report, ReportError};
 use crate::rundir::{unix_ms, LockError, RunDir, SessionState};
 use crate::snapshot::{self, SnapshotContext, SnapshotProvider};
 
@@ -46,6 +48,49 @@ pub fn cache_dir_from_env() -> PathBuf {
 /// How long a pre-session probe waits before it calls a file system frozen.
 const FROZEN_PROBE_WAIT: Duration = Duration::from_millis(200);
 
+/// Where a session is, as `quiesce status` shows it (the state file's `phase`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionPhase {
+    Validating,
+    Pre,
+    Frozen,
+    Post,
+    /// The session is over, but FITHAW kept failing on some mount: it is
+    /// still frozen and the guardian (holding the session lock) keeps trying.
+    ThawFailed,
+}
+
+impl SessionPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionPhase::Validating => "validating",
+            SessionPhase::Pre => "pre",
+            SessionPhase::Frozen => "frozen",
+            SessionPhase::Post => "post",
+            SessionPhase::ThawFailed => "thaw-failed",
+        }
+    }
+}
+
+/// What ended the wait for the snapshot provider early.
+enum Cut {
+    Interrupted(String),
+    /// The deadline the session set for the provider.
+    Deadline(Limit),
+    /// The guardian thawed on its own (its deadline, a signal) meanwhile.
+    GuardianThawed,
+}
+
+/// Which limit bounds the wait for the provider.
+#[derive(Clone, Copy)]
+enum Limit {
+    /// The freeze deadline (max_freeze from the first FIFREEZE).
+    Freeze,
+    /// `[snapshot] timeout_secs`.
+    Configured,
+    /// Not frozen and nothing configured: max_freeze.
+    Default,
+}
 /// What the caller (CLI flags, an embedding agent) adds to the config.
 #[derive(Default)]
 pub struct SessionOptions {
@@ -98,6 +143,8 @@ pub struct Session {
     plan: Option<FreezePlan>,
     provider: Option<Box<dyn SnapshotProvider>>,
     max_freeze: Duration,
+    /// `[snapshot] timeout_secs`.
+    snapshot_timeout: Option<Duration>,
     run_dir: RunDir,
     cache_dir: PathBuf,
     state_dir: PathBuf,
@@ -165,6 +212,7 @@ impl Session {
         Ok(Session {
             id: new_session_id(),
             max_freeze: opts.max_freeze.unwrap_or(freeze.max_freeze),
+            snapshot_timeout: config.snapshot_timeout,
             config: Config { freeze, ..config },
             config_path,
             config_error,
@@ -242,7 +290,7 @@ impl Session {
             self.id,
             self.config_path.as_deref().map(|p| p.display().to_string()).unwrap_or_else(|| "built-in default".into())
         );
-        self.record_state(&r, "validating", None);
+        self.record_state(&r, SessionPhase::Validating, &[], None);
         if let Some((e, fallback)) = &self.config_error {
             // The hooks it names cannot run, so no application was quiesced.
             tracing::error!("{}", e.message);
@@ -276,7 +324,7 @@ impl Session {
         }
 
         // 2. Pre hooks, in order.
-        self.record_state(&r, "pre", None);
+        self.record_state(&r, SessionPhase::Pre, &[], None);
         let mut entered = 0;
         let mut abort = false;
         let pre_ctx = PhaseContext { session_id: &self.id, snapshot: None };
@@ -301,6 +349,7 @@ impl Session {
 
         // 3. Freeze, snapshot, thaw.
         let mut interrupted = interrupt.fired();
+        let mut still_frozen: Vec<PathBuf> = Vec::new();
         if !abort && interrupted.is_none() {
             let mut guardian = None;
             if freeze_ok {
@@ -316,16 +365,18 @@ impl Session {
                 tracing::error!("freeze failed and the policy is abort: no snapshot");
             } else {
                 let mut interrupt = interrupt.clone();
-                interrupted = self.snapshot(guardian.as_ref(), &mut r, &mut interrupt).await;
+                interrupted = self.snapshot(guardian.as_mut(), &mut r, &mut interrupt).await;
             }
             if let Some(g) = guardian.take() {
-                self.thaw(g, &mut r);
+                still_frozen = self.thaw(g, &mut r);
             }
             r.frozen_throughout = freeze_required && freeze_ok && r.freeze.auto_thawed.is_none();
         }
 
         // 4. Post hooks, in reverse order, for every hook whose turn came in pre.
-        self.record_state(&r, "post", None);
+        if still_frozen.is_empty() {
+            self.record_state(&r, SessionPhase::Post, &[], None);
+        }
         let post_ctx = PhaseContext { session_id: &self.id, snapshot: Some((r.snapshot_taken, r.label(&self))) };
         for h in hooks[..entered].iter_mut().rev() {
             h.run(Phase::Post, &post_ctx, &mut r).await;
@@ -336,7 +387,11 @@ impl Session {
             r.error(ErrorCode::Interrupted, format!("session interrupted by {sig}; thawed and ran post hooks before exiting"));
         }
         let report = r.finish(&self, started);
-        self.run_dir.clear_state();
+        // A mount still frozen keeps its state file: `status` shows it, and
+        // the guardian holds the lock until its retries succeed.
+        if still_frozen.is_empty() {
+            self.run_dir.clear_state();
+        }
         drop(lock);
         report
     }
@@ -426,12 +481,14 @@ impl Session {
             }
         };
         // Recorded right before the first FIFREEZE, so `status` says "since" truthfully.
-        self.record_state(r, "frozen", Some(&guardian));
+        let targets: Vec<PathBuf> = plan.targets.iter().map(|t| t.path.clone()).collect();
+        self.record_state(r, SessionPhase::Frozen, &targets, Some(&guardian));
         // From the first FIFREEZE until thaw, nothing may be written to disk.
         logging::gate().hold();
         match guardian.freeze() {
             Ok(frozen) => {
                 r.first_freeze_ns = frozen.first_freeze_ns;
+                r.freeze_deadline_ns = frozen.deadline_ns;
                 for m in &frozen.mounts {
                     tracing::info!("froze {} ({}) in {:.3} ms", m.path.display(), m.fs_type, m.freeze_ms);
                     r.freeze.mounts.push(MountReport {
@@ -445,16 +502,24 @@ impl Session {
                 Some(guardian)
             }
             Err(failure) => {
-                logging::gate().release();
+                let left: Vec<&Path> = failure.thawed_back.iter().filter(|t| t.still_frozen).map(|t| t.path.as_path()).collect();
+                if left.is_empty() {
+                    release_log(r);
+                } else {
+                    for t in failure.thawed_back.iter().filter(|t| t.still_frozen) {
+                        r.error(ErrorCode::FsThawFailed, thaw_failed_message(t, guardian.pid()));
+                    }
+                }
                 r.error(ErrorCode::FsFreezeFailed, failure.to_string());
                 None
             }
         }
     }
 
-    /// Takes the snapshot (if a provider is configured) while frozen.
+    /// Takes the snapshot (if a provider is configured) while frozen, waiting
+    /// for it at most until the freeze deadline or `[snapshot] timeout_secs`.
     /// Returns the signal that cut it short, if one did.
-    async fn snapshot(&self, guardian: Option<&Guardian>, r: &mut Run, interrupt: &mut Interrupt) -> Option<String> {
+    async fn snapshot(&self, mut guardian: Option<&mut Guardian>, r: &mut Run, interrupt: &mut Interrupt) -> Option<String> {
         let Some(provider) = &self.provider else {
             r.snapshot.message = Some("no snapshot provider configured (--snapshot-cmd or [snapshot]); quiesce took no snapshot".into());
             tracing::warn!("no snapshot provider: quiesce took no snapshot");
@@ -465,14 +530,21 @@ impl Session {
             frozen_mounts: if guardian.is_some() { r.freeze.mounts.iter().map(|m| m.path.clone()).collect() } else { Vec::new() },
         };
         r.snapshot.provider = Some(provider.describe());
+        let (wait, limit) = self.snapshot_wait(guardian.is_some(), r.freeze_deadline_ns);
         let t0 = freeze::monotonic_ns();
+        // Dropping the provider's future stops it (providers are cancel-safe;
+        // a command's process group is killed).
         let result = tokio::select! {
             res = provider.take(&ctx) => Ok(res),
-            why = interrupt.wait() => Err(why),
+            why = interrupt.wait() => Err(Cut::Interrupted(why)),
+            () = tokio::time::sleep_until(duration::deadline_tokio(tokio::time::Instant::now(), wait)) => Err(Cut::Deadline(limit)),
+            () = readable(guardian.as_deref().map(Guardian::event_fd)) => Err(Cut::GuardianThawed),
         };
         let t1 = freeze::monotonic_ns();
         r.snapshot_ns = t1.saturating_sub(t0);
-        r.snapshot.duration_ms = ns_to_ms(r.snapshot_ns);
+        r.snapshot.duration_ms = duration::ms_between_ns(t0, t1);
+        let abandoned =
+            |what: String| format!("snapshot abandoned: {what}; {} was stopped, then the file systems were thawed", provider.describe());
         match result {
             Ok(Ok(())) => {
                 r.snapshot_taken = true;
@@ -483,33 +555,97 @@ impl Session {
                 r.error(ErrorCode::SnapshotFailed, e.to_string());
                 None
             }
-            Err(why) => {
+            Err(Cut::Interrupted(why)) => {
                 r.error(ErrorCode::SnapshotFailed, format!("snapshot abandoned: {why} arrived while frozen; thawing first"));
                 Some(why)
+            }
+            Err(Cut::Deadline(limit)) => {
+                let what = match limit {
+                    Limit::Freeze => format!("still running at the freeze deadline (max-freeze {:.3} s)", self.max_freeze.as_secs_f64()),
+                    Limit::Configured => format!("ran past [snapshot] timeout_secs ({:.3} s)", wait.as_secs_f64()),
+                    Limit::Default => {
+                        format!("ran past {:.3} s (max-freeze; set [snapshot] timeout_secs to change it)", wait.as_secs_f64())
+                    }
+                };
+                let m = abandoned(what);
+                tracing::error!("{m}");
+                r.error(ErrorCode::SnapshotTimeout, m);
+                None
+            }
+            Err(Cut::GuardianThawed) => {
+                let why = guardian
+                    .as_deref_mut()
+                    .and_then(|g| g.auto_thawed())
+                    .map(|a| thaw_reason(a.reason))
+                    .unwrap_or_else(|| "guardian gone".into());
+                let code =
+                    if why == thaw_reason(freeze::ThawReason::Deadline) { ErrorCode::SnapshotTimeout } else { ErrorCode::SnapshotFailed };
+                let m = abandoned(format!("the guardian thawed every file system on its own ({why}) while it was still running"));
+                tracing::error!("{m}");
+                r.error(code, m);
+                None
             }
         }
     }
 
-    fn thaw(&self, mut guardian: Guardian, r: &mut Run) {
+    /// How long to wait for the provider, and which limit that is: the freeze
+    /// deadline while frozen, `[snapshot] timeout_secs` if sooner; unfrozen,
+    /// that timeout or else max_freeze.
+    fn snapshot_wait(&self, frozen: bool, freeze_deadline_ns: u64) -> (Duration, Limit) {
+        let freeze_left = frozen.then(|| Duration::from_nanos(freeze_deadline_ns.saturating_sub(freeze::monotonic_ns())));
+        match (freeze_left, self.snapshot_timeout) {
+            (Some(left), Some(t)) if t < left => (t, Limit::Configured),
+            (Some(left), _) => (left, Limit::Freeze),
+            (None, Some(t)) => (t, Limit::Configured),
+            (None, None) => (self.max_freeze, Limit::Default),
+        }
+    }
+
+    /// Thaws and records it. Returns the mounts still frozen because FITHAW
+    /// kept failing (the guardian keeps trying; see `freeze::Guardian`).
+    fn thaw(&self, mut guardian: Guardian, r: &mut Run) -> Vec<PathBuf> {
         match guardian.thaw() {
             Ok(thawed) => {
-                logging::gate().release();
+                let still: Vec<PathBuf> = thawed.mounts.iter().filter(|m| m.still_frozen).map(|m| m.path.clone()).collect();
                 for m in &thawed.mounts {
+                    if m.still_frozen {
+                        let msg = thaw_failed_message(m, guardian.pid());
+                        tracing::error!("{msg}");
+                        r.error(ErrorCode::FsThawFailed, msg);
+                        continue;
+                    }
                     if let Some(rep) = r.freeze.mounts.iter_mut().find(|x| x.path == m.path) {
                         rep.thaw_ms = Some(m.thaw_ms);
                     }
+                    if m.failed_attempts > 0 {
+                        let w = format!(
+                            "FITHAW on {} failed {} time(s) (last: {}) before it succeeded",
+                            m.path.display(),
+                            m.failed_attempts,
+                            freeze::errno_name(m.errno)
+                        );
+                        tracing::warn!("{w}");
+                        r.warnings.push(w);
+                    }
                     tracing::info!("thawed {} in {:.3} ms", m.path.display(), m.thaw_ms);
                 }
-                // After an automatic thaw, the window closed then, not at this call.
-                let last_thaw_ns = thawed.last_thaw_ns.max(thawed.auto_thawed_at_ns.unwrap_or(0));
-                let window_ns = last_thaw_ns.saturating_sub(r.first_freeze_ns);
-                r.freeze.window_ms = Some(ns_to_ms(window_ns));
-                let overhead_ns = window_ns.saturating_sub(r.snapshot_ns);
-                r.freeze.overhead_ms = Some(ns_to_ms(overhead_ns));
-                // The window opens when the first FIFREEZE starts: every freeze and thaw call is in it.
-                let kernel_ms: f64 =
-                    r.freeze.mounts.iter().map(|m| m.freeze_ms).sum::<f64>() + thawed.mounts.iter().map(|m| m.thaw_ms).sum::<f64>();
-                r.freeze.host_ms = Some(round_ms(ns_to_ms(overhead_ns) - kernel_ms).max(0.0));
+                if still.is_empty() {
+                    // After an automatic thaw, the window closed then, not at this call.
+                    let last_thaw_ns = thawed.last_thaw_ns.max(thawed.auto_thawed_at_ns.unwrap_or(0));
+                    let window_ns = last_thaw_ns.saturating_sub(r.first_freeze_ns);
+                    r.freeze.window_ms = Some(duration::ms_between_ns(0, window_ns));
+                    let overhead_ns = window_ns.saturating_sub(r.snapshot_ns);
+                    r.freeze.overhead_ms = Some(duration::ms_between_ns(0, overhead_ns));
+                    // The window opens when the first FIFREEZE starts: every freeze and thaw call is in it.
+                    let kernel_ms: f64 =
+                        r.freeze.mounts.iter().map(|m| m.freeze_ms).sum::<f64>() + thawed.mounts.iter().map(|m| m.thaw_ms).sum::<f64>();
+                    r.freeze.host_ms = Some(duration::round_ms(duration::ms_between_ns(0, overhead_ns) - kernel_ms).max(0.0));
+                    release_log(r);
+                } else {
+                    // Still frozen: no window closed, and the held log must
+                    // not be written to a file system that may be frozen.
+                    self.record_state(r, SessionPhase::ThawFailed, &still, Some(&guardian));
+                }
                 if let Some(at_ns) = thawed.auto_thawed_at_ns {
                     let why = format!("{} after {:.3} s", thaw_reason(thawed.reason), at_ns.saturating_sub(r.first_freeze_ns) as f64 / 1e9);
                     r.error(
@@ -518,35 +654,81 @@ impl Session {
                     );
                     r.freeze.auto_thawed = Some(why);
                 }
+                still
             }
             Err(e) => {
-                logging::gate().release();
+                release_log(r);
+                let still: Vec<PathBuf> = match &e {
+                    freeze::FreezeError::GuardianLost { thawed, .. } => {
+                        thawed.iter().filter(|t| t.outcome == freeze::ThawOutcome::Failed).map(|t| t.path.clone()).collect()
+                    }
+                    _ => Vec::new(),
+                };
+                for p in &still {
+                    r.error(
+                        ErrorCode::FsThawFailed,
+                        format!(
+                            "{} is still frozen: the guardian was lost and the host's own FITHAW failed; run `quiesce thaw --mount {}`",
+                            p.display(),
+                            p.display()
+                        ),
+                    );
+                }
                 r.error(ErrorCode::FsFreezeFailed, format!("thaw: {e}"));
                 r.freeze.auto_thawed = Some("thaw reported an error".into());
+                // The guardian is gone, so nothing holds the lock for these:
+                // the state file is all `status` can show besides its probe.
+                still
             }
         }
     }
 
-    fn record_state(&self, r: &Run, phase: &str, guardian: Option<&Guardian>) {
-        let frozen: Vec<PathBuf> = match (phase, &self.plan) {
-            ("frozen", Some(plan)) => plan.targets.iter().map(|t| t.path.clone()).collect(),
-            _ => Vec::new(),
-        };
+    fn record_state(&self, r: &Run, phase: SessionPhase, frozen: &[PathBuf], guardian: Option<&Guardian>) {
         self.run_dir.write_state(&SessionState {
             session_id: self.id.clone(),
             pid: std::process::id(),
-            phase: phase.into(),
+            phase: phase.as_str().into(),
             started_unix_ms: r.started_unix_ms,
             frozen_since_unix_ms: (!frozen.is_empty()).then(unix_ms),
-            frozen,
+            frozen: frozen.to_vec(),
             guardian_pid: guardian.map(|g| g.pid()),
             max_freeze_s: self.max_freeze.as_secs_f64(),
         });
     }
 }
 
-fn ns_to_ms(ns: u64) -> f64 {
-    ms(Duration::from_nanos(ns))
+/// Writes out the log held while frozen; what had to be dropped becomes a warning.
+fn release_log(r: &mut Run) {
+    let d = logging::gate().release();
+    if d.records > 0 {
+        r.warnings.push(format!("{} log records ({} bytes) dropped while frozen: the in-memory log buffer was full", d.records, d.bytes));
+    }
+}
+
+fn thaw_failed_message(m: &freeze::ThawTiming, guardian_pid: i32) -> String {
+    format!(
+        "FITHAW on {} kept failing ({}, {} attempts until the freeze deadline): it is STILL FROZEN. The guardian (pid {guardian_pid}) \
+         keeps retrying every second and holds the session lock until it succeeds; check the kernel log, then `quiesce thaw --mount {}`",
+        m.path.display(),
+        m.error.as_deref().unwrap_or(freeze::errno_name(m.errno)),
+        m.failed_attempts,
+        m.path.display()
+    )
+}
+
+/// Resolves when `fd` becomes readable (the guardian said something: while
+/// frozen, that is an automatic thaw); never without an fd.
+async fn readable(fd: Option<BorrowedFd<'_>>) {
+    let Some(fd) = fd else { return std::future::pending().await };
+    // SAFETY: a BorrowedFd stays open and the same for its lifetime, which
+    // bounds the AsyncFd's (it is dropped at the end of this function).
+    match unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) } {
+        Ok(afd) => {
+            let _ = afd.readable().await;
+        }
+        // Cannot watch it: the deadline still bounds the wait.
+        Err(_) => std::future::pending().await,
+    }
 }
 
 fn thaw_reason(reason: freeze::ThawReason) -> String {

@@ -2,9 +2,10 @@
 
 use std::time::Instant;
 
+use crate::duration::ms;
 use crate::report::{
-    ms, ArtifactReport, ConfigReport, Consistency, ErrorCode, Facts, FreezeReport, HookKind, HookReport, Outcome, Phase, Report,
-    ReportError, SkippedMount, SnapshotReport,
+    ArtifactReport, ConfigReport, Consistency, ErrorCode, Facts, FreezeReport, HookKind, HookReport, Outcome, Phase, Report, ReportError,
+    SkippedMount, SnapshotReport,
 };
 use crate::rundir::unix_ms;
 
@@ -21,6 +22,8 @@ pub(super) struct Run {
     pub snapshot_ns: u64,
     /// Guardian clock (CLOCK_MONOTONIC) at the first FIFREEZE.
     pub first_freeze_ns: u64,
+    /// Guardian clock when the freeze must end (first FIFREEZE + max_freeze).
+    pub freeze_deadline_ns: u64,
     pub snapshot_taken: bool,
     pub apps_quiesced: bool,
     /// Pre hooks that ran and succeeded: with none, no application was
@@ -50,6 +53,7 @@ impl Run {
             snapshot: SnapshotReport::default(),
             snapshot_ns: 0,
             first_freeze_ns: 0,
+            freeze_deadline_ns: 0,
             snapshot_taken: false,
             apps_quiesced: true,
             pre_succeeded: 0,

@@ -138,8 +138,11 @@ enum Returned {
     Hook(wit::HookResult),
 }
 
+/// Capped at u32::MAX ticks (over a year): wasmtime adds this to its epoch,
+/// and an embedder's `Duration::MAX` must not overflow there or here.
 fn epoch_ticks(d: Duration) -> u64 {
-    (d.as_nanos() / EPOCH_TICK.as_nanos()).max(1) as u64 + 1
+    let ticks = (d.as_nanos() / EPOCH_TICK.as_nanos()).max(1);
+    u64::try_from(ticks).unwrap_or(u64::MAX).min(u64::from(u32::MAX)) + 1
 }
 
 impl PluginInstance {
@@ -247,13 +250,13 @@ impl PluginInstance {
         let Some(live) = self.live.as_mut() else { return Err(CallOutcome::Dead) };
         let timeout = self.call_timeout;
         let started = Instant::now();
-        live.store.data_mut().deadline = Some(started + timeout);
+        live.store.data_mut().deadline = Some(crate::duration::deadline(started, timeout));
         live.store.set_epoch_deadline(epoch_ticks(timeout));
 
         let ctx_of = |c: &CallContext| wit::HookContext {
             session_id: c.session_id.clone(),
             attempt: c.attempt,
-            deadline_ms: timeout.as_millis() as u64,
+            deadline_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
             params: self.params.clone(),
         };
         let fut = async {
@@ -356,6 +359,7 @@ mod tests {
     fn epoch_ticks_cover_the_timeout() {
         assert_eq!(epoch_ticks(Duration::from_millis(500)), 51);
         assert_eq!(epoch_ticks(Duration::from_millis(1)), 2);
+        assert_eq!(epoch_ticks(Duration::MAX), u64::from(u32::MAX) + 1, "an embedder's Duration::MAX does not overflow");
     }
 
     #[test]
