@@ -264,6 +264,7 @@ pub struct SessionState {
     pub phase: String,
     pub started_unix_ms: u128,
     /// Mount points the session froze (or is freezing), and since when.
+    #[serde(serialize_with = "crate::serde_path::lossy_vec")]
     pub frozen: Vec<PathBuf>,
     pub frozen_since_unix_ms: Option<u128>,
     pub guardian_pid: Option<i32>,

@@ -5,7 +5,6 @@
 //! `timout_secs` must not silently fall back to a default.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -206,6 +205,7 @@ pub(super) fn parse(text: &str) -> Result<Config, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn several_hooks_with_their_own_policies() {
