@@ -20,25 +20,26 @@ use quiesce::snapshot::ShellCommand;
 use quiesce_tests::*;
 use serde_json::json;
 
-/// A scratch dir with one ext4 loop mount (drop order: mount first).
-struct Fixture {
-    mnt: LoopMount,
-    s: Scratch,
+/// [`MountedScratch`] plus what these scenarios do with it.
+struct Fixture(MountedScratch);
+
+impl std::ops::Deref for Fixture {
+    type Target = MountedScratch;
+    fn deref(&self) -> &MountedScratch {
+        &self.0
+    }
 }
 
 impl Fixture {
     fn new(name: &str) -> Fixture {
-        let s = Scratch::new(name);
-        let mnt = LoopMount::new(&s.path, "mnt", Fs::Ext4);
-        Fixture { mnt, s }
+        Fixture(MountedScratch::new(name))
     }
 
-    fn file(&self, name: &str) -> PathBuf {
-        self.s.join(name)
-    }
-
-    fn read(&self, name: &str) -> String {
-        fs::read_to_string(self.file(name)).unwrap_or_default()
+    /// Creates the session's run directory (as `mkdir` would: 0755) and returns it.
+    fn run_dir(&self) -> PathBuf {
+        let d = self.file("run");
+        fs::create_dir(&d).unwrap();
+        d
     }
 
     /// A script that appends `tag` to log.txt.
@@ -321,8 +322,7 @@ fn absurd_durations_are_config_errors_naming_the_field() {
 fn symlinked_lock_file_is_not_followed_and_its_target_is_untouched() {
     let f = Fixture::new("lock-symlink");
     let config = f.legacy_pair();
-    let run_dir = f.file("run");
-    fs::create_dir(&run_dir).unwrap();
+    let run_dir = f.run_dir();
     let victim = f.file("victim");
     fs::write(&victim, "precious").unwrap();
     symlink(&victim, run_dir.join("session.lock")).unwrap();
@@ -339,8 +339,7 @@ fn symlinked_lock_file_is_not_followed_and_its_target_is_untouched() {
 fn symlinked_state_files_are_replaced_not_followed() {
     let f = Fixture::new("state-symlink");
     let config = f.legacy_pair();
-    let run_dir = f.file("run");
-    fs::create_dir(&run_dir).unwrap();
+    let run_dir = f.run_dir();
     for name in ["state.json", "state.json.tmp"] {
         let victim = f.file(&format!("victim-{name}"));
         fs::write(&victim, "precious").unwrap();
@@ -357,8 +356,7 @@ fn symlinked_state_files_are_replaced_not_followed() {
 fn run_directory_writable_by_others_or_a_symlink_is_refused_with_the_fix() {
     let f = Fixture::new("run-dir-mode");
     let config = f.legacy_pair();
-    let run_dir = f.file("run");
-    fs::create_dir(&run_dir).unwrap();
+    let run_dir = f.run_dir();
     sh(&format!("chmod 0770 {}", run_dir.display()));
     let run = f.snapshot(&config);
     assert!(run.has_error("IncorrectPluginhostFile"), "{:?}", run.error_codes());
@@ -381,4 +379,25 @@ fn run_directory_writable_by_others_or_a_symlink_is_refused_with_the_fix() {
     fs::create_dir(&run_dir).unwrap();
     sh(&format!("chmod 0700 {}", run_dir.display()));
     assert_eq!(f.snapshot(&config).code(), 0);
+}
+
+#[test]
+fn legacy_rule_refuses_any_group_or_other_bit_native_rule_only_write_bits() {
+    use quiesce::trust::{open_trusted, Rule, TrustError};
+    let s = Scratch::new("legacy-rule");
+    let p = s.join("pre.sh");
+    for mode in [0o700, 0o500] {
+        write_mode(&p, "#!/bin/sh\n", mode);
+        open_trusted(&p, Rule::LegacyScript).unwrap_or_else(|e| panic!("{mode:o}: {e}"));
+    }
+    for mode in [0o755, 0o750, 0o701, 0o710, 0o704] {
+        write_mode(&p, "#!/bin/sh\n", mode);
+        let e = open_trusted(&p, Rule::LegacyScript).unwrap_err();
+        assert!(matches!(e, TrustError::GroupOrOtherAccess { mode: m, .. } if m == mode), "{mode:o}: {e}");
+        assert!(e.to_string().contains(&format!("chmod 700 {}", p.display())), "{e}");
+        let f = open_trusted(&p, Rule::Script).unwrap_or_else(|e| panic!("{mode:o}: {e}"));
+        assert!(f.group_or_other_access().is_some_and(|w| w.contains("chmod 700")), "{mode:o}");
+    }
+    write_mode(&p, "#!/bin/sh\n", 0o700);
+    assert!(open_trusted(&p, Rule::Script).unwrap().group_or_other_access().is_none());
 }

@@ -441,7 +441,7 @@ fn non_utf8_mount_point_with_a_space_is_frozen_and_thawed_by_its_bytes() {
     let dir = s.path.join(OsStr::from_bytes(b"caf\xe9 d\\isk"));
     let m = BytesMount::new(&s.join("bytes.img"), &dir);
     let p = plan_for(&[&m.0]);
-    assert_eq!(target_paths(&p), [m.0.clone()]);
+    assert_eq!(target_paths(&p), std::slice::from_ref(&m.0));
     let mut cmd = quiesce(&s);
     cmd.args(["snapshot", "--mount"]).arg(&m.0).args(["--snapshot-cmd", "true"]);
     let run = run_json(cmd);
