@@ -53,7 +53,8 @@ pub enum LockError {
         .path.display(), .path.display(), .path.display()
     )]
     Untrusted { path: PathBuf, source: TrustError },
-    #[error("cannot use the run directory {}: {source}", .path.display())]
+    /// The directory or a file in it (`path` says which) cannot be used.
+    #[error("run directory: cannot use {}: {source}", .path.display())]
     Io { path: PathBuf, source: io::Error },
 }
 
