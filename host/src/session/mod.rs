@@ -391,8 +391,13 @@ impl Session {
         // the guardian holds the lock until its retries succeed.
         if still_frozen.is_empty() {
             self.run_dir.clear_state();
+            drop(lock);
+        } else {
+            // Dropping the lock would unlock it (flock LOCK_UN) for the
+            // guardian's copy of the fd too; leaking our fd leaves the
+            // guardian the only holder until it has thawed and exited.
+            std::mem::forget(lock);
         }
-        drop(lock);
         report
     }
 
@@ -519,7 +524,7 @@ impl Session {
     /// Takes the snapshot (if a provider is configured) while frozen, waiting
     /// for it at most until the freeze deadline or `[snapshot] timeout_secs`.
     /// Returns the signal that cut it short, if one did.
-    async fn snapshot(&self, mut guardian: Option<&mut Guardian>, r: &mut Run, interrupt: &mut Interrupt) -> Option<String> {
+    async fn snapshot(&self, guardian: Option<&mut Guardian>, r: &mut Run, interrupt: &mut Interrupt) -> Option<String> {
         let Some(provider) = &self.provider else {
             r.snapshot.message = Some("no snapshot provider configured (--snapshot-cmd or [snapshot]); quiesce took no snapshot".into());
             tracing::warn!("no snapshot provider: quiesce took no snapshot");
@@ -573,13 +578,12 @@ impl Session {
                 None
             }
             Err(Cut::GuardianThawed) => {
-                let why = guardian
-                    .as_deref_mut()
-                    .and_then(|g| g.auto_thawed())
-                    .map(|a| thaw_reason(a.reason))
-                    .unwrap_or_else(|| "guardian gone".into());
+                // The guardian reports once every mount is done; a FITHAW
+                // being retried can delay that past this moment.
+                let reason = guardian.and_then(|g| g.auto_thawed()).map(|a| a.reason);
+                let why = reason.map(thaw_reason).unwrap_or_else(|| "reason not reported yet".into());
                 let code =
-                    if why == thaw_reason(freeze::ThawReason::Deadline) { ErrorCode::SnapshotTimeout } else { ErrorCode::SnapshotFailed };
+                    if reason == Some(freeze::ThawReason::Deadline) { ErrorCode::SnapshotTimeout } else { ErrorCode::SnapshotFailed };
                 let m = abandoned(format!("the guardian thawed every file system on its own ({why}) while it was still running"));
                 tracing::error!("{m}");
                 r.error(code, m);
@@ -746,4 +750,100 @@ fn new_session_id() -> String {
     let mut rnd = [0u8; 4];
     let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut rnd));
     format!("q-{}-{:08x}", unix_ms() / 1000, u32::from_le_bytes(rnd))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::snapshot::{SnapshotError, TakeFuture};
+
+    /// Takes the snapshot at once, or never; says when its future is dropped.
+    struct Provider {
+        hangs: bool,
+        dropped: Arc<AtomicBool>,
+    }
+
+    struct SetOnDrop(Arc<AtomicBool>);
+    impl Drop for SetOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    impl SnapshotProvider for Provider {
+        fn describe(&self) -> String {
+            "test provider".into()
+        }
+        fn take<'a>(&'a self, _: &'a SnapshotContext) -> TakeFuture<'a> {
+            let guard = SetOnDrop(self.dropped.clone());
+            Box::pin(async move {
+                let _guard = guard;
+                if self.hangs {
+                    std::future::pending::<()>().await;
+                }
+                Ok::<(), SnapshotError>(())
+            })
+        }
+    }
+
+    fn session(tag: &str, config: Config, max_freeze: Option<Duration>, hangs: bool) -> (Session, Arc<AtomicBool>, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("quiesce-session-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let dropped = Arc::new(AtomicBool::new(false));
+        let opts = SessionOptions {
+            run_dir: Some(RunDir::new(dir.join("run"))),
+            max_freeze,
+            provider: Some(Box::new(Provider { hangs, dropped: dropped.clone() })),
+            cache_dir: Some(dir.join("cache")),
+            state_dir: Some(dir.join("state")),
+            ..Default::default()
+        };
+        (Session::prepare(Ok(config), opts).expect("prepare"), dropped, dir)
+    }
+
+    fn unfrozen() -> Config {
+        let mut c = Config::builtin();
+        c.freeze.enabled = false;
+        c
+    }
+
+    fn run(s: Session) -> Report {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(s.run(Interrupt::never()))
+    }
+
+    #[test]
+    fn an_embedders_duration_max_runs_the_session_without_panicking() {
+        let (s, _, dir) = session("max", unfrozen(), Some(Duration::MAX), false);
+        let report = run(s);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(report.snapshot_taken, "{:?}", report.errors);
+        assert_eq!(report.freeze.max_freeze_s, Duration::MAX.as_secs_f64());
+    }
+
+    #[test]
+    fn a_provider_past_snapshot_timeout_is_dropped_and_reported() {
+        let mut config = unfrozen();
+        config.snapshot_timeout = Some(Duration::from_millis(50));
+        let (s, dropped, dir) = session("timeout", config, Some(Duration::MAX), true);
+        let report = run(s);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(!report.snapshot_taken);
+        assert!(report.has_error(ErrorCode::SnapshotTimeout), "{:?}", report.errors);
+        assert!(report.errors[0].message.contains("timeout_secs"), "{}", report.errors[0].message);
+        assert!(dropped.load(Ordering::SeqCst), "the provider's future was dropped (= its work stopped)");
+        assert_eq!(report.exit_code(), 4);
+    }
+
+    #[test]
+    fn without_a_freeze_or_timeout_the_wait_defaults_to_max_freeze() {
+        let (s, _, dir) = session("default", unfrozen(), Some(Duration::from_millis(50)), true);
+        let report = run(s);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(report.has_error(ErrorCode::SnapshotTimeout), "{:?}", report.errors);
+        assert!(report.errors[0].message.contains("max-freeze"), "{}", report.errors[0].message);
+    }
 }
