@@ -790,7 +790,9 @@ mod tests {
     }
 
     fn session(tag: &str, config: Config, max_freeze: Option<Duration>, hangs: bool) -> (Session, Arc<AtomicBool>, PathBuf) {
-        let dir = std::env::temp_dir().join(format!("quiesce-session-{tag}-{}", std::process::id()));
+        // Not under /tmp: the run directory must be on a path only root (or
+        // this user) can write, and /tmp is world-writable.
+        let dir = PathBuf::from(format!("/run/quiesce-unit-session-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let dropped = Arc::new(AtomicBool::new(false));
         let opts = SessionOptions {
