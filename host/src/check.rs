@@ -1,17 +1,18 @@
-//! `quiesce check`: the dry run. Parses the config, checks every script the
-//! way a session would, plans the freeze — and runs nothing, freezes nothing.
+//! `quiesce check`: the dry run. Prepares the session exactly as `quiesce
+//! snapshot` would and runs its validation step ([`Session::validate`]: the
+//! same script checks, plugin loads and freeze checks), then shows the result
+//! — so check and session cannot disagree. Runs nothing, freezes nothing.
 
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::config::{Config, ConfigError, OnFailure, PluginAction, ScriptAction};
-use crate::freeze::{self, Selection, Skipped, Target};
-use crate::hooks::wasm::{Grants, WasmEngine};
-use crate::report::ErrorCode;
-use crate::report::Phase;
-use crate::session::{config_error_code, trust_error};
-use crate::trust::{self, Rule};
+use crate::config::{Config, ConfigError, HookSpec, OnFailure, ScriptAction};
+use crate::freeze::{Skipped, Target};
+use crate::hooks::wasm::Grants;
+use crate::report::{ErrorCode, Phase, ReportError};
+use crate::session::{config_error_code, ReadyHook, Session, SessionOptions};
+use crate::snapshot::ShellCommand;
 
 #[derive(Debug, Serialize)]
 pub struct Problem {
@@ -19,8 +20,15 @@ pub struct Problem {
     pub message: String,
 }
 
+impl From<&ReportError> for Problem {
+    fn from(e: &ReportError) -> Problem {
+        Problem { code: e.code, message: e.message.clone() }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct ScriptCheck {
+    #[serde(serialize_with = "crate::serde_path::lossy")]
     pub path: PathBuf,
     pub args: Vec<String>,
     pub attempts: u32,
@@ -30,6 +38,7 @@ pub struct ScriptCheck {
 
 #[derive(Debug, Serialize)]
 pub struct PluginCheck {
+    #[serde(serialize_with = "crate::serde_path::lossy")]
     pub path: PathBuf,
     /// "ok", or why the session would refuse it.
     pub status: String,
@@ -63,113 +72,122 @@ pub struct FreezeCheck {
 #[derive(Debug, Serialize)]
 pub struct CheckReport {
     pub ok: bool,
+    #[serde(serialize_with = "crate::serde_path::lossy_opt")]
     pub config: Option<PathBuf>,
+    /// None when the config could not be used.
     pub format: Option<crate::config::Format>,
     pub hooks: Vec<HookCheck>,
     pub freeze: FreezeCheck,
     pub snapshot: Option<String>,
     pub problems: Vec<Problem>,
+    /// What passes but deserves attention (a native config's script that
+    /// group or others may read); the session logs and reports the same.
+    pub warnings: Vec<String>,
 }
 
 /// Checks what a session with this config and these `--mount`s would do.
 /// Plugins are loaded (compiled and cached) and asked to describe themselves.
 pub async fn check(config: Result<Config, ConfigError>, mounts: &[PathBuf], snapshot_cmd: Option<&str>, cache_dir: &Path) -> CheckReport {
-    let mut problems = Vec::new();
-    let (config, path, format) = match config {
-        Ok(c) => {
-            let (p, f) = (c.path.clone(), c.format);
-            (c, p, Some(f))
-        }
+    let format = config.as_ref().ok().map(|c| c.format);
+    let path = match &config {
+        Ok(c) => c.path.clone(),
+        Err(e) => Some(e.path().to_path_buf()),
+    };
+    let config_problem = config.as_ref().err().map(|e| Problem { code: config_error_code(e), message: e.to_string() });
+    let opts = SessionOptions {
+        mounts: mounts.to_vec(),
+        provider: snapshot_cmd.map(|command| Box::new(ShellCommand { command: command.to_string() }) as _),
+        cache_dir: Some(cache_dir.to_path_buf()),
+        ..Default::default()
+    };
+    let session = match Session::prepare(config, opts) {
+        Ok(s) => s,
+        // A --mount that is not a mount point: the session stops here too (a usage error).
         Err(e) => {
-            problems.push(Problem { code: config_error_code(&e), message: e.to_string() });
-            (Config::builtin(), None, None)
+            let problems =
+                config_problem.into_iter().chain([Problem { code: ErrorCode::FsFreezeFailed, message: e.to_string() }]).collect();
+            let freeze = FreezeCheck { enabled: false, max_freeze_s: 0.0, targets: vec![], skipped: vec![] };
+            return CheckReport { ok: false, config: path, format, hooks: vec![], freeze, snapshot: None, problems, warnings: vec![] };
         }
     };
+    let validation = session.validate();
+    let mut problems: Vec<Problem> = session.config_error().map(Problem::from).into_iter().collect();
+    let mut warnings = Vec::new();
     let mut hooks = Vec::new();
-    let mut engine: Option<Result<WasmEngine, String>> = None;
-    for h in &config.hooks {
-        let (pre, post) = h.scripts();
-        let mut script = |a: Option<&ScriptAction>, pre: bool| {
-            a.map(|a| ScriptCheck {
-                path: a.path.clone(),
-                args: a.args.clone(),
-                attempts: a.retries + 1,
-                status: check_script(&a.path, pre, &mut problems),
-            })
-        };
-        let pre = script(pre, true);
-        let post = script(post, false);
-        let plugin = match h.plugin() {
-            Some(action) => {
-                let engine = engine.get_or_insert_with(|| WasmEngine::new(cache_dir).map_err(|e| e.to_string()));
-                Some(check_plugin(action, engine.as_ref(), &mut problems).await)
-            }
-            None => None,
-        };
-        hooks.push(HookCheck { name: h.name.clone(), pre, post, plugin, timeout_s: h.timeout.as_secs(), on_failure: h.on_failure });
-    }
-    let mount_list = if mounts.is_empty() { config.freeze.mounts.clone() } else { mounts.to_vec() };
-    let mut freeze = FreezeCheck {
-        enabled: config.freeze.enabled,
-        max_freeze_s: config.freeze.max_freeze.as_secs_f64(),
-        targets: vec![],
-        skipped: vec![],
-    };
-    if config.freeze.enabled {
-        match freeze::plan(&Selection { mounts: mount_list, exclude: config.freeze.exclude.clone() }) {
-            Ok(plan) => {
-                if plan.targets.is_empty() {
-                    problems.push(Problem { code: ErrorCode::FsFreezeFailed, message: "no eligible file system to freeze".into() });
-                }
-                freeze.targets = plan.targets;
-                freeze.skipped = plan.skipped;
-            }
-            Err(e) => problems.push(Problem { code: ErrorCode::FsFreezeFailed, message: e.to_string() }),
+    for h in &validation.hooks {
+        if let Some(e) = h.refused() {
+            problems.push(e.into());
         }
+        warnings.extend(h.warnings.iter().map(|w| format!("hook {}: {w}", h.spec.name)));
+        hooks.push(hook_check(h, &mut warnings).await);
     }
-    let snapshot = snapshot_cmd
-        .map(|c| format!("command: {c}"))
-        .or_else(|| config.snapshot.as_ref().map(|s| crate::snapshot::from_spec(s).describe()));
-    CheckReport { ok: problems.is_empty(), config: path, format, hooks, freeze, snapshot, problems }
+    problems.extend(validation.freeze_problems.iter().map(Problem::from));
+    let plan = session.plan();
+    let freeze = FreezeCheck {
+        enabled: plan.is_some(),
+        max_freeze_s: session.max_freeze().as_secs_f64(),
+        targets: plan.map(|p| p.targets.clone()).unwrap_or_default(),
+        skipped: plan.map(|p| p.skipped.clone()).unwrap_or_default(),
+    };
+    let snapshot = session.provider().map(|p| p.describe());
+    CheckReport { ok: problems.is_empty(), config: path, format, hooks, freeze, snapshot, problems, warnings }
 }
 
-async fn check_plugin(action: &PluginAction, engine: Result<&WasmEngine, &String>, problems: &mut Vec<Problem>) -> PluginCheck {
-    let mut check = PluginCheck {
-        path: action.path.clone(),
-        status: "ok".into(),
-        requested_grants: Vec::new(),
-        granted: action.grants.clone(),
-        not_granted: Vec::new(),
+async fn hook_check(h: &ReadyHook, warnings: &mut Vec<String>) -> HookCheck {
+    let spec: &HookSpec = &h.spec;
+    let refused = h.refused();
+    // The session checks pre, then post, and refuses the pair at the first
+    // failure: a post after a refused pre was not looked at.
+    let refused_phase = refused.and_then(|e| match e.code {
+        ErrorCode::PreScriptNotFound | ErrorCode::InsufficientPermissionforPreScript => Some(Phase::Pre),
+        ErrorCode::PostScriptNotFound | ErrorCode::InsufficientPermissionforPostScript => Some(Phase::Post),
+        _ => None,
+    });
+    let script = |a: Option<&ScriptAction>, phase: Phase| {
+        a.map(|a| ScriptCheck {
+            path: a.path.clone(),
+            args: a.args.clone(),
+            attempts: a.retries.saturating_add(1),
+            status: match (refused, refused_phase) {
+                (Some(e), Some(p)) if p == phase => format!("{}: {}", e.code.as_str(), e.message),
+                (Some(_), Some(Phase::Pre)) => "not checked: the pre script already refuses the pair".into(),
+                _ => "ok".into(),
+            },
+        })
     };
-    let result = async {
-        let grants = Grants::parse(&action.grants).map_err(|e| format!("grant in the config: {e}"))?;
-        let engine = engine.map_err(|e| format!("cannot start the WebAssembly runtime: {e}"))?;
-        let plugin = engine.load(&action.path).map_err(|e| e.to_string())?;
-        plugin.describe().await.map(|info| (grants, info)).map_err(|e| e.to_string())
-    }
-    .await;
-    match result {
-        Ok((grants, info)) => {
-            check.not_granted = grants.missing(&info.grants).into_iter().map(String::from).collect();
-            check.requested_grants = info.grants;
+    let (pre, post) = spec.scripts();
+    let plugin = match spec.plugin() {
+        Some(action) => {
+            let mut check = PluginCheck {
+                path: action.path.clone(),
+                status: "ok".into(),
+                requested_grants: Vec::new(),
+                granted: action.grants.clone(),
+                not_granted: Vec::new(),
+            };
+            match (refused, h.plugin()) {
+                (Some(e), _) => check.status = format!("{}: {}", e.code.as_str(), e.message),
+                (None, Some(p)) => match (p.describe().await, Grants::parse(&action.grants)) {
+                    (Ok(info), Ok(grants)) => {
+                        check.not_granted = grants.missing(&info.grants).into_iter().map(String::from).collect();
+                        check.requested_grants = info.grants;
+                    }
+                    (Err(e), _) => warnings.push(format!("hook {}: cannot ask the plugin which grants it needs: {e}", spec.name)),
+                    // Unreachable: validation parsed the same grants.
+                    (_, Err(e)) => warnings.push(format!("hook {}: grant in the config: {e}", spec.name)),
+                },
+                (None, None) => {}
+            }
+            Some(check)
         }
-        Err(message) => {
-            check.status = format!("{}: {message}", ErrorCode::PluginLoadFailed.as_str());
-            problems.push(Problem { code: ErrorCode::PluginLoadFailed, message });
-        }
-    }
-    check
-}
-
-fn check_script(path: &Path, pre: bool, problems: &mut Vec<Problem>) -> String {
-    let phase = if pre { Phase::Pre } else { Phase::Post };
-    match trust::open_trusted(path, Rule::Script) {
-        Ok(_) => "ok".into(),
-        Err(e) => {
-            let err = trust_error(phase, path, &e);
-            let status = format!("{}: {e}", err.code.as_str());
-            problems.push(Problem { code: err.code, message: err.message });
-            status
-        }
+        None => None,
+    };
+    HookCheck {
+        name: spec.name.clone(),
+        pre: script(pre, Phase::Pre),
+        post: script(post, Phase::Post),
+        plugin,
+        timeout_s: spec.timeout.as_secs(),
+        on_failure: spec.on_failure,
     }
 }

@@ -231,9 +231,10 @@ fn run_check(args: CheckArgs) -> ExitCode {
 }
 
 fn print_check(r: &check::CheckReport) {
-    match &r.config {
-        Some(p) => println!("config: {} ({:?})", p.display(), r.format),
-        None => println!("config: built-in default (no hooks)"),
+    match (&r.config, r.format) {
+        (Some(p), Some(f)) => println!("config: {} ({f:?})", p.display()),
+        (Some(p), None) => println!("config: {} (cannot be used, see the problems below)", p.display()),
+        (None, _) => println!("config: built-in default (no hooks)"),
     }
     for h in &r.hooks {
         println!("hook {} (timeout {} s per attempt, on failure: {:?})", h.name, h.timeout_s, h.on_failure);
@@ -262,6 +263,9 @@ fn print_check(r: &check::CheckReport) {
         println!("freeze: disabled");
     }
     println!("snapshot: {}", r.snapshot.as_deref().unwrap_or("none configured (quiesce takes no snapshot)"));
+    for w in &r.warnings {
+        println!("warning: {w}");
+    }
     for p in &r.problems {
         println!("problem {}: {}", p.code.as_str(), p.message);
     }

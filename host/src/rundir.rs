@@ -3,26 +3,58 @@
 //!
 //! It lives on tmpfs on purpose: nothing here can be on a file system the
 //! session freezes, and it is gone after a reboot, like a frozen state is.
+//!
+//! quiesce writes here as root, so the directory is checked like any trusted
+//! path ([`trust::open_trusted_dir`]: every directory from `/` owned by root
+//! or by the user quiesce runs as, none writable by group or others, the
+//! last one not a symlink), and every file in it is opened relative to that
+//! checked directory fd with `O_NOFOLLOW`: a symlink planted as
+//! `session.lock` would otherwise make root truncate whatever it points at.
+//!
+//! `quiesce status` only reads: whether the lock is held is looked up in
+//! `/proc/locks` by the lock file's inode. Probing by taking the lock (as it
+//! once did) made a session that started at that moment fail with
+//! `BackupOperationInProgress`, and rewrote the lock's pid.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
-use nix::fcntl::{Flock, FlockArg};
+use nix::errno::Errno;
+use nix::fcntl::{self, Flock, FlockArg, OFlag};
+use nix::sys::stat::{self, Mode, SFlag};
 use serde::{Deserialize, Serialize};
+
+use crate::trust::{self, TrustError};
 
 pub const DEFAULT_RUN_DIR: &str = "/run/quiesce";
 
 /// Tests and side-by-side installs point this elsewhere.
 pub const RUN_DIR_ENV: &str = "QUIESCE_RUN_DIR";
 
+const LOCK_FILE: &str = "session.lock";
+const STATE_FILE: &str = "state.json";
+const STATE_TMP: &str = "state.json.tmp";
+
+/// More than any state file quiesce writes; a bigger one is not ours.
+const STATE_CAP: u64 = 64 * 1024;
+/// A pid, with room to spare.
+const PID_CAP: u64 = 32;
+
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
     #[error("another quiesce session is running (pid {holder}); refusing to interfere")]
     Busy { holder: String },
-    #[error("cannot use the run directory {path}: {source}")]
+    #[error(
+        "cannot use the run directory {}: {source}; it must be a directory owned by root and writable only by root: \
+         chown root:root {} && chmod 700 {}",
+        .path.display(), .path.display(), .path.display()
+    )]
+    Untrusted { path: PathBuf, source: TrustError },
+    /// The directory or a file in it (`path` says which) cannot be used.
+    #[error("run directory: cannot use {}: {source}", .path.display())]
     Io { path: PathBuf, source: io::Error },
 }
 
@@ -41,76 +73,175 @@ impl RunDir {
         RunDir::new(std::env::var_os(RUN_DIR_ENV).map(PathBuf::from).unwrap_or_else(|| DEFAULT_RUN_DIR.into()))
     }
 
-    fn ensure(&self) -> Result<(), LockError> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.path)
-            .map_err(|source| LockError::Io { path: self.path.clone(), source })
+    /// Creates the directory if it is missing (mode 0700), then opens and
+    /// checks it.
+    fn ensure(&self) -> Result<OwnedFd, LockError> {
+        match std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.path) {
+            Ok(()) => {}
+            // Reported precisely by the check below (not a directory, a symlink ...).
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(source) => return Err(LockError::Io { path: self.path.clone(), source }),
+        }
+        self.open_dir()
     }
 
-    fn lock_path(&self) -> PathBuf {
-        self.path.join("session.lock")
+    /// Opens and checks the directory, creating nothing.
+    fn open_dir(&self) -> Result<OwnedFd, LockError> {
+        let path = std::path::absolute(&self.path).unwrap_or_else(|_| self.path.clone());
+        trust::open_trusted_dir(&path).map_err(|source| LockError::Untrusted { path: self.path.clone(), source })
     }
 
-    fn state_path(&self) -> PathBuf {
-        self.path.join("state.json")
+    /// Opens a file in the checked directory, never through a symlink.
+    fn open_in(&self, dir: &OwnedFd, name: &str, flags: OFlag) -> Result<File, LockError> {
+        let path = self.path.join(name);
+        let fd = fcntl::openat(dir, name, flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NOCTTY, Mode::from_bits_truncate(0o600))
+            .map_err(|e| match e {
+                Errno::ELOOP => LockError::Io {
+                    path: path.clone(),
+                    source: io::Error::other(format!("is a symbolic link; quiesce does not follow it (remove it: rm {})", path.display())),
+                },
+                e => LockError::Io { path: path.clone(), source: e.into() },
+            })?;
+        let st = stat::fstat(&fd).map_err(|e| LockError::Io { path: path.clone(), source: e.into() })?;
+        if st.st_mode & SFlag::S_IFMT.bits() != SFlag::S_IFREG.bits() {
+            return Err(LockError::Io {
+                path: path.clone(),
+                source: io::Error::other(format!("not a regular file (remove it: rm {})", path.display())),
+            });
+        }
+        Ok(File::from(fd))
     }
 
     /// Takes the machine-wide session lock without blocking. An flock dies
     /// with its holders, so a crashed session never blocks the next one; the
     /// freeze guardian inherits it and keeps it until it has thawed.
     pub fn lock(&self) -> Result<SessionLock, LockError> {
-        self.ensure()?;
-        let path = self.lock_path();
-        let io_err = |source| LockError::Io { path: path.clone(), source };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&path)
-            .map_err(io_err)?;
+        let dir = self.ensure()?;
+        let path = self.path.join(LOCK_FILE);
+        let file = self.open_in(&dir, LOCK_FILE, OFlag::O_RDWR | OFlag::O_CREAT)?;
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(mut lock) => {
                 let _ = lock.set_len(0);
                 let _ = write!(&mut *lock, "{}", std::process::id());
                 Ok(SessionLock { lock })
             }
-            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
-                let holder = fs::read_to_string(&path).unwrap_or_default();
-                Err(LockError::Busy { holder: if holder.is_empty() { "unknown".into() } else { holder } })
+            Err((file, Errno::EWOULDBLOCK)) => {
+                let holder = read_capped(&file, PID_CAP).unwrap_or_default();
+                Err(LockError::Busy { holder: if holder.trim().is_empty() { "unknown".into() } else { holder.trim().to_string() } })
             }
-            Err((_, e)) => Err(io_err(e.into())),
+            Err((_, e)) => Err(LockError::Io { path, source: e.into() }),
         }
     }
 
-    /// Whether some process holds the session lock right now.
-    pub fn session_running(&self) -> bool {
-        matches!(self.lock(), Err(LockError::Busy { .. }))
+    /// Whether some process holds the session lock right now, found without
+    /// taking it: `/proc/locks` lists every flock by device and inode.
+    /// Creates, truncates and writes nothing.
+    pub fn session_running(&self) -> Result<bool, LockError> {
+        let dir = match self.open_dir() {
+            Ok(dir) => dir,
+            Err(LockError::Untrusted { source, .. }) if source.is_not_found() => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let path = self.path.join(LOCK_FILE);
+        let io_err = |source: io::Error| LockError::Io { path: path.clone(), source };
+        let st = match stat::fstatat(&dir, LOCK_FILE, fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::ENOENT) => return Ok(false),
+            Err(e) => return Err(io_err(e.into())),
+        };
+        let locks = std::fs::read_to_string("/proc/locks").map_err(io_err)?;
+        Ok(flock_held(&locks, &lock_devs(&dir, st.st_dev), st.st_ino))
     }
 
+    /// Records what `quiesce status` shows: written to a fresh temporary file
+    /// (created exclusively, never through a symlink), then renamed over the
+    /// old state, so a reader sees the old or the new state, never half.
     pub fn write_state(&self, state: &SessionState) {
-        let tmp = self.path.join("state.json.tmp");
-        let ok = serde_json::to_vec_pretty(state)
-            .map_err(io::Error::other)
-            .and_then(|bytes| fs::write(&tmp, bytes))
-            .and_then(|_| fs::rename(&tmp, self.state_path()));
-        if let Err(e) = ok {
+        if let Err(e) = self.try_write_state(state) {
             tracing::warn!("cannot record session state in {}: {e}", self.path.display());
         }
     }
 
+    fn try_write_state(&self, state: &SessionState) -> Result<(), LockError> {
+        let dir = self.ensure()?;
+        let io_err = |source: io::Error| LockError::Io { path: self.path.join(STATE_TMP), source };
+        let bytes = serde_json::to_vec_pretty(state).map_err(|e| io_err(io::Error::other(e)))?;
+        let create = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL;
+        let mut file = match self.open_in(&dir, STATE_TMP, create) {
+            Ok(f) => f,
+            // Left over by a killed session (or planted): O_EXCL refused it; remove the name, not what it points at.
+            Err(_) => {
+                let _ = nix::unistd::unlinkat(&dir, STATE_TMP, nix::unistd::UnlinkatFlags::NoRemoveDir);
+                self.open_in(&dir, STATE_TMP, create)?
+            }
+        };
+        file.write_all(&bytes).map_err(io_err)?;
+        drop(file);
+        fcntl::renameat(&dir, STATE_TMP, &dir, STATE_FILE).map_err(|e| io_err(e.into()))
+    }
+
+    /// The state a running session recorded, if any (read only).
     pub fn read_state(&self) -> Option<SessionState> {
-        let text = fs::read_to_string(self.state_path()).ok()?;
-        serde_json::from_str(&text).ok()
+        let dir = self.open_dir().ok()?;
+        let file = self.open_in(&dir, STATE_FILE, OFlag::O_RDONLY | OFlag::O_NONBLOCK).ok()?;
+        serde_json::from_str(&read_capped(&file, STATE_CAP)?).ok()
     }
 
     pub fn clear_state(&self) {
-        let _ = fs::remove_file(self.state_path());
+        if let Ok(dir) = self.open_dir() {
+            let _ = nix::unistd::unlinkat(&dir, STATE_FILE, nix::unistd::UnlinkatFlags::NoRemoveDir);
+        }
     }
+}
+
+/// Reads at most `cap` bytes from the start of `file`.
+fn read_capped(file: &File, cap: u64) -> Option<String> {
+    let mut s = String::new();
+    let mut f = file;
+    // Reading through a shared handle moves the shared offset; read from 0.
+    std::io::Seek::rewind(&mut f).ok()?;
+    f.take(cap).read_to_string(&mut s).ok()?;
+    Some(s)
+}
+
+/// The device numbers `/proc/locks` may print for the lock file: the
+/// superblock's (what the kernel prints, from mountinfo by mount id) and
+/// `st_dev` (the same, except on btrfs subvolumes).
+fn lock_devs(dir: &OwnedFd, st_dev: u64) -> Vec<(u32, u32)> {
+    let mut devs = vec![(libc::major(st_dev), libc::minor(st_dev))];
+    if let Some(dev) = mount_dev(dir) {
+        devs.push(dev);
+    }
+    devs
+}
+
+/// The superblock device of the mount `dir` is on.
+fn mount_dev(dir: &OwnedFd) -> Option<(u32, u32)> {
+    // SAFETY: statx into a zeroed struct we own; the fd is valid for the call.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::statx(dir.as_raw_fd(), c"".as_ptr(), libc::AT_EMPTY_PATH, libc::STATX_MNT_ID, &mut stx) };
+    if r != 0 || stx.stx_mask & libc::STATX_MNT_ID == 0 {
+        return None;
+    }
+    let table = crate::freeze::mountinfo::read().ok()?;
+    table.entries.iter().find(|e| e.mount_id == stx.stx_mnt_id).map(|e| e.dev)
+}
+
+/// Whether `/proc/locks` lists an flock on inode `ino` of one of `devs`.
+/// Lines look like `3: FLOCK  ADVISORY  WRITE 1234 00:1a:5678 0 EOF`
+/// (device in hex, as fs/locks.c prints it); `N: -> ...` lines are waiters.
+fn flock_held(locks: &str, devs: &[(u32, u32)], ino: u64) -> bool {
+    locks.lines().any(|line| {
+        let mut f = line.split_whitespace().skip(1);
+        if f.next() != Some("FLOCK") {
+            return false;
+        }
+        let Some(id) = f.nth(3) else { return false };
+        let mut parts = id.split(':');
+        let (Some(maj), Some(min), Some(i), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else { return false };
+        let parsed = (u32::from_str_radix(maj, 16), u32::from_str_radix(min, 16), i.parse::<u64>());
+        matches!(parsed, (Ok(maj), Ok(min), Ok(i)) if i == ino && devs.contains(&(maj, min)))
+    })
 }
 
 /// Held for the whole session; released on drop (or when the process dies).
@@ -134,6 +265,7 @@ pub struct SessionState {
     pub phase: String,
     pub started_unix_ms: u128,
     /// Mount points the session froze (or is freezing), and since when.
+    #[serde(serialize_with = "crate::serde_path::lossy_vec")]
     pub frozen: Vec<PathBuf>,
     pub frozen_since_unix_ms: Option<u128>,
     pub guardian_pid: Option<i32>,
@@ -147,5 +279,27 @@ pub fn unix_ms() -> u128 {
 impl AsRef<Path> for RunDir {
     fn as_ref(&self) -> &Path {
         &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LOCKS: &str = "\
+1: POSIX  ADVISORY  WRITE 812 00:19:1234 0 EOF
+2: FLOCK  ADVISORY  WRITE 4242 00:1a:98765 0 EOF
+2: -> FLOCK  ADVISORY  WRITE 4243 00:1b:55 0 EOF
+3: OFDLCK ADVISORY  READ -1 fd:00:77 0 EOF
+";
+
+    #[test]
+    fn finds_an_flock_by_hex_device_and_inode() {
+        assert!(flock_held(LOCKS, &[(0, 0x1a)], 98765));
+        assert!(!flock_held(LOCKS, &[(0, 0x1a)], 98766), "other inode");
+        assert!(!flock_held(LOCKS, &[(0, 26 + 1)], 98765), "other device");
+        assert!(!flock_held(LOCKS, &[(0, 0x19)], 1234), "a POSIX lock is not the session lock");
+        assert!(!flock_held(LOCKS, &[(0, 0x1b)], 55), "a waiter holds nothing");
+        assert!(!flock_held("", &[(0, 0x1a)], 98765));
     }
 }

@@ -13,6 +13,7 @@ const PROBE_WAIT: std::time::Duration = std::time::Duration::from_millis(150);
 
 #[derive(Debug, Serialize)]
 pub struct FrozenMount {
+    #[serde(serialize_with = "crate::serde_path::lossy")]
     pub path: PathBuf,
     pub fs_type: String,
     /// "this host's session <id>" when the running session froze it, else "unknown".
@@ -25,19 +26,29 @@ pub struct Status {
     pub session: Option<SessionState>,
     /// Eligible file systems that are frozen right now (probed, not remembered).
     pub frozen: Vec<FrozenMount>,
-    /// Mounts that could not be probed, with the reason.
+    /// Mounts that could not be probed (or the run directory, when the
+    /// session lock could not be looked up), with the reason.
+    #[serde(serialize_with = "crate::serde_path::lossy_pairs")]
     pub unknown: Vec<(PathBuf, String)>,
     /// Mounts a session would not freeze, and why.
     pub skipped: Vec<freeze::Skipped>,
 }
 
+/// Reads; never writes. In particular it does not take the session lock to
+/// see whether it is held (see [`RunDir::session_running`]).
 pub fn status(run_dir: &RunDir, mounts: &[PathBuf]) -> Result<Status, freeze::FreezeError> {
-    let session_running = run_dir.session_running();
+    let mut unknown = Vec::new();
+    let session_running = match run_dir.session_running() {
+        Ok(running) => running,
+        Err(e) => {
+            unknown.push((run_dir.path.clone(), format!("cannot tell whether a session is running: {e}")));
+            false
+        }
+    };
     // A state file without a live lock holder is left over from a killed host.
     let session = run_dir.read_state().filter(|_| session_running);
     let plan = freeze::plan(&Selection { mounts: mounts.to_vec(), exclude: Vec::new() })?;
     let mut frozen = Vec::new();
-    let mut unknown = Vec::new();
     let skipped = plan.skipped;
     for t in plan.targets {
         match freeze::is_frozen(&t.path, PROBE_WAIT) {

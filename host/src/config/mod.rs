@@ -29,8 +29,31 @@ pub enum ConfigError {
     /// (The trust error names the file.)
     #[error("config {source}")]
     Untrusted { path: PathBuf, source: TrustError },
+    /// The file was read but cannot be used; `format` is what its content
+    /// looked like.
     #[error("config {path}: {message}")]
-    Invalid { path: PathBuf, message: String },
+    Invalid { path: PathBuf, format: Format, message: String },
+}
+
+impl ConfigError {
+    pub fn path(&self) -> &Path {
+        match self {
+            ConfigError::Untrusted { path, .. } | ConfigError::Invalid { path, .. } => path,
+        }
+    }
+
+    /// Which format the admin meant, for deciding what an unusable config
+    /// may still allow (see the session's fallback). A file that was read
+    /// tells by its content, as a good one does. An untrusted file is not
+    /// read — its content may be anyone's — so its *name* decides, which only
+    /// the admin chose: the legacy default path or a `.json` name is legacy,
+    /// anything else native.
+    pub fn format(&self) -> Format {
+        match self {
+            ConfigError::Invalid { format, .. } => *format,
+            ConfigError::Untrusted { path, .. } => Format::from_name(path),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -42,6 +65,46 @@ pub enum Format {
     Native,
     /// No config file: no hooks, freeze with defaults.
     Builtin,
+}
+
+impl Format {
+    /// Legacy for the legacy default path or a `.json` name, else native.
+    fn from_name(path: &Path) -> Format {
+        let json = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"));
+        if json || path == Path::new(LEGACY_DEFAULT) {
+            Format::Legacy
+        } else {
+            Format::Native
+        }
+    }
+
+    /// A JSON object is the legacy format; anything else is TOML.
+    fn sniff(text: &str) -> Format {
+        if text.trim_start().starts_with('{') {
+            Format::Legacy
+        } else {
+            Format::Native
+        }
+    }
+}
+
+/// Which permission rule a hook script must meet; the config format decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScriptPermissions {
+    /// The Azure framework's mode 700 ([`Rule::LegacyScript`]).
+    Legacy,
+    /// Owner-writable only; read/execute for others passes with a warning ([`Rule::Script`]).
+    Native,
+}
+
+impl ScriptPermissions {
+    pub fn rule(self) -> Rule {
+        match self {
+            ScriptPermissions::Legacy => Rule::LegacyScript,
+            ScriptPermissions::Native => Rule::Script,
+        }
+    }
 }
 
 /// What to do when a step fails: still take the (weaker) snapshot, or not.
@@ -59,6 +122,7 @@ pub struct ScriptAction {
     pub args: Vec<String>,
     /// Retries after a failed attempt (N retries = up to N+1 attempts).
     pub retries: u32,
+    pub permissions: ScriptPermissions,
 }
 
 /// A WebAssembly plugin hook: one instance lives from pre to post.
@@ -170,23 +234,34 @@ impl Config {
     }
 
     /// Loads `path` after checking that only root can have written (or read) it.
-    /// The content parsed is read from the very fd that was checked.
+    /// The content parsed is read from the very fd that was checked. A
+    /// relative path is taken from the working directory (the check walks
+    /// the absolute path from `/`).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        // Fails only for an empty path or without a working directory; the
+        // trust check then names the path as not absolute.
+        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        let path = path.as_path();
         let file = trust::open_trusted(path, Rule::Config).map_err(|source| ConfigError::Untrusted { path: path.to_path_buf(), source })?;
-        let text =
-            file.read_to_string().map_err(|e| ConfigError::Invalid { path: path.to_path_buf(), message: format!("cannot read: {e}") })?;
+        let text = file.read_to_string().map_err(|e| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            format: Format::from_name(path),
+            message: format!("cannot read: {e}"),
+        })?;
         Self::parse(path, &text)
     }
 
     /// Parses config text whose format is detected from the content: a JSON
     /// object is the legacy format, anything else is TOML.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let invalid = |message: String| ConfigError::Invalid { path: path.to_path_buf(), message };
-        if text.trim_start().starts_with('{') {
-            legacy::parse(text).map(|c| c.with_path(path)).map_err(invalid)
-        } else {
-            native::parse(text).map(|c| c.with_path(path)).map_err(invalid)
+        let format = Format::sniff(text);
+        let invalid = |message: String| ConfigError::Invalid { path: path.to_path_buf(), format, message };
+        match format {
+            Format::Legacy => legacy::parse(text),
+            Format::Native | Format::Builtin => native::parse(text),
         }
+        .map(|c| c.with_path(path))
+        .map_err(invalid)
     }
 
     /// The config a session uses when `--config` is not given.
@@ -200,8 +275,10 @@ impl Config {
     }
 }
 
-/// Timeouts are configured in whole seconds in both formats; zero makes no
-/// sense for a hook and is refused rather than read as "no timeout".
+/// Timeouts are configured in whole seconds in both formats, validated by
+/// the one duration validator: zero makes no sense for a hook and is refused
+/// rather than read as "no timeout", and a huge value is refused rather than
+/// overflowing a deadline later.
 fn positive_secs(field: &str, secs: u64) -> Result<Duration, String> {
     crate::duration::checked_secs(field, secs).map_err(|e| e.to_string())
 }

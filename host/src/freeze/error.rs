@@ -28,9 +28,13 @@ pub enum FreezeError {
         source: io::Error,
     },
 
-    /// A line of mountinfo did not have the documented shape.
-    #[error("malformed mountinfo line {line}: {reason}")]
-    Parse { line: usize, reason: String },
+    /// A `--mount` names a mount whose mountinfo line does not have
+    /// proc(5)'s shape: what it is cannot be judged, so it is not touched.
+    #[error(
+        "{path}: its line {line} in /proc/self/mountinfo cannot be parsed ({reason}); quiesce does not freeze \
+         a mount it cannot judge: leave it out of --mount, and report the line (`grep -n '' /proc/self/mountinfo`)"
+    )]
+    Unparsable { path: PathBuf, line: usize, reason: String },
 
     /// A target could not be opened, so it cannot be frozen.
     #[error("cannot open {path} to freeze it: {source}")]

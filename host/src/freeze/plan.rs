@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::mountinfo::{self, MountInfoEntry};
+use super::mountinfo::{self, MountInfoEntry, MountTable};
 use super::FreezeError;
 
 /// What the caller asked to freeze.
@@ -48,6 +48,7 @@ impl FreezePlan {
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Target {
     /// Mount point the freeze is issued on.
+    #[serde(serialize_with = "crate::serde_path::lossy")]
     pub path: PathBuf,
     /// File system type from mountinfo.
     pub fs_type: String,
@@ -62,6 +63,7 @@ pub struct Target {
 /// A mount that will not be frozen.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Skipped {
+    #[serde(serialize_with = "crate::serde_path::lossy")]
     pub path: PathBuf,
     pub fs_type: String,
     /// Why, in words an admin can act on.
@@ -158,8 +160,11 @@ fn canonical_mounts(mounts: &[PathBuf]) -> Result<Vec<PathBuf>, FreezeError> {
 }
 
 /// Plans the freeze over a given mount table (`sel.mounts` must already be
-/// canonical paths).
-pub fn plan_from(mountinfo: &[MountInfoEntry], sel: &Selection, env: &dyn PlanEnv) -> Result<FreezePlan, FreezeError> {
+/// canonical paths). A line of the table that could not be parsed is never
+/// frozen: a `--mount` naming it is refused, and without `--mount` it is
+/// listed as skipped.
+pub fn plan_from(table: &MountTable, sel: &Selection, env: &dyn PlanEnv) -> Result<FreezePlan, FreezeError> {
+    let mountinfo = table.entries.as_slice();
     // The last mount at a path is the visible one; earlier ones are covered
     // and opening their path would reach the covering mount instead.
     let mut visible: HashMap<&Path, usize> = HashMap::new();
@@ -173,6 +178,11 @@ pub fn plan_from(mountinfo: &[MountInfoEntry], sel: &Selection, env: &dyn PlanEn
         let mut seen = BTreeSet::new();
         let mut out = Vec::new();
         for p in &sel.mounts {
+            // Which of two mounts on this path is visible cannot be told
+            // when one of their lines is unreadable.
+            if let Some(u) = table.unparsed.iter().find(|u| u.mount_point.as_deref() == Some(p.as_path())) {
+                return Err(FreezeError::Unparsable { path: p.clone(), line: u.line, reason: u.reason.clone() });
+            }
             let i = *visible.get(p.as_path()).ok_or_else(|| FreezeError::NotAMountPoint { path: p.clone() })?;
             if seen.insert(i) {
                 out.push(i);
@@ -184,6 +194,14 @@ pub fn plan_from(mountinfo: &[MountInfoEntry], sel: &Selection, env: &dyn PlanEn
     };
 
     let mut plan = FreezePlan::default();
+    if sel.mounts.is_empty() {
+        for u in &table.unparsed {
+            if let Some(path) = &u.mount_point {
+                let reason = format!("its line {} in /proc/self/mountinfo cannot be parsed ({}): not judged, not frozen", u.line, u.reason);
+                plan.skipped.push(Skipped { path: path.clone(), fs_type: "unknown".into(), reason });
+            }
+        }
+    }
     let mut eligible: Vec<usize> = Vec::new();
     for &i in &candidates {
         let m = &mountinfo[i];
@@ -215,7 +233,13 @@ pub fn plan_from(mountinfo: &[MountInfoEntry], sel: &Selection, env: &dyn PlanEn
         .into_iter()
         .map(|i| {
             let m = &mountinfo[i];
-            Target { path: m.mount_point.clone(), fs_type: m.fs_type.clone(), source: m.source.clone(), dev: m.dev, mount_id: m.mount_id }
+            Target {
+                path: m.mount_point.clone(),
+                fs_type: m.fs_type.clone(),
+                source: m.source.to_string_lossy().into_owned(),
+                dev: m.dev,
+                mount_id: m.mount_id,
+            }
         })
         .collect();
     Ok(plan)
@@ -328,8 +352,10 @@ mod tests {
         }
     }
 
-    fn table(lines: &[&str]) -> Vec<MountInfoEntry> {
-        mountinfo::parse(&lines.join("\n")).unwrap()
+    fn table(lines: &[&str]) -> MountTable {
+        let t = mountinfo::parse(&lines.join("\n"));
+        assert!(t.unparsed.is_empty(), "{:?}", t.unparsed);
+        t
     }
 
     fn paths(p: &FreezePlan) -> Vec<&str> {
@@ -434,5 +460,35 @@ mod tests {
         let env = FakeEnv { loops: vec![("/dev/loop0", (7, 1))] };
         let p = plan_from(&t, &Selection::default(), &env).unwrap();
         assert_eq!(paths(&p), ["/m/n", "/m"]);
+    }
+
+    #[test]
+    fn an_unparsable_line_blocks_only_a_mount_that_names_it() {
+        let mut lines = BASE.to_vec();
+        lines.push("11 1 7:9 / /odd rw - ext4 /dev/loop9 rw extra");
+        lines.push("12 1 7:8");
+        let t = mountinfo::parse(&lines.join("\n"));
+        assert_eq!(t.unparsed.len(), 2);
+        let env = FakeEnv { loops: vec![] };
+        // Every-mount mode (thaw --all, a session without --mount) plans the rest ...
+        let p = plan_from(&t, &Selection::default(), &env).unwrap();
+        assert_eq!(paths(&p), ["/srv/b", "/data/inner", "/data", "/"]);
+        // ... and says which mount it left alone, and why.
+        assert!(reason(&p, "/odd").contains("line 11"), "{p:?}");
+        // A --mount elsewhere is unaffected.
+        let p = plan_from(&t, &Selection { mounts: vec!["/data".into()], exclude: vec![] }, &env).unwrap();
+        assert_eq!(paths(&p), ["/data"]);
+        // A --mount on the bad line is refused, naming the line.
+        let err = plan_from(&t, &Selection { mounts: vec!["/odd".into()], exclude: vec![] }, &env).unwrap_err();
+        assert!(matches!(err, FreezeError::Unparsable { line: 11, .. }), "{err}");
+        assert!(err.to_string().contains("/odd"), "{err}");
+    }
+
+    #[test]
+    fn an_empty_source_mount_is_judged_like_any_other() {
+        let t = table(&["1 0 254:0 / / rw - ext4 /dev/vda rw", "42 1 0:39 / /x rw,relatime - tmpfs  rw"]);
+        let p = plan_from(&t, &Selection::default(), &FakeEnv { loops: vec![] }).unwrap();
+        assert_eq!(paths(&p), ["/"]);
+        assert!(reason(&p, "/x").contains("pseudo"), "{p:?}");
     }
 }

@@ -13,7 +13,7 @@ use crate::duration::ms;
 use crate::hooks::script::{self, ScriptOutcome, ScriptSpec};
 use crate::hooks::wasm::{CallContext, CallOutcome, Grants, InstanceConfig, Plugin, PluginInstance, SnapshotOutcome, WasmEngine};
 use crate::report::{label_name, Consistency, ErrorCode, HookKind, HookReport, Outcome, Phase, ReportError};
-use crate::trust::{self, Rule, TrustError, TrustedFile};
+use crate::trust::{self, TrustError, TrustedFile};
 
 use super::record::Run;
 
@@ -30,9 +30,12 @@ pub(super) struct PhaseContext<'a> {
 
 /// A hook after validation: its scripts opened and checked (or its plugin
 /// loaded), or refused.
-pub(super) struct ReadyHook {
+pub(crate) struct ReadyHook {
     pub spec: HookSpec,
     ready: Ready,
+    /// What passed but deserves the admin's attention (a native config's
+    /// script that group or others may read).
+    pub warnings: Vec<String>,
 }
 
 ///
@@ -63,7 +66,21 @@ impl ReadyHook {
             HookBody::Script { pre, post } => validate_scripts(pre.as_ref(), post.as_ref()),
             HookBody::Plugin(action) => validate_plugin(action, engine),
         };
-        ReadyHook { spec: spec.clone(), ready: ready.unwrap_or_else(Ready::Refused) }
+        let ready = ready.unwrap_or_else(Ready::Refused);
+        let warnings = match &ready {
+            // Only the native rule lets such a script pass; the legacy one refuses it.
+            Ready::Script { pre, post } => [pre, post].into_iter().flatten().filter_map(|s| s.file.group_or_other_access()).collect(),
+            Ready::Plugin { .. } | Ready::Refused(_) => Vec::new(),
+        };
+        ReadyHook { spec: spec.clone(), ready, warnings }
+    }
+
+    /// The loaded plugin of a plugin hook that passed validation.
+    pub fn plugin(&self) -> Option<&Plugin> {
+        match &self.ready {
+            Ready::Plugin { plugin, .. } => Some(plugin),
+            Ready::Script { .. } | Ready::Refused(_) => None,
+        }
     }
 
     pub fn refused(&self) -> Option<&ReportError> {
@@ -78,7 +95,7 @@ impl ReadyHook {
     }
 
     /// Runs `phase` and records it; true if it succeeded (or had nothing to do).
-    pub async fn run(&mut self, phase: Phase, ctx: &PhaseContext<'_>, r: &mut Run) -> bool {
+    pub(super) async fn run(&mut self, phase: Phase, ctx: &PhaseContext<'_>, r: &mut Run) -> bool {
         let spec = &self.spec;
         match &mut self.ready {
             Ready::Refused(e) => {
@@ -113,7 +130,7 @@ fn validate_scripts(pre: Option<&ScriptAction>, post: Option<&ScriptAction>) -> 
     let open = |action: Option<&ScriptAction>, phase: Phase| -> Result<Option<ReadyScript>, ReportError> {
         match action {
             None => Ok(None),
-            Some(a) => trust::open_trusted(&a.path, Rule::Script)
+            Some(a) => trust::open_trusted(&a.path, a.permissions.rule())
                 .map(|file| Some(ReadyScript { file, action: a.clone() }))
                 .map_err(|e| trust_error(phase, &a.path, &e)),
         }

@@ -22,7 +22,7 @@ mod artifacts;
 mod hooks;
 mod record;
 
-use crate::config::{Config, ConfigError, HookBody, OnFailure};
+use crate::config::{Config, ConfigError, Format, HookBody, OnFailure};
 use crate::duration;
 use crate::freeze::{self, FreezePlan, Guardian, Selection};
 use crate::hooks::wasm::{WasmEngine, DEFAULT_CACHE_DIR};
@@ -33,8 +33,8 @@ use crate::rundir::{unix_ms, LockError, RunDir, SessionState};
 use crate::snapshot::{self, SnapshotContext, SnapshotProvider};
 
 pub use artifacts::{state_dir_from_env, DEFAULT_STATE_DIR, STATE_DIR_ENV};
-pub(crate) use hooks::trust_error;
-use hooks::{PhaseContext, ReadyHook};
+use hooks::PhaseContext;
+pub(crate) use hooks::ReadyHook;
 use record::Run;
 
 /// Where compiled plugins are cached unless `QUIESCE_CACHE_DIR` says otherwise.
@@ -115,8 +115,9 @@ pub enum SetupError {
     Mounts(#[from] freeze::FreezeError),
 }
 
-/// Loads `--config FILE`, or the default config (native, then legacy), or
-/// the built-in one when neither exists.
+/// Loads `--config FILE` (a relative path is taken from the working
+/// directory), or the default config (native, then legacy), or the built-in
+/// one when neither exists.
 pub fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
     match path.map(Path::to_path_buf).or_else(Config::default_path) {
         Some(p) => Config::load(&p),
@@ -136,7 +137,8 @@ pub struct Session {
     id: String,
     config: Config,
     config_path: Option<PathBuf>,
-    config_error: Option<ReportError>,
+    /// The config could not be used: the error, and what the session still does.
+    config_error: Option<(ReportError, Fallback)>,
     /// None when freezing is disabled.
     plan: Option<FreezePlan>,
     provider: Option<Box<dyn SnapshotProvider>>,
@@ -146,6 +148,28 @@ pub struct Session {
     run_dir: RunDir,
     cache_dir: PathBuf,
     state_dir: PathBuf,
+}
+
+/// Step 1's verdict: see [`Session::validate`].
+pub(crate) struct Validation {
+    pub hooks: Vec<ReadyHook>,
+    /// Why the planned freeze cannot happen (empty: it can).
+    pub freeze_problems: Vec<ReportError>,
+}
+
+/// What a session does when its config cannot be used. An unusable config
+/// never widens what gets frozen: the legacy JSON keeps the Azure framework's
+/// fall-back (no hooks, freeze every eligible file system), since that is
+/// what its users rely on; a native config may have excluded mounts or
+/// turned freezing off, so without `--mount` naming what to freeze nothing
+/// is safe to freeze, and no snapshot is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fallback {
+    /// No hooks; freeze what `--mount` names (or, for the legacy JSON, every
+    /// eligible file system); file-system consistent at best.
+    WithoutHooks,
+    /// No hook, no freeze, no snapshot: the session only reports the error.
+    NoSnapshot,
 }
 
 impl Session {
@@ -158,20 +182,28 @@ impl Session {
                 (c, p, None)
             }
             Err(e) => {
-                // An unusable config means no hooks; the snapshot falls back to
-                // file-system consistency, as the legacy framework does.
-                let path = match &e {
-                    ConfigError::Untrusted { path, .. } | ConfigError::Invalid { path, .. } => path.clone(),
+                let (fallback, what) = match (e.format(), opts.mounts.is_empty()) {
+                    (Format::Legacy, _) => (Fallback::WithoutHooks, "running without hooks".to_string()),
+                    (Format::Native | Format::Builtin, false) => {
+                        (Fallback::WithoutHooks, "running without hooks, freezing only the --mount file systems".to_string())
+                    }
+                    (Format::Native | Format::Builtin, true) => (
+                        Fallback::NoSnapshot,
+                        "no snapshot taken: without a usable native config quiesce cannot know which file systems it excludes; \
+                         fix the config, or pass --mount for each file system to freeze"
+                            .to_string(),
+                    ),
                 };
-                let err = ReportError { code: config_error_code(&e), message: format!("{e}; running without hooks") };
-                (Config::builtin(), Some(path), Some(err))
+                let err = ReportError { code: config_error_code(&e), message: format!("{e}; {what}") };
+                (Config::builtin(), Some(e.path().to_path_buf()), Some((err, fallback)))
             }
         };
         let mut freeze = config.freeze.clone();
         if !opts.mounts.is_empty() {
             freeze.mounts = opts.mounts.clone();
         }
-        let plan = if freeze.enabled {
+        let refused = matches!(config_error, Some((_, Fallback::NoSnapshot)));
+        let plan = if freeze.enabled && !refused {
             Some(freeze::plan(&Selection { mounts: freeze.mounts.clone(), exclude: freeze.exclude.clone() })?)
         } else {
             None
@@ -200,6 +232,39 @@ impl Session {
         self.plan.as_ref()
     }
 
+    /// The config in effect (the built-in one when the given one failed),
+    /// with the caller's `--mount` applied.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Why the given config could not be used, as the report will say it.
+    pub fn config_error(&self) -> Option<&ReportError> {
+        self.config_error.as_ref().map(|(e, _)| e)
+    }
+
+    pub fn config_path(&self) -> Option<&Path> {
+        self.config_path.as_deref()
+    }
+
+    pub fn max_freeze(&self) -> Duration {
+        self.max_freeze
+    }
+
+    pub fn provider(&self) -> Option<&dyn SnapshotProvider> {
+        self.provider.as_deref()
+    }
+
+    /// Step 1 on its own: every hook checked (scripts opened, plugins
+    /// loaded) and whether the freeze can happen. [`Session::run`] starts
+    /// with it and `quiesce check` shows it, so the two cannot disagree.
+    /// Runs nothing, freezes nothing.
+    pub(crate) fn validate(&self) -> Validation {
+        let engine = self.wasm_engine();
+        let hooks = self.config.hooks.iter().map(|h| ReadyHook::validate(h, engine.as_ref())).collect();
+        Validation { hooks, freeze_problems: self.freeze_problems() }
+    }
+
     /// Runs the whole session and reports. Never panics on outside input;
     /// every path thaws what it froze and runs the post hooks it owes.
     pub async fn run(self, interrupt: Interrupt) -> Report {
@@ -213,7 +278,7 @@ impl Session {
             Err(e) => {
                 let code = match e {
                     LockError::Busy { .. } => ErrorCode::BackupOperationInProgress,
-                    LockError::Io { .. } => ErrorCode::IncorrectPluginhostFile,
+                    LockError::Io { .. } | LockError::Untrusted { .. } => ErrorCode::IncorrectPluginhostFile,
                 };
                 tracing::error!("{e}");
                 r.error(code, e.to_string());
@@ -226,22 +291,30 @@ impl Session {
             self.config_path.as_deref().map(|p| p.display().to_string()).unwrap_or_else(|| "built-in default".into())
         );
         self.record_state(&r, SessionPhase::Validating, &[], None);
-        if let Some(e) = &self.config_error {
+        if let Some((e, fallback)) = &self.config_error {
             // The hooks it names cannot run, so no application was quiesced.
             tracing::error!("{}", e.message);
             r.errors.push(e.clone());
             r.apps_quiesced = false;
+            if *fallback == Fallback::NoSnapshot {
+                self.run_dir.clear_state();
+                return r.finish(&self, started);
+            }
         }
 
         // 1. Validate every script and plugin before anything runs or freezes.
-        let engine = self.wasm_engine();
-        let mut hooks: Vec<ReadyHook> = self.config.hooks.iter().map(|h| ReadyHook::validate(h, engine.as_ref())).collect();
+        let Validation { mut hooks, freeze_problems } = self.validate();
         for h in &hooks {
             if let Some(e) = h.refused() {
                 tracing::error!("hook {} refused: {}", h.spec.name, e.message);
             }
+            for w in &h.warnings {
+                tracing::warn!("hook {}: {w}", h.spec.name);
+                r.warnings.push(format!("hook {}: {w}", h.spec.name));
+            }
         }
-        let mut freeze_ok = self.check_freeze_possible(&mut r);
+        let mut freeze_ok = freeze_problems.is_empty();
+        r.errors.extend(freeze_problems);
         if !freeze_ok && self.config.freeze.on_failure == OnFailure::Abort {
             tracing::error!("freeze is impossible and the policy is to abort: no hook runs, no snapshot");
             for h in &hooks {
@@ -364,40 +437,39 @@ impl Session {
 
     /// Before any hook runs: is there something to freeze, and is any of it
     /// already frozen by someone else? (Such a file system is never thawed
-    /// by us: its owner is in the middle of something.)
-    fn check_freeze_possible(&self, r: &mut Run) -> bool {
-        let Some(plan) = &self.plan else { return true };
+    /// by us: its owner is in the middle of something.) Empty: the freeze
+    /// can go ahead.
+    fn freeze_problems(&self) -> Vec<ReportError> {
+        let Some(plan) = &self.plan else { return Vec::new() };
         if plan.targets.is_empty() {
             let skipped: Vec<String> = plan.skipped.iter().map(|s| format!("{} ({})", s.path.display(), s.reason)).collect();
-            r.error(
-                ErrorCode::FsFreezeFailed,
-                format!(
+            return vec![ReportError {
+                code: ErrorCode::FsFreezeFailed,
+                message: format!(
                     "no eligible file system to freeze; skipped: {}",
                     if skipped.is_empty() { "none".into() } else { skipped.join(", ") }
                 ),
-            );
-            return false;
+            }];
         }
-        let mut ok = true;
+        let mut problems = Vec::new();
         for t in &plan.targets {
             match freeze::is_frozen(&t.path, FROZEN_PROBE_WAIT) {
                 Ok(true) => {
-                    ok = false;
-                    r.error(
-                        ErrorCode::FsFreezeFailed,
-                        format!(
+                    problems.push(ReportError {
+                        code: ErrorCode::FsFreezeFailed,
+                        message: format!(
                             "{} is already frozen by another process; quiesce will not thaw it (its owner may be mid-snapshot). \
                              If it was left frozen by mistake: `quiesce thaw --mount {}`",
                             t.path.display(),
                             t.path.display()
                         ),
-                    );
+                    });
                 }
                 Ok(false) => {}
                 Err(e) => tracing::warn!("cannot probe {} for an existing freeze: {e}", t.path.display()),
             }
         }
-        ok
+        problems
     }
 
     fn freeze(&self, plan: &FreezePlan, lock: &crate::rundir::SessionLock, r: &mut Run) -> Option<Guardian> {
@@ -723,7 +795,9 @@ mod tests {
     }
 
     fn session(tag: &str, config: Config, max_freeze: Option<Duration>, hangs: bool) -> (Session, Arc<AtomicBool>, PathBuf) {
-        let dir = std::env::temp_dir().join(format!("quiesce-session-{tag}-{}", std::process::id()));
+        // Not under /tmp: the run directory must be on a path only root (or
+        // this user) can write, and /tmp is world-writable.
+        let dir = PathBuf::from(format!("/run/quiesce-unit-session-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let dropped = Arc::new(AtomicBool::new(false));
         let opts = SessionOptions {
