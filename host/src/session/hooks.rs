@@ -9,6 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::config::{HookBody, HookSpec, PluginAction, ScriptAction};
+use crate::contain::Containment;
 use crate::hooks::script::{self, ScriptOutcome, ScriptSpec};
 use crate::hooks::wasm::{CallContext, CallOutcome, Grants, InstanceConfig, Plugin, PluginInstance, SnapshotOutcome, WasmEngine};
 use crate::report::{label_name, ms, Consistency, ErrorCode, HookKind, HookReport, Outcome, Phase, ReportError};
@@ -38,6 +39,9 @@ enum Ready {
     Script {
         pre: Option<TrustedFile>,
         post: Option<TrustedFile>,
+        /// What the pre script left running (a lock holder): killed once
+        /// post ran, or when the hook is dropped at the session's end.
+        held: Option<Containment>,
     },
     /// The instance lives from pre to post; None until pre, or after a
     /// timeout in pre dropped it.
@@ -80,15 +84,19 @@ impl ReadyHook {
                 r.refused(&spec.name, HookKind::of(&spec.body), phase, e.clone());
                 false
             }
-            (Ready::Script { pre, post }, HookBody::Script { pre: pre_action, post: post_action }) => {
+            (Ready::Script { pre, post, held }, HookBody::Script { pre: pre_action, post: post_action }) => {
                 let (file, action) = match phase {
                     Phase::Pre => (pre.as_ref(), pre_action.as_ref()),
                     Phase::Post => (post.as_ref(), post_action.as_ref()),
                 };
-                match (file, action) {
-                    (Some(file), Some(action)) => run_script(spec, phase, file, action, ctx, r).await,
+                let ok = match (file, action) {
+                    (Some(file), Some(action)) => run_script(spec, phase, file, action, ctx, r, held).await,
                     _ => true,
+                };
+                if let (Phase::Post, Some(leftovers)) = (phase, held.take()) {
+                    leftovers.close(KILL_GRACE).await;
                 }
+                ok
             }
             (Ready::Plugin { plugin, grants, instance }, HookBody::Plugin(action)) => {
                 run_plugin(spec, action, plugin, grants, instance, phase, ctx, r).await
@@ -113,7 +121,7 @@ fn validate_scripts(pre: Option<&ScriptAction>, post: Option<&ScriptAction>) -> 
             Some(a) => trust::open_trusted(&a.path, Rule::Script).map(Some).map_err(|e| trust_error(phase, &a.path, &e)),
         }
     };
-    Ok(Ready::Script { pre: open(pre, Phase::Pre)?, post: open(post, Phase::Post)? })
+    Ok(Ready::Script { pre: open(pre, Phase::Pre)?, post: open(post, Phase::Post)?, held: None })
 }
 
 fn validate_plugin(action: &PluginAction, engine: Option<&WasmEngine>) -> Result<Ready, ReportError> {
@@ -149,7 +157,16 @@ fn execution_failed(phase: Phase) -> ErrorCode {
     }
 }
 
-async fn run_script(spec: &HookSpec, phase: Phase, file: &TrustedFile, action: &ScriptAction, ctx: &PhaseContext<'_>, r: &mut Run) -> bool {
+/// `held` receives a pre script's leftovers; a post script's die when it returns.
+async fn run_script(
+    spec: &HookSpec,
+    phase: Phase,
+    file: &TrustedFile,
+    action: &ScriptAction,
+    ctx: &PhaseContext<'_>,
+    r: &mut Run,
+    held: &mut Option<Containment>,
+) -> bool {
     let name = &spec.name;
     let mut env = vec![
         ("QUIESCE_SESSION_ID".to_string(), ctx.session_id.to_string()),
@@ -189,7 +206,7 @@ async fn run_script(spec: &HookSpec, phase: Phase, file: &TrustedFile, action: &
         }
         ScriptOutcome::TimedOut => {
             let code = if phase == Phase::Pre { ErrorCode::PreScriptTimeout } else { ErrorCode::PostScriptTimeout };
-            let how = format!("ran past its {} s timeout (per attempt); its process group was killed", spec.timeout.as_secs());
+            let how = format!("ran past its {} s timeout (per attempt); everything it started was killed", spec.timeout.as_secs());
             (Outcome::TimedOut, None, Some(Failure { code, how }))
         }
         ScriptOutcome::SpawnFailed { message } => {
@@ -199,7 +216,11 @@ async fn run_script(spec: &HookSpec, phase: Phase, file: &TrustedFile, action: &
     let tail = run.attempts.last().map(|a| last_line(&a.output)).unwrap_or_default();
     let attempts = run.attempts.len() as u32;
     let what = format!("{} ({})", name, action.path.display());
-    record(r, spec, HookKind::Script, phase, &what, attempts, run.duration, outcome, exit_code, failure, &tail)
+    let ok = record(r, spec, HookKind::Script, phase, &what, attempts, run.duration, outcome, exit_code, failure, &tail);
+    if phase == Phase::Pre {
+        *held = Some(run.leftovers);
+    }
+    ok
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -328,7 +349,7 @@ fn forward_events(inst: &mut PluginInstance, name: &str, r: &mut Run) {
         tracing::info!(hook = %name, level = ?rec.level, "{}", rec.message);
     }
     for d in &events.denials {
-        let message = format!("plugin hook {name}: {d}; grant it in the hook's `grants` if it is intended");
+        let message = format!("plugin hook {name}: {d}; {}", d.advice());
         tracing::warn!("{message}");
         r.error(ErrorCode::GrantDenied, message);
     }
