@@ -8,7 +8,7 @@
 //! command, `exec` grants) runs in a [`Containment`]:
 //!
 //! - **cgroup v2** where we can create one (root, a delegated subtree): a
-//!   fresh cgroup `quiesce-<pid>-<n>` below the host's own cgroup (found via
+//!   fresh cgroup `quiesce.<pid>.<n>.<label>` below the host's own cgroup (found via
 //!   `/proc/self/mountinfo` and `/proc/self/cgroup`, never hard-coded).
 //!   No process leaves a cgroup by itself, so its members are exactly what
 //!   the child started; `cgroup.kill` (Linux ≥ 5.14) kills them all at once,
@@ -68,6 +68,12 @@ const POLL: Duration = Duration::from_millis(5);
 /// processes blocked on a frozen file system die only after the thaw).
 const DROP_CLEANUP: Duration = Duration::from_secs(60);
 
+/// How long a dropped containment waits, blocking, for its killed members
+/// to die before handing the rest to a thread. Killed processes normally
+/// die within a millisecond or two; waiting a little means the cgroup is
+/// removed even when the host exits right after (a thread would die with it).
+const DROP_WAIT: Duration = Duration::from_millis(200);
+
 /// `pre_exec` reports a failed cgroup join with this errno (which `execve`
 /// never returns), so the spawner can tell it from the program's own errors.
 const JOIN_FAILED: i32 = libc::ENOTRECOVERABLE;
@@ -104,7 +110,10 @@ static NEXT: AtomicU64 = AtomicU64::new(1);
 fn host() -> &'static Host {
     HOST.get_or_init(|| {
         let host = match cgroup_parent() {
-            Ok(parent) => Host { mechanism: Mechanism::Cgroup { kill: parent.join("cgroup.kill").exists() }, parent: Some(parent) },
+            Ok(parent) => {
+                sweep(&parent);
+                Host { mechanism: Mechanism::Cgroup { kill: parent.join("cgroup.kill").exists() }, parent: Some(parent) }
+            }
             Err(why) => {
                 tracing::info!("no usable cgroup v2 ({why}); containing processes as a child subreaper");
                 become_subreaper()
@@ -138,7 +147,7 @@ fn cgroup_parent() -> Result<PathBuf, String> {
     // The mount may show a subtree only (a bind mount); our cgroup must lie inside it.
     let rel = Path::new(path).strip_prefix(&mount_root).map_err(|_| format!("our cgroup {path} is outside the cgroup2 mount"))?;
     let parent = mount_point.join(rel);
-    let probe = parent.join(format!("quiesce-{}-probe", std::process::id()));
+    let probe = parent.join(format!("quiesce.{}.probe", std::process::id()));
     match fs::create_dir(&probe) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
@@ -188,7 +197,8 @@ fn unescape(s: &str) -> String {
 
 /// Everything one or more started processes ever started. Kill-on-drop.
 pub struct Containment {
-    /// `<label>-<host pid>-<n>`, for logs (and the subreaper marker).
+    /// `<host pid>.<n>.<label>`: for logs, the cgroup's name
+    /// (`quiesce.<id>`) and the subreaper marker.
     id: String,
     /// None once handed to the cleanup thread.
     inner: Option<Inner>,
@@ -224,13 +234,13 @@ impl Containment {
     /// A new, empty containment. Never fails: where no cgroup can be made,
     /// it falls back to the subreaper mechanism.
     pub fn new(label: &str) -> Containment {
-        let id = format!("{label}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        // The label comes from a hook name: keep it plain (it names a directory).
+        let label: String = label.chars().take(64).map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+        let id = format!("{}.{}.{label}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         let host = host();
         let inner = match (&host.parent, host.mechanism) {
             (Some(parent), Mechanism::Cgroup { kill }) => {
-                // The label comes from a hook name: keep the directory name plain.
-                let name: String = id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
-                match make_cgroup(&parent.join(format!("quiesce-{name}"))) {
+                match make_cgroup(&parent.join(format!("quiesce.{id}"))) {
                     Ok((dir, procs)) => Inner::Cgroup { dir, procs, kill },
                     Err(e) => {
                         tracing::warn!("{e}; containing {id} as a child subreaper instead");
@@ -405,6 +415,15 @@ impl Drop for Containment {
         }
         tracing::info!("{}: killing what is left of it: {:?}", self.id, self.members());
         self.kill();
+        let until = std::time::Instant::now() + DROP_WAIT;
+        while std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(1));
+            if self.is_empty() {
+                self.reap();
+                self.remove_cgroup();
+                return;
+            }
+        }
         // Do not block here (a killed process stuck on a frozen file system
         // dies only after the thaw): finish in the background.
         let rest = Containment { id: self.id.clone(), inner: self.inner.take() };
@@ -425,6 +444,20 @@ impl Drop for Containment {
         });
         if let Err(e) = spawned {
             tracing::warn!("cannot start the cleanup thread of {}: {e}", self.id);
+        }
+    }
+}
+
+/// Removes the empty cgroups of quiesce processes that died without
+/// cleaning up (`quiesce.<pid>.…` whose pid is gone). A populated one
+/// refuses removal, so this never disturbs anything alive.
+fn sweep(parent: &Path) {
+    let Ok(dir) = fs::read_dir(parent) else { return };
+    for e in dir.filter_map(Result::ok) {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("quiesce.")).and_then(|n| n.split('.').next()) else { continue };
+        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() && fs::remove_dir(e.path()).is_ok() {
+            tracing::info!("removed stale cgroup {}", e.path().display());
         }
     }
 }
