@@ -110,9 +110,9 @@ static NEXT: AtomicU64 = AtomicU64::new(1);
 fn host() -> &'static Host {
     HOST.get_or_init(|| {
         let host = match cgroup_parent() {
-            Ok(parent) => {
+            Ok((parent, kill)) => {
                 sweep(&parent);
-                Host { mechanism: Mechanism::Cgroup { kill: parent.join("cgroup.kill").exists() }, parent: Some(parent) }
+                Host { mechanism: Mechanism::Cgroup { kill }, parent: Some(parent) }
             }
             Err(why) => {
                 tracing::info!("no usable cgroup v2 ({why}); containing processes as a child subreaper");
@@ -138,8 +138,9 @@ fn become_subreaper() -> Host {
 }
 
 /// The host's own cgroup directory on the cgroup2 mount, if we can create
-/// child cgroups in it (probed by creating and removing one).
-fn cgroup_parent() -> Result<PathBuf, String> {
+/// child cgroups in it (probed by creating and removing one), and whether
+/// they have `cgroup.kill` (the root cgroup never has one, so look in the probe).
+fn cgroup_parent() -> Result<(PathBuf, bool), String> {
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
     let (mount_root, mount_point) = cgroup2_mount(&mountinfo).ok_or("no cgroup2 file system is mounted")?;
     let own = fs::read_to_string("/proc/self/cgroup").map_err(|e| format!("/proc/self/cgroup: {e}"))?;
@@ -154,9 +155,10 @@ fn cgroup_parent() -> Result<PathBuf, String> {
         Err(e) => return Err(format!("cannot create a cgroup in {}: {e}", parent.display())),
     }
     let writable = fs::OpenOptions::new().write(true).open(probe.join("cgroup.procs"));
+    let kill = probe.join("cgroup.kill").exists();
     let _ = fs::remove_dir(&probe);
     writable.map_err(|e| format!("cannot write {}/cgroup.procs: {e}", probe.display()))?;
-    Ok(parent)
+    Ok((parent, kill))
 }
 
 /// (root within the hierarchy, mount point) of the first cgroup2 mount.
@@ -239,16 +241,14 @@ impl Containment {
         let id = format!("{}.{}.{label}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         let host = host();
         let inner = match (&host.parent, host.mechanism) {
-            (Some(parent), Mechanism::Cgroup { kill }) => {
-                match make_cgroup(&parent.join(format!("quiesce.{id}"))) {
-                    Ok((dir, procs)) => Inner::Cgroup { dir, procs, kill },
-                    Err(e) => {
-                        tracing::warn!("{e}; containing {id} as a child subreaper instead");
-                        host_subreaper();
-                        Inner::Subreaper { roots: Vec::new(), orphans: Mutex::default() }
-                    }
+            (Some(parent), Mechanism::Cgroup { kill }) => match make_cgroup(&parent.join(format!("quiesce.{id}"))) {
+                Ok((dir, procs)) => Inner::Cgroup { dir, procs, kill },
+                Err(e) => {
+                    tracing::warn!("{e}; containing {id} as a child subreaper instead");
+                    host_subreaper();
+                    Inner::Subreaper { roots: Vec::new(), orphans: Mutex::default() }
                 }
-            }
+            },
             _ => Inner::Subreaper { roots: Vec::new(), orphans: Mutex::default() },
         };
         Containment { id, inner: Some(inner) }
@@ -310,7 +310,9 @@ impl Containment {
     pub fn members(&self) -> Vec<Pid> {
         match &self.inner {
             Some(Inner::Cgroup { dir, .. }) => cgroup_members(dir),
-            Some(Inner::Subreaper { roots, orphans }) => scan(&self.id, roots, orphans).into_iter().filter(|p| p.live).map(|p| p.pid).collect(),
+            Some(Inner::Subreaper { roots, orphans }) => {
+                scan(&self.id, roots, orphans).into_iter().filter(|p| p.live).map(|p| p.pid).collect()
+            }
             None => Vec::new(),
         }
     }

@@ -620,10 +620,8 @@ async fn lock_holder_outlives_the_script_until_its_leftovers_are_closed() {
 async fn abandoned_run_kills_everything_it_started() {
     let s = Scratch::new("abandoned");
     let pidfile = s.join("gc.pid");
-    let script = s.script(
-        "pre.sh",
-        &format!("#!/bin/sh\nsetsid sh -c 'echo $$ > {p}; exec sleep 1000' &\nsleep 1000\n", p = pidfile.display()),
-    );
+    let script =
+        s.script("pre.sh", &format!("#!/bin/sh\nsetsid sh -c 'echo $$ > {p}; exec sleep 1000' &\nsleep 1000\n", p = pidfile.display()));
     let file = trusted(&script);
     let spec = spec();
     let mut run = Box::pin(run_script(&file, &spec));

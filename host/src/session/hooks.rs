@@ -45,11 +45,7 @@ enum Ready {
     },
     /// The instance lives from pre to post; None until pre, or after a
     /// timeout in pre dropped it.
-    Plugin {
-        plugin: Box<Plugin>,
-        grants: Grants,
-        instance: Option<PluginInstance>,
-    },
+    Plugin { plugin: Box<Plugin>, grants: Grants, instance: Option<PluginInstance> },
     /// Why the hook may not run at all. A bad script refuses the pair: a pre
     /// that locks without a post that unlocks is worse than neither.
     Refused(ReportError),
@@ -93,8 +89,10 @@ impl ReadyHook {
                     (Some(file), Some(action)) => run_script(spec, phase, file, action, ctx, r, held).await,
                     _ => true,
                 };
-                if let (Phase::Post, Some(leftovers)) = (phase, held.take()) {
-                    leftovers.close(KILL_GRACE).await;
+                if phase == Phase::Post {
+                    if let Some(leftovers) = held.take() {
+                        leftovers.close(KILL_GRACE).await;
+                    }
                 }
                 ok
             }
