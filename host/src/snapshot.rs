@@ -6,13 +6,12 @@ use std::future::Future;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::process::Stdio;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::config::SnapshotSpec;
-use crate::contain::Containment;
-use crate::hooks::script::BASE_ENV;
+use crate::contain::{Containment, Spec};
+use crate::hooks::script::base_env;
 
 /// What a provider learns about the session.
 #[derive(Debug, Clone)]
@@ -74,22 +73,18 @@ impl SnapshotProvider for ShellCommand {
     fn take<'a>(&'a self, ctx: &'a SnapshotContext) -> TakeFuture<'a> {
         Box::pin(async move {
             let mounts: Vec<String> = ctx.frozen_mounts.iter().map(|p| p.display().to_string()).collect();
-            let build = || {
-                let mut cmd = tokio::process::Command::new("/bin/sh");
-                cmd.arg("-c").arg(&self.command).env_clear().envs(BASE_ENV);
-                cmd.env("QUIESCE_SESSION_ID", &ctx.session_id)
-                    .env("QUIESCE_FROZEN_MOUNTS", mounts.join(":"))
-                    .stdin(Stdio::null())
-                    // Its output goes to the log, never to our stdout (the JSON report).
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    .current_dir("/")
-                    .process_group(0);
-                cmd
-            };
+            // stdin /dev/null, cwd /; its output goes to the log, never to
+            // our stdout (the JSON report).
+            let mut cmd = Spec::new("/bin/sh");
+            cmd.arg("-c").arg(&self.command);
+            let vars =
+                [("QUIESCE_SESSION_ID".to_string(), ctx.session_id.clone()), ("QUIESCE_FROZEN_MOUNTS".to_string(), mounts.join(":"))];
+            for (k, v) in base_env(&vars) {
+                cmd.env(k, v);
+            }
             // Dropped with this future: at exit, or when the session gives up.
             let mut contained = Containment::new("snapshot");
-            let mut child = contained.spawn(build).map_err(|source| SnapshotError::Spawn { command: self.command.clone(), source })?;
+            let mut child = contained.spawn(&cmd).map_err(|source| SnapshotError::Spawn { command: self.command.clone(), source })?;
             for (stream, name) in [(child.stdout.take().map(box_reader), "stdout"), (child.stderr.take().map(box_reader), "stderr")] {
                 if let Some(reader) = stream {
                     tokio::spawn(log_lines(reader, name));

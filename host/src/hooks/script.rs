@@ -50,17 +50,17 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::os::unix::process::ExitStatusExt;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::fcntl::{self, FcntlArg};
 use nix::sys::signal::Signal;
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::process::{Child, Command};
+use tokio::net::unix::pipe;
 use tokio::time::Instant;
 
-use crate::contain::Containment;
+use crate::contain::{ContainedChild, Containment, Spec};
 use crate::trust::TrustedFile;
 
 /// The environment every script starts with (before `ScriptSpec::env`).
@@ -254,56 +254,65 @@ impl Launch {
 
     /// A duplicate of the fd *without* close-on-exec, so the child inherits
     /// it and the script (or its interpreter) can open /proc/self/fd/N.
-    /// It lives only while one child is spawned. Clearing CLOEXEC in the
-    /// child instead (`pre_exec`) would force a full fork() instead of
-    /// posix_spawn and cost milliseconds per hook.
+    /// It lives only while one child is spawned (the spawner does no fd
+    /// juggling of its own beyond stdio).
     fn inheritable(&self) -> io::Result<OwnedFd> {
         let raw = fcntl::fcntl(self.fd.as_fd(), FcntlArg::F_DUPFD(3))?;
         // SAFETY: F_DUPFD returned a new fd that nothing else owns.
         Ok(unsafe { OwnedFd::from_raw_fd(raw) })
     }
 
-    fn command(&self, fd: &OwnedFd, script: &TrustedFile, spec: &ScriptSpec, number: u32, max: u32) -> Command {
+    /// The command: stdin /dev/null, stdout/stderr piped, cwd `/`, its own
+    /// process group (not for cleanup — the containment does that — but so
+    /// that signals meant for the host's terminal group miss the script).
+    fn command(&self, fd: &OwnedFd, script: &TrustedFile, spec: &ScriptSpec, number: u32, max: u32) -> Spec {
         let fd_path = format!("/proc/self/fd/{}", fd.as_raw_fd());
         let mut cmd = if self.via_shell {
-            let mut cmd = Command::new(FALLBACK_SHELL);
+            let mut cmd = Spec::new(FALLBACK_SHELL);
             cmd.arg(&fd_path);
             cmd
         } else {
             // With a shebang the kernel hands the interpreter the exec'd
             // name (/proc/self/fd/N), which it can open because the fd is
             // inherited; argv[0] only matters for ELF files.
-            let mut cmd = Command::new(&fd_path);
-            cmd.arg0(script.path());
+            let mut cmd = Spec::new(&fd_path);
+            cmd.arg0 = Some(script.path().as_os_str().to_owned());
             cmd
         };
-        cmd.args(&spec.args).env_clear();
-        for (k, v) in BASE_ENV {
+        for a in &spec.args {
+            cmd.arg(a);
+        }
+        for (k, v) in base_env(&spec.env) {
             cmd.env(k, v);
         }
-        for (k, v) in &spec.env {
-            cmd.env(k, v);
-        }
-        cmd.env("QUIESCE_SCRIPT", script.path())
-            .env("QUIESCE_ATTEMPT", number.to_string())
-            .env("QUIESCE_MAX_ATTEMPTS", max.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .current_dir("/")
-            // Not for cleanup (the containment does that), but so that
-            // signals meant for the host's terminal group miss the script.
-            .process_group(0)
-            .kill_on_drop(false);
+        cmd.env("QUIESCE_SCRIPT", script.path()).env("QUIESCE_ATTEMPT", number.to_string()).env("QUIESCE_MAX_ATTEMPTS", max.to_string());
         cmd
     }
 }
 
-async fn spawn(launch: &Launch, script: &TrustedFile, spec: &ScriptSpec, n: u32, max: u32, c: &mut Containment) -> io::Result<Child> {
+/// [`BASE_ENV`], then `extra` (which may override it): the whole
+/// environment of every process quiesce starts.
+pub fn base_env(extra: &[(String, String)]) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = BASE_ENV.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    for (k, v) in extra {
+        env.retain(|(n, _)| n != k);
+        env.push((k.clone(), v.clone()));
+    }
+    env
+}
+
+async fn spawn(
+    launch: &Launch,
+    script: &TrustedFile,
+    spec: &ScriptSpec,
+    n: u32,
+    max: u32,
+    c: &mut Containment,
+) -> io::Result<ContainedChild> {
     let mut tries = 0;
     loop {
         let fd = launch.inheritable()?;
-        match c.spawn(|| launch.command(&fd, script, spec, n, max)) {
+        match c.spawn(&launch.command(&fd, script, spec, n, max)) {
             // ETXTBSY: another thread of this process forked while it held
             // some file open for writing, and that fork has not exec'd yet
             // (rust-lang/rust#114554). It clears within milliseconds.
@@ -335,7 +344,7 @@ async fn run_attempt(launch: &Launch, script: &TrustedFile, spec: &ScriptSpec, n
             };
         }
     };
-    let pid = child.id().unwrap_or(0);
+    let pid = child.id();
     tracing::info!(hook = %spec.name, attempt = number, max_attempts = max, pid, "started {path}");
 
     let mut out = Output {
@@ -390,7 +399,7 @@ fn classify(status: ExitStatus, spec: &ScriptSpec) -> ScriptOutcome {
 
 /// SIGTERM everything in the containment; after `grace`, SIGKILL whatever
 /// is left of it, and wait until it is gone.
-async fn terminate(child: &mut Child, c: &Containment, out: &mut Output, grace: Duration) {
+async fn terminate(child: &mut ContainedChild, c: &Containment, out: &mut Output, grace: Duration) {
     c.signal(Signal::SIGTERM);
     let grace_end = Instant::now() + grace;
     // Keep reading meanwhile: a script cleaning up on SIGTERM must not block
@@ -415,15 +424,15 @@ async fn terminate(child: &mut Child, c: &Containment, out: &mut Output, grace: 
 /// Both output pipes of one attempt and what has been kept from them.
 struct Output {
     sink: Sink,
-    stdout: Pipe<tokio::process::ChildStdout>,
-    stderr: Pipe<tokio::process::ChildStderr>,
+    stdout: Pipe<pipe::Receiver>,
+    stderr: Pipe<pipe::Receiver>,
 }
 
 impl Output {
     /// Reads output until `child` exits (`Some(status)`) or `deadline`
     /// passes (`None`). Without a child, reads until the deadline, or until
     /// both pipes are closed if there is no deadline.
-    async fn pump(&mut self, mut child: Option<&mut Child>, deadline: Option<Instant>) -> Option<io::Result<ExitStatus>> {
+    async fn pump(&mut self, mut child: Option<&mut ContainedChild>, deadline: Option<Instant>) -> Option<io::Result<ExitStatus>> {
         let sleep = until(deadline);
         tokio::pin!(sleep);
         loop {
@@ -479,7 +488,7 @@ async fn until(deadline: Option<Instant>) {
     }
 }
 
-async fn wait(child: Option<&mut Child>) -> io::Result<ExitStatus> {
+async fn wait(child: Option<&mut ContainedChild>) -> io::Result<ExitStatus> {
     match child {
         Some(c) => c.wait().await,
         None => std::future::pending().await,
@@ -632,7 +641,7 @@ mod tests {
 
     fn feed_all(cap: usize, chunks: &[&[u8]]) -> Sink {
         let mut sink = Sink::new("t", 1, cap);
-        let mut pipe: Pipe<tokio::process::ChildStdout> = Pipe::new("stdout", None);
+        let mut pipe: Pipe<pipe::Receiver> = Pipe::new("stdout", None);
         for c in chunks {
             pipe.buf[..c.len()].copy_from_slice(c);
             pipe.feed(c.len(), &mut sink);

@@ -24,19 +24,12 @@
 //!   already gone cannot be attributed; orphans that exit by themselves
 //!   before we look stay zombies of the host until it exits.
 //!
-//! **Joining before the child can fork.** Writing the child's pid into
-//! `cgroup.procs` after spawning races with the child: by the time
-//! `posix_spawn` returns, the new program runs and may already have forked,
-//! and those children stay outside. So the child joins by itself, between
-//! fork and exec (`pre_exec` writes `0` — "the writing process" — to an fd
-//! of `cgroup.procs` opened beforehand; `write` is async-signal-safe). The
-//! new program never runs outside the cgroup. The price: std uses `fork()`
-//! instead of `posix_spawn` (vfork) when there is a `pre_exec` hook, which
-//! copies the host's page tables. Measured on a no-op pre/post script pair:
-//! see the numbers in NOTES / the bench; it is well under a millisecond per
-//! spawn for this host. `clone3(CLONE_INTO_CGROUP)` would avoid the copy
-//! but std cannot spawn with it, and glibc's `posix_spawnattr_setcgroup_np`
-//! needs glibc ≥ 2.41.
+//! **Born inside.** A child is cloned straight into its cgroup
+//! (`clone3(CLONE_INTO_CGROUP)`, see [`spawn`]): it never runs a single
+//! instruction outside, so nothing it forks can escape — no race between
+//! spawning and joining, and no per-spawn cgroup migration (which costs an
+//! RCU grace period, 13.7 ms measured here, inside the freeze window for
+//! the snapshot command).
 //!
 //! Dropping a `Containment` kills everything in it (it is the kill-on-drop
 //! guard for every process the host starts); [`Containment::close`] does the
@@ -45,7 +38,7 @@
 use std::fmt;
 use std::fs;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -55,8 +48,12 @@ use std::time::Duration;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::Pid;
-use tokio::process::{Child, Command};
 use tokio::time::Instant;
+
+pub mod spawn;
+
+use spawn::Target;
+pub use spawn::{ContainedChild, Spec};
 
 /// Environment variable carrying the containment id in subreaper mode.
 pub const MARKER_VAR: &str = "QUIESCE_CONTAINMENT";
@@ -73,10 +70,6 @@ const DROP_CLEANUP: Duration = Duration::from_secs(60);
 /// die within a millisecond or two; waiting a little means the cgroup is
 /// removed even when the host exits right after (a thread would die with it).
 const DROP_WAIT: Duration = Duration::from_millis(200);
-
-/// `pre_exec` reports a failed cgroup join with this errno (which `execve`
-/// never returns), so the spawner can tell it from the program's own errors.
-const JOIN_FAILED: i32 = libc::ENOTRECOVERABLE;
 
 /// How processes are contained on this machine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -209,7 +202,9 @@ pub struct Containment {
 enum Inner {
     Cgroup {
         dir: PathBuf,
-        /// `cgroup.procs`, opened for the children to join through.
+        /// The directory, for CLONE_INTO_CGROUP.
+        dirfd: OwnedFd,
+        /// `cgroup.procs`, for children to join through on kernels without it.
         procs: OwnedFd,
         kill: bool,
     },
@@ -242,7 +237,7 @@ impl Containment {
         let host = host();
         let inner = match (&host.parent, host.mechanism) {
             (Some(parent), Mechanism::Cgroup { kill }) => match make_cgroup(&parent.join(format!("quiesce.{id}"))) {
-                Ok((dir, procs)) => Inner::Cgroup { dir, procs, kill },
+                Ok((dir, dirfd, procs)) => Inner::Cgroup { dir, dirfd, procs, kill },
                 Err(e) => {
                     tracing::warn!("{e}; containing {id} as a child subreaper instead");
                     host_subreaper();
@@ -265,45 +260,19 @@ impl Containment {
         &self.id
     }
 
-    /// Spawns the command `build` makes inside the containment. The child
-    /// joins before it execs, so nothing it runs ever executes outside.
-    /// (`build` may be called twice: if joining the cgroup fails after all,
-    /// the containment falls back to the subreaper and spawns afresh.)
-    pub fn spawn(&mut self, mut build: impl FnMut() -> Command) -> io::Result<Child> {
-        if let Some(Inner::Cgroup { procs, .. }) = &self.inner {
-            let fd = procs.as_raw_fd();
-            let mut cmd = build();
-            // SAFETY: the closure only calls write(2), which is
-            // async-signal-safe, on an fd that outlives the spawn.
-            unsafe {
-                cmd.pre_exec(move || {
-                    if libc::write(fd, b"0".as_ptr().cast(), 1) == 1 {
-                        Ok(())
-                    } else {
-                        Err(io::Error::from_raw_os_error(JOIN_FAILED))
-                    }
-                });
+    /// Starts `spec` inside the containment.
+    pub fn spawn(&mut self, spec: &Spec) -> io::Result<ContainedChild> {
+        match &mut self.inner {
+            Some(Inner::Cgroup { dirfd, procs, .. }) => spawn::spawn(spec, Target::Cgroup { dir: dirfd, procs }),
+            Some(Inner::Subreaper { roots, .. }) => {
+                let mut spec = spec.clone();
+                spec.env(MARKER_VAR, &self.id);
+                let child = spawn::spawn(&spec, Target::Here)?;
+                roots.push(Pid::from_raw(child.id() as i32));
+                Ok(child)
             }
-            match cmd.spawn() {
-                Err(e) if e.raw_os_error() == Some(JOIN_FAILED) => {
-                    // The probe passed, yet joining failed (the cgroup was
-                    // removed behind our back, a controller got enabled).
-                    // Fall back rather than run uncontained.
-                    tracing::warn!("{}: a child could not join its cgroup; containing it as a child subreaper instead", self.id);
-                    host_subreaper();
-                    self.remove_cgroup();
-                    self.inner = Some(Inner::Subreaper { roots: Vec::new(), orphans: Mutex::default() });
-                }
-                other => return other,
-            }
+            None => Err(io::Error::other(format!("{} is closed", self.id))),
         }
-        let mut cmd = build();
-        cmd.env(MARKER_VAR, &self.id);
-        let child = cmd.spawn()?;
-        if let (Some(Inner::Subreaper { roots, .. }), Some(pid)) = (&mut self.inner, child.id()) {
-            roots.push(Pid::from_raw(pid as i32));
-        }
-        Ok(child)
     }
 
     /// Live (not zombie) members right now.
@@ -472,15 +441,16 @@ fn host_subreaper() {
     });
 }
 
-fn make_cgroup(dir: &Path) -> io::Result<(PathBuf, OwnedFd)> {
+fn make_cgroup(dir: &Path) -> io::Result<(PathBuf, OwnedFd, OwnedFd)> {
     fs::create_dir(dir).map_err(|e| io::Error::new(e.kind(), format!("cannot create cgroup {}: {e}", dir.display())))?;
     let procs = fs::OpenOptions::new()
         .write(true)
         .custom_flags(libc::O_CLOEXEC)
         .open(dir.join("cgroup.procs"))
         .map_err(|e| io::Error::new(e.kind(), format!("cannot open {}/cgroup.procs: {e}", dir.display())));
-    match procs {
-        Ok(f) => Ok((dir.to_path_buf(), OwnedFd::from(f))),
+    let fds = procs.and_then(|p| Ok((spawn::open_dir(dir)?, OwnedFd::from(p))));
+    match fds {
+        Ok((dirfd, procs)) => Ok((dir.to_path_buf(), dirfd, procs)),
         Err(e) => {
             let _ = fs::remove_dir(dir);
             Err(e)
