@@ -9,18 +9,12 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use quiesce_tests::plugins::install_plugin;
 use quiesce_tests::*;
-
-/// A child that writes its pid to `pidfile`, calls setsid and sleeps; the
-/// shell waits until the pid is written.
-fn escaper(pidfile: &Path) -> String {
-    format!("setsid sh -c 'echo $$ > {p}; exec sleep 1000' &\nwhile [ ! -s {p} ]; do sleep 0.01; done\n", p = pidfile.display())
-}
 
 struct Fixture {
     mnt: LoopMount,
@@ -113,30 +107,6 @@ fn sh_alive(pidfile: &Path) -> String {
     format!("pid=$(cat {}); [ -e /proc/$pid ] && ! sed 's/.*) //' /proc/$pid/stat | grep -q '^Z'", pidfile.display())
 }
 
-/// Waits (up to 20 s) for a pid file.
-fn read_pid(path: &Path) -> i32 {
-    let until = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(pid) = fs::read_to_string(path).ok().and_then(|s| s.trim().parse().ok()) {
-            return pid;
-        }
-        assert!(Instant::now() < until, "{} never written", path.display());
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// A killed process may take a moment to disappear from /proc.
-fn gone_within(pid: i32, limit: Duration) -> bool {
-    let until = Instant::now() + limit;
-    while alive(pid) {
-        if Instant::now() > until {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    true
-}
-
 /// Kills what a failed test leaves running (the pids it read).
 struct Reaper(Vec<PathBuf>);
 
@@ -169,7 +139,7 @@ fn timed_out_pre_hook_leaves_nothing_running(without: bool) {
     let gc = f.file("gc.pid");
     let host = f.file("host.pid");
     let _r = Reaper(vec![gc.clone()]);
-    let pre = format!("echo $PPID > {}\n{}sleep 1000\n", host.display(), escaper(&gc));
+    let pre = format!("echo $PPID > {}\n{}sleep 1000\n", host.display(), setsid_sleeper(&gc));
     let run = run_json(f.session(&[f.script_hook("slow", &pre, "exit 0\n", 1)], "true"));
     assert!(run.has_error("Pre-ScriptTimeout"), "{}", run.report);
     let gc = read_pid(&gc);
@@ -195,7 +165,7 @@ fn lock_holder_lives_until_post(without: bool) {
     let holder = f.file("holder.pid");
     let saw = f.file("post-saw");
     let _r = Reaper(vec![holder.clone()]);
-    let pre = format!("{}exit 0\n", escaper(&holder));
+    let pre = format!("{}exit 0\n", setsid_sleeper(&holder));
     let post = format!("if {}; then echo alive > {}; fi\n", sh_alive(&holder), saw.display());
     let run = run_json(f.session(&[f.script_hook("db", &pre, &post, 10)], "true"));
     assert_eq!(run.report["snapshot_taken"], true, "{}\n{}", run.report, run.stderr());
@@ -220,7 +190,7 @@ fn snapshot_command_setsid_grandchild_dies_when_the_command_is_abandoned() {
     let f = Fixture::new("contain-snap-abandon", false);
     let gc = f.file("gc.pid");
     let _r = Reaper(vec![gc.clone()]);
-    let mut cmd = f.session(&[], &format!("{}exec sleep 1000", escaper(&gc)));
+    let mut cmd = f.session(&[], &format!("{}exec sleep 1000", setsid_sleeper(&gc)));
     cmd.arg("--json").stdout(Stdio::piped()).stderr(Stdio::piped());
     let child = cmd.spawn().unwrap();
     let gc = read_pid(&gc);
@@ -237,7 +207,7 @@ fn snapshot_command_leftovers_die_when_it_exits() {
     let f = Fixture::new("contain-snap-exit", false);
     let gc = f.file("gc.pid");
     let _r = Reaper(vec![gc.clone()]);
-    let run = run_json(f.session(&[], &format!("{}exit 0", escaper(&gc))));
+    let run = run_json(f.session(&[], &format!("{}exit 0", setsid_sleeper(&gc))));
     assert_eq!(run.report["snapshot_taken"], true, "{}\n{}", run.report, run.stderr());
     let gc = read_pid(&gc);
     assert!(gone_within(gc, Duration::from_secs(5)), "setsid grandchild {gc} of the snapshot command outlived it");
@@ -291,7 +261,7 @@ fn exec_grant_tool_background_child_dies_when_the_call_returns() {
     let gc = f.file("gc.pid");
     let saw = f.file("saw");
     let _r = Reaper(vec![gc.clone()]);
-    let tool = f.script("tool.sh", &format!("{}echo started\n", escaper(&gc)));
+    let tool = f.script("tool.sh", &format!("{}echo started\n", setsid_sleeper(&gc)));
     // Pre hooks run in order: this one looks right after the plugin's call returned.
     let check = format!("if {}; then echo alive > {s}; else echo dead > {s}; fi\n", sh_alive(&gc), s = saw.display());
     let run = run_json(f.session(&[exec_hook(&f, &tool), f.script_hook("check", &check, "exit 0\n", 10)], "true"));

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use quiesce::hooks::script::{run_script, ScriptOutcome, ScriptRun, ScriptSpec};
 use quiesce::trust::{open_trusted, Rule, TrustError, TrustedFile};
-use quiesce_tests::{alive, write_mode, Scratch};
+use quiesce_tests::{alive, gone_within, read_pid, setsid_sleeper, write_mode, Scratch};
 
 fn spec() -> ScriptSpec {
     let mut spec = ScriptSpec::new("test-hook");
@@ -27,32 +27,6 @@ fn trusted(path: &Path) -> TrustedFile {
 /// (its `leftovers`), also when an assertion fails halfway.
 async fn exec(path: &Path, spec: &ScriptSpec) -> ScriptRun {
     run_script(&trusted(path), spec).await
-}
-
-/// Waits (up to 10 s) for a pid file the script writes, and returns the pid.
-fn read_pid(path: &Path) -> i32 {
-    let until = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(s) = fs::read_to_string(path) {
-            if let Ok(pid) = s.trim().parse() {
-                return pid;
-            }
-        }
-        assert!(Instant::now() < until, "{} never written", path.display());
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// A killed process may take a moment to disappear from /proc.
-fn gone_within(pid: i32, limit: Duration) -> bool {
-    let until = Instant::now() + limit;
-    while alive(pid) {
-        if Instant::now() > until {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    true
 }
 
 fn outcome_of(run: &ScriptRun) -> String {
@@ -547,13 +521,7 @@ fn not_found_is_reported_as_not_found() {
 async fn timeout_kills_a_grandchild_that_called_setsid() {
     let s = Scratch::new("timeout-setsid");
     let pidfile = s.join("gc.pid");
-    let script = s.script(
-        "pre.sh",
-        &format!(
-            "#!/bin/sh\nsetsid sh -c 'echo $$ > {p}; exec sleep 1000' &\nwhile [ ! -s {p} ]; do sleep 0.01; done\nsleep 1000\n",
-            p = pidfile.display()
-        ),
-    );
+    let script = s.script("pre.sh", &format!("#!/bin/sh\n{}sleep 1000\n", setsid_sleeper(&pidfile)));
     let mut spec = spec();
     spec.timeout = Duration::from_secs(1);
     let run = exec(&script, &spec).await;
@@ -598,13 +566,7 @@ async fn timeout_kills_a_double_forked_grandchild_with_closed_fds() {
 async fn lock_holder_outlives_the_script_until_its_leftovers_are_closed() {
     let s = Scratch::new("lock-holder");
     let pidfile = s.join("holder.pid");
-    let script = s.script(
-        "pre.sh",
-        &format!(
-            "#!/bin/sh\nsetsid sh -c 'echo $$ > {p}; exec sleep 1000' &\nwhile [ ! -s {p} ]; do sleep 0.01; done\nexit 0\n",
-            p = pidfile.display()
-        ),
-    );
+    let script = s.script("pre.sh", &format!("#!/bin/sh\n{}exit 0\n", setsid_sleeper(&pidfile)));
     let run = exec(&script, &spec()).await;
     assert_eq!(run.outcome, ScriptOutcome::Succeeded, "{}", outcome_of(&run));
     let holder = read_pid(&pidfile);
