@@ -314,6 +314,15 @@ pub fn quiesce(scratch: &Scratch) -> Command {
     cmd
 }
 
+/// `quiesce snapshot --config CONFIG --mount MOUNT --snapshot-cmd CMD`, its
+/// plugin cache and artifact store (`cache/`, `state/`) in the scratch directory.
+pub fn quiesce_snapshot(scratch: &Scratch, config: &Path, mount: &Path, snapshot_cmd: &str) -> Command {
+    let mut cmd = quiesce(scratch);
+    cmd.env("QUIESCE_CACHE_DIR", scratch.join("cache")).env("QUIESCE_STATE_DIR", scratch.join("state"));
+    cmd.arg("snapshot").arg("--config").arg(config).arg("--mount").arg(mount).arg("--snapshot-cmd").arg(snapshot_cmd);
+    cmd
+}
+
 /// The result of one `quiesce` run, with the `--json` report parsed.
 pub struct Run {
     pub output: Output,

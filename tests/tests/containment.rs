@@ -46,16 +46,7 @@ impl Fixture {
 
     fn session(&self, hooks: &[String], snapshot_cmd: &str) -> Command {
         let config = self.s.config("quiesce.toml", &hooks.join("\n"));
-        let mut cmd = quiesce(&self.s);
-        cmd.env("QUIESCE_CACHE_DIR", self.file("cache"))
-            .env("QUIESCE_STATE_DIR", self.file("state"))
-            .arg("snapshot")
-            .arg("--config")
-            .arg(config)
-            .arg("--mount")
-            .arg(self.mnt.path())
-            .arg("--snapshot-cmd")
-            .arg(snapshot_cmd);
+        let cmd = quiesce_snapshot(&self.s, &config, self.mnt.path(), snapshot_cmd);
         if self.without_cgroup2 {
             without_cgroup2(cmd)
         } else {
