@@ -68,8 +68,11 @@ const DROP_CLEANUP: Duration = Duration::from_secs(60);
 /// How long a dropped containment waits, blocking, for its killed members
 /// to die before handing the rest to a thread. Killed processes normally
 /// die within a millisecond or two; waiting a little means the cgroup is
-/// removed even when the host exits right after (a thread would die with it).
-const DROP_WAIT: Duration = Duration::from_millis(200);
+/// removed even when the host exits right after (a thread would die with
+/// it). Kept short: the snapshot command is dropped inside the freeze
+/// window, where a member blocked on the frozen file system cannot die
+/// before the thaw. A cgroup left behind is swept by the next run.
+const DROP_WAIT: Duration = Duration::from_millis(20);
 
 /// How processes are contained on this machine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

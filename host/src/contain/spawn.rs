@@ -176,6 +176,18 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// The fd itself, or a duplicate ≥ 3 if the host was started with stdio
+/// closed: the child's dup2 onto 0–2 must neither clobber a source fd nor
+/// leave close-on-exec set on one (dup2 onto itself does nothing).
+fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
+    if fd.as_raw_fd() > 2 {
+        return Ok(fd);
+    }
+    let raw = nix::fcntl::fcntl(fd.as_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3)).map_err(io::Error::from)?;
+    // SAFETY: F_DUPFD_CLOEXEC returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
 fn clone3(args: &mut CloneArgs) -> io::Result<libc::pid_t> {
     // SAFETY: a fork-like clone (no CLONE_VM, no new stack): the child gets
     // a copy of the address space and returns here with 0.
@@ -220,9 +232,10 @@ pub(super) fn spawn(spec: &Spec, target: Target<'_>) -> io::Result<ContainedChil
     let p = Prepared::new(spec)?;
     let argv: Vec<*const libc::c_char> = p.argv.iter().map(|c| c.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
     let envp: Vec<*const libc::c_char> = p.envp.iter().map(|c| c.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
-    let null = std::fs::File::open("/dev/null").map(OwnedFd::from)?;
+    let null = above_stdio(std::fs::File::open("/dev/null").map(OwnedFd::from)?)?;
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
+    let (out_w, err_w) = (above_stdio(out_w)?, above_stdio(err_w)?);
     let (report_r, report_w) = pipe()?;
     let mut empty: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: initialising a local sigset.
