@@ -8,6 +8,7 @@
 
 pub mod check;
 pub mod config;
+pub mod contain;
 pub mod duration;
 pub mod freeze;
 pub mod hooks;

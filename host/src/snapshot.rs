@@ -6,11 +6,12 @@ use std::future::Future;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::process::Stdio;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::config::SnapshotSpec;
+use crate::contain::{Containment, Spec};
+use crate::hooks::script::base_env;
 
 /// What a provider learns about the session.
 #[derive(Debug, Clone)]
@@ -51,21 +52,17 @@ pub fn from_spec(spec: &SnapshotSpec) -> Box<dyn SnapshotProvider> {
     }
 }
 
-/// `--snapshot-cmd CMD`: run by `/bin/sh -c` with `QUIESCE_SESSION_ID` and
-/// `QUIESCE_FROZEN_MOUNTS` (colon-separated) in its environment; exit 0 = taken.
+/// `--snapshot-cmd CMD`: run by `/bin/sh -c` with the environment scripts
+/// get ([`BASE_ENV`]) plus `QUIESCE_SESSION_ID` and `QUIESCE_FROZEN_MOUNTS`
+/// (colon-separated) — nothing from the host's environment — stdin
+/// `/dev/null`, cwd `/`; exit 0 = taken.
+///
+/// It runs in a [`Containment`]: when it exits, or when the session drops
+/// the future (deadline, signal), everything it started is killed, also
+/// descendants that called `setsid`. Nothing it starts may outlive the
+/// freeze window: a leftover writer would block on the frozen file system.
 pub struct ShellCommand {
     pub command: String,
-}
-
-/// Kills the command's whole process group if the session gives up on it.
-struct GroupGuard(Option<i32>);
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        if let Some(pgid) = self.0 {
-            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), nix::sys::signal::Signal::SIGKILL);
-        }
-    }
 }
 
 impl SnapshotProvider for ShellCommand {
@@ -76,26 +73,30 @@ impl SnapshotProvider for ShellCommand {
     fn take<'a>(&'a self, ctx: &'a SnapshotContext) -> TakeFuture<'a> {
         Box::pin(async move {
             let mounts: Vec<String> = ctx.frozen_mounts.iter().map(|p| p.display().to_string()).collect();
-            let mut child = tokio::process::Command::new("/bin/sh")
-                .arg("-c")
-                .arg(&self.command)
-                .env("QUIESCE_SESSION_ID", &ctx.session_id)
-                .env("QUIESCE_FROZEN_MOUNTS", mounts.join(":"))
-                .stdin(Stdio::null())
-                // Its output goes to the log, never to our stdout (the JSON report).
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .process_group(0)
-                .spawn()
-                .map_err(|source| SnapshotError::Spawn { command: self.command.clone(), source })?;
-            let mut guard = GroupGuard(child.id().map(|p| p as i32));
+            // stdin /dev/null, cwd /; its output goes to the log, never to
+            // our stdout (the JSON report).
+            let mut cmd = Spec::new("/bin/sh");
+            cmd.arg("-c").arg(&self.command);
+            let vars =
+                [("QUIESCE_SESSION_ID".to_string(), ctx.session_id.clone()), ("QUIESCE_FROZEN_MOUNTS".to_string(), mounts.join(":"))];
+            for (k, v) in base_env(&vars) {
+                cmd.env(k, v);
+            }
+            // Dropped with this future: at exit, or when the session gives up.
+            let mut contained = Containment::new("snapshot");
+            let mut child = contained.spawn(&cmd).map_err(|source| SnapshotError::Spawn { command: self.command.clone(), source })?;
             for (stream, name) in [(child.stdout.take().map(box_reader), "stdout"), (child.stderr.take().map(box_reader), "stderr")] {
                 if let Some(reader) = stream {
                     tokio::spawn(log_lines(reader, name));
                 }
             }
             let status = child.wait().await.map_err(|source| SnapshotError::Spawn { command: self.command.clone(), source })?;
-            guard.0 = None;
+            if !contained.is_empty() {
+                // Killed without waiting: one blocked on the frozen file
+                // system dies only after the thaw, which must not wait for it.
+                tracing::warn!("snapshot command `{}` exited leaving processes behind; killing them", self.command);
+            }
+            drop(contained);
             if status.success() {
                 Ok(())
             } else {

@@ -339,6 +339,15 @@ pub fn quiesce(scratch: &Scratch) -> Command {
     cmd
 }
 
+/// `quiesce snapshot --config CONFIG --mount MOUNT --snapshot-cmd CMD`, its
+/// plugin cache and artifact store (`cache/`, `state/`) in the scratch directory.
+pub fn quiesce_snapshot(scratch: &Scratch, config: &Path, mount: &Path, snapshot_cmd: &str) -> Command {
+    let mut cmd = quiesce(scratch);
+    cmd.env("QUIESCE_CACHE_DIR", scratch.join("cache")).env("QUIESCE_STATE_DIR", scratch.join("state"));
+    cmd.arg("snapshot").arg("--config").arg(config).arg("--mount").arg(mount).arg("--snapshot-cmd").arg(snapshot_cmd);
+    cmd
+}
+
 /// The result of one `quiesce` run, with the `--json` report parsed.
 pub struct Run {
     pub output: Output,
@@ -428,6 +437,38 @@ pub fn alive(pid: i32) -> bool {
         Ok(s) => !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
         Err(_) => false,
     }
+}
+
+/// Waits (up to 20 s) for a pid file a test's process writes; returns the pid.
+pub fn read_pid(path: &Path) -> i32 {
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(pid) = fs::read_to_string(path).ok().and_then(|s| s.trim().parse().ok()) {
+            return pid;
+        }
+        assert!(Instant::now() < until, "{} never written", path.display());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// True once `pid` is gone (or a zombie); false if it still runs after `limit`.
+/// (A killed process may take a moment to disappear from /proc.)
+pub fn gone_within(pid: i32, limit: Duration) -> bool {
+    let until = Instant::now() + limit;
+    while alive(pid) {
+        if Instant::now() > until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+/// Shell lines that start a child which writes its pid to `pidfile`, calls
+/// `setsid` (leaving the process group) and sleeps; the shell waits until
+/// the pid is written.
+pub fn setsid_sleeper(pidfile: &Path) -> String {
+    format!("setsid sh -c 'echo $$ > {p}; exec sleep 1000' &\nwhile [ ! -s {p} ]; do sleep 0.01; done\n", p = pidfile.display())
 }
 
 pub mod judge;

@@ -7,11 +7,9 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
 use quiesce::hooks::script::{run_script, ScriptOutcome, ScriptRun, ScriptSpec};
 use quiesce::trust::{open_trusted, Rule, TrustError, TrustedFile};
-use quiesce_tests::{alive, write_mode, Scratch};
+use quiesce_tests::{alive, gone_within, read_pid, setsid_sleeper, write_mode, Scratch};
 
 fn spec() -> ScriptSpec {
     let mut spec = ScriptSpec::new("test-hook");
@@ -25,59 +23,10 @@ fn trusted(path: &Path) -> TrustedFile {
     open_trusted(path, Rule::Script).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Runs the script. What it leaves running dies with the returned run
+/// (its `leftovers`), also when an assertion fails halfway.
 async fn exec(path: &Path, spec: &ScriptSpec) -> ScriptRun {
-    let run = run_script(&trusted(path), spec).await;
-    // Whatever a test leaves behind in the script's group dies with the test.
-    for a in &run.attempts {
-        GROUPS.with(|g| g.borrow_mut().push(a.pid));
-    }
-    run
-}
-
-thread_local! {
-    static GROUPS: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Kills every process group a test's scripts ran in, also when an
-/// assertion failed halfway. Create one at the top of each test that runs scripts.
-struct Reaper;
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        GROUPS.with(|g| {
-            for pid in g.borrow_mut().drain(..) {
-                if pid != 0 {
-                    let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
-                }
-            }
-        });
-    }
-}
-
-/// Waits (up to 10 s) for a pid file the script writes, and returns the pid.
-fn read_pid(path: &Path) -> i32 {
-    let until = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(s) = fs::read_to_string(path) {
-            if let Ok(pid) = s.trim().parse() {
-                return pid;
-            }
-        }
-        assert!(Instant::now() < until, "{} never written", path.display());
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// A killed process may take a moment to disappear from /proc.
-fn gone_within(pid: i32, limit: Duration) -> bool {
-    let until = Instant::now() + limit;
-    while alive(pid) {
-        if Instant::now() > until {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    true
+    run_script(&trusted(path), spec).await
 }
 
 fn outcome_of(run: &ScriptRun) -> String {
@@ -88,7 +37,6 @@ fn outcome_of(run: &ScriptRun) -> String {
 
 #[tokio::test(flavor = "current_thread")]
 async fn retries_rerun_the_script_with_attempt_number() {
-    let _r = Reaper;
     let s = Scratch::new("retries");
     let log = s.join("attempts.log");
     let script = s.script(
@@ -109,7 +57,6 @@ async fn retries_rerun_the_script_with_attempt_number() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn retries_stop_after_retries_plus_one_attempts() {
-    let _r = Reaper;
     let s = Scratch::new("retries-exhausted");
     let log = s.join("attempts.log");
     let script = s.script("pre.sh", &format!("#!/bin/sh\necho $QUIESCE_ATTEMPT >> {}\nexit 7\n", log.display()));
@@ -123,7 +70,6 @@ async fn retries_stop_after_retries_plus_one_attempts() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn timeout_kills_script_and_grandchild() {
-    let _r = Reaper;
     let s = Scratch::new("timeout");
     let pidfile = s.join("grandchild.pid");
     let script = s.script("pre.sh", &format!("#!/bin/sh\nsleep 1000 &\necho $! > {}\nsleep 1000\n", pidfile.display()));
@@ -142,7 +88,6 @@ async fn timeout_kills_script_and_grandchild() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn timeout_applies_to_each_attempt() {
-    let _r = Reaper;
     let s = Scratch::new("timeout-each");
     let script = s.script("pre.sh", "#!/bin/sh\nsleep 1000\n");
     let mut spec = spec();
@@ -159,7 +104,6 @@ async fn timeout_applies_to_each_attempt() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn timeout_sends_sigterm_first_so_the_script_can_clean_up() {
-    let _r = Reaper;
     let s = Scratch::new("sigterm");
     let marker = s.join("cleaned-up");
     let script =
@@ -176,7 +120,6 @@ async fn timeout_sends_sigterm_first_so_the_script_can_clean_up() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn timeout_escalates_to_sigkill_when_sigterm_is_trapped() {
-    let _r = Reaper;
     let s = Scratch::new("sigkill");
     let pidfile = s.join("grandchild.pid");
     let script = s.script(
@@ -200,7 +143,6 @@ async fn timeout_escalates_to_sigkill_when_sigterm_is_trapped() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn ten_megabytes_of_output_do_not_block() {
-    let _r = Reaper;
     let s = Scratch::new("chatty");
     let script = s.script("pre.sh", "#!/bin/sh\nyes 0123456789abcdef | head -c 10485760\necho on-stderr >&2\n");
     let mut spec = spec();
@@ -215,7 +157,6 @@ async fn ten_megabytes_of_output_do_not_block() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn last_output_before_exit_is_kept() {
-    let _r = Reaper;
     let s = Scratch::new("last-output");
     // No trailing newline, and on both streams: drained after exit, not lost.
     let script = s.script("pre.sh", "#!/bin/sh\necho out\necho err >&2\nprintf 'no-newline'\n");
@@ -229,7 +170,6 @@ async fn last_output_before_exit_is_kept() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn shebang_is_honoured() {
-    let _r = Reaper;
     let s = Scratch::new("shebang");
     let args = vec!["a b".to_string(), String::new()];
     let mut spec = spec();
@@ -248,7 +188,6 @@ async fn shebang_is_honoured() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn no_shebang_falls_back_to_sh() {
-    let _r = Reaper;
     let s = Scratch::new("no-shebang");
     // Executed directly this would fail with ENOEXEC; /bin/sh runs it.
     let script = s.script("pre.sh", "echo \"sh:$#:[$1]:[$2]\"\n");
@@ -261,7 +200,6 @@ async fn no_shebang_falls_back_to_sh() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn elf_binary_runs_directly() {
-    let _r = Reaper;
     let mut spec = spec();
     spec.args = vec!["--".into(), "a b".into()];
     // /bin/echo through Debian's /bin -> usr/bin symlink.
@@ -272,7 +210,6 @@ async fn elf_binary_runs_directly() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn params_are_passed_as_argv() {
-    let _r = Reaper;
     let s = Scratch::new("argv");
     let script = s.script("pre.sh", "#!/bin/sh\nfor a in \"$@\"; do printf '<%s>\\n' \"$a\"; done\necho \"n=$#\"\n");
     let mut spec = spec();
@@ -284,7 +221,6 @@ async fn params_are_passed_as_argv() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn environment_is_clean() {
-    let _r = Reaper;
     let s = Scratch::new("env");
     // Set in this (the host's) process; must not reach the script.
     std::env::set_var("QUIESCE_TEST_LEAK", "leaked");
@@ -328,7 +264,6 @@ async fn environment_is_clean() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn background_child_holding_stdout_does_not_delay_completion() {
-    let _r = Reaper;
     let s = Scratch::new("background");
     let pidfile = s.join("bg.pid");
     let script =
@@ -341,12 +276,11 @@ async fn background_child_holding_stdout_does_not_delay_completion() {
     assert_eq!(run.attempts[0].output, "started\n");
     let bg = read_pid(&pidfile);
     assert!(alive(bg), "the runner killed the background child (it must neither wait for nor kill it)");
-    // The Reaper kills the group.
+    // Dropping `run` kills it.
 }
 
 #[tokio::test(flavor = "current_thread")]
 async fn background_child_output_is_drained_after_completion() {
-    let _r = Reaper;
     let s = Scratch::new("background-drain");
     let marker = s.join("survived");
     // If the runner closed the pipes when the script exited, `echo late`
@@ -365,7 +299,6 @@ async fn background_child_output_is_drained_after_completion() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn exit_code_2_is_a_warning_not_a_failure() {
-    let _r = Reaper;
     let s = Scratch::new("warning");
     let log = s.join("runs");
     let script = s.script("pre.sh", &format!("#!/bin/sh\necho x >> {}\nexit 2\n", log.display()));
@@ -387,7 +320,6 @@ async fn exit_code_2_is_a_warning_not_a_failure() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn killed_by_signal_is_a_failure_with_the_signal() {
-    let _r = Reaper;
     let s = Scratch::new("signal");
     let script = s.script("pre.sh", "#!/bin/sh\nkill -KILL $$\n");
     let run = exec(&script, &spec()).await;
@@ -396,7 +328,6 @@ async fn killed_by_signal_is_a_failure_with_the_signal() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn missing_interpreter_is_a_spawn_failure_not_retried() {
-    let _r = Reaper;
     let s = Scratch::new("bad-interp");
     let script = s.script("pre.sh", "#!/nonexistent/interpreter\n");
     let mut spec = spec();
@@ -408,7 +339,6 @@ async fn missing_interpreter_is_a_spawn_failure_not_retried() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn swapped_symlink_is_not_executed() {
-    let _r = Reaper;
     let s = Scratch::new("swap");
     let marker = s.join("evil-ran");
     let evil_body = format!("#!/bin/sh\ntouch {}\necho evil\n", marker.display());
@@ -584,4 +514,91 @@ fn not_found_is_reported_as_not_found() {
     }
     let e = open_trusted(Path::new("relative/pre.sh"), Rule::Script).unwrap_err();
     assert!(!e.is_not_found() && matches!(e, TrustError::NotAbsolute { .. }), "{e}");
+}
+
+/// A grandchild started with `setsid` leaves the process group; the runner
+/// must still kill it at the timeout, before reporting.
+#[tokio::test(flavor = "current_thread")]
+async fn timeout_kills_a_grandchild_that_called_setsid() {
+    let s = Scratch::new("timeout-setsid");
+    let pidfile = s.join("gc.pid");
+    let script = s.script("pre.sh", &format!("#!/bin/sh\n{}sleep 1000\n", setsid_sleeper(&pidfile)));
+    let mut spec = spec();
+    spec.timeout = Duration::from_secs(1);
+    let run = exec(&script, &spec).await;
+    assert_eq!(run.outcome, ScriptOutcome::TimedOut, "{}", outcome_of(&run));
+    let gc = read_pid(&pidfile);
+    assert!(!alive(gc), "setsid grandchild {gc} survived the timeout ({:?})", run.leftovers);
+    assert!(run.leftovers.is_empty(), "{:?} still has members {:?}", run.leftovers, run.leftovers.members());
+}
+
+/// The classic daemon escape: a subshell double-forks, the grandchild
+/// closes every fd (so no pipe ties it to us), calls setsid, and would do
+/// something later. It must be dead when the timeout is reported, and never
+/// get to do it.
+#[tokio::test(flavor = "current_thread")]
+async fn timeout_kills_a_double_forked_grandchild_with_closed_fds() {
+    let s = Scratch::new("timeout-daemon");
+    let pidfile = s.join("gc.pid");
+    let late = s.join("late");
+    let script = s.script(
+        "pre.sh",
+        &format!(
+            "#!/bin/sh\n( exec </dev/null >/dev/null 2>&1; setsid sh -c 'echo $$ > {p}; sleep 2; echo late > {late}' & )\n\
+             while [ ! -s {p} ]; do sleep 0.01; done\nsleep 1000\n",
+            p = pidfile.display(),
+            late = late.display()
+        ),
+    );
+    let mut spec = spec();
+    spec.timeout = Duration::from_secs(1);
+    let run = exec(&script, &spec).await;
+    assert_eq!(run.outcome, ScriptOutcome::TimedOut, "{}", outcome_of(&run));
+    let gc = read_pid(&pidfile);
+    assert!(!alive(gc), "double-forked grandchild {gc} survived the timeout");
+    // Give a survivor the time to show itself.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!late.exists(), "the grandchild ran on after the timeout and wrote {}", late.display());
+}
+
+/// A pre script may leave a lock holder behind on purpose: it survives the
+/// script's exit (and a setsid), and dies when the run's leftovers are closed.
+#[tokio::test(flavor = "current_thread")]
+async fn lock_holder_outlives_the_script_until_its_leftovers_are_closed() {
+    let s = Scratch::new("lock-holder");
+    let pidfile = s.join("holder.pid");
+    let script = s.script("pre.sh", &format!("#!/bin/sh\n{}exit 0\n", setsid_sleeper(&pidfile)));
+    let run = exec(&script, &spec()).await;
+    assert_eq!(run.outcome, ScriptOutcome::Succeeded, "{}", outcome_of(&run));
+    let holder = read_pid(&pidfile);
+    assert!(alive(holder), "the lock holder was killed when the script exited");
+    assert!(run.leftovers.members().contains(&nix::unistd::Pid::from_raw(holder)), "holder not in {:?}", run.leftovers);
+    assert!(run.leftovers.close(Duration::from_secs(5)).await, "leftovers did not die");
+    assert!(!alive(holder), "lock holder {holder} survived closing the leftovers");
+}
+
+/// A run abandoned halfway (its future dropped: the session gave up) kills
+/// everything it started, setsid'd descendants included.
+#[tokio::test(flavor = "current_thread")]
+async fn abandoned_run_kills_everything_it_started() {
+    let s = Scratch::new("abandoned");
+    let pidfile = s.join("gc.pid");
+    let script =
+        s.script("pre.sh", &format!("#!/bin/sh\nsetsid sh -c 'echo $$ > {p}; exec sleep 1000' &\nsleep 1000\n", p = pidfile.display()));
+    let file = trusted(&script);
+    let spec = spec();
+    let mut run = Box::pin(run_script(&file, &spec));
+    let gc = loop {
+        tokio::select! {
+            r = &mut run => panic!("the script finished: {:?}", r.outcome),
+            _ = tokio::time::sleep(Duration::from_millis(10)) => {
+                if let Some(pid) = fs::read_to_string(&pidfile).ok().and_then(|p| p.trim().parse::<i32>().ok()) {
+                    break pid;
+                }
+            }
+        }
+    };
+    assert!(alive(gc));
+    drop(run);
+    assert!(gone_within(gc, Duration::from_secs(5)), "setsid grandchild {gc} survived the abandoned run");
 }

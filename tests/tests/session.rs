@@ -172,15 +172,18 @@ fn ten_megabytes_of_output_do_not_block() {
 fn background_child_holding_stdout_does_not_delay_the_session() {
     let f = Fixture::new("mysql-pattern");
     let pidfile = f.file("holder.pid");
+    let saw = f.file("post-saw");
     // The classic "keep the lock alive" pre-script: a child keeps stdout open.
-    let config = f.pair(&format!("sleep 30 & echo $! > {}; exit 0", pidfile.display()), "true", json!({}));
+    // It must live until post (which would release the lock), and no longer.
+    let post = format!("kill -0 \"$(cat {})\" && echo alive > {}; true", pidfile.display(), saw.display());
+    let config = f.pair(&format!("sleep 30 & echo $! > {}; exit 0", pidfile.display()), &post, json!({}));
     let t = Instant::now();
     let run = f.snapshot(&config, "true");
     assert!(t.elapsed() < Duration::from_secs(20), "waited for the background child: {:?}", t.elapsed());
     assert_eq!(run.code(), 0, "{}", run.report);
     let pid: i32 = f.read("holder.pid").trim().parse().unwrap();
-    assert!(alive(pid), "the runner must not kill the script's background child");
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    assert_eq!(f.read("post-saw"), "alive\n", "the runner killed the script's background child before post");
+    assert!(!alive(pid), "the script's background child outlived the session");
 }
 
 #[test]

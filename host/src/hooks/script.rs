@@ -5,8 +5,11 @@
 //!
 //! - **Retries re-run the script**: up to `retries + 1` attempts, each told
 //!   its number in `QUIESCE_ATTEMPT` (and `QUIESCE_MAX_ATTEMPTS`).
-//! - **A timeout kills**: every attempt runs in its own process group; on
-//!   timeout the whole group gets SIGTERM, and SIGKILL after `kill_grace`.
+//! - **A timeout kills everything**: the script runs in a [`Containment`]
+//!   (a cgroup v2, else the host as child subreaper), so on timeout every
+//!   process it started gets SIGTERM, and SIGKILL after `kill_grace` —
+//!   also descendants that called `setsid` or double-forked. "Timed out"
+//!   is reported once all of them are gone.
 //! - **Output is read continuously**, logged line by line up to
 //!   `output_cap` bytes and counted beyond, so a chatty script never blocks.
 //! - **The shebang is honoured**: the script is executed, not fed to `sh`
@@ -27,12 +30,13 @@
 //! Completion means "the script process exited". A script may deliberately
 //! leave a background child holding a lock (the legacy MySQL sample keeps
 //! `FLUSH TABLES WITH READ LOCK` alive that way); that child is neither
-//! waited for nor killed, and its output is drained by a detached task so it
-//! does not die of SIGPIPE while the host lives.
+//! waited for nor killed when the script exits, and its output is drained by
+//! a detached task so it does not die of SIGPIPE. It is not forgotten
+//! either: [`ScriptRun::leftovers`] is the run's containment, and dropping
+//! it kills whatever is still in it. The session keeps a pre script's
+//! leftovers until the hook's post script ran (or the session ends).
 //!
 //! Limits:
-//! - The process group is the unit of cleanup, so a descendant that calls
-//!   `setsid`/`setpgid` leaves it and survives a timeout.
 //! - Scripts with a shebang, and the `/bin/sh` fallback, see
 //!   `/proc/self/fd/N` as `$0` (the kernel hands the interpreter the name
 //!   that was exec'd); `QUIESCE_SCRIPT` holds the configured path, so
@@ -42,22 +46,21 @@
 //! - The interpreter named by the shebang is resolved by the kernel as usual;
 //!   only the script file is trust-checked.
 
-use std::fs;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::os::unix::process::ExitStatusExt;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::fcntl::{self, FcntlArg};
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::process::{Child, Command};
+use tokio::net::unix::pipe;
 use tokio::time::Instant;
 
+use crate::contain::{ContainedChild, Containment, Spec};
 use crate::trust::TrustedFile;
 
 /// The environment every script starts with (before `ScriptSpec::env`).
@@ -77,7 +80,7 @@ const MAX_LINE: usize = 16 * 1024;
 const DRAIN_LIMIT: usize = 1024 * 1024;
 
 /// How often, during the SIGTERM grace period, we look whether the rest of
-/// the process group is gone. Only on the timeout path; normal completion
+/// the containment is gone. Only on the timeout path; normal completion
 /// is event-driven.
 const GROUP_POLL: Duration = Duration::from_millis(10);
 
@@ -139,7 +142,7 @@ pub enum ScriptOutcome {
         exit_code: Option<i32>,
         signal: Option<i32>,
     },
-    /// Ran past the timeout; its process group was killed.
+    /// Ran past the timeout; everything it started was killed.
     TimedOut,
     /// Could not be started at all (not retried: it would fail the same way).
     SpawnFailed {
@@ -171,16 +174,19 @@ pub struct Attempt {
     pub output: String,
     /// All bytes read from stdout and stderr until the attempt ended, kept or not.
     pub output_bytes: u64,
-    /// Pid (and process group id) of the script; 0 if it never started.
+    /// Pid of the script; 0 if it never started.
     pub pid: u32,
 }
 
 /// All attempts of one run; `outcome` is the last attempt's.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct ScriptRun {
     pub attempts: Vec<Attempt>,
     pub outcome: ScriptOutcome,
     pub duration: Duration,
+    /// Whatever the attempts left running (a lock holder), contained.
+    /// Dropping it kills all of it; keep it as long as that may live.
+    pub leftovers: Containment,
 }
 
 /// Runs `script` under `spec`, retrying failed or timed-out attempts.
@@ -188,6 +194,8 @@ pub async fn run_script(script: &TrustedFile, spec: &ScriptSpec) -> ScriptRun {
     let started = Instant::now();
     let max_attempts = spec.retries.saturating_add(1);
     let mut attempts = Vec::new();
+    // Dropped (killing everything) if this future is abandoned mid-run.
+    let mut containment = Containment::new(&spec.name);
 
     match Launch::prepare(script) {
         Err(message) => attempts.push(Attempt {
@@ -203,7 +211,7 @@ pub async fn run_script(script: &TrustedFile, spec: &ScriptSpec) -> ScriptRun {
                 if number > 1 {
                     tokio::time::sleep(spec.retry_delay).await;
                 }
-                let attempt = run_attempt(&launch, script, spec, number, max_attempts).await;
+                let attempt = run_attempt(&launch, script, spec, number, max_attempts, &mut containment).await;
                 let again = attempt.outcome.retryable() && number < max_attempts;
                 attempts.push(attempt);
                 if !again {
@@ -217,7 +225,7 @@ pub async fn run_script(script: &TrustedFile, spec: &ScriptSpec) -> ScriptRun {
         Some(a) => a.outcome.clone(),
         None => ScriptOutcome::SpawnFailed { message: "no attempt was made".into() },
     };
-    ScriptRun { attempts, outcome, duration: started.elapsed() }
+    ScriptRun { attempts, outcome, duration: started.elapsed(), leftovers: containment }
 }
 
 /// How the checked file is executed; decided once per run.
@@ -246,54 +254,65 @@ impl Launch {
 
     /// A duplicate of the fd *without* close-on-exec, so the child inherits
     /// it and the script (or its interpreter) can open /proc/self/fd/N.
-    /// It lives only while one child is spawned. Clearing CLOEXEC in the
-    /// child instead (`pre_exec`) would force a full fork() instead of
-    /// posix_spawn and cost milliseconds per hook.
+    /// It lives only while one child is spawned (the spawner does no fd
+    /// juggling of its own beyond stdio).
     fn inheritable(&self) -> io::Result<OwnedFd> {
         let raw = fcntl::fcntl(self.fd.as_fd(), FcntlArg::F_DUPFD(3))?;
         // SAFETY: F_DUPFD returned a new fd that nothing else owns.
         Ok(unsafe { OwnedFd::from_raw_fd(raw) })
     }
 
-    fn command(&self, fd: &OwnedFd, script: &TrustedFile, spec: &ScriptSpec, number: u32, max: u32) -> Command {
+    /// The command: stdin /dev/null, stdout/stderr piped, cwd `/`, its own
+    /// process group (not for cleanup — the containment does that — but so
+    /// that signals meant for the host's terminal group miss the script).
+    fn command(&self, fd: &OwnedFd, script: &TrustedFile, spec: &ScriptSpec, number: u32, max: u32) -> Spec {
         let fd_path = format!("/proc/self/fd/{}", fd.as_raw_fd());
         let mut cmd = if self.via_shell {
-            let mut cmd = Command::new(FALLBACK_SHELL);
+            let mut cmd = Spec::new(FALLBACK_SHELL);
             cmd.arg(&fd_path);
             cmd
         } else {
             // With a shebang the kernel hands the interpreter the exec'd
             // name (/proc/self/fd/N), which it can open because the fd is
             // inherited; argv[0] only matters for ELF files.
-            let mut cmd = Command::new(&fd_path);
-            cmd.arg0(script.path());
+            let mut cmd = Spec::new(&fd_path);
+            cmd.arg0 = Some(script.path().as_os_str().to_owned());
             cmd
         };
-        cmd.args(&spec.args).env_clear();
-        for (k, v) in BASE_ENV {
+        for a in &spec.args {
+            cmd.arg(a);
+        }
+        for (k, v) in base_env(&spec.env) {
             cmd.env(k, v);
         }
-        for (k, v) in &spec.env {
-            cmd.env(k, v);
-        }
-        cmd.env("QUIESCE_SCRIPT", script.path())
-            .env("QUIESCE_ATTEMPT", number.to_string())
-            .env("QUIESCE_MAX_ATTEMPTS", max.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .current_dir("/")
-            .process_group(0)
-            .kill_on_drop(false);
+        cmd.env("QUIESCE_SCRIPT", script.path()).env("QUIESCE_ATTEMPT", number.to_string()).env("QUIESCE_MAX_ATTEMPTS", max.to_string());
         cmd
     }
 }
 
-async fn spawn(launch: &Launch, script: &TrustedFile, spec: &ScriptSpec, number: u32, max: u32) -> io::Result<Child> {
+/// [`BASE_ENV`], then `extra` (which may override it): the whole
+/// environment of every process quiesce starts.
+pub fn base_env(extra: &[(String, String)]) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = BASE_ENV.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    for (k, v) in extra {
+        env.retain(|(n, _)| n != k);
+        env.push((k.clone(), v.clone()));
+    }
+    env
+}
+
+async fn spawn(
+    launch: &Launch,
+    script: &TrustedFile,
+    spec: &ScriptSpec,
+    n: u32,
+    max: u32,
+    c: &mut Containment,
+) -> io::Result<ContainedChild> {
     let mut tries = 0;
     loop {
         let fd = launch.inheritable()?;
-        match launch.command(&fd, script, spec, number, max).spawn() {
+        match c.spawn(&launch.command(&fd, script, spec, n, max)) {
             // ETXTBSY: another thread of this process forked while it held
             // some file open for writing, and that fork has not exec'd yet
             // (rust-lang/rust#114554). It clears within milliseconds.
@@ -307,10 +326,10 @@ async fn spawn(launch: &Launch, script: &TrustedFile, spec: &ScriptSpec, number:
     }
 }
 
-async fn run_attempt(launch: &Launch, script: &TrustedFile, spec: &ScriptSpec, number: u32, max: u32) -> Attempt {
+async fn run_attempt(launch: &Launch, script: &TrustedFile, spec: &ScriptSpec, number: u32, max: u32, c: &mut Containment) -> Attempt {
     let started = Instant::now();
     let path = script.path().display();
-    let mut child = match spawn(launch, script, spec, number, max).await {
+    let mut child = match spawn(launch, script, spec, number, max, c).await {
         Ok(child) => child,
         Err(e) => {
             let message = format!("cannot start {path}: {e}");
@@ -325,11 +344,9 @@ async fn run_attempt(launch: &Launch, script: &TrustedFile, spec: &ScriptSpec, n
             };
         }
     };
-    let pid = child.id().unwrap_or(0);
+    let pid = child.id();
     tracing::info!(hook = %spec.name, attempt = number, max_attempts = max, pid, "started {path}");
 
-    // If this future is dropped mid-attempt, nothing of the script survives.
-    let mut guard = GroupGuard { pgid: Some(Pid::from_raw(pid as i32)) };
     let mut out = Output {
         sink: Sink::new(&spec.name, number, spec.output_cap),
         stdout: Pipe::new("stdout", child.stdout.take()),
@@ -339,21 +356,19 @@ async fn run_attempt(launch: &Launch, script: &TrustedFile, spec: &ScriptSpec, n
     let deadline = crate::duration::deadline_tokio(started, spec.timeout);
     let outcome = match out.pump(Some(&mut child), Some(deadline)).await {
         Some(Ok(status)) => {
-            // The script is done; whatever it left running in its group is
-            // deliberate (a lock holder) and not ours to kill.
-            guard.pgid = None;
+            // The script is done; whatever it left running is deliberate (a
+            // lock holder) and lives until the caller drops the leftovers.
             classify(status, spec)
         }
         Some(Err(e)) => {
             // Cannot happen short of a kernel/runtime bug; do not leave the
             // script running unobserved.
-            guard.kill();
+            c.kill();
             ScriptOutcome::SpawnFailed { message: format!("lost track of {path} (pid {pid}): {e}") }
         }
         None => {
-            tracing::warn!(hook = %spec.name, attempt = number, pid, "timed out after {:?}; terminating its process group", spec.timeout);
-            terminate(&mut child, pid, &mut out, spec.kill_grace).await;
-            guard.pgid = None;
+            tracing::warn!(hook = %spec.name, attempt = number, pid, "timed out after {:?}; terminating everything it started", spec.timeout);
+            terminate(&mut child, c, &mut out, spec.kill_grace).await;
             ScriptOutcome::TimedOut
         }
     };
@@ -382,83 +397,42 @@ fn classify(status: ExitStatus, spec: &ScriptSpec) -> ScriptOutcome {
     }
 }
 
-/// SIGTERM the group; after `grace`, SIGKILL whatever is left of it.
-async fn terminate(child: &mut Child, pid: u32, out: &mut Output, grace: Duration) {
-    let pgid = Pid::from_raw(pid as i32);
-    let _ = killpg(pgid, Signal::SIGTERM);
+/// SIGTERM everything in the containment; after `grace`, SIGKILL whatever
+/// is left of it, and wait until it is gone.
+async fn terminate(child: &mut ContainedChild, c: &Containment, out: &mut Output, grace: Duration) {
+    c.signal(Signal::SIGTERM);
     let grace_end = crate::duration::deadline_tokio(Instant::now(), grace);
     // Keep reading meanwhile: a script cleaning up on SIGTERM must not block
     // on a full pipe.
     if out.pump(Some(child), Some(grace_end)).await.is_some() {
-        // The script is gone; its children get the rest of the grace period.
-        while group_has_live_members(pgid) && Instant::now() < grace_end {
+        // The script is gone; its descendants get the rest of the grace period.
+        while !c.is_empty() && Instant::now() < grace_end {
             out.pump(None, Some((Instant::now() + GROUP_POLL).min(grace_end))).await;
         }
     }
-    if group_has_live_members(pgid) {
-        let _ = killpg(pgid, Signal::SIGKILL);
+    if !c.is_empty() {
+        c.kill();
         // Reap the script (if SIGTERM did not end it) and let the kernel
         // finish the others, so that "timed out" means "gone".
         let _ = out.pump(Some(child), Some(Instant::now() + KILL_SETTLE)).await;
-        let settle = Instant::now() + KILL_SETTLE;
-        while group_has_live_members(pgid) && Instant::now() < settle {
-            out.pump(None, Some(Instant::now() + GROUP_POLL)).await;
+        if !c.wait_empty(Instant::now() + KILL_SETTLE, true).await {
+            tracing::warn!("{c:?}: still running {:?} {KILL_SETTLE:?} after SIGKILL", c.members());
         }
-    }
-}
-
-/// Does any process that is not a zombie still belong to group `pgid`?
-/// (`kill(-pgid, 0)` would also count zombies, which never go away if
-/// nobody reaps the orphans.)
-fn group_has_live_members(pgid: Pid) -> bool {
-    let Ok(dir) = fs::read_dir("/proc") else {
-        // Without /proc, fall back to the kernel's answer, zombies included.
-        return killpg(pgid, None).is_ok();
-    };
-    dir.filter_map(Result::ok)
-        .filter(|e| e.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit())))
-        .filter_map(|e| fs::read_to_string(e.path().join("stat")).ok())
-        .any(|stat| {
-            // "pid (comm) state ppid pgrp ..." — comm may contain spaces and ')'.
-            let mut f = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("").split_whitespace();
-            let state = f.next();
-            let pgrp = f.nth(1).and_then(|p| p.parse::<i32>().ok());
-            state != Some("Z") && pgrp == Some(pgid.as_raw())
-        })
-}
-
-/// Kills the script's process group when dropped while armed: an attempt
-/// abandoned halfway (its future dropped) must not leave the script running.
-struct GroupGuard {
-    pgid: Option<Pid>,
-}
-
-impl GroupGuard {
-    fn kill(&mut self) {
-        if let Some(pgid) = self.pgid.take() {
-            let _ = killpg(pgid, Signal::SIGKILL);
-        }
-    }
-}
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
 /// Both output pipes of one attempt and what has been kept from them.
 struct Output {
     sink: Sink,
-    stdout: Pipe<tokio::process::ChildStdout>,
-    stderr: Pipe<tokio::process::ChildStderr>,
+    stdout: Pipe<pipe::Receiver>,
+    stderr: Pipe<pipe::Receiver>,
 }
 
 impl Output {
     /// Reads output until `child` exits (`Some(status)`) or `deadline`
     /// passes (`None`). Without a child, reads until the deadline, or until
     /// both pipes are closed if there is no deadline.
-    async fn pump(&mut self, mut child: Option<&mut Child>, deadline: Option<Instant>) -> Option<io::Result<ExitStatus>> {
+    async fn pump(&mut self, mut child: Option<&mut ContainedChild>, deadline: Option<Instant>) -> Option<io::Result<ExitStatus>> {
         let sleep = until(deadline);
         tokio::pin!(sleep);
         loop {
@@ -514,7 +488,7 @@ async fn until(deadline: Option<Instant>) {
     }
 }
 
-async fn wait(child: Option<&mut Child>) -> io::Result<ExitStatus> {
+async fn wait(child: Option<&mut ContainedChild>) -> io::Result<ExitStatus> {
     match child {
         Some(c) => c.wait().await,
         None => std::future::pending().await,
@@ -667,7 +641,7 @@ mod tests {
 
     fn feed_all(cap: usize, chunks: &[&[u8]]) -> Sink {
         let mut sink = Sink::new("t", 1, cap);
-        let mut pipe: Pipe<tokio::process::ChildStdout> = Pipe::new("stdout", None);
+        let mut pipe: Pipe<pipe::Receiver> = Pipe::new("stdout", None);
         for c in chunks {
             pipe.buf[..c.len()].copy_from_slice(c);
             pipe.feed(c.len(), &mut sink);

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::config::{HookBody, HookSpec, PluginAction, ScriptAction};
+use crate::contain::Containment;
 use crate::duration::ms;
 use crate::hooks::script::{self, ScriptOutcome, ScriptSpec};
 use crate::hooks::wasm::{CallContext, CallOutcome, Grants, InstanceConfig, Plugin, PluginInstance, SnapshotOutcome, WasmEngine};
@@ -44,7 +45,13 @@ pub(crate) struct ReadyHook {
 /// never meet a plugin body when it runs.
 enum Ready {
     /// None for a phase the hook has no script for.
-    Script { pre: Option<ReadyScript>, post: Option<ReadyScript> },
+    Script {
+        pre: Option<ReadyScript>,
+        post: Option<ReadyScript>,
+        /// What the pre script left running (a lock holder): killed once
+        /// post ran, or when the hook is dropped at the session's end.
+        held: Option<Containment>,
+    },
     /// The instance lives from pre to post; None until pre, or after a
     /// timeout in pre dropped it.
     Plugin { action: PluginAction, plugin: Box<Plugin>, grants: Grants, instance: Option<PluginInstance> },
@@ -69,7 +76,7 @@ impl ReadyHook {
         let ready = ready.unwrap_or_else(Ready::Refused);
         let warnings = match &ready {
             // Only the native rule lets such a script pass; the legacy one refuses it.
-            Ready::Script { pre, post } => [pre, post].into_iter().flatten().filter_map(|s| s.file.group_or_other_access()).collect(),
+            Ready::Script { pre, post, .. } => [pre, post].into_iter().flatten().filter_map(|s| s.file.group_or_other_access()).collect(),
             Ready::Plugin { .. } | Ready::Refused(_) => Vec::new(),
         };
         ReadyHook { spec: spec.clone(), ready, warnings }
@@ -102,16 +109,22 @@ impl ReadyHook {
                 r.refused(&spec.name, HookKind::of(&spec.body), phase, e.clone());
                 false
             }
-            Ready::Script { pre, post } => {
+            Ready::Script { pre, post, held } => {
                 let script = match phase {
                     Phase::Pre => pre.as_ref(),
                     Phase::Post => post.as_ref(),
                 };
-                match script {
-                    Some(s) => run_script(spec, phase, &s.file, &s.action, ctx, r).await,
+                let ok = match script {
+                    Some(s) => run_script(spec, phase, &s.file, &s.action, ctx, r, held).await,
                     // No script for this phase: nothing to do.
                     None => true,
+                };
+                if phase == Phase::Post {
+                    if let Some(leftovers) = held.take() {
+                        leftovers.close(KILL_GRACE).await;
+                    }
                 }
+                ok
             }
             Ready::Plugin { action, plugin, grants, instance } => run_plugin(spec, action, plugin, grants, instance, phase, ctx, r).await,
         }
@@ -135,7 +148,7 @@ fn validate_scripts(pre: Option<&ScriptAction>, post: Option<&ScriptAction>) -> 
                 .map_err(|e| trust_error(phase, &a.path, &e)),
         }
     };
-    Ok(Ready::Script { pre: open(pre, Phase::Pre)?, post: open(post, Phase::Post)? })
+    Ok(Ready::Script { pre: open(pre, Phase::Pre)?, post: open(post, Phase::Post)?, held: None })
 }
 
 fn validate_plugin(action: &PluginAction, engine: Option<&WasmEngine>) -> Result<Ready, ReportError> {
@@ -171,7 +184,16 @@ fn execution_failed(phase: Phase) -> ErrorCode {
     }
 }
 
-async fn run_script(spec: &HookSpec, phase: Phase, file: &TrustedFile, action: &ScriptAction, ctx: &PhaseContext<'_>, r: &mut Run) -> bool {
+/// `held` receives a pre script's leftovers; a post script's die when it returns.
+async fn run_script(
+    spec: &HookSpec,
+    phase: Phase,
+    file: &TrustedFile,
+    action: &ScriptAction,
+    ctx: &PhaseContext<'_>,
+    r: &mut Run,
+    held: &mut Option<Containment>,
+) -> bool {
     let name = &spec.name;
     let mut env = vec![
         ("QUIESCE_SESSION_ID".to_string(), ctx.session_id.to_string()),
@@ -211,7 +233,7 @@ async fn run_script(spec: &HookSpec, phase: Phase, file: &TrustedFile, action: &
         }
         ScriptOutcome::TimedOut => {
             let code = if phase == Phase::Pre { ErrorCode::PreScriptTimeout } else { ErrorCode::PostScriptTimeout };
-            let how = format!("ran past its {} s timeout (per attempt); its process group was killed", spec.timeout.as_secs());
+            let how = format!("ran past its {} s timeout (per attempt); everything it started was killed", spec.timeout.as_secs());
             (Outcome::TimedOut, None, Some(Failure { code, how }))
         }
         ScriptOutcome::SpawnFailed { message } => {
@@ -221,7 +243,11 @@ async fn run_script(spec: &HookSpec, phase: Phase, file: &TrustedFile, action: &
     let tail = run.attempts.last().map(|a| last_line(&a.output)).unwrap_or_default();
     let attempts = run.attempts.len() as u32;
     let what = format!("{} ({})", name, action.path.display());
-    record(r, spec, HookKind::Script, phase, &what, attempts, run.duration, outcome, exit_code, failure, &tail)
+    let ok = record(r, spec, HookKind::Script, phase, &what, attempts, run.duration, outcome, exit_code, failure, &tail);
+    if phase == Phase::Pre {
+        *held = Some(run.leftovers);
+    }
+    ok
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -350,7 +376,7 @@ fn forward_events(inst: &mut PluginInstance, name: &str, r: &mut Run) {
         tracing::info!(hook = %name, level = ?rec.level, "{}", rec.message);
     }
     for d in &events.denials {
-        let message = format!("plugin hook {name}: {d}; grant it in the hook's `grants` if it is intended");
+        let message = format!("plugin hook {name}: {d}; {}", d.advice());
         tracing::warn!("{message}");
         r.error(ErrorCode::GrantDenied, message);
     }

@@ -49,11 +49,27 @@ pub struct GrantDenial {
     pub requested: String,
     /// The grant that would have allowed it.
     pub needed: String,
+    /// Set when the grant allowed it but a host check refused it anyway
+    /// (an `exec:` file that fails the trust checks): why.
+    pub refused: Option<String>,
+}
+
+impl GrantDenial {
+    /// What the admin should do about it.
+    pub fn advice(&self) -> &'static str {
+        match self.refused {
+            Some(_) => "fix the file's ownership and permissions (root-owned, not group- or world-writable) if it is intended",
+            None => "grant it in the hook's `grants` if it is intended",
+        }
+    }
 }
 
 impl std::fmt::Display for GrantDenial {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}: not granted (needs {})", self.capability, self.requested, self.needed)
+        match &self.refused {
+            Some(why) => write!(f, "{} {}: granted, but refused: {why}", self.capability, self.requested),
+            None => write!(f, "{} {}: not granted (needs {})", self.capability, self.requested, self.needed),
+        }
     }
 }
 
@@ -190,7 +206,17 @@ impl HostState {
 
     /// Records a refused capability call and logs it.
     pub fn deny(&mut self, capability: &'static str, requested: &str, needed: String) -> String {
-        let d = GrantDenial { capability, requested: requested.to_owned(), needed };
+        self.push_denial(GrantDenial { capability, requested: requested.to_owned(), needed, refused: None })
+    }
+
+    /// Records a granted capability call that a host check refused (an
+    /// `exec:` file failing the trust checks): reported like a denial.
+    pub fn refuse(&mut self, capability: &'static str, requested: &str, why: String) -> String {
+        let needed = format!("{capability}:{requested}");
+        self.push_denial(GrantDenial { capability, requested: requested.to_owned(), needed, refused: Some(why) })
+    }
+
+    fn push_denial(&mut self, d: GrantDenial) -> String {
         tracing::warn!(plugin = %self.plugin, "GrantDenied: {d}");
         let msg = d.to_string();
         self.events.denials.push(d);

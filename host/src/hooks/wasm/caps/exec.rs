@@ -1,12 +1,16 @@
 //! `exec`: run an executable named by an `exec:` grant — off unless the
 //! admin grants it. The executable must pass the same trust checks as a
-//! hook script, and runs through the script runner (clean environment,
-//! own process group, killed at the call's deadline, output capped).
+//! hook script (a granted file that fails them is reported like a grant
+//! denial, `GrantDenied`), and runs through the script runner (clean
+//! environment, contained, killed at the call's deadline, output capped).
+//! Everything it started dies when the call returns: the WIT promises the
+//! tool's processes do not outlive the call, and a plugin has no way to
+//! stop a background child later.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::hooks::script::{self, ScriptOutcome, ScriptSpec};
+use crate::hooks::script::{self, ScriptOutcome, ScriptRun, ScriptSpec};
 use crate::hooks::wasm::bindings::v0_1_0::quiesce::plugin::exec::{self, ExecOutput};
 use crate::hooks::wasm::bindings::v0_1_0::quiesce::plugin::types::{Error, ErrorKind};
 use crate::hooks::wasm::caps::error;
@@ -15,6 +19,9 @@ use crate::hooks::wasm::state::HostState;
 use crate::trust::{self, Rule};
 
 const OUTPUT_CAP: usize = 64 * 1024;
+
+/// How long the call waits for the tool's leftovers to die after SIGKILL.
+const LEFTOVER_SETTLE: Duration = Duration::from_millis(500);
 
 impl exec::Host for HostState {
     async fn run(&mut self, path: String, args: Vec<String>) -> wasmtime::Result<Result<ExecOutput, Error>> {
@@ -27,10 +34,10 @@ impl exec::Host for HostState {
         }
         let file = match trust::open_trusted(&p, Rule::Script) {
             Ok(f) => f,
+            Err(e) if e.is_not_found() => return Ok(Err(error(ErrorKind::NotFound, format!("exec: {e}")))),
             Err(e) => {
-                tracing::warn!(plugin = %self.plugin, "exec refused: {e}");
-                let kind = if e.is_not_found() { ErrorKind::NotFound } else { ErrorKind::Denied };
-                return Ok(Err(error(kind, format!("exec: {e}"))));
+                let msg = self.refuse("exec", &path, e.to_string());
+                return Ok(Err(error(ErrorKind::Denied, msg)));
             }
         };
         let mut spec = ScriptSpec::new(format!("{}:exec:{}", self.plugin, p.display()));
@@ -39,14 +46,19 @@ impl exec::Host for HostState {
         spec.kill_grace = Duration::from_millis(500);
         spec.output_cap = OUTPUT_CAP;
         let run = script::run_script(&file, &spec).await;
-        let status = match &run.outcome {
+        let ScriptRun { outcome, attempts, leftovers, .. } = run;
+        if !leftovers.is_empty() {
+            tracing::info!(plugin = %self.plugin, "exec {path} left processes running; killing them");
+        }
+        leftovers.close(LEFTOVER_SETTLE).await;
+        let status = match &outcome {
             ScriptOutcome::Succeeded => 0,
             ScriptOutcome::SucceededWithWarning { exit_code } => *exit_code,
             ScriptOutcome::Failed { exit_code: Some(c), .. } => *c,
             ScriptOutcome::Failed { exit_code: None, .. } | ScriptOutcome::TimedOut => -1,
             ScriptOutcome::SpawnFailed { message } => return Ok(Err(error(ErrorKind::Io, format!("exec {path}: {message}")))),
         };
-        let (output, truncated) = match run.attempts.last() {
+        let (output, truncated) = match attempts.last() {
             Some(a) => (a.output.clone().into_bytes(), a.output_bytes > a.output.len() as u64),
             None => (Vec::new(), false),
         };

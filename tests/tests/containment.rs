@@ -1,0 +1,278 @@
+//! Every process quiesce starts is contained (issues 8.7, 9.7): whole
+//! `quiesce snapshot` sessions on a real loop mount, with hooks, snapshot
+//! commands and `exec` tools whose descendants escape their process group
+//! (`setsid`). After the report nothing of them runs; a lock holder a pre
+//! script leaves lives exactly until its post ran. The same scenarios run a
+//! second time in a mount namespace without the cgroup2 file system, where
+//! quiesce falls back to being a child subreaper.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use quiesce_tests::plugins::install_plugin;
+use quiesce_tests::*;
+
+struct Fixture {
+    mnt: LoopMount,
+    s: Scratch,
+    /// Run quiesce where no cgroup2 is mounted (the subreaper fallback).
+    without_cgroup2: bool,
+}
+
+impl Fixture {
+    fn new(name: &str, without_cgroup2: bool) -> Fixture {
+        let s = Scratch::new(name);
+        let mnt = LoopMount::new(&s.path, "mnt", Fs::Ext4);
+        Fixture { mnt, s, without_cgroup2 }
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.s.join(name)
+    }
+
+    fn script(&self, name: &str, body: &str) -> PathBuf {
+        self.s.script(name, &format!("#!/bin/sh\n{body}"))
+    }
+
+    fn script_hook(&self, name: &str, pre: &str, post: &str, timeout_secs: u32) -> String {
+        let pre = self.script(&format!("{name}-pre"), pre);
+        let post = self.script(&format!("{name}-post"), post);
+        format!("[[hook]]\nname = \"{name}\"\npre = \"{}\"\npost = \"{}\"\ntimeout_secs = {timeout_secs}\n", pre.display(), post.display())
+    }
+
+    fn session(&self, hooks: &[String], snapshot_cmd: &str) -> Command {
+        let config = self.s.config("quiesce.toml", &hooks.join("\n"));
+        let cmd = quiesce_snapshot(&self.s, &config, self.mnt.path(), snapshot_cmd);
+        if self.without_cgroup2 {
+            without_cgroup2(cmd)
+        } else {
+            cmd
+        }
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.file("quiesce.log")).unwrap_or_default()
+    }
+
+    /// The log names the mechanism the run used.
+    fn assert_mechanism(&self) {
+        let want = if self.without_cgroup2 { "process containment: child subreaper" } else { "process containment: cgroup v2" };
+        assert!(self.log().contains(want), "log does not say {want:?}:\n{}", self.log());
+    }
+}
+
+/// The same command, run in a private mount namespace where every cgroup2
+/// mount is unmounted: the condition of a machine without a usable cgroup v2.
+fn without_cgroup2(cmd: Command) -> Command {
+    let mounts: Vec<String> = fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.split_once(" - ").is_some_and(|(_, r)| r.starts_with("cgroup2 ")))
+        .filter_map(|l| l.split_whitespace().nth(4).map(String::from))
+        .collect();
+    assert!(!mounts.is_empty(), "no cgroup2 mount to hide");
+    let mut wrapped = Command::new("unshare");
+    wrapped.args(["--mount", "--propagation", "private", "--", "sh", "-c"]);
+    wrapped.arg(format!(
+        "for m in {}; do umount -l \"$m\" || exit 99; done; grep -q ' - cgroup2 ' /proc/self/mountinfo && exit 98; exec \"$@\"",
+        mounts.join(" ")
+    ));
+    wrapped.arg("sh").arg(cmd.get_program()).args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => wrapped.env(k, v),
+            None => wrapped.env_remove(k),
+        };
+    }
+    wrapped.stdin(Stdio::null());
+    wrapped
+}
+
+/// Shell: is the process whose pid is in `pidfile` alive? `kill -0` would
+/// also count a zombie (init here may be slow to reap killed orphans).
+fn sh_alive(pidfile: &Path) -> String {
+    format!("pid=$(cat {}); [ -e /proc/$pid ] && ! sed 's/.*) //' /proc/$pid/stat | grep -q '^Z'", pidfile.display())
+}
+
+/// Kills what a failed test leaves running (the pids it read).
+struct Reaper(Vec<PathBuf>);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            if let Some(pid) = fs::read_to_string(p).ok().and_then(|s| s.trim().parse().ok()) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Cgroups a quiesce process with this pid left behind in our cgroup (it inherited ours).
+fn leftover_cgroups(host_pid: i32) -> Vec<PathBuf> {
+    let mi = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let Some(mount) = mi.lines().find(|l| l.split_once(" - ").is_some_and(|(_, r)| r.starts_with("cgroup2 "))) else { return Vec::new() };
+    let point = mount.split_whitespace().nth(4).unwrap();
+    let own = fs::read_to_string("/proc/self/cgroup").unwrap();
+    let path = own.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
+    let dir = Path::new(point).join(path.trim_start_matches('/'));
+    let prefix = format!("quiesce.{host_pid}.");
+    fs::read_dir(&dir)
+        .map(|d| d.filter_map(Result::ok).filter(|e| e.file_name().to_string_lossy().starts_with(&prefix)).map(|e| e.path()).collect())
+        .unwrap_or_default()
+}
+
+fn timed_out_pre_hook_leaves_nothing_running(without: bool) {
+    let f = Fixture::new("contain-timeout", without);
+    let gc = f.file("gc.pid");
+    let host = f.file("host.pid");
+    let _r = Reaper(vec![gc.clone()]);
+    let pre = format!("echo $PPID > {}\n{}sleep 1000\n", host.display(), setsid_sleeper(&gc));
+    let run = run_json(f.session(&[f.script_hook("slow", &pre, "exit 0\n", 1)], "true"));
+    assert!(run.has_error("Pre-ScriptTimeout"), "{}", run.report);
+    let gc = read_pid(&gc);
+    // The report is out: the setsid'd grandchild must already be gone.
+    assert!(!alive(gc), "setsid grandchild {gc} of a timed-out pre script survived the session");
+    f.assert_mechanism();
+    let host = read_pid(&host);
+    assert_eq!(leftover_cgroups(host), Vec::<PathBuf>::new(), "quiesce left cgroups behind");
+}
+
+#[test]
+fn timed_out_pre_script_setsid_grandchild_is_gone_when_the_report_is_out() {
+    timed_out_pre_hook_leaves_nothing_running(false);
+}
+
+#[test]
+fn timed_out_pre_script_setsid_grandchild_is_gone_without_cgroup2_too() {
+    timed_out_pre_hook_leaves_nothing_running(true);
+}
+
+fn lock_holder_lives_until_post(without: bool) {
+    let f = Fixture::new("contain-holder", without);
+    let holder = f.file("holder.pid");
+    let saw = f.file("post-saw");
+    let _r = Reaper(vec![holder.clone()]);
+    let pre = format!("{}exit 0\n", setsid_sleeper(&holder));
+    let post = format!("if {}; then echo alive > {}; fi\n", sh_alive(&holder), saw.display());
+    let run = run_json(f.session(&[f.script_hook("db", &pre, &post, 10)], "true"));
+    assert_eq!(run.report["snapshot_taken"], true, "{}\n{}", run.report, run.stderr());
+    assert_eq!(fs::read_to_string(&saw).unwrap_or_default(), "alive\n", "the lock holder did not live until post:\n{}", f.log());
+    let holder = read_pid(&holder);
+    assert!(!alive(holder), "lock holder {holder} outlived the session:\n{}", f.log());
+    f.assert_mechanism();
+}
+
+#[test]
+fn lock_holder_left_by_pre_lives_until_post_and_dies_with_the_session() {
+    lock_holder_lives_until_post(false);
+}
+
+#[test]
+fn lock_holder_left_by_pre_lives_until_post_and_dies_with_the_session_without_cgroup2() {
+    lock_holder_lives_until_post(true);
+}
+
+#[test]
+fn snapshot_command_setsid_grandchild_dies_when_the_command_is_abandoned() {
+    let f = Fixture::new("contain-snap-abandon", false);
+    let gc = f.file("gc.pid");
+    let _r = Reaper(vec![gc.clone()]);
+    let mut cmd = f.session(&[], &format!("{}exec sleep 1000", setsid_sleeper(&gc)));
+    cmd.arg("--json").stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    let gc = read_pid(&gc);
+    // A signal makes the session give up on the snapshot: it drops the command.
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains("Interrupted"), "{report}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(gone_within(gc, Duration::from_secs(5)), "setsid grandchild {gc} of the abandoned snapshot command survived");
+}
+
+#[test]
+fn snapshot_command_leftovers_die_when_it_exits() {
+    let f = Fixture::new("contain-snap-exit", false);
+    let gc = f.file("gc.pid");
+    let _r = Reaper(vec![gc.clone()]);
+    let run = run_json(f.session(&[], &format!("{}exit 0", setsid_sleeper(&gc))));
+    assert_eq!(run.report["snapshot_taken"], true, "{}\n{}", run.report, run.stderr());
+    let gc = read_pid(&gc);
+    assert!(gone_within(gc, Duration::from_secs(5)), "setsid grandchild {gc} of the snapshot command outlived it");
+}
+
+#[test]
+fn snapshot_command_gets_the_clean_environment_scripts_get() {
+    let f = Fixture::new("contain-snap-env", false);
+    let env = f.file("env.txt");
+    let mut cmd = f.session(
+        &[],
+        &format!("env > {e}; echo \"stdin=$(readlink /proc/self/fd/0)\" >> {e}; echo \"cwd=$(pwd)\" >> {e}", e = env.display()),
+    );
+    cmd.env("QUIESCE_TEST_CANARY", "leaked");
+    let run = run_json(cmd);
+    assert_eq!(run.report["snapshot_taken"], true, "{}\n{}", run.report, run.stderr());
+    let out = fs::read_to_string(&env).unwrap();
+    assert!(!out.contains("QUIESCE_TEST_CANARY"), "host environment leaked into the snapshot command:\n{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    let mnt = format!("QUIESCE_FROZEN_MOUNTS={}", f.mnt.path().display());
+    for want in [
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "LANG=C.UTF-8",
+        "HOME=/root",
+        &mnt,
+        "stdin=/dev/null",
+        "cwd=/",
+    ] {
+        assert!(lines.contains(&want), "{want:?} missing from:\n{out}");
+    }
+    let allowed = ["PATH", "LANG", "HOME", "QUIESCE_SESSION_ID", "QUIESCE_FROZEN_MOUNTS", "PWD", "SHLVL", "OLDPWD", "_"];
+    for line in lines.iter().filter(|l| !l.starts_with("stdin=") && !l.starts_with("cwd=")) {
+        let name = line.split('=').next().unwrap_or("");
+        assert!(allowed.contains(&name), "unexpected variable {line:?} in the snapshot command's environment:\n{out}");
+    }
+    assert!(lines.iter().any(|l| l.starts_with("QUIESCE_SESSION_ID=") && l.len() > "QUIESCE_SESSION_ID=".len()), "{out}");
+}
+
+fn exec_hook(f: &Fixture, tool: &Path) -> String {
+    let plugin = install_plugin(&f.s, "misbehave");
+    format!(
+        "[[hook]]\nname = \"tool\"\nplugin = \"{}\"\nparams = {{ mode = \"exec\", exec = \"{t}\" }}\ngrants = [\"exec:{t}\"]\ntimeout_secs = 10\n",
+        plugin.display(),
+        t = tool.display()
+    )
+}
+
+#[test]
+fn exec_grant_tool_background_child_dies_when_the_call_returns() {
+    let f = Fixture::new("contain-exec", false);
+    let gc = f.file("gc.pid");
+    let saw = f.file("saw");
+    let _r = Reaper(vec![gc.clone()]);
+    let tool = f.script("tool.sh", &format!("{}echo started\n", setsid_sleeper(&gc)));
+    // Pre hooks run in order: this one looks right after the plugin's call returned.
+    let check = format!("if {}; then echo alive > {s}; else echo dead > {s}; fi\n", sh_alive(&gc), s = saw.display());
+    let run = run_json(f.session(&[exec_hook(&f, &tool), f.script_hook("check", &check, "exit 0\n", 10)], "true"));
+    assert_eq!(run.report["snapshot_taken"], true, "{}\n{}", run.report, run.stderr());
+    assert!(run.hook("tool", "pre")["message"].as_str().unwrap_or("").contains("status 0"), "{}", run.report);
+    assert_eq!(fs::read_to_string(&saw).unwrap_or_default(), "dead\n", "the tool's background child outlived the exec call:\n{}", f.log());
+    let gc = read_pid(&gc);
+    assert!(!alive(gc), "the tool's setsid child {gc} outlived the session");
+}
+
+#[test]
+fn granted_tool_refused_by_the_trust_check_is_reported_with_a_code() {
+    let f = Fixture::new("contain-exec-refused", false);
+    let ran = f.file("ran");
+    let tool = f.file("tool.sh");
+    // Group-writable: anyone in the group could change what runs as root.
+    write_mode(&tool, &format!("#!/bin/sh\ntouch {}\n", ran.display()), 0o775);
+    let run = run_json(f.session(&[exec_hook(&f, &tool)], "true"));
+    assert!(run.has_error("GrantDenied"), "no GrantDenied for a refused tool: {}", run.report);
+    let message = run.report["errors"].as_array().unwrap().iter().find(|e| e["code"] == "GrantDenied").unwrap()["message"].to_string();
+    assert!(message.contains(&tool.display().to_string()) && message.contains("refused"), "{message}");
+    assert!(!ran.exists(), "the refused tool ran");
+}
