@@ -68,6 +68,8 @@ pub struct CheckReport {
     pub hooks: Vec<HookCheck>,
     pub freeze: FreezeCheck,
     pub snapshot: Option<String>,
+    /// How the processes quiesce starts are contained (cgroup v2 or subreaper).
+    pub containment: String,
     pub problems: Vec<Problem>,
 }
 
@@ -130,7 +132,8 @@ pub async fn check(config: Result<Config, ConfigError>, mounts: &[PathBuf], snap
     let snapshot = snapshot_cmd
         .map(|c| format!("command: {c}"))
         .or_else(|| config.snapshot.as_ref().map(|s| crate::snapshot::from_spec(s).describe()));
-    CheckReport { ok: problems.is_empty(), config: path, format, hooks, freeze, snapshot, problems }
+    let containment = crate::contain::mechanism().to_string();
+    CheckReport { ok: problems.is_empty(), config: path, format, hooks, freeze, snapshot, containment, problems }
 }
 
 async fn check_plugin(action: &PluginAction, engine: Result<&WasmEngine, &String>, problems: &mut Vec<Problem>) -> PluginCheck {

@@ -269,6 +269,7 @@ fn print_check(r: &check::CheckReport) {
         println!("freeze: disabled");
     }
     println!("snapshot: {}", r.snapshot.as_deref().unwrap_or("none configured (quiesce takes no snapshot)"));
+    println!("process containment: {}", r.containment);
     for p in &r.problems {
         println!("problem {}: {}", p.code.as_str(), p.message);
     }
