@@ -79,6 +79,8 @@ pub struct CheckReport {
     pub hooks: Vec<HookCheck>,
     pub freeze: FreezeCheck,
     pub snapshot: Option<String>,
+    /// How the processes quiesce starts are contained (cgroup v2 or subreaper).
+    pub containment: String,
     pub problems: Vec<Problem>,
     /// What passes but deserves attention (a native config's script that
     /// group or others may read); the session logs and reports the same.
@@ -107,7 +109,7 @@ pub async fn check(config: Result<Config, ConfigError>, mounts: &[PathBuf], snap
             let problems =
                 config_problem.into_iter().chain([Problem { code: ErrorCode::FsFreezeFailed, message: e.to_string() }]).collect();
             let freeze = FreezeCheck { enabled: false, max_freeze_s: 0.0, targets: vec![], skipped: vec![] };
-            return CheckReport { ok: false, config: path, format, hooks: vec![], freeze, snapshot: None, problems, warnings: vec![] };
+            return CheckReport { ok: false, config: path, format, hooks: vec![], freeze, snapshot: None, containment: crate::contain::mechanism().to_string(), problems, warnings: vec![] };
         }
     };
     let validation = session.validate();
@@ -130,7 +132,8 @@ pub async fn check(config: Result<Config, ConfigError>, mounts: &[PathBuf], snap
         skipped: plan.map(|p| p.skipped.clone()).unwrap_or_default(),
     };
     let snapshot = session.provider().map(|p| p.describe());
-    CheckReport { ok: problems.is_empty(), config: path, format, hooks, freeze, snapshot, problems, warnings }
+    let containment = crate::contain::mechanism().to_string();
+    CheckReport { ok: problems.is_empty(), config: path, format, hooks, freeze, snapshot, containment, problems, warnings }
 }
 
 async fn hook_check(h: &ReadyHook, warnings: &mut Vec<String>) -> HookCheck {

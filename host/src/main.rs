@@ -263,6 +263,7 @@ fn print_check(r: &check::CheckReport) {
         println!("freeze: disabled");
     }
     println!("snapshot: {}", r.snapshot.as_deref().unwrap_or("none configured (quiesce takes no snapshot)"));
+    println!("process containment: {}", r.containment);
     for w in &r.warnings {
         println!("warning: {w}");
     }

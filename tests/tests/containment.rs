@@ -276,3 +276,16 @@ fn granted_tool_refused_by_the_trust_check_is_reported_with_a_code() {
     assert!(message.contains(&tool.display().to_string()) && message.contains("refused"), "{message}");
     assert!(!ran.exists(), "the refused tool ran");
 }
+
+#[test]
+fn check_names_the_containment_mechanism() {
+    for (without, want) in [(false, "process containment: cgroup v2"), (true, "process containment: child subreaper")] {
+        let f = Fixture::new("contain-check", without);
+        let config = f.s.config("quiesce.toml", "");
+        let mut cmd = quiesce(&f.s);
+        cmd.arg("check").arg("--config").arg(&config).arg("--mount").arg(f.mnt.path());
+        let out = if without { without_cgroup2(cmd) } else { cmd }.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains(want), "`quiesce check` does not say {want:?}:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+}
