@@ -216,7 +216,7 @@ fn a_trust_server_is_refused_when_a_password_is_configured() {
 /// The postgres plugin, run by `quiesce snapshot` as a WASM hook, against a
 /// role whose pg_hba.conf method is `password`.
 #[test]
-fn plugin_refuses_cleartext_pg_hba_without_sending_the_password_and_logs_in_with_the_opt_in() {
+fn plugin_refuses_cleartext_pg_hba_without_sending_the_password_and_logs_in_with_the_opt_in_or_scram() {
     let st = Stage::new("pgauth-plugin");
     let pg = Postgres::start_with(st.rig.inner(), PgOptions { hba: hba(), ..Default::default() });
     let r = role(&pg, CLEAR, "scram-sha-256");
@@ -247,4 +247,14 @@ fn plugin_refuses_cleartext_pg_hba_without_sending_the_password_and_logs_in_with
     let (run, _) = st.snapshot(&config);
     assert_eq!(run.consistency(), "AppConsistent", "{}", run.report);
     assert!(tap.saw(&r.password), "opted in: the tap sees the cleartext password (so it would have seen it above)");
+
+    // The superuser keeps scram-sha-256: the plugin's SCRAM inside the guest
+    // (nonce from wasi:random, server signature checked) logs in, no password on the wire.
+    tap.clear();
+    let su = vec![("target", target.clone()), ("password_file", pg.password_file.display().to_string())];
+    let config = st.plugin_config("quiesce_postgres", &su, &[target.clone(), format!("file:{}", pg.password_file.display())], "");
+    let (run, _) = st.snapshot(&config);
+    assert_eq!(run.consistency(), "AppConsistent", "{}", run.report);
+    assert!(String::from_utf8_lossy(&tap.sent()).contains("n,,n=,r="), "a SCRAM exchange went through the tap");
+    assert!(!tap.saw(&pg.password), "SCRAM never sends the password");
 }

@@ -156,7 +156,7 @@ fn weak_auth(ctx: &Context) -> Result<WeakAuth, Fail> {
 }
 
 fn max_scram_iterations(ctx: &Context) -> Result<u32, Fail> {
-    let v = ctx.param_or("max_scram_iterations", "100000");
+    let Some(v) = ctx.param("max_scram_iterations") else { return Ok(pgwire::scram::DEFAULT_MAX_ITERATIONS) };
     v.parse::<u32>()
         .ok()
         .filter(|&n| n >= pgwire::scram::MIN_ITERATIONS)
@@ -336,7 +336,7 @@ impl Plugin for Postgres {
                 "also answer the server's cleartext or MD5 password requests: md5, cleartext, or md5,cleartext (default: SCRAM-SHA-256 only)",
                 Some(""),
             )
-            .param("max_scram_iterations", "most PBKDF2 iterations a server may ask for in SCRAM", Some("100000"))
+            .param("max_scram_iterations", "most PBKDF2 iterations a server may ask for in SCRAM", Some(&pgwire::scram::DEFAULT_MAX_ITERATIONS.to_string()))
             .param("mode", "checkpoint (atomic snapshots; restores by crash recovery) or backup (pg_backup_start/stop; restore needs backup_label + WAL archive)", Some("checkpoint"))
             .param("label", "backup label (backup mode)", Some("quiesce <session id>"))
             .param("wait_for_archive", "pg_backup_stop waits until the needed WAL is archived (backup mode)", Some("true"))
