@@ -154,11 +154,16 @@ fn server(name: &str) -> Server {
     Server { pg, _s: s }
 }
 
+/// A server with role `name` (password stored as `encryption`), and a tap in front of it.
+fn server_with_role(name: &'static str, encryption: &str) -> (Tap, Role, Server) {
+    let srv = server(&format!("pgauth-{name}"));
+    let r = role(&srv.pg, name, encryption);
+    (Tap::new(srv.pg.port), r, srv)
+}
+
 #[test]
 fn scram_login_against_postgres_15_proves_the_server_and_never_sends_the_password() {
-    let srv = server("pgauth-scram");
-    let r = role(&srv.pg, SCRAM, "scram-sha-256");
-    let tap = Tap::new(srv.pg.port);
+    let (tap, r, _srv) = server_with_role(SCRAM, "scram-sha-256");
     assert_eq!(login_as(&tap, &r, |c| c).unwrap(), SCRAM);
     let sent = String::from_utf8_lossy(&tap.sent()).into_owned();
     assert!(sent.contains("SCRAM-SHA-256\0") && sent.contains("n,,n=,r=") && sent.contains(",p="), "a SCRAM exchange went out: {sent:?}");
@@ -187,9 +192,7 @@ fn a_server_iteration_count_above_the_limit_is_refused_and_a_raised_limit_logs_i
 
 #[test]
 fn md5_pg_hba_is_refused_without_the_opt_in_and_logs_in_with_it() {
-    let srv = server("pgauth-md5");
-    let r = role(&srv.pg, MD5, "md5");
-    let tap = Tap::new(srv.pg.port);
+    let (tap, r, _srv) = server_with_role(MD5, "md5");
     let e = login_as(&tap, &r, |c| c).unwrap_err();
     assert!(matches!(e, Error::Refused(Refusal::Md5)), "{e}");
     let startup = pgwire::startup_message(&Config::new(MD5).database("postgres"));
@@ -203,9 +206,7 @@ fn md5_pg_hba_is_refused_without_the_opt_in_and_logs_in_with_it() {
 
 #[test]
 fn a_trust_server_is_refused_when_a_password_is_configured() {
-    let srv = server("pgauth-trust");
-    let r = role(&srv.pg, TRUST, "scram-sha-256");
-    let tap = Tap::new(srv.pg.port);
+    let (tap, r, _srv) = server_with_role(TRUST, "scram-sha-256");
     let e = login_as(&tap, &r, |c| c).unwrap_err();
     assert!(matches!(e, Error::Refused(Refusal::Unauthenticated)), "{e}");
     // Without a password, trust is what the admin asked for.
