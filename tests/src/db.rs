@@ -164,6 +164,9 @@ pub struct PgOptions {
     pub archive: bool,
     /// Further `-c name=value` settings.
     pub settings: Vec<String>,
+    /// pg_hba.conf lines put before initdb's (first match wins), e.g.
+    /// `host all clear 127.0.0.1/32 password` for one role's auth method.
+    pub hba: Vec<String>,
 }
 
 impl Postgres {
@@ -194,6 +197,11 @@ impl Postgres {
             pwfile.display(),
             aux.join("initdb.log").display()
         ));
+        if !opts.hba.is_empty() {
+            let hba = data_dir.join("pg_hba.conf");
+            let rest = fs::read_to_string(&hba).expect("read pg_hba.conf");
+            fs::write(&hba, format!("{}\n{rest}", opts.hba.join("\n"))).expect("write pg_hba.conf");
+        }
         let mut pg = Postgres {
             data_dir,
             port: 0,

@@ -40,7 +40,9 @@
 //! | `target` | `tcp:127.0.0.1:5432` | `tcp:HOST:PORT`, or `unix:/DIR/.s.PGSQL.PORT` |
 //! | `user` | `postgres` | a superuser, or a role with `pg_checkpoint` (checkpoint) / `EXECUTE` on the backup functions (backup) |
 //! | `database` | `postgres` | |
-//! | `password_file` | — | file holding the password (first line); needs a `file:` grant. Without it: `trust` auth only |
+//! | `password_file` | — | file holding the password (first line); needs a `file:` grant. Without it: `trust`/`peer` auth only |
+//! | `allow_password_auth` | `""` | also answer weaker password requests: `md5`, `cleartext`, or `md5,cleartext`. Default: SCRAM-SHA-256 only |
+//! | `max_scram_iterations` | `100000` | the most PBKDF2 iterations a server may ask for (PostgreSQL's default is 4096) |
 //! | `mode` | `checkpoint` | `checkpoint` or `backup` |
 //! | `label` | `quiesce <session id>` | the backup label (backup mode) |
 //! | `wait_for_archive` | `true` | `pg_backup_stop(wait_for_archive)`: wait until the WAL the backup needs is archived |
@@ -48,12 +50,21 @@
 //!
 //! # Grants
 //! The `target` as a `tcp:` or `unix:` grant, and `file:<password_file>`.
-//! Credentials come only from the granted file (SCRAM-SHA-256 proves the
-//! server knows the password too), never from params or argv.
+//! Credentials come only from the granted file, never from params or argv.
+//!
+//! # Authentication
+//! Anyone who can bind the port (or socket) while PostgreSQL is down can
+//! wait for this hook. So with a `password_file`, the server must log us in
+//! with SCRAM-SHA-256 and prove it holds the password's verifier (its
+//! signature is checked); a server that asks for the password in cleartext
+//! or as MD5, or lets us in without asking (trust/peer), is refused, fatally,
+//! with the fix in the message: `scram-sha-256` in pg_hba.conf, or the
+//! `allow_password_auth` opt-in for cleartext/MD5. Without a `password_file`
+//! only trust/peer can succeed. No TLS: SCRAM without channel binding.
 //!
 //! # Errors
 //! Server down or starting up (connection refused, SQLSTATE 57P03, too many
-//! connections): *retryable*. Authentication refused, a standby
+//! connections): *retryable*. Authentication refused (by the server or by us), a standby
 //! (`pg_is_in_recovery()`), a server older than 15, a missing password file:
 //! *fatal*. A backup session that dies (post fails, the plugin traps or times
 //! out, the host is killed) closes its connection, and PostgreSQL aborts a
@@ -62,7 +73,7 @@
 
 use std::io;
 
-use pgwire::{Client, Config, Error as PgError, Lsn};
+use pgwire::{Client, Config, Error as PgError, Lsn, Refusal, ScramError};
 use quiesce_plugin_sdk::{artifacts, clock, files, info, warn, Connection, Context, Failure as Fail, HookResult, Info, Plugin, Snapshot};
 
 const DEFAULT_TARGET: &str = "tcp:127.0.0.1:5432";
@@ -94,10 +105,62 @@ fn classify(target: &str, what: &str, e: PgError) -> Fail {
         PgError::Server(s) if s.code.starts_with("28") => {
             Fail::Fatal(format!("{msg} (authentication refused: check `user` and `password_file`)"))
         }
-        PgError::Auth(_) | PgError::UnsupportedAuth(_) => Fail::Fatal(format!("{msg} (authentication refused)")),
+        PgError::Refused(r) => Fail::Fatal(format!("{msg}. Fix: {}", refusal_fix(*r))),
+        PgError::Scram(ScramError::TooManyIterations { .. }) => Fail::Fatal(format!("{msg}. Fix: param `max_scram_iterations`")),
+        PgError::Scram(_) | PgError::UnsupportedAuth(_) | PgError::Random(_) => Fail::Fatal(msg),
         PgError::Replica | PgError::Version { .. } => Fail::Fatal(msg),
         PgError::Server(_) | PgError::Protocol(_) => Fail::Fatal(msg),
     }
+}
+
+/// What the admin can do about a refused authentication request.
+fn refusal_fix(r: Refusal) -> &'static str {
+    match r {
+        Refusal::Cleartext => {
+            "use scram-sha-256 in pg_hba.conf for this connection, or set param allow_password_auth = \"cleartext\" \
+             to send the password in cleartext anyway"
+        }
+        Refusal::Md5 => {
+            "use scram-sha-256 in pg_hba.conf and set the role's password again with password_encryption = scram-sha-256, \
+             or set param allow_password_auth = \"md5\""
+        }
+        Refusal::NoPassword => "set param password_file (and grant it as file:PATH)",
+        Refusal::Unauthenticated => {
+            "use scram-sha-256 in pg_hba.conf for this connection, or unset param password_file to log in with trust/peer"
+        }
+        Refusal::ChannelBindingOnly => "allow SCRAM-SHA-256 for this connection (this plugin connects without TLS)",
+    }
+}
+
+/// `allow_password_auth`: which weaker password methods to answer.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+struct WeakAuth {
+    md5: bool,
+    cleartext: bool,
+}
+
+fn weak_auth(ctx: &Context) -> Result<WeakAuth, Fail> {
+    let mut w = WeakAuth::default();
+    for m in ctx.param_or("allow_password_auth", "").split(',').map(str::trim).filter(|m| !m.is_empty()) {
+        match m {
+            "md5" => w.md5 = true,
+            "cleartext" => w.cleartext = true,
+            other => {
+                return Err(Fail::Fatal(format!(
+                    "allow_password_auth: unknown method {other:?} (md5, cleartext, both comma-separated, or empty)"
+                )))
+            }
+        }
+    }
+    Ok(w)
+}
+
+fn max_scram_iterations(ctx: &Context) -> Result<u32, Fail> {
+    let Some(v) = ctx.param("max_scram_iterations") else { return Ok(pgwire::scram::DEFAULT_MAX_ITERATIONS) };
+    v.parse::<u32>()
+        .ok()
+        .filter(|&n| n >= pgwire::scram::MIN_ITERATIONS)
+        .ok_or_else(|| Fail::Fatal(format!("max_scram_iterations {v:?}: a whole number >= {}", pgwire::scram::MIN_ITERATIONS)))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -149,11 +212,18 @@ fn password(ctx: &Context) -> Result<Option<String>, Fail> {
 fn connect(ctx: &Context) -> Result<Client<Connection>, Fail> {
     let target = ctx.param_or("target", DEFAULT_TARGET);
     let pw = password(ctx)?;
+    let weak = weak_auth(ctx)?;
+    let max_iterations = max_scram_iterations(ctx)?;
     let conn = Connection::open(target).map_err(|e| match HookResult::from(e.clone()) {
         HookResult::Retryable(_) => Fail::Retry(format!("postgres at {target} is not reachable (server down?): {e}")),
         _ => Fail::Fatal(format!("postgres at {target}: {e}")),
     })?;
-    let mut cfg = Config::new(ctx.param_or("user", "postgres")).database(ctx.param_or("database", "postgres")).application_name("quiesce");
+    let mut cfg = Config::new(ctx.param_or("user", "postgres"))
+        .database(ctx.param_or("database", "postgres"))
+        .application_name("quiesce")
+        .allow_md5(weak.md5)
+        .allow_cleartext(weak.cleartext)
+        .max_scram_iterations(max_iterations);
     if let Some(pw) = &pw {
         cfg = cfg.password(pw);
     }
@@ -260,7 +330,13 @@ impl Plugin for Postgres {
             .param("target", "tcp:HOST:PORT or unix:/DIR/.s.PGSQL.PORT (must be granted)", Some(DEFAULT_TARGET))
             .param("user", "role to log in as", Some("postgres"))
             .param("database", "database to connect to", Some("postgres"))
-            .param("password_file", "file with the password on its first line (grant file:PATH); unset: trust auth", Some("(unset)"))
+            .param("password_file", "file with the password on its first line (grant file:PATH); unset: trust/peer auth", Some("(unset)"))
+            .param(
+                "allow_password_auth",
+                "also answer the server's cleartext or MD5 password requests: md5, cleartext, or md5,cleartext (default: SCRAM-SHA-256 only)",
+                Some(""),
+            )
+            .param("max_scram_iterations", "most PBKDF2 iterations a server may ask for in SCRAM", Some(&pgwire::scram::DEFAULT_MAX_ITERATIONS.to_string()))
             .param("mode", "checkpoint (atomic snapshots; restores by crash recovery) or backup (pg_backup_start/stop; restore needs backup_label + WAL archive)", Some("checkpoint"))
             .param("label", "backup label (backup mode)", Some("quiesce <session id>"))
             .param("wait_for_archive", "pg_backup_stop waits until the needed WAL is archived (backup mode)", Some("true"))

@@ -4,8 +4,11 @@
 //!
 //! It does exactly what a quiesce hook needs and nothing more:
 //! - [`Client::connect`]: startup, then SCRAM-SHA-256 (the server proves it
-//!   knows the password too), cleartext password, or trust. MD5 and GSS are
-//!   refused with [`Error::UnsupportedAuth`].
+//!   knows the password too: its signature is checked), or trust when no
+//!   password is configured. Cleartext and MD5 passwords only when the caller
+//!   opts in; a server that skips authentication although a password is
+//!   configured is refused ([`auth`] says why). GSS/SSPI are
+//!   [`Error::UnsupportedAuth`].
 //! - [`Client::simple_query`]: the simple query protocol; every value comes
 //!   back as text. Server errors are [`Error::Server`] with the SQLSTATE.
 //! - The backup functions a snapshot needs, each one SQL call:
@@ -25,22 +28,44 @@
 //! non-exclusive backup whose session went away — so a crashed hook never
 //! leaves the server in backup mode.
 
-mod scram;
+pub mod auth;
+pub mod scram;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{self, BufReader, Read, Write};
 
-pub use scram::Scram;
+pub use auth::Refusal;
+pub use scram::{Scram, ScramError};
 
 /// What to log in as.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Config {
     pub user: String,
     /// Defaults to the user name (as libpq does).
     pub database: Option<String>,
     pub password: Option<String>,
     pub application_name: Option<String>,
+    /// Answer `AuthenticationCleartextPassword` (off: refused).
+    pub allow_cleartext: bool,
+    /// Answer `AuthenticationMD5Password` (off: refused).
+    pub allow_md5: bool,
+    /// The most PBKDF2 iterations a server may ask for in SCRAM.
+    pub max_scram_iterations: u32,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            user: String::new(),
+            database: None,
+            password: None,
+            application_name: None,
+            allow_cleartext: false,
+            allow_md5: false,
+            max_scram_iterations: scram::DEFAULT_MAX_ITERATIONS,
+        }
+    }
 }
 
 impl Config {
@@ -57,6 +82,20 @@ impl Config {
     }
     pub fn application_name(mut self, name: &str) -> Config {
         self.application_name = Some(name.into());
+        self
+    }
+    /// Opt in to sending the password in cleartext (pg_hba.conf `password`).
+    pub fn allow_cleartext(mut self, allow: bool) -> Config {
+        self.allow_cleartext = allow;
+        self
+    }
+    /// Opt in to MD5 password hashes (pg_hba.conf `md5` with an MD5-stored password).
+    pub fn allow_md5(mut self, allow: bool) -> Config {
+        self.allow_md5 = allow;
+        self
+    }
+    pub fn max_scram_iterations(mut self, max: u32) -> Config {
+        self.max_scram_iterations = max;
         self
     }
 }
@@ -92,9 +131,14 @@ pub enum Error {
     Server(ServerError),
     /// The server asked for an authentication method this client does not do.
     UnsupportedAuth(String),
-    /// Authentication failed on the client side (e.g. bad server signature,
-    /// or the server wants a password and none was given).
-    Auth(String),
+    /// The client declined what the server asked for (cleartext, MD5, no
+    /// authentication at all although a password is configured, ...).
+    Refused(Refusal),
+    /// The SCRAM exchange failed on the client side (bad server signature,
+    /// iteration count out of bounds, ...).
+    Scram(ScramError),
+    /// No random bytes for the SCRAM nonce.
+    Random(String),
     /// The server is a standby; backups for snapshots must run on the primary.
     Replica,
     /// The server is older than a function needs.
@@ -112,7 +156,9 @@ impl fmt::Display for Error {
             Error::Io(e) => write!(f, "connection: {e}"),
             Error::Server(e) => write!(f, "server: {e}"),
             Error::UnsupportedAuth(m) => write!(f, "unsupported authentication method {m}"),
-            Error::Auth(m) => write!(f, "authentication: {m}"),
+            Error::Refused(r) => write!(f, "authentication: {r}"),
+            Error::Scram(e) => write!(f, "authentication: {e}"),
+            Error::Random(e) => write!(f, "no random source for the SCRAM nonce: {e}"),
             Error::Replica => write!(f, "the server is in recovery (a standby); run the hook on the primary"),
             Error::Version { have, need } => write!(f, "server version {have} is too old, need {need} or later"),
             Error::Protocol(m) => write!(f, "protocol: {m}"),
@@ -196,22 +242,14 @@ pub fn quote_literal(s: &str) -> String {
     }
 }
 
-/// 24 random base64 characters for a SCRAM nonce. Uses the standard
-/// library's per-process random SipHash keys (seeded from the OS, or WASI's
-/// `random_get`), so the crate needs no RNG dependency on any target.
-pub fn random_nonce() -> String {
-    use std::collections::hash_map::RandomState;
-    use std::hash::{BuildHasher, Hasher};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut bytes = Vec::with_capacity(24);
-    for i in 0..3u64 {
-        let mut h = RandomState::new().build_hasher();
-        h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-        h.write_u64(i);
-        bytes.extend_from_slice(&h.finish().to_le_bytes());
-    }
-    scram::b64_encode(&bytes[..18])
+/// A SCRAM client nonce: 18 bytes from the system's CSPRNG (`getrandom`;
+/// on wasm32-wasip2 that is `wasi:random/random`, which the quiesce host
+/// serves from wasmtime-wasi's default, an OS-seeded ChaCha `StdRng`), as 24
+/// base64 characters (never ',').
+pub fn random_nonce() -> Result<String> {
+    let mut bytes = [0u8; 18];
+    getrandom::fill(&mut bytes).map_err(|e| Error::Random(e.to_string()))?;
+    Ok(scram::b64_encode(&bytes))
 }
 
 /// An open, authenticated session.
@@ -356,60 +394,22 @@ fn parse_data_row(mut b: &[u8]) -> Result<Vec<Option<String>>> {
 impl<S: Read + Write> Client<S> {
     /// Starts a session on `stream` and authenticates.
     pub fn connect(stream: S, cfg: &Config) -> Result<Client<S>> {
-        Self::connect_with_nonce(stream, cfg, &random_nonce())
+        Self::connect_with_nonce(stream, cfg, &random_nonce()?)
     }
 
     /// [`Client::connect`] with a given SCRAM nonce (for tests).
-    pub fn connect_with_nonce(stream: S, cfg: &Config, nonce: &str) -> Result<Client<S>> {
+    fn connect_with_nonce(stream: S, cfg: &Config, nonce: &str) -> Result<Client<S>> {
         let mut c = Client { io: BufReader::new(stream), params: BTreeMap::new(), backend_pid: None, notices: Vec::new() };
         c.send(&startup_message(cfg))?;
-        let mut scram: Option<Scram> = None;
+        let mut auth = auth::Exchange::new(cfg, nonce);
         loop {
             let m = read_msg(&mut c.io)?;
             match m.tag {
                 b'R' => {
                     let mut b = &m.body[..];
-                    let kind = i32_at(&mut b)?;
-                    match kind {
-                        0 => {}
-                        3 => {
-                            let pw = cfg
-                                .password
-                                .as_deref()
-                                .ok_or_else(|| Error::Auth("the server wants a password and none was given".into()))?;
-                            let mut body = pw.as_bytes().to_vec();
-                            body.push(0);
-                            c.send(&frame(b'p', &body))?;
-                        }
-                        10 => {
-                            let mut mechs = Vec::new();
-                            while !b.is_empty() && b[0] != 0 {
-                                mechs.push(cstr(&mut b)?.to_string());
-                            }
-                            if !mechs.iter().any(|m| m == "SCRAM-SHA-256") {
-                                return Err(Error::UnsupportedAuth(format!("SASL {}", mechs.join(","))));
-                            }
-                            let pw = cfg
-                                .password
-                                .as_deref()
-                                .ok_or_else(|| Error::Auth("the server wants a password and none was given".into()))?;
-                            let s = Scram::new(pw, nonce);
-                            c.send(&sasl_initial_response("SCRAM-SHA-256", s.client_first().as_bytes()))?;
-                            scram = Some(s);
-                        }
-                        11 => {
-                            let s = scram.as_mut().ok_or_else(|| Error::Protocol("SASLContinue before SASL".into()))?;
-                            let server_first = std::str::from_utf8(b).map_err(|_| Error::Protocol("SCRAM message is not UTF-8".into()))?;
-                            let fin = s.client_final(server_first).map_err(Error::Auth)?;
-                            c.send(&frame(b'p', fin.as_bytes()))?;
-                        }
-                        12 => {
-                            let s = scram.as_ref().ok_or_else(|| Error::Protocol("SASLFinal before SASL".into()))?;
-                            let server_final = std::str::from_utf8(b).map_err(|_| Error::Protocol("SCRAM message is not UTF-8".into()))?;
-                            s.verify_server_final(server_final).map_err(Error::Auth)?;
-                        }
-                        5 => return Err(Error::UnsupportedAuth("md5 (configure scram-sha-256)".into())),
-                        other => return Err(Error::UnsupportedAuth(format!("code {other}"))),
+                    let code = i32_at(&mut b)?;
+                    if let Some(reply) = auth.on_request(code, b)? {
+                        c.send(&reply)?;
                     }
                 }
                 b'S' => {
@@ -424,7 +424,8 @@ impl<S: Read + Write> Client<S> {
                 }
                 b'N' => c.notices.push(parse_error_fields(&m.body)),
                 b'E' => return Err(Error::Server(parse_error_fields(&m.body))),
-                b'Z' => return Ok(c),
+                // ReadyForQuery only after AuthenticationOk was accepted.
+                b'Z' if auth.done() => return Ok(c),
                 t => return Err(Error::Protocol(format!("unexpected message {:?} during startup", t as char))),
             }
         }
@@ -577,14 +578,6 @@ impl<S: Read + Write> Client<S> {
     }
 }
 
-fn sasl_initial_response(mech: &str, data: &[u8]) -> Vec<u8> {
-    let mut body = mech.as_bytes().to_vec();
-    body.push(0);
-    body.extend_from_slice(&(data.len() as i32).to_be_bytes());
-    body.extend_from_slice(data);
-    frame(b'p', &body)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -647,59 +640,174 @@ mod tests {
         assert_eq!(c.backend_pid(), Some(42));
     }
 
+    const PW: &str = "s3cret-pw";
+
+    /// Runs a login against the scripted `server`; returns the outcome and
+    /// every byte the client wrote (also when it failed).
+    fn login(server: Vec<u8>, cfg: &Config, nonce: &str) -> (Result<()>, Vec<u8>) {
+        let mut d = duplex(server);
+        let r = Client::connect_with_nonce(&mut d, cfg, nonce).map(|_| ());
+        (r, d.output)
+    }
+
+    fn contains(hay: &[u8], needle: &[u8]) -> bool {
+        hay.windows(needle.len()).any(|w| w == needle)
+    }
+
+    /// What a real server holding `password`'s verifier answers: computed
+    /// here with the crypto crates directly, not with the client's code.
+    fn server_scram(password: &str, salt: &[u8], iterations: u32, client_nonce: &str) -> (String, String) {
+        use hmac::{Hmac, Mac};
+        use sha2::Sha256;
+        let mac = |k: &[u8], m: &[u8]| {
+            let mut h = Hmac::<Sha256>::new_from_slice(k).unwrap();
+            h.update(m);
+            h.finalize().into_bytes()
+        };
+        let server_first = format!("r={client_nonce}SRVnonce,s={},i={iterations}", scram::b64_encode(salt));
+        let mut salted = [0u8; 32];
+        pbkdf2::pbkdf2_hmac::<Sha256>(password.as_bytes(), salt, iterations, &mut salted);
+        let auth_msg = format!("n=,r={client_nonce},{server_first},c=biws,r={client_nonce}SRVnonce");
+        let v = mac(&mac(&salted, b"Server Key"), auth_msg.as_bytes());
+        (server_first, format!("v={}", scram::b64_encode(&v)))
+    }
+
+    fn scram_server(first: &str, fin: &str) -> Vec<u8> {
+        let mut s = auth(10, b"SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0");
+        s.extend(auth(11, first.as_bytes()));
+        s.extend(auth(12, fin.as_bytes()));
+        s.extend(auth(0, &[]));
+        s.extend(ready());
+        s
+    }
+
     #[test]
-    fn cleartext_password_is_sent_nul_terminated() {
+    fn scram_login_checks_the_server_signature_and_frames_both_messages() {
+        let nonce = "clientnonce";
+        let (first, fin) = server_scram(PW, b"salt", 4096, nonce);
+        let cfg = Config::new("u").password(PW);
+        let (r, out) = login(scram_server(&first, &fin), &cfg, nonce);
+        r.unwrap();
+        let rest = &out[startup_message(&cfg).len()..];
+        let initial = auth::sasl_initial_response("SCRAM-SHA-256", format!("n,,n=,r={nonce}").as_bytes());
+        assert!(rest.starts_with(&initial));
+        let client_final = &rest[initial.len()..];
+        assert_eq!(client_final[0], b'p');
+        assert!(client_final[5..].starts_with(format!("c=biws,r={nonce}SRVnonce,p=").as_bytes()));
+        assert!(!contains(&out, PW.as_bytes()), "the password itself went out");
+    }
+
+    #[test]
+    fn scram_with_a_wrong_server_signature_is_refused() {
+        let nonce = "clientnonce";
+        // A server holding another password's verifier (or none) cannot sign for ours.
+        let (first, fin) = server_scram("not-the-password", b"salt", 4096, nonce);
+        let (r, _) = login(scram_server(&first, &fin), &Config::new("u").password(PW), nonce);
+        assert!(matches!(r, Err(Error::Scram(ScramError::BadServerSignature))), "{r:?}");
+        let (r, _) = login(scram_server(&first, "v=AAAA"), &Config::new("u").password(PW), nonce);
+        assert!(matches!(r, Err(Error::Scram(ScramError::BadServerSignature))), "{r:?}");
+        let (r, _) = login(scram_server(&first, "e=invalid-proof"), &Config::new("u").password(PW), nonce);
+        assert!(matches!(r, Err(Error::Scram(ScramError::ServerError(ref e))) if e == "invalid-proof"), "{r:?}");
+    }
+
+    #[test]
+    fn authentication_ok_before_the_server_signature_is_refused() {
+        let nonce = "clientnonce";
+        let (first, _) = server_scram(PW, b"salt", 4096, nonce);
+        let mut s = auth(10, b"SCRAM-SHA-256\0\0");
+        s.extend(auth(11, first.as_bytes()));
+        s.extend(auth(0, &[]));
+        s.extend(ready());
+        let (r, _) = login(s, &Config::new("u").password(PW), nonce);
+        assert!(matches!(r, Err(Error::Scram(ScramError::Incomplete))), "{r:?}");
+    }
+
+    #[test]
+    fn a_huge_iteration_count_is_refused_before_computing_and_nothing_more_is_sent() {
+        let nonce = "clientnonce";
+        let cfg = Config::new("u").password(PW);
+        let first = format!("r={nonce}SRV,s={},i=2147483647", scram::b64_encode(b"salt"));
+        // 2^31 PBKDF2 rounds take the better part of an hour: the test finishing proves none ran.
+        let (r, out) = login(scram_server(&first, "v=AAAA"), &cfg, nonce);
+        assert!(matches!(r, Err(Error::Scram(ScramError::TooManyIterations { asked: 2147483647, max: 100_000 }))), "{r:?}");
+        let initial = auth::sasl_initial_response("SCRAM-SHA-256", format!("n,,n=,r={nonce}").as_bytes());
+        assert_eq!(out, [startup_message(&cfg), initial].concat(), "no client-final after the refusal");
+        let (r, _) = login(scram_server(&first.replace("2147483647", "8192"), "v=AAAA"), &cfg.clone().max_scram_iterations(5000), nonce);
+        assert!(matches!(r, Err(Error::Scram(ScramError::TooManyIterations { asked: 8192, max: 5000 }))), "the configured limit: {r:?}");
+    }
+
+    #[test]
+    fn a_server_nonce_that_does_not_extend_ours_is_refused() {
+        let cfg = Config::new("u").password(PW);
+        let (first, fin) = server_scram(PW, b"salt", 4096, "someone-elses-nonce");
+        let (r, out) = login(scram_server(&first, &fin), &cfg, "clientnonce");
+        assert!(matches!(r, Err(Error::Scram(ScramError::NonceNotExtended))), "{r:?}");
+        assert!(!contains(&out, b"c=biws"), "no client proof for a foreign nonce");
+    }
+
+    #[test]
+    fn cleartext_request_is_refused_without_sending_the_password() {
+        let cfg = Config::new("u").password(PW);
         let mut server = auth(3, &[]);
         server.extend(auth(0, &[]));
         server.extend(ready());
-        let c = Client::connect(duplex(server), &Config::new("u").password("pw")).unwrap();
-        let out = &c.io.get_ref().output;
-        assert!(out.ends_with(&frame(b'p', b"pw\0")));
+        let (r, out) = login(server.clone(), &cfg, "n");
+        assert!(matches!(r, Err(Error::Refused(Refusal::Cleartext))), "{r:?}");
+        assert_eq!(out, startup_message(&cfg), "only the startup message went out");
+        assert!(!contains(&out, PW.as_bytes()));
+
+        let (r, out) = login(server, &cfg.clone().allow_cleartext(true), "n");
+        r.unwrap();
+        assert!(out.ends_with(&frame(b'p', format!("{PW}\0").as_bytes())), "opted in: the password, NUL-terminated");
     }
 
     #[test]
-    fn md5_is_refused_and_missing_password_is_an_auth_error() {
-        let e = Client::connect(duplex(auth(5, &[1, 2, 3, 4])), &Config::new("u").password("x")).err().unwrap();
-        assert!(matches!(e, Error::UnsupportedAuth(_)), "{e}");
-        let e = Client::connect(duplex(auth(10, b"SCRAM-SHA-256\0\0")), &Config::new("u")).err().unwrap();
-        assert!(matches!(e, Error::Auth(_)), "{e}");
-        let e = Client::connect(duplex(auth(10, b"SCRAM-SHA-256-PLUS\0\0")), &Config::new("u").password("x")).err().unwrap();
-        assert!(matches!(e, Error::UnsupportedAuth(_)), "{e}");
-    }
-
-    #[test]
-    fn scram_exchange_on_the_wire() {
-        // The server's replies are computed with the same password, so the
-        // exchange only succeeds if client-first/final are framed right.
-        let nonce = "clientnonce";
-        let server_first = format!("r={nonce}servernonce,s={},i=4096", scram::b64_encode(b"salt"));
-        let mut check = Scram::new("secret", nonce);
-        let fin = check.client_final(&server_first).unwrap();
-        // server-final: recompute the signature the way a server would.
-        let salted = scram::pbkdf2_sha256(b"secret", b"salt", 4096);
-        let server_key = scram::hmac_sha256(&salted, b"Server Key");
-        let auth_msg = format!("n=,r={nonce},{server_first},c=biws,r={nonce}servernonce");
-        let v = scram::b64_encode(&scram::hmac_sha256(&server_key, auth_msg.as_bytes()));
-
-        let mut server = auth(10, b"SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0");
-        server.extend(auth(11, server_first.as_bytes()));
-        server.extend(auth(12, format!("v={v}").as_bytes()));
+    fn md5_request_is_refused_unless_opted_in_and_then_answers_the_double_hash() {
+        let cfg = Config::new("alice").password(PW);
+        let mut server = auth(5, &[9, 8, 7, 6]);
         server.extend(auth(0, &[]));
         server.extend(ready());
-        let c = Client::connect_with_nonce(duplex(server), &Config::new("u").password("secret"), nonce).unwrap();
-        let out = c.io.get_ref().output.clone();
-        let startup_len = i32::from_be_bytes([out[0], out[1], out[2], out[3]]) as usize;
-        let rest = &out[startup_len..];
-        let first = sasl_initial_response("SCRAM-SHA-256", format!("n,,n=,r={nonce}").as_bytes());
-        assert!(rest.starts_with(&first));
-        assert_eq!(&rest[first.len()..], &frame(b'p', fin.as_bytes())[..]);
+        let (r, out) = login(server.clone(), &cfg, "n");
+        assert!(matches!(r, Err(Error::Refused(Refusal::Md5))), "{r:?}");
+        assert_eq!(out, startup_message(&cfg), "nothing derived from the password went out");
 
-        // A server that does not know the password cannot forge v=.
-        let mut bad = auth(10, b"SCRAM-SHA-256\0\0");
-        bad.extend(auth(11, server_first.as_bytes()));
-        bad.extend(auth(12, b"v=AAAA"));
-        let e = Client::connect_with_nonce(duplex(bad), &Config::new("u").password("secret"), nonce).err().unwrap();
-        assert!(matches!(e, Error::Auth(_)), "{e}");
+        let (r, out) = login(server, &cfg.clone().allow_md5(true), "n");
+        r.unwrap();
+        let answer = auth::md5_response(PW, "alice", [9, 8, 7, 6]);
+        assert!(out.ends_with(&frame(b'p', format!("{answer}\0").as_bytes())));
+        assert!(!contains(&out, PW.as_bytes()));
+    }
+
+    #[test]
+    fn a_server_that_skips_authentication_is_refused_when_a_password_is_configured() {
+        let mut server = auth(0, &[]);
+        server.extend(ready());
+        let (r, _) = login(server.clone(), &Config::new("u").password(PW), "n");
+        assert!(matches!(r, Err(Error::Refused(Refusal::Unauthenticated))), "{r:?}");
+        let (r, _) = login(server, &Config::new("u"), "n");
+        r.unwrap();
+        // ReadyForQuery without any AuthenticationOk.
+        let (r, _) = login(ready(), &Config::new("u"), "n");
+        assert!(matches!(r, Err(Error::Protocol(_))), "{r:?}");
+    }
+
+    #[test]
+    fn unsupported_or_out_of_order_requests_are_refused() {
+        let cfg = Config::new("u").password(PW);
+        let (r, _) = login(auth(10, b"SCRAM-SHA-256-PLUS\0\0"), &cfg, "n");
+        assert!(matches!(r, Err(Error::Refused(Refusal::ChannelBindingOnly))), "{r:?}");
+        let (r, _) = login(auth(10, b"SCRAM-SHA-256\0\0"), &Config::new("u"), "n");
+        assert!(matches!(r, Err(Error::Refused(Refusal::NoPassword))), "{r:?}");
+        let (r, _) = login(auth(7, &[]), &cfg, "n");
+        assert!(matches!(r, Err(Error::UnsupportedAuth(_))), "{r:?}");
+        let (r, _) = login(auth(11, b"r=n1,s=QUJD,i=4096"), &cfg, "n");
+        assert!(matches!(r, Err(Error::Protocol(_))), "SASLContinue first: {r:?}");
+        // A cleartext request after SCRAM began (a downgrade mid-exchange).
+        let mut s = auth(10, b"SCRAM-SHA-256\0\0");
+        s.extend(auth(3, &[]));
+        let (r, out) = login(s, &cfg.clone().allow_cleartext(true), "n");
+        assert!(matches!(r, Err(Error::Protocol(_))), "{r:?}");
+        assert!(!contains(&out, PW.as_bytes()));
     }
 
     fn logged_in(rest: Vec<u8>) -> Client<Duplex> {
@@ -802,11 +910,13 @@ mod tests {
     }
 
     #[test]
-    fn nonces_differ_and_are_scram_safe() {
-        let a = random_nonce();
-        let b = random_nonce();
+    fn nonces_are_18_random_bytes_in_base64() {
+        use base64::Engine as _;
+        let a = random_nonce().unwrap();
+        let b = random_nonce().unwrap();
         assert_ne!(a, b);
         assert_eq!(a.len(), 24);
+        assert_eq!(base64::engine::general_purpose::STANDARD.decode(&a).unwrap().len(), 18);
         assert!(!a.contains(','));
     }
 
