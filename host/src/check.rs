@@ -39,6 +39,8 @@ pub struct PluginCheck {
     pub granted: Vec<String>,
     /// Requested but not granted: calls needing them will be refused (`GrantDenied`).
     pub not_granted: Vec<String>,
+    /// Granted paths under directories that are not root's alone (warnings, not problems).
+    pub grant_warnings: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -140,6 +142,7 @@ async fn check_plugin(action: &PluginAction, engine: Result<&WasmEngine, &String
         requested_grants: Vec::new(),
         granted: action.grants.clone(),
         not_granted: Vec::new(),
+        grant_warnings: Vec::new(),
     };
     let result = async {
         let grants = Grants::parse(&action.grants).map_err(|e| format!("grant in the config: {e}"))?;
@@ -151,6 +154,7 @@ async fn check_plugin(action: &PluginAction, engine: Result<&WasmEngine, &String
     match result {
         Ok((grants, info)) => {
             check.not_granted = grants.missing(&info.grants).into_iter().map(String::from).collect();
+            check.grant_warnings = grants.untrusted_ancestors();
             check.requested_grants = info.grants;
         }
         Err(message) => {

@@ -75,6 +75,8 @@ pub enum TrustError {
     SymlinkLoop { path: PathBuf },
     #[error("{}: not a regular file", .path.display())]
     NotRegular { path: PathBuf },
+    #[error("{}: not a directory", .path.display())]
+    NotDirectory { path: PathBuf },
     #[error("{}: owned by uid {uid}, must be owned by root: chown root:root {}", .path.display(), .path.display())]
     BadOwner { path: PathBuf, uid: u32 },
     #[error(
@@ -152,6 +154,13 @@ impl TrustedFile {
 
 /// Opens `path` and checks it and every directory leading to it under `rule`.
 pub fn open_trusted(path: &Path, rule: Rule) -> Result<TrustedFile, TrustError> {
+    let (dir, name) = walk_to_final(path)?;
+    open_final(path, rule, &dir, &name)
+}
+
+/// Walks every directory leading to `path`'s final component, checking
+/// each, and returns the verified parent (an `O_PATH` fd) and that name.
+fn walk_to_final(path: &Path) -> Result<(OwnedFd, OsString), TrustError> {
     if !path.is_absolute() {
         return Err(TrustError::NotAbsolute { path: path.to_path_buf() });
     }
@@ -179,7 +188,8 @@ pub fn open_trusted(path: &Path, rule: Rule) -> Result<TrustedFile, TrustError> 
         }
         let here = dir_name.join(&comp);
         if rest.is_empty() {
-            return open_final(path, rule, dir, &comp);
+            let Some((dir, _)) = stack.pop() else { return Err(TrustError::NotFound { path: path.to_path_buf() }) };
+            return Ok((dir, comp));
         }
         match fcntl::openat(dir, comp.as_os_str(), OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
         {
@@ -217,6 +227,79 @@ pub fn open_trusted(path: &Path, rule: Rule) -> Result<TrustedFile, TrustError> 
     }
     // The path named a directory (`/`, `/etc/..`): not a file we can use.
     Err(TrustError::NotRegular { path: path.to_path_buf() })
+}
+
+/// Opens the directory `path` after the same walk as scripts: it and every
+/// directory above it must be root's alone. The caller works beneath the
+/// returned fd (`openat`, `mkdirat`, `renameat`), never by name again, so
+/// what was checked is what is used. A symlink as the final component is
+/// refused, as for files.
+pub fn open_trusted_dir(path: &Path) -> Result<OwnedFd, TrustError> {
+    if path.is_absolute() && path.parent().is_none() {
+        let root = fcntl::open(path, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+            .map_err(|e| TrustError::Io { path: path.to_path_buf(), source: e.into() })?;
+        check_dir(path, path, &root)?;
+        return Ok(root);
+    }
+    let (parent, name) = walk_to_final(path)?;
+    let fd = open_subdir(path, &parent, &name)?;
+    check_dir(path, path, &fd)?;
+    Ok(fd)
+}
+
+/// [`open_trusted_dir`], creating what is missing of `path` first: each
+/// missing directory is made with `mkdirat` beneath an already verified one
+/// (0755 on the way, `mode` for `path` itself), never by name through
+/// directories nobody checked.
+pub fn create_trusted_dir(path: &Path, mode: u32) -> Result<OwnedFd, TrustError> {
+    let mut missing: Vec<OsString> = Vec::new();
+    let mut at = path;
+    let mut fd = loop {
+        match open_trusted_dir(at) {
+            Ok(fd) => break fd,
+            Err(TrustError::NotFound { .. }) => match (at.parent(), at.file_name()) {
+                (Some(parent), Some(name)) => {
+                    missing.push(name.to_os_string());
+                    at = parent;
+                }
+                _ => return Err(TrustError::NotFound { path: path.to_path_buf() }),
+            },
+            Err(e) => return Err(e),
+        }
+    };
+    let mut here = at.to_path_buf();
+    while let Some(name) = missing.pop() {
+        here.push(&name);
+        fd = trusted_subdir(&fd, &name, &here, if missing.is_empty() { mode } else { 0o755 })?;
+    }
+    Ok(fd)
+}
+
+/// The directory `name` beneath the trusted directory `parent` (made with
+/// `mode` if missing), checked like every directory of the walk and not
+/// followed if it is a symlink. `path` is its full path, for messages.
+pub fn trusted_subdir(parent: &OwnedFd, name: &OsStr, path: &Path, mode: u32) -> Result<OwnedFd, TrustError> {
+    match stat::mkdirat(parent, name, Mode::from_bits_truncate(mode)) {
+        Ok(()) | Err(Errno::EEXIST) => {}
+        Err(e) => return Err(TrustError::Io { path: path.to_path_buf(), source: e.into() }),
+    }
+    let fd = open_subdir(path, parent, name)?;
+    check_dir(path, path, &fd)?;
+    Ok(fd)
+}
+
+/// `name` beneath `dir` as a directory fd, not following a symlink.
+fn open_subdir(path: &Path, dir: &OwnedFd, name: &OsStr) -> Result<OwnedFd, TrustError> {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    match fcntl::openat(dir, name, flags, Mode::empty()) {
+        Ok(fd) => Ok(fd),
+        Err(Errno::ENOENT) => Err(TrustError::NotFound { path: path.to_path_buf() }),
+        Err(Errno::ENOTDIR | Errno::ELOOP) => match stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) if file_type(&st) == SFlag::S_IFLNK => Err(TrustError::SymlinkFinal { path: path.to_path_buf() }),
+            _ => Err(TrustError::NotDirectory { path: path.to_path_buf() }),
+        },
+        Err(e) => Err(TrustError::Io { path: path.to_path_buf(), source: e.into() }),
+    }
 }
 
 /// Path components without the empty and `.` ones (`a//b/./c` → a, b, c).

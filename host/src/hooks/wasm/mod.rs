@@ -49,6 +49,7 @@ pub mod grants;
 mod inspect;
 mod instance;
 mod output;
+mod pinned;
 mod plugin;
 mod state;
 
