@@ -222,6 +222,27 @@ fn check_warns_about_granted_paths_under_directories_that_are_not_roots_alone() 
     assert!(w.iter().any(|w| w.contains("writable by group or others (mode 0775)")), "{w:?}");
 }
 
+#[test]
+fn quiesce_check_shows_the_grant_warning() {
+    let f = Session::new("paths-check-cli");
+    let conf = f.s.join("conf");
+    fs::create_dir(&conf).unwrap();
+    sh(&format!("chown nobody:nogroup {}", d(&conf)));
+    let config = f.config("", &[format!("dir:{}", d(&conf))]);
+    let out = quiesce(&f.s)
+        .env("QUIESCE_CACHE_DIR", f.s.join("cache"))
+        .args(["check", "--json", "--config"])
+        .arg(&config)
+        .arg("--mount")
+        .arg(f.mnt.path())
+        .output()
+        .unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let w = &r["hooks"][0]["plugin"]["grant_warnings"][0];
+    assert!(w.as_str().is_some_and(|w| w.contains("owned by uid 65534")), "{r}");
+    assert_eq!(r["ok"], true, "a warning, not a problem: {r}");
+}
+
 // ---- the compiled-plugin cache ----
 
 fn entries(dir: &Path) -> Vec<PathBuf> {
@@ -338,18 +359,23 @@ impl Session {
         Session { mnt, s }
     }
 
-    /// A `quiesce snapshot --json` with one pathwalker hook.
-    fn run(&self, params: &str, grants: &[String], snapshot_cmd: &str) -> Run {
+    /// A config with one pathwalker hook named `pw`.
+    fn config(&self, params: &str, grants: &[String]) -> PathBuf {
         let plugin = install_plugin(&self.s, "pathwalker");
         let grants: Vec<String> = grants.iter().map(|g| format!("{g:?}")).collect();
-        let config = self.s.config(
+        self.s.config(
             "quiesce.toml",
             &format!(
                 "[[hook]]\nname = \"pw\"\nplugin = \"{}\"\nparams = {{ {params} }}\ngrants = [{}]\n",
                 plugin.display(),
                 grants.join(", ")
             ),
-        );
+        )
+    }
+
+    /// A `quiesce snapshot --json` with that hook.
+    fn run(&self, params: &str, grants: &[String], snapshot_cmd: &str) -> Run {
+        let config = self.config(params, grants);
         let mut cmd = quiesce(&self.s);
         cmd.env("QUIESCE_CACHE_DIR", self.s.join("cache"))
             .env("QUIESCE_STATE_DIR", self.s.join("state"))
