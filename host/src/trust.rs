@@ -36,9 +36,14 @@ pub enum Rule {
     /// A configuration file: root-owned, no access for group or others
     /// (the legacy contract's mode 600; 400 is fine too).
     Config,
-    /// A hook script: root-owned, executable by its owner, writable only by
-    /// its owner (the legacy contract's mode 700; 755 is fine too).
+    /// A hook script named by quiesce's native config: root-owned,
+    /// executable by its owner, writable only by its owner (700; 755 passes,
+    /// with a warning: [`TrustedFile::group_or_other_access`]).
     Script,
+    /// A script named by the legacy JSON: the Azure framework's rule, mode
+    /// 700 — no access at all for group or others, because such scripts
+    /// routinely hold database passwords.
+    LegacyScript,
     /// A WebAssembly plugin: root-owned, writable only by its owner; no exec
     /// bit needed (the host compiles it, the kernel never executes it).
     Plugin,
@@ -49,7 +54,7 @@ impl Rule {
     fn chmod(self) -> &'static str {
         match self {
             Rule::Config => "chmod 600",
-            Rule::Script => "chmod 700",
+            Rule::Script | Rule::LegacyScript => "chmod 700",
             Rule::Plugin => "chmod 644",
         }
     }
@@ -75,8 +80,6 @@ pub enum TrustError {
     SymlinkLoop { path: PathBuf },
     #[error("{}: not a regular file", .path.display())]
     NotRegular { path: PathBuf },
-    #[error("{}: not a directory", .path.display())]
-    NotDirectory { path: PathBuf },
     #[error("{}: owned by uid {uid}, must be owned by root: chown root:root {}", .path.display(), .path.display())]
     BadOwner { path: PathBuf, uid: u32 },
     #[error(
@@ -91,6 +94,14 @@ pub enum TrustError {
     GroupOrOtherReadable { path: PathBuf, mode: u32 },
     #[error("{}: not executable by its owner (mode {mode:04o}): chmod 700 {}", .path.display(), .path.display())]
     NotExecutable { path: PathBuf, mode: u32 },
+    #[error(
+        "{}: group or others may read or execute it (mode {mode:04o}); a script named by the legacy JSON config must be \
+         mode 700, as the Azure framework requires (such scripts often hold passwords): chmod 700 {}",
+        .path.display(), .path.display()
+    )]
+    GroupOrOtherAccess { path: PathBuf, mode: u32 },
+    #[error("{}: not a directory", .path.display())]
+    NotDirectory { path: PathBuf },
     #[error(
         "{}: directory {} {reason}; every directory on the path must be owned by root \
          and writable only by root (chown root {}; chmod go-w {})",
@@ -143,6 +154,20 @@ impl TrustedFile {
         self.mode
     }
 
+    /// For a script that passed [`Rule::Script`] with read or execute bits
+    /// for group or others (0755): what to tell the admin. The native rule
+    /// allows it, the legacy one does not.
+    pub fn group_or_other_access(&self) -> Option<String> {
+        (self.mode & 0o077 != 0).then(|| {
+            format!(
+                "{}: group or others may read or execute it (mode {:04o}); scripts often hold passwords: chmod 700 {}",
+                self.path.display(),
+                self.mode,
+                self.path.display()
+            )
+        })
+    }
+
     /// Reads the whole file from the checked fd (not by name), from the
     /// current offset — call once, for configs.
     pub fn read_to_string(&self) -> Result<String, TrustError> {
@@ -152,22 +177,110 @@ impl TrustedFile {
     }
 }
 
+/// Who may own the directories on a path (and a checked directory itself).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Owners {
+    /// Configs, scripts, plugins: run as root, so only root may control them.
+    Root,
+    /// The run directory: root, or the user quiesce runs as (an embedder or
+    /// a test that is not root owns its own run directory).
+    RootOrSelf,
+}
+
+impl Owners {
+    fn allow(self, uid: u32) -> bool {
+        uid == 0 || (self == Owners::RootOrSelf && uid == nix::unistd::geteuid().as_raw())
+    }
+}
+
 /// Opens `path` and checks it and every directory leading to it under `rule`.
 pub fn open_trusted(path: &Path, rule: Rule) -> Result<TrustedFile, TrustError> {
-    let (dir, name) = walk_to_final(path)?;
+    let (dir, name) = walk(path, Owners::Root)?;
     open_final(path, rule, &dir, &name)
 }
 
-/// Walks every directory leading to `path`'s final component, checking
-/// each, and returns the verified parent (an `O_PATH` fd) and that name.
-fn walk_to_final(path: &Path) -> Result<(OwnedFd, OsString), TrustError> {
+/// Opens directory `path` (`O_PATH`, for `*at` calls) after checking it and
+/// every directory leading to it: each owned by root or by the calling user,
+/// none writable by group or others, the last one not a symlink. For
+/// directories quiesce writes into as root, such as the run directory.
+pub fn open_trusted_dir(path: &Path) -> Result<OwnedFd, TrustError> {
+    let (parent, name) = walk(path, Owners::RootOrSelf)?;
+    let fd = open_subdir(path, &parent, &name)?;
+    check_dir(path, path, &fd, Owners::RootOrSelf)?;
+    Ok(fd)
+}
+
+/// `name` beneath `dir` as an `O_PATH` directory fd, not following a
+/// symlink; `path` is its full path, for messages.
+fn open_subdir(path: &Path, dir: &OwnedFd, name: &OsStr) -> Result<OwnedFd, TrustError> {
+    let flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    match fcntl::openat(dir, name, flags, Mode::empty()) {
+        Ok(fd) => Ok(fd),
+        Err(Errno::ENOENT) => Err(TrustError::NotFound { path: path.to_path_buf() }),
+        Err(Errno::ENOTDIR | Errno::ELOOP) => {
+            let st = stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW)
+                .map_err(|e| TrustError::Io { path: path.to_path_buf(), source: e.into() })?;
+            Err(if file_type(&st) == SFlag::S_IFLNK {
+                TrustError::SymlinkFinal { path: path.to_path_buf() }
+            } else {
+                TrustError::NotDirectory { path: path.to_path_buf() }
+            })
+        }
+        Err(e) => Err(TrustError::Io { path: path.to_path_buf(), source: e.into() }),
+    }
+}
+
+/// [`open_trusted_dir`], creating what is missing of `path` first: each
+/// missing directory is made with `mkdirat` beneath one already checked
+/// (0755 on the way, `mode` for `path` itself), never by name through
+/// directories nobody checked. For the plugin cache and the state directory.
+pub fn create_trusted_dir(path: &Path, mode: u32) -> Result<OwnedFd, TrustError> {
+    let mut missing: Vec<OsString> = Vec::new();
+    let mut at = path;
+    let mut fd = loop {
+        match open_trusted_dir(at) {
+            Ok(fd) => break fd,
+            Err(TrustError::NotFound { .. }) => match (at.parent(), at.file_name()) {
+                (Some(parent), Some(name)) => {
+                    missing.push(name.to_os_string());
+                    at = parent;
+                }
+                _ => return Err(TrustError::NotFound { path: path.to_path_buf() }),
+            },
+            Err(e) => return Err(e),
+        }
+    };
+    let mut here = at.to_path_buf();
+    while let Some(name) = missing.pop() {
+        here.push(&name);
+        fd = trusted_subdir(&fd, &name, &here, if missing.is_empty() { mode } else { 0o755 })?;
+    }
+    Ok(fd)
+}
+
+/// The directory `name` beneath the checked directory `parent` (made with
+/// `mode` if missing), checked like every directory of the walk and not
+/// followed if it is a symlink. `path` is its full path, for messages.
+pub fn trusted_subdir(parent: &OwnedFd, name: &OsStr, path: &Path, mode: u32) -> Result<OwnedFd, TrustError> {
+    match stat::mkdirat(parent, name, Mode::from_bits_truncate(mode)) {
+        Ok(()) | Err(Errno::EEXIST) => {}
+        Err(e) => return Err(TrustError::Io { path: path.to_path_buf(), source: e.into() }),
+    }
+    let fd = open_subdir(path, parent, name)?;
+    check_dir(path, path, &fd, Owners::RootOrSelf)?;
+    Ok(fd)
+}
+
+/// Walks `path` from `/` down to its parent, checking every directory, and
+/// returns the parent's fd and the last component (not opened yet).
+fn walk(path: &Path, owners: Owners) -> Result<(OwnedFd, OsString), TrustError> {
     if !path.is_absolute() {
         return Err(TrustError::NotAbsolute { path: path.to_path_buf() });
     }
     let io = |e: Errno| TrustError::Io { path: path.to_path_buf(), source: e.into() };
 
     let root = fcntl::open("/", OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty()).map_err(io)?;
-    check_dir(path, Path::new("/"), &root)?;
+    check_dir(path, Path::new("/"), &root, owners)?;
 
     // The directories we stand in, root first; `..` pops. Holding the fds
     // (not names) is what makes the walk race-free.
@@ -176,25 +289,25 @@ fn walk_to_final(path: &Path) -> Result<(OwnedFd, OsString), TrustError> {
     let mut hops = 0;
 
     while let Some(comp) = rest.pop_front() {
-        let Some((dir, dir_name)) = stack.last() else {
-            // Unreachable: `..` never pops the root.
-            return Err(TrustError::NotFound { path: path.to_path_buf() });
-        };
         if comp == ".." {
             if stack.len() > 1 {
                 stack.pop();
             }
             continue;
         }
-        let here = dir_name.join(&comp);
         if rest.is_empty() {
-            let Some((dir, _)) = stack.pop() else { return Err(TrustError::NotFound { path: path.to_path_buf() }) };
+            let Some((dir, _)) = stack.pop() else { break };
             return Ok((dir, comp));
         }
+        let Some((dir, dir_name)) = stack.last() else {
+            // Unreachable: `..` never pops the root.
+            return Err(TrustError::NotFound { path: path.to_path_buf() });
+        };
+        let here = dir_name.join(&comp);
         match fcntl::openat(dir, comp.as_os_str(), OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
         {
             Ok(fd) => {
-                check_dir(path, &here, &fd)?;
+                check_dir(path, &here, &fd, owners)?;
                 stack.push((fd, here));
             }
             Err(Errno::ENOENT) => return Err(TrustError::NotFound { path: path.to_path_buf() }),
@@ -229,79 +342,6 @@ fn walk_to_final(path: &Path) -> Result<(OwnedFd, OsString), TrustError> {
     Err(TrustError::NotRegular { path: path.to_path_buf() })
 }
 
-/// Opens the directory `path` after the same walk as scripts: it and every
-/// directory above it must be root's alone. The caller works beneath the
-/// returned fd (`openat`, `mkdirat`, `renameat`), never by name again, so
-/// what was checked is what is used. A symlink as the final component is
-/// refused, as for files.
-pub fn open_trusted_dir(path: &Path) -> Result<OwnedFd, TrustError> {
-    if path.is_absolute() && path.parent().is_none() {
-        let root = fcntl::open(path, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
-            .map_err(|e| TrustError::Io { path: path.to_path_buf(), source: e.into() })?;
-        check_dir(path, path, &root)?;
-        return Ok(root);
-    }
-    let (parent, name) = walk_to_final(path)?;
-    let fd = open_subdir(path, &parent, &name)?;
-    check_dir(path, path, &fd)?;
-    Ok(fd)
-}
-
-/// [`open_trusted_dir`], creating what is missing of `path` first: each
-/// missing directory is made with `mkdirat` beneath an already verified one
-/// (0755 on the way, `mode` for `path` itself), never by name through
-/// directories nobody checked.
-pub fn create_trusted_dir(path: &Path, mode: u32) -> Result<OwnedFd, TrustError> {
-    let mut missing: Vec<OsString> = Vec::new();
-    let mut at = path;
-    let mut fd = loop {
-        match open_trusted_dir(at) {
-            Ok(fd) => break fd,
-            Err(TrustError::NotFound { .. }) => match (at.parent(), at.file_name()) {
-                (Some(parent), Some(name)) => {
-                    missing.push(name.to_os_string());
-                    at = parent;
-                }
-                _ => return Err(TrustError::NotFound { path: path.to_path_buf() }),
-            },
-            Err(e) => return Err(e),
-        }
-    };
-    let mut here = at.to_path_buf();
-    while let Some(name) = missing.pop() {
-        here.push(&name);
-        fd = trusted_subdir(&fd, &name, &here, if missing.is_empty() { mode } else { 0o755 })?;
-    }
-    Ok(fd)
-}
-
-/// The directory `name` beneath the trusted directory `parent` (made with
-/// `mode` if missing), checked like every directory of the walk and not
-/// followed if it is a symlink. `path` is its full path, for messages.
-pub fn trusted_subdir(parent: &OwnedFd, name: &OsStr, path: &Path, mode: u32) -> Result<OwnedFd, TrustError> {
-    match stat::mkdirat(parent, name, Mode::from_bits_truncate(mode)) {
-        Ok(()) | Err(Errno::EEXIST) => {}
-        Err(e) => return Err(TrustError::Io { path: path.to_path_buf(), source: e.into() }),
-    }
-    let fd = open_subdir(path, parent, name)?;
-    check_dir(path, path, &fd)?;
-    Ok(fd)
-}
-
-/// `name` beneath `dir` as a directory fd, not following a symlink.
-fn open_subdir(path: &Path, dir: &OwnedFd, name: &OsStr) -> Result<OwnedFd, TrustError> {
-    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    match fcntl::openat(dir, name, flags, Mode::empty()) {
-        Ok(fd) => Ok(fd),
-        Err(Errno::ENOENT) => Err(TrustError::NotFound { path: path.to_path_buf() }),
-        Err(Errno::ENOTDIR | Errno::ELOOP) => match stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
-            Ok(st) if file_type(&st) == SFlag::S_IFLNK => Err(TrustError::SymlinkFinal { path: path.to_path_buf() }),
-            _ => Err(TrustError::NotDirectory { path: path.to_path_buf() }),
-        },
-        Err(e) => Err(TrustError::Io { path: path.to_path_buf(), source: e.into() }),
-    }
-}
-
 /// Path components without the empty and `.` ones (`a//b/./c` → a, b, c).
 fn components(p: &OsStr) -> VecDeque<OsString> {
     p.as_bytes().split(|&b| b == b'/').filter(|c| !c.is_empty() && *c != b".").map(|c| OsStr::from_bytes(c).to_os_string()).collect()
@@ -311,10 +351,10 @@ fn file_type(st: &FileStat) -> SFlag {
     SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits())
 }
 
-fn check_dir(path: &Path, dir: &Path, fd: &OwnedFd) -> Result<(), TrustError> {
+fn check_dir(path: &Path, dir: &Path, fd: &OwnedFd, owners: Owners) -> Result<(), TrustError> {
     let st = stat::fstat(fd).map_err(|e| TrustError::Io { path: path.to_path_buf(), source: e.into() })?;
     let untrusted = |reason: String| TrustError::UntrustedDirectory { path: path.to_path_buf(), dir: dir.to_path_buf(), reason };
-    if st.st_uid != 0 {
+    if !owners.allow(st.st_uid) {
         return Err(untrusted(format!("is owned by uid {}", st.st_uid)));
     }
     // Sticky bit does not help: in a 1777 directory anyone may create the
@@ -355,9 +395,10 @@ fn open_final(path: &Path, rule: Rule, dir: &OwnedFd, name: &OsStr) -> Result<Tr
         return Err(TrustError::GroupOrOtherWritable { path: err_path(), mode, rule });
     }
     match rule {
-        Rule::Script if mode & 0o100 == 0 => return Err(TrustError::NotExecutable { path: err_path(), mode }),
+        Rule::Script | Rule::LegacyScript if mode & 0o100 == 0 => return Err(TrustError::NotExecutable { path: err_path(), mode }),
+        Rule::LegacyScript if mode & 0o077 != 0 => return Err(TrustError::GroupOrOtherAccess { path: err_path(), mode }),
         Rule::Config if mode & 0o044 != 0 => return Err(TrustError::GroupOrOtherReadable { path: err_path(), mode }),
-        _ => {}
+        Rule::Config | Rule::Script | Rule::LegacyScript | Rule::Plugin => {}
     }
     Ok(TrustedFile { path: path.to_path_buf(), file: File::from(fd), dev: st.st_dev, ino: st.st_ino, mode })
 }

@@ -191,9 +191,6 @@ impl Cache {
 
 /// The trusted directory and its key, or why the cache cannot be used.
 fn open_trusted(dir: &Path) -> Result<Trusted, String> {
-    if nix::unistd::geteuid().as_raw() != 0 {
-        return Err(format!("{}: the cache is only used when running as root", dir.display()));
-    }
     let fd = trust::create_trusted_dir(dir, 0o700).map_err(|e| e.to_string())?;
     let key = load_or_create_key(&fd).map_err(|e| format!("{}/{KEY_NAME}: {e}", dir.display()))?;
     Ok(Trusted { dir: fd, key })
@@ -217,21 +214,21 @@ fn open_regular(dir: &OwnedFd, name: &str) -> Result<Option<(File, FileStat)>, S
 }
 
 /// Reads the key; creates it (`O_EXCL`, 0600, from the OS RNG) if there is
-/// none. A key that is not root's alone or not 32 bytes is replaced, which
+/// none. A key that is not ours alone or not 32 bytes is replaced, which
 /// makes every existing entry fail verification and be rebuilt.
 fn load_or_create_key(dir: &OwnedFd) -> Result<[u8; KEY_LEN], String> {
     for _ in 0..2 {
         if let Some((mut f, st)) = open_regular(dir, KEY_NAME)? {
             let mut key = [0u8; KEY_LEN];
             let mut extra = Vec::new();
-            let ok = st.st_uid == 0
+            let ok = st.st_uid == unistd::geteuid().as_raw()
                 && st.st_mode & 0o077 == 0
                 && f.read_exact(&mut key).is_ok()
                 && (&mut f).take(1).read_to_end(&mut extra).is_ok_and(|n| n == 0);
             if ok {
                 return Ok(key);
             }
-            tracing::warn!("plugin cache key is not root's alone or not {KEY_LEN} bytes: replacing it (every entry will be rebuilt)");
+            tracing::warn!("plugin cache key is not ours alone or not {KEY_LEN} bytes: replacing it (every entry will be rebuilt)");
             unistd::unlinkat(dir, KEY_NAME, UnlinkatFlags::NoRemoveDir).map_err(|e| format!("cannot remove: {e}"))?;
         }
         let mut key = [0u8; KEY_LEN];
