@@ -420,6 +420,20 @@ fn an_artifact_name_planted_as_a_symlink_is_refused_and_its_target_untouched() {
     assert!(err["message"].as_str().unwrap().contains("exists already"), "{err}");
     assert_eq!(fs::read_to_string(&victim).unwrap(), "precious\n", "the link's target was not written");
     assert!(run.report["artifacts"].as_array().is_none_or(|a| a.is_empty()), "{}", run.report);
+
+    // The hook's directory itself planted as a link to another directory.
+    let elsewhere = f.s.join("elsewhere");
+    fs::create_dir(&elsewhere).unwrap();
+    let sessions = format!("{}/sessions/$QUIESCE_SESSION_ID", d(&f.s.join("state")));
+    let run = f.run("store = \"label:12\"", &[], &format!("mkdir -p {sessions} && ln -s {} {sessions}/pw", d(&elsewhere)));
+    let msg = run.report["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["message"].as_str().unwrap().to_string())
+        .find(|m| m.contains("artifacts"));
+    assert!(msg.as_deref().is_some_and(|m| m.contains("is a symbolic link")), "{}", run.report);
+    assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0, "nothing was written through the link");
 }
 
 #[test]
