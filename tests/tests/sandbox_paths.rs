@@ -27,21 +27,31 @@ struct Env {
     engine: WasmEngine,
 }
 
+/// A scratch directory `nobody` may traverse (0711), holding the root-only `secret`.
+fn scratch(name: &str) -> Scratch {
+    let s = Scratch::new(name);
+    fs::set_permissions(&s.path, fs::Permissions::from_mode(0o711)).unwrap();
+    write_mode(&s.join("secret"), SECRET, 0o600);
+    s
+}
+
+/// A directory in `s` owned by `nobody` (mode 0755).
+fn nobody_dir(s: &Scratch, name: &str) -> PathBuf {
+    let d = s.join(name);
+    fs::create_dir(&d).unwrap();
+    sh(&format!("chown nobody:nogroup {}", d.display()));
+    d
+}
+
 impl Env {
     fn new(name: &str) -> Env {
-        let s = Scratch::new(name);
-        fs::set_permissions(&s.path, fs::Permissions::from_mode(0o711)).unwrap();
-        write_mode(&s.join("secret"), SECRET, 0o600);
+        let s = scratch(name);
         let engine = WasmEngine::new(&s.join("cache")).expect("engine");
         Env { s, engine }
     }
 
-    /// A directory owned by `nobody` (mode 0755).
     fn nobody_dir(&self, name: &str) -> PathBuf {
-        let d = self.s.join(name);
-        fs::create_dir(&d).unwrap();
-        sh(&format!("chown nobody:nogroup {}", d.display()));
-        d
+        nobody_dir(&self.s, name)
     }
 
     /// Runs `pathwalker`'s pre with these grants and params: its one-line-per-try
@@ -225,9 +235,7 @@ fn check_warns_about_granted_paths_under_directories_that_are_not_roots_alone() 
 #[test]
 fn quiesce_check_shows_the_grant_warning() {
     let f = Session::new("paths-check-cli");
-    let conf = f.s.join("conf");
-    fs::create_dir(&conf).unwrap();
-    sh(&format!("chown nobody:nogroup {}", d(&conf)));
+    let conf = nobody_dir(&f.s, "conf");
     let config = f.config("", &[format!("dir:{}", d(&conf))]);
     let out = quiesce(&f.s)
         .env("QUIESCE_CACHE_DIR", f.s.join("cache"))
@@ -354,7 +362,7 @@ struct Session {
 
 impl Session {
     fn new(name: &str) -> Session {
-        let s = Scratch::new(name);
+        let s = scratch(name);
         let mnt = LoopMount::new(&s.path, "mnt", Fs::Ext4);
         Session { mnt, s }
     }
@@ -390,14 +398,17 @@ impl Session {
     }
 }
 
+/// The report's error about storing artifacts; panics with the report if there is none.
+fn artifact_error(run: &Run) -> String {
+    let errors = run.report["errors"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let msg = errors.iter().filter_map(|e| e["message"].as_str()).find(|m| m.contains("artifacts"));
+    msg.unwrap_or_else(|| panic!("no artifact error: {}", run.report)).to_string()
+}
+
 #[test]
 fn a_session_reports_the_refused_read_and_nothing_of_the_secret() {
     let f = Session::new("paths-session-secret");
-    fs::set_permissions(&f.s.path, fs::Permissions::from_mode(0o711)).unwrap();
-    write_mode(&f.s.join("secret"), SECRET, 0o600);
-    let conf = f.s.join("conf");
-    fs::create_dir(&conf).unwrap();
-    sh(&format!("chown nobody:nogroup {}", d(&conf)));
+    let conf = nobody_dir(&f.s, "conf");
     as_nobody(&format!("ln -s {} {}/db.cnf", d(&f.s.join("secret")), d(&conf)));
     let run = f.run(&format!("read = \"{}/db.cnf\"", d(&conf)), &[format!("dir:{}", d(&conf))], "true");
     assert!(run.has_error("GrantDenied"), "{}", run.report);
@@ -415,9 +426,8 @@ fn an_artifact_name_planted_as_a_symlink_is_refused_and_its_target_untouched() {
     let dir = format!("{}/sessions/$QUIESCE_SESSION_ID/pw", d(&f.s.join("state")));
     let plant = format!("mkdir -p {dir} && chmod 700 {dir} && ln -s {} {dir}/label", d(&victim));
     let run = f.run("store = \"label:12\"", &[], &plant);
-    let err = run.report["errors"].as_array().unwrap().iter().find(|e| e["message"].as_str().unwrap().contains("artifacts")).cloned();
-    let err = err.unwrap_or_else(|| panic!("no artifact error: {}", run.report));
-    assert!(err["message"].as_str().unwrap().contains("exists already"), "{err}");
+    let msg = artifact_error(&run);
+    assert!(msg.contains("exists already"), "{msg}");
     assert_eq!(fs::read_to_string(&victim).unwrap(), "precious\n", "the link's target was not written");
     assert!(run.report["artifacts"].as_array().is_none_or(|a| a.is_empty()), "{}", run.report);
 
@@ -426,30 +436,17 @@ fn an_artifact_name_planted_as_a_symlink_is_refused_and_its_target_untouched() {
     fs::create_dir(&elsewhere).unwrap();
     let sessions = format!("{}/sessions/$QUIESCE_SESSION_ID", d(&f.s.join("state")));
     let run = f.run("store = \"label:12\"", &[], &format!("mkdir -p {sessions} && ln -s {} {sessions}/pw", d(&elsewhere)));
-    let msg = run.report["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["message"].as_str().unwrap().to_string())
-        .find(|m| m.contains("artifacts"));
-    assert!(msg.as_deref().is_some_and(|m| m.contains("is a symbolic link")), "{}", run.report);
+    let msg = artifact_error(&run);
+    assert!(msg.contains("is a symbolic link"), "{msg}");
     assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0, "nothing was written through the link");
 }
 
 #[test]
 fn a_state_directory_owned_by_another_user_is_refused_with_the_fix() {
     let f = Session::new("paths-state-owner");
-    let state = f.s.join("state");
-    fs::create_dir(&state).unwrap();
-    sh(&format!("chown nobody:nogroup {}", d(&state)));
+    let state = nobody_dir(&f.s, "state");
     let run = f.run("store = \"label:12\"", &[], "true");
-    let msg = run.report["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["message"].as_str().unwrap().to_string())
-        .find(|m| m.contains("artifacts"));
-    let msg = msg.unwrap_or_else(|| panic!("no artifact error: {}", run.report));
+    let msg = artifact_error(&run);
     assert!(msg.contains(&format!("directory {} is owned by uid 65534", d(&state))) && msg.contains("chown root"), "{msg}");
     assert_eq!(fs::read_dir(&state).unwrap().count(), 0, "nothing was written into it");
     assert_eq!(run.report["snapshot_taken"], true, "the snapshot itself is not affected");
