@@ -38,7 +38,9 @@ use nix::sys::stat::{self, FileStat, Mode, SFlag};
 
 use super::grants::{Grant, Grants};
 
-/// Why a path under the grants cannot be opened.
+/// Why a path under the grants cannot be opened. The reach refusals
+/// (`Symlink`, `OtherMount`, `Unpinned`) display as what the call would
+/// need, since they become a `GrantDenial` ("… not granted (needs …)").
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum Refused {
     /// No grant covers the path.
@@ -56,8 +58,9 @@ pub(crate) enum Refused {
     WrongType(&'static str, &'static str),
     #[error("no such file")]
     NotFound,
-    #[error("a usable grant: {why}")]
-    Unpinned { path: PathBuf, why: String },
+    /// The grant could not be pinned when the instance was set up.
+    #[error("a usable grant: {0}")]
+    Unpinned(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -95,7 +98,7 @@ impl PinnedGrants {
     /// Opens the regular file `p` (a normalized absolute path) for reading,
     /// beneath the grant that covers it.
     pub fn open_file(&self, p: &Path) -> Result<File, Refused> {
-        let (dir, rel) = self.beneath(p, |g| g.covers_file(p))?;
+        let (dir, rel) = self.beneath(|g| g.covers_file(p))?;
         let (fd, st) = open_path(dir, &rel)?;
         match kind(&st) {
             SFlag::S_IFREG => {}
@@ -116,7 +119,7 @@ impl PinnedGrants {
     /// The Unix socket of the `unix:` grant `p`, as an `O_PATH` fd; connect
     /// through [`proc_fd`] of it.
     pub fn open_socket(&self, p: &Path) -> Result<OwnedFd, Refused> {
-        let (dir, rel) = self.beneath(p, |g| g.covers_socket(p))?;
+        let (dir, rel) = self.beneath(|g| g.covers_socket(p))?;
         let (fd, st) = open_path(dir, &rel)?;
         match kind(&st) {
             SFlag::S_IFSOCK => Ok(fd),
@@ -127,18 +130,12 @@ impl PinnedGrants {
 
     /// The pinned directory and the path beneath it for the best-ranked
     /// (lowest) grant `matches` accepts.
-    fn beneath(&self, p: &Path, matches: impl Fn(&Grant) -> Option<(usize, PathBuf)>) -> Result<(&OwnedFd, PathBuf), Refused> {
+    fn beneath(&self, matches: impl Fn(&Grant) -> Option<(usize, PathBuf)>) -> Result<(&OwnedFd, PathBuf), Refused> {
         let best = self.roots.iter().filter_map(|r| matches(&r.grant).map(|(rank, rel)| (rank, r, rel))).min_by_key(|(rank, _, _)| *rank);
         let Some((_, root, rel)) = best else { return Err(Refused::NotGranted) };
         match &root.dir {
             Ok(fd) => Ok((fd, rel)),
-            Err(why) => {
-                let path = match &root.grant {
-                    Grant::Dir(d) => d.clone(),
-                    _ => p.to_path_buf(),
-                };
-                Err(Refused::Unpinned { path, why: why.clone() })
-            }
+            Err(why) => Err(Refused::Unpinned(why.clone())),
         }
     }
 }

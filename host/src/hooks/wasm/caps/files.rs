@@ -49,7 +49,7 @@ impl HostState {
     pub(crate) fn refuse(&mut self, capability: &'static str, requested: &str, grant: &str, refused: Refused) -> Error {
         let needed = match &refused {
             Refused::NotGranted => format!("grant {grant}{}", if capability == "read-file" { " or dir: of a parent" } else { "" }),
-            Refused::Symlink(_) | Refused::OtherMount | Refused::Unpinned { .. } => format!("{refused}"),
+            Refused::Symlink(_) | Refused::OtherMount | Refused::Unpinned(_) => format!("{refused}"),
             Refused::WrongType(..) => return error(ErrorKind::Invalid, format!("{capability} {requested}: {refused}")),
             Refused::NotFound => return error(ErrorKind::NotFound, format!("{capability} {requested}: {refused}")),
             Refused::Io(e) => return io_error(&format!("{capability} {requested}"), e),
