@@ -48,6 +48,8 @@ pub struct PluginCheck {
     pub granted: Vec<String>,
     /// Requested but not granted: calls needing them will be refused (`GrantDenied`).
     pub not_granted: Vec<String>,
+    /// Granted paths under directories that are not root's alone (warnings, not problems).
+    pub grant_warnings: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -167,12 +169,14 @@ async fn hook_check(h: &ReadyHook, warnings: &mut Vec<String>) -> HookCheck {
                 requested_grants: Vec::new(),
                 granted: action.grants.clone(),
                 not_granted: Vec::new(),
+                grant_warnings: Vec::new(),
             };
             match (refused, h.plugin()) {
                 (Some(e), _) => check.status = format!("{}: {}", e.code.as_str(), e.message),
                 (None, Some(p)) => match (p.describe().await, Grants::parse(&action.grants)) {
                     (Ok(info), Ok(grants)) => {
                         check.not_granted = grants.missing(&info.grants).into_iter().map(String::from).collect();
+                        check.grant_warnings = grants.untrusted_ancestors();
                         check.requested_grants = info.grants;
                     }
                     (Err(e), _) => warnings.push(format!("hook {}: cannot ask the plugin which grants it needs: {e}", spec.name)),

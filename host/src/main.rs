@@ -244,6 +244,9 @@ fn print_check(r: &check::CheckReport) {
             if !p.not_granted.is_empty() {
                 println!("    requested but not granted (calls needing them will be refused): {}", p.not_granted.join(", "));
             }
+            for w in &p.grant_warnings {
+                println!("    warning: {w}");
+            }
         }
         for (phase, s) in [("pre", &h.pre), ("post", &h.post)] {
             if let Some(s) = s {

@@ -205,21 +205,68 @@ pub fn open_trusted(path: &Path, rule: Rule) -> Result<TrustedFile, TrustError> 
 /// directories quiesce writes into as root, such as the run directory.
 pub fn open_trusted_dir(path: &Path) -> Result<OwnedFd, TrustError> {
     let (parent, name) = walk(path, Owners::RootOrSelf)?;
+    let fd = open_subdir(path, &parent, &name)?;
+    check_dir(path, path, &fd, Owners::RootOrSelf)?;
+    Ok(fd)
+}
+
+/// `name` beneath `dir` as an `O_PATH` directory fd, not following a
+/// symlink; `path` is its full path, for messages.
+fn open_subdir(path: &Path, dir: &OwnedFd, name: &OsStr) -> Result<OwnedFd, TrustError> {
     let flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-    let fd = match fcntl::openat(&parent, name.as_os_str(), flags, Mode::empty()) {
-        Ok(fd) => fd,
-        Err(Errno::ENOENT) => return Err(TrustError::NotFound { path: path.to_path_buf() }),
+    match fcntl::openat(dir, name, flags, Mode::empty()) {
+        Ok(fd) => Ok(fd),
+        Err(Errno::ENOENT) => Err(TrustError::NotFound { path: path.to_path_buf() }),
         Err(Errno::ENOTDIR | Errno::ELOOP) => {
-            let st = stat::fstatat(&parent, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
+            let st = stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW)
                 .map_err(|e| TrustError::Io { path: path.to_path_buf(), source: e.into() })?;
-            return Err(if file_type(&st) == SFlag::S_IFLNK {
+            Err(if file_type(&st) == SFlag::S_IFLNK {
                 TrustError::SymlinkFinal { path: path.to_path_buf() }
             } else {
                 TrustError::NotDirectory { path: path.to_path_buf() }
-            });
+            })
         }
-        Err(e) => return Err(TrustError::Io { path: path.to_path_buf(), source: e.into() }),
+        Err(e) => Err(TrustError::Io { path: path.to_path_buf(), source: e.into() }),
+    }
+}
+
+/// [`open_trusted_dir`], creating what is missing of `path` first: each
+/// missing directory is made with `mkdirat` beneath one already checked
+/// (0755 on the way, `mode` for `path` itself), never by name through
+/// directories nobody checked. For the plugin cache and the state directory.
+pub fn create_trusted_dir(path: &Path, mode: u32) -> Result<OwnedFd, TrustError> {
+    let mut missing: Vec<OsString> = Vec::new();
+    let mut at = path;
+    let mut fd = loop {
+        match open_trusted_dir(at) {
+            Ok(fd) => break fd,
+            Err(TrustError::NotFound { .. }) => match (at.parent(), at.file_name()) {
+                (Some(parent), Some(name)) => {
+                    missing.push(name.to_os_string());
+                    at = parent;
+                }
+                _ => return Err(TrustError::NotFound { path: path.to_path_buf() }),
+            },
+            Err(e) => return Err(e),
+        }
     };
+    let mut here = at.to_path_buf();
+    while let Some(name) = missing.pop() {
+        here.push(&name);
+        fd = trusted_subdir(&fd, &name, &here, if missing.is_empty() { mode } else { 0o755 })?;
+    }
+    Ok(fd)
+}
+
+/// The directory `name` beneath the checked directory `parent` (made with
+/// `mode` if missing), checked like every directory of the walk and not
+/// followed if it is a symlink. `path` is its full path, for messages.
+pub fn trusted_subdir(parent: &OwnedFd, name: &OsStr, path: &Path, mode: u32) -> Result<OwnedFd, TrustError> {
+    match stat::mkdirat(parent, name, Mode::from_bits_truncate(mode)) {
+        Ok(()) | Err(Errno::EEXIST) => {}
+        Err(e) => return Err(TrustError::Io { path: path.to_path_buf(), source: e.into() }),
+    }
+    let fd = open_subdir(path, parent, name)?;
     check_dir(path, path, &fd, Owners::RootOrSelf)?;
     Ok(fd)
 }

@@ -460,7 +460,7 @@ async fn corrupted_cache_entry_is_detected_and_rebuilt() {
     bytes[mid] ^= 0xff;
     std::fs::write(&entry, &bytes).unwrap();
     let p = env.engine.load(&path).expect("rebuilt");
-    assert_eq!(*p.cache_status(), CacheStatus::Rebuilt("checksum mismatch".into()));
+    assert!(matches!(p.cache_status(), CacheStatus::Rebuilt(r) if r.starts_with("not authentic")), "{:?}", p.cache_status());
     let mut inst = p.instantiate(InstanceConfig::new("noop")).await.unwrap();
     assert!(inst.pre(&ctx(1)).await.is_success());
 

@@ -4,14 +4,26 @@
 //! only known after `pg_backup_stop()`, after the snapshot — so the plugin
 //! hands them to the host, which keeps them with the session. They are
 //! written after thaw, never into a frozen file system.
+//!
+//! The host writes them as root, so the place is checked like a script's:
+//! the state directory must pass the trust walk (root's alone, every
+//! directory above it too), everything below it is made and opened with
+//! `mkdirat`/`openat` beneath checked fds without following links, and each
+//! file is created `O_CREAT|O_EXCL|O_NOFOLLOW`: a name that already exists
+//! (a planted symlink, a file) is refused, never followed or overwritten.
 
-use std::fs::{DirBuilder, OpenOptions};
+use std::ffi::OsStr;
+use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{self, OFlag};
+use nix::sys::stat::Mode;
 
 use crate::hooks::wasm::Artifact;
 use crate::report::ArtifactReport;
+use crate::trust::{self, TrustError};
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/quiesce";
 pub const STATE_DIR_ENV: &str = "QUIESCE_STATE_DIR";
@@ -21,17 +33,41 @@ pub fn state_dir_from_env() -> PathBuf {
     std::env::var_os(STATE_DIR_ENV).map(PathBuf::from).unwrap_or_else(|| DEFAULT_STATE_DIR.into())
 }
 
+/// Why artifacts could not be stored; each names the path and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    Untrusted(#[from] TrustError),
+    #[error("{}: exists already (refusing to follow or overwrite it)", .0.display())]
+    Exists(PathBuf),
+    #[error("{}: {source}", .path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
 /// Writes `<state>/sessions/<session>/<hook>/<name>` (dirs 0700, files 0600).
-pub fn store(state_dir: &Path, session_id: &str, hook: &str, artifacts: &[Artifact]) -> std::io::Result<Vec<ArtifactReport>> {
-    let dir = state_dir.join("sessions").join(session_id).join(sanitize(hook));
-    DirBuilder::new().recursive(true).mode(0o700).create(&dir)?;
+pub fn store(state_dir: &Path, session_id: &str, hook: &str, artifacts: &[Artifact]) -> Result<Vec<ArtifactReport>, StoreError> {
+    let state = trust::create_trusted_dir(state_dir, 0o700)?;
+    let mut path = state_dir.to_path_buf();
+    let mut dir = state;
+    for name in ["sessions", &sanitize(session_id), &sanitize(hook)] {
+        path.push(name);
+        dir = trust::trusted_subdir(&dir, OsStr::new(name), &path, 0o700)?;
+    }
     let mut stored = Vec::new();
     for a in artifacts {
-        let path = dir.join(&a.name);
-        let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path)?;
-        f.write_all(&a.data)?;
-        f.sync_all()?;
-        stored.push(ArtifactReport { hook: hook.to_string(), name: a.name.clone(), path, bytes: a.data.len() });
+        let file_path = path.join(&a.name);
+        let io = |source: std::io::Error| StoreError::Io { path: file_path.clone(), source };
+        // The name was checked by the `artifacts` capability (one component,
+        // no leading dot); O_EXCL|O_NOFOLLOW refuses anything already there.
+        let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let fd = match fcntl::openat(&dir, a.name.as_str(), flags, Mode::from_bits_truncate(0o600)) {
+            Ok(fd) => fd,
+            Err(Errno::EEXIST) => return Err(StoreError::Exists(file_path)),
+            Err(e) => return Err(io(e.into())),
+        };
+        let mut f = File::from(fd);
+        f.write_all(&a.data).and_then(|()| f.sync_all()).map_err(io)?;
+        stored.push(ArtifactReport { hook: hook.to_string(), name: a.name.clone(), path: file_path, bytes: a.data.len() });
     }
     Ok(stored)
 }

@@ -2,33 +2,58 @@
 //!
 //! Compiling a component takes 100+ ms; loading the compiled artifact takes
 //! about one. Loading an artifact is `unsafe` in wasmtime's sense: it is
-//! native code, mapped and run as is. So an entry is only ever used if
+//! native code, mapped and run as is, as root. Whoever can put a file in the
+//! cache runs code as root under any plugin's name. So an entry is only
+//! ever used if
 //!
-//! - it sits in a directory owned by the host's user with mode 0700
-//!   (nobody else can plant or swap one),
-//! - its name is the key: sha256 of the engine's compatibility hash
-//!   (wasmtime version, target, compiler settings) and the plugin's bytes,
-//! - its header's sha256 of the artifact matches the artifact, and its
-//!   length matches the file's.
+//! - the cache directory passed the same walk as scripts
+//!   ([`trust::open_trusted_dir`]): it and every directory above it are
+//!   root's alone. A directory that fails is *not* repaired (a `chmod` would
+//!   keep whatever was planted while it was open): the cache is bypassed,
+//!   plugins are compiled in memory, and a warning names the fix;
+//! - it is opened beneath that directory's fd, `O_NOFOLLOW`, and is a
+//!   regular file of bounded size;
+//! - its HMAC-SHA256 verifies under this machine's cache key (32 bytes from
+//!   the OS RNG, created `O_EXCL`, mode 0600, in the trusted directory) over
+//!   the entry's name and content. A checksum would only catch corruption;
+//!   the MAC also refuses an entry someone else wrote, and one renamed from
+//!   another plugin's key (the name is inside the MAC).
 //!
-//! Anything else — truncated, bit-flipped, foreign — is logged, removed and
-//! rebuilt; it is never deserialized. Entries are written to a temporary
-//! file and renamed into place, so a crash leaves no half-written entry.
+//! Entry names are sha256 of the engine's compatibility hash (wasmtime
+//! version, target, compiler settings) and the plugin's bytes. Anything that
+//! fails — truncated, bit-flipped, planted, swapped — is logged, removed
+//! and rebuilt; it is never deserialized. Entries are written `O_EXCL` to a
+//! temporary name and renamed into place, so a crash leaves no half entry.
 
-use std::fs::{self, DirBuilder, OpenOptions};
+use std::ffi::OsStr;
+use std::fs::File;
 use std::hash::{Hash, Hasher};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use hmac::{Hmac, Mac};
+use nix::errno::Errno;
+use nix::fcntl::{self, OFlag};
+use nix::sys::stat::{self, FileStat, Mode, SFlag};
+use nix::unistd::{self, UnlinkatFlags};
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 use wasmtime::Engine;
 
+use crate::trust;
+
 /// First bytes of every entry; bump the version when the layout changes.
-const MAGIC: &[u8; 16] = b"quiesce-cwasm-1\n";
+const MAGIC: &[u8; 16] = b"quiesce-cwasm-2\n";
 const HEADER_LEN: usize = MAGIC.len() + 32 + 8;
+/// Compiled plugins are a few MiB; anything far larger is not ours.
+const MAX_ENTRY_BYTES: u64 = 512 << 20;
+/// The per-machine MAC key, in the cache directory.
+const KEY_NAME: &str = "cache.key";
+const KEY_LEN: usize = 32;
+
+type HmacSha256 = Hmac<Sha256>;
 
 /// How a component was obtained.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -40,7 +65,7 @@ pub enum CacheStatus {
     Miss,
     /// An entry existed but failed verification: removed, recompiled, rewritten.
     Rebuilt(String),
-    /// Compiled without the cache (unusable directory, write failure).
+    /// Compiled without the cache (untrusted directory, write failure).
     Disabled(String),
 }
 
@@ -67,20 +92,31 @@ fn hex(b: &[u8]) -> String {
 #[derive(Debug)]
 pub(crate) struct Cache {
     dir: PathBuf,
-    /// Why the directory cannot be used, if it cannot.
-    unusable: Option<String>,
+    /// The checked directory and its key, or why the cache is bypassed.
+    state: Result<Trusted, String>,
+}
+
+struct Trusted {
+    dir: OwnedFd,
+    key: [u8; KEY_LEN],
+}
+
+impl std::fmt::Debug for Trusted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trusted").field("dir", &self.dir).finish_non_exhaustive()
+    }
 }
 
 impl Cache {
-    /// Creates the directory (0700) if needed; a directory that is not ours
-    /// or is open to others disables the cache (with a warning) rather than
-    /// failing the session.
+    /// Creates the directory (0700, beneath checked directories) if needed.
+    /// A directory that fails the trust walk bypasses the cache (with a
+    /// warning that names the fix) rather than failing the session.
     pub fn open(dir: &Path) -> Cache {
-        let unusable = prepare_dir(dir).err();
-        if let Some(why) = &unusable {
-            tracing::warn!("plugin cache disabled: {why}; plugins are compiled on every load");
+        let state = open_trusted(dir);
+        if let Err(why) = &state {
+            tracing::warn!("plugin cache bypassed: {why}; plugins are compiled on every load until this is fixed");
         }
-        Cache { dir: dir.to_path_buf(), unusable }
+        Cache { dir: dir.to_path_buf(), state }
     }
 
     pub fn dir(&self) -> &Path {
@@ -96,27 +132,37 @@ impl Cache {
         hex(&h.0.finalize())
     }
 
+    pub fn entry_name(key: &str) -> String {
+        format!("{key}.cwasm")
+    }
+
     pub fn entry_path(&self, key: &str) -> PathBuf {
-        self.dir.join(format!("{key}.cwasm"))
+        self.dir.join(Cache::entry_name(key))
     }
 
     /// Whether a verified entry exists for `wasm` (reads it; deserializes nothing).
     pub fn contains(&self, engine: &Engine, wasm: &[u8]) -> bool {
-        self.unusable.is_none() && matches!(read_entry(&self.entry_path(&Cache::key(engine, wasm))), Ok(Some(_)))
+        let Ok(t) = &self.state else { return false };
+        let name = Cache::entry_name(&Cache::key(engine, wasm));
+        matches!(t.read_entry(&name), Ok(Some(_)))
     }
 
     /// The compiled component for `wasm`, from the cache or freshly compiled.
     pub fn load_or_compile(&self, engine: &Engine, wasm: &[u8]) -> wasmtime::Result<(Component, CacheStatus)> {
-        if let Some(why) = &self.unusable {
-            return Ok((Component::new(engine, wasm)?, CacheStatus::Disabled(why.clone())));
-        }
-        let path = self.entry_path(&Cache::key(engine, wasm));
+        let t = match &self.state {
+            Ok(t) => t,
+            Err(why) => return Ok((Component::new(engine, wasm)?, CacheStatus::Disabled(why.clone()))),
+        };
+        let key = Cache::key(engine, wasm);
+        let name = Cache::entry_name(&key);
+        let path = self.entry_path(&key);
         let mut rebuilt = None;
-        match read_entry(&path) {
+        match t.read_entry(&name) {
             Ok(Some(artifact)) => {
-                // SAFETY: the artifact was written by this host (root-only
-                // directory, name = hash of engine + input) and its checksum
-                // was verified just now.
+                // SAFETY: the entry sits in a directory only root can write,
+                // was opened without following links, and its MAC under this
+                // machine's key (over name and content) verified just now:
+                // this host wrote it for exactly these plugin bytes.
                 match unsafe { Component::deserialize(engine, &artifact) } {
                     Ok(c) => return Ok((c, CacheStatus::Hit)),
                     Err(e) => rebuilt = Some(format!("wasmtime refused the entry: {}", super::error_chain(&e))),
@@ -126,13 +172,13 @@ impl Cache {
             Err(why) => rebuilt = Some(why),
         }
         if let Some(why) = &rebuilt {
-            tracing::warn!("plugin cache entry {} is corrupt ({why}); removing and recompiling", path.display());
-            let _ = fs::remove_file(&path);
+            tracing::warn!("plugin cache entry {} is unusable ({why}); removing it and recompiling", path.display());
+            let _ = unistd::unlinkat(&t.dir, name.as_str(), UnlinkatFlags::NoRemoveDir);
         }
         let artifact = engine.precompile_component(wasm)?;
-        // SAFETY: produced by this engine a moment ago.
+        // SAFETY: produced by this engine a moment ago, never left memory.
         let component = unsafe { Component::deserialize(engine, &artifact)? };
-        let status = match write_entry(&self.dir, &path, &artifact) {
+        let status = match t.write_entry(&name, &artifact) {
             Ok(()) => rebuilt.map_or(CacheStatus::Miss, CacheStatus::Rebuilt),
             Err(e) => {
                 tracing::warn!("cannot write plugin cache entry {}: {e}", path.display());
@@ -143,71 +189,135 @@ impl Cache {
     }
 }
 
-fn prepare_dir(dir: &Path) -> Result<(), String> {
-    if !dir.is_absolute() {
-        return Err(format!("{}: not an absolute path", dir.display()));
+/// The trusted directory and its key, or why the cache cannot be used.
+fn open_trusted(dir: &Path) -> Result<Trusted, String> {
+    let fd = trust::create_trusted_dir(dir, 0o700).map_err(|e| e.to_string())?;
+    let key = load_or_create_key(&fd).map_err(|e| format!("{}/{KEY_NAME}: {e}", dir.display()))?;
+    Ok(Trusted { dir: fd, key })
+}
+
+/// Opens `name` beneath `dir` for reading: not through a symlink, regular
+/// files only (`O_NONBLOCK`, so a FIFO cannot hang the open).
+fn open_regular(dir: &OwnedFd, name: &str) -> Result<Option<(File, FileStat)>, String> {
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+    let fd = match fcntl::openat(dir, name, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => return Ok(None),
+        Err(Errno::ELOOP) => return Err("a symbolic link".into()),
+        Err(e) => return Err(e.to_string()),
+    };
+    let st = stat::fstat(&fd).map_err(|e| e.to_string())?;
+    if SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFREG {
+        return Err("not a regular file".into());
     }
-    if let Some(parent) = dir.parent() {
-        DirBuilder::new().recursive(true).mode(0o755).create(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+    Ok(Some((File::from(fd), st)))
+}
+
+/// Reads the key; creates it (`O_EXCL`, 0600, from the OS RNG) if there is
+/// none. A key that is not ours alone or not 32 bytes is replaced, which
+/// makes every existing entry fail verification and be rebuilt.
+fn load_or_create_key(dir: &OwnedFd) -> Result<[u8; KEY_LEN], String> {
+    for _ in 0..2 {
+        if let Some((mut f, st)) = open_regular(dir, KEY_NAME)? {
+            let mut key = [0u8; KEY_LEN];
+            let mut extra = Vec::new();
+            let ok = st.st_uid == unistd::geteuid().as_raw()
+                && st.st_mode & 0o077 == 0
+                && f.read_exact(&mut key).is_ok()
+                && (&mut f).take(1).read_to_end(&mut extra).is_ok_and(|n| n == 0);
+            if ok {
+                return Ok(key);
+            }
+            tracing::warn!("plugin cache key is not ours alone or not {KEY_LEN} bytes: replacing it (every entry will be rebuilt)");
+            unistd::unlinkat(dir, KEY_NAME, UnlinkatFlags::NoRemoveDir).map_err(|e| format!("cannot remove: {e}"))?;
+        }
+        let mut key = [0u8; KEY_LEN];
+        fill_random(&mut key)?;
+        let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        match fcntl::openat(dir, KEY_NAME, flags, Mode::from_bits_truncate(0o600)) {
+            Ok(fd) => {
+                let mut f = File::from(fd);
+                f.write_all(&key).and_then(|()| f.sync_all()).map_err(|e| format!("cannot write: {e}"))?;
+                return Ok(key);
+            }
+            // Another process created it between our look and our create: read theirs.
+            Err(Errno::EEXIST) => continue,
+            Err(e) => return Err(format!("cannot create: {e}")),
+        }
     }
-    match DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(format!("{}: {e}", dir.display())),
-    }
-    let meta = fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    if !meta.file_type().is_dir() {
-        return Err(format!("{}: not a directory", dir.display()));
-    }
-    let me = nix::unistd::geteuid().as_raw();
-    if meta.uid() != me {
-        return Err(format!("{}: owned by uid {}, not by uid {me}", dir.display(), meta.uid()));
-    }
-    if meta.mode() & 0o077 != 0 {
-        // Ours, but open to others: close it (entries in it are verified anyway).
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| format!("{}: chmod 700: {e}", dir.display()))?;
+    Err("changed under us twice; is another process fighting over it?".into())
+}
+
+/// `getrandom(2)`: blocks only until the kernel's pool is initialised.
+fn fill_random(buf: &mut [u8]) -> Result<(), String> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let rest = &mut buf[filled..];
+        // SAFETY: writes at most `rest.len()` bytes into `rest`.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        match usize::try_from(n) {
+            Ok(n) => filled += n,
+            Err(_) if Errno::last() == Errno::EINTR => {}
+            Err(_) => return Err(format!("getrandom: {}", Errno::last())),
+        }
     }
     Ok(())
 }
 
-/// `Ok(Some(artifact))` for a valid entry, `Ok(None)` for no entry,
-/// `Err(why)` for an entry that must not be used.
-fn read_entry(path: &Path) -> Result<Option<Vec<u8>>, String> {
-    let bytes = match fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e.to_string()),
-    };
-    if bytes.len() < HEADER_LEN || &bytes[..MAGIC.len()] != MAGIC {
-        return Err("bad header".into());
+impl Trusted {
+    fn mac(&self, name: &str, artifact: &[u8]) -> HmacSha256 {
+        // Infallible: HMAC takes keys of any length.
+        let mut mac = <HmacSha256 as Mac>::new_from_slice(&self.key).unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+        mac.update(MAGIC);
+        mac.update(&(name.len() as u64).to_le_bytes());
+        mac.update(name.as_bytes());
+        mac.update(&(artifact.len() as u64).to_le_bytes());
+        mac.update(artifact);
+        mac
     }
-    let sum = &bytes[MAGIC.len()..MAGIC.len() + 32];
-    let mut len = [0u8; 8];
-    len.copy_from_slice(&bytes[MAGIC.len() + 32..HEADER_LEN]);
-    let artifact = &bytes[HEADER_LEN..];
-    if u64::from_le_bytes(len) != artifact.len() as u64 {
-        return Err(format!("length {} in the header, {} in the file", u64::from_le_bytes(len), artifact.len()));
-    }
-    if Sha256::digest(artifact).as_slice() != sum {
-        return Err("checksum mismatch".into());
-    }
-    Ok(Some(artifact.to_vec()))
-}
 
-fn write_entry(dir: &Path, path: &Path, artifact: &[u8]) -> std::io::Result<()> {
-    static SEQ: AtomicU32 = AtomicU32::new(0);
-    let tmp = dir.join(format!(".tmp-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
-    let result = (|| {
-        let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
-        f.write_all(MAGIC)?;
-        f.write_all(&Sha256::digest(artifact))?;
-        f.write_all(&(artifact.len() as u64).to_le_bytes())?;
-        f.write_all(artifact)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+    /// `Ok(Some(artifact))` for an authentic entry, `Ok(None)` for no
+    /// entry, `Err(why)` for an entry that must not be used.
+    fn read_entry(&self, name: &str) -> Result<Option<Vec<u8>>, String> {
+        let Some((file, _)) = open_regular(&self.dir, name)? else { return Ok(None) };
+        let mut bytes = Vec::new();
+        file.take(MAX_ENTRY_BYTES + 1).read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+        if bytes.len() as u64 > MAX_ENTRY_BYTES {
+            return Err(format!("larger than {} MiB", MAX_ENTRY_BYTES >> 20));
+        }
+        if bytes.len() < HEADER_LEN || &bytes[..MAGIC.len()] != MAGIC {
+            return Err("bad header".into());
+        }
+        let tag = &bytes[MAGIC.len()..MAGIC.len() + 32];
+        let mut len = [0u8; 8];
+        len.copy_from_slice(&bytes[MAGIC.len() + 32..HEADER_LEN]);
+        let artifact = &bytes[HEADER_LEN..];
+        if u64::from_le_bytes(len) != artifact.len() as u64 {
+            return Err(format!("length {} in the header, {} in the file", u64::from_le_bytes(len), artifact.len()));
+        }
+        if self.mac(name, artifact).verify_slice(tag).is_err() {
+            return Err("not authentic (its MAC does not verify under this machine's cache key)".into());
+        }
+        Ok(Some(artifact.to_vec()))
     }
-    result
+
+    fn write_entry(&self, name: &str, artifact: &[u8]) -> std::io::Result<()> {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let tmp = format!(".tmp-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let result = (|| {
+            let mut f = File::from(fcntl::openat(&self.dir, tmp.as_str(), flags, Mode::from_bits_truncate(0o600))?);
+            f.write_all(MAGIC)?;
+            f.write_all(&self.mac(name, artifact).finalize().into_bytes())?;
+            f.write_all(&(artifact.len() as u64).to_le_bytes())?;
+            f.write_all(artifact)?;
+            f.sync_all()?;
+            fcntl::renameat(&self.dir, tmp.as_str(), &self.dir, OsStr::new(name))?;
+            Ok(())
+        })();
+        if result.is_err() {
+            let _ = unistd::unlinkat(&self.dir, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+        }
+        result
+    }
 }

@@ -9,11 +9,14 @@
 //! | `dir:/path` | `read-file` of any file below that directory |
 //! | `exec:/path` | `run` of that executable |
 //!
-//! File grants are checked twice: lexically before anything is opened (so a
-//! plugin cannot make root open `/dev/watchdog` by asking), and on the real
-//! path of the opened file (so a symlink cannot lead outside the grant).
+//! Path grants (`file:`, `dir:`, `unix:`) are matched here lexically, then
+//! used only through their directories as pinned when the instance is set
+//! up ([`super::pinned`]): no symlink in a granted path or below it is
+//! followed. `quiesce check` warns about a granted path whose directories
+//! someone other than root can write ([`Grants::untrusted_ancestors`]).
 
 use std::fmt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::str::FromStr;
 
@@ -114,6 +117,40 @@ pub(crate) fn normal_path(p: &Path) -> Option<PathBuf> {
     Some(out)
 }
 
+impl Grant {
+    /// The directory a path grant is used through: a `dir:` grant's own,
+    /// the parent of a `file:` or `unix:` grant. `None` for `tcp:`, and for
+    /// `exec:` (which passes the script trust walk instead).
+    pub(crate) fn pinned_dir(&self) -> Option<&Path> {
+        match self {
+            Grant::Dir(d) => Some(d),
+            Grant::File(p) | Grant::Unix(p) => Some(p.parent().unwrap_or(Path::new("/"))),
+            Grant::Tcp { .. } | Grant::Exec(_) => None,
+        }
+    }
+
+    /// Whether this grant lets `read-file` reach the normalized path `p`:
+    /// `(rank, p beneath the grant's pinned directory)`. The lowest rank
+    /// wins: an exact `file:` grant, then the longest covering `dir:`.
+    pub(crate) fn covers_file(&self, p: &Path) -> Option<(usize, PathBuf)> {
+        match self {
+            Grant::File(f) if f == p => f.file_name().map(|n| (0, PathBuf::from(n))),
+            Grant::Dir(d) => {
+                p.strip_prefix(d).ok().filter(|r| !r.as_os_str().is_empty()).map(|r| (usize::MAX - d.as_os_str().len(), r.to_path_buf()))
+            }
+            _ => None,
+        }
+    }
+
+    /// The same for `connect("unix:…")`: only the exact `unix:` grant.
+    pub(crate) fn covers_socket(&self, p: &Path) -> Option<(usize, PathBuf)> {
+        match self {
+            Grant::Unix(u) if u == p => u.file_name().map(|n| (0, PathBuf::from(n))),
+            _ => None,
+        }
+    }
+}
+
 impl FromStr for Grant {
     type Err = GrantError;
     fn from_str(s: &str) -> Result<Grant, GrantError> {
@@ -177,27 +214,41 @@ impl Grants {
         })
     }
 
-    /// Lexical check of a normalized path: an exact `file:` grant or below a `dir:` grant.
-    pub fn allows_file(&self, p: &Path) -> bool {
-        self.0.iter().any(|g| match g {
-            Grant::File(f) => f == p,
-            Grant::Dir(d) => p.starts_with(d) && p != d,
-            _ => false,
-        })
-    }
-
-    /// The same check against the grants' real paths (symlinks resolved),
-    /// for the real path of a file that was opened.
-    pub fn allows_real_file(&self, real: &Path) -> bool {
-        let canon = |p: &PathBuf| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
-        self.0.iter().any(|g| match g {
-            Grant::File(f) => canon(f) == real || f == real,
-            Grant::Dir(d) => {
-                let d2 = canon(d);
-                (real.starts_with(&d2) && real != d2) || (real.starts_with(d) && real != d)
+    /// For each `file:`, `dir:` and `unix:` grant, the directories from `/`
+    /// down to the granted directory (a `dir:` grant's own, the parent of
+    /// the others) that are not root's alone or are symlinks, as warnings
+    /// for `quiesce check`. Whoever can write such a directory decides what
+    /// the plugin finds there (never where a read leads: see `pinned`).
+    pub fn untrusted_ancestors(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for g in &self.0 {
+            let Some(dir) = g.pinned_dir() else { continue };
+            let mut at = PathBuf::from("/");
+            for c in std::iter::once(Component::RootDir).chain(dir.components().skip(1)) {
+                if let Component::Normal(n) = c {
+                    at.push(n);
+                }
+                let why = match std::fs::symlink_metadata(&at) {
+                    Err(e) => Some(format!("{}: {e}", at.display())),
+                    Ok(m) if m.file_type().is_symlink() => {
+                        Some(format!("{} is a symbolic link; grants must name real paths and this one will be refused", at.display()))
+                    }
+                    Ok(m) if m.uid() != 0 => Some(format!("directory {} is owned by uid {}", at.display(), m.uid())),
+                    Ok(m) if m.mode() & 0o022 != 0 => {
+                        Some(format!("directory {} is writable by group or others (mode {:04o})", at.display(), m.mode() & 0o7777))
+                    }
+                    Ok(_) => None,
+                };
+                if let Some(why) = why {
+                    warnings.push(format!(
+                        "grant {g}: {why}: whoever can write it decides which files the plugin finds there \
+                         (make it root's alone: chown root; chmod go-w — or accept that)"
+                    ));
+                    break;
+                }
             }
-            _ => false,
-        })
+        }
+        warnings
     }
 
     /// Of the grants a plugin asks for (its `describe`), those these grants
@@ -276,12 +327,15 @@ mod tests {
 
     #[test]
     fn file_grants_cover_exact_files_and_directory_contents() {
-        let g = Grants::parse(["file:/etc/a.cnf", "dir:/etc/app"]).unwrap();
-        assert!(g.allows_file(Path::new("/etc/a.cnf")));
-        assert!(!g.allows_file(Path::new("/etc/b.cnf")));
-        assert!(g.allows_file(Path::new("/etc/app/x/y")));
-        assert!(!g.allows_file(Path::new("/etc/app")));
-        assert!(!g.allows_file(Path::new("/etc/application")));
+        let covers = |g: &str, p: &str| g.parse::<Grant>().unwrap().covers_file(Path::new(p)).map(|(_, rel)| rel);
+        assert_eq!(covers("file:/etc/a.cnf", "/etc/a.cnf"), Some(PathBuf::from("a.cnf")));
+        assert_eq!(covers("file:/etc/a.cnf", "/etc/b.cnf"), None);
+        assert_eq!(covers("dir:/etc/app", "/etc/app/x/y"), Some(PathBuf::from("x/y")));
+        assert_eq!(covers("dir:/etc/app", "/etc/app"), None);
+        assert_eq!(covers("dir:/etc/app", "/etc/application"), None);
+        assert_eq!(covers("unix:/run/a.sock", "/run/a.sock"), None);
+        let rank = |g: &str| g.parse::<Grant>().unwrap().covers_file(Path::new("/etc/app/x/y")).map(|(r, _)| r).unwrap();
+        assert!(rank("dir:/etc/app/x") < rank("dir:/etc/app"), "the longest directory wins");
         assert_eq!(normal_path(Path::new("/etc/app/../shadow")), None);
         assert_eq!(normal_path(Path::new("/etc//app/./x")), Some(PathBuf::from("/etc/app/x")));
         assert_eq!(normal_path(Path::new("etc")), None);

@@ -37,8 +37,11 @@
 //! - **Two clocks on every call**: an epoch deadline stops a guest spinning
 //!   in its own code, a `tokio` timeout stops one blocked inside a host call
 //!   (a socket read), which epochs cannot reach.
-//! - **Compiled code is cached on disk** ([`cache`]), checksummed, so a
-//!   session loads a plugin in about a millisecond after the first time.
+//! - **Compiled code is cached on disk** ([`cache`]), on a root-only path,
+//!   authenticated with a per-machine key, so a session loads a plugin in
+//!   about a millisecond after the first time and never runs a planted entry.
+//! - **Path grants are pinned** when an instance is set up (`pinned`): reads
+//!   and Unix-socket connects resolve beneath them with no symlink followed.
 
 mod bindings;
 pub mod cache;
@@ -49,6 +52,7 @@ pub mod grants;
 mod inspect;
 mod instance;
 mod output;
+mod pinned;
 mod plugin;
 mod state;
 

@@ -11,6 +11,7 @@ use wasmtime_wasi::{HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiVie
 
 use super::grants::Grants;
 use super::output::OutputSink;
+use super::pinned::PinnedGrants;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -169,6 +170,8 @@ pub(crate) struct HostState {
     /// For log lines.
     pub plugin: String,
     pub grants: Grants,
+    /// The path grants' directories, opened when the instance was set up.
+    pub pinned: PinnedGrants,
     pub output: OutputSink,
     pub events: Events,
     pub artifacts: Vec<Artifact>,
@@ -195,6 +198,7 @@ impl HostState {
             table: ResourceTable::new(),
             limiter: Limiter::new(memory_limit),
             plugin: plugin.to_owned(),
+            pinned: PinnedGrants::pin(plugin, &grants),
             grants,
             output,
             events: Events::default(),

@@ -3,6 +3,9 @@
 //! is how local database admins authenticate); this resource is the only
 //! way out, and the target must be granted exactly as written.
 //!
+//! A `unix:` target is opened beneath the grant's directory as pinned when
+//! the instance was set up, and connected to through the socket's inode.
+//!
 //! The streams live in the instance's resource table, so dropping the
 //! instance's store closes them: a database sees the session end and
 //! releases what the plugin held.
@@ -15,6 +18,7 @@ use crate::hooks::wasm::bindings::v0_1_0::quiesce::plugin::connections;
 use crate::hooks::wasm::bindings::v0_1_0::quiesce::plugin::types::{Error, ErrorKind};
 use crate::hooks::wasm::caps::{error, io_error};
 use crate::hooks::wasm::grants::Target;
+use crate::hooks::wasm::pinned::proc_fd;
 use crate::hooks::wasm::state::HostState;
 
 /// Largest single read handed to the guest.
@@ -71,7 +75,17 @@ impl connections::Host for HostState {
                 let _ = s.set_nodelay(true);
                 Stream::Tcp(s)
             }),
-            Target::Unix(path) => UnixStream::connect(path).await.map(Stream::Unix),
+            Target::Unix(path) => {
+                // Through the pinned parent, no symlink on the way; the
+                // connect names the socket's inode (`/proc/self/fd/N`), so
+                // a link planted by whoever can write the socket's
+                // directory redirects nothing.
+                let sock = match self.pinned.open_socket(path) {
+                    Ok(fd) => fd,
+                    Err(refused) => return Ok(Err(self.refuse("connect", &target, &parsed.to_string(), refused))),
+                };
+                UnixStream::connect(proc_fd(&sock)).await.map(Stream::Unix)
+            }
         };
         match stream {
             Ok(stream) => {
