@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{positive_secs, Config, FreezeSettings, HookBody, HookSpec, OnFailure, ScriptAction, ScriptPermissions};
+use super::{checked_retries, positive_secs, Config, FreezeSettings, HookBody, HookSpec, OnFailure, ScriptAction, ScriptPermissions};
 
 /// The name the legacy script pair is reported under.
 pub const HOOK_NAME: &str = "ScriptRunner";
@@ -70,13 +70,13 @@ pub(super) fn parse(text: &str) -> Result<Config, String> {
             pre: Some(ScriptAction {
                 path: pre,
                 args: file.pre_script_params,
-                retries: file.pre_script_no_of_retries,
+                retries: checked_retries("preScriptNoOfRetries", file.pre_script_no_of_retries)?,
                 permissions: ScriptPermissions::Legacy,
             }),
             post: Some(ScriptAction {
                 path: post,
                 args: file.post_script_params,
-                retries: file.post_script_no_of_retries,
+                retries: checked_retries("postScriptNoOfRetries", file.post_script_no_of_retries)?,
                 permissions: ScriptPermissions::Legacy,
             }),
         },
@@ -139,6 +139,14 @@ mod tests {
         assert_eq!(h.on_failure, OnFailure::Continue);
         assert!(c.freeze.enabled);
         assert_eq!(h.scripts().0.unwrap().retries, 0);
+    }
+
+    #[test]
+    fn absurd_retry_counts_are_refused_naming_the_field() {
+        let e = parse(r#"{"preScriptLocation": "/a", "postScriptLocation": "/b", "preScriptNoOfRetries": 4294967295}"#).unwrap_err();
+        assert!(e.contains("preScriptNoOfRetries") && e.contains("0 to 100"), "{e}");
+        let c = parse(r#"{"preScriptLocation": "/a", "postScriptLocation": "/b", "postScriptNoOfRetries": 100}"#).unwrap();
+        assert_eq!(c.hooks[0].scripts().1.unwrap().retries, 100);
     }
 
     #[test]

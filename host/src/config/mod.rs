@@ -279,6 +279,23 @@ impl Config {
 /// the one duration validator: zero makes no sense for a hook and is refused
 /// rather than read as "no timeout", and a huge value is refused rather than
 /// overflowing a deadline later.
+/// The most retries a hook may ask for. Every attempt keeps up to
+/// `OUTPUT_CAP` bytes of output and costs up to its timeout, so a typo like
+/// `4294967295` would keep a session (and its locks) going for years.
+pub const MAX_RETRIES: u32 = 100;
+
+/// The most memory a plugin hook may be given: a 32-bit WebAssembly memory
+/// cannot use more than 4 GiB anyway.
+pub const MAX_MEMORY_MIB: u64 = 4096;
+
+fn checked_retries(field: &str, retries: u32) -> Result<u32, String> {
+    if retries > MAX_RETRIES {
+        Err(format!("`{field}` = {retries} is out of range (allowed: 0 to {MAX_RETRIES})"))
+    } else {
+        Ok(retries)
+    }
+}
+
 fn positive_secs(field: &str, secs: u64) -> Result<Duration, String> {
     crate::duration::checked_secs(field, secs).map_err(|e| e.to_string())
 }

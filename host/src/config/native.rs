@@ -10,7 +10,10 @@ use serde::Deserialize;
 
 use std::collections::BTreeMap;
 
-use super::{positive_secs, Config, Format, HookBody, HookSpec, OnFailure, PluginAction, ScriptAction, ScriptPermissions, SnapshotSpec};
+use super::{
+    checked_retries, positive_secs, Config, Format, HookBody, HookSpec, OnFailure, PluginAction, ScriptAction, ScriptPermissions, SnapshotSpec,
+    MAX_MEMORY_MIB,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -123,15 +126,15 @@ fn hook_body(h: &HookTable) -> Result<HookBody, String> {
             return Err(format!("hook {name:?} has both `plugin` and `pre`/`post`; split it into two hooks"));
         }
         absolute("plugin", plugin)?;
-        if h.memory_mib == 0 {
-            return Err(format!("hook {name:?}: `memory_mib` must be at least 1"));
+        if h.memory_mib == 0 || h.memory_mib > MAX_MEMORY_MIB {
+            return Err(format!("hook {name:?}: `memory_mib` = {} is out of range (allowed: 1 to {MAX_MEMORY_MIB})", h.memory_mib));
         }
         return Ok(HookBody::Plugin(PluginAction {
             path: plugin.clone(),
             params: h.params.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             grants: h.grants.clone(),
             memory_mib: h.memory_mib,
-            retries: h.retries,
+            retries: checked_retries(&format!("hook {name:?}: retries"), h.retries)?,
         }));
     }
     if !h.params.is_empty() || !h.grants.is_empty() {
@@ -141,7 +144,12 @@ fn hook_body(h: &HookTable) -> Result<HookBody, String> {
         match path {
             Some(p) => {
                 absolute(field, p)?;
-                Ok(Some(ScriptAction { path: p.clone(), args: args.to_vec(), retries: h.retries, permissions: ScriptPermissions::Native }))
+                Ok(Some(ScriptAction {
+                    path: p.clone(),
+                    args: args.to_vec(),
+                    retries: checked_retries(&format!("hook {name:?}: retries"), h.retries)?,
+                    permissions: ScriptPermissions::Native,
+                }))
             }
             None => Ok(None),
         }
@@ -303,6 +311,14 @@ mod tests {
         assert!(e.contains("both"), "{e}");
         let e = parse("[[hook]]\nname = \"x\"\npre = \"/b\"\ngrants = [\"tcp:a:1\"]\n").unwrap_err();
         assert!(e.contains("plugins"), "{e}");
+    }
+
+    #[test]
+    fn absurd_retries_and_memory_are_refused_naming_the_hook() {
+        let e = parse("[[hook]]\nname = \"x\"\npre = \"/a\"\nretries = 101\n").unwrap_err();
+        assert!(e.contains("\"x\": retries") && e.contains("0 to 100"), "{e}");
+        let e = parse("[[hook]]\nname = \"p\"\nplugin = \"/a.wasm\"\nmemory_mib = 1000000\n").unwrap_err();
+        assert!(e.contains("memory_mib") && e.contains("1 to 4096"), "{e}");
     }
 
     #[test]
