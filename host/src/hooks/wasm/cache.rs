@@ -83,6 +83,12 @@ impl Cache {
         Cache { dir: dir.to_path_buf(), unusable }
     }
 
+    /// No cache at all: every load compiles in memory, nothing is written
+    /// (`inspect` by a user who is not root).
+    pub fn disabled(why: &str) -> Cache {
+        Cache { dir: PathBuf::new(), unusable: Some(why.to_owned()) }
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

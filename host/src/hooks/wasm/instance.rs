@@ -15,8 +15,9 @@ use super::bindings::v0_1_0::QuiescePlugin;
 use super::engine::EPOCH_TICK;
 use super::grants::Grants;
 use super::plugin::{ParamDoc, Plugin, PluginInfo};
-use super::state::{Artifact, Events, HostState, LogSource};
+use super::state::{memory_exceeded, Artifact, Events, HostState, LogSource};
 use super::{error_chain, PluginError};
+use crate::hooks::truncate_message;
 
 /// Limits and grants for one instance; the admin's config fills them.
 #[derive(Clone, Debug)]
@@ -26,18 +27,20 @@ pub struct InstanceConfig {
     pub grants: Grants,
     /// The admin's params, handed to every call.
     pub params: Vec<(String, String)>,
-    /// Per linear memory.
+    /// All the instance's linear memories and tables together.
     pub memory_limit_bytes: usize,
     /// Per call (`describe`, `pre`, `post`).
     pub call_timeout: Duration,
-    /// Log records plus stdout/stderr bytes kept per call.
+    /// Log records, printed lines and grant denials kept per call (bytes,
+    /// each record counting [`RECORD_OVERHEAD`](super::output::RECORD_OVERHEAD)
+    /// more); also the most a returned message keeps.
     pub output_cap: usize,
 }
 
 impl InstanceConfig {
     pub const DEFAULT_MEMORY_LIMIT: usize = 64 << 20;
     pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
-    pub const DEFAULT_OUTPUT_CAP: usize = 64 * 1024;
+    pub const DEFAULT_OUTPUT_CAP: usize = crate::hooks::OUTPUT_CAP;
 
     /// No grants, no params, 64 MiB, 10 s per call, 64 KiB of output per call.
     pub fn new(name: impl Into<String>) -> InstanceConfig {
@@ -121,6 +124,7 @@ pub struct PluginInstance {
     live: Option<Live>,
     params: Vec<(String, String)>,
     call_timeout: Duration,
+    output_cap: usize,
     /// Kept when the instance dies (they were handed over before).
     artifacts: Vec<Artifact>,
     events: Events,
@@ -137,6 +141,11 @@ enum Returned {
     Info(wit::PluginInfo),
     Hook(wit::HookResult),
 }
+
+/// `describe`'s strings and lists are shown by `inspect` and `check`:
+/// generous for an honest plugin, bounded for a hostile one.
+const MAX_INFO_STRING: usize = 1024;
+const MAX_INFO_ITEMS: usize = 64;
 
 fn epoch_ticks(d: Duration) -> u64 {
     (d.as_nanos() / EPOCH_TICK.as_nanos()).max(1) as u64 + 1
@@ -160,6 +169,7 @@ impl PluginInstance {
             live: Some(Live { store, bindings }),
             params: cfg.params,
             call_timeout: cfg.call_timeout,
+            output_cap: cfg.output_cap,
             artifacts: Vec::new(),
             events: Events::default(),
             death: None,
@@ -183,7 +193,7 @@ impl PluginInstance {
     /// The pre hook. `Retryable` leaves the instance alive for another attempt.
     pub async fn pre(&mut self, ctx: &CallContext) -> CallOutcome {
         match self.invoke(Call::Pre(ctx)).await {
-            Ok(Returned::Hook(r)) => hook_outcome(r),
+            Ok(Returned::Hook(r)) => hook_outcome(r, self.output_cap),
             Ok(Returned::Info(_)) => CallOutcome::Trapped("internal: pre returned plugin info".into()),
             Err(o) => o,
         }
@@ -192,7 +202,7 @@ impl PluginInstance {
     /// The post hook, told what became of the snapshot.
     pub async fn post(&mut self, ctx: &CallContext, snapshot: &SnapshotOutcome) -> CallOutcome {
         match self.invoke(Call::Post(ctx, snapshot)).await {
-            Ok(Returned::Hook(r)) => hook_outcome(r),
+            Ok(Returned::Hook(r)) => hook_outcome(r, self.output_cap),
             Ok(Returned::Info(_)) => CallOutcome::Trapped("internal: post returned plugin info".into()),
             Err(o) => o,
         }
@@ -200,17 +210,7 @@ impl PluginInstance {
 
     pub(crate) async fn describe(&mut self) -> Result<PluginInfo, CallOutcome> {
         match self.invoke(Call::Describe).await? {
-            Returned::Info(i) => Ok(PluginInfo {
-                name: i.name,
-                version: i.version,
-                quiesces: i.quiesces,
-                grants: i.grants,
-                params: i
-                    .params
-                    .into_iter()
-                    .map(|p| ParamDoc { name: p.name, description: p.description, required: p.required, default: p.default })
-                    .collect(),
-            }),
+            Returned::Info(i) => Ok(plugin_info(i)),
             Returned::Hook(_) => Err(CallOutcome::Trapped("internal: describe returned a hook result".into())),
         }
     }
@@ -271,7 +271,7 @@ impl PluginInstance {
 
         let data = live.store.data_mut();
         data.deadline = None;
-        let exceeded = data.limiter.exceeded.map(|desired| (data.limiter.memory_limit, desired));
+        let exceeded = data.limiter.exceeded.map(|total| memory_exceeded(data.limiter.memory_limit, total));
         let ev = data.drain_events();
         let stderr_tail = stderr_tail(&ev);
         self.events.append(ev);
@@ -280,12 +280,8 @@ impl PluginInstance {
             Ok(Ok(r)) => return Ok(r),
             Err(_elapsed) => CallOutcome::TimedOut,
             Ok(Err(e)) => {
-                if let Some((limit, desired)) = exceeded {
-                    CallOutcome::MemoryExhausted(format!(
-                        "memory limit of {} MiB exceeded (the plugin asked for {} MiB)",
-                        limit >> 20,
-                        desired.div_ceil(1 << 20)
-                    ))
+                if let Some(message) = exceeded {
+                    CallOutcome::MemoryExhausted(message)
                 } else if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
                     CallOutcome::TimedOut
                 } else if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
@@ -312,11 +308,33 @@ impl PluginInstance {
     }
 }
 
-fn hook_outcome(r: wit::HookResult) -> CallOutcome {
+/// The plugin's answer, its message cut to the output cap: it goes into the
+/// report, the log and stderr (uncapped, 100 MB reports were produced).
+/// The guest's memory limit bounds the copy wasmtime makes before this.
+fn hook_outcome(r: wit::HookResult, cap: usize) -> CallOutcome {
+    let cut = |m: String| truncate_message(m, cap);
     match r {
-        wit::HookResult::Ok(m) => CallOutcome::Ok(m),
-        wit::HookResult::Retryable(m) => CallOutcome::Retryable(m),
-        wit::HookResult::Fatal(m) => CallOutcome::Fatal(m),
+        wit::HookResult::Ok(m) => CallOutcome::Ok(cut(m)),
+        wit::HookResult::Retryable(m) => CallOutcome::Retryable(cut(m)),
+        wit::HookResult::Fatal(m) => CallOutcome::Fatal(cut(m)),
+    }
+}
+
+/// What `describe` returned, within the output cap: each string cut to
+/// [`MAX_INFO_STRING`], at most [`MAX_INFO_ITEMS`] grants and params.
+fn plugin_info(i: wit::PluginInfo) -> PluginInfo {
+    let cut = |m: String| truncate_message(m, MAX_INFO_STRING);
+    PluginInfo {
+        name: cut(i.name),
+        version: cut(i.version),
+        quiesces: cut(i.quiesces),
+        grants: i.grants.into_iter().take(MAX_INFO_ITEMS).map(cut).collect(),
+        params: i
+            .params
+            .into_iter()
+            .take(MAX_INFO_ITEMS)
+            .map(|p| ParamDoc { name: cut(p.name), description: cut(p.description), required: p.required, default: p.default.map(cut) })
+            .collect(),
     }
 }
 

@@ -14,7 +14,7 @@ use crate::hooks::wasm::grants::normal_path;
 use crate::hooks::wasm::state::HostState;
 use crate::trust::{self, Rule};
 
-const OUTPUT_CAP: usize = 64 * 1024;
+use crate::hooks::OUTPUT_CAP;
 
 impl exec::Host for HostState {
     async fn run(&mut self, path: String, args: Vec<String>) -> wasmtime::Result<Result<ExecOutput, Error>> {
