@@ -8,11 +8,10 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use wasmtime::{Store, Trap};
+use wasmtime::{Store, StoreContextMut, Trap, UpdateDeadline};
 
 use super::bindings::v0_1_0::quiesce::plugin::types as wit;
 use super::bindings::v0_1_0::QuiescePlugin;
-use super::engine::EPOCH_TICK;
 use super::grants::Grants;
 use super::plugin::{ParamDoc, Plugin, PluginInfo};
 use super::state::{memory_exceeded, Artifact, Events, HostState, LogSource};
@@ -147,8 +146,17 @@ enum Returned {
 const MAX_INFO_STRING: usize = 1024;
 const MAX_INFO_ITEMS: usize = 64;
 
-fn epoch_ticks(d: Duration) -> u64 {
-    (d.as_nanos() / EPOCH_TICK.as_nanos()).max(1) as u64 + 1
+/// Checked at every epoch tick while the guest runs: the call's real
+/// deadline, on the monotonic clock. Counting ticks instead drifted — the
+/// ticker thread oversleeps on a loaded machine, a 10 s call ran 11–13 s —
+/// and a guest that floods cheap host calls never lets the `tokio` timeout
+/// run. So each tick either traps (past the deadline) or yields to the
+/// executor, where the timeout can fire.
+fn on_epoch_tick(store: StoreContextMut<'_, HostState>) -> wasmtime::Result<UpdateDeadline> {
+    Ok(match store.data().deadline {
+        Some(d) if Instant::now() >= d => UpdateDeadline::Interrupt,
+        _ => UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())),
+    })
 }
 
 impl PluginInstance {
@@ -156,9 +164,11 @@ impl PluginInstance {
         let state = HostState::new(&cfg.name, cfg.grants, cfg.memory_limit_bytes, cfg.output_cap);
         let mut store = Store::new(plugin.engine().engine(), state);
         store.limiter(|s| &mut s.limiter);
-        store.set_epoch_deadline(epoch_ticks(cfg.call_timeout));
-        store.epoch_deadline_trap();
+        store.epoch_deadline_callback(on_epoch_tick);
+        store.set_epoch_deadline(1);
+        store.data_mut().deadline = Some(Instant::now() + cfg.call_timeout);
         let inst = tokio::time::timeout(cfg.call_timeout, plugin.pre().instantiate_async(&mut store)).await;
+        store.data_mut().deadline = None;
         let bindings = match inst {
             Ok(Ok(b)) => b,
             Ok(Err(e)) => return Err(PluginError::Runtime(format!("{}: cannot instantiate: {}", cfg.name, error_chain(&e)))),
@@ -248,7 +258,7 @@ impl PluginInstance {
         let timeout = self.call_timeout;
         let started = Instant::now();
         live.store.data_mut().deadline = Some(started + timeout);
-        live.store.set_epoch_deadline(epoch_ticks(timeout));
+        live.store.set_epoch_deadline(1);
 
         let ctx_of = |c: &CallContext| wit::HookContext {
             session_id: c.session_id.clone(),
@@ -368,12 +378,6 @@ mod tests {
         assert_send(&inst.pre(&ctx));
         assert_send(&inst.post(&ctx, &snap));
         assert_send(&inst);
-    }
-
-    #[test]
-    fn epoch_ticks_cover_the_timeout() {
-        assert_eq!(epoch_ticks(Duration::from_millis(500)), 51);
-        assert_eq!(epoch_ticks(Duration::from_millis(1)), 2);
     }
 
     #[test]

@@ -306,3 +306,26 @@ impl WasiView for HostState {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_memory_limit_is_the_sum_of_every_memory_and_table() {
+        let mut l = Limiter::new(10 << 20);
+        // Two memories of 4 MiB each fit; a table of 2 MiB more does not.
+        assert!(l.memory_growing(0, 4 << 20, None).unwrap());
+        assert!(l.memory_growing(0, 4 << 20, None).unwrap());
+        let elements = (2 << 20) / TABLE_ELEMENT_BYTES + 1;
+        assert!(l.table_growing(0, elements, None).is_err());
+        assert_eq!(l.exceeded, Some((8 << 20) + elements * TABLE_ELEMENT_BYTES));
+        // A growth wasmtime then fails is taken back.
+        assert!(l.memory_growing(4 << 20, 6 << 20, Some(5 << 20)).unwrap());
+        assert!(l.memory_grow_failed(wasmtime::format_err!("past its maximum")).is_err());
+        assert!(l.table_growing(0, (2 << 20) / TABLE_ELEMENT_BYTES, None).unwrap());
+        assert!(l.memory_growing(0, 64 << 10, None).is_err());
+        assert!(memory_exceeded(10 << 20, (10 << 20) + 1)
+            .contains("limit of 10 MiB exceeded (the plugin's memories and tables would total 11 MiB)"));
+    }
+}

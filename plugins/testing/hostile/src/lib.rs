@@ -105,7 +105,7 @@ impl Plugin for Hostile {
                 let long = "h".repeat(size(ctx, 1 << 20));
                 let mut refused = 0u64;
                 for i in 0..n(ctx, 10_000) {
-                    let target = if i % 2 == 0 { format!("tcp:10.0.0.1:{}", i % 65536) } else { format!("unix:/{long}{i}") };
+                    let target = if i % 2 == 0 { format!("tcp:10.0.0.1:{}", 1 + i % 65535) } else { format!("unix:/{long}{i}") };
                     refused += u64::from(Connection::open(&target).is_err());
                     refused += u64::from(files::read(&format!("/etc/{long}{i}")).is_err());
                 }
