@@ -171,7 +171,10 @@ impl PluginInstance {
         store.data_mut().deadline = None;
         let bindings = match inst {
             Ok(Ok(b)) => b,
-            Ok(Err(e)) => return Err(PluginError::Runtime(format!("{}: cannot instantiate: {}", cfg.name, error_chain(&e)))),
+            Ok(Err(e)) => {
+                let why = truncate_message(error_chain(&e), cfg.output_cap);
+                return Err(PluginError::Runtime(format!("{}: cannot instantiate: {why}", cfg.name)));
+            }
             Err(_) => return Err(PluginError::Runtime(format!("{}: instantiation timed out", cfg.name))),
         };
         Ok(PluginInstance {
@@ -301,10 +304,12 @@ impl PluginInstance {
                         Some(t) => t.to_string(),
                         None => error_chain(&e),
                     };
-                    CallOutcome::Trapped(match stderr_tail {
+                    let what = match stderr_tail {
                         Some(tail) => format!("{what} ({tail})"),
                         None => what,
-                    })
+                    };
+                    // A host error's chain can carry a long wasm backtrace.
+                    CallOutcome::Trapped(truncate_message(what, self.output_cap))
                 }
             }
         };
