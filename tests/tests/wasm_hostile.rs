@@ -471,4 +471,3 @@ fn a_session_of_hostile_hooks_keeps_its_report_small_and_the_next_session_works(
     assert_eq!(run.report["consistency"], "AppConsistent", "{}", run.report);
     assert_eq!(run.code(), 0);
 }
-

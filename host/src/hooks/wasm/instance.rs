@@ -123,7 +123,6 @@ pub struct PluginInstance {
     live: Option<Live>,
     params: Vec<(String, String)>,
     call_timeout: Duration,
-    output_cap: usize,
     /// Kept when the instance dies (they were handed over before).
     artifacts: Vec<Artifact>,
     events: Events,
@@ -166,7 +165,8 @@ impl PluginInstance {
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_callback(on_epoch_tick);
         store.set_epoch_deadline(1);
-        store.data_mut().deadline = Some(Instant::now() + cfg.call_timeout);
+        // A timeout too large for the clock means none; the tokio timer copes.
+        store.data_mut().deadline = Instant::now().checked_add(cfg.call_timeout);
         let inst = tokio::time::timeout(cfg.call_timeout, plugin.pre().instantiate_async(&mut store)).await;
         store.data_mut().deadline = None;
         let bindings = match inst {
@@ -182,7 +182,6 @@ impl PluginInstance {
             live: Some(Live { store, bindings }),
             params: cfg.params,
             call_timeout: cfg.call_timeout,
-            output_cap: cfg.output_cap,
             artifacts: Vec::new(),
             events: Events::default(),
             death: None,
@@ -206,7 +205,7 @@ impl PluginInstance {
     /// The pre hook. `Retryable` leaves the instance alive for another attempt.
     pub async fn pre(&mut self, ctx: &CallContext) -> CallOutcome {
         match self.invoke(Call::Pre(ctx)).await {
-            Ok(Returned::Hook(r)) => hook_outcome(r, self.output_cap),
+            Ok(Returned::Hook(r)) => hook_outcome(r, self.output_cap()),
             Ok(Returned::Info(_)) => CallOutcome::Trapped("internal: pre returned plugin info".into()),
             Err(o) => o,
         }
@@ -215,7 +214,7 @@ impl PluginInstance {
     /// The post hook, told what became of the snapshot.
     pub async fn post(&mut self, ctx: &CallContext, snapshot: &SnapshotOutcome) -> CallOutcome {
         match self.invoke(Call::Post(ctx, snapshot)).await {
-            Ok(Returned::Hook(r)) => hook_outcome(r, self.output_cap),
+            Ok(Returned::Hook(r)) => hook_outcome(r, self.output_cap()),
             Ok(Returned::Info(_)) => CallOutcome::Trapped("internal: post returned plugin info".into()),
             Err(o) => o,
         }
@@ -226,6 +225,11 @@ impl PluginInstance {
             Returned::Info(i) => Ok(plugin_info(i)),
             Returned::Hook(_) => Err(CallOutcome::Trapped("internal: describe returned a hook result".into())),
         }
+    }
+
+    /// The instance's output cap (the default once it died).
+    fn output_cap(&self) -> usize {
+        self.live.as_ref().map_or(InstanceConfig::DEFAULT_OUTPUT_CAP, |l| l.store.data().output_cap)
     }
 
     /// Log records, grant denials and dropped-output counts since the last take.
@@ -260,7 +264,7 @@ impl PluginInstance {
         let Some(live) = self.live.as_mut() else { return Err(CallOutcome::Dead) };
         let timeout = self.call_timeout;
         let started = Instant::now();
-        live.store.data_mut().deadline = Some(started + timeout);
+        live.store.data_mut().deadline = started.checked_add(timeout);
         live.store.set_epoch_deadline(1);
 
         let ctx_of = |c: &CallContext| wit::HookContext {
@@ -284,6 +288,7 @@ impl PluginInstance {
 
         let data = live.store.data_mut();
         data.deadline = None;
+        let cap = data.output_cap;
         let exceeded = data.limiter.exceeded.map(|total| memory_exceeded(data.limiter.memory_limit, total));
         let ev = data.drain_events();
         let stderr_tail = stderr_tail(&ev);
@@ -309,7 +314,7 @@ impl PluginInstance {
                         None => what,
                     };
                     // A host error's chain can carry a long wasm backtrace.
-                    CallOutcome::Trapped(truncate_message(what, self.output_cap))
+                    CallOutcome::Trapped(truncate_message(what, cap))
                 }
             }
         };

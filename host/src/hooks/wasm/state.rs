@@ -233,6 +233,8 @@ pub(crate) struct HostState {
     pub plugin: String,
     pub grants: Grants,
     pub output: OutputSink,
+    /// Per call, and for the messages the plugin returns.
+    pub output_cap: usize,
     pub artifacts: Vec<Artifact>,
     /// End of the current call (for `exec` and `sleep-ms`).
     pub deadline: Option<Instant>,
@@ -262,6 +264,7 @@ impl HostState {
             plugin: plugin.to_owned(),
             grants,
             output,
+            output_cap,
             artifacts: Vec::new(),
             deadline: None,
             open_connections: 0,

@@ -27,7 +27,7 @@ impl clock::Host for HostState {
         let wanted = Duration::from_millis(ms);
         // Past the deadline, not at it: the call's timeout must fire first,
         // so the outcome is "timed out", never a sleep that returned in time.
-        let bound = self.deadline.map_or(wanted, |d| d.saturating_duration_since(Instant::now()) + PAST_DEADLINE);
+        let bound = self.deadline.map_or(wanted, |d| d.saturating_duration_since(Instant::now()).saturating_add(PAST_DEADLINE));
         tokio::time::sleep(wanted.min(bound)).await;
         Ok(())
     }
