@@ -111,7 +111,17 @@ pub async fn check(config: Result<Config, ConfigError>, mounts: &[PathBuf], snap
             let problems =
                 config_problem.into_iter().chain([Problem { code: ErrorCode::FsFreezeFailed, message: e.to_string() }]).collect();
             let freeze = FreezeCheck { enabled: false, max_freeze_s: 0.0, targets: vec![], skipped: vec![] };
-            return CheckReport { ok: false, config: path, format, hooks: vec![], freeze, snapshot: None, containment: crate::contain::mechanism().to_string(), problems, warnings: vec![] };
+            return CheckReport {
+                ok: false,
+                config: path,
+                format,
+                hooks: vec![],
+                freeze,
+                snapshot: None,
+                containment: crate::contain::mechanism().to_string(),
+                problems,
+                warnings: vec![],
+            };
         }
     };
     let validation = session.validate();

@@ -336,13 +336,19 @@ fn run_thaw(args: ThawArgs) -> ExitCode {
 }
 
 fn run_inspect(args: InspectArgs) -> ExitCode {
-    let cache_dir = session::cache_dir_from_env();
     let file = std::path::absolute(&args.file).unwrap_or(args.file);
     let runtime = match runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    let result = wasm::WasmEngine::new(&cache_dir).and_then(|engine| runtime.block_on(wasm::inspect(&engine, &file)));
+    // Only root's sessions use the cache; anyone else inspects in memory and
+    // creates nothing (not even the cache directory).
+    let engine = if nix::unistd::geteuid().is_root() {
+        wasm::WasmEngine::new(&session::cache_dir_from_env())
+    } else {
+        wasm::WasmEngine::without_cache()
+    };
+    let result = engine.and_then(|engine| runtime.block_on(wasm::inspect(&engine, &file)));
     match (result, args.json) {
         (Ok(i), true) => println!("{}", serde_json::to_string(&i).unwrap_or_default()),
         (Ok(i), false) => {
@@ -359,11 +365,16 @@ fn run_inspect(args: InspectArgs) -> ExitCode {
                 let d = p.default.as_deref().map(|d| format!(" (default {d})")).unwrap_or_else(|| " (required)".into());
                 println!("  param {}{d}: {}", p.name, p.description);
             }
-            println!(
-                "  compiled copy was cached: {} ({})",
-                if i.cached { "yes" } else { "no (compiled now, cached for next time)" },
-                i.cache_dir
-            );
+            if i.cache_used {
+                println!(
+                    "  compiled copy was cached: {} ({})",
+                    if i.cached { "yes" } else { "no (compiled now, cached for next time)" },
+                    i.cache_dir
+                );
+            } else {
+                println!("  compiled in memory (nothing cached)");
+            }
+            println!("  a session would accept this file where it lies: {}", i.acceptance);
         }
         (Err(e), json) => {
             let code = match e {

@@ -11,8 +11,8 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 
 use super::{
-    checked_retries, positive_secs, Config, Format, HookBody, HookSpec, OnFailure, PluginAction, ScriptAction, ScriptPermissions, SnapshotSpec,
-    MAX_MEMORY_MIB,
+    checked_retries, positive_secs, Config, Format, HookBody, HookSpec, OnFailure, PluginAction, ScriptAction, ScriptPermissions,
+    SnapshotSpec, MAX_MEMORY_MIB,
 };
 
 #[derive(Deserialize)]

@@ -124,7 +124,7 @@ impl ScriptSpec {
             retry_delay: Duration::from_secs(1),
             kill_grace: Duration::from_secs(2),
             warning_exit_codes: Vec::new(),
-            output_cap: 64 * 1024,
+            output_cap: crate::hooks::OUTPUT_CAP,
         }
     }
 }

@@ -13,13 +13,12 @@ use crate::contain::Containment;
 use crate::duration::ms;
 use crate::hooks::script::{self, ScriptOutcome, ScriptSpec};
 use crate::hooks::wasm::{CallContext, CallOutcome, Grants, InstanceConfig, Plugin, PluginInstance, SnapshotOutcome, WasmEngine};
+use crate::hooks::OUTPUT_CAP;
 use crate::report::{label_name, Consistency, ErrorCode, HookKind, HookReport, Outcome, Phase, ReportError};
 use crate::trust::{self, TrustError, TrustedFile};
 
 use super::record::Run;
 
-/// Output kept per script attempt / plugin call (the rest is counted, not kept).
-const OUTPUT_CAP: usize = 64 * 1024;
 const KILL_GRACE: Duration = Duration::from_secs(2);
 
 /// What the phase knows about the session.

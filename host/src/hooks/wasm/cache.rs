@@ -119,6 +119,12 @@ impl Cache {
         Cache { dir: dir.to_path_buf(), state }
     }
 
+    /// No cache at all: every load compiles in memory, nothing is written
+    /// (`inspect` by a user who is not root).
+    pub fn disabled(why: &str) -> Cache {
+        Cache { dir: PathBuf::new(), state: Err(why.to_owned()) }
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

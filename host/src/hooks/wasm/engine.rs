@@ -9,11 +9,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wasmtime::component::{HasSelf, Linker};
+use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine};
 
 use super::bindings::v0_1_0::{QuiescePlugin, QuiescePluginPre};
-use super::cache::Cache;
+use super::cache::{Cache, CacheStatus};
 use super::detect::{self, Kind};
 use super::plugin::Plugin;
 use super::state::HostState;
@@ -29,7 +29,7 @@ pub const DEFAULT_CACHE_DIR: &str = "/var/cache/quiesce/plugins";
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Larger files are refused before anything is read into memory.
-const MAX_PLUGIN_BYTES: u64 = 64 << 20;
+pub(crate) const MAX_PLUGIN_BYTES: u64 = 64 << 20;
 
 /// The plugin runtime. Cheap to clone; the epoch ticker stops when the last
 /// clone is dropped.
@@ -56,6 +56,16 @@ impl WasmEngine {
     /// (created root-only if missing; an unusable one disables caching
     /// with a warning rather than failing).
     pub fn new(cache_dir: &Path) -> Result<WasmEngine, PluginError> {
+        Self::with_cache(Cache::open(cache_dir))
+    }
+
+    /// An engine that never reads or writes a cache (nor creates its
+    /// directory): for `inspect` by a user who is not root.
+    pub fn without_cache() -> Result<WasmEngine, PluginError> {
+        Self::with_cache(Cache::disabled("not used by this command"))
+    }
+
+    fn with_cache(cache: Cache) -> Result<WasmEngine, PluginError> {
         let rt = |e: wasmtime::Error| PluginError::Runtime(error_chain(&e));
         let mut config = Config::new();
         config.epoch_interruption(true);
@@ -79,7 +89,7 @@ impl WasmEngine {
             })
             .map_err(|e| PluginError::Runtime(format!("cannot start the epoch ticker thread: {e}")))?;
 
-        Ok(WasmEngine { inner: Arc::new(Inner { engine, linker, cache: Cache::open(cache_dir), stop }) })
+        Ok(WasmEngine { inner: Arc::new(Inner { engine, linker, cache, stop }) })
     }
 
     pub(crate) fn engine(&self) -> &Engine {
@@ -117,14 +127,27 @@ impl WasmEngine {
             .cache
             .load_or_compile(engine, &bytes)
             .map_err(|e| PluginError::load(path, format!("not a valid component: {}; {}", error_chain(&e), detect::expected())))?;
-        detect::check_world(engine, &component).map_err(|m| PluginError::load(path, m))?;
-        let pre = self.inner.linker.instantiate_pre(&component).and_then(QuiescePluginPre::new).map_err(|e| {
+        self.link(path, &bytes, &component, cache, started)
+    }
+
+    /// Checks a compiled component against the world and pre-links it.
+    pub(crate) fn link(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        component: &Component,
+        cache: CacheStatus,
+        started: Instant,
+    ) -> Result<Plugin, PluginError> {
+        let engine = &self.inner.engine;
+        detect::check_world(engine, component).map_err(|m| PluginError::load(path, m))?;
+        let pre = self.inner.linker.instantiate_pre(component).and_then(QuiescePluginPre::new).map_err(|e| {
             PluginError::load(
                 path,
                 format!("cannot be linked: {} (quiesce offers WASI 0.2 and quiesce:plugin@0.1.0 imports only)", error_chain(&e)),
             )
         })?;
-        let plugin = Plugin::new(self.clone(), path, &bytes, &component, pre, cache, started.elapsed());
+        let plugin = Plugin::new(self.clone(), path, bytes, component, pre, cache, started.elapsed());
         tracing::debug!(
             "loaded plugin {} ({} bytes, cache: {:?}) in {:.3} ms",
             path.display(),
@@ -136,7 +159,7 @@ impl WasmEngine {
     }
 }
 
-fn read_checked(file: &File, path: &Path) -> Result<Vec<u8>, PluginError> {
+pub(crate) fn read_checked(file: &File, path: &Path) -> Result<Vec<u8>, PluginError> {
     let io = |e: std::io::Error| PluginError::load(path, format!("cannot read: {e}"));
     let len = file.metadata().map_err(io)?.len();
     if len > MAX_PLUGIN_BYTES {

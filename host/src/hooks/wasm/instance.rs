@@ -8,15 +8,15 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use wasmtime::{Store, Trap};
+use wasmtime::{Store, StoreContextMut, Trap, UpdateDeadline};
 
 use super::bindings::v0_1_0::quiesce::plugin::types as wit;
 use super::bindings::v0_1_0::QuiescePlugin;
-use super::engine::EPOCH_TICK;
 use super::grants::Grants;
 use super::plugin::{ParamDoc, Plugin, PluginInfo};
-use super::state::{Artifact, Events, HostState, LogSource};
+use super::state::{memory_exceeded, Artifact, Events, HostState, LogSource};
 use super::{error_chain, PluginError};
+use crate::hooks::truncate_message;
 
 /// Limits and grants for one instance; the admin's config fills them.
 #[derive(Clone, Debug)]
@@ -26,18 +26,20 @@ pub struct InstanceConfig {
     pub grants: Grants,
     /// The admin's params, handed to every call.
     pub params: Vec<(String, String)>,
-    /// Per linear memory.
+    /// All the instance's linear memories and tables together.
     pub memory_limit_bytes: usize,
     /// Per call (`describe`, `pre`, `post`).
     pub call_timeout: Duration,
-    /// Log records plus stdout/stderr bytes kept per call.
+    /// Log records, printed lines and grant denials kept per call (bytes,
+    /// each record counting [`RECORD_OVERHEAD`](super::output::RECORD_OVERHEAD)
+    /// more); also the most a returned message keeps.
     pub output_cap: usize,
 }
 
 impl InstanceConfig {
     pub const DEFAULT_MEMORY_LIMIT: usize = 64 << 20;
     pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
-    pub const DEFAULT_OUTPUT_CAP: usize = 64 * 1024;
+    pub const DEFAULT_OUTPUT_CAP: usize = crate::hooks::OUTPUT_CAP;
 
     /// No grants, no params, 64 MiB, 10 s per call, 64 KiB of output per call.
     pub fn new(name: impl Into<String>) -> InstanceConfig {
@@ -138,11 +140,22 @@ enum Returned {
     Hook(wit::HookResult),
 }
 
-/// Capped at u32::MAX ticks (over a year): wasmtime adds this to its epoch,
-/// and an embedder's `Duration::MAX` must not overflow there or here.
-fn epoch_ticks(d: Duration) -> u64 {
-    let ticks = (d.as_nanos() / EPOCH_TICK.as_nanos()).max(1);
-    u64::try_from(ticks).unwrap_or(u64::MAX).min(u64::from(u32::MAX)) + 1
+/// `describe`'s strings and lists are shown by `inspect` and `check`:
+/// generous for an honest plugin, bounded for a hostile one.
+const MAX_INFO_STRING: usize = 1024;
+const MAX_INFO_ITEMS: usize = 64;
+
+/// Checked at every epoch tick while the guest runs: the call's real
+/// deadline, on the monotonic clock. Counting ticks instead drifted — the
+/// ticker thread oversleeps on a loaded machine, a 10 s call ran 11–13 s —
+/// and a guest that floods cheap host calls never lets the `tokio` timeout
+/// run. So each tick either traps (past the deadline) or yields to the
+/// executor, where the timeout can fire.
+fn on_epoch_tick(store: StoreContextMut<'_, HostState>) -> wasmtime::Result<UpdateDeadline> {
+    Ok(match store.data().deadline {
+        Some(d) if Instant::now() >= d => UpdateDeadline::Interrupt,
+        _ => UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())),
+    })
 }
 
 impl PluginInstance {
@@ -150,12 +163,18 @@ impl PluginInstance {
         let state = HostState::new(&cfg.name, cfg.grants, cfg.memory_limit_bytes, cfg.output_cap);
         let mut store = Store::new(plugin.engine().engine(), state);
         store.limiter(|s| &mut s.limiter);
-        store.set_epoch_deadline(epoch_ticks(cfg.call_timeout));
-        store.epoch_deadline_trap();
+        store.epoch_deadline_callback(on_epoch_tick);
+        store.set_epoch_deadline(1);
+        // A timeout too large for the clock means none; the tokio timer copes.
+        store.data_mut().deadline = Instant::now().checked_add(cfg.call_timeout);
         let inst = tokio::time::timeout(cfg.call_timeout, plugin.pre().instantiate_async(&mut store)).await;
+        store.data_mut().deadline = None;
         let bindings = match inst {
             Ok(Ok(b)) => b,
-            Ok(Err(e)) => return Err(PluginError::Runtime(format!("{}: cannot instantiate: {}", cfg.name, error_chain(&e)))),
+            Ok(Err(e)) => {
+                let why = truncate_message(error_chain(&e), cfg.output_cap);
+                return Err(PluginError::Runtime(format!("{}: cannot instantiate: {why}", cfg.name)));
+            }
             Err(_) => return Err(PluginError::Runtime(format!("{}: instantiation timed out", cfg.name))),
         };
         Ok(PluginInstance {
@@ -186,7 +205,7 @@ impl PluginInstance {
     /// The pre hook. `Retryable` leaves the instance alive for another attempt.
     pub async fn pre(&mut self, ctx: &CallContext) -> CallOutcome {
         match self.invoke(Call::Pre(ctx)).await {
-            Ok(Returned::Hook(r)) => hook_outcome(r),
+            Ok(Returned::Hook(r)) => hook_outcome(r, self.output_cap()),
             Ok(Returned::Info(_)) => CallOutcome::Trapped("internal: pre returned plugin info".into()),
             Err(o) => o,
         }
@@ -195,7 +214,7 @@ impl PluginInstance {
     /// The post hook, told what became of the snapshot.
     pub async fn post(&mut self, ctx: &CallContext, snapshot: &SnapshotOutcome) -> CallOutcome {
         match self.invoke(Call::Post(ctx, snapshot)).await {
-            Ok(Returned::Hook(r)) => hook_outcome(r),
+            Ok(Returned::Hook(r)) => hook_outcome(r, self.output_cap()),
             Ok(Returned::Info(_)) => CallOutcome::Trapped("internal: post returned plugin info".into()),
             Err(o) => o,
         }
@@ -203,19 +222,14 @@ impl PluginInstance {
 
     pub(crate) async fn describe(&mut self) -> Result<PluginInfo, CallOutcome> {
         match self.invoke(Call::Describe).await? {
-            Returned::Info(i) => Ok(PluginInfo {
-                name: i.name,
-                version: i.version,
-                quiesces: i.quiesces,
-                grants: i.grants,
-                params: i
-                    .params
-                    .into_iter()
-                    .map(|p| ParamDoc { name: p.name, description: p.description, required: p.required, default: p.default })
-                    .collect(),
-            }),
+            Returned::Info(i) => Ok(plugin_info(i)),
             Returned::Hook(_) => Err(CallOutcome::Trapped("internal: describe returned a hook result".into())),
         }
+    }
+
+    /// The instance's output cap (the default once it died).
+    fn output_cap(&self) -> usize {
+        self.live.as_ref().map_or(InstanceConfig::DEFAULT_OUTPUT_CAP, |l| l.store.data().output_cap)
     }
 
     /// Log records, grant denials and dropped-output counts since the last take.
@@ -251,7 +265,7 @@ impl PluginInstance {
         let timeout = self.call_timeout;
         let started = Instant::now();
         live.store.data_mut().deadline = Some(crate::duration::deadline(started, timeout));
-        live.store.set_epoch_deadline(epoch_ticks(timeout));
+        live.store.set_epoch_deadline(1);
 
         let ctx_of = |c: &CallContext| wit::HookContext {
             session_id: c.session_id.clone(),
@@ -274,7 +288,8 @@ impl PluginInstance {
 
         let data = live.store.data_mut();
         data.deadline = None;
-        let exceeded = data.limiter.exceeded.map(|desired| (data.limiter.memory_limit, desired));
+        let cap = data.output_cap;
+        let exceeded = data.limiter.exceeded.map(|total| memory_exceeded(data.limiter.memory_limit, total));
         let ev = data.drain_events();
         let stderr_tail = stderr_tail(&ev);
         self.events.append(ev);
@@ -283,12 +298,8 @@ impl PluginInstance {
             Ok(Ok(r)) => return Ok(r),
             Err(_elapsed) => CallOutcome::TimedOut,
             Ok(Err(e)) => {
-                if let Some((limit, desired)) = exceeded {
-                    CallOutcome::MemoryExhausted(format!(
-                        "memory limit of {} MiB exceeded (the plugin asked for {} MiB)",
-                        limit >> 20,
-                        desired.div_ceil(1 << 20)
-                    ))
+                if let Some(message) = exceeded {
+                    CallOutcome::MemoryExhausted(message)
                 } else if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
                     CallOutcome::TimedOut
                 } else if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
@@ -298,10 +309,12 @@ impl PluginInstance {
                         Some(t) => t.to_string(),
                         None => error_chain(&e),
                     };
-                    CallOutcome::Trapped(match stderr_tail {
+                    let what = match stderr_tail {
                         Some(tail) => format!("{what} ({tail})"),
                         None => what,
-                    })
+                    };
+                    // A host error's chain can carry a long wasm backtrace.
+                    CallOutcome::Trapped(truncate_message(what, cap))
                 }
             }
         };
@@ -315,11 +328,33 @@ impl PluginInstance {
     }
 }
 
-fn hook_outcome(r: wit::HookResult) -> CallOutcome {
+/// The plugin's answer, its message cut to the output cap: it goes into the
+/// report, the log and stderr (uncapped, 100 MB reports were produced).
+/// The guest's memory limit bounds the copy wasmtime makes before this.
+fn hook_outcome(r: wit::HookResult, cap: usize) -> CallOutcome {
+    let cut = |m: String| truncate_message(m, cap);
     match r {
-        wit::HookResult::Ok(m) => CallOutcome::Ok(m),
-        wit::HookResult::Retryable(m) => CallOutcome::Retryable(m),
-        wit::HookResult::Fatal(m) => CallOutcome::Fatal(m),
+        wit::HookResult::Ok(m) => CallOutcome::Ok(cut(m)),
+        wit::HookResult::Retryable(m) => CallOutcome::Retryable(cut(m)),
+        wit::HookResult::Fatal(m) => CallOutcome::Fatal(cut(m)),
+    }
+}
+
+/// What `describe` returned, within the output cap: each string cut to
+/// [`MAX_INFO_STRING`], at most [`MAX_INFO_ITEMS`] grants and params.
+fn plugin_info(i: wit::PluginInfo) -> PluginInfo {
+    let cut = |m: String| truncate_message(m, MAX_INFO_STRING);
+    PluginInfo {
+        name: cut(i.name),
+        version: cut(i.version),
+        quiesces: cut(i.quiesces),
+        grants: i.grants.into_iter().take(MAX_INFO_ITEMS).map(cut).collect(),
+        params: i
+            .params
+            .into_iter()
+            .take(MAX_INFO_ITEMS)
+            .map(|p| ParamDoc { name: cut(p.name), description: cut(p.description), required: p.required, default: p.default.map(cut) })
+            .collect(),
     }
 }
 
@@ -353,13 +388,6 @@ mod tests {
         assert_send(&inst.pre(&ctx));
         assert_send(&inst.post(&ctx, &snap));
         assert_send(&inst);
-    }
-
-    #[test]
-    fn epoch_ticks_cover_the_timeout() {
-        assert_eq!(epoch_ticks(Duration::from_millis(500)), 51);
-        assert_eq!(epoch_ticks(Duration::from_millis(1)), 2);
-        assert_eq!(epoch_ticks(Duration::MAX), u64::from(u32::MAX) + 1, "an embedder's Duration::MAX does not overflow");
     }
 
     #[test]

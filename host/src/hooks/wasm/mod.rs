@@ -61,7 +61,7 @@ use std::path::PathBuf;
 pub use cache::CacheStatus;
 pub use engine::{WasmEngine, DEFAULT_CACHE_DIR};
 pub use grants::{Grant, GrantError, Grants};
-pub use inspect::{inspect, Inspection};
+pub use inspect::{inspect, inspect_within, Inspection, INSPECT_DEADLINE};
 pub use instance::{CallContext, CallOutcome, InstanceConfig, PluginInstance, SnapshotOutcome};
 pub use plugin::{ParamDoc, Plugin, PluginInfo};
 pub use state::{Artifact, Events, GrantDenial, LogLevel, LogRecord, LogSource};

@@ -1,6 +1,12 @@
-//! The plugin's stdout/stderr and log records share one byte budget per
-//! call. Beyond it output is counted and dropped — never an error, since
-//! Rust's `println!` panics (kills the plugin) when a write fails.
+//! Everything a plugin can make the host keep or write during one call —
+//! `log` records, printed stdout/stderr lines, grant denials — is charged
+//! against one budget ([`OUTPUT_CAP`](crate::hooks::OUTPUT_CAP) by
+//! default). Each record costs its bytes plus [`RECORD_OVERHEAD`], so a
+//! flood of empty records runs out of budget like a flood of long ones
+//! (millions of empty `log` calls once grew the log without bound). Beyond
+//! the budget, output is counted and dropped — never an error, since Rust's
+//! `println!` panics (kills the plugin) when a write fails — and the call's
+//! events end with one record saying how much was dropped.
 //! Records keep the order the plugin produced them in: printed lines and
 //! `log` records interleave as they happened.
 
@@ -11,63 +17,161 @@ use std::task::{Context, Poll};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 
-use super::state::{LogLevel, LogRecord, LogSource};
+use super::state::{GrantDenial, LogLevel, LogRecord, LogSource};
 
-/// Bytes captured during one call.
+/// What one kept record costs on top of its bytes: roughly what the host
+/// spends on it (the record, its log line's prefix, its place in the report).
+pub(crate) const RECORD_OVERHEAD: usize = 64;
+
+/// Grant denials kept per call; the rest are counted (a plugin probing a
+/// thousand ports needs one line in the report, not a thousand).
+pub(crate) const MAX_DENIALS: usize = 16;
+
+/// What a plugin asked for, as kept in a denial: enough to recognise it.
+pub(crate) const MAX_REQUEST_BYTES: usize = 512;
+
+/// What one call produced, within the budget.
 #[derive(Debug, Default)]
 pub(crate) struct Captured {
     pub cap: usize,
     pub used: usize,
-    pub dropped: u64,
+    /// Bytes and records over the budget, not kept.
+    pub dropped_bytes: u64,
+    pub dropped_records: u64,
     /// Log records and complete printed lines, in order.
     pub records: Vec<LogRecord>,
-    /// Printed bytes after the last newline, per stream.
-    partial_out: Vec<u8>,
-    partial_err: Vec<u8>,
+    pub denials: Vec<GrantDenial>,
+    pub dropped_denials: u64,
+    /// The printed line in progress, per stream.
+    line_out: Line,
+    line_err: Line,
+}
+
+/// A printed line not yet ended by a newline.
+#[derive(Debug, Default)]
+enum Line {
+    #[default]
+    Idle,
+    /// Its overhead and its bytes so far are charged.
+    Kept(Vec<u8>),
+    /// It started over budget: counted as one dropped record when it ends.
+    Dropped,
 }
 
 impl Captured {
-    /// Takes up to the remaining budget of `len` bytes; returns how many.
-    pub fn admit(&mut self, len: usize) -> usize {
-        let n = len.min(self.cap.saturating_sub(self.used));
-        self.used += n;
-        self.dropped += (len - n) as u64;
-        n
+    fn room(&self) -> usize {
+        self.cap.saturating_sub(self.used)
     }
 
-    /// Keeps a `log` record of `size` bytes if it fits whole (a partial
-    /// record would mislead); returns whether it was kept.
-    pub fn push_log(&mut self, record: LogRecord, size: usize) -> bool {
-        if self.cap.saturating_sub(self.used) < size {
-            self.dropped += size as u64;
+    /// Charges one record of `bytes` (plus the overhead) if it fits whole;
+    /// otherwise counts it as dropped. A partial record would mislead.
+    fn charge(&mut self, bytes: usize) -> bool {
+        match bytes.checked_add(RECORD_OVERHEAD) {
+            Some(cost) if cost <= self.room() => {
+                self.used += cost;
+                true
+            }
+            _ => {
+                self.dropped_bytes = self.dropped_bytes.saturating_add(bytes as u64);
+                self.dropped_records = self.dropped_records.saturating_add(1);
+                false
+            }
+        }
+    }
+
+    /// Keeps a `log` record if it fits whole; returns whether it was kept.
+    pub fn push_log(&mut self, record: LogRecord) -> bool {
+        let size = record.message.len().saturating_add(record.fields.iter().map(|(k, v)| k.len().saturating_add(v.len())).sum());
+        if !self.charge(size) {
             return false;
         }
-        self.used += size;
         self.records.push(record);
         true
     }
 
-    fn printed(&mut self, stderr: bool, bytes: &[u8]) {
-        let n = self.admit(bytes.len());
-        let partial = if stderr { &mut self.partial_err } else { &mut self.partial_out };
-        partial.extend_from_slice(&bytes[..n]);
-        let mut lines = Vec::new();
-        while let Some(i) = partial.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = partial.drain(..=i).collect();
-            lines.push(line[..line.len() - 1].to_vec());
+    /// Keeps a grant denial (its request cut to [`MAX_REQUEST_BYTES`]) if
+    /// fewer than [`MAX_DENIALS`] were kept and it fits; returns whether it was.
+    pub fn push_denial(&mut self, mut denial: GrantDenial) -> bool {
+        denial.requested = crate::hooks::truncate_message(std::mem::take(&mut denial.requested), MAX_REQUEST_BYTES);
+        if self.denials.len() >= MAX_DENIALS || !self.charge(denial.requested.len() + denial.needed.len()) {
+            self.dropped_denials = self.dropped_denials.saturating_add(1);
+            return false;
         }
-        for line in lines {
-            self.records.push(printed_record(stderr, &line));
+        self.denials.push(denial);
+        true
+    }
+
+    fn printed(&mut self, stderr: bool, bytes: &[u8]) {
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let (segment, line_ends) = match rest.iter().position(|&b| b == b'\n') {
+                Some(i) => (&rest[..i], true),
+                None => (rest, false),
+            };
+            rest = &rest[segment.len() + usize::from(line_ends)..];
+            // A line's overhead is charged when it starts, its bytes as they
+            // arrive: a never-ending line cannot grow past the budget.
+            let mut line = std::mem::take(self.line(stderr));
+            if matches!(line, Line::Idle) {
+                line = if self.room() >= RECORD_OVERHEAD {
+                    self.used += RECORD_OVERHEAD;
+                    Line::Kept(Vec::new())
+                } else {
+                    Line::Dropped
+                };
+            }
+            let n = match &mut line {
+                Line::Kept(buf) => {
+                    let n = segment.len().min(self.room());
+                    buf.extend_from_slice(&segment[..n]);
+                    n
+                }
+                _ => 0,
+            };
+            self.used += n;
+            self.dropped_bytes = self.dropped_bytes.saturating_add((segment.len() - n) as u64);
+            *self.line(stderr) = line;
+            if line_ends {
+                self.end_line(stderr);
+            }
         }
     }
 
-    /// Ends the call: unterminated printed lines become records too.
+    fn line(&mut self, stderr: bool) -> &mut Line {
+        if stderr {
+            &mut self.line_err
+        } else {
+            &mut self.line_out
+        }
+    }
+
+    fn end_line(&mut self, stderr: bool) {
+        match std::mem::take(self.line(stderr)) {
+            Line::Idle => {}
+            Line::Kept(buf) => self.records.push(printed_record(stderr, &buf)),
+            Line::Dropped => self.dropped_records = self.dropped_records.saturating_add(1),
+        }
+    }
+
+    /// Ends the call: unterminated printed lines become records too, and
+    /// one record says what was dropped, if anything was.
     fn finish(&mut self) {
         for stderr in [false, true] {
-            let partial = std::mem::take(if stderr { &mut self.partial_err } else { &mut self.partial_out });
-            if !partial.is_empty() {
-                self.records.push(printed_record(stderr, &partial));
-            }
+            self.end_line(stderr);
+        }
+        if self.dropped_records > 0 || self.dropped_bytes > 0 {
+            self.records.push(LogRecord {
+                level: LogLevel::Warn,
+                source: LogSource::Host,
+                message: format!(
+                    "{} more records ({} bytes) dropped: over this call's output cap of {} bytes ({} bytes per record count against it)",
+                    self.dropped_records, self.dropped_bytes, self.cap, RECORD_OVERHEAD
+                ),
+                fields: Vec::new(),
+            });
+        }
+        if self.dropped_denials > 0 {
+            self.denials.push(GrantDenial::more(self.dropped_denials));
         }
     }
 }
@@ -177,23 +281,60 @@ mod tests {
 
     #[test]
     fn output_beyond_the_budget_is_counted_not_kept() {
-        let sink = OutputSink::new(10);
+        let sink = OutputSink::new(2 * RECORD_OVERHEAD + 10);
         sink.pipe(false).write_bytes(b"hello\n");
         sink.pipe(true).write_bytes(b"world!!");
-        assert!(!sink.lock().push_log(log("too late"), 8));
+        assert!(!sink.lock().push_log(log("too late")));
         let c = sink.take();
-        assert_eq!(messages(&c), [(LogSource::Stdout, "hello"), (LogSource::Stderr, "worl")]);
-        assert_eq!(c.dropped, 3 + 8);
+        let (kept, summary) = c.records.split_at(2);
+        let kept: Vec<(LogSource, &str)> = kept.iter().map(|r| (r.source, r.message.as_str())).collect();
+        assert_eq!(kept, [(LogSource::Stdout, "hello"), (LogSource::Stderr, "world")]);
+        assert_eq!((c.dropped_bytes, c.dropped_records), (2 + 8, 1));
+        assert_eq!(summary[0].source, LogSource::Host);
+        assert!(summary[0].message.starts_with("1 more records (10 bytes) dropped"), "{}", summary[0].message);
         // The next call starts with a fresh budget.
         sink.pipe(false).write_bytes(b"again");
         assert_eq!(messages(&sink.take()), [(LogSource::Stdout, "again")]);
     }
 
     #[test]
+    fn empty_records_cost_their_overhead() {
+        let sink = OutputSink::new(10 * RECORD_OVERHEAD);
+        for _ in 0..1000 {
+            sink.lock().push_log(log(""));
+        }
+        sink.pipe(false).write_bytes(&[b'\n'; 100_000]);
+        let c = sink.take();
+        assert_eq!(c.records.len(), 10 + 1, "ten kept, one summary");
+        assert_eq!(c.dropped_records, 990 + 100_000);
+        assert!(c.used <= c.cap);
+    }
+
+    #[test]
+    fn denials_are_capped_in_number_and_size_with_one_summary() {
+        let sink = OutputSink::new(1 << 20);
+        for i in 0..1000 {
+            let d = GrantDenial {
+                capability: "connect",
+                requested: format!("tcp:10.0.0.1:{i}{}", "x".repeat(10_000)),
+                needed: "grant".into(),
+                refused: None,
+            };
+            sink.lock().push_denial(d);
+        }
+        let c = sink.take();
+        assert_eq!(c.denials.len(), MAX_DENIALS + 1);
+        assert!(c.denials[..MAX_DENIALS].iter().all(|d| d.requested.len() < MAX_REQUEST_BYTES + 40));
+        assert_eq!(c.dropped_denials, 1000 - MAX_DENIALS as u64);
+        let last = c.denials[MAX_DENIALS].to_string();
+        assert!(last.contains(&format!("{} more grant denials", 1000 - MAX_DENIALS)), "{last}");
+    }
+
+    #[test]
     fn printed_lines_and_log_records_keep_their_order() {
         let sink = OutputSink::new(1000);
         sink.pipe(false).write_bytes(b"first ");
-        assert!(sink.lock().push_log(log("second"), 6));
+        assert!(sink.lock().push_log(log("second")));
         sink.pipe(false).write_bytes(b"line\nthird\n");
         let c = sink.take();
         assert_eq!(messages(&c), [(LogSource::Log, "second"), (LogSource::Stdout, "first line"), (LogSource::Stdout, "third")]);

@@ -1,16 +1,22 @@
 //! What one plugin instance's `Store` holds: its WASI context and resource
 //! table, its grants and limits, and what happened during the current call
 //! (log records, grant denials, captured output, stored artifacts).
+//!
+//! Two budgets bound what a plugin can make the host hold: the [`Limiter`]
+//! (every byte of linear memory and table the instance owns, and how many
+//! instances, memories and tables it may create) and the call's output
+//! budget ([`OutputSink`]). WASI's own host-side allocations are bounded too:
+//! the resource table's size and `get-random-bytes`' length.
 
 use std::time::Instant;
 
 use serde::Serialize;
 use wasmtime::component::ResourceTable;
-use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
+use wasmtime::ResourceLimiter;
 use wasmtime_wasi::{HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::grants::Grants;
-use super::output::OutputSink;
+use super::output::{OutputSink, MAX_REQUEST_BYTES};
 use super::pinned::PinnedGrants;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -30,6 +36,8 @@ pub enum LogSource {
     Log,
     Stdout,
     Stderr,
+    /// The host's note about the plugin's output (what was dropped).
+    Host,
 }
 
 /// One record the plugin logged (or one line it printed).
@@ -65,8 +73,27 @@ impl GrantDenial {
     }
 }
 
+/// The `capability` of the one entry that stands for the denials of a call
+/// beyond [`MAX_DENIALS`](super::output::MAX_DENIALS).
+const MORE_DENIALS: &str = "more";
+
+impl GrantDenial {
+    /// The entry that counts the denials that were not kept.
+    pub(crate) fn more(dropped: u64) -> GrantDenial {
+        GrantDenial { capability: MORE_DENIALS, requested: dropped.to_string(), needed: String::new(), refused: None }
+    }
+}
+
 impl std::fmt::Display for GrantDenial {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.capability == MORE_DENIALS {
+            return write!(
+                f,
+                "{} more grant denials in this call dropped (only the first {} are kept)",
+                self.requested,
+                super::output::MAX_DENIALS
+            );
+        }
         match &self.refused {
             Some(why) => write!(f, "{} {}: granted, but refused: {why}", self.capability, self.requested),
             None => write!(f, "{} {}: not granted (needs {})", self.capability, self.requested, self.needed),
@@ -89,6 +116,11 @@ pub struct Events {
     pub denials: Vec<GrantDenial>,
     /// Log and output bytes beyond the per-call cap, dropped.
     pub output_dropped_bytes: u64,
+    /// Log records and printed lines beyond the per-call cap, dropped.
+    pub output_dropped_records: u64,
+    /// Grant denials beyond the per-call cap, dropped (the last entry of
+    /// `denials` says how many).
+    pub denials_dropped: u64,
 }
 
 impl Events {
@@ -98,54 +130,101 @@ impl Events {
     pub(crate) fn append(&mut self, mut other: Events) {
         self.logs.append(&mut other.logs);
         self.denials.append(&mut other.denials);
-        self.output_dropped_bytes += other.output_dropped_bytes;
+        self.output_dropped_bytes = self.output_dropped_bytes.saturating_add(other.output_dropped_bytes);
+        self.output_dropped_records = self.output_dropped_records.saturating_add(other.output_dropped_records);
+        self.denials_dropped = self.denials_dropped.saturating_add(other.denials_dropped);
     }
 }
 
-/// Store limits, plus a record of the memory growth that was refused so
-/// the trap can be reported as "memory limit exceeded", not as the bare
-/// trap it causes.
+/// Core instances, linear memories and tables one plugin instance may
+/// create. A Rust plugin built for wasm32-wasip2 needs a handful of each
+/// (its module, the WASI adapter's shims); each memory reserves gigabytes of
+/// address space even when empty, so their number is bounded on its own.
+pub(crate) const MAX_INSTANCES: usize = 32;
+pub(crate) const MAX_MEMORIES: usize = 4;
+pub(crate) const MAX_TABLES: usize = 16;
+/// What wasmtime stores per table element (a pointer).
+const TABLE_ELEMENT_BYTES: usize = std::mem::size_of::<usize>();
+/// WASI resources (streams, pollables, connections) one instance may hold.
+pub(crate) const MAX_RESOURCES: usize = 1024;
+/// `wasi:random` bytes per call: enough for any seed.
+const MAX_RANDOM_BYTES: u64 = 4096;
+
+/// The instance's memory budget: every linear memory's bytes plus every
+/// table's elements, summed over the whole store (wasmtime's `StoreLimits`
+/// caps each memory on its own, so a plugin with several memories or a
+/// growing table went past it). A growth past the budget traps; the
+/// total asked for is kept so the trap is reported as "memory limit
+/// exceeded", not as the bare trap it causes.
 pub(crate) struct Limiter {
     pub memory_limit: usize,
+    used: usize,
+    /// The last growth allowed, taken back if wasmtime then fails it.
+    pending: usize,
     pub exceeded: Option<usize>,
-    inner: StoreLimits,
 }
 
 impl Limiter {
     fn new(memory_limit: usize) -> Limiter {
-        Limiter {
-            memory_limit,
-            exceeded: None,
-            inner: StoreLimitsBuilder::new().memory_size(memory_limit).trap_on_grow_failure(true).build(),
+        Limiter { memory_limit, used: 0, pending: 0, exceeded: None }
+    }
+
+    fn grow(&mut self, current: usize, desired: usize) -> wasmtime::Result<bool> {
+        let delta = desired.saturating_sub(current);
+        match self.used.checked_add(delta) {
+            Some(total) if total <= self.memory_limit => {
+                self.used = total;
+                self.pending = delta;
+                Ok(true)
+            }
+            total => {
+                let total = total.unwrap_or(usize::MAX);
+                self.exceeded = Some(total);
+                Err(wasmtime::format_err!("{}", memory_exceeded(self.memory_limit, total)))
+            }
         }
+    }
+
+    /// Wasmtime refused a growth this limiter allowed (past the memory's
+    /// own maximum): take it back, and trap as `StoreLimits` would with
+    /// `trap_on_grow_failure` — a guest would die on an unhelpful
+    /// `unreachable` anyway.
+    fn grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.used = self.used.saturating_sub(std::mem::take(&mut self.pending));
+        Err(error)
     }
 }
 
+/// The message of a refused growth (also the call's outcome).
+pub(crate) fn memory_exceeded(limit: usize, total: usize) -> String {
+    format!("memory limit of {} MiB exceeded (the plugin's memories and tables would total {} MiB)", limit >> 20, total.div_ceil(1 << 20))
+}
+
 impl ResourceLimiter for Limiter {
-    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
-        if desired > self.memory_limit {
-            self.exceeded = Some(desired);
-            return Err(wasmtime::format_err!(
-                "memory limit of {} MiB exceeded (the plugin asked for {} MiB)",
-                self.memory_limit >> 20,
-                desired.div_ceil(1 << 20)
-            ));
-        }
-        self.inner.memory_growing(current, desired, maximum)
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.grow(current, desired)
     }
 
-    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
-        self.inner.table_growing(current, desired, maximum)
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.grow_failed(error)
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.grow(current.saturating_mul(TABLE_ELEMENT_BYTES), desired.saturating_mul(TABLE_ELEMENT_BYTES))
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.grow_failed(error)
     }
 
     fn instances(&self) -> usize {
-        self.inner.instances()
+        MAX_INSTANCES
     }
     fn tables(&self) -> usize {
-        self.inner.tables()
+        MAX_TABLES
     }
     fn memories(&self) -> usize {
-        self.inner.memories()
+        MAX_MEMORIES
     }
 }
 
@@ -173,7 +252,8 @@ pub(crate) struct HostState {
     /// The path grants' directories, opened when the instance was set up.
     pub pinned: PinnedGrants,
     pub output: OutputSink,
-    pub events: Events,
+    /// Per call, and for the messages the plugin returns.
+    pub output_cap: usize,
     pub artifacts: Vec<Artifact>,
     /// End of the current call (for `exec` and `sleep-ms`).
     pub deadline: Option<Instant>,
@@ -192,60 +272,96 @@ impl HostState {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .wall_clock(EpochClock)
+            .max_random_size(MAX_RANDOM_BYTES)
             .build();
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_RESOURCES);
         HostState {
             wasi,
-            table: ResourceTable::new(),
+            table,
             limiter: Limiter::new(memory_limit),
             plugin: plugin.to_owned(),
             pinned: PinnedGrants::pin(plugin, &grants),
             grants,
             output,
-            events: Events::default(),
+            output_cap,
             artifacts: Vec::new(),
             deadline: None,
             open_connections: 0,
         }
     }
 
-    /// Records a refused capability call and logs it.
+    /// Records a refused capability call (and logs it, while within the
+    /// call's caps); returns the message for the guest.
     pub fn deny(&mut self, capability: &'static str, requested: &str, needed: String) -> String {
-        self.push_denial(GrantDenial { capability, requested: requested.to_owned(), needed, refused: None })
+        let requested = crate::hooks::truncate_message(requested.to_owned(), MAX_REQUEST_BYTES);
+        self.push_denial(GrantDenial { capability, requested, needed, refused: None })
     }
 
     /// Records a granted capability call that a host check refused (an
     /// `exec:` file failing the trust checks): reported like a denial.
-    pub fn refuse(&mut self, capability: &'static str, requested: &str, why: String) -> String {
+    pub fn refuse_granted(&mut self, capability: &'static str, requested: &str, why: String) -> String {
+        let requested = crate::hooks::truncate_message(requested.to_owned(), MAX_REQUEST_BYTES);
         let needed = format!("{capability}:{requested}");
-        self.push_denial(GrantDenial { capability, requested: requested.to_owned(), needed, refused: Some(why) })
+        let why = crate::hooks::truncate_message(why, MAX_REQUEST_BYTES);
+        self.push_denial(GrantDenial { capability, requested, needed, refused: Some(why) })
     }
 
     fn push_denial(&mut self, d: GrantDenial) -> String {
-        tracing::warn!(plugin = %self.plugin, "GrantDenied: {d}");
         let msg = d.to_string();
-        self.events.denials.push(d);
+        let plugin = &self.plugin;
+        if self.output.lock().push_denial(d) {
+            tracing::warn!(plugin = %plugin, "GrantDenied: {msg}");
+        }
         msg
     }
 
     /// Moves this call's log records, printed lines and denials into `Events`.
     pub fn drain_events(&mut self) -> Events {
         let captured = self.output.take();
-        let mut ev = std::mem::take(&mut self.events);
         for r in &captured.records {
             match r.source {
                 LogSource::Stdout => tracing::info!(plugin = %self.plugin, "stdout: {}", r.message),
                 LogSource::Stderr => tracing::warn!(plugin = %self.plugin, "stderr: {}", r.message),
+                LogSource::Host => tracing::warn!(plugin = %self.plugin, "{}", r.message),
                 LogSource::Log => {}
             }
         }
-        ev.logs.extend(captured.records);
-        ev.output_dropped_bytes += captured.dropped;
-        ev
+        Events {
+            logs: captured.records,
+            denials: captured.denials,
+            output_dropped_bytes: captured.dropped_bytes,
+            output_dropped_records: captured.dropped_records,
+            denials_dropped: captured.dropped_denials,
+        }
     }
 }
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_memory_limit_is_the_sum_of_every_memory_and_table() {
+        let mut l = Limiter::new(10 << 20);
+        // Two memories of 4 MiB each fit; a table of 2 MiB more does not.
+        assert!(l.memory_growing(0, 4 << 20, None).unwrap());
+        assert!(l.memory_growing(0, 4 << 20, None).unwrap());
+        let elements = (2 << 20) / TABLE_ELEMENT_BYTES + 1;
+        assert!(l.table_growing(0, elements, None).is_err());
+        assert_eq!(l.exceeded, Some((8 << 20) + elements * TABLE_ELEMENT_BYTES));
+        // A growth wasmtime then fails is taken back.
+        assert!(l.memory_growing(4 << 20, 6 << 20, Some(5 << 20)).unwrap());
+        assert!(l.memory_grow_failed(wasmtime::format_err!("past its maximum")).is_err());
+        assert!(l.table_growing(0, (2 << 20) / TABLE_ELEMENT_BYTES, None).unwrap());
+        assert!(l.memory_growing(0, 64 << 10, None).is_err());
+        assert!(memory_exceeded(10 << 20, (10 << 20) + 1)
+            .contains("limit of 10 MiB exceeded (the plugin's memories and tables would total 11 MiB)"));
     }
 }

@@ -18,7 +18,7 @@ use crate::hooks::wasm::grants::normal_path;
 use crate::hooks::wasm::state::HostState;
 use crate::trust::{self, Rule};
 
-const OUTPUT_CAP: usize = 64 * 1024;
+use crate::hooks::OUTPUT_CAP;
 
 /// How long the call waits for the tool's leftovers to die after SIGKILL.
 const LEFTOVER_SETTLE: Duration = Duration::from_millis(500);
@@ -36,7 +36,7 @@ impl exec::Host for HostState {
             Ok(f) => f,
             Err(e) if e.is_not_found() => return Ok(Err(error(ErrorKind::NotFound, format!("exec: {e}")))),
             Err(e) => {
-                let msg = self.refuse("exec", &path, e.to_string());
+                let msg = self.refuse_granted("exec", &path, e.to_string());
                 return Ok(Err(error(ErrorKind::Denied, msg)));
             }
         };

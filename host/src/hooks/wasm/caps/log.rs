@@ -1,12 +1,12 @@
 //! `log`: structured records into the host's log and the call's events,
-//! within the per-call output budget.
+//! within the per-call output budget (a record over it is counted, not
+//! kept, nor logged).
 
 use crate::hooks::wasm::bindings::v0_1_0::quiesce::plugin::log::{self, Level};
 use crate::hooks::wasm::state::{HostState, LogLevel, LogRecord, LogSource};
 
 impl log::Host for HostState {
     async fn log(&mut self, level: Level, message: String, fields: Vec<(String, String)>) -> wasmtime::Result<()> {
-        let size = message.len() + fields.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
         let level = match level {
             Level::Trace => LogLevel::Trace,
             Level::Debug => LogLevel::Debug,
@@ -14,14 +14,14 @@ impl log::Host for HostState {
             Level::Warn => LogLevel::Warn,
             Level::Error => LogLevel::Error,
         };
+        let kv = fields.iter().map(|(k, v)| format!(" {k}={v:?}")).collect::<String>();
         let record = LogRecord { level, source: LogSource::Log, message, fields };
-        if !self.output.lock().push_log(record.clone(), size) {
-            // Over budget: counted, not kept (nor logged).
+        let mut out = self.output.lock();
+        if !out.push_log(record) {
             return Ok(());
         }
-        let LogRecord { message, fields, .. } = record;
+        let Some(LogRecord { message, .. }) = out.records.last() else { return Ok(()) };
         let plugin = &self.plugin;
-        let kv = fields.iter().map(|(k, v)| format!(" {k}={v:?}")).collect::<String>();
         match level {
             LogLevel::Trace => tracing::trace!(plugin = %plugin, "{message}{kv}"),
             LogLevel::Debug => tracing::debug!(plugin = %plugin, "{message}{kv}"),
