@@ -75,6 +75,10 @@ pub fn b64_decode(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Most PBKDF2 rounds a server may ask for: about 244 times PostgreSQL's
+/// default of 4096 (`scram_iterations`).
+pub const MAX_ITERATIONS: u32 = 1_000_000;
+
 /// One SCRAM exchange, client side.
 pub struct Scram {
     nonce: String,
@@ -118,6 +122,11 @@ impl Scram {
             (Some(r), Some(s), Some(i)) if i > 0 => (r, s, i),
             _ => return Err(format!("malformed SCRAM server-first-message: {server_first:?}")),
         };
+        // The server picks the PBKDF2 work; a lying one could ask for 4e9
+        // rounds (hours of CPU) before it ever has to prove anything.
+        if iters > MAX_ITERATIONS {
+            return Err(format!("SCRAM iteration count {iters} above {MAX_ITERATIONS} (PostgreSQL's default is 4096)"));
+        }
         if !r.starts_with(&self.nonce) || r.len() <= self.nonce.len() {
             return Err("SCRAM server nonce does not extend the client nonce".into());
         }
@@ -190,6 +199,13 @@ mod tests {
         s.verify_server_final("v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=").unwrap();
         assert!(s.verify_server_final("v=AAAATRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=").is_err());
         assert!(s.verify_server_final("e=invalid-proof").is_err());
+    }
+
+    #[test]
+    fn scram_refuses_an_iteration_count_that_would_spin_for_hours() {
+        let mut s = Scram::new("pw", "abc");
+        let e = s.client_final("r=abcdef,s=c2FsdA==,i=4000000000").unwrap_err();
+        assert!(e.contains("iteration count 4000000000 above 1000000"), "{e}");
     }
 
     #[test]
