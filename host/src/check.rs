@@ -28,6 +28,7 @@ impl From<&ReportError> for Problem {
 
 #[derive(Debug, Serialize)]
 pub struct ScriptCheck {
+    #[serde(serialize_with = "crate::serde_path::lossy")]
     pub path: PathBuf,
     pub args: Vec<String>,
     pub attempts: u32,
@@ -37,6 +38,7 @@ pub struct ScriptCheck {
 
 #[derive(Debug, Serialize)]
 pub struct PluginCheck {
+    #[serde(serialize_with = "crate::serde_path::lossy")]
     pub path: PathBuf,
     /// "ok", or why the session would refuse it.
     pub status: String,
@@ -70,6 +72,7 @@ pub struct FreezeCheck {
 #[derive(Debug, Serialize)]
 pub struct CheckReport {
     pub ok: bool,
+    #[serde(serialize_with = "crate::serde_path::lossy_opt")]
     pub config: Option<PathBuf>,
     /// None when the config could not be used.
     pub format: Option<crate::config::Format>,

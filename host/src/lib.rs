@@ -15,6 +15,7 @@ pub mod interrupt;
 pub mod logging;
 pub mod report;
 pub mod rundir;
+pub mod serde_path;
 pub mod session;
 pub mod snapshot;
 pub mod status;

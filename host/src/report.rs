@@ -154,6 +154,7 @@ pub struct HookReport {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct MountReport {
+    #[serde(serialize_with = "crate::serde_path::lossy")]
     pub path: PathBuf,
     pub fs_type: String,
     /// `syncfs` right before the freeze (outside the window).
@@ -166,6 +167,7 @@ pub struct MountReport {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct SkippedMount {
+    #[serde(serialize_with = "crate::serde_path::lossy")]
     pub path: PathBuf,
     pub fs_type: String,
     pub reason: String,
@@ -190,6 +192,10 @@ pub struct FreezeReport {
     /// Set when the guardian thawed on its own (deadline, host gone, signal).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auto_thawed: Option<String>,
+    /// Mounts whose FITHAW kept failing: still frozen when the session ended
+    /// (the guardian keeps retrying; see `FsThawFailed`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub still_frozen: Vec<PathBuf>,
     pub max_freeze_s: f64,
 }
 
@@ -206,12 +212,14 @@ pub struct SnapshotReport {
 pub struct ArtifactReport {
     pub hook: String,
     pub name: String,
+    #[serde(serialize_with = "crate::serde_path::lossy")]
     pub path: PathBuf,
     pub bytes: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ConfigReport {
+    #[serde(serialize_with = "crate::serde_path::lossy_opt")]
     pub path: Option<PathBuf>,
     pub format: crate::config::Format,
 }

@@ -53,7 +53,8 @@ pub enum LockError {
         .path.display(), .path.display(), .path.display()
     )]
     Untrusted { path: PathBuf, source: TrustError },
-    #[error("cannot use the run directory {}: {source}", .path.display())]
+    /// The directory or a file in it (`path` says which) cannot be used.
+    #[error("run directory: cannot use {}: {source}", .path.display())]
     Io { path: PathBuf, source: io::Error },
 }
 
@@ -264,6 +265,7 @@ pub struct SessionState {
     pub phase: String,
     pub started_unix_ms: u128,
     /// Mount points the session froze (or is freezing), and since when.
+    #[serde(serialize_with = "crate::serde_path::lossy_vec")]
     pub frozen: Vec<PathBuf>,
     pub frozen_since_unix_ms: Option<u128>,
     pub guardian_pid: Option<i32>,

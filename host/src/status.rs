@@ -13,6 +13,7 @@ const PROBE_WAIT: std::time::Duration = std::time::Duration::from_millis(150);
 
 #[derive(Debug, Serialize)]
 pub struct FrozenMount {
+    #[serde(serialize_with = "crate::serde_path::lossy")]
     pub path: PathBuf,
     pub fs_type: String,
     /// "this host's session <id>" when the running session froze it, else "unknown".
@@ -27,6 +28,7 @@ pub struct Status {
     pub frozen: Vec<FrozenMount>,
     /// Mounts that could not be probed (or the run directory, when the
     /// session lock could not be looked up), with the reason.
+    #[serde(serialize_with = "crate::serde_path::lossy_pairs")]
     pub unknown: Vec<(PathBuf, String)>,
     /// Mounts a session would not freeze, and why.
     pub skipped: Vec<freeze::Skipped>,

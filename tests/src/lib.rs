@@ -85,6 +85,31 @@ impl Drop for Scratch {
     }
 }
 
+/// A scratch dir with one ext4 loop mount at `<scratch>/mnt`: what most
+/// session scenarios need. Field order = drop order: the mount goes before
+/// the directory it lives in.
+pub struct MountedScratch {
+    pub mnt: LoopMount,
+    pub s: Scratch,
+}
+
+impl MountedScratch {
+    pub fn new(name: &str) -> MountedScratch {
+        let s = Scratch::new(name);
+        let mnt = LoopMount::new(&s.path, "mnt", Fs::Ext4);
+        MountedScratch { mnt, s }
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.s.join(name)
+    }
+
+    /// A file's text, or "" when it does not exist.
+    pub fn read(&self, name: &str) -> String {
+        fs::read_to_string(self.file(name)).unwrap_or_default()
+    }
+}
+
 pub fn write_mode(path: &Path, body: &str, mode: u32) {
     let _ = fs::remove_file(path);
     let mut f = fs::OpenOptions::new()

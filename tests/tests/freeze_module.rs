@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use quiesce::freeze::{
     is_frozen as probe_frozen, plan, thaw_mounts, FreezeError, FreezePlan, Guardian, Selection, ThawOutcome, ThawReason,
 };
-use quiesce_tests::{alive, is_frozen, sh, writable_within, BindMount, Fs, LoopMount, Scratch, WriteProbe};
+use quiesce_tests::{alive, is_frozen, quiesce, quiesce_bin, run_json, sh, writable_within, BindMount, Fs, LoopMount, Scratch, WriteProbe};
 
 fn plan_for(mounts: &[&Path]) -> FreezePlan {
     plan(&Selection { mounts: mounts.iter().map(|p| p.to_path_buf()).collect(), exclude: vec![] }).expect("plan")
@@ -361,4 +361,195 @@ fn thaw_is_idempotent() {
     assert_eq!(second[0].message, "was not frozen");
     assert!(writable_within(a.path(), Duration::from_secs(2)).is_some());
     drop(foreign);
+}
+
+// ---------------------------------------------------------------- mountinfo as the kernel writes it
+
+/// `mount -t tmpfs "" DIR`: a mount whose source is empty, which the kernel
+/// shows as an empty field between two spaces. Unmounted on drop.
+struct EmptySourceTmpfs(PathBuf);
+impl EmptySourceTmpfs {
+    fn new(dir: &Path) -> EmptySourceTmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = Command::new("mount").args(["-t", "tmpfs", ""]).arg(dir).status().unwrap();
+        assert!(ok.success(), "mount -t tmpfs \"\" {}", dir.display());
+        EmptySourceTmpfs(dir.to_path_buf())
+    }
+}
+impl Drop for EmptySourceTmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A loop ext4 mounted at a path given as bytes. Thawed and unmounted on drop
+/// (`mount -o loop` detaches the device at umount).
+struct BytesMount(PathBuf);
+impl BytesMount {
+    fn new(image: &Path, dir: &Path) -> BytesMount {
+        std::fs::create_dir_all(dir).unwrap();
+        sh(&format!("truncate -s 64M {i} && mkfs.ext4 -q -F {i}", i = image.display()));
+        let ok = Command::new("mount").args(["-o", "loop"]).arg(image).arg(dir).status().unwrap();
+        assert!(ok.success());
+        BytesMount(dir.to_path_buf())
+    }
+}
+impl Drop for BytesMount {
+    fn drop(&mut self) {
+        let _ = Command::new("fsfreeze").arg("-u").arg(&self.0).stderr(Stdio::null()).status();
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn empty_source_mount_does_not_stop_planning_snapshot_or_thaw() {
+    let s = Scratch::new("empty-source");
+    let mnt = LoopMount::new(&s.path, "mnt", Fs::Ext4);
+    let odd = EmptySourceTmpfs::new(&s.join("odd"));
+    // Lossy: another test may have a non-UTF-8 mount point in the table.
+    let table = String::from_utf8_lossy(&std::fs::read("/proc/self/mountinfo").unwrap()).into_owned();
+    let line = table.lines().find(|l| l.contains(&format!(" {} ", odd.0.display()))).expect("the tmpfs is in mountinfo");
+    assert!(line.contains(" - tmpfs  rw"), "the kernel writes the empty source as an empty field: {line}");
+
+    // Every-mount planning (what `thaw --all` uses) reads the line and judges it.
+    let all = plan(&Selection::default()).expect("an empty source must not break the mount table");
+    let skipped = all.skipped.iter().find(|k| k.path == odd.0).expect("the tmpfs is judged");
+    assert!(skipped.reason.contains("pseudo"), "{skipped:?}");
+
+    // A session and the emergency thaw of an unrelated mount both work.
+    let mut cmd = quiesce(&s);
+    cmd.args(["snapshot", "--mount"]).arg(mnt.path()).args(["--snapshot-cmd", "true"]);
+    let run = run_json(cmd);
+    assert_eq!(run.report["snapshot_taken"], true, "{}", run.report);
+    assert_eq!(run.report["freeze"]["mounts"][0]["path"], mnt.path().display().to_string());
+    assert!(!is_frozen(mnt.path()));
+    sh(&format!("fsfreeze -f {}", mnt.path().display()));
+    let out = quiesce(&s).args(["thaw", "--json", "--mount"]).arg(mnt.path()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"thawed\""), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(!is_frozen(mnt.path()));
+    // And the tmpfs itself can be named: refused as a pseudo file system, not as a broken table.
+    let p = plan(&Selection { mounts: vec![odd.0.clone()], exclude: vec![] }).unwrap();
+    assert!(p.targets.is_empty() && p.skipped.len() == 1, "{p:?}");
+}
+
+#[test]
+fn non_utf8_mount_point_with_a_space_is_frozen_and_thawed_by_its_bytes() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let s = Scratch::new("bytes-path");
+    let dir = s.path.join(OsStr::from_bytes(b"caf\xe9 d\\isk"));
+    let m = BytesMount::new(&s.join("bytes.img"), &dir);
+    let p = plan_for(&[&m.0]);
+    assert_eq!(target_paths(&p), std::slice::from_ref(&m.0));
+    let mut cmd = quiesce(&s);
+    cmd.args(["snapshot", "--mount"]).arg(&m.0).args(["--snapshot-cmd", "true"]);
+    let run = run_json(cmd);
+    assert_eq!(run.report["snapshot_taken"], true, "{}", run.report);
+    assert_eq!(run.report["freeze"]["mounts"].as_array().unwrap().len(), 1, "{}", run.report);
+    // The shell-based probe cannot name this path; the host's own probe takes bytes.
+    assert!(!probe_frozen(&m.0, Duration::from_millis(300)).unwrap());
+    // status lists it (as display shows it), while frozen by someone else.
+    assert!(Command::new("fsfreeze").arg("-f").arg(&m.0).status().unwrap().success());
+    let out = quiesce(&s).args(["status", "--json", "--mount"]).arg(&m.0).output().unwrap();
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {:?}", out));
+    assert_eq!(st["frozen"][0]["path"], m.0.to_string_lossy().as_ref(), "{st}");
+    let out = quiesce(&s).args(["thaw", "--json", "--mount"]).arg(&m.0).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(!probe_frozen(&m.0, Duration::from_millis(300)).unwrap());
+}
+
+// ---------------------------------------------------------------- status only reads
+
+#[test]
+fn status_polled_during_twenty_sessions_never_takes_the_lock() {
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    use std::sync::Arc;
+    let s = Scratch::new("status-poll");
+    let mnt = LoopMount::new(&s.path, "mnt", Fs::Ext4);
+    let stop = Arc::new(AtomicBool::new(false));
+    let polls = Arc::new(AtomicU32::new(0));
+    let pollers: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, polls, run_dir, m) = (stop.clone(), polls.clone(), s.join("run"), mnt.path().to_path_buf());
+            let log = s.join("status.log");
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    let out = Command::new(quiesce_bin())
+                        .env("QUIESCE_RUN_DIR", &run_dir)
+                        .env("QUIESCE_LOG_FILE", &log)
+                        .args(["status", "--json", "--mount"])
+                        .arg(&m)
+                        .output()
+                        .unwrap();
+                    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                    polls.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        })
+        .collect();
+    let lock = s.join("run").join("session.lock");
+    for i in 0..24 {
+        let seen = s.join(&format!("lock-pid-{i}"));
+        let mut cmd = quiesce(&s);
+        cmd.args(["snapshot", "--json", "--mount"])
+            .arg(mnt.path())
+            .arg("--snapshot-cmd")
+            .arg(format!("cat {} > {}", lock.display(), seen.display()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let child = cmd.spawn().unwrap();
+        let pid = child.id();
+        let out = child.wait_with_output().unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(!report["errors"].to_string().contains("BackupOperationInProgress"), "session {i}: {}", report["errors"]);
+        assert_eq!(report["snapshot_taken"], true, "session {i}: {report}");
+        assert_eq!(std::fs::read_to_string(&seen).unwrap(), pid.to_string(), "session {i}: the lock holds another pid");
+    }
+    stop.store(true, Ordering::SeqCst);
+    for p in pollers {
+        p.join().unwrap();
+    }
+    assert!(polls.load(Ordering::SeqCst) > 0);
+}
+
+#[test]
+fn status_creates_and_writes_nothing() {
+    let s = Scratch::new("status-ro");
+    let run_dir = s.join("run");
+    let tmpfs = EmptySourceTmpfs::new(&s.join("t"));
+    let status = || quiesce(&s).args(["status", "--json", "--mount"]).arg(&tmpfs.0).output().unwrap();
+    // No run directory: status says so and does not create one.
+    let out = status();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(st["session_running"], false);
+    assert!(!run_dir.exists(), "status created the run directory");
+
+    // A lock held by another process (a running session): status sees it
+    // held, and leaves the file exactly as it was.
+    std::fs::create_dir(&run_dir).unwrap();
+    let lock = run_dir.join("session.lock");
+    std::fs::write(&lock, "4242").unwrap();
+    let mut holder = Command::new("flock").arg("--no-fork").arg("-x").arg(&lock).args(["sleep", "60"]).spawn().unwrap();
+    let t = Instant::now();
+    // `flock -n` fails while the holder has it (and disturbs nothing).
+    let held = || !Command::new("flock").args(["-n", "-x"]).arg(&lock).arg("true").status().unwrap().success();
+    while !held() && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let meta = std::fs::metadata(&lock).unwrap();
+    let out = status();
+    let after = std::fs::metadata(&lock).unwrap();
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(st["session_running"], true, "{st}");
+    assert_eq!(std::fs::read_to_string(&lock).unwrap(), "4242", "status rewrote the lock's pid");
+    assert_eq!((meta.modified().unwrap(), meta.len()), (after.modified().unwrap(), after.len()));
+    assert_eq!(std::fs::read_dir(&run_dir).unwrap().count(), 1, "status created a file");
+    // Once the holder is gone, nothing is running.
+    let out = status();
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(st["session_running"], false, "{st}");
 }

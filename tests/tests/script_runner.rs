@@ -443,7 +443,8 @@ fn trust_refuses_group_writable_script() {
         assert!(e.to_string().contains(&format!("chmod 700 {}", p.display())), "{e}");
         assert!(!e.is_not_found());
     }
-    // The legacy contract's own mode passes; so does 0755.
+    // The native rule: 0700 passes, and so does 0755 (the session warns;
+    // Rule::LegacyScript refuses it, see config_safety.rs).
     for mode in [0o700, 0o755, 0o500] {
         let p = s.join("pre.sh");
         write_mode(&p, "#!/bin/sh\n", mode);

@@ -15,6 +15,7 @@ pub const HOOK_NAME: &str = "ScriptRunner";
 
 /// The reference's default when `timeoutInSeconds` is absent.
 const DEFAULT_TIMEOUT_SECS: u64 = 10;
+const TIMEOUT_FIELD: &str = "timeoutInSeconds";
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -31,7 +32,9 @@ struct LegacyFile {
     pre_script_no_of_retries: u32,
     #[serde(default)]
     post_script_no_of_retries: u32,
-    timeout_in_seconds: Option<u64>,
+    /// Any JSON number, so that a negative or fractional value gets our
+    /// message (naming the field and the range), not serde's.
+    timeout_in_seconds: Option<serde_json::Number>,
     continue_backup_on_failure: Option<bool>,
     fs_freeze_enabled: Option<bool>,
 }
@@ -53,7 +56,13 @@ pub(super) fn parse(text: &str) -> Result<Config, String> {
     };
     let pre = location("preScriptLocation", file.pre_script_location)?;
     let post = location("postScriptLocation", file.post_script_location)?;
-    let timeout = positive_secs("timeoutInSeconds", file.timeout_in_seconds.unwrap_or(DEFAULT_TIMEOUT_SECS))?;
+    let timeout = match file.timeout_in_seconds {
+        None => positive_secs(TIMEOUT_FIELD, DEFAULT_TIMEOUT_SECS)?,
+        Some(n) => match n.as_u64() {
+            Some(secs) => positive_secs(TIMEOUT_FIELD, secs)?,
+            None => crate::duration::checked_secs_f64(TIMEOUT_FIELD, n.as_f64().unwrap_or(f64::NAN)).map_err(|e| e.to_string())?,
+        },
+    };
     let on_failure = if file.continue_backup_on_failure.unwrap_or(true) { OnFailure::Continue } else { OnFailure::Abort };
     let hook = HookSpec {
         name: HOOK_NAME.to_string(),
@@ -145,5 +154,16 @@ mod tests {
         let e = parse(r#"{"preScriptLocation": "/a", "postScriptLocation": "/b", "timeoutInSeconds": "ten"}"#).unwrap_err();
         assert!(e.contains("timeoutInSeconds") || e.contains("invalid type"), "{e}");
         assert!(parse(r#"{"preScriptLocation": "/a", "postScriptLocation": "/b", "timeoutInSeconds": 0}"#).is_err());
+    }
+
+    #[test]
+    fn timeouts_no_cap_at_1800_but_bounded_and_named() {
+        let t = |v: &str| parse(&format!(r#"{{"preScriptLocation": "/a", "postScriptLocation": "/b", "timeoutInSeconds": {v}}}"#));
+        assert_eq!(t("7200").unwrap().hooks[0].timeout, Duration::from_secs(7200));
+        assert_eq!(t("2.5").unwrap().hooks[0].timeout, Duration::from_millis(2500));
+        for bad in ["-1", "0", "18446744073709551615", "1e300", "86401"] {
+            let e = t(bad).unwrap_err();
+            assert!(e.contains("`timeoutInSeconds`") && e.contains("86400"), "{bad}: {e}");
+        }
     }
 }

@@ -275,8 +275,10 @@ impl Config {
     }
 }
 
-/// Timeouts are configured in whole seconds in both formats; zero makes no
-/// sense for a hook and is refused rather than read as "no timeout".
+/// Timeouts are configured in whole seconds in both formats, validated by
+/// the one duration validator: zero makes no sense for a hook and is refused
+/// rather than read as "no timeout", and a huge value is refused rather than
+/// overflowing a deadline later.
 fn positive_secs(field: &str, secs: u64) -> Result<Duration, String> {
     crate::duration::checked_secs(field, secs).map_err(|e| e.to_string())
 }

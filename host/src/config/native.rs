@@ -5,7 +5,6 @@
 //! `timout_secs` must not silently fall back to a default.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -166,7 +165,8 @@ pub(super) fn parse(text: &str) -> Result<Config, String> {
         hooks.push(HookSpec {
             body,
             timeout: positive_secs(&format!("hook {:?}: timeout_secs", h.name), h.timeout_secs)?,
-            retry_delay: Duration::from_millis(h.retry_delay_ms),
+            retry_delay: crate::duration::checked_delay_ms(&format!("hook {:?}: retry_delay_ms", h.name), h.retry_delay_ms)
+                .map_err(|e| e.to_string())?,
             on_failure: h.on_failure,
             warning_exit_codes: h.warning_exit_codes,
             name: h.name,
@@ -205,6 +205,7 @@ pub(super) fn parse(text: &str) -> Result<Config, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn several_hooks_with_their_own_policies() {
@@ -247,6 +248,23 @@ mod tests {
         assert_eq!(c.freeze.max_freeze, Duration::from_secs(20));
         assert_eq!(c.freeze.on_failure, OnFailure::Abort);
         assert_eq!(c.snapshot, Some(SnapshotSpec::Command { command: "cloud-snap create".into() }));
+    }
+
+    #[test]
+    fn every_duration_is_bounded_and_named() {
+        let hook = |extra: &str| parse(&format!("[[hook]]\nname = \"db\"\npre = \"/a\"\n{extra}\n"));
+        let e = hook("timeout_secs = 18446744073709551615").err().unwrap_or_default();
+        assert!(e.contains("hook \"db\": timeout_secs") && e.contains("86400"), "{e}");
+        let e = hook("retry_delay_ms = 18446744073709551615").err().unwrap_or_default();
+        assert!(e.contains("hook \"db\": retry_delay_ms") && e.contains("86400"), "{e}");
+        assert_eq!(hook("retry_delay_ms = 0").unwrap().hooks[0].retry_delay, Duration::ZERO);
+        let e = parse("[freeze]\nmax_freeze_secs = 0\n").err().unwrap_or_default();
+        assert!(e.contains("freeze.max_freeze_secs"), "{e}");
+        let e = parse("[snapshot]\ncommand = \"true\"\ntimeout_secs = 100000\n").err().unwrap_or_default();
+        assert!(e.contains("snapshot.timeout_secs"), "{e}");
+        // A negative number is refused by the TOML reader, which names the line.
+        let e = hook("timeout_secs = -1").err().unwrap_or_default();
+        assert!(e.contains("timeout_secs = -1"), "{e}");
     }
 
     #[test]

@@ -751,7 +751,11 @@ impl Guardian {
                         });
                     }
                 }
-                EV_THAWED => thawed_back.push(self.thaw_timing(&ev)),
+                EV_THAWED | EV_THAW_FAILED => {
+                    let t = self.thaw_timing(&ev);
+                    self.left_frozen |= t.still_frozen;
+                    thawed_back.push(t);
+                }
                 EV_FREEZE_DONE => {
                     if ev.errno != 0 {
                         failed = Some((ev.index as usize, ev.errno));
@@ -972,5 +976,22 @@ impl Drop for Guardian {
                 self.reaped = true;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// No file system needed: an empty plan still goes through every
+    /// deadline computation on both sides of the pipe.
+    #[test]
+    fn duration_max_goes_through_freeze_and_thaw_without_panicking() {
+        let plan = FreezePlan { targets: Vec::new(), skipped: Vec::new() };
+        let mut g = Guardian::start(&plan, Duration::MAX, &[]).expect("start the guardian");
+        let frozen = g.freeze().expect("an empty freeze");
+        assert_eq!(frozen.deadline_ns, u64::MAX, "saturated, not wrapped");
+        let thawed = g.thaw().expect("thaw");
+        assert!(thawed.mounts.is_empty() && thawed.auto_thawed_at_ns.is_none());
     }
 }

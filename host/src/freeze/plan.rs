@@ -48,6 +48,7 @@ impl FreezePlan {
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Target {
     /// Mount point the freeze is issued on.
+    #[serde(serialize_with = "crate::serde_path::lossy")]
     pub path: PathBuf,
     /// File system type from mountinfo.
     pub fs_type: String,
@@ -62,6 +63,7 @@ pub struct Target {
 /// A mount that will not be frozen.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Skipped {
+    #[serde(serialize_with = "crate::serde_path::lossy")]
     pub path: PathBuf,
     pub fs_type: String,
     /// Why, in words an admin can act on.

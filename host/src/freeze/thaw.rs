@@ -34,6 +34,7 @@ pub enum ThawOutcome {
 /// The result of thawing one mount.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct ThawResult {
+    #[serde(serialize_with = "crate::serde_path::lossy")]
     pub path: PathBuf,
     pub outcome: ThawOutcome,
     /// `thawed`, `was not frozen`, or the error.

@@ -256,7 +256,7 @@ async fn run_plugin(
         });
         return true;
     }
-    let max_attempts = action.retries + 1;
+    let max_attempts = action.retries.saturating_add(1);
     let mut attempts = 0;
     let last = loop {
         attempts += 1;
@@ -265,7 +265,7 @@ async fn run_plugin(
                 name: name.clone(),
                 grants: grants.clone(),
                 params: action.params.clone(),
-                memory_limit_bytes: usize::try_from(action.memory_mib << 20).unwrap_or(usize::MAX),
+                memory_limit_bytes: usize::try_from(action.memory_mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX),
                 call_timeout: spec.timeout,
                 output_cap: OUTPUT_CAP,
             };

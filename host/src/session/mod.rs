@@ -349,7 +349,6 @@ impl Session {
 
         // 3. Freeze, snapshot, thaw.
         let mut interrupted = interrupt.fired();
-        let mut still_frozen: Vec<PathBuf> = Vec::new();
         if !abort && interrupted.is_none() {
             let mut guardian = None;
             if freeze_ok {
@@ -368,13 +367,13 @@ impl Session {
                 interrupted = self.snapshot(guardian.as_mut(), &mut r, &mut interrupt).await;
             }
             if let Some(g) = guardian.take() {
-                still_frozen = self.thaw(g, &mut r);
+                self.thaw(g, &mut r);
             }
             r.frozen_throughout = freeze_required && freeze_ok && r.freeze.auto_thawed.is_none();
         }
 
         // 4. Post hooks, in reverse order, for every hook whose turn came in pre.
-        if still_frozen.is_empty() {
+        if r.freeze.still_frozen.is_empty() {
             self.record_state(&r, SessionPhase::Post, &[], None);
         }
         let post_ctx = PhaseContext { session_id: &self.id, snapshot: Some((r.snapshot_taken, r.label(&self))) };
@@ -389,10 +388,15 @@ impl Session {
         let report = r.finish(&self, started);
         // A mount still frozen keeps its state file: `status` shows it, and
         // the guardian holds the lock until its retries succeed.
-        if still_frozen.is_empty() {
+        if report.freeze.still_frozen.is_empty() {
             self.run_dir.clear_state();
+            drop(lock);
+        } else {
+            // Dropping the lock would unlock it (flock LOCK_UN) for the
+            // guardian's copy of the fd too; leaking our fd leaves the
+            // guardian the only holder until it has thawed and exited.
+            std::mem::forget(lock);
         }
-        drop(lock);
         report
     }
 
@@ -502,13 +506,15 @@ impl Session {
                 Some(guardian)
             }
             Err(failure) => {
-                let left: Vec<&Path> = failure.thawed_back.iter().filter(|t| t.still_frozen).map(|t| t.path.as_path()).collect();
-                if left.is_empty() {
+                // Thawing back what it froze before the failure can fail too.
+                r.freeze.still_frozen = failure.thawed_back.iter().filter(|t| t.still_frozen).map(|t| t.path.clone()).collect();
+                if r.freeze.still_frozen.is_empty() {
                     release_log(r);
                 } else {
                     for t in failure.thawed_back.iter().filter(|t| t.still_frozen) {
                         r.error(ErrorCode::FsThawFailed, thaw_failed_message(t, guardian.pid()));
                     }
+                    self.record_state(r, SessionPhase::ThawFailed, &r.freeze.still_frozen, Some(&guardian));
                 }
                 r.error(ErrorCode::FsFreezeFailed, failure.to_string());
                 None
@@ -519,7 +525,7 @@ impl Session {
     /// Takes the snapshot (if a provider is configured) while frozen, waiting
     /// for it at most until the freeze deadline or `[snapshot] timeout_secs`.
     /// Returns the signal that cut it short, if one did.
-    async fn snapshot(&self, mut guardian: Option<&mut Guardian>, r: &mut Run, interrupt: &mut Interrupt) -> Option<String> {
+    async fn snapshot(&self, guardian: Option<&mut Guardian>, r: &mut Run, interrupt: &mut Interrupt) -> Option<String> {
         let Some(provider) = &self.provider else {
             r.snapshot.message = Some("no snapshot provider configured (--snapshot-cmd or [snapshot]); quiesce took no snapshot".into());
             tracing::warn!("no snapshot provider: quiesce took no snapshot");
@@ -573,13 +579,12 @@ impl Session {
                 None
             }
             Err(Cut::GuardianThawed) => {
-                let why = guardian
-                    .as_deref_mut()
-                    .and_then(|g| g.auto_thawed())
-                    .map(|a| thaw_reason(a.reason))
-                    .unwrap_or_else(|| "guardian gone".into());
+                // The guardian reports once every mount is done; a FITHAW
+                // being retried can delay that past this moment.
+                let reason = guardian.and_then(|g| g.auto_thawed()).map(|a| a.reason);
+                let why = reason.map(thaw_reason).unwrap_or_else(|| "reason not reported yet".into());
                 let code =
-                    if why == thaw_reason(freeze::ThawReason::Deadline) { ErrorCode::SnapshotTimeout } else { ErrorCode::SnapshotFailed };
+                    if reason == Some(freeze::ThawReason::Deadline) { ErrorCode::SnapshotTimeout } else { ErrorCode::SnapshotFailed };
                 let m = abandoned(format!("the guardian thawed every file system on its own ({why}) while it was still running"));
                 tracing::error!("{m}");
                 r.error(code, m);
@@ -601,9 +606,9 @@ impl Session {
         }
     }
 
-    /// Thaws and records it. Returns the mounts still frozen because FITHAW
-    /// kept failing (the guardian keeps trying; see `freeze::Guardian`).
-    fn thaw(&self, mut guardian: Guardian, r: &mut Run) -> Vec<PathBuf> {
+    /// Thaws and records it, including the mounts still frozen because
+    /// FITHAW kept failing (the guardian keeps trying; see `freeze::Guardian`).
+    fn thaw(&self, mut guardian: Guardian, r: &mut Run) {
         match guardian.thaw() {
             Ok(thawed) => {
                 let still: Vec<PathBuf> = thawed.mounts.iter().filter(|m| m.still_frozen).map(|m| m.path.clone()).collect();
@@ -646,6 +651,7 @@ impl Session {
                     // not be written to a file system that may be frozen.
                     self.record_state(r, SessionPhase::ThawFailed, &still, Some(&guardian));
                 }
+                r.freeze.still_frozen = still;
                 if let Some(at_ns) = thawed.auto_thawed_at_ns {
                     let why = format!("{} after {:.3} s", thaw_reason(thawed.reason), at_ns.saturating_sub(r.first_freeze_ns) as f64 / 1e9);
                     r.error(
@@ -654,7 +660,6 @@ impl Session {
                     );
                     r.freeze.auto_thawed = Some(why);
                 }
-                still
             }
             Err(e) => {
                 release_log(r);
@@ -676,9 +681,13 @@ impl Session {
                 }
                 r.error(ErrorCode::FsFreezeFailed, format!("thaw: {e}"));
                 r.freeze.auto_thawed = Some("thaw reported an error".into());
-                // The guardian is gone, so nothing holds the lock for these:
-                // the state file is all `status` can show besides its probe.
-                still
+                // The guardian is gone, so nothing holds the lock for these
+                // once this process exits: the state file is what `status`
+                // can show besides its probe.
+                if !still.is_empty() {
+                    self.record_state(r, SessionPhase::ThawFailed, &still, None);
+                }
+                r.freeze.still_frozen = still;
             }
         }
     }
@@ -746,4 +755,102 @@ fn new_session_id() -> String {
     let mut rnd = [0u8; 4];
     let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut rnd));
     format!("q-{}-{:08x}", unix_ms() / 1000, u32::from_le_bytes(rnd))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::snapshot::{SnapshotError, TakeFuture};
+
+    /// Takes the snapshot at once, or never; says when its future is dropped.
+    struct Provider {
+        hangs: bool,
+        dropped: Arc<AtomicBool>,
+    }
+
+    struct SetOnDrop(Arc<AtomicBool>);
+    impl Drop for SetOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    impl SnapshotProvider for Provider {
+        fn describe(&self) -> String {
+            "test provider".into()
+        }
+        fn take<'a>(&'a self, _: &'a SnapshotContext) -> TakeFuture<'a> {
+            let guard = SetOnDrop(self.dropped.clone());
+            Box::pin(async move {
+                let _guard = guard;
+                if self.hangs {
+                    std::future::pending::<()>().await;
+                }
+                Ok::<(), SnapshotError>(())
+            })
+        }
+    }
+
+    fn session(tag: &str, config: Config, max_freeze: Option<Duration>, hangs: bool) -> (Session, Arc<AtomicBool>, PathBuf) {
+        // Not under /tmp: the run directory must be on a path only root (or
+        // this user) can write, and /tmp is world-writable.
+        let dir = PathBuf::from(format!("/run/quiesce-unit-session-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let dropped = Arc::new(AtomicBool::new(false));
+        let opts = SessionOptions {
+            run_dir: Some(RunDir::new(dir.join("run"))),
+            max_freeze,
+            provider: Some(Box::new(Provider { hangs, dropped: dropped.clone() })),
+            cache_dir: Some(dir.join("cache")),
+            state_dir: Some(dir.join("state")),
+            ..Default::default()
+        };
+        (Session::prepare(Ok(config), opts).expect("prepare"), dropped, dir)
+    }
+
+    fn unfrozen() -> Config {
+        let mut c = Config::builtin();
+        c.freeze.enabled = false;
+        c
+    }
+
+    fn run(s: Session) -> Report {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(s.run(Interrupt::never()))
+    }
+
+    #[test]
+    fn an_embedders_duration_max_runs_the_session_without_panicking() {
+        let (s, _, dir) = session("max", unfrozen(), Some(Duration::MAX), false);
+        let report = run(s);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(report.snapshot_taken, "{:?}", report.errors);
+        assert_eq!(report.freeze.max_freeze_s, Duration::MAX.as_secs_f64());
+    }
+
+    #[test]
+    fn a_provider_past_snapshot_timeout_is_dropped_and_reported() {
+        let mut config = unfrozen();
+        config.snapshot_timeout = Some(Duration::from_millis(50));
+        let (s, dropped, dir) = session("timeout", config, Some(Duration::MAX), true);
+        let report = run(s);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(!report.snapshot_taken);
+        assert!(report.has_error(ErrorCode::SnapshotTimeout), "{:?}", report.errors);
+        assert!(report.errors[0].message.contains("timeout_secs"), "{}", report.errors[0].message);
+        assert!(dropped.load(Ordering::SeqCst), "the provider's future was dropped (= its work stopped)");
+        assert_eq!(report.exit_code(), 4);
+    }
+
+    #[test]
+    fn without_a_freeze_or_timeout_the_wait_defaults_to_max_freeze() {
+        let (s, _, dir) = session("default", unfrozen(), Some(Duration::from_millis(50)), true);
+        let report = run(s);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(report.has_error(ErrorCode::SnapshotTimeout), "{:?}", report.errors);
+        assert!(report.errors[0].message.contains("max-freeze"), "{}", report.errors[0].message);
+    }
 }
