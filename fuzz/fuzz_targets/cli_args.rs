@@ -8,32 +8,16 @@
 #![no_main]
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;
 use quiesce::duration::{self, parse_secs, DurationError};
-use quiesce::freeze::{mountinfo, plan_from, FreezeError, PlanEnv, Selection};
+use quiesce::freeze::{mountinfo, plan_from, FreezeError, Selection};
+use quiesce_fuzz::DevEnv;
 
-const TABLE: &str = "\
-22 27 0:21 / /proc rw,relatime - proc proc rw
-27 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw,discard
-60 27 7:3 / /mnt/my\\040disk rw,noatime shared:40 master:2 - xfs /dev/loop3 rw,attr2
-61 27 0:55 /sub /srv/b\\134s\\011t ro,relatime - btrfs /dev/loop4 rw,space_cache=v2,subvol=/sub
-62 27 0:56 / /net rw - nfs4 server:/export\\040x rw,vers=4.2
-63 27 7:5 / /srv/data rw - ext4 /dev/loop5 rw
-64 63 7:6 / /srv/data/inner rw - ext4 /dev/loop6 rw
-";
-
-struct Env;
-impl PlanEnv for Env {
-    fn is_block_device(&self, path: &Path) -> bool {
-        path.starts_with("/dev")
-    }
-    fn loop_backing_dev(&self, _device: &Path) -> Option<(u32, u32)> {
-        None
-    }
-}
+/// The synthetic mount table seed of the mountinfo target.
+const TABLE: &str = include_str!("../corpus/mountinfo/synthetic");
 
 fuzz_target!(|data: &[u8]| {
     let mut lines = data.split(|&b| b == b'\n');
@@ -55,7 +39,7 @@ fuzz_target!(|data: &[u8]| {
     let table = mountinfo::parse(TABLE);
     assert!(table.unparsed.is_empty());
     let sel = Selection { mounts: mounts.clone(), exclude };
-    match plan_from(&table, &sel, &Env) {
+    match plan_from(&table, &sel, &DevEnv) {
         Ok(plan) => {
             for t in &plan.targets {
                 assert!(mounts.is_empty() || mounts.contains(&t.path), "{:?} frozen but not asked for", t.path);

@@ -5,23 +5,12 @@
 //! its lines parsed one by one — no line makes another vanish or change —
 //! and every non-empty line is either an entry or an unparsed line.
 #![no_main]
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use libfuzzer_sys::fuzz_target;
 use quiesce::freeze::mountinfo::parse_bytes;
-use quiesce::freeze::{plan_from, FreezeError, PlanEnv, Selection};
-
-/// Block devices are the sources under /dev/; no loop devices (so the freeze
-/// order has no cycles and must be strictly by depth).
-struct Env;
-impl PlanEnv for Env {
-    fn is_block_device(&self, path: &Path) -> bool {
-        path.starts_with("/dev")
-    }
-    fn loop_backing_dev(&self, _device: &Path) -> Option<(u32, u32)> {
-        None
-    }
-}
+use quiesce::freeze::{plan_from, FreezeError, Selection};
+use quiesce_fuzz::DevEnv;
 
 fuzz_target!(|data: &[u8]| {
     let table = parse_bytes(data);
@@ -36,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
         assert!(u.text.chars().count() <= 200, "quoted line not capped");
     }
 
-    let plan = plan_from(&table, &Selection::default(), &Env).expect("planning every mount never fails");
+    let plan = plan_from(&table, &Selection::default(), &DevEnv).expect("planning every mount never fails");
     let unparsed_mounts = table.unparsed.iter().filter(|u| u.mount_point.is_some()).count();
     assert_eq!(
         plan.targets.len() + plan.skipped.len(),
@@ -57,7 +46,7 @@ fuzz_target!(|data: &[u8]| {
     // one; refused if an unparsable line names the same path.
     if let Some(m) = table.entries.first() {
         let sel = Selection { mounts: vec![m.mount_point.clone()], exclude: Vec::new() };
-        match plan_from(&table, &sel, &Env) {
+        match plan_from(&table, &sel, &DevEnv) {
             Ok(plan) => {
                 assert!(!table.unparsed.iter().any(|u| u.mount_point.as_ref() == Some(&m.mount_point)));
                 let only: Vec<&PathBuf> = plan.targets.iter().map(|t| &t.path).collect();

@@ -88,6 +88,20 @@ impl Write for LyingServer<'_> {
     }
 }
 
+/// The machine facts the freeze planner needs, made up: block devices are
+/// the sources under /dev/, and there are no loop devices (so the freeze
+/// order has no cycles and must follow the mount tree strictly).
+pub struct DevEnv;
+
+impl quiesce::freeze::PlanEnv for DevEnv {
+    fn is_block_device(&self, path: &std::path::Path) -> bool {
+        path.starts_with("/dev")
+    }
+    fn loop_backing_dev(&self, _device: &std::path::Path) -> Option<(u32, u32)> {
+        None
+    }
+}
+
 /// Splits the input at the first occurrence of `sep` (or not at all).
 pub fn split_once<'a>(data: &'a [u8], sep: &[u8]) -> (&'a [u8], &'a [u8]) {
     match data.windows(sep.len()).position(|w| w == sep) {
