@@ -192,17 +192,31 @@ pub struct Handshake {
     pub auth_plugin: String,
 }
 
+/// The largest logical packet accepted: the protocol's own ceiling
+/// (`max_allowed_packet` cannot be set higher).
+const MAX_LOGICAL_PACKET: usize = 1 << 30;
+
 /// Reads one logical packet (joining 16 MiB continuation packets); returns
 /// the sequence id of the last one.
+///
+/// The buffer grows with the bytes that actually arrive, not with the
+/// length a header claims: a lying or broken server that announces 16 MiB
+/// (or a chain of continuation packets) and sends 10 bytes must not make a
+/// plugin with a 64 MiB memory limit allocate it (fuzz/corpus/mywire_server/
+/// greeting-claims-16m is that input).
 pub fn read_packet<R: Read>(r: &mut R) -> Result<(u8, Vec<u8>)> {
     let mut payload = Vec::new();
     loop {
         let mut head = [0u8; 4];
         r.read_exact(&mut head)?;
         let len = u32::from_le_bytes([head[0], head[1], head[2], 0]) as usize;
-        let start = payload.len();
-        payload.resize(start + len, 0);
-        r.read_exact(&mut payload[start..])?;
+        if payload.len() + len > MAX_LOGICAL_PACKET {
+            return Err(Error::Protocol(format!("packet longer than {MAX_LOGICAL_PACKET} bytes")));
+        }
+        let got = r.by_ref().take(len as u64).read_to_end(&mut payload)?;
+        if got < len {
+            return Err(Error::Io(io::ErrorKind::UnexpectedEof.into()));
+        }
         if len < MAX_PACKET {
             return Ok((head[3], payload));
         }
@@ -287,7 +301,8 @@ impl<'a> Cur<'a> {
     fn lenenc_str(&mut self) -> Result<Option<&'a [u8]>> {
         match self.lenenc()? {
             None => Ok(None),
-            Some(n) => Ok(Some(self.bytes(n as usize)?)),
+            // On wasm32 `as usize` would cut a 64-bit length to another, valid-looking one.
+            Some(n) => Ok(Some(self.bytes(usize::try_from(n).map_err(|_| Error::Protocol("short packet".into()))?)?)),
         }
     }
 }
@@ -721,6 +736,16 @@ mod tests {
 
     fn ok() -> Vec<u8> {
         vec![0, 0, 0, 2, 0, 0, 0]
+    }
+
+    #[test]
+    fn a_packet_length_the_server_does_not_send_is_an_eof_not_an_allocation() {
+        // 16 MiB - 1 claimed, 3 bytes sent; then a continuation chain.
+        let e = read_packet(&mut &b"\xff\xff\xfe\x00abc"[..]).unwrap_err();
+        assert!(matches!(&e, Error::Io(x) if x.kind() == io::ErrorKind::UnexpectedEof), "{e:?}");
+        let e = read_packet(&mut &b"\xff\xff\xff\x00abc"[..]).unwrap_err();
+        assert!(matches!(&e, Error::Io(x) if x.kind() == io::ErrorKind::UnexpectedEof), "{e:?}");
+        assert_eq!(read_packet(&mut &b"\x03\x00\x00\x07abc"[..]).unwrap(), (7, b"abc".to_vec()));
     }
 
     #[test]

@@ -275,8 +275,14 @@ fn read_msg<R: Read>(r: &mut R) -> Result<Msg> {
     if !(4..=(1 << 30)).contains(&len) {
         return Err(Error::Protocol(format!("message {:?} with length {len}", head[0] as char)));
     }
-    let mut body = vec![0u8; len as usize - 4];
-    r.read_exact(&mut body)?;
+    // Grows with the bytes that arrive, not with the claimed length: a lying
+    // server's 5-byte header must not make the plugin allocate 1 GiB
+    // (fuzz/corpus/pgwire_server/message-claims-1g is that input).
+    let want = len as u64 - 4;
+    let mut body = Vec::new();
+    if r.take(want).read_to_end(&mut body)? as u64 != want {
+        return Err(Error::Io(io::ErrorKind::UnexpectedEof.into()));
+    }
     Ok(Msg { tag: head[0], body })
 }
 

@@ -109,11 +109,22 @@ pub fn encode(args: &[&[u8]]) -> Vec<u8> {
     out
 }
 
+/// Longest status, error or length line accepted (Redis's own replies of
+/// these kinds are a few hundred bytes; data comes as bulk strings).
+const MAX_LINE: u64 = 64 << 10;
+
+/// Largest bulk string accepted (Redis's `proto-max-bulk-len` default).
+const MAX_BULK: i64 = 512 << 20;
+
 fn read_line<R: BufRead>(r: &mut R) -> Result<String> {
     let mut line = Vec::new();
-    r.read_until(b'\n', &mut line)?;
+    // Bounded: a server that never sends a newline must not grow this forever.
+    Read::take(&mut *r, MAX_LINE).read_until(b'\n', &mut line)?;
     if line.is_empty() {
         return Err(Error::Io(io::ErrorKind::UnexpectedEof.into()));
+    }
+    if line.len() as u64 == MAX_LINE && !line.ends_with(b"\n") {
+        return Err(Error::Protocol(format!("reply line longer than {MAX_LINE} bytes")));
     }
     if !line.ends_with(b"\r\n") {
         return Err(Error::Protocol("reply line without CRLF".into()));
@@ -143,11 +154,17 @@ fn read_value_depth<R: BufRead>(r: &mut R, depth: u32) -> Result<Value> {
             if n < 0 {
                 return Ok(Value::Nil);
             }
-            if n > 512 << 20 {
+            if n > MAX_BULK {
                 return Err(Error::Protocol(format!("bulk string of {n} bytes")));
             }
-            let mut b = vec![0u8; n as usize + 2];
-            r.read_exact(&mut b)?;
+            // Grows with the bytes that arrive, not with the announced length:
+            // `$536870912` followed by nothing must not allocate 512 MiB
+            // (fuzz/corpus/resp_server/bulk-length-512m is that input).
+            let want = n as u64 + 2;
+            let mut b = Vec::new();
+            if Read::take(&mut *r, want).read_to_end(&mut b)? as u64 != want {
+                return Err(Error::Io(io::ErrorKind::UnexpectedEof.into()));
+            }
             if !b.ends_with(b"\r\n") {
                 return Err(Error::Protocol("bulk string without CRLF".into()));
             }
@@ -441,6 +458,23 @@ mod tests {
     }
     fn client(server: &[u8]) -> Client<Duplex> {
         Client::new(Duplex { input: Cursor::new(server.to_vec()), output: vec![] })
+    }
+
+    #[test]
+    fn a_bulk_length_the_server_does_not_send_is_an_eof_not_an_allocation() {
+        let mut r = BufReader::new(&b"$536870912\r\nabc"[..]);
+        let e = read_value(&mut r).unwrap_err();
+        assert!(matches!(&e, Error::Io(x) if x.kind() == io::ErrorKind::UnexpectedEof), "{e:?}");
+        let mut r = BufReader::new(&b"$3\r\nabc\r\n"[..]);
+        assert_eq!(read_value(&mut r).unwrap(), Value::Bulk(b"abc".to_vec()));
+    }
+
+    #[test]
+    fn a_reply_line_without_end_is_refused_at_the_cap() {
+        let mut long = b"+".to_vec();
+        long.resize(MAX_LINE as usize * 2, b'x');
+        let e = read_value(&mut BufReader::new(&long[..])).unwrap_err();
+        assert!(e.to_string().contains("longer than 65536 bytes"), "{e}");
     }
 
     #[test]
