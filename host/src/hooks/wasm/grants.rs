@@ -85,7 +85,15 @@ fn parse_host_port(s: &str, whole: &str) -> Result<(String, u16), GrantError> {
     } else {
         s.rsplit_once(':').ok_or_else(|| err(whole, "expected tcp:HOST:PORT"))?
     };
-    if host.is_empty() || host.contains(['/', ' ']) || (!s.starts_with('[') && host.contains(':')) {
+    // A bracketed host is an IPv6 address (it has a `:`); no host holds
+    // brackets, spaces, slashes or control characters — so that every grant
+    // prints back as the grant it is (found by the `grants` fuzz target).
+    let bracketed = s.starts_with('[');
+    if host.is_empty()
+        || host.contains(['/', ' ', '[', ']'])
+        || host.chars().any(char::is_control)
+        || bracketed != host.contains(':')
+    {
         return Err(err(whole, "bad host (IPv6 addresses go in brackets: tcp:[::1]:5432)"));
     }
     let port: u16 = port.parse().map_err(|_| err(whole, format!("bad port {port:?}")))?;
@@ -297,6 +305,10 @@ mod tests {
             ("tcp:127.0.0.1:0", "port 0"),
             ("tcp:127.0.0.1:99999", "bad port"),
             ("tcp:::1:5432", "brackets"),
+            ("tcp:[[a\u{1}mple1]:5432", "bad host"),
+            ("tcp:[x]:80", "bad host"),
+            ("tcp:a]b:80", "bad host"),
+            ("tcp:a\tb:80", "bad host"),
             ("file:etc/x", "absolute"),
             ("dir:/etc/../root", "absolute"),
             ("net:anything", "unknown kind"),
