@@ -6,6 +6,7 @@
 //! unmounts and detaches what the test created.
 
 pub mod db;
+pub mod faults;
 pub mod legacy;
 pub mod restore;
 
