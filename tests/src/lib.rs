@@ -9,6 +9,7 @@ pub mod db;
 pub mod faults;
 pub mod legacy;
 pub mod restore;
+pub mod soak;
 
 use std::fs;
 use std::io::Write;
