@@ -5,11 +5,7 @@
 //! `quiesce_tests::soak::RSS_TOLERANCE_KIB`) or a session failed.
 //! Needs root (loop mount) and `cargo build --release --bins` first.
 
-use quiesce_tests::soak::{table, SoakRig};
-
-fn count(var: &str, default: usize) -> usize {
-    std::env::var(var).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
+use quiesce_tests::soak::{count, table, SoakRig};
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {

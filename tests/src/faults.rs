@@ -97,7 +97,8 @@ pub enum Act {
     /// Kills itself with SIGSEGV.
     Crash,
     /// Starts a `setsid` grandchild (its own session and process group,
-    /// sleeping 60 s), then hangs like [`Act::Hang`].
+    /// sleeping 300 s: it outlives a session that waits out the hang), then
+    /// hangs like [`Act::Hang`].
     SetsidHang,
     /// `fsfreeze -f` of a mount, as another tool would, then succeeds.
     FreezeForeign(PathBuf),
@@ -165,6 +166,8 @@ pub struct Expect {
     pub codes: &'static [&'static str],
     /// Codes that may be in `errors` besides (any other is a failure).
     pub may: &'static [&'static str],
+    /// Text some error message must contain ("" for none).
+    pub says: &'static str,
 }
 
 /// The MariaDB a cell's `db` hook (the `quiesce_mariadb` plugin) locks.
@@ -241,7 +244,7 @@ impl Rig {
             // The grandchild writes its own pid; wait for it so (c) sees it.
             Act::SetsidHang => writeln!(
                 body,
-                "n=$(wc -l < $D/pids)\nsetsid sh -c 'echo $$ >> {d}/pids; exec sleep 60' </dev/null >/dev/null 2>&1 &\n\
+                "n=$(wc -l < $D/pids)\nsetsid sh -c 'echo $$ >> {d}/pids; exec sleep 300' </dev/null >/dev/null 2>&1 &\n\
                  while [ $(wc -l < $D/pids) -le $n ]; do sleep 0.01; done\nsleep 60 &\necho $! >> $D/pids\nwait"
             ),
             Act::FreezeForeign(m) => writeln!(body, "fsfreeze -f {}\nexit 0", m.display()),
@@ -476,7 +479,7 @@ impl Rig {
         let stdout = fs::read_to_string(self.file("stdout")).unwrap_or_default();
         let stderr_tail = || {
             let e = fs::read_to_string(self.file("stderr")).unwrap_or_default();
-            e.lines().rev().take(5).collect::<Vec<_>>().join(" | ")
+            e.lines().last().unwrap_or("").chars().take(240).collect::<String>()
         };
         if killed {
             if status.and_then(|s| s.signal()) != Some(libc::SIGKILL) {
@@ -526,6 +529,9 @@ impl Rig {
             if !expect.codes.contains(&c.as_str()) && !expect.may.contains(&c.as_str()) {
                 bad.push(format!("unexpected error {c}: {}", report["errors"]));
             }
+        }
+        if !expect.says.is_empty() && !report["errors"].to_string().contains(expect.says) {
+            bad.push(format!("no error says {:?}: {}", expect.says, report["errors"]));
         }
         let log = fs::read_to_string(self.file("log")).unwrap_or_default();
         if !log.lines().any(|l| l == "post") {

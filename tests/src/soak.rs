@@ -28,6 +28,11 @@ use crate::{quiesce_bin, Fs, LoopMount, Scratch};
 /// the plugin cache warming), and no more.
 pub const RSS_TOLERANCE_KIB: u64 = 4096;
 
+/// `$var` as a session count, else `default`.
+pub fn count(var: &str, default: usize) -> usize {
+    std::env::var(var).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
 /// What one sample saw of this process (and, for CLI runs, of the last child).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Sample {

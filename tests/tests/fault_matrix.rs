@@ -82,14 +82,14 @@ impl Fault {
     }
 }
 
-const KILLED: Expect = Expect { exit: Exit::Killed, consistency: "", snapshot_taken: false, codes: &[], may: &[] };
+const KILLED: Expect = Expect { exit: Exit::Killed, consistency: "", snapshot_taken: false, codes: &[], may: &[], says: "" };
 
 const fn taken(exit: i32, consistency: &'static str, codes: &'static [&'static str]) -> Expect {
-    Expect { exit: Exit::Code(exit), consistency, snapshot_taken: true, codes, may: &[] }
+    Expect { exit: Exit::Code(exit), consistency, snapshot_taken: true, codes, may: &[], says: "" }
 }
 
 const fn not_taken(codes: &'static [&'static str], may: &'static [&'static str]) -> Expect {
-    Expect { exit: Exit::Code(4), consistency: "None", snapshot_taken: false, codes, may }
+    Expect { exit: Exit::Code(4), consistency: "None", snapshot_taken: false, codes, may, says: "" }
 }
 
 /// What each cell must report: `None` where the fault cannot hit the phase.
@@ -120,7 +120,9 @@ fn expected(f: Fault, p: Phase) -> Option<Expect> {
         (Fault::PluginTimeout, Post) => taken(3, APP, &["PluginTimeout"]),
         (Fault::SnapshotHang, Snapshot) => not_taken(&["SnapshotFailed"], &["FsFreezeTimeout"]),
         (Fault::SnapshotFail, Snapshot) => not_taken(&["SnapshotFailed"], &[]),
-        (Fault::FreezeBusy | Fault::PartialFreeze, Freeze) => taken(3, CRASH, &["FsFreezeFailed"]),
+        (Fault::FreezeBusy, Freeze) => Expect { says: "already frozen", ..taken(3, CRASH, &["FsFreezeFailed"]) },
+        // The inner mount was frozen, then thawed back when the outer one was busy.
+        (Fault::PartialFreeze, Freeze) => Expect { says: "thawed back", ..taken(3, CRASH, &["FsFreezeFailed"]) },
         // Taken while frozen and quiesced; the refused thaw is an error that must be reported.
         (Fault::ThawFails, Thaw) => taken(3, APP, &["FsThawFailed"]),
         // The lock holder died before or during the snapshot: the db hook cannot

@@ -4,13 +4,14 @@
 //! warm-up, and RSS within the stated tolerance. Its own test binary: the
 //! counts are this process's, so nothing else may run in it.
 
-use quiesce_tests::soak::{table, SoakRig};
+use quiesce_tests::soak::{count, table, SoakRig};
 
 #[test]
 fn a_hundred_sessions_in_one_process_and_twenty_through_the_cli_leak_no_fd_thread_zombie_or_memory() {
     let rig = SoakRig::new();
-    let lib = rig.library(100);
-    let cli = rig.cli(20);
+    // SOAK_LIB / SOAK_CLI make it the full soak without a release build.
+    let lib = rig.library(count("SOAK_LIB", 100));
+    let cli = rig.cli(count("SOAK_CLI", 20));
     println!("{}", table(&[&lib, &cli]));
     let grew: Vec<String> = lib.growth().into_iter().chain(cli.growth()).collect();
     assert!(grew.is_empty(), "{grew:#?}");
