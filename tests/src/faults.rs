@@ -11,7 +11,7 @@
 //!   its host was killed. A mount frozen by "someone else" must instead be
 //!   left frozen (quiesce never thaws a freeze it did not make).
 //! - **(b) database lock**: a writer's INSERT completes within `--max-freeze`
-//!   + 1 s of the session's end (or of the host's death); and in the cells
+//!   plus 1 s of the session's end (or of the host's death); and in the cells
 //!   that wait for a phase, the lock was seen held then, so the check is not
 //!   vacuous.
 //! - **(c) processes**: every pid the hooks and commands wrote down (their
@@ -386,6 +386,8 @@ impl Rig {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+        // Reaped above; `wait` returns the status it saw.
+        let status = status.or_else(|| child.wait().ok());
         let ended = ended.unwrap_or_else(Instant::now);
         let killed = expect.exit == Exit::Killed;
         // What the deadlines count from: the host's death, or the session's end.

@@ -6,8 +6,8 @@
 //!
 //! Every session is real: a no-op pre/post script pair, the no-op plugin, a
 //! guardian freezing and thawing one ext4 loop mount, a snapshot command
-//! (`true`). The CLI sessions add the host process's own peak RSS (from
-//! `wait4`'s rusage), which must be flat as well.
+//! (`true`). The CLI sessions add the host process's own peak RSS
+//! (`VmHWM`), which must be flat as well.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -28,6 +28,11 @@ use crate::{quiesce_bin, Fs, LoopMount, Scratch};
 /// the plugin cache warming), and no more.
 pub const RSS_TOLERANCE_KIB: u64 = 4096;
 
+/// A `kB` field of `/proc/<pid>/status`.
+fn status_field(status: &str, name: &str) -> Option<u64> {
+    status.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.split_whitespace().next()).and_then(|v| v.parse().ok())
+}
+
 /// `$var` as a session count, else `default`.
 pub fn count(var: &str, default: usize) -> usize {
     std::env::var(var).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -41,21 +46,14 @@ pub struct Sample {
     pub rss_kib: u64,
     pub threads: u64,
     pub zombies: usize,
-    /// The last CLI run's peak RSS (`ru_maxrss`), 0 for library samples.
+    /// The last CLI run's peak RSS (`VmHWM`), 0 for library samples.
     pub child_max_rss_kib: u64,
 }
 
 impl Sample {
     fn take(sessions: usize, child_max_rss_kib: u64) -> Sample {
         let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
-        let field = |name: &str| -> u64 {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
+        let field = |name: &str| status_field(&status, name).unwrap_or(0);
         Sample {
             sessions,
             fds: fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0),
@@ -152,7 +150,9 @@ impl SoakRig {
         self.series("library", n, || (one(), 0))
     }
 
-    /// `n` runs of `quiesce snapshot`, each waited for with `wait4` for its peak RSS.
+    /// `n` runs of `quiesce snapshot`. Each one's peak RSS is its `VmHWM`,
+    /// read until it exits (`wait4`'s `ru_maxrss` would report this
+    /// process's RSS instead: the kernel carries the pre-exec peak over).
     pub fn cli(&self, n: usize) -> Series {
         let one = || -> (bool, u64) {
             let child = Command::new(quiesce_bin())
@@ -171,13 +171,19 @@ impl SoakRig {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn();
-            let Ok(child) = child else { return (false, 0) };
-            let mut status = 0;
-            // SAFETY: a zeroed rusage is a valid out-parameter; the pid is our unwaited child.
-            let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-            let r = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
-            let ok = r > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
-            (ok, usage.ru_maxrss as u64)
+            let Ok(mut child) = child else { return (false, 0) };
+            let status_file = format!("/proc/{}/status", child.id());
+            let mut peak = 0;
+            loop {
+                if let Some(hwm) = fs::read_to_string(&status_file).ok().as_deref().and_then(|s| status_field(s, "VmHWM:")) {
+                    peak = peak.max(hwm);
+                }
+                match child.try_wait() {
+                    Ok(Some(st)) => return (st.success(), peak),
+                    Ok(None) => std::thread::sleep(Duration::from_millis(1)),
+                    Err(_) => return (false, peak),
+                }
+            }
         };
         self.series("cli", n, one)
     }
@@ -210,7 +216,7 @@ impl Default for SoakRig {
 /// The samples as a Markdown table.
 pub fn table(series: &[&Series]) -> String {
     let mut out = String::from(
-        "| run | after sessions | open fds | RSS KiB | threads | zombies | CLI peak RSS KiB |\n|---|---|---|---|---|---|---|\n",
+        "| run | after sessions | open fds | RSS KiB | threads | zombies | CLI peak RSS (VmHWM) KiB |\n|---|---|---|---|---|---|---|\n",
     );
     for s in series {
         for x in &s.samples {
