@@ -283,12 +283,19 @@ impl Rig {
     fn command(&self, spec: &Spec, config: &Path, snap: &Path) -> Command {
         let mut cmd = match spec.fail_ioctl {
             None => Command::new(quiesce_bin()),
+            // `-P` limits tracing (and the per-process count) to ioctls on the
+            // main mount, which only the guardian makes. strace lives as long as
+            // the guardian it traces, so a shell records quiesce's own exit.
             Some(n) => {
                 let mut c = Command::new("strace");
                 c.args(["-f", "-qq", "-o"])
                     .arg(self.file("strace.log"))
-                    .args(["-e", "trace=ioctl", "-e", &format!("inject=ioctl:error=EIO:when={n}")])
-                    .arg(quiesce_bin());
+                    .args(["-e", "trace=ioctl", "-P"])
+                    .arg(self.mounts[0].path())
+                    .args(["-e", &format!("inject=ioctl:error=EIO:when={n}")])
+                    .args(["--", "/bin/sh", "-c", "\"$@\"; echo $? > \"$Q_RC\"", "sh"])
+                    .arg(quiesce_bin())
+                    .env("Q_RC", self.file("rc"));
                 c
             }
         };
@@ -349,8 +356,14 @@ impl Rig {
         let mut ended: Option<Instant> = None;
         let mut status = None;
         while ended.is_none() {
-            if let Ok(Some(st)) = child.try_wait() {
-                status = Some(st);
+            if spec.fail_ioctl.is_some() {
+                if let Some(rc) = fs::read_to_string(self.file("rc")).ok().filter(|rc| rc.ends_with('\n')) {
+                    status = Some(Ended { code: rc.trim().parse().ok(), signal: None });
+                    ended = Some(Instant::now());
+                    break;
+                }
+            } else if let Ok(Some(st)) = child.try_wait() {
+                status = Some(Ended::of(st));
                 ended = Some(Instant::now());
                 break;
             }
@@ -381,14 +394,26 @@ impl Rig {
             if started.elapsed() > SESSION_LIMIT {
                 failures.push(('d', format!("the session did not end within {SESSION_LIMIT:?}; killed")));
                 let _ = child.kill();
-                status = child.wait().ok();
+                status = child.wait().ok().map(Ended::of);
                 ended = Some(Instant::now());
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        // Reaped above; `wait` returns the status it saw.
-        let status = status.or_else(|| child.wait().ok());
-        let ended = ended.unwrap_or_else(Instant::now);
+        let mut ended = ended.unwrap_or_else(Instant::now);
+        if spec.fail_ioctl.is_some() {
+            // The kernel refused every thaw: the truth is "still frozen", and
+            // status must say so while the guardian keeps trying.
+            match self.status() {
+                Some(st) if st["session_running"] == true && st["frozen"].as_array().is_some_and(|a| !a.is_empty()) => {}
+                st => failures.push(('d', format!("while FITHAW is refused, `quiesce status` must show the mount still frozen: {st:?}"))),
+            }
+            // The fault clears (strace goes, its tracees are detached): from
+            // now on the deadlines run as after any session.
+            let _ = child.kill();
+            ended = Instant::now();
+        }
+        // Reaped above (`wait` returns the status it saw), or strace, killed.
+        let _ = child.wait();
         let killed = expect.exit == Exit::Killed;
         // What the deadlines count from: the host's death, or the session's end.
         let from = if killed { signalled.unwrap_or(ended) } else { ended };
@@ -475,8 +500,7 @@ impl Rig {
         });
     }
 
-    fn judge(&self, expect: &Expect, status: Option<std::process::ExitStatus>, killed: bool) -> Vec<String> {
-        use std::os::unix::process::ExitStatusExt;
+    fn judge(&self, expect: &Expect, status: Option<Ended>, killed: bool) -> Vec<String> {
         let mut bad = Vec::new();
         let stdout = fs::read_to_string(self.file("stdout")).unwrap_or_default();
         let stderr_tail = || {
@@ -484,7 +508,7 @@ impl Rig {
             e.lines().last().unwrap_or("").chars().take(240).collect::<String>()
         };
         if killed {
-            if status.and_then(|s| s.signal()) != Some(libc::SIGKILL) {
+            if status.and_then(|s| s.signal) != Some(libc::SIGKILL) {
                 bad.push(format!("expected the host SIGKILLed, it ended with {status:?}"));
             }
             match self.status() {
@@ -500,7 +524,7 @@ impl Rig {
             }
             return bad;
         }
-        let code = status.and_then(|s| s.code());
+        let code = status.and_then(|s| s.code);
         let Exit::Code(want) = expect.exit else { unreachable!("killed handled above") };
         if code != Some(want) {
             bad.push(format!("exit status {code:?}, expected {want} (stderr: {})", stderr_tail()));
@@ -540,6 +564,20 @@ impl Rig {
             bad.push(format!("the post script never ran (script log: {:?})", log.lines().collect::<Vec<_>>()));
         }
         bad
+    }
+}
+
+/// How the host ended: its exit code, or the signal that killed it.
+#[derive(Clone, Copy, Debug)]
+struct Ended {
+    code: Option<i32>,
+    signal: Option<i32>,
+}
+
+impl Ended {
+    fn of(st: std::process::ExitStatus) -> Ended {
+        use std::os::unix::process::ExitStatusExt;
+        Ended { code: st.code(), signal: st.signal() }
     }
 }
 
