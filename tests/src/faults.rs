@@ -368,7 +368,8 @@ impl Rig {
                 break;
             }
             // (a) from the moment the snapshot command runs, the deadline clock is running.
-            if deadline_probes.is_empty() && probe_results.is_empty() && self.file("snap.ready").exists() {
+            // (Not while the kernel refuses every FITHAW: then nothing can thaw.)
+            if spec.fail_ioctl.is_none() && deadline_probes.is_empty() && probe_results.is_empty() && self.file("snap.ready").exists() {
                 let by = Instant::now() + MAX_FREEZE + SLACK;
                 deadline_probes = ours.iter().map(|&i| (i, WriteProbe::start(self.mounts[i].path()), by)).collect();
             }
