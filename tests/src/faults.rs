@@ -71,16 +71,6 @@ impl Phase {
             Phase::Post => "post",
         }
     }
-
-    /// The marker the step running in this phase touches when it starts.
-    fn marker(self) -> &'static str {
-        match self {
-            Phase::Pre => "pre.ready",
-            Phase::Snapshot => "snap.ready",
-            Phase::Post => "post.ready",
-            Phase::Freeze | Phase::Thaw => "never.ready",
-        }
-    }
 }
 
 /// What a pre/post script or the snapshot command does after it wrote its
@@ -125,10 +115,9 @@ pub struct Spec {
     /// A `misbehave` plugin hook after the script hook, with this `mode`.
     pub plugin: Option<&'static str>,
     pub signal: Option<SignalAt>,
-    /// Run the host under strace, failing its `ioctl`s numbered `when`
-    /// (strace's syntax, counted per process) with EIO: the guardian's
-    /// FITHAW, which the kernel cannot be made to fail on demand.
-    pub fail_ioctl: Option<&'static str>,
+    /// Run the host under strace, to fail or slow down the guardian's
+    /// FIFREEZE/FITHAW (the kernel does neither on demand).
+    pub ioctl: Option<IoctlFault>,
     /// Indices (into [`Rig::mounts`]) of mounts that must still be frozen
     /// when the session ends: frozen by "someone else" (quiesce must leave
     /// them alone), or whose every FITHAW was refused. The test thaws them.
@@ -143,11 +132,27 @@ impl Spec {
             snapshot: Act::Succeed,
             plugin: None,
             signal: None,
-            fail_ioctl: None,
+            ioctl: None,
             left_frozen: Vec::new(),
         }
     }
 }
+
+/// strace fault injection on the `ioctl`s made on the main mount, which
+/// only the guardian makes: FIFREEZE is number 1 (per process), FITHAWs follow.
+#[derive(Clone, Copy, Debug)]
+pub enum IoctlFault {
+    /// Fail the calls numbered `when` (strace's syntax, e.g. `2+`) with EIO.
+    Fail(&'static str),
+    /// Hold call number `when` for [`IOCTL_DELAY`] before it enters the
+    /// kernel: a window in which the freeze or thaw is in progress. strace
+    /// logs the call's start when the hold begins, which is the marker.
+    Delay(&'static str),
+}
+
+/// How long [`IoctlFault::Delay`] holds the call (half of `--max-freeze`: a
+/// held FIFREEZE counts against the deadline).
+pub const IOCTL_DELAY: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Exit {
@@ -281,21 +286,27 @@ impl Rig {
     }
 
     fn command(&self, spec: &Spec, config: &Path, snap: &Path) -> Command {
-        let mut cmd = match spec.fail_ioctl {
+        let mut cmd = match spec.ioctl {
             None => Command::new(quiesce_bin()),
             // `-P` limits tracing (and the per-process count) to ioctls on the
-            // main mount, which only the guardian makes. strace lives as long as
-            // the guardian it traces, so a shell records quiesce's own exit.
-            Some(n) => {
+            // main mount, which only the guardian makes.
+            Some(fault) => {
+                let inject = match fault {
+                    IoctlFault::Fail(when) => format!("inject=ioctl:error=EIO:when={when}"),
+                    IoctlFault::Delay(when) => format!("inject=ioctl:delay_enter={}:when={when}", IOCTL_DELAY.as_micros()),
+                };
                 let mut c = Command::new("strace");
                 c.args(["-f", "-qq", "-o"])
                     .arg(self.file("strace.log"))
                     .args(["-e", "trace=ioctl", "-P"])
                     .arg(self.mounts[0].path())
-                    .args(["-e", &format!("inject=ioctl:error=EIO:when={n}")])
-                    .args(["--", "/bin/sh", "-c", "\"$@\"; echo $? > \"$Q_RC\"", "sh"])
-                    .arg(quiesce_bin())
-                    .env("Q_RC", self.file("rc"));
+                    .args(["-e", &inject]);
+                if let IoctlFault::Fail(_) = fault {
+                    // strace lives as long as the guardian it traces, which
+                    // outlives quiesce here: a shell records quiesce's own exit.
+                    c.args(["--", "/bin/sh", "-c", "\"$@\"; echo $? > \"$Q_RC\"", "sh"]).env("Q_RC", self.file("rc"));
+                }
+                c.arg(quiesce_bin());
                 c
             }
         };
@@ -332,6 +343,19 @@ impl Rig {
         serde_json::from_slice(&out.stdout).ok()
     }
 
+    /// Has the step of `phase` started? Scripts touch a marker; the
+    /// guardian's held FIFREEZE/FITHAW shows in strace's log.
+    fn reached(&self, phase: Phase) -> bool {
+        let logged = |call: &str| fs::read_to_string(self.file("strace.log")).is_ok_and(|l| l.contains(call));
+        match phase {
+            Phase::Pre => self.file("pre.ready").exists(),
+            Phase::Freeze => logged("FIFREEZE"),
+            Phase::Snapshot => self.file("snap.ready").exists(),
+            Phase::Thaw => logged("FITHAW"),
+            Phase::Post => self.file("post.ready").exists(),
+        }
+    }
+
     fn pids(&self) -> Vec<i32> {
         fs::read_to_string(self.file("pids")).unwrap_or_default().lines().filter_map(|l| l.trim().parse().ok()).collect()
     }
@@ -356,7 +380,7 @@ impl Rig {
         let mut ended: Option<Instant> = None;
         let mut status = None;
         while ended.is_none() {
-            if spec.fail_ioctl.is_some() {
+            if matches!(spec.ioctl, Some(IoctlFault::Fail(_))) {
                 if let Some(rc) = fs::read_to_string(self.file("rc")).ok().filter(|rc| rc.ends_with('\n')) {
                     status = Some(Ended { code: rc.trim().parse().ok(), signal: None });
                     ended = Some(Instant::now());
@@ -369,19 +393,25 @@ impl Rig {
             }
             // (a) from the moment the snapshot command runs, the deadline clock is running.
             // (Not while the kernel refuses every FITHAW: then nothing can thaw.)
-            if spec.fail_ioctl.is_none() && deadline_probes.is_empty() && probe_results.is_empty() && self.file("snap.ready").exists() {
+            if !matches!(spec.ioctl, Some(IoctlFault::Fail(_)))
+                && deadline_probes.is_empty()
+                && probe_results.is_empty()
+                && self.file("snap.ready").exists()
+            {
                 let by = Instant::now() + MAX_FREEZE + SLACK;
                 deadline_probes = ours.iter().map(|&i| (i, WriteProbe::start(self.mounts[i].path()), by)).collect();
             }
             if let Some(sig) = spec.signal.filter(|_| signalled.is_none()) {
-                if self.file(sig.phase.marker()).exists() {
+                if self.reached(sig.phase) {
                     if let Some(db) = db.filter(|d| !d.killed_by_cell) {
                         if db.insert_within(Duration::from_millis(300)) {
                             failures.push(('b', format!("the database lock was not held during {}", sig.phase.name())));
                         }
                     }
-                    let pid = Pid::from_raw(child.id() as i32);
-                    let sent = if sig.group { killpg(pid, sig.signal) } else { kill(pid, sig.signal) };
+                    // Under strace, the host is strace's child; its group is strace's.
+                    let leader = Pid::from_raw(child.id() as i32);
+                    let host = if spec.ioctl.is_some() { first_child(child.id()).map(Pid::from_raw).unwrap_or(leader) } else { leader };
+                    let sent = if sig.group { killpg(leader, sig.signal) } else { kill(host, sig.signal) };
                     if let Err(e) = sent {
                         failures.push(('d', format!("could not send {:?}: {e}", sig.signal)));
                     }
@@ -401,7 +431,7 @@ impl Rig {
             std::thread::sleep(Duration::from_millis(5));
         }
         let mut ended = ended.unwrap_or_else(Instant::now);
-        if spec.fail_ioctl.is_some() {
+        if matches!(spec.ioctl, Some(IoctlFault::Fail(_))) {
             // The kernel refused every thaw: the truth is "still frozen", and
             // status must say so while the guardian keeps trying.
             match self.status() {
@@ -512,13 +542,23 @@ impl Rig {
             if status.and_then(|s| s.signal) != Some(libc::SIGKILL) {
                 bad.push(format!("expected the host SIGKILLed, it ended with {status:?}"));
             }
-            match self.status() {
+            // The guardian may hold the session (and the freeze) a moment
+            // longer than its host: poll until the deadline.
+            let by = Instant::now() + MAX_FREEZE + SLACK;
+            let mut last = self.status();
+            while last.as_ref().is_none_or(|st| st["session_running"] != false || st["frozen"].as_array().is_some_and(|a| !a.is_empty()))
+                && Instant::now() < by
+            {
+                std::thread::sleep(Duration::from_millis(100));
+                last = self.status();
+            }
+            match last {
                 Some(st) => {
                     if st["session_running"] != false {
-                        bad.push(format!("`quiesce status` after the host died says a session runs: {st}"));
+                        bad.push(format!("`quiesce status` {:?} after the host died says a session runs: {st}", MAX_FREEZE + SLACK));
                     }
                     if st["frozen"].as_array().is_some_and(|a| !a.is_empty()) {
-                        bad.push(format!("`quiesce status` after the host died lists frozen mounts: {st}"));
+                        bad.push(format!("`quiesce status` {:?} after the host died lists frozen mounts: {st}", MAX_FREEZE + SLACK));
                     }
                 }
                 None => bad.push("`quiesce status --json` printed no JSON".into()),
@@ -566,6 +606,11 @@ impl Rig {
         }
         bad
     }
+}
+
+/// The first child of `pid` (its only thread's), per /proc.
+fn first_child(pid: u32) -> Option<i32> {
+    fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?.split_whitespace().next()?.parse().ok()
 }
 
 /// How the host ended: its exit code, or the signal that killed it.

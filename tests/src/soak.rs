@@ -77,12 +77,17 @@ impl Series {
     /// What grew that must not have.
     pub fn growth(&self) -> Vec<String> {
         let (Some(first), Some(last)) = (self.samples.first(), self.samples.last()) else { return vec!["no samples".into()] };
+        // Counts are judged from half way: a thread started lazily once (a
+        // runtime's blocking pool, a cleanup thread) may appear after the
+        // warm-up, while a leak of one per session grows by hundreds between
+        // half way and the end.
+        let mid = self.samples.get(self.samples.len() / 2).unwrap_or(first);
         let mut bad = Vec::new();
-        if last.fds > first.fds {
-            bad.push(format!("{}: open fds grew {} -> {}", self.what, first.fds, last.fds));
+        if last.fds > mid.fds {
+            bad.push(format!("{}: open fds grew {} -> {} -> {}", self.what, first.fds, mid.fds, last.fds));
         }
-        if last.threads > first.threads {
-            bad.push(format!("{}: threads grew {} -> {}", self.what, first.threads, last.threads));
+        if last.threads > mid.threads {
+            bad.push(format!("{}: threads grew {} -> {} -> {}", self.what, first.threads, mid.threads, last.threads));
         }
         if self.samples.iter().any(|s| s.zombies > 0) {
             bad.push(format!("{}: zombie children {:?}", self.what, self.samples.iter().map(|s| s.zombies).collect::<Vec<_>>()));
