@@ -9,7 +9,9 @@
 //!   `--max-freeze` + 1 s — probed while the snapshot step runs (from the
 //!   moment the snapshot command starts), and again once the session ended or
 //!   its host was killed. A mount frozen by "someone else" must instead be
-//!   left frozen (quiesce never thaws a freeze it did not make).
+//!   left frozen (quiesce never thaws a freeze it did not make); while the
+//!   kernel refuses every FITHAW, `quiesce status` must show the mount
+//!   frozen, and once the refusal ends it must thaw within the deadline.
 //! - **(b) database lock**: a writer's INSERT completes within `--max-freeze`
 //!   plus 1 s of the session's end (or of the host's death); and in the cells
 //!   that wait for a phase, the lock was seen held then, so the check is not
@@ -24,7 +26,9 @@
 //!
 //! Timing is injected by readiness, not sleeps: every script and snapshot
 //! command touches `<step>.ready` first, and the waiting ones block until the
-//! test creates `go`.
+//! test creates `go`. Freeze and thaw are reached through strace holding the
+//! guardian's FIFREEZE or FITHAW ([`IoctlFault::Delay`]); its log shows the
+//! held call as it starts.
 
 use std::fmt::Write as _;
 use std::fs;
