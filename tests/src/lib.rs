@@ -6,8 +6,10 @@
 //! unmounts and detaches what the test created.
 
 pub mod db;
+pub mod faults;
 pub mod legacy;
 pub mod restore;
+pub mod soak;
 
 use std::fs;
 use std::io::Write;

@@ -35,7 +35,7 @@ impl Plugin for Misbehave {
 
     fn pre(&mut self, ctx: &Context) -> HookResult {
         match ctx.param_or("mode", "ok") {
-            "ok" => HookResult::ok(format!("attempt {}", ctx.attempt)),
+            "ok" | "loop-post" => HookResult::ok(format!("attempt {}", ctx.attempt)),
             "retry" => HookResult::retryable(format!("attempt {}", ctx.attempt)),
             "loop" => {
                 if let Err(e) = hold(self, ctx) {
@@ -124,6 +124,12 @@ impl Plugin for Misbehave {
     fn post(&mut self, ctx: &Context, snapshot: &Snapshot) -> HookResult {
         match ctx.param_or("mode", "ok") {
             "trap-post" => panic!("misbehave: deliberate panic in post"),
+            "loop-post" => {
+                let mut n: u64 = 0;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
             "hold" => match self.conn.as_mut() {
                 Some(c) => match c.write_all(b"STILL HERE\n") {
                     Ok(()) => HookResult::ok(format!("same connection, snapshot {} {}", snapshot.taken, snapshot.label)),
