@@ -45,6 +45,9 @@ pub enum ErrorCode {
     PluginTrapped,
     PluginTimeout,
     GrantDenied,
+    /// A plugin's connection, held from pre on, was closed by the other side
+    /// before the thaw: what it held did not last through the snapshot.
+    QuiesceNotHeld,
     /// The session was interrupted by a signal (SIGINT/SIGTERM/SIGHUP).
     Interrupted,
 }
@@ -73,8 +76,9 @@ pub enum Consistency {
 #[derive(Debug, Clone, Copy)]
 pub struct Facts {
     pub snapshot_taken: bool,
-    /// Every pre hook ran and succeeded, and there was at least one: with no
-    /// pre hook, nothing quiesced the applications.
+    /// Every pre hook ran and succeeded, and there was at least one (with no
+    /// pre hook, nothing quiesced the applications), and no hook is known to
+    /// have lost its hold before the thaw (`QuiesceNotHeld`).
     pub apps_quiesced: bool,
     pub freeze_enabled: bool,
     /// Every planned file system was frozen, and stayed frozen until the

@@ -129,6 +129,15 @@ impl ReadyHook {
         }
     }
 
+    /// Connections this hook's plugin held open that the other side closed
+    /// (empty for scripts: what a script's leftovers hold is not visible).
+    pub fn hung_up_connections(&self) -> Vec<String> {
+        match &self.ready {
+            Ready::Plugin { instance: Some(i), .. } => i.hung_up_connections(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Artifacts the hook's plugin stored (empty for scripts).
     pub fn artifacts(&self) -> &[crate::hooks::wasm::Artifact] {
         match &self.ready {

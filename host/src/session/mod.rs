@@ -372,6 +372,22 @@ impl Session {
             r.frozen_throughout = freeze_required && freeze_ok && r.freeze.auto_thawed.is_none();
         }
 
+        // A plugin whose connection the server closed before this point lost
+        // what it held (the database released the lock when the session
+        // ended): the label may not say the application stayed quiesced.
+        for h in &hooks[..entered] {
+            for target in h.hung_up_connections() {
+                r.apps_quiesced = false;
+                let m = format!(
+                    "plugin hook {}: its connection to {target} was closed by the other side before the thaw, so what it held \
+                     (a lock, a backup session) did not last through the snapshot; the label is at most FileSystemConsistent",
+                    h.spec.name
+                );
+                tracing::error!("{m}");
+                r.error(ErrorCode::QuiesceNotHeld, m);
+            }
+        }
+
         // 4. Post hooks, in reverse order, for every hook whose turn came in pre.
         if r.freeze.still_frozen.is_empty() {
             self.record_state(&r, SessionPhase::Post, &[], None);

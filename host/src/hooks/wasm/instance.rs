@@ -237,6 +237,12 @@ impl PluginInstance {
         std::mem::take(&mut self.events)
     }
 
+    /// Targets of the plugin's open connections that the other side closed
+    /// (nothing once the instance is dead: its connections are gone).
+    pub fn hung_up_connections(&self) -> Vec<String> {
+        self.live.as_ref().map(|l| l.store.data().hung_up_connections()).unwrap_or_default()
+    }
+
     /// Artifacts the plugin stored this session (kept after the instance died).
     pub fn artifacts(&self) -> &[Artifact] {
         match &self.live {

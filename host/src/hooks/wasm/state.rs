@@ -257,7 +257,8 @@ pub(crate) struct HostState {
     pub artifacts: Vec<Artifact>,
     /// End of the current call (for `exec` and `sleep-ms`).
     pub deadline: Option<Instant>,
-    pub open_connections: usize,
+    /// The connections the plugin has open (resource reps), in order.
+    pub open_connections: Vec<u32>,
 }
 
 impl HostState {
@@ -287,7 +288,7 @@ impl HostState {
             output_cap,
             artifacts: Vec::new(),
             deadline: None,
-            open_connections: 0,
+            open_connections: Vec::new(),
         }
     }
 

@@ -10,6 +10,8 @@
 //! instance's store closes them: a database sees the session end and
 //! releases what the plugin held.
 
+use std::os::fd::AsRawFd;
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use wasmtime::component::Resource;
@@ -49,6 +51,20 @@ impl Connection {
             Stream::Unix(s) => s.write(buf).await,
         }
     }
+    /// Whether the other side has closed or reset the connection — asked of
+    /// the kernel without reading (the plugin's data stays where it is) and
+    /// without blocking.
+    fn hung_up(&self) -> bool {
+        let fd = match &self.stream {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(s) => s.as_raw_fd(),
+        };
+        let mut pfd = libc::pollfd { fd, events: libc::POLLRDHUP, revents: 0 };
+        // SAFETY: one valid pollfd for an fd this connection owns; timeout 0.
+        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+        n > 0 && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+    }
+
     async fn shutdown(&mut self) -> std::io::Result<()> {
         match &mut self.stream {
             Stream::Tcp(s) => s.shutdown().await,
@@ -67,7 +83,7 @@ impl connections::Host for HostState {
             let msg = self.deny("connect", &target, format!("grant {parsed}"));
             return Ok(Err(error(ErrorKind::Denied, msg)));
         }
-        if self.open_connections >= MAX_CONNECTIONS {
+        if self.open_connections.len() >= MAX_CONNECTIONS {
             return Ok(Err(error(ErrorKind::TooLarge, format!("more than {MAX_CONNECTIONS} open connections"))));
         }
         let stream = match &parsed {
@@ -90,11 +106,27 @@ impl connections::Host for HostState {
         match stream {
             Ok(stream) => {
                 tracing::debug!(plugin = %self.plugin, "connected to {target}");
-                self.open_connections += 1;
-                Ok(Ok(self.table.push(Connection { target, stream })?))
+                let conn = self.table.push(Connection { target, stream })?;
+                self.open_connections.push(conn.rep());
+                Ok(Ok(conn))
             }
             Err(e) => Ok(Err(io_error(&format!("connect {target}"), &e))),
         }
+    }
+}
+
+impl HostState {
+    /// The targets of the plugin's open connections that the other side has
+    /// closed. A plugin holds what it quiesced (a lock, a backup session) on
+    /// a connection it keeps from pre to post; once the server closed it,
+    /// that hold is gone, whatever the plugin believes.
+    pub(crate) fn hung_up_connections(&self) -> Vec<String> {
+        self.open_connections
+            .iter()
+            .filter_map(|&rep| self.table.get(&Resource::<Connection>::new_borrow(rep)).ok())
+            .filter(|c| c.hung_up())
+            .map(|c| c.target.clone())
+            .collect()
     }
 }
 
@@ -128,8 +160,9 @@ impl connections::HostConnection for HostState {
     }
 
     async fn drop(&mut self, conn: Resource<Connection>) -> wasmtime::Result<()> {
+        let rep = conn.rep();
         let c = self.table.delete(conn)?;
-        self.open_connections = self.open_connections.saturating_sub(1);
+        self.open_connections.retain(|&r| r != rep);
         tracing::debug!(plugin = %self.plugin, "closed {}", c.target);
         Ok(())
     }
