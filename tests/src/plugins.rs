@@ -80,6 +80,11 @@ impl Lockd {
         Lockd { child, target, lines: rx, seen: Vec::new() }
     }
 
+    /// The server's process id (a test may kill it mid-session).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Waits for an event line containing `needle`; panics with what was seen.
     pub fn wait_for(&mut self, needle: &str, limit: Duration) -> String {
         if let Some(l) = self.seen.iter().find(|l| l.contains(needle)) {

@@ -132,9 +132,10 @@ fn expected(f: Fault, p: Phase) -> Option<Expect> {
         // Taken while frozen and quiesced; the refused thaw must be reported (and
         // `status` must show the mount frozen while it lasts: checked in the cell).
         (Fault::ThawFails, Thaw) => taken(3, APP, &["FsThawFailed"]),
-        // The lock holder died before or during the snapshot: the db hook cannot
-        // know its lock held through it, so the label may not claim it did.
-        (Fault::DbKilled, Pre | Snapshot) => taken(3, FSC, &["Post-ScriptExecutionFailed"]),
+        // The lock holder died before or during the snapshot: the host sees the
+        // plugin's connection closed by the server before the thaw, so the label
+        // may not claim the lock held (QuiesceNotHeld).
+        (Fault::DbKilled, Pre | Snapshot) => taken(3, FSC, &["QuiesceNotHeld", "Post-ScriptExecutionFailed"]),
         // Died after the snapshot: the lock held through it; releasing fails.
         (Fault::DbKilled, Post) => taken(3, APP, &["Post-ScriptExecutionFailed"]),
         _ => return None,

@@ -101,6 +101,23 @@ fn plugin_lock_is_held_through_the_snapshot_and_released_in_post() {
 }
 
 #[test]
+fn lock_server_dying_during_the_snapshot_lowers_the_label_with_quiesce_not_held() {
+    let f = Fixture::new("plugin-lock-lost");
+    let lockd = Lockd::start("tcp:127.0.0.1:0");
+    let target = lockd.target.clone();
+    let hook = f.plugin_hook("lockd", "lockd", &format!("target = {target:?}"), &[target.as_str()], "timeout_secs = 5");
+    let config = f.config(&[f.script_hook(), hook]);
+    // The snapshot command kills the lock server while the plugin holds its
+    // lock: the snapshot is still taken, frozen, but the lock did not hold.
+    let run = run_json(f.session(&config, &format!("kill -9 {}; sleep 0.2", lockd.pid())));
+    assert_eq!(run.code(), 3, "{}\n{}", run.report, run.stderr());
+    assert_eq!(run.consistency(), "FileSystemConsistent", "{}", run.report);
+    assert!(run.has_error("QuiesceNotHeld"), "{}", run.report);
+    let message = run.report["errors"].as_array().unwrap().iter().find(|e| e["code"] == "QuiesceNotHeld").unwrap()["message"].to_string();
+    assert!(message.contains(&target) && message.contains("lockd"), "{message}");
+}
+
+#[test]
 fn plugin_trap_in_pre_drops_the_instance_and_its_connection() {
     let f = Fixture::new("plugin-trap");
     let mut lockd = Lockd::start("tcp:127.0.0.1:0");

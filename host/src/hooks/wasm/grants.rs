@@ -89,11 +89,7 @@ fn parse_host_port(s: &str, whole: &str) -> Result<(String, u16), GrantError> {
     // brackets, spaces, slashes or control characters — so that every grant
     // prints back as the grant it is (found by the `grants` fuzz target).
     let bracketed = s.starts_with('[');
-    if host.is_empty()
-        || host.contains(['/', ' ', '[', ']'])
-        || host.chars().any(char::is_control)
-        || bracketed != host.contains(':')
-    {
+    if host.is_empty() || host.contains(['/', ' ', '[', ']']) || host.chars().any(char::is_control) || bracketed != host.contains(':') {
         return Err(err(whole, "bad host (IPv6 addresses go in brackets: tcp:[::1]:5432)"));
     }
     let port: u16 = port.parse().map_err(|_| err(whole, format!("bad port {port:?}")))?;
