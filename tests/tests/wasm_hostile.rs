@@ -471,3 +471,72 @@ fn a_session_of_hostile_hooks_keeps_its_report_small_and_the_next_session_works(
     assert_eq!(run.report["consistency"], "AppConsistent", "{}", run.report);
     assert_eq!(run.code(), 0);
 }
+
+// ---- hand-made components: what Rust will not emit --------------------
+// Built by `tests/crafted` (run by hand; see its Cargo.toml for why it is not
+// a dev-dependency) and committed as bytes.
+
+impl Env {
+    fn load_crafted(&self, name: &str, bytes: &[u8]) -> Plugin {
+        let path = self.scratch.join(name);
+        install_bytes(&path, bytes);
+        self.engine.load(&path).unwrap_or_else(|e| panic!("load {name}: {e}"))
+    }
+}
+
+const PLAIN: &[u8] = include_bytes!("../crafted/plain.wasm");
+const TABLE_GROW: &[u8] = include_bytes!("../crafted/table-grow.wasm");
+const TWO_MEMORIES: &[u8] = include_bytes!("../crafted/two-memories.wasm");
+const SECOND_MEMORY_GROW: &[u8] = include_bytes!("../crafted/second-memory-grow.wasm");
+const FIVE_MEMORIES: &[u8] = include_bytes!("../crafted/five-memories.wasm");
+
+fn call() -> CallContext {
+    CallContext { session_id: "s".into(), attempt: 1 }
+}
+
+#[tokio::test]
+async fn a_crafted_component_answers_like_a_plugin() {
+    // The control for the crafted attacks below: without an attack it runs.
+    let env = Env::new("hostile-crafted");
+    let plugin = env.load_crafted("plain.wasm", PLAIN);
+    assert_eq!(plugin.describe().await.expect("describe").name, "crafted");
+    let mut inst = plugin.instantiate(InstanceConfig::new("plain")).await.expect("instantiate");
+    assert_eq!(inst.pre(&call()).await, CallOutcome::Ok(String::new()));
+}
+
+#[tokio::test]
+async fn a_growing_table_counts_against_the_memory_limit() {
+    let env = Env::new("hostile-table");
+    let plugin = env.load_crafted("table.wasm", TABLE_GROW);
+    let mut cfg = InstanceConfig::new("table");
+    cfg.memory_limit_bytes = 16 << 20;
+    let mut inst = plugin.instantiate(cfg).await.expect("instantiate");
+    let outcome = inst.pre(&call()).await;
+    let CallOutcome::MemoryExhausted(m) = &outcome else { panic!("{outcome:?}") };
+    assert!(m.contains("memory limit of 16 MiB exceeded"), "{m}");
+    env.still_works().await;
+}
+
+#[tokio::test]
+async fn several_memories_share_one_limit_and_their_number_is_capped() {
+    let env = Env::new("hostile-memories");
+    // Two memories of 40 MiB each: each under a 64 MiB per-memory limit,
+    // together over the instance's 64 MiB.
+    match env.load_crafted("two.wasm", TWO_MEMORIES).instantiate(InstanceConfig::new("two")).await {
+        Err(PluginError::Runtime(m)) => assert!(m.contains("memory limit of 64 MiB exceeded"), "{m}"),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("two 40 MiB memories were instantiated under a 64 MiB limit"),
+    }
+    // Growing a second memory counts too.
+    let plugin = env.load_crafted("grow.wasm", SECOND_MEMORY_GROW);
+    let mut inst = plugin.instantiate(InstanceConfig::new("grow")).await.expect("instantiate");
+    let outcome = inst.pre(&call()).await;
+    assert!(matches!(&outcome, CallOutcome::MemoryExhausted(m) if m.contains("limit of 64 MiB")), "{outcome:?}");
+    // More memories than an instance may have: refused at instantiation.
+    match env.load_crafted("many.wasm", FIVE_MEMORIES).instantiate(InstanceConfig::new("many")).await {
+        Err(PluginError::Runtime(m)) => assert!(m.contains("memor"), "{m}"),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("five memories were instantiated"),
+    }
+    env.still_works().await;
+}
