@@ -341,6 +341,20 @@ pub fn quiesce(scratch: &Scratch) -> Command {
     cmd
 }
 
+/// `quiesce check --json --config CONFIG --mount MOUNT` with its plugin cache
+/// at `cache`: the parsed report.
+pub fn check_json(scratch: &Scratch, cache: &Path, config: &Path, mount: &Path) -> serde_json::Value {
+    let out = quiesce(scratch)
+        .env("QUIESCE_CACHE_DIR", cache)
+        .args(["check", "--json", "--config"])
+        .arg(config)
+        .arg("--mount")
+        .arg(mount)
+        .output()
+        .expect("run quiesce check");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("check --json: {e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
 /// `quiesce snapshot --config CONFIG --mount MOUNT --snapshot-cmd CMD`, its
 /// plugin cache and artifact store (`cache/`, `state/`) in the scratch directory.
 pub fn quiesce_snapshot(scratch: &Scratch, config: &Path, mount: &Path, snapshot_cmd: &str) -> Command {

@@ -237,15 +237,7 @@ fn quiesce_check_shows_the_grant_warning() {
     let f = Session::new("paths-check-cli");
     let conf = nobody_dir(&f.s, "conf");
     let config = f.config("", &[format!("dir:{}", d(&conf))]);
-    let out = quiesce(&f.s)
-        .env("QUIESCE_CACHE_DIR", f.s.join("cache"))
-        .args(["check", "--json", "--config"])
-        .arg(&config)
-        .arg("--mount")
-        .arg(f.mnt.path())
-        .output()
-        .unwrap();
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = check_json(&f.s, &f.s.join("cache"), &config, f.mnt.path());
     let w = &r["hooks"][0]["plugin"]["grant_warnings"][0];
     assert!(w.as_str().is_some_and(|w| w.contains("owned by uid 65534")), "{r}");
     assert_eq!(r["ok"], true, "a warning, not a problem: {r}");

@@ -238,15 +238,7 @@ fn malformed_and_wrong_version_plugins_are_refused_at_check() {
 fn check_shows_requested_grants_that_were_not_granted() {
     let f = Fixture::new("plugin-check");
     let config = f.config(&[f.plugin_hook("lockd", "lockd", "", &[], "")]);
-    let out = quiesce(&f.s)
-        .env("QUIESCE_CACHE_DIR", f.file("cache"))
-        .args(["check", "--json", "--config"])
-        .arg(&config)
-        .arg("--mount")
-        .arg(f.mnt.path())
-        .output()
-        .unwrap();
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = check_json(&f.s, &f.file("cache"), &config, f.mnt.path());
     assert_eq!(r["hooks"][0]["plugin"]["status"], "ok", "{r}");
     assert_eq!(r["hooks"][0]["plugin"]["not_granted"][0], "tcp:127.0.0.1:7390", "{r}");
 }
