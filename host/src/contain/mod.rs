@@ -138,13 +138,15 @@ fn base(parent: &Path, kill: bool) -> Option<&'static Base> {
                 return None;
             }
         }
-        let watchdog = match kill {
-            true => watchdog::start(parent, &dir)
+        // Without cgroup.kill no watchdog could kill: contained children get PDEATHSIG.
+        let watchdog = if kill {
+            watchdog::start(parent, &dir)
                 .inspect_err(|e| tracing::warn!("cannot start the containment watchdog ({e}); contained processes get PDEATHSIG only"))
-                .ok(),
-            false => None,
+                .ok()
+        } else {
+            None
         };
-        Some(Base { dir, watchdog: watchdog })
+        Some(Base { dir, watchdog })
     })
     .as_ref()
 }

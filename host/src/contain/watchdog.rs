@@ -42,7 +42,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use crate::freeze::close_range;
+use crate::freeze::detach;
 
 /// How long the watchdog keeps trying to remove the killed cgroups (a
 /// process blocked on a frozen file system dies only after the thaw).
@@ -116,7 +116,7 @@ pub(super) fn start(parent: &Path, base: &Path) -> io::Result<OwnedFd> {
         unsafe {
             match libc::fork() {
                 0 => watchdog_main(&ctx),
-                _ => libc::_exit(0),
+                r => libc::_exit(i32::from(r < 0)),
             }
         }
     }
@@ -132,34 +132,9 @@ pub(super) fn start(parent: &Path, base: &Path) -> io::Result<OwnedFd> {
 
 /// The watchdog's whole life. Only async-signal-safe calls from here on.
 unsafe fn watchdog_main(ctx: &Ctx) -> ! {
-    libc::setsid();
-    // Block everything, reset the host's handlers, then read what would end
-    // us through a signalfd (see the module doc). Faults stay deliverable.
-    let mut watched: libc::sigset_t = std::mem::zeroed();
-    libc::sigfillset(&mut watched);
-    libc::sigprocmask(libc::SIG_SETMASK, &watched, std::ptr::null_mut());
-    for sig in 1..65 {
-        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-            libc::signal(sig, libc::SIG_DFL);
-        }
-    }
-    for sig in [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE, libc::SIGTRAP, libc::SIGSYS] {
-        libc::sigdelset(&mut watched, sig);
-    }
-    libc::sigprocmask(libc::SIG_SETMASK, &watched, std::ptr::null_mut());
-    libc::prctl(libc::PR_SET_NAME, c"quiesce-watch".as_ptr(), 0, 0, 0);
+    // What would end us comes through a signalfd (see the module doc).
+    let watched = detach(c"quiesce-watch", ctx.devnull, &ctx.keep);
     libc::chdir(c"/".as_ptr());
-    for std_fd in 0..3 {
-        libc::dup2(ctx.devnull, std_fd);
-    }
-    let mut next = 3;
-    for &fd in ctx.keep.iter() {
-        if fd >= next {
-            close_range(next, i64::from(fd) - 1);
-            next = fd + 1;
-        }
-    }
-    close_range(next, i64::from(u32::MAX));
     let sfd = libc::signalfd(-1, &watched, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
     // The OOM killer must not take the one process that cleans up after a host it took.
     let oom = libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
