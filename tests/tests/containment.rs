@@ -7,6 +7,7 @@
 //! quiesce falls back to being a child subreaper.
 
 use std::fs;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -111,17 +112,40 @@ impl Drop for Reaper {
     }
 }
 
-/// Cgroups a quiesce process with this pid left behind in our cgroup (it inherited ours).
-fn leftover_cgroups(host_pid: i32) -> Vec<PathBuf> {
+/// Cgroups a quiesce process with this pid left behind in our cgroup (it
+/// inherited ours): its containment parent `quiesce.<pid>` (or a cgroup of the
+/// older flat layout), waiting up to `limit` for its watchdog to remove it.
+fn leftover_cgroups(host_pid: i32, limit: Duration) -> Vec<PathBuf> {
+    leftover_cgroups_in(&own_cgroup(), host_pid, limit)
+}
+
+fn leftover_cgroups_in(dir: &Path, host_pid: i32, limit: Duration) -> Vec<PathBuf> {
+    let until = std::time::Instant::now() + limit;
+    loop {
+        let left = cgroups_in(dir, host_pid);
+        if left.is_empty() || std::time::Instant::now() > until {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// This test process's cgroup directory.
+fn own_cgroup() -> PathBuf {
     let mi = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let Some(mount) = mi.lines().find(|l| l.split_once(" - ").is_some_and(|(_, r)| r.starts_with("cgroup2 "))) else { return Vec::new() };
+    let mount = mi.lines().find(|l| l.split_once(" - ").is_some_and(|(_, r)| r.starts_with("cgroup2 "))).expect("no cgroup2 mount");
     let point = mount.split_whitespace().nth(4).unwrap();
     let own = fs::read_to_string("/proc/self/cgroup").unwrap();
     let path = own.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
-    let dir = Path::new(point).join(path.trim_start_matches('/'));
-    let prefix = format!("quiesce.{host_pid}.");
-    fs::read_dir(&dir)
-        .map(|d| d.filter_map(Result::ok).filter(|e| e.file_name().to_string_lossy().starts_with(&prefix)).map(|e| e.path()).collect())
+    Path::new(point).join(path.trim_start_matches('/'))
+}
+
+/// The cgroups of quiesce process `host_pid` in `dir` (where it ran).
+fn cgroups_in(dir: &Path, host_pid: i32) -> Vec<PathBuf> {
+    let (base, prefix) = (format!("quiesce.{host_pid}"), format!("quiesce.{host_pid}."));
+    let ours = |n: &str| n == base || n.starts_with(&prefix);
+    fs::read_dir(dir)
+        .map(|d| d.filter_map(Result::ok).filter(|e| ours(&e.file_name().to_string_lossy())).map(|e| e.path()).collect())
         .unwrap_or_default()
 }
 
@@ -138,7 +162,7 @@ fn timed_out_pre_hook_leaves_nothing_running(without: bool) {
     assert!(!alive(gc), "setsid grandchild {gc} of a timed-out pre script survived the session");
     f.assert_mechanism();
     let host = read_pid(&host);
-    assert_eq!(leftover_cgroups(host), Vec::<PathBuf>::new(), "quiesce left cgroups behind");
+    assert_eq!(leftover_cgroups(host, Duration::from_secs(5)), Vec::<PathBuf>::new(), "quiesce left cgroups behind");
 }
 
 #[test]
@@ -288,4 +312,148 @@ fn check_names_the_containment_mechanism() {
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(stdout.contains(want), "`quiesce check` does not say {want:?}:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     }
+}
+
+/// A cgroup of its own for one quiesce process, so that no other quiesce
+/// started meanwhile (tests run in parallel) sees its cgroups: another host's
+/// sweep would kill a dead host's leftovers and hide a missing watchdog.
+/// Named outside the `quiesce.` namespace, so no sweep touches it.
+struct Isolated(PathBuf);
+
+impl Isolated {
+    fn new() -> Isolated {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = own_cgroup().join(format!("qtest.{}.{n}", std::process::id()));
+        fs::create_dir(&dir).unwrap();
+        Isolated(dir)
+    }
+
+    /// `cmd` starts in this cgroup (its child writes `0` to `cgroup.procs` before exec).
+    fn contain(&self, cmd: &mut Command) -> fs::File {
+        let procs = fs::OpenOptions::new().write(true).open(self.0.join("cgroup.procs")).unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&procs);
+        // SAFETY: only write(2) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || if libc::write(fd, b"0".as_ptr().cast(), 1) == 1 { Ok(()) } else { Err(std::io::Error::last_os_error()) })
+        };
+        procs
+    }
+}
+
+impl Drop for Isolated {
+    fn drop(&mut self) {
+        let _ = fs::write(self.0.join("cgroup.kill"), "1");
+        for _ in 0..500 {
+            for e in fs::read_dir(&self.0).into_iter().flatten().filter_map(Result::ok) {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    for c in fs::read_dir(e.path()).into_iter().flatten().filter_map(Result::ok) {
+                        let _ = fs::remove_dir(c.path());
+                    }
+                    let _ = fs::remove_dir(e.path());
+                }
+            }
+            if fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Where the session is when its host is killed.
+#[derive(Clone, Copy, Debug)]
+enum Stage {
+    /// A pre script that blocks.
+    Pre,
+    /// The snapshot command, hanging while the mount is frozen.
+    Snapshot,
+}
+
+/// How the host is killed.
+#[derive(Clone, Copy, Debug)]
+enum Kill {
+    /// `kill -9 PID`.
+    Host,
+    /// `kill -9 -PGID`: the host's whole process group.
+    Group,
+}
+
+/// A session whose pre script (or snapshot command) starts a `setsid`
+/// grandchild and blocks; the quiesce process is SIGKILLed there. Returns
+/// the host's pid, the blocked process's and the grandchild's pid files.
+fn kill_host_while_blocked(f: &Fixture, cgroup: Option<&Isolated>, stage: Stage, how: Kill) -> (i32, PathBuf, PathBuf) {
+    let gc = f.file("gc.pid");
+    let blocked = f.file("blocked.pid");
+    let block = format!("{}echo $$ > {}\nexec sleep 1000\n", setsid_sleeper(&gc), blocked.display());
+    let mut cmd = match stage {
+        Stage::Pre => f.session(&[f.script_hook("blocks", &block, "exit 0\n", 600)], "true"),
+        Stage::Snapshot => f.session(&[], &block),
+    };
+    // Its own process group, so `kill -9 -PGID` does not hit this test.
+    cmd.process_group(0).stdout(Stdio::null()).stderr(Stdio::null());
+    let procs = cgroup.map(|c| c.contain(&mut cmd));
+    let mut child = cmd.spawn().unwrap();
+    drop(procs);
+    let host = child.id() as i32;
+    read_pid(&blocked);
+    // (The log may not be flushed when the host is killed: look at the cgroup itself.)
+    if let Some(c) = cgroup {
+        assert_ne!(cgroups_in(&c.0, host), Vec::<PathBuf>::new(), "no quiesce.{host} cgroup while the {stage:?} process runs");
+    }
+    let target = match how {
+        Kill::Host => Pid::from_raw(host),
+        Kill::Group => Pid::from_raw(-host),
+    };
+    kill(target, Signal::SIGKILL).unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.signal() == Some(9), "quiesce was not killed: {status:?}");
+    (host, blocked, gc)
+}
+
+fn host_sigkill_leaves_nothing_running(stage: Stage, how: Kill) {
+    let f = Fixture::new("contain-host-kill", false);
+    let _r = Reaper(vec![f.file("gc.pid"), f.file("blocked.pid")]);
+    let cgroup = Isolated::new();
+    let (host, blocked, gc) = kill_host_while_blocked(&f, Some(&cgroup), stage, how);
+    let (blocked, gc) = (read_pid(&blocked), read_pid(&gc));
+    assert!(
+        gone_within(blocked, Duration::from_secs(5)),
+        "{stage:?} process {blocked} outlived its SIGKILLed host ({how:?}):\n{}",
+        f.log()
+    );
+    assert!(gone_within(gc, Duration::from_secs(5)), "setsid grandchild {gc} outlived its SIGKILLed host ({how:?}):\n{}", f.log());
+    let left = leftover_cgroups_in(&cgroup.0, host, Duration::from_secs(5));
+    assert_eq!(left, Vec::<PathBuf>::new(), "the dead host's cgroups were not cleaned up");
+}
+
+#[test]
+fn host_sigkill_during_a_pre_script_kills_the_script_and_its_setsid_grandchild() {
+    host_sigkill_leaves_nothing_running(Stage::Pre, Kill::Host);
+}
+
+#[test]
+fn process_group_sigkill_during_a_pre_script_kills_the_script_and_its_setsid_grandchild() {
+    host_sigkill_leaves_nothing_running(Stage::Pre, Kill::Group);
+}
+
+#[test]
+fn host_sigkill_during_a_hanging_snapshot_command_kills_it_and_its_setsid_grandchild() {
+    host_sigkill_leaves_nothing_running(Stage::Snapshot, Kill::Host);
+}
+
+#[test]
+fn process_group_sigkill_during_a_hanging_snapshot_command_kills_it_and_its_setsid_grandchild() {
+    host_sigkill_leaves_nothing_running(Stage::Snapshot, Kill::Group);
+}
+
+/// Without cgroup v2 only the process quiesce started dies with it
+/// (PDEATHSIG); a grandchild that left with `setsid` survives: the limit.
+#[test]
+fn host_sigkill_without_cgroup2_kills_the_pre_script_itself() {
+    let f = Fixture::new("contain-host-kill-nocg", true);
+    let _r = Reaper(vec![f.file("gc.pid"), f.file("blocked.pid")]);
+    let (_, blocked, _) = kill_host_while_blocked(&f, None, Stage::Pre, Kill::Host);
+    let blocked = read_pid(&blocked);
+    assert!(gone_within(blocked, Duration::from_secs(5)), "pre script {blocked} outlived its SIGKILLed host:\n{}", f.log());
 }

@@ -8,8 +8,11 @@
 //! command, `exec` grants) runs in a [`Containment`]:
 //!
 //! - **cgroup v2** where we can create one (root, a delegated subtree): a
-//!   fresh cgroup `quiesce.<pid>.<n>.<label>` below the host's own cgroup (found via
-//!   `/proc/self/mountinfo` and `/proc/self/cgroup`, never hard-coded).
+//!   fresh cgroup `quiesce.<pid>/<n>.<label>` below the host's own cgroup
+//!   (found via `/proc/self/mountinfo` and `/proc/self/cgroup`, never
+//!   hard-coded): one parent per host process, so one `cgroup.kill` on it
+//!   kills every containment of the host (what the [`watchdog`] does when
+//!   the host is gone, even SIGKILLed).
 //!   No process leaves a cgroup by itself, so its members are exactly what
 //!   the child started; `cgroup.kill` (Linux ≥ 5.14) kills them all at once,
 //!   including processes forking while being killed; `cgroup.events`
@@ -34,6 +37,14 @@
 //! Dropping a `Containment` kills everything in it (it is the kill-on-drop
 //! guard for every process the host starts); [`Containment::close`] does the
 //! same and waits until all of it is gone.
+//!
+//! **When the host dies.** A SIGKILLed host runs no drop. In cgroup mode with
+//! `cgroup.kill` the [`watchdog`] process kills everything under
+//! `quiesce.<pid>` when the host's pipe end closes. Elsewhere (no
+//! `cgroup.kill`, the subreaper fallback, or the watchdog could not start)
+//! the child we start gets `PR_SET_PDEATHSIG(SIGKILL)`: it dies with the
+//! host, but what it started itself (grandchildren) survives a SIGKILLed
+//! host. Cgroups left behind by a dead host are swept by the next host.
 
 use std::fmt;
 use std::fs;
@@ -51,6 +62,7 @@ use nix::unistd::Pid;
 use tokio::time::Instant;
 
 pub mod spawn;
+mod watchdog;
 
 use spawn::Target;
 pub use spawn::{ContainedChild, Spec};
@@ -101,6 +113,43 @@ struct Host {
 }
 
 static HOST: OnceLock<Host> = OnceLock::new();
+
+/// `quiesce.<pid>`: the parent of this host's containment cgroups, made on
+/// the first containment and kept for the process's life (one watchdog per
+/// process, however many sessions an embedder runs).
+struct Base {
+    dir: PathBuf,
+    /// The watchdog's pipe end (closed only by the process's end); None
+    /// when no watchdog runs: then contained children get PDEATHSIG.
+    watchdog: Option<OwnedFd>,
+}
+
+static BASE: OnceLock<Option<Base>> = OnceLock::new();
+
+/// The containment parent, created (with its watchdog) on first use.
+fn base(parent: &Path, kill: bool) -> Option<&'static Base> {
+    BASE.get_or_init(|| {
+        let dir = parent.join(format!("quiesce.{}", std::process::id()));
+        match fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                tracing::warn!("cannot create cgroup {}: {e}", dir.display());
+                return None;
+            }
+        }
+        // Without cgroup.kill no watchdog could kill: contained children get PDEATHSIG.
+        let watchdog = if kill {
+            watchdog::start(parent, &dir)
+                .inspect_err(|e| tracing::warn!("cannot start the containment watchdog ({e}); contained processes get PDEATHSIG only"))
+                .ok()
+        } else {
+            None
+        };
+        Some(Base { dir, watchdog })
+    })
+    .as_ref()
+}
 static NEXT: AtomicU64 = AtomicU64::new(1);
 
 fn host() -> &'static Host {
@@ -210,6 +259,8 @@ enum Inner {
         /// `cgroup.procs`, for children to join through on kernels without it.
         procs: OwnedFd,
         kill: bool,
+        /// No watchdog covers this cgroup: the child gets PDEATHSIG.
+        pdeathsig: bool,
     },
     Subreaper {
         /// Processes we started (their tokio `Child` reaps them, not us).
@@ -236,18 +287,27 @@ impl Containment {
     pub fn new(label: &str) -> Containment {
         // The label comes from a hook name: keep it plain (it names a directory).
         let label: String = label.chars().take(64).map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
-        let id = format!("{}.{}.{label}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let name = format!("{}.{label}", NEXT.fetch_add(1, Ordering::Relaxed));
+        let id = format!("{}.{name}", std::process::id());
         let host = host();
-        let inner = match (&host.parent, host.mechanism) {
-            (Some(parent), Mechanism::Cgroup { kill }) => match make_cgroup(&parent.join(format!("quiesce.{id}"))) {
-                Ok((dir, dirfd, procs)) => Inner::Cgroup { dir, dirfd, procs, kill },
+        let made = match (&host.parent, host.mechanism) {
+            (Some(parent), Mechanism::Cgroup { kill }) => Some(
+                base(parent, kill)
+                    .ok_or_else(|| io::Error::other("no containment parent cgroup"))
+                    .and_then(|b| Ok((make_cgroup(&b.dir.join(&name))?, kill, b.watchdog.is_none()))),
+            ),
+            _ => None,
+        };
+        let inner = match made {
+            Some(made) => match made {
+                Ok(((dir, dirfd, procs), kill, pdeathsig)) => Inner::Cgroup { dir, dirfd, procs, kill, pdeathsig },
                 Err(e) => {
                     tracing::warn!("{e}; containing {id} as a child subreaper instead");
                     host_subreaper();
                     Inner::Subreaper { roots: Vec::new(), orphans: Mutex::default() }
                 }
             },
-            _ => Inner::Subreaper { roots: Vec::new(), orphans: Mutex::default() },
+            None => Inner::Subreaper { roots: Vec::new(), orphans: Mutex::default() },
         };
         Containment { id, inner: Some(inner) }
     }
@@ -266,11 +326,11 @@ impl Containment {
     /// Starts `spec` inside the containment.
     pub fn spawn(&mut self, spec: &Spec) -> io::Result<ContainedChild> {
         match &mut self.inner {
-            Some(Inner::Cgroup { dirfd, procs, .. }) => spawn::spawn(spec, Target::Cgroup { dir: dirfd, procs }),
+            Some(Inner::Cgroup { dirfd, procs, pdeathsig, .. }) => spawn::spawn(spec, Target::Cgroup { dir: dirfd, procs }, *pdeathsig),
             Some(Inner::Subreaper { roots, .. }) => {
                 let mut spec = spec.clone();
                 spec.env(MARKER_VAR, &self.id);
-                let child = spawn::spawn(&spec, Target::Here)?;
+                let child = spawn::spawn(&spec, Target::Here, true)?;
                 roots.push(Pid::from_raw(child.id() as i32));
                 Ok(child)
             }
@@ -422,17 +482,63 @@ impl Drop for Containment {
     }
 }
 
-/// Removes the empty cgroups of quiesce processes that died without
-/// cleaning up (`quiesce.<pid>.…` whose pid is gone). A populated one
-/// refuses removal, so this never disturbs anything alive.
+/// Cleans up after quiesce processes that died without doing so: in the
+/// host's cgroup, `quiesce.<pid>` (and the older `quiesce.<pid>.<n>.<label>`)
+/// whose pid is gone. Empty ones are removed, containments first; a
+/// populated one is killed (its host is gone, and nobody else would), and
+/// removed if it empties at once, else by the next run.
 fn sweep(parent: &Path) {
     let Ok(dir) = fs::read_dir(parent) else { return };
     for e in dir.filter_map(Result::ok) {
         let name = e.file_name();
         let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("quiesce.")).and_then(|n| n.split('.').next()) else { continue };
-        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() && fs::remove_dir(e.path()).is_ok() {
-            tracing::info!("removed stale cgroup {}", e.path().display());
+        if pid.parse::<u32>().is_err() || Path::new("/proc").join(pid).exists() {
+            continue;
         }
+        let stale = e.path();
+        for round in 0..2 {
+            if remove_tree(&stale) {
+                tracing::info!("removed stale cgroup {}", stale.display());
+                break;
+            }
+            if round == 0 {
+                tracing::warn!(
+                    "stale cgroup {} of a dead quiesce process still runs {:?}; killing it",
+                    stale.display(),
+                    cgroup_members(&stale)
+                );
+                if fs::write(stale.join("cgroup.kill"), "1").is_err() {
+                    kill_tree(&stale);
+                }
+                std::thread::sleep(SWEEP_SETTLE);
+            }
+        }
+    }
+}
+
+/// How long the sweep waits for the members of a stale cgroup it killed.
+const SWEEP_SETTLE: Duration = Duration::from_millis(50);
+
+/// The child cgroups of `dir`.
+fn children(dir: &Path) -> Vec<PathBuf> {
+    fs::read_dir(dir)
+        .map(|d| d.filter_map(Result::ok).filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()).collect())
+        .unwrap_or_default()
+}
+
+/// Removes `dir` and its child cgroups; false if some are still populated.
+fn remove_tree(dir: &Path) -> bool {
+    for child in children(dir) {
+        let _ = fs::remove_dir(child);
+    }
+    fs::remove_dir(dir).is_ok()
+}
+
+/// SIGKILLs the members of `dir` and its children, one by one (no cgroup.kill).
+fn kill_tree(dir: &Path) {
+    kill_each(&cgroup_members(dir));
+    for child in children(dir) {
+        kill_each(&cgroup_members(&child));
     }
 }
 

@@ -230,8 +230,14 @@ impl Prepared {
     }
 }
 
-/// Starts `spec` in `target`.
-pub(super) fn spawn(spec: &Spec, target: Target<'_>) -> io::Result<ContainedChild> {
+/// Starts `spec` in `target`. With `pdeathsig` the child is SIGKILLed when
+/// the host dies (where no watchdog covers it, see the module doc of
+/// `contain`). PDEATHSIG fires when the *thread* that cloned the child
+/// exits, not the process: acceptable because children are started from a
+/// session's async code, whose runtime thread (the `block_on` thread, or a
+/// worker) outlives every containment of that session (a containment is
+/// dropped, killing its members, before the session returns).
+pub(super) fn spawn(spec: &Spec, target: Target<'_>, pdeathsig: bool) -> io::Result<ContainedChild> {
     let p = Prepared::new(spec)?;
     let argv: Vec<*const libc::c_char> = p.argv.iter().map(|c| c.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
     let envp: Vec<*const libc::c_char> = p.envp.iter().map(|c| c.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
@@ -250,6 +256,8 @@ pub(super) fn spawn(spec: &Spec, target: Target<'_>) -> io::Result<ContainedChil
     let mut args =
         CloneArgs { flags: CLONE_PIDFD, pidfd: &mut pidfd as *mut RawFd as u64, exit_signal: libc::SIGCHLD as u64, ..Default::default() };
     let mut join: RawFd = -1;
+    // SAFETY: getpid has no preconditions.
+    let host_pid = unsafe { libc::getpid() };
     let pid = match target {
         Target::Cgroup { dir, procs } => {
             args.flags |= CLONE_INTO_CGROUP;
@@ -279,6 +287,13 @@ pub(super) fn spawn(spec: &Spec, target: Target<'_>) -> io::Result<ContainedChil
             // and any blocked mask of the cloning thread.
             libc::sigaction(libc::SIGPIPE, &dfl, std::ptr::null_mut());
             libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            // The host may have died before the prctl: then we are already
+            // someone else's child, and must not run.
+            if pdeathsig
+                && (libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 || libc::getppid() != host_pid)
+            {
+                child_fail(report);
+            }
             if p.process_group && libc::setpgid(0, 0) != 0 {
                 child_fail(report);
             }

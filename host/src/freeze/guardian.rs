@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use super::error::{errno_name, freeze_errno_explanation, FreezeError};
 use super::plan::{FreezePlan, Target};
-use super::probe::{close_range, wait_exit};
+use super::probe::{detach, wait_exit};
 use super::thaw::{thaw_mounts, FIFREEZE, FITHAW};
 use crate::duration;
 
@@ -370,43 +370,13 @@ unsafe fn exit_after_thaw(ctx: &mut ChildCtx, why: u32, detail: i32) -> ! {
 
 /// The guardian's whole life. Only async-signal-safe calls from here on.
 unsafe fn guardian_main(ctx: &mut ChildCtx) -> ! {
-    // Out of the host's session and process group: `kill -9 -PGID` and a
-    // terminal hangup must not take the guardian with the host.
-    libc::setsid();
-
-    // Block everything while the inherited (tokio) handlers are reset, then
-    // take every catchable signal through a signalfd: a signal whose default
-    // would kill us (SIGTERM, but also SIGUSR1, SIGALRM, ...) must lead to a
-    // thaw first, and one that would stop us (SIGTSTP) must not stop us.
-    // Faults stay deliverable: a crash in here is a bug to see, not to hide.
-    let mut watched: libc::sigset_t = std::mem::zeroed();
-    libc::sigfillset(&mut watched);
-    libc::sigprocmask(libc::SIG_SETMASK, &watched, std::ptr::null_mut());
-    for sig in 1..65 {
-        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-            libc::signal(sig, libc::SIG_DFL);
-        }
-    }
-    for sig in [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE, libc::SIGTRAP, libc::SIGSYS] {
-        libc::sigdelset(&mut watched, sig);
-    }
-    libc::sigprocmask(libc::SIG_SETMASK, &watched, std::ptr::null_mut());
-
-    libc::prctl(libc::PR_SET_NAME, c"quiesce-guard".as_ptr(), 0, 0, 0);
-
-    // Nothing of the host's: stdio to /dev/null, every other fd closed but
-    // those we need, so e.g. a host pipe held here cannot hide a hang-up.
-    for std_fd in 0..3 {
-        libc::dup2(ctx.devnull, std_fd);
-    }
-    let mut next = 3;
-    for &fd in ctx.keep.iter() {
-        if fd >= next {
-            close_range(next, i64::from(fd) - 1);
-            next = fd + 1;
-        }
-    }
-    close_range(next, i64::from(u32::MAX));
+    // Out of the host's session and process group (`kill -9 -PGID` and a
+    // terminal hangup must not take the guardian with the host), nothing of
+    // the host's kept (a host pipe held here cannot hide a hang-up). Every
+    // catchable signal comes through a signalfd: one whose default would
+    // kill us (SIGTERM, but also SIGUSR1, SIGALRM, ...) must lead to a thaw
+    // first, and one that would stop us (SIGTSTP) must not stop us.
+    let watched = detach(c"quiesce-guard", ctx.devnull, &ctx.keep);
 
     let sfd = libc::signalfd(-1, &watched, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
     let fl = libc::fcntl(ctx.evt_w, libc::F_GETFL);

@@ -20,5 +20,7 @@ pub use guardian::{monotonic_ns, AutoThaw, FreezeFailure, Frozen, Guardian, Moun
 pub use mountinfo::MountInfoEntry;
 pub use plan::{plan, plan_from, FreezePlan, PlanEnv, Selection, Skipped, SystemEnv, Target};
 pub use presync::{presync, SyncTiming};
+/// Async-signal-safe; the containment watchdog detaches with it too.
+pub(crate) use probe::detach;
 pub use probe::is_frozen;
 pub use thaw::{thaw_all, thaw_mounts, thaw_one, ThawOutcome, ThawResult};

@@ -87,6 +87,43 @@ pub(crate) unsafe fn close_range(first: i32, last: i64) {
     }
 }
 
+/// Detaches a process just forked from the (multi-threaded) host, for a
+/// helper that must outlive it (the freeze guardian, the containment
+/// watchdog): a new session (a process-group SIGKILL or terminal hangup of
+/// the host misses it), the host's signal handlers reset, every signal
+/// blocked but faults (a crash in here is a bug to see, not to hide), named
+/// `name`, stdio on `devnull`, and every fd closed but `keep` (sorted).
+/// Returns the blocked set, for a signalfd. Async-signal-safe.
+pub(crate) unsafe fn detach(name: &std::ffi::CStr, devnull: i32, keep: &[i32]) -> libc::sigset_t {
+    libc::setsid();
+    // Block everything while the inherited (tokio) handlers are reset.
+    let mut watched: libc::sigset_t = std::mem::zeroed();
+    libc::sigfillset(&mut watched);
+    libc::sigprocmask(libc::SIG_SETMASK, &watched, std::ptr::null_mut());
+    for sig in 1..65 {
+        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            libc::signal(sig, libc::SIG_DFL);
+        }
+    }
+    for sig in [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE, libc::SIGTRAP, libc::SIGSYS] {
+        libc::sigdelset(&mut watched, sig);
+    }
+    libc::sigprocmask(libc::SIG_SETMASK, &watched, std::ptr::null_mut());
+    libc::prctl(libc::PR_SET_NAME, name.as_ptr(), 0, 0, 0);
+    for std_fd in 0..3 {
+        libc::dup2(devnull, std_fd);
+    }
+    let mut next = 3;
+    for &fd in keep {
+        if fd >= next {
+            close_range(next, i64::from(fd) - 1);
+            next = fd + 1;
+        }
+    }
+    close_range(next, i64::from(u32::MAX));
+    watched
+}
+
 /// Waits up to `wait` for `pid` to exit, without reaping it. Ok(true) if it exited.
 pub(crate) fn wait_exit(pid: libc::pid_t, wait: Duration) -> io::Result<bool> {
     // SAFETY: pidfd_open on our own child; the fd is owned right away.
