@@ -98,6 +98,11 @@ pub enum Act {
     FreezeForeign(PathBuf),
     /// `kill -9` of the pid in a file (the database server), then succeeds.
     KillPidFile(PathBuf),
+    /// Like `KillPidFile`, then wait (at most 5 s) until the process's fds are
+    /// closed: a SIGKILLed database closes its sockets only once the kernel has
+    /// torn down its memory. Not while frozen: a server blocked on the frozen
+    /// file system cannot die before the thaw.
+    KillPidFileAndWait(PathBuf),
 }
 
 /// A signal the test sends to the host once a step is running.
@@ -258,6 +263,11 @@ impl Rig {
             ),
             Act::FreezeForeign(m) => writeln!(body, "fsfreeze -f {}\nexit 0", m.display()),
             Act::KillPidFile(p) => writeln!(body, "kill -9 $(cat {})\nexit 0", p.display()),
+            Act::KillPidFileAndWait(p) => writeln!(
+                body,
+                "pid=$(cat {})\nkill -9 $pid\nfor _ in $(seq 500); do [ -n \"$(ls /proc/$pid/fd 2>/dev/null)\" ] || break; sleep 0.01; done\nexit 0",
+                p.display()
+            ),
         };
         self.s.script(name, &body)
     }

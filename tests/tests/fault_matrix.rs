@@ -132,12 +132,14 @@ fn expected(f: Fault, p: Phase) -> Option<Expect> {
         // Taken while frozen and quiesced; the refused thaw must be reported (and
         // `status` must show the mount frozen while it lasts: checked in the cell).
         (Fault::ThawFails, Thaw) => taken(3, APP, &["FsThawFailed"]),
-        // The lock holder died before or during the snapshot: the host sees the
-        // plugin's connection closed by the server before the thaw, so the label
-        // may not claim the lock held (QuiesceNotHeld).
-        (Fault::DbKilled, Pre | Snapshot) => taken(3, FSC, &["QuiesceNotHeld", "Post-ScriptExecutionFailed"]),
-        // Died after the snapshot: the lock held through it; releasing fails.
-        (Fault::DbKilled, Post) => taken(3, APP, &["Post-ScriptExecutionFailed"]),
+        // The lock holder died before the freeze: the host sees the plugin's
+        // connection closed by the server once everything is frozen, so the
+        // label may not claim the lock held (QuiesceNotHeld).
+        (Fault::DbKilled, Pre) => taken(3, FSC, &["QuiesceNotHeld", "Post-ScriptExecutionFailed"]),
+        // Killed while frozen (it cannot even die before the thaw: it is blocked
+        // on the frozen file system) or after the snapshot: the disk was pinned
+        // with the lock held; only releasing it fails.
+        (Fault::DbKilled, Snapshot | Post) => taken(3, APP, &["Post-ScriptExecutionFailed"]),
         _ => return None,
     })
 }
@@ -183,7 +185,10 @@ fn recipe(f: Fault, p: Phase, rig: &Rig, db: Option<&Db>) -> Spec {
         // Every FITHAW refused until the test clears the fault: while it
         // lasts the truth is "still frozen"; after it, thawed on time.
         Fault::ThawFails => s.ioctl = Some(IoctlFault::Fail("2+")),
-        Fault::DbKilled => at(p, Act::KillPidFile(db.expect("the db row has a server").pid_file.clone()), &mut s),
+        Fault::DbKilled => {
+            let pid_file = db.expect("the db row has a server").pid_file.clone();
+            at(p, if p == Phase::Pre { Act::KillPidFileAndWait(pid_file) } else { Act::KillPidFile(pid_file) }, &mut s)
+        }
     }
     s
 }

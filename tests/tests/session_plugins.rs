@@ -101,20 +101,40 @@ fn plugin_lock_is_held_through_the_snapshot_and_released_in_post() {
 }
 
 #[test]
-fn lock_server_dying_during_the_snapshot_lowers_the_label_with_quiesce_not_held() {
+fn lock_server_dying_before_the_freeze_lowers_the_label_with_quiesce_not_held() {
     let f = Fixture::new("plugin-lock-lost");
     let lockd = Lockd::start("tcp:127.0.0.1:0");
     let target = lockd.target.clone();
-    let hook = f.plugin_hook("lockd", "lockd", &format!("target = {target:?}"), &[target.as_str()], "timeout_secs = 5");
-    let config = f.config(&[f.script_hook(), hook]);
-    // The snapshot command kills the lock server while the plugin holds its
-    // lock: the snapshot is still taken, frozen, but the lock did not hold.
-    let run = run_json(f.session(&config, &format!("kill -9 {}; sleep 0.2", lockd.pid())));
+    let plugin = f.plugin_hook("lockd", "lockd", &format!("target = {target:?}"), &[target.as_str()], "timeout_secs = 5");
+    // After the plugin took its lock, the next hook's pre kills the lock
+    // server (and waits until it is gone): the freeze and the snapshot still
+    // happen, but the lock did not hold.
+    let pid = lockd.pid();
+    let killer = f.s.script(
+        "kill-lockd",
+        &format!("#!/bin/sh\nkill -9 {pid}\nwhile [ -n \"$(ls /proc/{pid}/fd 2>/dev/null)\" ]; do sleep 0.01; done\n"),
+    );
+    let config = f.config(&[plugin, format!("[[hook]]\nname = \"killer\"\npre = \"{}\"\n", killer.display())]);
+    let run = run_json(f.session(&config, "true"));
     assert_eq!(run.code(), 3, "{}\n{}", run.report, run.stderr());
     assert_eq!(run.consistency(), "FileSystemConsistent", "{}", run.report);
     assert!(run.has_error("QuiesceNotHeld"), "{}", run.report);
     let message = run.report["errors"].as_array().unwrap().iter().find(|e| e["code"] == "QuiesceNotHeld").unwrap()["message"].to_string();
-    assert!(message.contains(&target) && message.contains("lockd"), "{message}");
+    assert!(message.contains(&target) && message.contains("lockd") && message.contains("before the freeze"), "{message}");
+}
+
+#[test]
+fn lock_server_dying_while_frozen_leaves_the_label_app_consistent() {
+    // The disk was pinned while the lock held: a death afterwards changes
+    // nothing in the snapshot (only the release in post fails).
+    let f = Fixture::new("plugin-lock-lost-late");
+    let lockd = Lockd::start("tcp:127.0.0.1:0");
+    let target = lockd.target.clone();
+    let plugin = f.plugin_hook("lockd", "lockd", &format!("target = {target:?}"), &[target.as_str()], "timeout_secs = 5");
+    let config = f.config(&[f.script_hook(), plugin]);
+    let run = run_json(f.session(&config, &format!("kill -9 {}; sleep 0.2", lockd.pid())));
+    assert_eq!(run.consistency(), "AppConsistent", "{}", run.report);
+    assert!(!run.has_error("QuiesceNotHeld"), "{}", run.report);
 }
 
 #[test]

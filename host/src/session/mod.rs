@@ -363,29 +363,21 @@ impl Session {
             if freeze_required && !freeze_ok && self.config.freeze.on_failure == OnFailure::Abort {
                 tracing::error!("freeze failed and the policy is abort: no snapshot");
             } else {
+                // Frozen, the disk is pinned: what a plugin held must have
+                // lasted until now. Not frozen: until the snapshot is done.
+                if guardian.is_some() {
+                    check_holds(&hooks[..entered], &mut r, "the freeze");
+                }
                 let mut interrupt = interrupt.clone();
                 interrupted = self.snapshot(guardian.as_mut(), &mut r, &mut interrupt).await;
+                if guardian.is_none() {
+                    check_holds(&hooks[..entered], &mut r, "the snapshot");
+                }
             }
             if let Some(g) = guardian.take() {
                 self.thaw(g, &mut r);
             }
             r.frozen_throughout = freeze_required && freeze_ok && r.freeze.auto_thawed.is_none();
-        }
-
-        // A plugin whose connection the server closed before this point lost
-        // what it held (the database released the lock when the session
-        // ended): the label may not say the application stayed quiesced.
-        for h in &hooks[..entered] {
-            for target in h.hung_up_connections() {
-                r.apps_quiesced = false;
-                let m = format!(
-                    "plugin hook {}: its connection to {target} was closed by the other side before the thaw, so what it held \
-                     (a lock, a backup session) did not last through the snapshot; the label is at most FileSystemConsistent",
-                    h.spec.name
-                );
-                tracing::error!("{m}");
-                r.error(ErrorCode::QuiesceNotHeld, m);
-            }
         }
 
         // 4. Post hooks, in reverse order, for every hook whose turn came in pre.
@@ -727,6 +719,26 @@ fn release_log(r: &mut Run) {
     let d = logging::gate().release();
     if d.records > 0 {
         r.warnings.push(format!("{} log records ({} bytes) dropped while frozen: the in-memory log buffer was full", d.records, d.bytes));
+    }
+}
+
+/// A plugin whose connection the server has closed lost what it held on it
+/// (the database released the lock when the session ended): if that
+/// happened before `until` (the freeze, or the snapshot when nothing is
+/// frozen), the label may not say the application stayed quiesced. Asked of
+/// the kernel without reading or blocking, so it is safe while frozen.
+fn check_holds(hooks: &[ReadyHook], r: &mut Run, until: &str) {
+    for h in hooks {
+        for target in h.hung_up_connections() {
+            r.apps_quiesced = false;
+            let m = format!(
+                "plugin hook {}: its connection to {target} was closed by the other side before {until}, so what it held \
+                 (a lock, a backup session) did not last through the snapshot; the label is at most FileSystemConsistent",
+                h.spec.name
+            );
+            tracing::error!("{m}");
+            r.error(ErrorCode::QuiesceNotHeld, m);
+        }
     }
 }
 
