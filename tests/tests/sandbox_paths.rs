@@ -376,17 +376,7 @@ impl Session {
     /// A `quiesce snapshot --json` with that hook.
     fn run(&self, params: &str, grants: &[String], snapshot_cmd: &str) -> Run {
         let config = self.config(params, grants);
-        let mut cmd = quiesce(&self.s);
-        cmd.env("QUIESCE_CACHE_DIR", self.s.join("cache"))
-            .env("QUIESCE_STATE_DIR", self.s.join("state"))
-            .arg("snapshot")
-            .arg("--config")
-            .arg(config)
-            .arg("--mount")
-            .arg(self.mnt.path())
-            .arg("--snapshot-cmd")
-            .arg(snapshot_cmd);
-        run_json(cmd)
+        run_json(quiesce_snapshot(&self.s, &config, self.mnt.path(), snapshot_cmd))
     }
 }
 

@@ -49,17 +49,7 @@ impl Fixture {
     }
 
     fn session(&self, config: &Path, snapshot_cmd: &str) -> std::process::Command {
-        let mut cmd = quiesce(&self.s);
-        cmd.env("QUIESCE_CACHE_DIR", self.file("cache"))
-            .env("QUIESCE_STATE_DIR", self.file("state"))
-            .arg("snapshot")
-            .arg("--config")
-            .arg(config)
-            .arg("--mount")
-            .arg(self.mnt.path())
-            .arg("--snapshot-cmd")
-            .arg(snapshot_cmd);
-        cmd
+        quiesce_snapshot(&self.s, config, self.mnt.path(), snapshot_cmd)
     }
 
     fn log(&self) -> String {
