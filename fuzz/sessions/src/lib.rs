@@ -19,7 +19,7 @@ pub fn pg_config(user: &str) -> pgwire::Config {
 
 /// Startup, SCRAM, version and recovery checks, backup start/stop.
 pub fn postgres<S: Read + Write>(stream: S, cfg: &pgwire::Config) {
-    let Ok(mut c) = pgwire::Client::connect_with_nonce(stream, cfg, PG_NONCE) else { return };
+    let Ok(mut c) = pgwire::Client::connect_with_fixed_nonce(stream, cfg, PG_NONCE) else { return };
     let _ = c.parameter("server_version");
     let _ = c.backend_pid();
     let _ = c.require_version(150000);

@@ -403,6 +403,14 @@ impl<S: Read + Write> Client<S> {
         Self::connect_with_nonce(stream, cfg, &random_nonce()?)
     }
 
+    /// [`Client::connect`] with a fixed SCRAM nonce: replaying a recorded
+    /// session (fuzzing, recording the fuzz seeds) needs the same nonce every
+    /// time. Only with the `fixed-nonce` feature, never in a plugin.
+    #[cfg(feature = "fixed-nonce")]
+    pub fn connect_with_fixed_nonce(stream: S, cfg: &Config, nonce: &str) -> Result<Client<S>> {
+        Self::connect_with_nonce(stream, cfg, nonce)
+    }
+
     /// [`Client::connect`] with a given SCRAM nonce (for tests).
     fn connect_with_nonce(stream: S, cfg: &Config, nonce: &str) -> Result<Client<S>> {
         let mut c = Client { io: BufReader::new(stream), params: BTreeMap::new(), backend_pid: None, notices: Vec::new() };
