@@ -210,6 +210,13 @@ pub struct SnapshotReport {
     pub duration_ms: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// What the snapshot is known by: ids a provider printed (cloud snapshot
+    /// ids), or the id an agent passed to `end`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ids: Vec<String>,
+    /// What a provider made on this machine (a reflink image, a btrfs snapshot).
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "crate::serde_path::lossy_vec")]
+    pub paths: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize)]
