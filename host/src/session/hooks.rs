@@ -330,7 +330,11 @@ async fn run_plugin(
             Phase::Pre => inst.pre(&call).await,
             Phase::Post => {
                 let (taken, label) = ctx.snapshot.unwrap_or((false, Consistency::None));
-                inst.post(&call, &SnapshotOutcome { taken, label: label_name(label) }).await
+                let post = inst.post_outcome(&call, &SnapshotOutcome { taken, label }).await;
+                if let Some(why) = &post.not_held {
+                    not_held(r, name, why);
+                }
+                post.outcome
             }
         };
         forward_events(inst, name, r);
@@ -374,6 +378,20 @@ async fn run_plugin(
         _ => String::new(),
     };
     record(r, spec, HookKind::Wasm, phase, &what, attempts, started.elapsed(), outcome, None, failure, &detail)
+}
+
+/// The plugin said in post that the application's quiesce did not hold
+/// through the snapshot (a pause that expired, a lock it lost): post runs
+/// after the snapshot, so the label the report gives must come down now —
+/// the session judges it from `apps_quiesced` when it finishes.
+fn not_held(r: &mut Run, name: &str, why: &str) {
+    r.apps_quiesced = false;
+    let m = format!(
+        "plugin hook {name} says the application's quiesce did not hold through the snapshot: {why}; \
+         the snapshot may hold writes made after the quiesce ended, so the label is at most FileSystemConsistent"
+    );
+    tracing::error!("{m}");
+    r.error(ErrorCode::QuiesceNotHeld, m);
 }
 
 /// The plugin's log records go to the session log; refused capabilities
