@@ -247,6 +247,7 @@ fn print_check(r: &check::CheckReport) {
             for w in &p.grant_warnings {
                 println!("    warning: {w}");
             }
+            print_plugin_check(p);
         }
         for (phase, s) in [("pre", &h.pre), ("post", &h.post)] {
             if let Some(s) = s {
@@ -274,6 +275,33 @@ fn print_check(r: &check::CheckReport) {
         println!("problem {}: {}", p.code.as_str(), p.message);
     }
     println!("{}", if r.ok { "check passed" } else { "check found problems" });
+}
+
+/// What a plugin's own `check` found, one plain sentence per finding.
+fn print_plugin_check(p: &check::PluginCheck) {
+    let Some(run) = &p.check else { return };
+    if !run.supported {
+        println!(
+            "    the plugin speaks quiesce:plugin@{}, which cannot check its connection and privileges in advance \
+             (rebuilt against quiesce-plugin-sdk {} or later, it can)",
+            run.wit_version,
+            wasm::WitVersion::NEWEST
+        );
+        return;
+    }
+    println!("    the plugin's own check (quiesce:plugin@{}, with the grants and params above):", run.wit_version);
+    if run.findings.is_empty() && run.failed.is_none() {
+        println!("      it had nothing to verify");
+    }
+    for f in &run.findings {
+        println!("      {:<8} {} ({})", f.severity.word(), f.message, f.code);
+    }
+    if let Some(why) = &run.failed {
+        println!("      problem  the check did not finish: {why}");
+    }
+    for d in &run.denials {
+        println!("      problem  refused during the check: {d}");
+    }
 }
 
 fn run_status(args: StatusArgs) -> ExitCode {
@@ -355,6 +383,10 @@ fn run_inspect(args: InspectArgs) -> ExitCode {
             println!("plugin {} ({} bytes, sha256 {})", i.path, i.size, i.sha256);
             println!("  {} {}: quiesces {}", i.name, i.version, if i.quiesces.is_empty() { "(not said)" } else { &i.quiesces });
             println!("  WIT: quiesce:plugin@{}, world {}", i.wit_version, i.world);
+            println!(
+                "  can check its connection and privileges in advance (quiesce check): {}",
+                if i.has_check { "yes" } else { "no (quiesce:plugin@0.1.0 has no check)" }
+            );
             println!("  imports: {}", i.imports.join(", "));
             println!("  exports: {}", i.exports.join(", "));
             println!(

@@ -52,6 +52,10 @@ pub enum ErrorCode {
     QuiesceNotHeld,
     /// The session was interrupted by a signal (SIGINT/SIGTERM/SIGHUP).
     Interrupted,
+    /// `quiesce check`: a plugin's own `check` (WIT 0.2.0) found something
+    /// that will make its hook fail (cannot log in, a missing privilege, a
+    /// replica), or the check itself failed; the message names the fix.
+    PluginCheckFailed,
 }
 
 impl ErrorCode {

@@ -99,8 +99,19 @@ mod tests {
         );
         assert_eq!(
             sha256(include_bytes!("../../../../wit/v0.2.0/plugin.wit")),
-            "V020",
+            "5a6d8f7e29dd266ea05ef1b86dca21ba220d84ed671b97344678333ab73dcf0b",
             "wit/v0.2.0/plugin.wit changed after release; put changes in a new version folder"
+        );
+    }
+
+    /// The SDK builds against its own copy of the newest WIT (so it builds
+    /// outside this tree); the copy must be the released file, byte for byte.
+    #[test]
+    fn the_sdk_carries_the_newest_wit_unchanged() {
+        assert_eq!(
+            include_bytes!("../../../../plugins/sdk/wit/plugin.wit").as_slice(),
+            include_bytes!("../../../../wit/v0.2.0/plugin.wit").as_slice(),
+            "plugins/sdk/wit/plugin.wit differs from wit/v0.2.0/plugin.wit: copy the released file into the SDK"
         );
     }
 
