@@ -48,6 +48,21 @@ enum Command {
 enum PluginCommand {
     /// WIT version and world, imports, requested grants, size, whether a compiled copy is cached.
     Inspect(InspectArgs),
+    /// Create a plugin crate (Rust, quiesce-plugin-sdk) that builds for wasm32-wasip2 as generated.
+    New(NewArgs),
+}
+
+#[derive(Args)]
+struct NewArgs {
+    /// Crate name (a-z, 0-9, '-', '_'); the crate is created in DIR/NAME.
+    #[arg(value_name = "NAME")]
+    name: String,
+    /// Where to create it (default: the current directory).
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    dir: PathBuf,
+    /// Depend on the SDK at this path instead of a copy inside the crate.
+    #[arg(long, value_name = "PATH")]
+    sdk: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -131,6 +146,7 @@ fn main() -> ExitCode {
         Command::Status(args) => run_status(args),
         Command::Thaw(args) => run_thaw(args),
         Command::Plugin(PluginCommand::Inspect(args)) => run_inspect(args),
+        Command::Plugin(PluginCommand::New(args)) => run_plugin_new(args),
     }
 }
 
@@ -360,6 +376,26 @@ fn run_thaw(args: ThawArgs) -> ExitCode {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+fn run_plugin_new(args: NewArgs) -> ExitCode {
+    use wasm::scaffold::{new_plugin, SdkSource};
+    let sdk = match args.sdk {
+        Some(p) => SdkSource::Path(std::path::absolute(&p).unwrap_or(p)),
+        None => SdkSource::Embedded,
+    };
+    match new_plugin(&args.name, &args.dir, &sdk) {
+        Ok(root) => {
+            println!("created plugin crate {} (quiesce:plugin@{})", root.display(), wasm::WitVersion::NEWEST);
+            println!("  build:   cd {} && cargo build --release", root.display());
+            println!("  inspect: quiesce plugin inspect {}/target/wasm32-wasip2/release/{}.wasm", root.display(), args.name.replace('-', "_"));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("quiesce: {e}");
+            ExitCode::from(USAGE)
+        }
     }
 }
 

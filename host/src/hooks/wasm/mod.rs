@@ -56,6 +56,7 @@ mod instance;
 mod output;
 mod pinned;
 mod plugin;
+pub mod scaffold;
 mod state;
 
 use std::path::PathBuf;
