@@ -431,6 +431,15 @@ pub enum Failure {
     Fatal(String),
 }
 
+impl Failure {
+    /// The message, whichever kind it is (for a [`Finding`] in `check`).
+    pub fn into_message(self) -> String {
+        match self {
+            Failure::Retry(m) | Failure::Fatal(m) => m,
+        }
+    }
+}
+
 impl From<Failure> for HookResult {
     fn from(f: Failure) -> HookResult {
         match f {

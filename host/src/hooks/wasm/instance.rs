@@ -420,110 +420,93 @@ impl PluginInstance {
     }
 }
 
-/// One call into a 0.1.0 plugin, its answer in the host's terms.
-async fn call_v0_1_0(
-    b: &v0_1_0::QuiescePlugin,
-    store: &mut Store<HostState>,
-    call: Call<'_>,
-    deadline_ms: u64,
-    params: &[(String, String)],
-    cap: usize,
-) -> wasmtime::Result<Returned> {
-    use v0_1_0::quiesce::plugin::types as wit;
-    let ctx_of = |c: &CallContext| wit::HookContext {
-        session_id: c.session_id.clone(),
-        attempt: c.attempt,
-        deadline_ms,
-        params: params.to_vec(),
-    };
-    let outcome = |r: wit::HookResult| match r {
-        wit::HookResult::Ok(m) => hook_outcome(HookAnswer::Ok(m), cap),
-        wit::HookResult::Retryable(m) => hook_outcome(HookAnswer::Retryable(m), cap),
-        wit::HookResult::Fatal(m) => hook_outcome(HookAnswer::Fatal(m), cap),
-    };
-    let hooks = b.quiesce_plugin_hooks();
-    Ok(match call {
-        Call::Describe => {
-            let i = hooks.call_describe(store).await?;
-            let params = i.params.into_iter().map(|p| (p.name, p.description, p.required, p.default)).collect();
-            Returned::Info(plugin_info(i.name, i.version, i.quiesces, i.grants, params))
+/// `call_vX_Y_Z`: one call into a plugin of that version, its answer in the
+/// host's terms. What every version shares (the context record, the
+/// hook-result, `describe`, `pre`) is written here once; each version adds
+/// its arms for `post` and `check`, with the names given.
+macro_rules! version_call {
+    ($name:ident, $v:ident, |$wit:ident, $hooks:ident, $store:ident, $ctx_of:ident, $outcome:ident, $cap:ident| { $($arms:tt)* }) => {
+        async fn $name(
+            b: &$v::QuiescePlugin,
+            $store: &mut Store<HostState>,
+            call: Call<'_>,
+            deadline_ms: u64,
+            params: &[(String, String)],
+            $cap: usize,
+        ) -> wasmtime::Result<Returned> {
+            use $v::quiesce::plugin::types as $wit;
+            let $ctx_of = |c: &CallContext| $wit::HookContext {
+                session_id: c.session_id.clone(),
+                attempt: c.attempt,
+                deadline_ms,
+                params: params.to_vec(),
+            };
+            let $outcome = |r: $wit::HookResult| match r {
+                $wit::HookResult::Ok(m) => hook_outcome(HookAnswer::Ok(m), $cap),
+                $wit::HookResult::Retryable(m) => hook_outcome(HookAnswer::Retryable(m), $cap),
+                $wit::HookResult::Fatal(m) => hook_outcome(HookAnswer::Fatal(m), $cap),
+            };
+            let $hooks = b.quiesce_plugin_hooks();
+            Ok(match call {
+                Call::Describe => {
+                    let i = $hooks.call_describe($store).await?;
+                    let params = i.params.into_iter().map(|p| (p.name, p.description, p.required, p.default)).collect();
+                    Returned::Info(plugin_info(i.name, i.version, i.quiesces, i.grants, params))
+                }
+                Call::Pre(c) => Returned::Hook($outcome($hooks.call_pre($store, &$ctx_of(c)).await?)),
+                $($arms)*
+            })
         }
-        Call::Pre(c) => Returned::Hook(outcome(hooks.call_pre(store, &ctx_of(c)).await?)),
-        Call::Post(c, s) => {
-            let snap = wit::SnapshotOutcome { taken: s.taken, label: label_name(s.label) };
-            Returned::Post(PostOutcome { outcome: outcome(hooks.call_post(store, &ctx_of(c), &snap).await?), not_held: None })
-        }
-        // Refused before the call (the version has no `check`).
-        Call::Check(_) => return Err(wasmtime::format_err!("quiesce:plugin@0.1.0 has no check")),
-    })
+    };
 }
 
-/// One call into a 0.2.0 plugin, its answer in the host's terms.
-async fn call_v0_2_0(
-    b: &v0_2_0::QuiescePlugin,
-    store: &mut Store<HostState>,
-    call: Call<'_>,
-    deadline_ms: u64,
-    params: &[(String, String)],
-    cap: usize,
-) -> wasmtime::Result<Returned> {
-    use v0_2_0::quiesce::plugin::types as wit;
-    let ctx_of = |c: &CallContext| wit::HookContext {
-        session_id: c.session_id.clone(),
-        attempt: c.attempt,
-        deadline_ms,
-        params: params.to_vec(),
-    };
-    let outcome = |r: wit::HookResult| match r {
-        wit::HookResult::Ok(m) => hook_outcome(HookAnswer::Ok(m), cap),
-        wit::HookResult::Retryable(m) => hook_outcome(HookAnswer::Retryable(m), cap),
-        wit::HookResult::Fatal(m) => hook_outcome(HookAnswer::Fatal(m), cap),
-    };
-    let hooks = b.quiesce_plugin_hooks();
-    Ok(match call {
-        Call::Describe => {
-            let i = hooks.call_describe(store).await?;
-            let params = i.params.into_iter().map(|p| (p.name, p.description, p.required, p.default)).collect();
-            Returned::Info(plugin_info(i.name, i.version, i.quiesces, i.grants, params))
+version_call!(call_v0_1_0, v0_1_0, |wit, hooks, store, ctx_of, outcome, cap| {
+    Call::Post(c, s) => {
+        let snap = wit::SnapshotOutcome { taken: s.taken, label: label_name(s.label) };
+        Returned::Post(PostOutcome { outcome: outcome(hooks.call_post(store, &ctx_of(c), &snap).await?), not_held: None })
+    }
+    // Refused before the call (the version has no `check`).
+    Call::Check(_) => return Err(wasmtime::format_err!("quiesce:plugin@0.1.0 has no check")),
+});
+
+version_call!(call_v0_2_0, v0_2_0, |wit, hooks, store, ctx_of, outcome, cap| {
+    Call::Post(c, s) => {
+        let label = match s.label {
+            Consistency::AppConsistent => wit::Consistency::AppConsistent,
+            Consistency::FileSystemConsistent => wit::Consistency::FileSystemConsistent,
+            Consistency::CrashConsistent => wit::Consistency::CrashConsistent,
+            Consistency::None => wit::Consistency::None,
+        };
+        let r = hooks.call_post(store, &ctx_of(c), wit::SnapshotOutcome { taken: s.taken, label }).await?;
+        let not_held = (!r.held).then(|| {
+            let why = if r.why_not_held.trim().is_empty() { "the plugin gave no reason".to_owned() } else { r.why_not_held };
+            truncate_message(why, cap)
+        });
+        Returned::Post(PostOutcome { outcome: outcome(r.outcome), not_held })
+    }
+    Call::Check(c) => {
+        let found = hooks.call_check(store, &ctx_of(c)).await?;
+        let dropped = found.len().saturating_sub(MAX_FINDINGS);
+        let mut findings: Vec<Finding> = found
+            .into_iter()
+            .take(MAX_FINDINGS)
+            .map(|f| {
+                let severity = match f.severity {
+                    wit::Severity::Passed => Severity::Passed,
+                    wit::Severity::Info => Severity::Info,
+                    wit::Severity::Warning => Severity::Warning,
+                    wit::Severity::Error => Severity::Error,
+                };
+                finding(severity, &f.code, f.message)
+            })
+            .collect();
+        if dropped > 0 {
+            let more = format!("{dropped} more findings dropped (only {MAX_FINDINGS} are kept)");
+            findings.push(finding(Severity::Warning, "TooManyFindings", more));
         }
-        Call::Pre(c) => Returned::Hook(outcome(hooks.call_pre(store, &ctx_of(c)).await?)),
-        Call::Post(c, s) => {
-            let label = match s.label {
-                Consistency::AppConsistent => wit::Consistency::AppConsistent,
-                Consistency::FileSystemConsistent => wit::Consistency::FileSystemConsistent,
-                Consistency::CrashConsistent => wit::Consistency::CrashConsistent,
-                Consistency::None => wit::Consistency::None,
-            };
-            let r = hooks.call_post(store, &ctx_of(c), wit::SnapshotOutcome { taken: s.taken, label }).await?;
-            let not_held = (!r.held).then(|| {
-                let why = if r.why_not_held.trim().is_empty() { "the plugin gave no reason".to_owned() } else { r.why_not_held };
-                truncate_message(why, cap)
-            });
-            Returned::Post(PostOutcome { outcome: outcome(r.outcome), not_held })
-        }
-        Call::Check(c) => {
-            let found = hooks.call_check(store, &ctx_of(c)).await?;
-            let dropped = found.len().saturating_sub(MAX_FINDINGS);
-            let mut findings: Vec<Finding> = found
-                .into_iter()
-                .take(MAX_FINDINGS)
-                .map(|f| {
-                    let severity = match f.severity {
-                        wit::Severity::Passed => Severity::Passed,
-                        wit::Severity::Info => Severity::Info,
-                        wit::Severity::Warning => Severity::Warning,
-                        wit::Severity::Error => Severity::Error,
-                    };
-                    finding(severity, &f.code, f.message)
-                })
-                .collect();
-            if dropped > 0 {
-                findings.push(finding(Severity::Warning, "TooManyFindings", format!("{dropped} more findings dropped (only {MAX_FINDINGS} are kept)")));
-            }
-            Returned::Findings(findings)
-        }
-    })
-}
+        Returned::Findings(findings)
+    }
+});
 
 /// `hook-result`, the same in every version.
 enum HookAnswer {

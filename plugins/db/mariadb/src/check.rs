@@ -8,12 +8,6 @@ use quiesce_plugin_sdk::{Connection, Context, Failure as Fail, Finding};
 
 use super::{classify, login, method, num_param, version_of, Method, DEFAULT_TARGET};
 
-fn failure_message(f: Fail) -> String {
-    match f {
-        Fail::Retry(m) | Fail::Fatal(m) => m,
-    }
-}
-
 /// 1227: "Access denied; you need (at least one of) the X privilege(s)".
 fn denied(e: &MyError) -> bool {
     matches!(e.code(), Some(1227 | 1142 | 1044))
@@ -30,14 +24,14 @@ pub(crate) fn check(ctx: &Context) -> Vec<Finding> {
     let method = match params {
         Ok(m) => m,
         Err(f) => {
-            out.push(Finding::error("MyBadParam", failure_message(f)));
+            out.push(Finding::error("MyBadParam", Fail::into_message(f)));
             return out;
         }
     };
     let mut c = match login(ctx, target) {
         Ok(c) => c,
         Err(f) => {
-            out.push(Finding::error("MyLoginFailed", failure_message(f)));
+            out.push(Finding::error("MyLoginFailed", Fail::into_message(f)));
             return out;
         }
     };
@@ -51,9 +45,8 @@ pub(crate) fn check(ctx: &Context) -> Vec<Finding> {
 fn server(c: &mut Client<Connection>, target: &str, method: Method, version: &str, out: &mut Vec<Finding>) {
     let (major, minor) = version_of(version);
     match (c.is_mariadb(), method) {
-        (true, _) if (major, minor) < (10, 4) => {
-            out.push(Finding::error("MyTooOld", format!("MariaDB {version} is too old: the plugin needs 10.4 or later; upgrade the server")))
-        }
+        (true, _) if (major, minor) < (10, 4) => out
+            .push(Finding::error("MyTooOld", format!("MariaDB {version} is too old: the plugin needs 10.4 or later; upgrade the server"))),
         (false, Method::BackupStage) => out.push(Finding::error(
             "MyBackupStageUnsupported",
             format!("{target} runs MySQL {version}: BACKUP STAGE is MariaDB's; set param method = \"ftwrl\""),
@@ -73,7 +66,7 @@ fn server(c: &mut Client<Connection>, target: &str, method: Method, version: &st
     let grants: Vec<String> = match c.query_all("SHOW GRANTS") {
         Ok(sets) => sets.into_iter().flat_map(|rs| rs.rows).filter_map(|r| r.into_iter().next().flatten()).collect(),
         Err(e) => {
-            out.push(Finding::error("MyQueryFailed", failure_message(classify(target, "SHOW GRANTS", e))));
+            out.push(Finding::error("MyQueryFailed", Fail::into_message(classify(target, "SHOW GRANTS", e))));
             Vec::new()
         }
     };
@@ -122,7 +115,7 @@ fn server(c: &mut Client<Connection>, target: &str, method: Method, version: &st
             "MyReplicaStatusDenied",
             format!("{account} may not run SHOW REPLICA STATUS, which pre runs to refuse replicas ({e}): GRANT REPLICA MONITOR ON *.* TO {grantee}; (MariaDB 10.5.9+; SUPER before)"),
         )),
-        Err(e) => out.push(Finding::error("MyQueryFailed", failure_message(classify(target, "SHOW REPLICA STATUS", e)))),
+        Err(e) => out.push(Finding::error("MyQueryFailed", Fail::into_message(classify(target, "SHOW REPLICA STATUS", e)))),
     }
     match c.master_status() {
         Ok(Some(p)) => {
@@ -137,6 +130,6 @@ fn server(c: &mut Client<Connection>, target: &str, method: Method, version: &st
             "MyBinlogStatusDenied",
             format!("{account} may not run SHOW MASTER STATUS, which pre runs under the lock ({e}): GRANT BINLOG MONITOR ON *.* TO {grantee}; (MariaDB 10.5.2+; REPLICATION CLIENT before)"),
         )),
-        Err(e) => out.push(Finding::error("MyQueryFailed", failure_message(classify(target, "SHOW MASTER STATUS", e)))),
+        Err(e) => out.push(Finding::error("MyQueryFailed", Fail::into_message(classify(target, "SHOW MASTER STATUS", e)))),
     }
 }

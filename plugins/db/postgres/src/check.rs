@@ -13,15 +13,9 @@ fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-fn failure_message(f: Fail) -> String {
-    match f {
-        Fail::Retry(m) | Fail::Fatal(m) => m,
-    }
-}
-
 /// One row of `sql`, or the finding that says why not.
 fn row(c: &mut Client<Connection>, target: &str, what: &str, sql: &str) -> Result<QueryResult, Finding> {
-    c.query(sql).map_err(|e| Finding::error("PgQueryFailed", failure_message(classify(target, what, e))))
+    c.query(sql).map_err(|e| Finding::error("PgQueryFailed", Fail::into_message(classify(target, what, e))))
 }
 
 pub(crate) fn check(ctx: &Context) -> Vec<Finding> {
@@ -36,14 +30,14 @@ pub(crate) fn check(ctx: &Context) -> Vec<Finding> {
     let mode = match params {
         Ok(m) => m,
         Err(f) => {
-            out.push(Finding::error("PgBadParam", failure_message(f)));
+            out.push(Finding::error("PgBadParam", Fail::into_message(f)));
             return out;
         }
     };
     let mut c = match login(ctx) {
         Ok(c) => c,
         Err(f) => {
-            out.push(Finding::error("PgLoginFailed", failure_message(f)));
+            out.push(Finding::error("PgLoginFailed", Fail::into_message(f)));
             return out;
         }
     };

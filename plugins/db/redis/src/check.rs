@@ -4,16 +4,10 @@
 //! its ACL check, so nothing is ever paused) and the other commands pre
 //! runs, and the persistence mode pre will make durable.
 
-use resp::{Client, Error as RError, Value};
 use quiesce_plugin_sdk::{Connection, Context, Failure as Fail, Finding};
+use resp::{Client, Error as RError, Value};
 
 use super::{classify, connect, server_now_ns, version_of, DEFAULT_TARGET};
-
-fn failure_message(f: Fail) -> String {
-    match f {
-        Fail::Retry(m) | Fail::Fatal(m) => m,
-    }
-}
 
 fn noperm(e: &RError) -> bool {
     e.kind() == Some("NOPERM")
@@ -48,33 +42,44 @@ pub(crate) fn check(ctx: &Context) -> Vec<Finding> {
     let mut c = match connect(ctx, target) {
         Ok(c) => c,
         Err(f) => {
-            out.push(Finding::error("RedisLoginFailed", failure_message(f)));
+            out.push(Finding::error("RedisLoginFailed", Fail::into_message(f)));
             return out;
         }
     };
     // Connecting does not say whether AUTH was asked; PING does.
     if let Err(e) = c.ping() {
-        out.push(Finding::error("RedisLoginFailed", failure_message(classify(target, "PING", e))));
+        out.push(Finding::error("RedisLoginFailed", Fail::into_message(classify(target, "PING", e))));
         return out;
     }
     out.push(Finding::passed("RedisLoggedIn", format!("logged in to Redis at {target} as user {user}")));
     let denied = |cmd: &str| {
         Finding::error(
             "RedisCommandDenied",
-            format!("the ACL does not let user {user} run {cmd}, which pre or post runs: ACL SETUSER {user} +{}", cmd.to_lowercase().replace(' ', "|")),
+            format!(
+                "the ACL does not let user {user} run {cmd}, which pre or post runs: ACL SETUSER {user} +{}",
+                cmd.to_lowercase().replace(' ', "|")
+            ),
         )
     };
-    let failed = |what: &str, e: RError| Finding::error("RedisQueryFailed", failure_message(classify(target, what, e)));
+    let failed = |what: &str, e: RError| Finding::error("RedisQueryFailed", Fail::into_message(classify(target, what, e)));
 
     match c.version() {
-        Ok(v) if version_of(&v) >= (6, 2) => out.push(Finding::passed("RedisVersionSupported", format!("Redis {v} (6.2 or later is needed)"))),
-        Ok(v) => out.push(Finding::error("RedisTooOld", format!("Redis {v} is too old: CLIENT PAUSE … WRITE needs 6.2 or later; upgrade the server"))),
+        Ok(v) if version_of(&v) >= (6, 2) => {
+            out.push(Finding::passed("RedisVersionSupported", format!("Redis {v} (6.2 or later is needed)")))
+        }
+        Ok(v) => out.push(Finding::error(
+            "RedisTooOld",
+            format!("Redis {v} is too old: CLIENT PAUSE … WRITE needs 6.2 or later; upgrade the server"),
+        )),
         Err(e) if noperm(&e) => out.push(denied("INFO")),
         Err(e) => out.push(failed("INFO server", e)),
     }
     match c.role() {
         Ok(resp::Role::Master { .. }) => out.push(Finding::passed("RedisIsPrimary", "the server is a primary")),
-        Ok(_) => out.push(Finding::error("RedisIsReplica", format!("Redis at {target} is a replica: pausing it quiesces nothing; point `target` at the primary"))),
+        Ok(_) => out.push(Finding::error(
+            "RedisIsReplica",
+            format!("Redis at {target} is a replica: pausing it quiesces nothing; point `target` at the primary"),
+        )),
         Err(e) if noperm(&e) => out.push(denied("ROLE")),
         Err(e) => out.push(failed("ROLE", e)),
     }
@@ -82,7 +87,9 @@ pub(crate) fn check(ctx: &Context) -> Vec<Finding> {
         out.push(if noperm(&e) { denied("TIME") } else { failed("TIME", e) });
     }
     match acl_allows(&mut c, &["CLIENT", "PAUSE", "quiesce-check-only", "WRITE"]) {
-        Ok(true) => out.push(Finding::passed("RedisPauseAllowed", format!("the ACL lets user {user} run CLIENT PAUSE (asked without pausing)"))),
+        Ok(true) => {
+            out.push(Finding::passed("RedisPauseAllowed", format!("the ACL lets user {user} run CLIENT PAUSE (asked without pausing)")))
+        }
         Ok(false) => out.push(Finding::error(
             "RedisPauseDenied",
             format!("the ACL does not let user {user} run CLIENT PAUSE, which pre needs: ACL SETUSER {user} +client|pause +client|unpause"),
