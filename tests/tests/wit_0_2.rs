@@ -350,6 +350,15 @@ fn mariadb_check_passes_a_least_privilege_user_and_names_each_grant_a_plain_user
 
     let r = check(&s, &cfg("qb", "wrong"));
     assert_eq!(errors(&r), vec!["MyLoginFailed".to_string()], "{r}");
+
+    // A server without a binary log: said (nothing to record), not a failure.
+    let s2 = Scratch::new("wit-my-nobin");
+    let nobin = MariaDb::start_with_args(&s2.path, &["--skip-log-bin"]);
+    let target = format!("unix:{}", nobin.socket.display());
+    let plugin = install_plugin(&s2, "quiesce_mariadb");
+    let r = check(&s2, &plugin_config(&s2, &plugin, &[("target", target.clone())], &[target]));
+    assert_eq!(r["ok"], true, "{r}");
+    assert!(finding(&r, "info", "MyBinlogOff").contains("set log_bin"), "{r}");
 }
 
 // ------------------------------------------------------------ Redis
@@ -428,6 +437,14 @@ fn redis_check_finds_an_acl_that_forbids_client_pause_without_pausing_anything()
 
     let r5 = check(&s, &cfg("pauser", "wrong", &[]));
     assert_eq!(errors(&r5), vec!["RedisLoginFailed".to_string()], "{r5}");
+
+    // A replica: pausing it quiesces nothing (its primary takes the writes).
+    let s2 = Scratch::new("wit-rd-replica");
+    let replica = Redis::start(&s2.path, true);
+    replica.connect().cmd(&["REPLICAOF", "127.0.0.1", &r.port.to_string()]).unwrap();
+    let (params, grants) = redis_params(&replica, None, &replica.password_file.display().to_string(), &[]);
+    let r6 = check(&s2, &plugin_config(&s2, &install_plugin(&s2, "quiesce_redis"), &params, &grants));
+    assert!(finding(&r6, "error", "RedisIsReplica").contains("point `target` at the primary"), "{r6}");
 }
 
 /// The pause expires by itself after `pause_ms`; the snapshot command sleeps
