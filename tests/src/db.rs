@@ -399,6 +399,12 @@ pub struct MariaDb {
 impl MariaDb {
     /// `mariadb-install-db` in `<data_dir_parent>/my`, start, create `q.t` and `app`.
     pub fn start(data_dir_parent: &Path) -> MariaDb {
+        Self::start_with_args(data_dir_parent, &[])
+    }
+
+    /// [`MariaDb::start`] with more `mariadbd` options (after the fixture's
+    /// own, so they win: e.g. `--skip-log-bin`).
+    pub fn start_with_args(data_dir_parent: &Path, extra: &[&str]) -> MariaDb {
         let data_dir = data_dir_parent.join("my");
         let aux = Aux::new("my");
         // A private tmpdir: concurrent bootstraps in the shared /tmp were seen
@@ -412,7 +418,7 @@ impl MariaDb {
             tmp.display(),
             log = aux.join("install.log").display()
         ));
-        let mut my = Self::spawn(&data_dir, aux);
+        let mut my = Self::spawn(&data_dir, aux, extra);
         let app_password = format!("app-{}", now_ns() % 1_000_000_007);
         let mut c = my.connect_root();
         for sql in [
@@ -431,13 +437,13 @@ impl MariaDb {
 
     /// Starts a server on an existing (restored) data directory, new port and socket.
     pub fn start_existing(data_dir: &Path, app_password: &str) -> MariaDb {
-        let mut my = Self::spawn(data_dir, Aux::new("myr"));
+        let mut my = Self::spawn(data_dir, Aux::new("myr"), &[]);
         my.app_password = app_password.into();
         fs::write(&my.password_file, format!("{app_password}\n")).unwrap();
         my
     }
 
-    fn spawn(data_dir: &Path, aux: Aux) -> MariaDb {
+    fn spawn(data_dir: &Path, aux: Aux, extra: &[&str]) -> MariaDb {
         let port = free_port();
         let socket = aux.join("my.sock");
         let error_log = aux.join("error.log");
@@ -457,6 +463,7 @@ impl MariaDb {
             .arg(format!("--log-error={}", error_log.display()))
             .arg("--innodb-buffer-pool-size=64M")
             .arg("--skip-name-resolve")
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
