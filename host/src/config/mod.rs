@@ -206,6 +206,9 @@ pub enum SnapshotSpec {
     Reflink { source: PathBuf, dest: PathBuf },
     /// A read-only snapshot of a btrfs subvolume.
     Btrfs { source: PathBuf, dest: PathBuf },
+    /// A cloud disk snapshot through the cloud's CLI (argv templates).
+    #[serde(untagged)]
+    Cloud(crate::snapshot::cloud::CloudSpec),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -8,6 +8,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use crate::snapshot::cloud::{CloudKind, CloudSpec};
+
 use std::collections::BTreeMap;
 
 use super::{
@@ -69,6 +71,18 @@ struct SnapshotTable {
     reflink_dest: Option<PathBuf>,
     /// The longest the session waits for the provider (alone, it applies to `--snapshot-cmd`).
     timeout_secs: Option<u64>,
+    /// Cloud parameters: `{disk}`, `{resource_group}`, `{instance}`, `{zone}`.
+    disk: Option<String>,
+    resource_group: Option<String>,
+    instance: Option<String>,
+    zone: Option<String>,
+    /// Cloud: the snapshot's name template (default `quiesce-{session}`).
+    name: Option<String>,
+    /// Cloud: argv templates replacing the defaults.
+    create: Option<Vec<String>>,
+    finalize: Option<Vec<String>>,
+    delete: Option<Vec<String>>,
+    restore: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
@@ -77,6 +91,9 @@ enum SnapshotKind {
     Command,
     Reflink,
     Btrfs,
+    Azure,
+    Aws,
+    Gcp,
 }
 
 /// The `[snapshot]` table as a provider spec (None: no provider, only a timeout).
@@ -85,10 +102,30 @@ fn snapshot_spec(t: SnapshotTable) -> Result<Option<SnapshotSpec>, String> {
         Some(k) => k,
         None if t.command.is_some() => SnapshotKind::Command,
         None if t.reflink_source.is_some() || t.reflink_dest.is_some() => SnapshotKind::Reflink,
-        None if t.source.is_none() && t.dest.is_none() && t.delete_command.is_none() && t.restore_command.is_none() => return Ok(None),
-        None => return Err("[snapshot] needs `kind` (\"reflink\", \"btrfs\" or \"command\")".into()),
+        None if t.source.is_none()
+            && t.dest.is_none()
+            && t.delete_command.is_none()
+            && t.restore_command.is_none()
+            && t.disk.is_none()
+            && t.create.is_none()
+            && t.instance.is_none() =>
+        {
+            return Ok(None)
+        }
+        None => return Err("[snapshot] needs `kind` (\"reflink\", \"btrfs\", \"command\", \"azure\", \"aws\" or \"gcp\")".into()),
     };
     let name = format!("{kind:?}").to_lowercase();
+    let cloud_keys = [
+        ("disk", t.disk.is_some()),
+        ("resource_group", t.resource_group.is_some()),
+        ("instance", t.instance.is_some()),
+        ("zone", t.zone.is_some()),
+        ("name", t.name.is_some()),
+        ("create", t.create.is_some()),
+        ("finalize", t.finalize.is_some()),
+        ("delete", t.delete.is_some()),
+        ("restore", t.restore.is_some()),
+    ];
     let stray = |keys: &[(&str, bool)]| -> Result<(), String> {
         match keys.iter().find(|(_, set)| *set) {
             Some((key, _)) => Err(format!("[snapshot] kind = \"{name}\" does not take `{key}`")),
@@ -103,7 +140,30 @@ fn snapshot_spec(t: SnapshotTable) -> Result<Option<SnapshotSpec>, String> {
         }
     };
     match kind {
+        SnapshotKind::Azure | SnapshotKind::Aws | SnapshotKind::Gcp => {
+            stray(&[
+                ("command", t.command.is_some()),
+                ("delete_command", t.delete_command.is_some()),
+                ("restore_command", t.restore_command.is_some()),
+                ("source", t.source.is_some()),
+                ("dest", t.dest.is_some()),
+                ("reflink_source", t.reflink_source.is_some()),
+                ("reflink_dest", t.reflink_dest.is_some()),
+            ])?;
+            let cloud = match kind {
+                SnapshotKind::Azure => CloudKind::Azure,
+                SnapshotKind::Aws => CloudKind::Aws,
+                _ => CloudKind::Gcp,
+            };
+            let params = [("disk", t.disk), ("resource_group", t.resource_group), ("instance", t.instance), ("zone", t.zone)]
+                .into_iter()
+                .filter_map(|(k, v)| v.map(|v| (k.to_string(), v)))
+                .collect();
+            let spec = CloudSpec::resolve(cloud, params, t.name, [t.create, t.finalize, t.delete, t.restore])?;
+            Ok(Some(SnapshotSpec::Cloud(spec)))
+        }
         SnapshotKind::Command => {
+            stray(&cloud_keys)?;
             stray(&[
                 ("source", t.source.is_some()),
                 ("dest", t.dest.is_some()),
@@ -114,6 +174,7 @@ fn snapshot_spec(t: SnapshotTable) -> Result<Option<SnapshotSpec>, String> {
             Ok(Some(SnapshotSpec::Command { command, delete_command: t.delete_command, restore_command: t.restore_command }))
         }
         SnapshotKind::Reflink | SnapshotKind::Btrfs => {
+            stray(&cloud_keys)?;
             stray(&[
                 ("command", t.command.is_some()),
                 ("delete_command", t.delete_command.is_some()),

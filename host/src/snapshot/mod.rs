@@ -173,6 +173,7 @@ pub fn from_spec(spec: &SnapshotSpec) -> Box<dyn SnapshotProvider> {
         }),
         SnapshotSpec::Reflink { source, dest } => Box::new(ReflinkClone { source: source.clone(), dest: dest.clone() }),
         SnapshotSpec::Btrfs { source, dest } => Box::new(btrfs::BtrfsSnapshot { source: source.clone(), dest: dest.clone() }),
+        SnapshotSpec::Cloud(spec) => Box::new(cloud::CloudProvider::new(spec.clone())),
     }
 }
 

@@ -135,6 +135,8 @@ where
 /// A later step: delete, restore or finalize.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Step {
+    /// Taking the snapshot (a cloud provider's create template).
+    Create,
     Delete,
     Restore,
     Finalize,
@@ -143,6 +145,7 @@ pub(super) enum Step {
 impl Step {
     pub fn name(self) -> &'static str {
         match self {
+            Step::Create => "create",
             Step::Delete => "delete",
             Step::Restore => "restore",
             Step::Finalize => "finalize",
@@ -156,6 +159,7 @@ impl Step {
 /// and paths the step printed.
 pub(super) async fn action(made: &Made, step: Step, vars: &[(&'static str, String)]) -> Result<(Vec<String>, Vec<PathBuf>), SnapshotError> {
     let chosen = match step {
+        Step::Create => None,
         Step::Delete => made.delete.as_ref(),
         Step::Restore => made.restore.as_ref(),
         Step::Finalize => made.finalize.as_ref(),
