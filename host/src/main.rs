@@ -42,6 +42,26 @@ enum Command {
     /// WebAssembly plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Recovery points.
+    #[command(subcommand)]
+    Points(PointsCommand),
+}
+
+#[derive(Subcommand)]
+enum PointsCommand {
+    /// The byte ranges that differ between two points of one disk: two reflink
+    /// images (FIEMAP) or two btrfs snapshots (extent generations), older first.
+    Diff(DiffArgs),
+}
+
+#[derive(Args)]
+struct DiffArgs {
+    /// The older point's image or btrfs snapshot.
+    older: PathBuf,
+    /// The newer point's image or btrfs snapshot.
+    newer: PathBuf,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -131,6 +151,7 @@ fn main() -> ExitCode {
         Command::Status(args) => run_status(args),
         Command::Thaw(args) => run_thaw(args),
         Command::Plugin(PluginCommand::Inspect(args)) => run_inspect(args),
+        Command::Points(PointsCommand::Diff(args)) => run_points_diff(args),
     }
 }
 
@@ -388,6 +409,47 @@ fn run_inspect(args: InspectArgs) -> ExitCode {
             }
             return ExitCode::from(1);
         }
+    }
+    ExitCode::SUCCESS
+}
+
+fn run_points_diff(args: DiffArgs) -> ExitCode {
+    let diff = match quiesce::points::diff::paths(&args.older, &args.newer) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("quiesce: points diff: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if args.json {
+        match serde_json::to_string(&diff) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("quiesce: cannot serialize the diff: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        return ExitCode::SUCCESS;
+    }
+    let method = match diff.method {
+        quiesce::points::diff::Method::Fiemap => "extent maps (FIEMAP)",
+        quiesce::points::diff::Method::BtrfsGeneration => "btrfs extent generations",
+    };
+    println!("{} bytes changed in {} file(s), from {method}", diff.changed_bytes, diff.files.len());
+    for f in &diff.files {
+        println!("  {}: {} of {} bytes in {} range(s)", f.path.display(), f.changed_bytes, f.size, f.ranges.len());
+        for r in f.ranges.iter().take(20) {
+            println!("    {}..{} ({} bytes)", r.offset, r.end(), r.len);
+        }
+        if f.ranges.len() > 20 {
+            println!("    ... {} more (--json lists all)", f.ranges.len() - 20);
+        }
+    }
+    for p in &diff.removed {
+        println!("  removed: {}", p.display());
+    }
+    if diff.compared_bytes > 0 {
+        println!("  ({} bytes compared by content: extents without a stable physical address)", diff.compared_bytes);
     }
     ExitCode::SUCCESS
 }
