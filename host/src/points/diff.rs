@@ -495,17 +495,19 @@ pub fn btrfs(older: &Path, generation: Option<u64>, newer: &Path) -> Result<Diff
         // Extents of files that are gone (or not regular) have no name here.
         let Some((path, size)) = by_ino.get(&ino) else { continue };
         // Extents past EOF (preallocated) are not content.
-        let ranges: Vec<Range> = ranges
-            .into_iter()
-            .filter(|r| r.offset < *size)
-            .map(|r| Range { offset: r.offset, len: r.len.min(size - r.offset) })
-            .collect();
+        let ranges: Vec<Range> =
+            ranges.into_iter().filter(|r| r.offset < *size).map(|r| Range { offset: r.offset, len: r.len.min(size - r.offset) }).collect();
         files.insert((*path).clone(), FileDiff { path: (*path).clone(), size: *size, changed_bytes: 0, ranges });
     }
     for (path, (_, size)) in &new_files {
         let old_size = old_files.get(path).map(|(_, s)| *s).unwrap_or(0);
         if old_size != *size {
-            let f = files.entry(path.clone()).or_insert_with(|| FileDiff { path: path.clone(), size: *size, changed_bytes: 0, ranges: Vec::new() });
+            let f = files.entry(path.clone()).or_insert_with(|| FileDiff {
+                path: path.clone(),
+                size: *size,
+                changed_bytes: 0,
+                ranges: Vec::new(),
+            });
             let common = old_size.min(*size);
             f.ranges.push(Range { offset: common, len: old_size.max(*size) - common });
         }
@@ -556,7 +558,12 @@ mod tests {
 
     #[test]
     fn ranges_merge_when_adjacent_or_overlapping() {
-        let m = merged(vec![Range { offset: 10, len: 5 }, Range { offset: 0, len: 10 }, Range { offset: 12, len: 10 }, Range { offset: 40, len: 1 }]);
+        let m = merged(vec![
+            Range { offset: 10, len: 5 },
+            Range { offset: 0, len: 10 },
+            Range { offset: 12, len: 10 },
+            Range { offset: 40, len: 1 },
+        ]);
         assert_eq!(m, vec![Range { offset: 0, len: 22 }, Range { offset: 40, len: 1 }]);
     }
 }
