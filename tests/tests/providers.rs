@@ -541,7 +541,7 @@ fn reflink_diff_is_exactly_the_blocks_random_writes_changed_on_several_seeds() {
         };
         let ctx = SnapshotContext { session_id: format!("q-{seed}"), frozen_mounts: Vec::new() };
         let a = take(&spec("a"), &ctx);
-        let touched = blocks::random_writes(&img, size, 200, 3 * BLOCK as u64, &mut rng);
+        let touched = blocks::random_writes(&img, size, 200, 3 * BLOCK, &mut rng);
         let b = take(&spec("b"), &ctx);
         let d = diff::between(&a, &b).expect("diff");
         let brute = blocks::brute_force(&a.paths[0], &b.paths[0]);
@@ -574,7 +574,7 @@ fn btrfs_diff_covers_every_changed_block_and_only_written_ones_on_several_seeds(
         blocks::random_image(&img, size, &[(4 << 20, 6 << 20)], &mut rng);
         fs::write(b.vol().join("gone.txt"), "x").unwrap();
         let a = take(&b.config(false), &b.ctx(&format!("a{seed}")));
-        let touched = blocks::random_writes(&img, size, 150, 3 * BLOCK as u64, &mut rng);
+        let touched = blocks::random_writes(&img, size, 150, 3 * BLOCK, &mut rng);
         fs::remove_file(b.vol().join("gone.txt")).unwrap();
         let newer = take(&b.config(false), &b.ctx(&format!("b{seed}")));
         let d = diff::between(&a, &newer).expect("diff");

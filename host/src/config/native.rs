@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use crate::snapshot::cloud::{CloudKind, CloudSpec};
+use crate::snapshot::ProviderKind;
 
 use std::collections::BTreeMap;
 
@@ -58,7 +59,7 @@ impl Default for FreezeTable {
 #[serde(deny_unknown_fields)]
 struct SnapshotTable {
     /// Which provider; inferred from `command` / `reflink_*` when absent.
-    kind: Option<SnapshotKind>,
+    kind: Option<ProviderKind>,
     command: Option<String>,
     delete_command: Option<String>,
     restore_command: Option<String>,
@@ -85,23 +86,12 @@ struct SnapshotTable {
     restore: Option<Vec<String>>,
 }
 
-#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
-#[serde(rename_all = "lowercase")]
-enum SnapshotKind {
-    Command,
-    Reflink,
-    Btrfs,
-    Azure,
-    Aws,
-    Gcp,
-}
-
 /// The `[snapshot]` table as a provider spec (None: no provider, only a timeout).
 fn snapshot_spec(t: SnapshotTable) -> Result<Option<SnapshotSpec>, String> {
     let kind = match t.kind {
         Some(k) => k,
-        None if t.command.is_some() => SnapshotKind::Command,
-        None if t.reflink_source.is_some() || t.reflink_dest.is_some() => SnapshotKind::Reflink,
+        None if t.command.is_some() => ProviderKind::Command,
+        None if t.reflink_source.is_some() || t.reflink_dest.is_some() => ProviderKind::Reflink,
         None if t.source.is_none()
             && t.dest.is_none()
             && t.delete_command.is_none()
@@ -114,7 +104,7 @@ fn snapshot_spec(t: SnapshotTable) -> Result<Option<SnapshotSpec>, String> {
         }
         None => return Err("[snapshot] needs `kind` (\"reflink\", \"btrfs\", \"command\", \"azure\", \"aws\" or \"gcp\")".into()),
     };
-    let name = format!("{kind:?}").to_lowercase();
+    let name = kind.as_str();
     let cloud_keys = [
         ("disk", t.disk.is_some()),
         ("resource_group", t.resource_group.is_some()),
@@ -140,7 +130,8 @@ fn snapshot_spec(t: SnapshotTable) -> Result<Option<SnapshotSpec>, String> {
         }
     };
     match kind {
-        SnapshotKind::Azure | SnapshotKind::Aws | SnapshotKind::Gcp => {
+        ProviderKind::External => Err("[snapshot] kind = \"external\" is an embedder's own provider; a config names one of \"reflink\", \"btrfs\", \"command\", \"azure\", \"aws\", \"gcp\"".into()),
+        ProviderKind::Azure | ProviderKind::Aws | ProviderKind::Gcp => {
             stray(&[
                 ("command", t.command.is_some()),
                 ("delete_command", t.delete_command.is_some()),
@@ -151,8 +142,8 @@ fn snapshot_spec(t: SnapshotTable) -> Result<Option<SnapshotSpec>, String> {
                 ("reflink_dest", t.reflink_dest.is_some()),
             ])?;
             let cloud = match kind {
-                SnapshotKind::Azure => CloudKind::Azure,
-                SnapshotKind::Aws => CloudKind::Aws,
+                ProviderKind::Azure => CloudKind::Azure,
+                ProviderKind::Aws => CloudKind::Aws,
                 _ => CloudKind::Gcp,
             };
             let params = [("disk", t.disk), ("resource_group", t.resource_group), ("instance", t.instance), ("zone", t.zone)]
@@ -162,7 +153,7 @@ fn snapshot_spec(t: SnapshotTable) -> Result<Option<SnapshotSpec>, String> {
             let spec = CloudSpec::resolve(cloud, params, t.name, [t.create, t.finalize, t.delete, t.restore])?;
             Ok(Some(SnapshotSpec::Cloud(spec)))
         }
-        SnapshotKind::Command => {
+        ProviderKind::Command => {
             stray(&cloud_keys)?;
             stray(&[
                 ("source", t.source.is_some()),
@@ -173,14 +164,14 @@ fn snapshot_spec(t: SnapshotTable) -> Result<Option<SnapshotSpec>, String> {
             let command = t.command.ok_or("[snapshot] kind = \"command\" needs `command`")?;
             Ok(Some(SnapshotSpec::Command { command, delete_command: t.delete_command, restore_command: t.restore_command }))
         }
-        SnapshotKind::Reflink | SnapshotKind::Btrfs => {
+        ProviderKind::Reflink | ProviderKind::Btrfs => {
             stray(&cloud_keys)?;
             stray(&[
                 ("command", t.command.is_some()),
                 ("delete_command", t.delete_command.is_some()),
                 ("restore_command", t.restore_command.is_some()),
             ])?;
-            if kind == SnapshotKind::Btrfs {
+            if kind == ProviderKind::Btrfs {
                 stray(&[("reflink_source", t.reflink_source.is_some()), ("reflink_dest", t.reflink_dest.is_some())])?;
             }
             if (t.source.is_some() && t.reflink_source.is_some()) || (t.dest.is_some() && t.reflink_dest.is_some()) {
@@ -188,7 +179,7 @@ fn snapshot_spec(t: SnapshotTable) -> Result<Option<SnapshotSpec>, String> {
             }
             let source = absolute("source", t.source.or(t.reflink_source))?;
             let dest = absolute("dest", t.dest.or(t.reflink_dest))?;
-            Ok(Some(if kind == SnapshotKind::Reflink {
+            Ok(Some(if kind == ProviderKind::Reflink {
                 SnapshotSpec::Reflink { source, dest }
             } else {
                 SnapshotSpec::Btrfs { source, dest }
@@ -448,6 +439,29 @@ mod tests {
         assert!(e.contains("\"x\": retries") && e.contains("0 to 100"), "{e}");
         let e = parse("[[hook]]\nname = \"p\"\nplugin = \"/a.wasm\"\nmemory_mib = 1000000\n").unwrap_err();
         assert!(e.contains("memory_mib") && e.contains("1 to 4096"), "{e}");
+    }
+
+    #[test]
+    fn snapshot_kinds_take_only_their_own_keys() {
+        let snap = |body: &str| parse(&format!("[snapshot]\n{body}\n")).map(|c| c.snapshot);
+        assert_eq!(
+            snap("kind = \"btrfs\"\nsource = \"/srv/vol\"\ndest = \"/srv/points/{session}\"").unwrap(),
+            Some(SnapshotSpec::Btrfs { source: "/srv/vol".into(), dest: "/srv/points/{session}".into() })
+        );
+        // The older reflink spelling still works, without `kind`.
+        assert!(matches!(snap("reflink_source = \"/a.img\"\nreflink_dest = \"/b.img\"").unwrap(), Some(SnapshotSpec::Reflink { .. })));
+        let e = snap("kind = \"btrfs\"\nsource = \"/v\"\ndest = \"/d\"\ncommand = \"x\"").unwrap_err();
+        assert!(e.contains("does not take `command`"), "{e}");
+        let e = snap("kind = \"reflink\"\nsource = \"rel.img\"\ndest = \"/d\"").unwrap_err();
+        assert!(e.contains("absolute"), "{e}");
+        let e = snap("kind = \"aws\"\ninstance = \"i-1\"").unwrap_err();
+        assert!(e.contains("`zone`"), "{e}");
+        let e = snap("kind = \"external\"").unwrap_err();
+        assert!(e.contains("embedder"), "{e}");
+        let c = snap("kind = \"aws\"\ninstance = \"i-1\"\nzone = \"eu-west-1a\"").unwrap();
+        assert!(matches!(c, Some(SnapshotSpec::Cloud(ref spec)) if spec.create[0] == "aws" && spec.params["instance"] == "i-1"));
+        let c = snap("kind = \"command\"\ncommand = \"snap\"\ndelete_command = \"unsnap\"").unwrap();
+        assert_eq!(c, Some(SnapshotSpec::Command { command: "snap".into(), delete_command: Some("unsnap".into()), restore_command: None }));
     }
 
     #[test]

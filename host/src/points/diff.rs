@@ -148,18 +148,7 @@ struct FiemapExtent {
     reserved: [u32; 3],
 }
 
-#[repr(C)]
-struct Fiemap {
-    start: u64,
-    length: u64,
-    flags: u32,
-    mapped_extents: u32,
-    extent_count: u32,
-    reserved: u32,
-    extents: [FiemapExtent; BATCH],
-}
-
-/// The ioctl number encodes only the header's size (`struct fiemap`).
+/// `struct fiemap`: the ioctl number encodes only this header's size.
 #[repr(C)]
 struct FiemapHeader {
     start: u64,
@@ -168,6 +157,13 @@ struct FiemapHeader {
     mapped_extents: u32,
     extent_count: u32,
     reserved: u32,
+}
+
+/// The header followed by room for BATCH extents, as the kernel expects.
+#[repr(C)]
+struct Fiemap {
+    head: FiemapHeader,
+    extents: [FiemapExtent; BATCH],
 }
 
 nix::ioctl_readwrite!(fiemap_ioctl, FS_IOC_FIEMAP_MAGIC, 11, FiemapHeader);
@@ -186,25 +182,23 @@ fn extents(file: &File, path: &Path) -> Result<Vec<Extent>, DiffError> {
     let mut out = Vec::new();
     let mut start = 0u64;
     let mut map = Box::new(Fiemap {
-        start: 0,
-        length: 0,
-        flags: 0,
-        mapped_extents: 0,
-        extent_count: 0,
-        reserved: 0,
+        head: FiemapHeader { start: 0, length: 0, flags: 0, mapped_extents: 0, extent_count: 0, reserved: 0 },
         extents: [FiemapExtent::default(); BATCH],
     });
     loop {
-        map.start = start;
-        map.length = u64::MAX - start;
-        map.flags = FIEMAP_FLAG_SYNC;
-        map.mapped_extents = 0;
-        map.extent_count = BATCH as u32;
+        map.head = FiemapHeader {
+            start,
+            length: u64::MAX - start,
+            flags: FIEMAP_FLAG_SYNC,
+            mapped_extents: 0,
+            extent_count: BATCH as u32,
+            reserved: 0,
+        };
         // SAFETY: `map` is a header followed by BATCH extents, as
         // extent_count tells the kernel; the fd is open.
         unsafe { fiemap_ioctl(file.as_raw_fd(), (&mut *map as *mut Fiemap).cast::<FiemapHeader>()) }
             .map_err(|e| io(path, format!("FIEMAP: {e} (the file system cannot map extents)")))?;
-        let n = (map.mapped_extents as usize).min(BATCH);
+        let n = (map.head.mapped_extents as usize).min(BATCH);
         if n == 0 {
             return Ok(out);
         }
@@ -267,7 +261,14 @@ pub fn images(older: &Path, newer: &Path) -> Result<Diff, DiffError> {
     let (fa, fb) = (open(older)?, open(newer)?);
     let size = |f: &File, p: &Path| f.metadata().map(|m| m.len()).map_err(|e| io(p, e));
     let (sa, sb) = (size(&fa, older)?, size(&fb, newer)?);
-    let (ea, eb) = (extents(&fa, older)?, extents(&fb, newer)?);
+    // The kernel's cost is per extent (XFS looks each one up in its
+    // refcount tree to set FIEMAP_EXTENT_SHARED): map both files at once.
+    let (ea, eb) = std::thread::scope(|s| {
+        let a = s.spawn(|| extents(&fa, older));
+        let b = extents(&fb, newer);
+        (a.join().unwrap_or_else(|_| Err(io(older, "FIEMAP thread panicked"))), b)
+    });
+    let (ea, eb) = (ea?, eb?);
     let common = sa.min(sb);
     let (mut ia, mut ib) = (0, 0);
     let mut ranges = Vec::new();
