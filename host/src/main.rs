@@ -431,25 +431,28 @@ fn run_points_diff(args: DiffArgs) -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
+    // A closed pipe (`| head`) ends the listing, not the process with a panic.
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
     let method = match diff.method {
         quiesce::points::diff::Method::Fiemap => "extent maps (FIEMAP)",
         quiesce::points::diff::Method::BtrfsGeneration => "btrfs extent generations",
     };
-    println!("{} bytes changed in {} file(s), from {method}", diff.changed_bytes, diff.files.len());
+    let _ = writeln!(out, "{} bytes changed in {} file(s), from {method}", diff.changed_bytes, diff.files.len());
     for f in &diff.files {
-        println!("  {}: {} of {} bytes in {} range(s)", f.path.display(), f.changed_bytes, f.size, f.ranges.len());
+        let _ = writeln!(out, "  {}: {} of {} bytes in {} range(s)", f.path.display(), f.changed_bytes, f.size, f.ranges.len());
         for r in f.ranges.iter().take(20) {
-            println!("    {}..{} ({} bytes)", r.offset, r.end(), r.len);
+            let _ = writeln!(out, "    {}..{} ({} bytes)", r.offset, r.end(), r.len);
         }
         if f.ranges.len() > 20 {
-            println!("    ... {} more (--json lists all)", f.ranges.len() - 20);
+            let _ = writeln!(out, "    ... {} more (--json lists all)", f.ranges.len() - 20);
         }
     }
     for p in &diff.removed {
-        println!("  removed: {}", p.display());
+        let _ = writeln!(out, "  removed: {}", p.display());
     }
     if diff.compared_bytes > 0 {
-        println!("  ({} bytes compared by content: extents without a stable physical address)", diff.compared_bytes);
+        let _ = writeln!(out, "  ({} bytes compared by content: extents without a stable physical address)", diff.compared_bytes);
     }
     ExitCode::SUCCESS
 }
