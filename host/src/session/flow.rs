@@ -442,6 +442,12 @@ impl Begun {
             h.run(Phase::Post, &post_ctx, &mut r).await;
         }
         s.store_artifacts(&hooks, &mut r);
+        // The label is final now: record it on what the provider made (cloud tags).
+        if let Some(made) = &r.snapshot.made {
+            if let Err(e) = crate::snapshot::finalize(made, r.label(&s)).await {
+                r.warnings.push(format!("the snapshot keeps the label `Pending`: recording the final one failed: {e}"));
+            }
+        }
         // Plugin instances (and their connections) end here, before the lock is released.
         drop(hooks);
         r.interrupted_by = interrupted.or_else(|| interrupt.fired());

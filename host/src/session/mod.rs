@@ -431,8 +431,10 @@ impl Session {
         let abandoned =
             |what: String| format!("snapshot abandoned: {what}; {} was stopped, then the file systems were thawed", provider.describe());
         match result {
-            Ok(Ok(())) => {
+            Ok(Ok(made)) => {
                 r.snapshot_taken = true;
+                (r.snapshot.ids, r.snapshot.paths) = (made.ids.clone(), made.paths.clone());
+                r.snapshot.made = Some(made);
                 tracing::info!("snapshot taken in {:.3} ms by {}", r.snapshot.duration_ms, provider.describe());
                 None
             }
@@ -689,7 +691,7 @@ mod tests {
                 if self.hangs {
                     std::future::pending::<()>().await;
                 }
-                Ok::<(), SnapshotError>(())
+                Ok::<_, SnapshotError>(crate::snapshot::Made::new(crate::snapshot::ProviderKind::External, Vec::new(), Vec::new()))
             })
         }
     }
