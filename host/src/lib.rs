@@ -14,6 +14,7 @@ pub mod freeze;
 pub mod hooks;
 pub mod interrupt;
 pub mod logging;
+pub mod points;
 pub mod report;
 pub mod rundir;
 pub mod serde_path;

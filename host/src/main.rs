@@ -13,6 +13,8 @@ use quiesce::session::{self, Session, SessionOptions};
 use quiesce::snapshot::ShellCommand;
 use quiesce::{check, freeze, logging, status};
 
+mod points_cli;
+
 /// Exit status for usage errors (bad arguments, a --mount that is not a mount point).
 const USAGE: u8 = 2;
 
@@ -42,6 +44,9 @@ enum Command {
     /// WebAssembly plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Recovery points: one per session that took a snapshot.
+    #[command(subcommand)]
+    Points(points_cli::PointsCommand),
 }
 
 #[derive(Subcommand)]
@@ -131,6 +136,7 @@ fn main() -> ExitCode {
         Command::Status(args) => run_status(args),
         Command::Thaw(args) => run_thaw(args),
         Command::Plugin(PluginCommand::Inspect(args)) => run_inspect(args),
+        Command::Points(cmd) => points_cli::run(cmd),
     }
 }
 

@@ -23,6 +23,8 @@ struct NativeFile {
     snapshot: Option<SnapshotTable>,
     #[serde(default, rename = "hook")]
     hooks: Vec<HookTable>,
+    #[serde(default)]
+    points: crate::points::PointsTable,
 }
 
 #[derive(Deserialize)]
@@ -207,6 +209,7 @@ pub(super) fn parse(text: &str) -> Result<Config, String> {
     config.freeze.exclude = file.freeze.exclude;
     config.freeze.max_freeze = positive_secs("freeze.max_freeze_secs", file.freeze.max_freeze_secs)?;
     config.freeze.on_failure = file.freeze.on_failure;
+    config.points = file.points.settings()?;
     Ok(config)
 }
 

@@ -302,6 +302,13 @@ impl Session {
             }
         }
 
+        // Room for this session's recovery point, before anything is quiesced.
+        if let Err(e) = crate::points::check_room(&self.state_dir, &self.config.points, self.provider.is_some(), &mut r.warnings) {
+            r.errors.push(e);
+            self.run_dir.clear_state();
+            return r.finish(&self, started);
+        }
+
         // 1. Validate every script and plugin before anything runs or freezes.
         let Validation { mut hooks, freeze_problems } = self.validate();
         for h in &hooks {
@@ -393,7 +400,8 @@ impl Session {
         if let Some(sig) = &r.interrupted_by {
             r.error(ErrorCode::Interrupted, format!("session interrupted by {sig}; thawed and ran post hooks before exiting"));
         }
-        let report = r.finish(&self, started);
+        let mut report = r.finish(&self, started);
+        crate::points::record_session(&self.state_dir, &self.config.points, &mut report);
         // A mount still frozen keeps its state file: `status` shows it, and
         // the guardian holds the lock until its retries succeed.
         if report.freeze.still_frozen.is_empty() {

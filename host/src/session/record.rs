@@ -128,6 +128,7 @@ impl Run {
             artifacts: self.artifacts,
             interrupted_by: self.interrupted_by,
             duration_ms: ms(started.elapsed()),
+            point: None,
         };
         tracing::info!("{}", report.summary());
         report
