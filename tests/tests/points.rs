@@ -364,3 +364,23 @@ fn restore_to_an_alternate_location_gives_the_snapshots_data() {
     assert!(aside.is_file(), "{}", String::from_utf8_lossy(&out.stdout));
     assert!(String::from_utf8_lossy(&out.stdout).contains("now at"));
 }
+
+#[test]
+fn a_point_that_cannot_be_recorded_is_an_error_and_the_label_stands() {
+    let st = Stage::new("pt-unrecorded");
+    let log = st.file("hook.log");
+    let cfg = config(&st, &logging_hook(&st, &log));
+    // A state directory anyone may write to: its records could name anything, so the catalog refuses it.
+    let open = st.file("open-state");
+    fs::create_dir_all(&open).unwrap();
+    sh(&format!("chmod 0777 {}", open.display()));
+    let mut cmd = session_cmd(&st, &cfg);
+    cmd.env("QUIESCE_STATE_DIR", &open);
+    let run = run_json(cmd);
+    assert_eq!(run.report["snapshot_taken"], true, "{}", run.report);
+    assert_eq!(run.consistency(), "AppConsistent", "recording is after the label: {}", run.report);
+    assert_eq!(run.error_codes(), ["PointNotRecorded"]);
+    assert!(run.report["errors"][0]["message"].as_str().unwrap().contains("0777"), "{}", run.report);
+    assert!(run.report.get("point").is_none());
+    assert_eq!(run.code(), 3);
+}

@@ -219,3 +219,41 @@ pub fn point_of(report: &Report, now_ms: u64) -> Point {
         report: serde_json::to_value(report).unwrap_or_default(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::Config;
+
+    fn parse(text: &str) -> Result<Settings, String> {
+        Config::parse(Path::new("/etc/quiesce/quiesce.toml"), text).map(|c| c.points).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn points_section_reads_the_cap_and_the_policy() {
+        assert_eq!(parse("").unwrap(), Settings::default());
+        assert_eq!(Settings::default().max_points, 18);
+        let s = parse(
+            "[points]\nmax_points = 30\nkeep_last = 2\nkeep_daily = 7\nkeep_monthly = 6\napp_consistent_only = [\"daily\", \"monthly\"]\nprune_after_session = true\n",
+        )
+        .unwrap();
+        assert_eq!(s.max_points, 30);
+        assert!(s.prune_after_session);
+        assert_eq!((s.policy.keep_last, s.policy.keep_daily, s.policy.keep_weekly, s.policy.keep_monthly), (2, 7, 0, 6));
+        assert_eq!(s.policy.app_consistent_only, [Rule::Daily, Rule::Monthly]);
+    }
+
+    #[test]
+    fn points_section_refuses_what_would_surprise() {
+        let e = parse("[points]\nmax_points = 0\n").unwrap_err();
+        assert!(e.contains("points.max_points") && e.contains("1 to 10000"), "{e}");
+        let e = parse("[points]\nprune_after_session = true\n").unwrap_err();
+        assert!(e.contains("needs a retention policy"), "{e}");
+        let e = parse("[points]\nkeep_dayly = 3\n").unwrap_err();
+        assert!(e.contains("keep_dayly"), "{e}");
+        let e = parse("[points]\nkeep_last = 1\napp_consistent_only = [\"yearly\"]\n").unwrap_err();
+        assert!(e.contains("yearly"), "{e}");
+    }
+}
