@@ -146,7 +146,7 @@ fn snapshot(args: SnapshotArgs) -> ExitCode {
         run_dir: None,
         mounts: args.config.mounts,
         max_freeze: args.max_freeze,
-        provider: args.snapshot_cmd.map(|command| Box::new(ShellCommand { command }) as _),
+        provider: args.snapshot_cmd.map(|command| Box::new(ShellCommand::new(command)) as _),
         ..Default::default()
     };
     let session = match Session::prepare(config, opts) {

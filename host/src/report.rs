@@ -223,6 +223,10 @@ pub struct SnapshotReport {
     /// What a provider made on this machine (a reflink image, a btrfs snapshot).
     #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "crate::serde_path::lossy_vec")]
     pub paths: Vec<PathBuf>,
+    /// Everything the provider returned (for the recovery-point catalog);
+    /// `ids` and `paths` above are its public part.
+    #[serde(skip)]
+    pub made: Option<crate::snapshot::Made>,
 }
 
 #[derive(Debug, Clone, Serialize)]
