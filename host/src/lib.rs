@@ -18,6 +18,7 @@ pub mod points;
 pub mod report;
 pub mod rundir;
 pub mod serde_path;
+pub mod service;
 pub mod session;
 pub mod snapshot;
 pub mod status;
