@@ -87,15 +87,19 @@ fn every_reflink_session_records_a_point_that_list_and_show_return() {
     assert!(snap.is_file());
 
     let list = listed(&st);
-    assert_eq!(ids(&list), [id.clone()]);
+    assert_eq!(ids(&list), [id.as_str()]);
     let p = &list[0];
     assert_eq!(p["consistency"], "AppConsistent");
     assert_eq!(p["made"]["provider"], "reflink");
     assert_eq!(p["made"]["paths"][0], snap.display().to_string());
     assert_eq!(p["snapshot_paths"][0], snap.display().to_string());
     assert_eq!(p["mounts"][0], st.rig.inner().display().to_string());
-    let outcomes: Vec<(String, String)> =
-        p["hooks"].as_array().unwrap().iter().map(|h| (h["phase"].as_str().unwrap().into(), h["outcome"].as_str().unwrap().into())).collect();
+    let outcomes: Vec<(String, String)> = p["hooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h["phase"].as_str().unwrap().into(), h["outcome"].as_str().unwrap().into()))
+        .collect();
     assert_eq!(outcomes, [("pre".to_string(), "succeeded".to_string()), ("post".to_string(), "succeeded".to_string())]);
     assert!(p.get("report").is_none(), "list leaves the embedded report out");
 
@@ -137,7 +141,7 @@ fn torn_and_corrupt_records_are_reported_with_their_path_and_skipped() {
     let out = points(&st, &["list", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(ids(v["points"].as_array().unwrap()), [good.clone()]);
+    assert_eq!(ids(v["points"].as_array().unwrap()), [good.as_str()]);
     let problems = v["problems"].as_array().unwrap();
     let message = |name: &str| {
         problems
@@ -207,7 +211,7 @@ fn a_session_killed_while_writing_its_record_leaves_no_torn_record() {
     assert!(gone_within(pid, Duration::from_secs(10)), "the session survived SIGKILL");
 
     let v = points_json(&st, &["list", "--json"]);
-    assert_eq!(ids(v["points"].as_array().unwrap()), [earlier.clone()], "the killed session's point is not there, not half there");
+    assert_eq!(ids(v["points"].as_array().unwrap()), [earlier.as_str()], "the killed session's point is not there, not half there");
     let problem = v["problems"].as_array().unwrap().iter().find(|p| p["path"] == tmp.display().to_string()).cloned();
     assert!(problem.is_some_and(|p| p["message"].as_str().unwrap_or_default().contains("killed")), "{v}");
     let next = session(&st, &cfg);
@@ -265,8 +269,13 @@ fn a_provider_failing_mid_prune_keeps_that_record_marked_and_deletes_the_rest() 
 
     // Dry run: says what would go, deletes nothing.
     let dry = points_json(&st, &["prune", "--config", cfg.to_str().unwrap(), "--dry-run", "--json"]);
-    let would: Vec<&str> =
-        dry["plan"]["decisions"].as_array().unwrap().iter().filter(|d| d["kept_by"].as_array().unwrap().is_empty()).map(|d| d["id"].as_str().unwrap()).collect();
+    let would: Vec<&str> = dry["plan"]["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["kept_by"].as_array().unwrap().is_empty())
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
     assert_eq!(would, [all[1].as_str(), all[0].as_str()]);
     assert_eq!(listed(&st).len(), 3);
 

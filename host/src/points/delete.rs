@@ -5,7 +5,10 @@
 //! nobody finds. So the provider deletes first; when it fails (a cloud CLI
 //! times out, a subvolume is busy) the record stays, marked with what
 //! failed, and says so — `points delete ID` again retries, and `--forget`
-//! drops the record once the admin has cleaned up by hand.
+//! drops the record once the admin has cleaned up by hand. A snapshot with
+//! no delete step at all (a snapshot command without `delete_command`, an
+//! agent's own snapshot) is not quiesce's to delete: `prune` drops only its
+//! record and says so, so such points cannot fill `max_points` for good.
 
 use serde::Serialize;
 
@@ -23,23 +26,32 @@ pub enum DeleteError {
          forgotten: fix the cause and run `quiesce points delete {id}` again, or delete it by hand and run \
          `quiesce points delete {id} --forget`"
     )]
-    Provider { id: String, what: String, message: String, marked: &'static str },
+    Provider { id: String, what: String, message: String, marked: &'static str, unsupported: bool },
 }
 
 /// Deletes what `point` made (unless `forget`), then its record.
 pub fn delete(catalog: &Catalog, point: &Point, forget: bool) -> Result<(), DeleteError> {
     if let (Some(made), false) = (&point.made, forget) {
         if let Err(e) = snapshot::delete(made) {
+            // No delete step at all: nothing was attempted, nothing to mark.
+            let unsupported = matches!(e, snapshot::SnapshotError::Unsupported(_));
             let mut marked = point.clone();
             marked.delete_failed = Some(DeleteFailure { unix_ms: unix_ms() as u64, message: e.to_string() });
-            let marked = match catalog.write(&marked, WriteMode::Replace) {
-                Ok(_) => ", marked as a failed delete,",
-                Err(w) => {
+            let marked = match (unsupported, catalog.write(&marked, WriteMode::Replace)) {
+                (true, _) => "",
+                (false, Ok(_)) => ", marked as a failed delete,",
+                (false, Err(w)) => {
                     tracing::error!("cannot mark point {} as a failed delete: {w}", point.id);
                     " (it could not be marked)"
                 }
             };
-            return Err(DeleteError::Provider { id: point.id.clone(), what: describe_made(point), message: e.to_string(), marked });
+            return Err(DeleteError::Provider {
+                id: point.id.clone(),
+                what: describe_made(point),
+                message: e.to_string(),
+                marked,
+                unsupported,
+            });
         }
     }
     catalog.remove(&point.id)?;
@@ -64,6 +76,10 @@ pub struct PruneOutcome {
     pub deleted: Vec<String>,
     /// Points the plan drops that could not be deleted, and why.
     pub failed: Vec<(String, String)>,
+    /// Points the plan drops whose snapshot has no delete step quiesce knows
+    /// (a snapshot command without `delete_command`, an agent's snapshot):
+    /// only their records were removed; the snapshots are the tool's that made them.
+    pub forgotten: Vec<(String, String)>,
     /// Records that could not be read (skipped: never deleted blind).
     pub unreadable: Vec<super::Problem>,
 }
@@ -72,6 +88,9 @@ impl PruneOutcome {
     /// One line per problem, for a report's warnings.
     pub fn problems(&self) -> Vec<String> {
         let mut v: Vec<String> = self.failed.iter().map(|(id, why)| format!("prune: point {id} not deleted: {why}")).collect();
+        v.extend(self.forgotten.iter().map(|(id, what)| {
+            format!("prune: dropped the record of point {id}; quiesce cannot delete its snapshot ({what}): delete it with the tool that made it")
+        }));
         v.extend(self.unreadable.iter().map(|p| format!("prune: {} skipped: {}", p.path.display(), p.message)));
         v
     }
@@ -89,27 +108,30 @@ impl PruneOutcome {
 /// leaves that record, marked, and the prune goes on with the next.
 pub fn prune(catalog: &Catalog, policy: &Policy, dry_run: bool) -> Result<PruneOutcome, CatalogError> {
     let listing = catalog.list()?;
-    let candidates: Vec<Candidate> = listing
-        .points
-        .iter()
-        .map(|p| Candidate { id: p.id.clone(), unix_ms: p.unix_ms, app_consistent: p.app_consistent() })
-        .collect();
+    let candidates: Vec<Candidate> =
+        listing.points.iter().map(|p| Candidate { id: p.id.clone(), unix_ms: p.unix_ms, app_consistent: p.app_consistent() }).collect();
     let plan = retention::plan(&candidates, policy);
-    let mut out = PruneOutcome { dry_run, plan, deleted: Vec::new(), failed: Vec::new(), unreadable: listing.problems };
+    let mut out =
+        PruneOutcome { dry_run, plan, deleted: Vec::new(), failed: Vec::new(), forgotten: Vec::new(), unreadable: listing.problems };
     if dry_run {
         return Ok(out);
     }
     let drop: Vec<&Decision> = out.plan.removed().collect();
-    let mut deleted = Vec::new();
-    let mut failed = Vec::new();
+    let (mut deleted, mut failed, mut forgotten) = (Vec::new(), Vec::new(), Vec::new());
     for d in drop {
         let Some(point) = listing.points.iter().find(|p| p.id == d.id) else { continue };
         match delete(catalog, point, false) {
+            Ok(()) if point.made.is_none() => forgotten.push((d.id.clone(), describe_made(point))),
             Ok(()) => deleted.push(d.id.clone()),
+            // No delete step at all is not a failed delete: the policy drops
+            // the record, or points nobody can delete would fill the cap forever.
+            Err(DeleteError::Provider { unsupported: true, .. }) => match delete(catalog, point, true) {
+                Ok(()) => forgotten.push((d.id.clone(), describe_made(point))),
+                Err(e) => failed.push((d.id.clone(), e.to_string())),
+            },
             Err(e) => failed.push((d.id.clone(), e.to_string())),
         }
     }
-    out.deleted = deleted;
-    out.failed = failed;
+    (out.deleted, out.failed, out.forgotten) = (deleted, failed, forgotten);
     Ok(out)
 }
