@@ -393,3 +393,38 @@ fn a_point_that_cannot_be_recorded_is_an_error_and_the_label_stands() {
     assert!(run.report.get("point").is_none());
     assert_eq!(run.code(), 3);
 }
+
+/// The two-phase flow records its point where every session ends: the id
+/// an agent passes to `end` is the point's snapshot id.
+#[test]
+fn a_two_phase_session_records_the_agents_snapshot_id_and_begin_respects_max_points() {
+    let m = quiesce_tests::MountedScratch::new("pt-2phase");
+    let cfg = m.s.config("quiesce.toml", "[freeze]\nmax_freeze_secs = 30\n\n[points]\nmax_points = 1\n");
+    let svc = quiesce_tests::service::Service::start(&m.s, &cfg);
+    let begin = || {
+        let mut cmd = svc.cmd(&m.s);
+        cmd.args(["begin", "--json", "--mount"]).arg(m.mnt.path()).stdin(Stdio::null());
+        let out = cmd.output().expect("quiesce begin");
+        (out.status.code(), serde_json::from_slice::<Value>(&out.stdout).unwrap_or(Value::Null), stderr(&out))
+    };
+    let (code, begun, err) = begin();
+    assert_eq!(code, Some(0), "{begun} {err}\n{}", svc.log());
+    let id = begun["session_id"].as_str().unwrap().to_string();
+    let mut cmd = svc.cmd(&m.s);
+    cmd.args(["end", "--json", "--snapshot-id", "snap-0007", &id]).stdin(Stdio::null());
+    let out = cmd.output().expect("quiesce end");
+    let reply: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", stderr(&out)));
+    assert_eq!(reply["report"]["point"], id.as_str(), "{reply}");
+
+    let mut cmd = quiesce(&m.s);
+    cmd.env("QUIESCE_STATE_DIR", m.s.join("state")).args(["points", "show", &id, "--json"]);
+    let shown: Value = serde_json::from_slice(&cmd.output().unwrap().stdout).unwrap();
+    assert_eq!(shown["snapshot_ids"], serde_json::json!(["snap-0007"]));
+    assert_eq!(shown["mounts"], serde_json::json!([m.mnt.path().display().to_string()]));
+
+    // The catalog is full: the next begin is refused before its pre hooks or any freeze.
+    let (_, refused, err) = begin();
+    let text = format!("{refused} {err}");
+    assert!(text.contains("RpCollectionLimitReached"), "{text}");
+    assert!(!is_frozen(m.mnt.path()));
+}
