@@ -226,8 +226,7 @@ impl Catalog {
             return Err(if e == Errno::EEXIST { CatalogError::Exists(path) } else { io(&path)(e) });
         }
         // The rename is durable only once the directory is.
-        let d = fcntl::openat(&dir, ".", OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty()).map_err(io(&self.dir))?;
-        unistd::fsync(&d).map_err(io(&self.dir))?;
+        self.sync_dir(&dir)?;
         Ok(path)
     }
 
@@ -291,9 +290,14 @@ impl Catalog {
             Err(Errno::ENOENT) => return Err(self.not_found(id)),
             Err(e) => return Err(CatalogError::Io { path, source: e.into() }),
         }
-        let d = fcntl::openat(&dir, ".", OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
-            .map_err(|e| CatalogError::Io { path: self.dir.clone(), source: e.into() })?;
-        unistd::fsync(&d).map_err(|e| CatalogError::Io { path: self.dir.clone(), source: e.into() })
+        self.sync_dir(&dir)
+    }
+
+    /// fsync of the directory (through an `O_PATH` fd it cannot be done).
+    fn sync_dir(&self, dir: &OwnedFd) -> Result<(), CatalogError> {
+        let io = |e: Errno| CatalogError::Io { path: self.dir.clone(), source: e.into() };
+        let d = fcntl::openat(dir, ".", OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty()).map_err(io)?;
+        unistd::fsync(&d).map_err(io)
     }
 
     fn not_found(&self, id: &str) -> CatalogError {
