@@ -615,3 +615,4 @@ fn run_inspect(args: InspectArgs) -> ExitCode {
     }
     ExitCode::SUCCESS
 }
+

@@ -11,6 +11,7 @@
 //!
 //! - [`catalog`]: the records (atomic, durable, trusted; bad ones skipped).
 //! - [`retention`]: the pure planner for `keep_*`.
+//! - [`diff`]: the byte ranges that changed between two points of one disk.
 //! - [`delete`]: the provider's delete, then the record; `prune`.
 //! - [`restore`]: to an alternate location, never over live data; artifacts
 //!   put where the database needs them.
@@ -20,6 +21,7 @@
 
 pub mod catalog;
 pub mod delete;
+pub mod diff;
 pub mod restore;
 pub mod retention;
 

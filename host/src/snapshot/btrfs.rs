@@ -90,6 +90,7 @@ impl SnapshotProvider for BtrfsSnapshot {
         let dest = super::session_path(&self.dest, &ctx.session_id);
         let source = self.source.clone();
         Box::pin(async move {
+            super::refuse_frozen(&dest, ctx, "the btrfs snapshot")?;
             let joined = tokio::task::spawn_blocking(move || -> Result<Made, SnapshotError> {
                 snapshot(&source, &dest, true)?;
                 let info = subvol_info(&dest)?;

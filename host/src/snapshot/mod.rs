@@ -226,6 +226,31 @@ pub(crate) fn session_path(template: &Path, session_id: &str) -> PathBuf {
     PathBuf::from(template.display().to_string().replace("{session}", session_id))
 }
 
+/// Refuses to write to a file system that is frozen right now: the call
+/// would block until the guardian's thaw and then make the snapshot *after*
+/// the thaw, labelled as if frozen. (A btrfs snapshot is atomic by itself:
+/// exclude its file system from `[freeze]`; a reflink clone's destination
+/// is the outer file system, never the frozen inner one.)
+pub(crate) fn refuse_frozen(path: &Path, ctx: &SnapshotContext, what: &str) -> Result<(), SnapshotError> {
+    if ctx.frozen_mounts.is_empty() {
+        return Ok(());
+    }
+    // The path may not exist yet (a destination): its directory decides.
+    let existing = path.ancestors().find_map(|p| p.canonicalize().ok()).unwrap_or_else(|| path.to_path_buf());
+    let table = crate::freeze::mountinfo::read().map_err(|e| SnapshotError::Other(e.to_string()))?;
+    let holder = table.entries.iter().map(|e| &e.mount_point).filter(|m| existing.starts_with(m)).max_by_key(|m| m.as_os_str().len());
+    match holder {
+        Some(m) if ctx.frozen_mounts.iter().any(|f| f == m) => Err(SnapshotError::Unsupported(format!(
+            "{what} {} is on {}, which is frozen for this session: the snapshot would wait for the thaw. \
+             Exclude {} from [freeze] (or pass --mount for the others)",
+            path.display(),
+            m.display(),
+            m.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 fn unsupported(made: &Made, what: &str) -> SnapshotError {
     SnapshotError::Unsupported(format!(
         "a {} snapshot has no {what} step quiesce knows (an embedder's own provider); {what} it with the tool that made it",

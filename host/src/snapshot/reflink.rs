@@ -24,6 +24,7 @@ impl SnapshotProvider for ReflinkClone {
     fn take<'a>(&'a self, ctx: &'a SnapshotContext) -> TakeFuture<'a> {
         let dest = super::session_path(&self.dest, &ctx.session_id);
         Box::pin(async move {
+            super::refuse_frozen(&dest, ctx, "the reflink clone")?;
             let source = self.source.clone();
             let err = |message: String| SnapshotError::Reflink { source_path: self.source.clone(), dest: dest.clone(), message };
             let dest2 = dest.clone();
