@@ -615,4 +615,3 @@ fn run_inspect(args: InspectArgs) -> ExitCode {
     }
     ExitCode::SUCCESS
 }
-
