@@ -428,3 +428,56 @@ fn a_two_phase_session_records_the_agents_snapshot_id_and_begin_respects_max_poi
     assert!(text.contains("RpCollectionLimitReached"), "{text}");
     assert!(!is_frozen(m.mnt.path()));
 }
+
+#[test]
+fn prune_drops_only_the_record_of_a_snapshot_quiesce_cannot_delete_and_says_so() {
+    let st = Stage::new("pt-forget");
+    let marker = st.file("made");
+    let cfg = st.s.config(
+        "quiesce.toml",
+        &format!(
+            "[freeze]\nmax_freeze_secs = 30\n\n[snapshot]\ncommand = \"touch {m}; echo snapshot-id: vol@$QUIESCE_SESSION_ID\"\n\n[points]\nkeep_last = 1\n",
+            m = marker.display()
+        ),
+    );
+    let first = point_id(&session(&st, &cfg));
+    let second = point_id(&session(&st, &cfg));
+    let out = points(&st, &["prune", "--config", cfg.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(first.as_str()) && text.contains("record dropped (no delete step)"), "{text}");
+    assert!(
+        stderr(&out).contains(&format!("vol@{first}")) && stderr(&out).contains("delete it with the tool that made it"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(ids(&listed(&st)), [second.as_str()]);
+    // An explicit delete does not forget silently: it says why, and --forget is the admin's call.
+    let out = points(&st, &["delete", &second]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("delete_command") && stderr(&out).contains("--forget"), "{}", stderr(&out));
+    assert!(points(&st, &["delete", &second, "--forget"]).status.success());
+    assert!(listed(&st).is_empty());
+}
+
+#[test]
+fn points_diff_takes_two_point_ids_and_finds_what_was_written_between() {
+    let st = Stage::new("pt-diff");
+    let cfg = config(&st, "");
+    let a = point_id(&session(&st, &cfg));
+    sh(&format!("dd if=/dev/urandom of={}/blob bs=1M count=4 conv=fsync status=none", st.rig.inner().display()));
+    let b = point_id(&session(&st, &cfg));
+    let d = points_json(&st, &["diff", &a, &b, "--json"]);
+    let changed = d["changed_bytes"].as_u64().unwrap();
+    assert!(changed >= 4 << 20, "4 MiB written between the points, {changed} bytes reported: {d}");
+    let by_path = points_json(
+        &st,
+        &[
+            "diff",
+            st.rig.outer.mountpoint.join(format!("snap-{a}.img")).to_str().unwrap(),
+            st.rig.outer.mountpoint.join(format!("snap-{b}.img")).to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert_eq!(by_path["changed_bytes"], d["changed_bytes"], "by id and by path the same");
+}
