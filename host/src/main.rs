@@ -14,6 +14,8 @@ use quiesce::session::{self, Session, SessionOptions};
 use quiesce::snapshot::ShellCommand;
 use quiesce::{check, freeze, logging, status};
 
+mod points_cli;
+
 /// Exit status for usage errors (bad arguments, a --mount that is not a mount point).
 const USAGE: u8 = 2;
 
@@ -43,6 +45,9 @@ enum Command {
     /// WebAssembly plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Recovery points: one per session that took a snapshot.
+    #[command(subcommand)]
+    Points(points_cli::PointsCommand),
     /// Run the local service that agents drive sessions through (begin/end).
     Serve(ServeArgs),
     /// Begin a two-phase session through the service: pre hooks, and a native freeze if asked.
@@ -52,9 +57,6 @@ enum Command {
     /// qemu-ga's fsfreeze hook: `freeze` begins an external session, `thaw` ends it.
     #[command(name = "fsfreeze-hook")]
     FsfreezeHook(HookArgs),
-    /// Recovery points.
-    #[command(subcommand)]
-    Points(PointsCommand),
 }
 
 #[derive(Args)]
@@ -119,23 +121,6 @@ enum HookAction {
 struct HookArgs {
     #[arg(value_enum)]
     action: HookAction,
-}
-
-#[derive(Subcommand)]
-enum PointsCommand {
-    /// The byte ranges that differ between two points of one disk: two reflink
-    /// images (FIEMAP) or two btrfs snapshots (extent generations), older first.
-    Diff(DiffArgs),
-}
-
-#[derive(Args)]
-struct DiffArgs {
-    /// The older point's image or btrfs snapshot.
-    older: PathBuf,
-    /// The newer point's image or btrfs snapshot.
-    newer: PathBuf,
-    #[arg(long)]
-    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -240,8 +225,8 @@ fn main() -> ExitCode {
         Command::Status(args) => run_status(args),
         Command::Thaw(args) => run_thaw(args),
         Command::Plugin(PluginCommand::Inspect(args)) => run_inspect(args),
-        Command::Points(PointsCommand::Diff(args)) => run_points_diff(args),
         Command::Plugin(PluginCommand::New(args)) => run_plugin_new(args),
+        Command::Points(cmd) => points_cli::run(cmd),
         Command::Serve(args) => run_serve(args),
         Command::Begin(args) => run_begin(args),
         Command::End(args) => run_end(args),
@@ -699,50 +684,6 @@ fn run_inspect(args: InspectArgs) -> ExitCode {
             }
             return ExitCode::from(1);
         }
-    }
-    ExitCode::SUCCESS
-}
-
-fn run_points_diff(args: DiffArgs) -> ExitCode {
-    let diff = match quiesce::points::diff::paths(&args.older, &args.newer) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("quiesce: points diff: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    if args.json {
-        match serde_json::to_string(&diff) {
-            Ok(s) => println!("{s}"),
-            Err(e) => {
-                eprintln!("quiesce: cannot serialize the diff: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
-        return ExitCode::SUCCESS;
-    }
-    // A closed pipe (`| head`) ends the listing, not the process with a panic.
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    let method = match diff.method {
-        quiesce::points::diff::Method::Fiemap => "extent maps (FIEMAP)",
-        quiesce::points::diff::Method::BtrfsGeneration => "btrfs extent generations",
-    };
-    let _ = writeln!(out, "{} bytes changed in {} file(s), from {method}", diff.changed_bytes, diff.files.len());
-    for f in &diff.files {
-        let _ = writeln!(out, "  {}: {} of {} bytes in {} range(s)", f.path.display(), f.changed_bytes, f.size, f.ranges.len());
-        for r in f.ranges.iter().take(20) {
-            let _ = writeln!(out, "    {}..{} ({} bytes)", r.offset, r.end(), r.len);
-        }
-        if f.ranges.len() > 20 {
-            let _ = writeln!(out, "    ... {} more (--json lists all)", f.ranges.len() - 20);
-        }
-    }
-    for p in &diff.removed {
-        let _ = writeln!(out, "  removed: {}", p.display());
-    }
-    if diff.compared_bytes > 0 {
-        let _ = writeln!(out, "  ({} bytes compared by content: extents without a stable physical address)", diff.compared_bytes);
     }
     ExitCode::SUCCESS
 }

@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Stable error codes: the legacy framework's names where they apply, plus
 /// quiesce's own. Serialized exactly as users search for them.
@@ -52,6 +52,12 @@ pub enum ErrorCode {
     QuiesceNotHeld,
     /// The session was interrupted by a signal (SIGINT/SIGTERM/SIGHUP).
     Interrupted,
+    /// The recovery point catalog holds `[points] max_points` and clean-up
+    /// cannot make room: refused before anything was quiesced (the cloud's
+    /// `UserErrorRpCollectionLimitReached`).
+    RpCollectionLimitReached,
+    /// The snapshot was taken but its recovery point could not be recorded.
+    PointNotRecorded,
     /// A two-phase session was aborted: by its client (`abort`), or because
     /// the connection it was bound to closed.
     SessionAborted,
@@ -76,7 +82,7 @@ pub struct ReportError {
     pub message: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Consistency {
     AppConsistent,
     FileSystemConsistent,
@@ -113,7 +119,7 @@ impl Consistency {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HookKind {
     Script,
@@ -129,7 +135,7 @@ impl HookKind {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
     Pre,
@@ -145,7 +151,7 @@ impl Phase {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     Succeeded,
@@ -276,6 +282,9 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<crate::session::FreezeMode>,
     pub duration_ms: f64,
+    /// The recovery point recorded for this snapshot (`quiesce points show ID`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub point: Option<String>,
 }
 
 impl Report {

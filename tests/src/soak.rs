@@ -122,7 +122,7 @@ impl SoakRig {
         let config = s.config(
             "quiesce.toml",
             &format!(
-                "[freeze]\nmax_freeze_secs = 10\n\n[[hook]]\nname = \"app\"\npre = \"{}\"\npost = \"{}\"\n\n[[hook]]\nname = \"noop\"\nplugin = \"{}\"\n",
+                "[freeze]\nmax_freeze_secs = 10\n\n[points]\nkeep_last = 1\nprune_after_session = true\n\n[[hook]]\nname = \"app\"\npre = \"{}\"\npost = \"{}\"\n\n[[hook]]\nname = \"noop\"\nplugin = \"{}\"\n",
                 pre.display(),
                 post.display(),
                 noop.display()

@@ -374,6 +374,7 @@ fn a_user_who_is_not_root_is_refused_even_when_the_socket_lets_them_connect() {
     std::fs::set_permissions(&svc.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
     let r = status_as_nobody(&svc.socket);
     assert_eq!(error_code(&r), "NotAuthorized", "{r}");
+    assert_eq!(r["id"], 1, "the refusal answers the request the client sent: {r}");
     drop(svc);
     // `[service] group` names nobody's group: allowed, the socket 0660 root:nogroup.
     let config = f.config(&format!("{}\n[service]\ngroup = \"nogroup\"\n", f.hook("", "continue")));
@@ -545,4 +546,43 @@ fn the_python_client_drives_begin_and_end() {
     std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
     assert!(child.wait().unwrap().success());
     assert_eq!(rest, "AppConsistent py-1 0\nUnknownSession\n");
+}
+
+struct ThawOnDrop(PathBuf);
+
+impl Drop for ThawOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("fsfreeze").arg("-u").arg(&self.0).stderr(Stdio::null()).status();
+    }
+}
+
+#[test]
+fn an_agent_freezing_the_log_file_system_during_an_external_session_stalls_nothing() {
+    let f = Fixture::new("svc-logfreeze");
+    let config = f.config(&f.hook("", "continue"));
+    // The service's log file lives on the file system the "agent" (this test, like qemu-ga) freezes.
+    let log_file = f.mnt.path().join("quiesce.log");
+    let svc = Service::start_with(&f.s, &config, |c| {
+        c.env("QUIESCE_LOG_FILE", &log_file);
+    });
+    let begun = f.begin(&svc, "external");
+    sh(&format!("fsfreeze -f {}", f.mount()));
+    // Dropped before the service if an assertion fails: a process blocked on
+    // the frozen file system cannot even be killed until it is thawed.
+    let _thaw = ThawOnDrop(f.mnt.path().to_path_buf());
+    // The reload logs; the worker then answers the `end` for a wrong id: both
+    // would wait for the thaw if a log record were written now.
+    unsafe { libc::kill(svc.pid() as i32, libc::SIGHUP) };
+    let mut c = svc.connect();
+    c.stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let r = c.call(json!({"v":1,"id":1,"op":"end","session_id":"q-0-00000000"}));
+    let answered = error_code(&r) == "UnknownSession";
+    let generation = svc.request(json!({"v":1,"id":2,"op":"version"}))["config_generation"].clone();
+    sh(&format!("fsfreeze -u {}", f.mount()));
+    assert!(answered, "{r}");
+    assert_eq!(generation, 2, "the reload went through while the log's file system was frozen");
+    let report = end(&svc, json!({"session_id": begun["session_id"]}))["report"].clone();
+    assert_eq!(report["consistency"], "AppConsistent", "{report}");
+    let log = std::fs::read_to_string(&log_file).unwrap_or_default();
+    assert!(log.contains("(generation 2)"), "the held records were written after the agent's thaw:\n{log}");
 }

@@ -246,6 +246,8 @@ pub struct Config {
     /// provider (also for `--snapshot-cmd`); while frozen, the freeze
     /// deadline caps it too. None: the freeze deadline, or `max_freeze`.
     pub snapshot_timeout: Option<Duration>,
+    /// `[points]`: the recovery point cap and retention.
+    pub points: crate::points::Settings,
     pub service: ServiceSettings,
 }
 
@@ -265,6 +267,7 @@ impl Config {
             },
             snapshot: None,
             snapshot_timeout: None,
+            points: crate::points::Settings::default(),
             service: ServiceSettings::default(),
         }
     }

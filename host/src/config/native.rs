@@ -27,6 +27,8 @@ struct NativeFile {
     #[serde(default, rename = "hook")]
     hooks: Vec<HookTable>,
     #[serde(default)]
+    points: crate::points::PointsTable,
+    #[serde(default)]
     service: ServiceTable,
 }
 
@@ -334,6 +336,7 @@ pub(super) fn parse(text: &str) -> Result<Config, String> {
     config.freeze.exclude = file.freeze.exclude;
     config.freeze.max_freeze = positive_secs("freeze.max_freeze_secs", file.freeze.max_freeze_secs)?;
     config.freeze.on_failure = file.freeze.on_failure;
+    config.points = file.points.settings()?;
     if let Some(secs) = file.service.external_hold_secs {
         config.service.external_hold = positive_secs("service.external_hold_secs", secs)?;
     }

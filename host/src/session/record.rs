@@ -133,6 +133,7 @@ impl Run {
             interrupted_by: self.interrupted_by,
             mode: None,
             duration_ms: ms(started.elapsed()),
+            point: None,
         };
         tracing::info!("{}", report.summary());
         report
