@@ -47,6 +47,16 @@ impl Fixture {
         )
     }
 
+    /// The lockd example plugin as hook `name`, locking `target`: its path and the config.
+    fn lockd_config(&self, name: &str, target: &str) -> (PathBuf, PathBuf) {
+        let plugin = install_plugin(&self.s, "lockd");
+        let hook = format!(
+            "[[hook]]\nname = \"{name}\"\nplugin = \"{}\"\nparams = {{ target = {target:?} }}\ngrants = [{target:?}]\ntimeout_secs = 5\n",
+            plugin.display()
+        );
+        (plugin, self.config(&hook))
+    }
+
     fn config(&self, text: &str) -> PathBuf {
         self.s.config("quiesce.toml", text)
     }
@@ -422,11 +432,7 @@ fn service_killed_mid_session_leaves_nothing_frozen_and_the_plugin_lock_released
     let f = Fixture::new("svc-kill");
     let mut lockd = Lockd::start("tcp:127.0.0.1:0");
     let target = lockd.target.clone();
-    let plugin = install_plugin(&f.s, "lockd");
-    let config = f.config(&format!(
-        "[[hook]]\nname = \"lockd\"\nplugin = \"{}\"\nparams = {{ target = {target:?} }}\ngrants = [{target:?}]\ntimeout_secs = 5\n",
-        plugin.display()
-    ));
+    let (_, config) = f.lockd_config("lockd", &target);
     let mut svc = Service::start(&f.s, &config);
     let begun = f.begin(&svc, "native");
     assert_eq!(begun["proceed"], true, "{begun}");
@@ -446,11 +452,7 @@ fn plugins_stay_loaded_across_sessions_and_a_changed_file_is_loaded_again() {
     let f = Fixture::new("svc-warm");
     let mut lockd = Lockd::start("tcp:127.0.0.1:0");
     let target = lockd.target.clone();
-    let plugin = install_plugin(&f.s, "lockd");
-    let config = f.config(&format!(
-        "[[hook]]\nname = \"p\"\nplugin = \"{}\"\nparams = {{ target = {target:?} }}\ngrants = [{target:?}]\ntimeout_secs = 5\n",
-        plugin.display()
-    ));
+    let (plugin, config) = f.lockd_config("p", &target);
     let svc = Service::start_with(&f.s, &config, |c| {
         c.arg("--verbose");
     });
