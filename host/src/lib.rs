@@ -6,6 +6,7 @@
 //! place that knows their order. Agents embed a session with
 //! [`session::Session`]; the `quiesce` binary is a thin shell over it.
 
+pub mod atomic;
 pub mod check;
 pub mod config;
 pub mod contain;
@@ -14,6 +15,7 @@ pub mod freeze;
 pub mod hooks;
 pub mod interrupt;
 pub mod logging;
+pub mod metrics;
 pub mod report;
 pub mod rundir;
 pub mod serde_path;

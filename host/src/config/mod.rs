@@ -212,6 +212,16 @@ pub struct Config {
     /// provider (also for `--snapshot-cmd`); while frozen, the freeze
     /// deadline caps it too. None: the freeze deadline, or `max_freeze`.
     pub snapshot_timeout: Option<Duration>,
+    /// `[metrics]`: where to publish Prometheus metrics after each session.
+    pub metrics: Option<MetricsSettings>,
+}
+
+/// `[metrics] textfile = "PATH"`: a Prometheus text-format file for
+/// node_exporter's textfile collector, rewritten atomically after each session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MetricsSettings {
+    /// Absolute, ending in `.prom` (node_exporter reads nothing else).
+    pub textfile: PathBuf,
 }
 
 impl Config {
@@ -230,6 +240,7 @@ impl Config {
             },
             snapshot: None,
             snapshot_timeout: None,
+            metrics: None,
         }
     }
 

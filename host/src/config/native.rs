@@ -11,8 +11,8 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 
 use super::{
-    checked_retries, positive_secs, Config, Format, HookBody, HookSpec, OnFailure, PluginAction, ScriptAction, ScriptPermissions,
-    SnapshotSpec, MAX_MEMORY_MIB,
+    checked_retries, positive_secs, Config, Format, HookBody, HookSpec, MetricsSettings, OnFailure, PluginAction, ScriptAction,
+    ScriptPermissions, SnapshotSpec, MAX_MEMORY_MIB,
 };
 
 #[derive(Deserialize)]
@@ -23,6 +23,31 @@ struct NativeFile {
     snapshot: Option<SnapshotTable>,
     #[serde(default, rename = "hook")]
     hooks: Vec<HookTable>,
+    metrics: Option<MetricsTable>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetricsTable {
+    textfile: PathBuf,
+}
+
+/// node_exporter's textfile collector reads only `*.prom` files, so any other
+/// name would be written and never seen: refused here instead.
+fn metrics_settings(t: MetricsTable) -> Result<MetricsSettings, String> {
+    let path = t.textfile;
+    if !path.is_absolute() {
+        return Err(format!("[metrics] textfile must be an absolute path, got {}", path.display()));
+    }
+    if path.extension().is_none_or(|e| e != "prom") || path.file_stem().is_none_or(|s| s.is_empty() || s.to_string_lossy().starts_with('.'))
+    {
+        return Err(format!(
+            "[metrics] textfile {}: node_exporter's textfile collector reads only files named NAME.prom (not hidden); \
+             name it e.g. /var/lib/prometheus/node-exporter/quiesce.prom",
+            path.display()
+        ));
+    }
+    Ok(MetricsSettings { textfile: path })
 }
 
 #[derive(Deserialize)]
@@ -207,6 +232,7 @@ pub(super) fn parse(text: &str) -> Result<Config, String> {
     config.freeze.exclude = file.freeze.exclude;
     config.freeze.max_freeze = positive_secs("freeze.max_freeze_secs", file.freeze.max_freeze_secs)?;
     config.freeze.on_failure = file.freeze.on_failure;
+    config.metrics = file.metrics.map(metrics_settings).transpose()?;
     Ok(config)
 }
 
@@ -319,6 +345,21 @@ mod tests {
         assert!(e.contains("\"x\": retries") && e.contains("0 to 100"), "{e}");
         let e = parse("[[hook]]\nname = \"p\"\nplugin = \"/a.wasm\"\nmemory_mib = 1000000\n").unwrap_err();
         assert!(e.contains("memory_mib") && e.contains("1 to 4096"), "{e}");
+    }
+
+    #[test]
+    fn metrics_textfile_must_be_an_absolute_prom_file() {
+        let c = parse("[metrics]\ntextfile = \"/var/lib/node/quiesce.prom\"\n").unwrap();
+        assert_eq!(c.metrics, Some(MetricsSettings { textfile: PathBuf::from("/var/lib/node/quiesce.prom") }));
+        assert!(parse("").unwrap().metrics.is_none());
+        let e = parse("[metrics]\ntextfile = \"quiesce.prom\"\n").unwrap_err();
+        assert!(e.contains("absolute"), "{e}");
+        for bad in ["/var/lib/node/quiesce.txt", "/var/lib/node/.prom", "/var/lib/node/quiesce"] {
+            let e = parse(&format!("[metrics]\ntextfile = \"{bad}\"\n")).unwrap_err();
+            assert!(e.contains("NAME.prom"), "{bad}: {e}");
+        }
+        let e = parse("[metrics]\ntext_file = \"/a.prom\"\n").unwrap_err();
+        assert!(e.contains("text_file"), "{e}");
     }
 
     #[test]

@@ -115,7 +115,7 @@ impl Run {
 
     pub fn finish(self, s: &Session, started: Instant) -> Report {
         let consistency = self.label(s);
-        let report = Report {
+        let mut report = Report {
             session_id: s.id.clone(),
             consistency,
             snapshot_taken: self.snapshot_taken,
@@ -129,6 +129,7 @@ impl Run {
             interrupted_by: self.interrupted_by,
             duration_ms: ms(started.elapsed()),
         };
+        report.warnings.extend(crate::metrics::publish(s.config.metrics.as_ref(), &report, &s.state_dir));
         tracing::info!("{}", report.summary());
         report
     }
