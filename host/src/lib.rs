@@ -10,6 +10,7 @@ pub mod atomic;
 pub mod check;
 pub mod config;
 pub mod contain;
+pub mod doctor;
 pub mod duration;
 pub mod freeze;
 pub mod hooks;
