@@ -9,6 +9,11 @@
 //! of that same program (the one-shot `quiesce`, the service, or an agent
 //! embedding the library). Reparented to init or a subreaper, it is not.
 //! The state file, when it names the guardian, says which host pid it served.
+//!
+//! Only the guardians of this run directory are judged: each keeps its
+//! session's lock file open (that is how the lock outlives a killed host),
+//! so `/proc/PID/fd` ties it to `<run>/session.lock`. Another installation's
+//! (or a test's) guardians are theirs to diagnose.
 
 use std::os::unix::fs::MetadataExt;
 
@@ -24,7 +29,9 @@ pub fn check(run_dir: &RunDir) -> Group {
     let state = run_dir.read_state();
     let mut findings = Vec::new();
     let mut count = 0;
-    for pid in guardian_pids(&name) {
+    // The kernel shows the resolved path (`/var/run` is often a link to `/run`).
+    let lock = std::fs::canonicalize(&run_dir.path).unwrap_or_else(|_| run_dir.path.clone()).join("session.lock");
+    for pid in guardian_pids(&name).into_iter().filter(|&pid| holds(pid, &lock)) {
         let Some(st) = proc_stat(pid) else { continue };
         count += 1;
         let recorded_host = state.as_ref().filter(|s| s.guardian_pid == Some(pid as i32)).map(|s| s.pid);
@@ -57,7 +64,7 @@ pub fn check(run_dir: &RunDir) -> Group {
         });
     }
     let summary = match (count, findings.len()) {
-        (0, _) => "no freeze guardian running".into(),
+        (0, _) => "no freeze guardian of this run directory".into(),
         (n, 0) => format!("{n} freeze guardian(s), each with its host alive"),
         (n, k) => format!("{n} freeze guardian(s), {k} without their host"),
     };
@@ -70,6 +77,12 @@ fn guardian_pids(name: &str) -> Vec<u32> {
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == name))
         .collect()
+}
+
+/// Whether process `pid` has `file` open.
+fn holds(pid: u32, file: &std::path::Path) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+    fds.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok()).any(|target| target == file)
 }
 
 /// Whether both processes run the same program file.
