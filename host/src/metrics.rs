@@ -154,10 +154,10 @@ pub fn write(settings: &MetricsSettings, report: &Report, state_dir: &Path, now_
             return Err(MetricsError::Io { path: textfile.clone(), source });
         }
     };
-    // Checked before the counters move: a session that cannot publish still
-    // counts, but a misconfigured path is reported before anything is written.
-    let dir = trust::open_trusted_dir(dir_path).map_err(|source| MetricsError::UntrustedDir { path: textfile.clone(), source })?;
+    // Counted first: a session whose textfile cannot be written still
+    // counts, so the totals are right again once the directory is fixed.
     let counters = update_counters(state_dir, report)?;
+    let dir = trust::open_trusted_dir(dir_path).map_err(|source| MetricsError::UntrustedDir { path: textfile.clone(), source })?;
     let text = render(report, &counters, now_unix_ms);
     crate::atomic::replace(&dir, name, text.as_bytes(), 0o644, false).map_err(|source| MetricsError::Io { path: textfile.clone(), source })
 }
