@@ -219,7 +219,8 @@ fn read_counters(dir: &OwnedFd) -> io::Result<Counters> {
 /// The exposition text (Prometheus text format 0.0.4).
 pub fn render(report: &Report, counters: &Counters, now_unix_ms: u128) -> String {
     let mut out = Text::default();
-    let secs = |ms: f64| ms / 1000.0;
+    // Whole nanoseconds over 1e9: `0.0125`, not `0.012499999999999999`.
+    let secs = |ms: f64| (ms * 1e6).round() / 1e9;
     out.family("quiesce_last_session_timestamp_seconds", "gauge", "When the last session ended (Unix time).");
     out.sample("quiesce_last_session_timestamp_seconds", &[], now_unix_ms as f64 / 1000.0);
     out.family(

@@ -81,8 +81,8 @@ pub fn check_space(state_dir: &Path) -> Group {
         }
     };
     let frsize = st.fragment_size().max(1);
-    let free = u64::from(st.blocks_available()).saturating_mul(frsize);
-    let inodes = u64::from(st.files_available());
+    let free = st.blocks_available().saturating_mul(frsize);
+    let inodes = st.files_available();
     // Some file systems (btrfs) report no inode counts at all.
     let inode_limited = st.files() > 0;
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
