@@ -17,10 +17,11 @@ use nix::sys::stat::{self, Mode};
 use nix::unistd::{unlinkat, UnlinkatFlags};
 
 /// Writes `bytes` as `dir/name` with permission bits `mode` (set exactly,
-/// whatever the umask), via `dir/.name.tmp`. With `sync`, the data reaches
+/// whatever the umask), via `dir/NAME.tmp` (a name node_exporter, which reads
+/// only `*.prom`, ignores). With `sync`, the data reaches
 /// the disk before the rename (for state that must survive a crash).
 pub fn replace(dir: &OwnedFd, name: &str, bytes: &[u8], mode: u32, sync: bool) -> io::Result<()> {
-    let tmp = format!(".{name}.tmp");
+    let tmp = format!("{name}.tmp");
     let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NOCTTY;
     let perm = Mode::from_bits_truncate(mode);
     let fd = match fcntl::openat(dir, tmp.as_str(), flags, perm) {

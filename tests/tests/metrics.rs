@@ -198,3 +198,21 @@ fn a_textfile_directory_others_may_write_is_refused_but_the_session_still_counts
     assert_eq!(value(&m, "node_textfile_scrape_error"), 0.0);
     assert_eq!(value(&m, r#"quiesce_sessions_total{consistency="AppConsistent"}"#), 2.0, "the refused session was counted");
 }
+
+#[test]
+fn symlinks_planted_at_the_textfile_or_its_temporary_name_are_replaced_not_followed() {
+    let s = setup("metrics-symlink");
+    for name in ["quiesce.prom", "quiesce.prom.tmp"] {
+        let victim = s.ms.s.join(&format!("victim-{name}"));
+        fs::write(&victim, "precious").unwrap();
+        std::os::unix::fs::symlink(&victim, s.textdir.join(name)).unwrap();
+    }
+    let run = session(&s, "true");
+    assert_eq!(run.code(), 0, "{}", run.report);
+    for name in ["quiesce.prom", "quiesce.prom.tmp"] {
+        assert_eq!(fs::read_to_string(s.ms.s.join(&format!("victim-{name}"))).unwrap(), "precious", "{name}'s target was written");
+    }
+    let meta = fs::symlink_metadata(s.textdir.join("quiesce.prom")).unwrap();
+    assert!(meta.file_type().is_file(), "the textfile is a regular file now");
+    assert!(!s.textdir.join("quiesce.prom.tmp").exists(), "the planted temporary name is gone");
+}
