@@ -214,3 +214,23 @@ fn proc_stat(pid: u32) -> Option<ProcStat> {
 fn alive(pid: u32) -> bool {
     proc_stat(pid).is_some_and(|s| s.state != 'Z' && s.state != 'X')
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_stat_reads_this_process_and_its_parent() {
+        let me = proc_stat(std::process::id()).expect("own /proc/PID/stat");
+        assert_eq!(me.ppid, std::os::unix::process::parent_id());
+        assert!(alive(std::process::id()));
+        assert!(!alive(u32::MAX), "no such pid");
+    }
+
+    #[test]
+    fn codes_serialize_as_admins_search_for_them() {
+        assert_eq!(Code::UserErrorBackupOperationInProgress.as_str(), "UserErrorBackupOperationInProgress");
+        assert_eq!(Code::Report(ErrorCode::InsufficientPermissionforPreScript).as_str(), "InsufficientPermissionforPre-Script");
+        assert_eq!(serde_json::to_string(&Code::GuardianOrphaned).unwrap_or_default(), "\"GuardianOrphaned\"");
+    }
+}
