@@ -366,3 +366,17 @@ fn a_service_socket_nobody_answers_is_guest_agent_status_unavailable() {
     assert!(f["cause"].as_str().unwrap().contains("no reply within"), "{f:#}");
     assert_eq!(d.code, 1);
 }
+
+#[test]
+fn a_metrics_textfile_directory_others_may_write_is_not_trusted() {
+    let m = Machine::new("doctor-metrics-dir");
+    let textdir = m.s.join("textfile");
+    fs::create_dir(&textdir).unwrap();
+    fs::set_permissions(&textdir, fs::Permissions::from_mode(0o777)).unwrap();
+    let config = m.s.config("metrics.toml", &format!("[metrics]\ntextfile = \"{}/quiesce.prom\"\n", textdir.display()));
+    let d = m.doctor(&config);
+    let f = d.finding("DirectoryNotTrusted");
+    assert!(f["cause"].as_str().unwrap().contains(&format!("metrics textfile directory {}", textdir.display())), "{f:#}");
+    assert_eq!(f["fix"].as_str().unwrap(), format!("chown root {}; chmod go-w {}", textdir.display(), textdir.display()));
+    assert_eq!(d.code, 1);
+}
