@@ -100,7 +100,7 @@ pub async fn check(config: Result<Config, ConfigError>, mounts: &[PathBuf], snap
     let config_problem = config.as_ref().err().map(|e| Problem { code: config_error_code(e), message: e.to_string() });
     let opts = SessionOptions {
         mounts: mounts.to_vec(),
-        provider: snapshot_cmd.map(|command| Box::new(ShellCommand { command: command.to_string() }) as _),
+        provider: snapshot_cmd.map(|command| Box::new(ShellCommand::new(command)) as _),
         cache_dir: Some(cache_dir.to_path_buf()),
         ..Default::default()
     };

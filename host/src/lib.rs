@@ -17,6 +17,7 @@ pub mod hooks;
 pub mod interrupt;
 pub mod logging;
 pub mod metrics;
+pub mod points;
 pub mod report;
 pub mod rundir;
 pub mod serde_path;

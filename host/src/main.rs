@@ -13,6 +13,8 @@ use quiesce::session::{self, Session, SessionOptions};
 use quiesce::snapshot::ShellCommand;
 use quiesce::{check, doctor, freeze, logging, status};
 
+mod points_cli;
+
 /// Exit status for usage errors (bad arguments, a --mount that is not a mount point).
 const USAGE: u8 = 2;
 
@@ -42,6 +44,9 @@ enum Command {
     /// WebAssembly plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Recovery points: one per session that took a snapshot.
+    #[command(subcommand)]
+    Points(points_cli::PointsCommand),
     /// Diagnosis: each finding with a stable code, its cause and the fix. Exit 0 healthy (warnings allowed), 1 problems.
     Doctor(DoctorArgs),
 }
@@ -142,6 +147,7 @@ fn main() -> ExitCode {
         Command::Status(args) => run_status(args),
         Command::Thaw(args) => run_thaw(args),
         Command::Plugin(PluginCommand::Inspect(args)) => run_inspect(args),
+        Command::Points(cmd) => points_cli::run(cmd),
         Command::Doctor(args) => run_doctor(args),
     }
 }
@@ -152,7 +158,7 @@ fn snapshot(args: SnapshotArgs) -> ExitCode {
         run_dir: None,
         mounts: args.config.mounts,
         max_freeze: args.max_freeze,
-        provider: args.snapshot_cmd.map(|command| Box::new(ShellCommand { command }) as _),
+        provider: args.snapshot_cmd.map(|command| Box::new(ShellCommand::new(command)) as _),
         ..Default::default()
     };
     let session = match Session::prepare(config, opts) {

@@ -375,6 +375,7 @@ mod tests {
             artifacts: vec![],
             interrupted_by: None,
             duration_ms: 40.0,
+            point: None,
         }
     }
 

@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Stable error codes: the legacy framework's names where they apply, plus
 /// quiesce's own. Serialized exactly as users search for them.
@@ -50,6 +50,12 @@ pub enum ErrorCode {
     QuiesceNotHeld,
     /// The session was interrupted by a signal (SIGINT/SIGTERM/SIGHUP).
     Interrupted,
+    /// The recovery point catalog holds `[points] max_points` and clean-up
+    /// cannot make room: refused before anything was quiesced (the cloud's
+    /// `UserErrorRpCollectionLimitReached`).
+    RpCollectionLimitReached,
+    /// The snapshot was taken but its recovery point could not be recorded.
+    PointNotRecorded,
 }
 
 impl ErrorCode {
@@ -64,7 +70,7 @@ pub struct ReportError {
     pub message: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Consistency {
     AppConsistent,
     FileSystemConsistent,
@@ -100,7 +106,7 @@ impl Consistency {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HookKind {
     Script,
@@ -116,7 +122,7 @@ impl HookKind {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
     Pre,
@@ -132,7 +138,7 @@ impl Phase {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     Succeeded,
@@ -217,6 +223,10 @@ pub struct SnapshotReport {
     /// What a provider made on this machine (a reflink image, a btrfs snapshot).
     #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "crate::serde_path::lossy_vec")]
     pub paths: Vec<PathBuf>,
+    /// Everything the provider returned (for the recovery-point catalog);
+    /// `ids` and `paths` above are its public part.
+    #[serde(skip)]
+    pub made: Option<crate::snapshot::Made>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -255,6 +265,9 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub interrupted_by: Option<String>,
     pub duration_ms: f64,
+    /// The recovery point recorded for this snapshot (`quiesce points show ID`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub point: Option<String>,
 }
 
 impl Report {

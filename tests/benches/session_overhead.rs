@@ -27,7 +27,7 @@ impl SnapshotProvider for NoOp {
         "no-op".into()
     }
     fn take<'a>(&'a self, _: &'a quiesce::snapshot::SnapshotContext) -> quiesce::snapshot::TakeFuture<'a> {
-        Box::pin(async { Ok(()) })
+        Box::pin(async { Ok(quiesce::snapshot::Made::new(quiesce::snapshot::ProviderKind::External, Vec::new(), Vec::new())) })
     }
 }
 

@@ -61,42 +61,79 @@ impl SnapshotRig {
         self.outer.mountpoint.join("snap.img")
     }
 
-    /// The `--snapshot-cmd`: clone the disk image; record start and end times in `times`.
+    /// The `--snapshot-cmd`: clone the disk image; record start and end times
+    /// in `times`; tell quiesce what it made (`snapshot-path:`), so the
+    /// session's recovery point names the clone.
     pub fn snapshot_cmd(&self, times: &Path) -> String {
         format!(
-            "date +%s%N > {t} && cp --reflink=always {src} {dst} && date +%s%N >> {t}",
+            "date +%s%N > {t} && cp --reflink=always {src} {dst} && date +%s%N >> {t} && echo snapshot-path: {dst}",
             t = times.display(),
             src = self.inner.image.display(),
             dst = self.snap_image().display()
         )
     }
 
-    /// Loop-mounts the clone at `<dir>/restored`; returns that path.
+    /// The newest recovery point the sessions on this rig recorded.
+    pub fn latest_point(&self) -> String {
+        let out = self.points().args(["list", "--json"]).output().expect("quiesce points list");
+        assert!(out.status.success(), "points list: {}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("points list --json");
+        let last = v["points"].as_array().and_then(|p| p.last()).cloned();
+        last.and_then(|p| p["id"].as_str().map(String::from)).unwrap_or_else(|| panic!("no recovery point recorded: {v}"))
+    }
+
+    /// `quiesce points …` with the state directory the rig's sessions use.
+    fn points(&self) -> Command {
+        let mut cmd = Command::new(crate::quiesce_bin());
+        cmd.env("QUIESCE_STATE_DIR", self.dir.join("state"))
+            .env("QUIESCE_RUN_DIR", self.dir.join("run"))
+            .env("QUIESCE_LOG_FILE", self.dir.join("quiesce.log"))
+            .env_remove("RUST_LOG")
+            .arg("points");
+        cmd
+    }
+
+    /// `quiesce points restore POINT --to <outer>/<name>.img --mount-at <dir>/<name>`:
+    /// a clone of the point's image (the command that took it has no restore
+    /// step, so the restore says how), loop-mounted, artifacts put in place.
+    fn restore_point(&self, name: &str) -> LoopMount {
+        let id = self.latest_point();
+        let img = self.outer.mountpoint.join(format!("{name}.img"));
+        let mp = self.dir.join(name);
+        let out = self
+            .points()
+            .args(["restore", &id, "--to"])
+            .arg(&img)
+            .arg("--mount-at")
+            .arg(&mp)
+            .args(["--restore-cmd", r#"cp --reflink=always "$QUIESCE_SNAPSHOT_PATHS" "$QUIESCE_RESTORE_TO""#])
+            .output()
+            .expect("quiesce points restore");
+        // Unmounted and detached on drop, whatever happens next.
+        let mount = LoopMount { image: img, mountpoint: mp.clone(), fs: Fs::Ext4 };
+        assert!(out.status.success(), "points restore {id}: {}\n{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+        eprintln!("[restore] {}", String::from_utf8_lossy(&out.stdout).trim());
+        allow_traverse(&mp);
+        mount
+    }
+
+    /// Restores the latest point with `quiesce points restore` and mounts it
+    /// at `<dir>/restored` (mounting replays the ext4 journal of the clone, as
+    /// booting a restored disk would); returns that path.
     pub fn mount_snapshot(&mut self) -> PathBuf {
         assert!(self.restored.is_none(), "snapshot already mounted");
-        let img = self.snap_image();
-        assert!(img.exists(), "no snapshot image at {}", img.display());
-        let mp = self.dir.join("restored");
-        fs::create_dir_all(&mp).unwrap();
-        // Mounting replays the ext4 journal of the clone, as booting a restored disk would.
-        sh(&format!("mount -o loop {} {}", img.display(), mp.display()));
-        allow_traverse(&mp);
-        self.restored = Some(LoopMount { image: img, mountpoint: mp.clone(), fs: Fs::Ext4 });
+        let mount = self.restore_point("restored");
+        let mp = mount.mountpoint.clone();
+        self.restored = Some(mount);
         mp
     }
 }
 
 impl SnapshotRig {
-    /// Another instant clone of the snapshot, mounted at `<dir>/<name>`, for
-    /// a second restore independent of the first. Drop it before the rig.
+    /// Another restore of the latest point, mounted at `<dir>/<name>`, for a
+    /// second restore independent of the first. Drop it before the rig.
     pub fn mount_copy(&self, name: &str) -> LoopMount {
-        let img = self.outer.mountpoint.join(format!("{name}.img"));
-        sh(&format!("cp --reflink=always {} {}", self.snap_image().display(), img.display()));
-        let mp = self.dir.join(name);
-        fs::create_dir_all(&mp).unwrap();
-        sh(&format!("mount -o loop {} {}", img.display(), mp.display()));
-        allow_traverse(&mp);
-        LoopMount { image: img, mountpoint: mp, fs: Fs::Ext4 }
+        self.restore_point(name)
     }
 }
 
@@ -248,9 +285,14 @@ pub fn start_restored_postgres(
 ) -> Result<Postgres, String> {
     let mut settings = vec!["archive_mode=off".to_string()];
     if let Some(b) = backup {
-        fs::write(data.join("backup_label"), &b.labelfile).unwrap();
-        if !b.spcmapfile.is_empty() {
-            fs::write(data.join("tablespace_map"), &b.spcmapfile).unwrap();
+        // A point whose plugin handed over the label: `quiesce points restore`
+        // has put it in place already; it must be exactly what was returned.
+        for (name, text) in [("backup_label", &b.labelfile), ("tablespace_map", &b.spcmapfile)] {
+            match fs::read_to_string(data.join(name)) {
+                Ok(placed) => assert_eq!(&placed, text, "the {name} `quiesce points restore` put into {}", data.display()),
+                Err(_) if !text.is_empty() => fs::write(data.join(name), text).unwrap(),
+                Err(_) => {}
+            }
         }
         if use_archive {
             fs::write(data.join("recovery.signal"), "").unwrap();

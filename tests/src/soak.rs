@@ -140,7 +140,7 @@ impl SoakRig {
                 run_dir: Some(RunDir::new(self.s.join("run"))),
                 mounts: vec![self.mnt.path().to_path_buf()],
                 max_freeze: None,
-                provider: Some(Box::new(ShellCommand { command: "true".into() })),
+                provider: Some(Box::new(ShellCommand::new("true"))),
                 cache_dir: Some(self.s.join("cache")),
                 state_dir: Some(self.s.join("state")),
             };

@@ -104,7 +104,7 @@ fn run_without_mount(f: &Fixture, config: &Path) -> quiesce::report::Report {
     let marker = f.file("snapped");
     let opts = SessionOptions {
         run_dir: Some(RunDir::new(f.file("run"))),
-        provider: Some(Box::new(ShellCommand { command: format!("touch {}", marker.display()) })),
+        provider: Some(Box::new(ShellCommand::new(format!("touch {}", marker.display())))),
         cache_dir: Some(f.file("cache")),
         state_dir: Some(f.file("state")),
         ..Default::default()

@@ -193,10 +193,22 @@ pub struct FreezeSettings {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase", tag = "kind")]
 pub enum SnapshotSpec {
-    /// Run by `/bin/sh -c` while frozen; exit 0 = taken.
-    Command { command: String },
+    /// Run by `/bin/sh -c` while frozen; exit 0 = taken. The optional
+    /// delete/restore commands are run by `points delete` / `points restore`.
+    Command {
+        command: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        delete_command: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        restore_command: Option<String>,
+    },
     /// Clone a file (a VM disk image) with FICLONE: an instant block-level copy.
     Reflink { source: PathBuf, dest: PathBuf },
+    /// A read-only snapshot of a btrfs subvolume.
+    Btrfs { source: PathBuf, dest: PathBuf },
+    /// A cloud disk snapshot through the cloud's CLI (argv templates).
+    #[serde(untagged)]
+    Cloud(crate::snapshot::cloud::CloudSpec),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -212,6 +224,8 @@ pub struct Config {
     /// provider (also for `--snapshot-cmd`); while frozen, the freeze
     /// deadline caps it too. None: the freeze deadline, or `max_freeze`.
     pub snapshot_timeout: Option<Duration>,
+    /// `[points]`: the recovery point cap and retention.
+    pub points: crate::points::Settings,
     /// `[metrics]`: where to publish Prometheus metrics after each session.
     pub metrics: Option<MetricsSettings>,
 }
@@ -240,6 +254,7 @@ impl Config {
             },
             snapshot: None,
             snapshot_timeout: None,
+            points: crate::points::Settings::default(),
             metrics: None,
         }
     }

@@ -8,6 +8,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use crate::snapshot::cloud::{CloudKind, CloudSpec};
+
 use std::collections::BTreeMap;
 
 use super::{
@@ -23,6 +25,8 @@ struct NativeFile {
     snapshot: Option<SnapshotTable>,
     #[serde(default, rename = "hook")]
     hooks: Vec<HookTable>,
+    #[serde(default)]
+    points: crate::points::PointsTable,
     metrics: Option<MetricsTable>,
 }
 
@@ -77,14 +81,147 @@ impl Default for FreezeTable {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct SnapshotTable {
+    /// Which provider; inferred from `command` / `reflink_*` when absent.
+    kind: Option<SnapshotKind>,
     command: Option<String>,
+    delete_command: Option<String>,
+    restore_command: Option<String>,
+    /// reflink: the image; btrfs: the subvolume.
+    source: Option<PathBuf>,
+    /// Where the snapshot goes; `{session}` is replaced by the session id.
+    dest: Option<PathBuf>,
+    /// The older spelling of `source`/`dest` for reflink.
     reflink_source: Option<PathBuf>,
     reflink_dest: Option<PathBuf>,
     /// The longest the session waits for the provider (alone, it applies to `--snapshot-cmd`).
     timeout_secs: Option<u64>,
+    /// Cloud parameters: `{disk}`, `{resource_group}`, `{instance}`, `{zone}`.
+    disk: Option<String>,
+    resource_group: Option<String>,
+    instance: Option<String>,
+    zone: Option<String>,
+    /// Cloud: the snapshot's name template (default `quiesce-{session}`).
+    name: Option<String>,
+    /// Cloud: argv templates replacing the defaults.
+    create: Option<Vec<String>>,
+    finalize: Option<Vec<String>>,
+    delete: Option<Vec<String>>,
+    restore: Option<Vec<String>>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "lowercase")]
+enum SnapshotKind {
+    Command,
+    Reflink,
+    Btrfs,
+    Azure,
+    Aws,
+    Gcp,
+}
+
+/// The `[snapshot]` table as a provider spec (None: no provider, only a timeout).
+fn snapshot_spec(t: SnapshotTable) -> Result<Option<SnapshotSpec>, String> {
+    let kind = match t.kind {
+        Some(k) => k,
+        None if t.command.is_some() => SnapshotKind::Command,
+        None if t.reflink_source.is_some() || t.reflink_dest.is_some() => SnapshotKind::Reflink,
+        None if t.source.is_none()
+            && t.dest.is_none()
+            && t.delete_command.is_none()
+            && t.restore_command.is_none()
+            && t.disk.is_none()
+            && t.create.is_none()
+            && t.instance.is_none() =>
+        {
+            return Ok(None)
+        }
+        None => return Err("[snapshot] needs `kind` (\"reflink\", \"btrfs\", \"command\", \"azure\", \"aws\" or \"gcp\")".into()),
+    };
+    let name = format!("{kind:?}").to_lowercase();
+    let cloud_keys = [
+        ("disk", t.disk.is_some()),
+        ("resource_group", t.resource_group.is_some()),
+        ("instance", t.instance.is_some()),
+        ("zone", t.zone.is_some()),
+        ("name", t.name.is_some()),
+        ("create", t.create.is_some()),
+        ("finalize", t.finalize.is_some()),
+        ("delete", t.delete.is_some()),
+        ("restore", t.restore.is_some()),
+    ];
+    let stray = |keys: &[(&str, bool)]| -> Result<(), String> {
+        match keys.iter().find(|(_, set)| *set) {
+            Some((key, _)) => Err(format!("[snapshot] kind = \"{name}\" does not take `{key}`")),
+            None => Ok(()),
+        }
+    };
+    let absolute = |key: &str, p: Option<PathBuf>| -> Result<PathBuf, String> {
+        match p {
+            Some(p) if p.is_absolute() => Ok(p),
+            Some(p) => Err(format!("[snapshot] `{key}` must be an absolute path, got {}", p.display())),
+            None => Err(format!("[snapshot] kind = \"{name}\" needs `{key}`")),
+        }
+    };
+    match kind {
+        SnapshotKind::Azure | SnapshotKind::Aws | SnapshotKind::Gcp => {
+            stray(&[
+                ("command", t.command.is_some()),
+                ("delete_command", t.delete_command.is_some()),
+                ("restore_command", t.restore_command.is_some()),
+                ("source", t.source.is_some()),
+                ("dest", t.dest.is_some()),
+                ("reflink_source", t.reflink_source.is_some()),
+                ("reflink_dest", t.reflink_dest.is_some()),
+            ])?;
+            let cloud = match kind {
+                SnapshotKind::Azure => CloudKind::Azure,
+                SnapshotKind::Aws => CloudKind::Aws,
+                _ => CloudKind::Gcp,
+            };
+            let params = [("disk", t.disk), ("resource_group", t.resource_group), ("instance", t.instance), ("zone", t.zone)]
+                .into_iter()
+                .filter_map(|(k, v)| v.map(|v| (k.to_string(), v)))
+                .collect();
+            let spec = CloudSpec::resolve(cloud, params, t.name, [t.create, t.finalize, t.delete, t.restore])?;
+            Ok(Some(SnapshotSpec::Cloud(spec)))
+        }
+        SnapshotKind::Command => {
+            stray(&cloud_keys)?;
+            stray(&[
+                ("source", t.source.is_some()),
+                ("dest", t.dest.is_some()),
+                ("reflink_source", t.reflink_source.is_some()),
+                ("reflink_dest", t.reflink_dest.is_some()),
+            ])?;
+            let command = t.command.ok_or("[snapshot] kind = \"command\" needs `command`")?;
+            Ok(Some(SnapshotSpec::Command { command, delete_command: t.delete_command, restore_command: t.restore_command }))
+        }
+        SnapshotKind::Reflink | SnapshotKind::Btrfs => {
+            stray(&cloud_keys)?;
+            stray(&[
+                ("command", t.command.is_some()),
+                ("delete_command", t.delete_command.is_some()),
+                ("restore_command", t.restore_command.is_some()),
+            ])?;
+            if kind == SnapshotKind::Btrfs {
+                stray(&[("reflink_source", t.reflink_source.is_some()), ("reflink_dest", t.reflink_dest.is_some())])?;
+            }
+            if (t.source.is_some() && t.reflink_source.is_some()) || (t.dest.is_some() && t.reflink_dest.is_some()) {
+                return Err("[snapshot] takes `source`/`dest` or the older `reflink_source`/`reflink_dest`, not both".into());
+            }
+            let source = absolute("source", t.source.or(t.reflink_source))?;
+            let dest = absolute("dest", t.dest.or(t.reflink_dest))?;
+            Ok(Some(if kind == SnapshotKind::Reflink {
+                SnapshotSpec::Reflink { source, dest }
+            } else {
+                SnapshotSpec::Btrfs { source, dest }
+            }))
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -211,16 +348,7 @@ pub(super) fn parse(text: &str) -> Result<Config, String> {
     };
     let snapshot = match file.snapshot {
         None => None,
-        Some(SnapshotTable { command: None, reflink_source: None, reflink_dest: None, timeout_secs: Some(_) }) => None,
-        Some(SnapshotTable { command: Some(command), reflink_source: None, reflink_dest: None, .. }) => {
-            Some(SnapshotSpec::Command { command })
-        }
-        Some(SnapshotTable { command: None, reflink_source: Some(source), reflink_dest: Some(dest), .. }) => {
-            Some(SnapshotSpec::Reflink { source, dest })
-        }
-        Some(_) => {
-            return Err("[snapshot] takes either `command`, or both `reflink_source` and `reflink_dest`".into());
-        }
+        Some(t) => snapshot_spec(t)?,
     };
     let mut config = Config::builtin();
     config.format = Format::Native;
@@ -232,6 +360,7 @@ pub(super) fn parse(text: &str) -> Result<Config, String> {
     config.freeze.exclude = file.freeze.exclude;
     config.freeze.max_freeze = positive_secs("freeze.max_freeze_secs", file.freeze.max_freeze_secs)?;
     config.freeze.on_failure = file.freeze.on_failure;
+    config.points = file.points.settings()?;
     config.metrics = file.metrics.map(metrics_settings).transpose()?;
     Ok(config)
 }
@@ -281,7 +410,10 @@ mod tests {
         assert_eq!(c.hooks[1].timeout, Duration::from_secs(30));
         assert_eq!(c.freeze.max_freeze, Duration::from_secs(20));
         assert_eq!(c.freeze.on_failure, OnFailure::Abort);
-        assert_eq!(c.snapshot, Some(SnapshotSpec::Command { command: "cloud-snap create".into() }));
+        assert_eq!(
+            c.snapshot,
+            Some(SnapshotSpec::Command { command: "cloud-snap create".into(), delete_command: None, restore_command: None })
+        );
     }
 
     #[test]

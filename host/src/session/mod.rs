@@ -302,6 +302,13 @@ impl Session {
             }
         }
 
+        // Room for this session's recovery point, before anything is quiesced.
+        if let Err(e) = crate::points::check_room(&self.state_dir, &self.config.points, self.provider.is_some(), &mut r.warnings) {
+            r.errors.push(e);
+            self.run_dir.clear_state();
+            return r.finish(&self, started);
+        }
+
         // 1. Validate every script and plugin before anything runs or freezes.
         let Validation { mut hooks, freeze_problems } = self.validate();
         for h in &hooks {
@@ -389,11 +396,18 @@ impl Session {
             h.run(Phase::Post, &post_ctx, &mut r).await;
         }
         self.store_artifacts(&hooks, &mut r);
+        // The label is final now: record it on what the provider made (cloud tags).
+        if let Some(made) = &r.snapshot.made {
+            if let Err(e) = snapshot::finalize(made, r.label(&self)).await {
+                r.warnings.push(format!("the snapshot keeps the label `Pending`: recording the final one failed: {e}"));
+            }
+        }
         r.interrupted_by = interrupted.or_else(|| interrupt.fired());
         if let Some(sig) = &r.interrupted_by {
             r.error(ErrorCode::Interrupted, format!("session interrupted by {sig}; thawed and ran post hooks before exiting"));
         }
-        let report = r.finish(&self, started);
+        let mut report = r.finish(&self, started);
+        crate::points::record_session(&self.state_dir, &self.config.points, &mut report);
         // A mount still frozen keeps its state file: `status` shows it, and
         // the guardian holds the lock until its retries succeed.
         if report.freeze.still_frozen.is_empty() {
@@ -560,8 +574,10 @@ impl Session {
         let abandoned =
             |what: String| format!("snapshot abandoned: {what}; {} was stopped, then the file systems were thawed", provider.describe());
         match result {
-            Ok(Ok(())) => {
+            Ok(Ok(made)) => {
                 r.snapshot_taken = true;
+                (r.snapshot.ids, r.snapshot.paths) = (made.ids.clone(), made.paths.clone());
+                r.snapshot.made = Some(made);
                 tracing::info!("snapshot taken in {:.3} ms by {}", r.snapshot.duration_ms, provider.describe());
                 None
             }
@@ -817,7 +833,7 @@ mod tests {
                 if self.hangs {
                     std::future::pending::<()>().await;
                 }
-                Ok::<(), SnapshotError>(())
+                Ok::<_, SnapshotError>(crate::snapshot::Made::new(crate::snapshot::ProviderKind::External, Vec::new(), Vec::new()))
             })
         }
     }

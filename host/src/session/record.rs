@@ -128,6 +128,7 @@ impl Run {
             artifacts: self.artifacts,
             interrupted_by: self.interrupted_by,
             duration_ms: ms(started.elapsed()),
+            point: None,
         };
         report.warnings.extend(crate::metrics::publish(s.config.metrics.as_ref(), &report, &s.state_dir));
         tracing::info!("{}", report.summary());
