@@ -216,7 +216,9 @@ fn prune(catalog: &Catalog, a: PruneArgs) -> ExitCode {
         print_json(&out);
     } else {
         if out.plan.no_policy {
-            println!("no retention policy in [points] (keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly): keeping every point");
+            println!(
+                "no retention policy in [points] (keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly): keeping every point"
+            );
         }
         for d in &out.plan.decisions {
             let rules: Vec<&str> = d.kept_by.iter().map(|r| r.name()).collect();

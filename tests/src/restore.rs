@@ -111,7 +111,12 @@ impl SnapshotRig {
             .expect("quiesce points restore");
         // Unmounted and detached on drop, whatever happens next.
         let mount = LoopMount { image: img, mountpoint: mp.clone(), fs: Fs::Ext4 };
-        assert!(out.status.success(), "points restore {id}: {}\n{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+        assert!(
+            out.status.success(),
+            "points restore {id}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
         eprintln!("[restore] {}", String::from_utf8_lossy(&out.stdout).trim());
         allow_traverse(&mp);
         mount

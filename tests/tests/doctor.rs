@@ -90,6 +90,13 @@ impl Machine {
         session
     }
 
+    /// One full session (`quiesce snapshot --json`) on the test's mount: its report.
+    fn snapshot(&self, config: &Path, snapshot_cmd: &str) -> Value {
+        let mut cmd = self.cmd();
+        cmd.args(["snapshot", "--config"]).arg(config).arg("--mount").arg(self.mnt.path()).args(["--snapshot-cmd", snapshot_cmd]);
+        run_json(cmd).report
+    }
+
     /// What the running session wrote to its state file.
     fn state(&self) -> Value {
         serde_json::from_str(&fs::read_to_string(self.s.join("run/state.json")).expect("state.json")).expect("state.json is JSON")
@@ -379,4 +386,41 @@ fn a_metrics_textfile_directory_others_may_write_is_not_trusted() {
     assert!(f["cause"].as_str().unwrap().contains(&format!("metrics textfile directory {}", textdir.display())), "{f:#}");
     assert_eq!(f["fix"].as_str().unwrap(), format!("chown root {}; chmod go-w {}", textdir.display(), textdir.display()));
     assert_eq!(d.code, 1);
+}
+
+#[test]
+fn a_full_recovery_point_catalog_is_rp_collection_limit_reached() {
+    let m = Machine::new("doctor-points-full");
+    let pre = m.s.script("pre.sh", "#!/bin/sh\nexit 0\n");
+    let config = m.s.config("points.toml", &format!("[points]\nmax_points = 1\n\n[[hook]]\nname = \"app\"\npre = \"{}\"\n", pre.display()));
+    let report = m.snapshot(&config, "true");
+    assert_eq!(report["consistency"], "AppConsistent", "{report}");
+    let d = m.doctor(&config);
+    let f = d.finding("UserErrorRpCollectionLimitReached");
+    assert_eq!(f["severity"], "error", "automatic clean-up is off: the next backup is refused");
+    assert!(f["fix"].as_str().unwrap().starts_with("quiesce points prune"), "{f:#}");
+    let points = d.json["checks"].as_array().unwrap().iter().find(|c| c["check"] == "points").unwrap();
+    let id = report["session_id"].as_str().unwrap();
+    assert!(points["summary"].as_str().unwrap().contains(&format!("last AppConsistent point {id}")), "{points:#}");
+    assert_eq!(d.code, 1);
+}
+
+#[test]
+fn a_newest_point_weaker_than_app_consistent_is_named_with_the_last_good_one() {
+    let m = Machine::new("doctor-points-weak");
+    let config = m.config();
+    let good = m.snapshot(&config, "true");
+    assert_eq!(good["consistency"], "AppConsistent", "{good}");
+    // The application's pre hook now fails: the next point is only file-system consistent.
+    m.s.script("pre.sh", "#!/bin/sh\nexit 1\n");
+    let weak = m.snapshot(&config, "true");
+    assert_eq!(weak["consistency"], "FileSystemConsistent", "{weak}");
+    let d = m.doctor(&m.s.join("quiesce.toml"));
+    let f = d.finding("LastPointNotAppConsistent");
+    assert_eq!(f["severity"], "warning");
+    let cause = f["cause"].as_str().unwrap();
+    assert!(cause.contains(weak["session_id"].as_str().unwrap()) && cause.contains("FileSystemConsistent"), "{cause}");
+    assert!(cause.contains(&format!("the last AppConsistent point is {}", good["session_id"].as_str().unwrap())), "{cause}");
+    assert!(d.findings("UserErrorRpCollectionLimitReached").is_empty());
+    assert_eq!(d.code, 0, "a weaker point is a warning: {:#}", d.json);
 }

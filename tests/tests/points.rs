@@ -94,8 +94,12 @@ fn every_reflink_session_records_a_point_that_list_and_show_return() {
     assert_eq!(p["made"]["paths"][0], snap.display().to_string());
     assert_eq!(p["snapshot_paths"][0], snap.display().to_string());
     assert_eq!(p["mounts"][0], st.rig.inner().display().to_string());
-    let outcomes: Vec<(String, String)> =
-        p["hooks"].as_array().unwrap().iter().map(|h| (h["phase"].as_str().unwrap().into(), h["outcome"].as_str().unwrap().into())).collect();
+    let outcomes: Vec<(String, String)> = p["hooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h["phase"].as_str().unwrap().into(), h["outcome"].as_str().unwrap().into()))
+        .collect();
     assert_eq!(outcomes, [("pre".to_string(), "succeeded".to_string()), ("post".to_string(), "succeeded".to_string())]);
     assert!(p.get("report").is_none(), "list leaves the embedded report out");
 
@@ -265,8 +269,13 @@ fn a_provider_failing_mid_prune_keeps_that_record_marked_and_deletes_the_rest() 
 
     // Dry run: says what would go, deletes nothing.
     let dry = points_json(&st, &["prune", "--config", cfg.to_str().unwrap(), "--dry-run", "--json"]);
-    let would: Vec<&str> =
-        dry["plan"]["decisions"].as_array().unwrap().iter().filter(|d| d["kept_by"].as_array().unwrap().is_empty()).map(|d| d["id"].as_str().unwrap()).collect();
+    let would: Vec<&str> = dry["plan"]["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["kept_by"].as_array().unwrap().is_empty())
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
     assert_eq!(would, [all[1].as_str(), all[0].as_str()]);
     assert_eq!(listed(&st).len(), 3);
 

@@ -20,6 +20,7 @@
 
 mod dirs;
 mod guardian;
+mod points;
 mod probe;
 mod service;
 mod session;
@@ -57,6 +58,12 @@ pub enum Code {
     StateSpaceLow,
     /// `quiesce check` passes with a warning.
     ConfigWarning,
+    /// The recovery point catalog holds `max_points`: the next backup is refused.
+    UserErrorRpCollectionLimitReached,
+    /// The recovery point catalog (or a record in it) cannot be read.
+    PointsCatalogUnreadable,
+    /// The newest recovery point is weaker than `AppConsistent`.
+    LastPointNotAppConsistent,
     /// What a session would report for the config, a script or a plugin.
     Report(ErrorCode),
 }
@@ -74,6 +81,9 @@ impl Code {
             Code::DirectoryNotTrusted => "DirectoryNotTrusted".into(),
             Code::StateSpaceLow => "StateSpaceLow".into(),
             Code::ConfigWarning => "ConfigWarning".into(),
+            Code::UserErrorRpCollectionLimitReached => "UserErrorRpCollectionLimitReached".into(),
+            Code::PointsCatalogUnreadable => "PointsCatalogUnreadable".into(),
+            Code::LastPointNotAppConsistent => "LastPointNotAppConsistent".into(),
             Code::Report(c) => c.as_str(),
         }
     }
@@ -185,9 +195,11 @@ pub async fn diagnose(opts: &DoctorOptions) -> Result<Diagnosis, UsageError> {
     add(service::NAME, service::check(&opts.socket));
     let config = crate::session::load_config(opts.config.as_deref());
     let metrics_dir = config.as_ref().ok().and_then(|c| c.metrics.as_ref()).and_then(|m| m.textfile.parent().map(PathBuf::from));
+    let points = config.as_ref().map(|c| c.points.clone()).unwrap_or_default();
     add(setup::NAME, setup::check(config, opts, any_frozen).await);
     add(dirs::NAME, dirs::check_trust(opts, metrics_dir.as_deref()));
     add(dirs::SPACE, dirs::check_space(&opts.state_dir));
+    add(points::NAME, points::check(&opts.state_dir, &points));
     d.errors = d.findings.iter().filter(|f| f.severity == Severity::Error).count();
     d.warnings = d.findings.iter().filter(|f| f.severity == Severity::Warning).count();
     d.healthy = d.errors == 0;

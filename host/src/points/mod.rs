@@ -183,7 +183,9 @@ pub fn record_session(state_dir: &Path, settings: &Settings, report: &mut Report
     report.point = Some(report.session_id.clone());
     let point = point_of(report, unix_ms() as u64);
     match catalog.write(&point, WriteMode::New) {
-        Ok(path) => tracing::info!("recorded recovery point {} ({}) at {}", point.id, crate::report::label_name(point.consistency), path.display()),
+        Ok(path) => {
+            tracing::info!("recorded recovery point {} ({}) at {}", point.id, crate::report::label_name(point.consistency), path.display())
+        }
         Err(e) => {
             report.point = None;
             return refuse(report, e.to_string());

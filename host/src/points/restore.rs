@@ -115,7 +115,10 @@ pub fn restore(point: &Point, opts: &RestoreOptions) -> Result<Outcome, RestoreE
     let mut made = point.made.clone().ok_or_else(|| unrestorable("its record names nothing a provider made".into()))?;
     if let Some(cmd) = &opts.restore_cmd {
         if made.provider != ProviderKind::Command {
-            return Err(unrestorable(format!("--restore-cmd is for points a snapshot command made; this one is {}", made.provider.as_str())));
+            return Err(unrestorable(format!(
+                "--restore-cmd is for points a snapshot command made; this one is {}",
+                made.provider.as_str()
+            )));
         }
         made.restore = Some(Action::Shell { command: cmd.clone(), session_id: point.id.clone() });
     } else if made.provider == ProviderKind::Command && made.restore.is_none() {
@@ -171,10 +174,8 @@ pub fn restore(point: &Point, opts: &RestoreOptions) -> Result<Outcome, RestoreE
 
 /// Every mount point, canonical, as the kernel lists them.
 fn mount_points() -> Result<Vec<PathBuf>, RestoreError> {
-    let table = crate::freeze::mountinfo::read().map_err(|e| RestoreError::Io {
-        path: PathBuf::from("/proc/self/mountinfo"),
-        source: std::io::Error::other(e.to_string()),
-    })?;
+    let table = crate::freeze::mountinfo::read()
+        .map_err(|e| RestoreError::Io { path: PathBuf::from("/proc/self/mountinfo"), source: std::io::Error::other(e.to_string()) })?;
     Ok(table.entries.into_iter().map(|e| e.mount_point).collect())
 }
 
@@ -309,7 +310,12 @@ fn place_artifacts(point: &Point, tree: Option<&Path>, pg_hint: Option<&Path>, o
                 for a in &pg {
                     match place(&root, &rel, a) {
                         Ok(path) => out.placed.push(Placed { hook: a.hook.clone(), name: a.name.clone(), path }),
-                        Err(e) => out.todo.push(format!("copy {} to {}/{}: quiesce could not ({e})", a.path.display(), root.join(&rel).display(), a.name)),
+                        Err(e) => out.todo.push(format!(
+                            "copy {} to {}/{}: quiesce could not ({e})",
+                            a.path.display(),
+                            root.join(&rel).display(),
+                            a.name
+                        )),
                     }
                 }
                 let stop = text("stop_lsn").map(|l| format!(" up to at least {l} (the backup's end)")).unwrap_or_default();
@@ -330,7 +336,9 @@ fn place_artifacts(point: &Point, tree: Option<&Path>, pg_hint: Option<&Path>, o
         }
     }
     if let Some(lsn) = text("checkpoint_redo_lsn") {
-        out.todo.push(format!("PostgreSQL: start it on the restored data directory; crash recovery replays WAL from the pre hook's checkpoint (redo {lsn})"));
+        out.todo.push(format!(
+            "PostgreSQL: start it on the restored data directory; crash recovery replays WAL from the pre hook's checkpoint (redo {lsn})"
+        ));
     }
     if let Some(pos) = text("binlog_position") {
         out.todo.push(format!(
@@ -340,7 +348,8 @@ fn place_artifacts(point: &Point, tree: Option<&Path>, pg_hint: Option<&Path>, o
         ));
     }
     for a in &point.artifacts {
-        let known = PG_FILES.contains(&a.name.as_str()) || matches!(a.name.as_str(), "stop_lsn" | "checkpoint_redo_lsn" | "binlog_position");
+        let known =
+            PG_FILES.contains(&a.name.as_str()) || matches!(a.name.as_str(), "stop_lsn" | "checkpoint_redo_lsn" | "binlog_position");
         if !known {
             out.todo.push(format!("artifact {} of hook {} is kept at {}", a.name, a.hook, a.path.display()));
         }
@@ -399,7 +408,10 @@ fn find_pg_data(root: &Path, hint: Option<&Path>) -> Result<(PathBuf, PathBuf), 
     }
     match found.len() {
         1 => Ok((root.to_path_buf(), found.remove(0))),
-        0 => Err(format!("no PostgreSQL data directory (PG_VERSION and global/pg_control) within {SEARCH_DEPTH} levels of {}; pass --pg-data", root.display())),
+        0 => Err(format!(
+            "no PostgreSQL data directory (PG_VERSION and global/pg_control) within {SEARCH_DEPTH} levels of {}; pass --pg-data",
+            root.display()
+        )),
         _ => Err(format!(
             "several PostgreSQL data directories under {} ({}); pass --pg-data",
             root.display(),
@@ -415,14 +427,16 @@ fn place(root: &Path, rel: &Path, a: &super::catalog::PointArtifact) -> Result<P
     let sys = |what: &str, e: Errno| format!("{what} {}: {e}", target.display());
     let root_fd = fcntl::open(root, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())
         .map_err(|e| sys("open", e))?;
-    let beneath = ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS | ResolveFlag::RESOLVE_NO_XDEV;
+    let beneath =
+        ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS | ResolveFlag::RESOLVE_NO_XDEV;
     let dir_path: &Path = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
-    let dir: OwnedFd = fcntl::openat2(&root_fd, dir_path, OpenHow::new().flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC).resolve(beneath))
-        .map_err(|e| match e {
-            Errno::ELOOP => format!("{} goes through a symbolic link (not followed)", root.join(rel).display()),
-            Errno::EXDEV => format!("{} crosses into another mount", root.join(rel).display()),
-            e => sys("open", e),
-        })?;
+    let dir: OwnedFd =
+        fcntl::openat2(&root_fd, dir_path, OpenHow::new().flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC).resolve(beneath))
+            .map_err(|e| match e {
+                Errno::ELOOP => format!("{} goes through a symbolic link (not followed)", root.join(rel).display()),
+                Errno::EXDEV => format!("{} crosses into another mount", root.join(rel).display()),
+                e => sys("open", e),
+            })?;
     let owner = stat::fstat(&dir).map_err(|e| sys("stat", e))?;
     let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let fd = fcntl::openat(&dir, a.name.as_str(), flags, Mode::from_bits_truncate(0o600)).map_err(|e| match e {
