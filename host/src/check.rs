@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::config::{Config, ConfigError, HookSpec, OnFailure, ScriptAction};
 use crate::freeze::{Skipped, Target};
-use crate::hooks::wasm::Grants;
+use crate::hooks::wasm::{CheckRun, Grants, Severity, WasmEngine, WitVersion};
 use crate::report::{ErrorCode, Phase, ReportError};
 use crate::session::{config_error_code, ReadyHook, Session, SessionOptions};
 use crate::snapshot::ShellCommand;
@@ -50,6 +50,23 @@ pub struct PluginCheck {
     pub not_granted: Vec<String>,
     /// Granted paths under directories that are not root's alone (warnings, not problems).
     pub grant_warnings: Vec<String>,
+    /// The version of `quiesce:plugin` it speaks (None when it did not load).
+    pub wit_version: Option<WitVersion>,
+    /// What the plugin's own `check` found, run with the hook's grants,
+    /// params and limits (None when it did not load).
+    pub check: Option<CheckRun>,
+}
+
+/// One plugin hook's [`PluginCheck`], for callers that want only the
+/// plugins ([`check_plugins`]).
+#[derive(Debug, Serialize)]
+pub struct HookPluginCheck {
+    pub hook: String,
+    pub plugin: PluginCheck,
+    /// What `check` would list as problems for this hook (refused, or its
+    /// plugin's check found something that will fail).
+    pub problems: Vec<Problem>,
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -133,7 +150,7 @@ pub async fn check(config: Result<Config, ConfigError>, mounts: &[PathBuf], snap
             problems.push(e.into());
         }
         warnings.extend(h.warnings.iter().map(|w| format!("hook {}: {w}", h.spec.name)));
-        hooks.push(hook_check(h, &mut warnings).await);
+        hooks.push(hook_check(h, session.id(), &mut warnings, &mut problems).await);
     }
     problems.extend(validation.freeze_problems.iter().map(Problem::from));
     let plan = session.plan();
@@ -148,7 +165,47 @@ pub async fn check(config: Result<Config, ConfigError>, mounts: &[PathBuf], snap
     CheckReport { ok: problems.is_empty(), config: path, format, hooks, freeze, snapshot, containment, problems, warnings }
 }
 
-async fn hook_check(h: &ReadyHook, warnings: &mut Vec<String>) -> HookCheck {
+/// Loads every plugin hook of `config` and runs its plugin's `check` with the
+/// hook's grants, params and limits — what `quiesce check` shows for plugins,
+/// without the scripts and the freeze plan (for `quiesce doctor`). Runs no
+/// hook, quiesces and freezes nothing.
+pub async fn check_plugins(config: &Config, cache_dir: &Path) -> Vec<HookPluginCheck> {
+    let engine = match WasmEngine::new(cache_dir) {
+        Ok(e) => Some(e),
+        Err(e) => {
+            tracing::error!("cannot start the WebAssembly runtime: {e}");
+            None
+        }
+    };
+    let check_id = format!("check-{}", std::process::id());
+    let mut out = Vec::new();
+    for spec in config.hooks.iter().filter(|h| h.plugin().is_some()) {
+        let h = ReadyHook::validate(spec, engine.as_ref());
+        let (mut warnings, mut problems) = (Vec::new(), Vec::new());
+        if let Some(e) = h.refused() {
+            problems.push(e.into());
+        }
+        if let Some(plugin) = hook_check(&h, &check_id, &mut warnings, &mut problems).await.plugin {
+            out.push(HookPluginCheck { hook: spec.name.clone(), plugin, problems, warnings });
+        }
+    }
+    out
+}
+
+/// The problems a plugin's check run means for `quiesce check`: each
+/// `error` finding, a failed call, each refused capability.
+fn check_problems(hook: &str, run: &CheckRun) -> Vec<Problem> {
+    let problem = |message: String| Problem { code: ErrorCode::PluginCheckFailed, message: format!("hook {hook}: {message}") };
+    let mut out: Vec<Problem> =
+        run.findings.iter().filter(|f| f.severity == Severity::Error).map(|f| problem(format!("{}: {}", f.code, f.message))).collect();
+    if let Some(why) = &run.failed {
+        out.push(problem(format!("the plugin's check did not finish: {why}")));
+    }
+    out.extend(run.denials.iter().map(|d| problem(format!("during its check: {d}"))));
+    out
+}
+
+async fn hook_check(h: &ReadyHook, check_id: &str, warnings: &mut Vec<String>, problems: &mut Vec<Problem>) -> HookCheck {
     let spec: &HookSpec = &h.spec;
     let refused = h.refused();
     // The session checks pre, then post, and refuses the pair at the first
@@ -180,6 +237,8 @@ async fn hook_check(h: &ReadyHook, warnings: &mut Vec<String>) -> HookCheck {
                 granted: action.grants.clone(),
                 not_granted: Vec::new(),
                 grant_warnings: Vec::new(),
+                wit_version: h.plugin().map(|p| p.wit_version()),
+                check: None,
             };
             match (refused, h.plugin()) {
                 (Some(e), _) => check.status = format!("{}: {}", e.code.as_str(), e.message),
@@ -194,6 +253,12 @@ async fn hook_check(h: &ReadyHook, warnings: &mut Vec<String>) -> HookCheck {
                     (_, Err(e)) => warnings.push(format!("hook {}: grant in the config: {e}", spec.name)),
                 },
                 (None, None) => {}
+            }
+            if refused.is_none() {
+                check.check = h.check_plugin(check_id).await;
+            }
+            if let Some(run) = &check.check {
+                problems.extend(check_problems(&spec.name, run));
             }
             Some(check)
         }

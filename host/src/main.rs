@@ -64,6 +64,21 @@ struct DoctorArgs {
 enum PluginCommand {
     /// WIT version and world, imports, requested grants, size, whether a compiled copy is cached.
     Inspect(InspectArgs),
+    /// Create a plugin crate (Rust, quiesce-plugin-sdk) that builds for wasm32-wasip2 as generated.
+    New(NewArgs),
+}
+
+#[derive(Args)]
+struct NewArgs {
+    /// Crate name (a-z, 0-9, '-', '_'); the crate is created in DIR/NAME.
+    #[arg(value_name = "NAME")]
+    name: String,
+    /// Where to create it (default: the current directory).
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    dir: PathBuf,
+    /// Depend on the SDK at this path instead of a copy inside the crate.
+    #[arg(long, value_name = "PATH")]
+    sdk: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -149,6 +164,7 @@ fn main() -> ExitCode {
         Command::Plugin(PluginCommand::Inspect(args)) => run_inspect(args),
         Command::Points(cmd) => points_cli::run(cmd),
         Command::Doctor(args) => run_doctor(args),
+        Command::Plugin(PluginCommand::New(args)) => run_plugin_new(args),
     }
 }
 
@@ -265,6 +281,7 @@ fn print_check(r: &check::CheckReport) {
             for w in &p.grant_warnings {
                 println!("    warning: {w}");
             }
+            print_plugin_check(p);
         }
         for (phase, s) in [("pre", &h.pre), ("post", &h.post)] {
             if let Some(s) = s {
@@ -292,6 +309,33 @@ fn print_check(r: &check::CheckReport) {
         println!("problem {}: {}", p.code.as_str(), p.message);
     }
     println!("{}", if r.ok { "check passed" } else { "check found problems" });
+}
+
+/// What a plugin's own `check` found, one plain sentence per finding.
+fn print_plugin_check(p: &check::PluginCheck) {
+    let Some(run) = &p.check else { return };
+    if !run.supported {
+        println!(
+            "    the plugin speaks quiesce:plugin@{}, which cannot check its connection and privileges in advance \
+             (rebuilt against quiesce-plugin-sdk {} or later, it can)",
+            run.wit_version,
+            wasm::WitVersion::NEWEST
+        );
+        return;
+    }
+    println!("    the plugin's own check (quiesce:plugin@{}, with the grants and params above):", run.wit_version);
+    if run.findings.is_empty() && run.failed.is_none() {
+        println!("      it had nothing to verify");
+    }
+    for f in &run.findings {
+        println!("      {:<8} {} ({})", f.severity.word(), f.message, f.code);
+    }
+    if let Some(why) = &run.failed {
+        println!("      problem  the check did not finish: {why}");
+    }
+    for d in &run.denials {
+        println!("      problem  refused during the check: {d}");
+    }
 }
 
 fn run_status(args: StatusArgs) -> ExitCode {
@@ -353,6 +397,26 @@ fn run_thaw(args: ThawArgs) -> ExitCode {
     }
 }
 
+fn run_plugin_new(args: NewArgs) -> ExitCode {
+    use wasm::scaffold::{new_plugin, SdkSource};
+    let sdk = match args.sdk {
+        Some(p) => SdkSource::Path(std::path::absolute(&p).unwrap_or(p)),
+        None => SdkSource::Embedded,
+    };
+    match new_plugin(&args.name, &args.dir, &sdk) {
+        Ok(root) => {
+            println!("created plugin crate {} (quiesce:plugin@{})", root.display(), wasm::WitVersion::NEWEST);
+            println!("  build:   cd {} && cargo build --release", root.display());
+            println!("  inspect: quiesce plugin inspect {}/target/wasm32-wasip2/release/{}.wasm", root.display(), args.name.replace('-', "_"));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("quiesce: {e}");
+            ExitCode::from(USAGE)
+        }
+    }
+}
+
 fn run_inspect(args: InspectArgs) -> ExitCode {
     let file = std::path::absolute(&args.file).unwrap_or(args.file);
     let runtime = match runtime() {
@@ -373,6 +437,10 @@ fn run_inspect(args: InspectArgs) -> ExitCode {
             println!("plugin {} ({} bytes, sha256 {})", i.path, i.size, i.sha256);
             println!("  {} {}: quiesces {}", i.name, i.version, if i.quiesces.is_empty() { "(not said)" } else { &i.quiesces });
             println!("  WIT: quiesce:plugin@{}, world {}", i.wit_version, i.world);
+            println!(
+                "  can check its connection and privileges in advance (quiesce check): {}",
+                if i.has_check { "yes" } else { "no (quiesce:plugin@0.1.0 has no check)" }
+            );
             println!("  imports: {}", i.imports.join(", "));
             println!("  exports: {}", i.exports.join(", "));
             println!(

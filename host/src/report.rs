@@ -46,7 +46,9 @@ pub enum ErrorCode {
     PluginTimeout,
     GrantDenied,
     /// A plugin's connection, held from pre on, was closed by the other side
-    /// before the freeze (or, unfrozen, before the snapshot ended): what it held did not last.
+    /// before the freeze (or, unfrozen, before the snapshot ended), or a
+    /// 0.2.0 plugin's post said its quiesce did not hold through the
+    /// snapshot (a pause that expired): what it held did not last.
     QuiesceNotHeld,
     /// The session was interrupted by a signal (SIGINT/SIGTERM/SIGHUP).
     Interrupted,
@@ -56,6 +58,10 @@ pub enum ErrorCode {
     RpCollectionLimitReached,
     /// The snapshot was taken but its recovery point could not be recorded.
     PointNotRecorded,
+    /// `quiesce check`: a plugin's own `check` (WIT 0.2.0) found something
+    /// that will make its hook fail (cannot log in, a missing privilege, a
+    /// replica), or the check itself failed; the message names the fix.
+    PluginCheckFailed,
 }
 
 impl ErrorCode {
@@ -84,7 +90,8 @@ pub struct Facts {
     pub snapshot_taken: bool,
     /// Every pre hook ran and succeeded, and there was at least one (with no
     /// pre hook, nothing quiesced the applications), and no hook is known to
-    /// have lost its hold before the freeze (`QuiesceNotHeld`).
+    /// have lost its hold before the freeze, nor said in post that its
+    /// quiesce did not hold through the snapshot (`QuiesceNotHeld`).
     pub apps_quiesced: bool,
     pub freeze_enabled: bool,
     /// Every planned file system was frozen, and stayed frozen until the

@@ -85,7 +85,7 @@ fn main() {
 
     let plugin = engine.load(&path).expect("load");
     let ctx = CallContext { session_id: "bench".into(), attempt: 1 };
-    let snap = SnapshotOutcome { taken: true, label: "AppConsistent".into() };
+    let snap = SnapshotOutcome { taken: true, label: quiesce::report::Consistency::AppConsistent };
     let instantiate = measure(ROUNDS, || {
         rt.block_on(plugin.instantiate(InstanceConfig::new("noop"))).expect("instantiate");
     });

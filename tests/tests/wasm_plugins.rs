@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use quiesce::hooks::wasm::{
     CacheStatus, CallContext, CallOutcome, Grants, InstanceConfig, Plugin, PluginError, PluginInstance, SnapshotOutcome, WasmEngine,
 };
+use quiesce::report::Consistency;
 use quiesce_tests::plugins::*;
 use quiesce_tests::*;
 
@@ -43,7 +44,7 @@ fn ctx(attempt: u32) -> CallContext {
 }
 
 fn taken() -> SnapshotOutcome {
-    SnapshotOutcome { taken: true, label: "AppConsistent".into() }
+    SnapshotOutcome { taken: true, label: Consistency::AppConsistent }
 }
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -368,7 +369,7 @@ fn malformed_wasm_is_refused_naming_what_was_expected() {
     let env = Env::new("wasm-malformed");
     let m = load_err(&env, "junk.wasm", b"#!/bin/sh\necho I am not wasm\n");
     assert!(
-        m.contains("not a WebAssembly file") && m.contains("expected a WebAssembly component exporting quiesce:plugin/hooks@0.1.0"),
+        m.contains("not a WebAssembly file") && m.contains("expected a WebAssembly component exporting quiesce:plugin/hooks@0.1.0 or @0.2.0"),
         "{m}"
     );
     // Right magic, right layer, garbage after: wasmtime's parser refuses it.
@@ -391,7 +392,7 @@ fn component_for_another_wit_version_is_refused() {
     let e = env.engine.load(&path).err().expect("refused");
     let m = e.to_string();
     assert!(matches!(e, PluginError::Load { .. }));
-    assert!(m.contains("targets quiesce:plugin@0.9.0") && m.contains("implements quiesce:plugin@0.1.0"), "{m}");
+    assert!(m.contains("targets quiesce:plugin@0.9.0") && m.contains("implements quiesce:plugin@0.1.0 and 0.2.0"), "{m}");
 }
 
 #[test]
@@ -399,7 +400,7 @@ fn component_of_another_world_is_refused() {
     let env = Env::new("wasm-world");
     let path = install_plugin(&env.scratch, "not_a_plugin");
     let m = env.engine.load(&path).err().expect("refused").to_string();
-    assert!(m.contains("another world") && m.contains("wasi:cli/run") && m.contains("quiesce:plugin/hooks@0.1.0"), "{m}");
+    assert!(m.contains("another world") && m.contains("wasi:cli/run") && m.contains("quiesce:plugin/hooks@0.1.0 or @0.2.0"), "{m}");
 }
 
 #[test]
@@ -485,8 +486,8 @@ async fn describe_reports_what_the_plugin_asks_for() {
     assert_eq!(info.name, "lockd");
     assert_eq!(info.grants, vec!["tcp:127.0.0.1:7390".to_string()]);
     assert_eq!(info.params[0].name, "target");
-    assert!(plugin.imports().iter().any(|i| i == "quiesce:plugin/connections@0.1.0"), "{:?}", plugin.imports());
-    assert!(plugin.exports().iter().any(|e| e == "quiesce:plugin/hooks@0.1.0"));
+    assert!(plugin.imports().iter().any(|i| i == "quiesce:plugin/connections@0.2.0"), "{:?}", plugin.imports());
+    assert!(plugin.exports().iter().any(|e| e == "quiesce:plugin/hooks@0.2.0"));
 }
 
 #[test]
@@ -504,10 +505,11 @@ fn cli_plugin_inspect_prints_version_imports_grants_and_cache_state() {
     let out = run(true);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    assert_eq!(v["wit_version"], "0.1.0");
+    assert_eq!(v["wit_version"], "0.2.0");
+    assert_eq!(v["has_check"], true);
     assert_eq!(v["requested_grants"], serde_json::json!(["tcp:127.0.0.1:7390"]));
     assert_eq!(v["cached"], false);
-    assert!(v["imports"].as_array().unwrap().iter().any(|i| i == "quiesce:plugin/connections@0.1.0"));
+    assert!(v["imports"].as_array().unwrap().iter().any(|i| i == "quiesce:plugin/connections@0.2.0"));
     assert_eq!(v["size"], std::fs::metadata(&path).unwrap().len());
 
     let out = run(false);

@@ -58,6 +58,8 @@ pub enum Code {
     StateSpaceLow,
     /// `quiesce check` passes with a warning.
     ConfigWarning,
+    /// A plugin's own `check` (WIT 0.2.0) warns: the hook works, less well than it could.
+    PluginCheckWarning,
     /// The recovery point catalog holds `max_points`: the next backup is refused.
     UserErrorRpCollectionLimitReached,
     /// The recovery point catalog (or a record in it) cannot be read.
@@ -81,6 +83,7 @@ impl Code {
             Code::DirectoryNotTrusted => "DirectoryNotTrusted".into(),
             Code::StateSpaceLow => "StateSpaceLow".into(),
             Code::ConfigWarning => "ConfigWarning".into(),
+            Code::PluginCheckWarning => "PluginCheckWarning".into(),
             Code::UserErrorRpCollectionLimitReached => "UserErrorRpCollectionLimitReached".into(),
             Code::PointsCatalogUnreadable => "PointsCatalogUnreadable".into(),
             Code::LastPointNotAppConsistent => "LastPointNotAppConsistent".into(),

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use crate::check::{self, CheckReport, Problem};
 use crate::config::{Config, ConfigError, Format};
+use crate::hooks::wasm::Severity as WasmSeverity;
 use crate::report::ErrorCode;
 use crate::trust::{self, Rule};
 
@@ -45,6 +46,20 @@ pub async fn check(config: Result<Config, ConfigError>, opts: &DoctorOptions, fr
             cause: w.clone(),
             fix: format!("quiesce check --config {cfg} explains it; the warning names the command where one fixes it"),
         });
+    }
+    // A plugin's own `check` (WIT 0.2.0): its errors are among the problems
+    // above (`PluginCheckFailed`); its warnings are only here.
+    for h in &report.hooks {
+        let Some(run) = h.plugin.as_ref().and_then(|p| p.check.as_ref()) else { continue };
+        for f in run.findings.iter().filter(|f| f.severity == WasmSeverity::Warning) {
+            findings.push(Finding {
+                check: NAME,
+                code: Code::PluginCheckWarning,
+                severity: Severity::Warning,
+                cause: format!("hook {}: the plugin's check: {}: {}", h.name, f.code, f.message),
+                fix: "as the plugin's message says; then quiesce check".into(),
+            });
+        }
     }
     let plugins = report.hooks.iter().filter(|h| h.plugin.is_some()).count();
     let summary = match &config_path {
@@ -106,6 +121,10 @@ fn fix(code: ErrorCode, path: Option<&Path>, rule: Option<Rule>, cfg: &str) -> S
                  against a quiesce:plugin WIT version this host supports, or remove the hook from {cfg}"
             )
         }),
+        ErrorCode::PluginCheckFailed => format!(
+            "the cause names what the plugin could not reach, log in to or do: fix that on the application's side (its role, \
+             its address) or the hook's params/grants in {cfg}; then quiesce check --config {cfg}"
+        ),
         _ => format!("quiesce check --config {cfg} shows what a session would do and why"),
     }
 }

@@ -12,7 +12,7 @@ use crate::config::{HookBody, HookSpec, PluginAction, ScriptAction};
 use crate::contain::Containment;
 use crate::duration::ms;
 use crate::hooks::script::{self, ScriptOutcome, ScriptSpec};
-use crate::hooks::wasm::{CallContext, CallOutcome, Grants, InstanceConfig, Plugin, PluginInstance, SnapshotOutcome, WasmEngine};
+use crate::hooks::wasm::{CallContext, CallOutcome, CheckRun, Grants, InstanceConfig, Plugin, PluginInstance, SnapshotOutcome, WasmEngine};
 use crate::hooks::OUTPUT_CAP;
 use crate::report::{label_name, Consistency, ErrorCode, HookKind, HookReport, Outcome, Phase, ReportError};
 use crate::trust::{self, TrustError, TrustedFile};
@@ -135,6 +135,16 @@ impl ReadyHook {
         match &self.ready {
             Ready::Plugin { instance: Some(i), .. } => i.hung_up_connections(),
             _ => Vec::new(),
+        }
+    }
+
+    /// Runs the `check` of this hook's plugin in its own instance, with
+    /// exactly the grants, params, memory limit, deadline and output cap a
+    /// session gives its `pre` and `post`. None for scripts and refused hooks.
+    pub async fn check_plugin(&self, check_id: &str) -> Option<CheckRun> {
+        match &self.ready {
+            Ready::Plugin { action, plugin, grants, .. } => Some(plugin.check(instance_config(&self.spec, action, grants), check_id).await),
+            Ready::Script { .. } | Ready::Refused(_) => None,
         }
     }
 
@@ -295,15 +305,7 @@ async fn run_plugin(
     let last = loop {
         attempts += 1;
         if instance.is_none() {
-            let cfg = InstanceConfig {
-                name: name.clone(),
-                grants: grants.clone(),
-                params: action.params.clone(),
-                memory_limit_bytes: usize::try_from(action.memory_mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX),
-                call_timeout: spec.timeout,
-                output_cap: OUTPUT_CAP,
-            };
-            match plugin.instantiate(cfg).await {
+            match plugin.instantiate(instance_config(spec, action, grants)).await {
                 Ok(i) => *instance = Some(i),
                 Err(e) => {
                     let failure = Failure { code: ErrorCode::PluginLoadFailed, how: format!("could not be instantiated: {e}") };
@@ -330,7 +332,11 @@ async fn run_plugin(
             Phase::Pre => inst.pre(&call).await,
             Phase::Post => {
                 let (taken, label) = ctx.snapshot.unwrap_or((false, Consistency::None));
-                inst.post(&call, &SnapshotOutcome { taken, label: label_name(label) }).await
+                let post = inst.post_outcome(&call, &SnapshotOutcome { taken, label }).await;
+                if let Some(why) = &post.not_held {
+                    not_held(r, name, why);
+                }
+                post.outcome
             }
         };
         forward_events(inst, name, r);
@@ -374,6 +380,33 @@ async fn run_plugin(
         _ => String::new(),
     };
     record(r, spec, HookKind::Wasm, phase, &what, attempts, started.elapsed(), outcome, None, failure, &detail)
+}
+
+/// The sandbox a plugin hook's instance gets: the admin's grants and
+/// params, the hook's memory limit and per-call deadline, the output cap.
+fn instance_config(spec: &HookSpec, action: &PluginAction, grants: &Grants) -> InstanceConfig {
+    InstanceConfig {
+        name: spec.name.clone(),
+        grants: grants.clone(),
+        params: action.params.clone(),
+        memory_limit_bytes: usize::try_from(action.memory_mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX),
+        call_timeout: spec.timeout,
+        output_cap: OUTPUT_CAP,
+    }
+}
+
+/// The plugin said in post that the application's quiesce did not hold
+/// through the snapshot (a pause that expired, a lock it lost): post runs
+/// after the snapshot, so the label the report gives must come down now —
+/// the session judges it from `apps_quiesced` when it finishes.
+fn not_held(r: &mut Run, name: &str, why: &str) {
+    r.apps_quiesced = false;
+    let m = format!(
+        "plugin hook {name} says the application's quiesce did not hold through the snapshot: {why}; \
+         the snapshot may hold writes made after the quiesce ended, so the label is at most FileSystemConsistent"
+    );
+    tracing::error!("{m}");
+    r.error(ErrorCode::QuiesceNotHeld, m);
 }
 
 /// The plugin's log records go to the session log; refused capabilities

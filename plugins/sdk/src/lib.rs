@@ -5,11 +5,19 @@
 //! lock, enter backup mode), [`Plugin::post`] after they are thawed (unlock,
 //! leave backup mode). The host keeps **one instance per session**, so
 //! whatever `pre` stores in `self` — an open [`Connection`] holding a lock —
-//! is still there in `post`.
+//! is still there in `post`. [`Plugin::check`] runs on its own, any time
+//! (`quiesce check`, `quiesce doctor`): it connects and verifies what `pre`
+//! will need, changing nothing, and returns [`Finding`]s.
+//!
+//! This SDK speaks `quiesce:plugin@0.2.0` (the WIT is in the crate, `wit/`).
+//! New against 0.1.0: [`Plugin::check`] (defaulted: nothing to verify), the
+//! label in [`Snapshot`] is a [`Consistency`], and `post` can say the
+//! application's quiesce did not hold through the snapshot
+//! ([`HookResult::NotHeld`]), which lowers the session's label.
 //!
 //! ```ignore
 //! use std::io::{BufRead, BufReader, Write};
-//! use quiesce_plugin_sdk::{Connection, Context, HookResult, Info, Plugin, Snapshot};
+//! use quiesce_plugin_sdk::{Connection, Context, Finding, HookResult, Info, Plugin, Snapshot};
 //!
 //! #[derive(Default)]
 //! struct MyDb { conn: Option<Connection> }
@@ -30,6 +38,12 @@
 //!         self.conn = Some(conn);                   // held until post
 //!         HookResult::ok("locked")
 //!     }
+//!     fn check(&mut self, ctx: &Context) -> Vec<Finding> {
+//!         match Connection::open(ctx.param_or("target", "tcp:127.0.0.1:7000")) {
+//!             Ok(_) => vec![Finding::passed("MyDbReachable", "MyDB answers")],
+//!             Err(e) => vec![Finding::error("MyDbUnreachable", format!("{e}: start MyDB or fix `target`"))],
+//!         }
+//!     }
 //!     fn post(&mut self, _ctx: &Context, snapshot: &Snapshot) -> HookResult {
 //!         quiesce_plugin_sdk::info!("snapshot taken: {} ({})", snapshot.taken, snapshot.label);
 //!         drop(self.conn.take());                   // closing the session releases the lock
@@ -46,6 +60,7 @@
 //! cargo build --release --target wasm32-wasip2   # crate-type = ["cdylib"]
 //! quiesce plugin inspect target/wasm32-wasip2/release/mydb.wasm
 //! ```
+//! `quiesce plugin new mydb` creates such a crate, ready to build.
 //!
 //! ## What a plugin may do
 //! Nothing, by default: no files, no network, no environment, no real wall
@@ -81,7 +96,10 @@ use std::time::Duration;
 #[doc(hidden)]
 pub mod __bindings {
     wit_bindgen::generate!({
-        path: "../../wit/v0.1.0",
+        // Inside the crate (a copy of the repository's frozen
+        // `wit/v0.2.0/plugin.wit`; a host test keeps them identical), so the
+        // SDK builds wherever it is copied to.
+        path: "wit",
         world: "quiesce-plugin",
         pub_export_macro: true,
         export_macro_name: "__quiesce_export",
@@ -99,7 +117,17 @@ pub trait Plugin: Default + 'static {
     /// Before the freeze: make the application's on-disk state consistent.
     fn pre(&mut self, ctx: &Context) -> HookResult;
     /// After the thaw (also after a failed or skipped snapshot): undo `pre`.
+    /// Return [`HookResult::NotHeld`] when what `pre` did ended before the
+    /// snapshot was taken (a pause that expired): the session's label comes down.
     fn post(&mut self, ctx: &Context, snapshot: &Snapshot) -> HookResult;
+    /// Verifies, changing nothing, that `pre` and `post` will work with
+    /// these params and grants: connect, authenticate, check privileges
+    /// and settings. Runs in an instance of its own, with the same limits.
+    /// The default has nothing to verify.
+    fn check(&mut self, ctx: &Context) -> Vec<Finding> {
+        let _ = ctx;
+        Vec::new()
+    }
 }
 
 /// Registers `$plugin` (a type implementing [`Plugin`]) as this component's
@@ -123,8 +151,11 @@ macro_rules! register {
             fn post(
                 ctx: $crate::__private::WitContext,
                 snapshot: $crate::__private::WitSnapshot,
-            ) -> $crate::__private::WitResult {
+            ) -> $crate::__private::WitPostResult {
                 $crate::__private::post::<$plugin>(&__QUIESCE_PLUGIN_STATE, ctx, snapshot)
+            }
+            fn check(ctx: $crate::__private::WitContext) -> ::std::vec::Vec<$crate::__private::WitFinding> {
+                $crate::__private::check::<$plugin>(&__QUIESCE_PLUGIN_STATE, ctx)
             }
         }
         $crate::__bindings::__quiesce_export!(__QuiescePluginExport with_types_in $crate::__bindings);
@@ -135,7 +166,10 @@ macro_rules! register {
 pub mod __private {
     use super::*;
     pub use crate::__bindings::exports::quiesce::plugin::hooks::Guest;
-    pub use wit::types::{HookContext as WitContext, HookResult as WitResult, PluginInfo as WitInfo, SnapshotOutcome as WitSnapshot};
+    pub use wit::types::{
+        Finding as WitFinding, HookContext as WitContext, HookResult as WitResult, PluginInfo as WitInfo, PostResult as WitPostResult,
+        SnapshotOutcome as WitSnapshot,
+    };
 
     pub type State<P> = LocalKey<RefCell<Option<P>>>;
 
@@ -148,10 +182,15 @@ pub mod __private {
         state.with(|s| s.borrow_mut().get_or_insert_with(P::default).pre(&ctx).into_wit())
     }
 
-    pub fn post<P: Plugin>(state: &'static State<P>, ctx: WitContext, snapshot: WitSnapshot) -> WitResult {
+    pub fn post<P: Plugin>(state: &'static State<P>, ctx: WitContext, snapshot: WitSnapshot) -> WitPostResult {
         let ctx = Context::from_wit(ctx);
-        let snapshot = Snapshot { taken: snapshot.taken, label: snapshot.label };
-        state.with(|s| s.borrow_mut().get_or_insert_with(P::default).post(&ctx, &snapshot).into_wit())
+        let snapshot = Snapshot { taken: snapshot.taken, label: Consistency::from_wit(snapshot.label) };
+        state.with(|s| s.borrow_mut().get_or_insert_with(P::default).post(&ctx, &snapshot).into_post())
+    }
+
+    pub fn check<P: Plugin>(state: &'static State<P>, ctx: WitContext) -> Vec<WitFinding> {
+        let ctx = Context::from_wit(ctx);
+        state.with(|s| s.borrow_mut().get_or_insert_with(P::default).check(&ctx).into_iter().map(Finding::into_wit).collect())
     }
 }
 
@@ -246,8 +285,93 @@ impl Context {
 #[derive(Clone, Debug)]
 pub struct Snapshot {
     pub taken: bool,
-    /// `AppConsistent`, `FileSystemConsistent`, `CrashConsistent` or `None`.
-    pub label: String,
+    /// The session's label so far.
+    pub label: Consistency,
+}
+
+/// The consistency a session claims for its snapshot, strongest first.
+/// Displays as the report spells it (`AppConsistent`, ...).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Consistency {
+    AppConsistent,
+    FileSystemConsistent,
+    CrashConsistent,
+    /// No snapshot was taken.
+    None,
+}
+
+impl Consistency {
+    fn from_wit(c: wit::types::Consistency) -> Consistency {
+        use wit::types::Consistency as C;
+        match c {
+            C::AppConsistent => Consistency::AppConsistent,
+            C::FileSystemConsistent => Consistency::FileSystemConsistent,
+            C::CrashConsistent => Consistency::CrashConsistent,
+            C::None => Consistency::None,
+        }
+    }
+}
+
+impl fmt::Display for Consistency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Consistency::AppConsistent => "AppConsistent",
+            Consistency::FileSystemConsistent => "FileSystemConsistent",
+            Consistency::CrashConsistent => "CrashConsistent",
+            Consistency::None => "None",
+        })
+    }
+}
+
+/// How much a [`Finding`] matters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    /// Verified and fine.
+    Passed,
+    /// Worth knowing; the hook will work.
+    Info,
+    /// The hook will work, but worse than it could.
+    Warning,
+    /// The hook will fail.
+    Error,
+}
+
+/// One thing [`Plugin::check`] verified or found wrong: a stable code
+/// (UpperCamelCase, searchable, never reused) and a message that says what
+/// was found and, unless it passed, the exact fix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finding {
+    pub severity: Severity,
+    pub code: String,
+    pub message: String,
+}
+
+impl Finding {
+    pub fn new(severity: Severity, code: impl Into<String>, message: impl Into<String>) -> Finding {
+        Finding { severity, code: code.into(), message: message.into() }
+    }
+    pub fn passed(code: impl Into<String>, message: impl Into<String>) -> Finding {
+        Finding::new(Severity::Passed, code, message)
+    }
+    pub fn info(code: impl Into<String>, message: impl Into<String>) -> Finding {
+        Finding::new(Severity::Info, code, message)
+    }
+    pub fn warning(code: impl Into<String>, message: impl Into<String>) -> Finding {
+        Finding::new(Severity::Warning, code, message)
+    }
+    pub fn error(code: impl Into<String>, message: impl Into<String>) -> Finding {
+        Finding::new(Severity::Error, code, message)
+    }
+    fn into_wit(self) -> wit::types::Finding {
+        use wit::types::Severity as S;
+        let severity = match self.severity {
+            Severity::Passed => S::Passed,
+            Severity::Info => S::Info,
+            Severity::Warning => S::Warning,
+            Severity::Error => S::Error,
+        };
+        wit::types::Finding { severity, code: self.code, message: self.message }
+    }
 }
 
 /// The result of a hook call.
@@ -257,6 +381,11 @@ pub enum HookResult {
     /// Worth another attempt (the host retries as the admin configured).
     Retryable(String),
     Fatal(String),
+    /// From `post` only: undone fine, but the application's quiesce did not
+    /// hold through the snapshot (the message says why and the fix); the
+    /// session's label drops to `FileSystemConsistent` (`QuiesceNotHeld`).
+    /// From `pre` it is a failure: nothing can have failed to hold yet.
+    NotHeld(String),
 }
 
 impl HookResult {
@@ -269,11 +398,25 @@ impl HookResult {
     pub fn fatal(msg: impl Into<String>) -> HookResult {
         HookResult::Fatal(msg.into())
     }
+    pub fn not_held(why: impl Into<String>) -> HookResult {
+        HookResult::NotHeld(why.into())
+    }
     fn into_wit(self) -> wit::types::HookResult {
         match self {
             HookResult::Ok(m) => wit::types::HookResult::Ok(m),
             HookResult::Retryable(m) => wit::types::HookResult::Retryable(m),
             HookResult::Fatal(m) => wit::types::HookResult::Fatal(m),
+            HookResult::NotHeld(m) => wit::types::HookResult::Fatal(format!("pre returned NotHeld (only post can): {m}")),
+        }
+    }
+    fn into_post(self) -> wit::types::PostResult {
+        match self {
+            HookResult::NotHeld(why) => wit::types::PostResult {
+                outcome: wit::types::HookResult::Ok(format!("quiesce did not hold: {why}")),
+                held: false,
+                why_not_held: why,
+            },
+            r => wit::types::PostResult { outcome: r.into_wit(), held: true, why_not_held: String::new() },
         }
     }
 }

@@ -4,7 +4,8 @@
 use wasmtime::component::Component;
 use wasmtime::Engine;
 
-use super::{HOOKS_INTERFACE, WIT_VERSION};
+use super::bindings::WitVersion;
+use super::HOOKS_INTERFACE;
 
 const WASM_MAGIC: &[u8; 4] = b"\0asm";
 
@@ -17,7 +18,10 @@ pub(crate) enum Kind {
 }
 
 pub(crate) fn expected() -> String {
-    format!("expected a WebAssembly component exporting {HOOKS_INTERFACE}@{WIT_VERSION} (built for wasm32-wasip2 with quiesce-plugin-sdk)")
+    format!(
+        "expected a WebAssembly component exporting {HOOKS_INTERFACE}@{} (built for wasm32-wasip2 with quiesce-plugin-sdk)",
+        WitVersion::ALL.iter().map(|v| v.as_str()).collect::<Vec<_>>().join(" or @")
+    )
 }
 
 pub(crate) fn classify(bytes: &[u8]) -> Kind {
@@ -47,27 +51,28 @@ fn quiesce_version(name: &str) -> Option<&str> {
     Some(rest.split_once('@').map_or("", |(_, v)| v))
 }
 
-/// Checks that a compiled component targets the world this host implements.
-pub(crate) fn check_world(engine: &Engine, component: &Component) -> Result<(), String> {
+/// Which version of the world a compiled component targets, if this host
+/// implements it; otherwise what it is and the fix.
+pub(crate) fn check_world(engine: &Engine, component: &Component) -> Result<WitVersion, String> {
     let ty = component.component_type();
     let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_owned()).collect();
     let imports: Vec<String> = ty.imports(engine).map(|(n, _)| n.to_owned()).collect();
 
     let hooks: Vec<&String> = exports.iter().filter(|n| n.starts_with(&format!("{HOOKS_INTERFACE}@")) || **n == HOOKS_INTERFACE).collect();
-    let wanted = format!("{HOOKS_INTERFACE}@{WIT_VERSION}");
-    if hooks.iter().any(|n| **n == wanted) {
+    let supported = WitVersion::supported_list();
+    if let Some(version) = hooks.iter().find_map(|n| quiesce_version(n).and_then(WitVersion::parse)) {
         // Imports of another quiesce version would fail to link anyway;
         // say so in our words.
-        if let Some(bad) = imports.iter().find(|n| quiesce_version(n).is_some_and(|v| v != WIT_VERSION)) {
-            return Err(format!("imports {bad}, but this host implements quiesce:plugin@{WIT_VERSION}"));
+        if let Some(bad) = imports.iter().find(|n| quiesce_version(n).is_some_and(|v| v != version.as_str())) {
+            return Err(format!("exports {HOOKS_INTERFACE}@{version} but imports {bad}; a plugin speaks one version of quiesce:plugin"));
         }
-        return Ok(());
+        return Ok(version);
     }
     if let Some(other) = hooks.first() {
         let v = quiesce_version(other).unwrap_or("");
         return Err(format!(
-            "targets quiesce:plugin@{} (exports {other}); this host implements quiesce:plugin@{WIT_VERSION} only: \
-             rebuild the plugin against quiesce-plugin-sdk {WIT_VERSION} or upgrade quiesce",
+            "targets quiesce:plugin@{} (exports {other}); this host implements quiesce:plugin@{supported} only: \
+             rebuild the plugin against a quiesce-plugin-sdk for one of those or upgrade quiesce",
             if v.is_empty() { "(unversioned)" } else { v }
         ));
     }
@@ -83,7 +88,7 @@ mod tests {
     fn preamble_tells_modules_components_and_junk_apart() {
         assert_eq!(classify(b"\0asm\x0d\0\x01\0rest"), Kind::Component);
         let Kind::Other(m) = classify(b"\0asm\x01\0\0\0") else { panic!() };
-        assert!(m.contains("core WebAssembly module") && m.contains("quiesce:plugin/hooks@0.1.0"), "{m}");
+        assert!(m.contains("core WebAssembly module") && m.contains("quiesce:plugin/hooks@0.1.0 or @0.2.0"), "{m}");
         let Kind::Other(m) = classify(b"#!/bin/sh\nexit 0\n") else { panic!() };
         assert!(m.contains("not a WebAssembly file (starts with 23 21 2f 62"), "{m}");
         let Kind::Other(m) = classify(b"") else { panic!() };

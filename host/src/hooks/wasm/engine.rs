@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine};
 
-use super::bindings::v0_1_0::{QuiescePlugin, QuiescePluginPre};
+use super::bindings::{v0_1_0, v0_2_0, WitVersion};
 use super::cache::{Cache, CacheStatus};
 use super::detect::{self, Kind};
-use super::plugin::Plugin;
+use super::plugin::{Plugin, PluginPre};
 use super::state::HostState;
 use super::{error_chain, PluginError};
 use crate::trust::{self, Rule};
@@ -74,7 +74,9 @@ impl WasmEngine {
 
         let mut linker = Linker::<HostState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(rt)?;
-        QuiescePlugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s).map_err(rt)?;
+        // Every version's imports, side by side (their names carry the version).
+        v0_1_0::QuiescePlugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s).map_err(rt)?;
+        v0_2_0::QuiescePlugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s).map_err(rt)?;
 
         let stop = Arc::new(AtomicBool::new(false));
         let ticker_engine = engine.clone();
@@ -108,8 +110,8 @@ impl WasmEngine {
     /// Opens `path` under the plugin trust rule (root-owned, not writable by
     /// group or others, every directory on the way likewise), reads it from
     /// the checked fd, and makes a [`Plugin`] of it: refused with
-    /// [`PluginError::Load`] unless it is a component of the
-    /// `quiesce:plugin@0.1.0` world.
+    /// [`PluginError::Load`] unless it is a component of a
+    /// `quiesce:plugin` world this host implements ([`WitVersion`]).
     pub fn load(&self, path: &Path) -> Result<Plugin, PluginError> {
         let started = Instant::now();
         let file = trust::open_trusted(path, Rule::Plugin).map_err(|source| PluginError::Untrusted { path: path.to_path_buf(), source })?;
@@ -140,11 +142,15 @@ impl WasmEngine {
         started: Instant,
     ) -> Result<Plugin, PluginError> {
         let engine = &self.inner.engine;
-        detect::check_world(engine, component).map_err(|m| PluginError::load(path, m))?;
-        let pre = self.inner.linker.instantiate_pre(component).and_then(QuiescePluginPre::new).map_err(|e| {
+        let version = detect::check_world(engine, component).map_err(|m| PluginError::load(path, m))?;
+        let linked = self.inner.linker.instantiate_pre(component).and_then(|pre| match version {
+            WitVersion::V0_1_0 => v0_1_0::QuiescePluginPre::new(pre).map(PluginPre::V0_1_0),
+            WitVersion::V0_2_0 => v0_2_0::QuiescePluginPre::new(pre).map(PluginPre::V0_2_0),
+        });
+        let pre = linked.map_err(|e| {
             PluginError::load(
                 path,
-                format!("cannot be linked: {} (quiesce offers WASI 0.2 and quiesce:plugin@0.1.0 imports only)", error_chain(&e)),
+                format!("cannot be linked: {} (quiesce offers WASI 0.2 and quiesce:plugin@{version} imports only)", error_chain(&e)),
             )
         })?;
         let plugin = Plugin::new(self.clone(), path, bytes, component, pre, cache, started.elapsed());

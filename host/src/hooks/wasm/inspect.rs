@@ -24,7 +24,7 @@ use wasmtime::component::Component;
 use super::detect::{self, Kind};
 use super::engine::{read_checked, WasmEngine};
 use super::plugin::{ParamDoc, Plugin, PluginInfo};
-use super::{error_chain, CacheStatus, PluginError, HOOKS_INTERFACE, WIT_VERSION};
+use super::{error_chain, CacheStatus, PluginError, WitVersion, HOOKS_INTERFACE};
 use crate::trust::{self, Rule};
 
 /// How long reading and compiling a file may take (a small plugin compiles
@@ -34,7 +34,10 @@ pub const INSPECT_DEADLINE: Duration = Duration::from_secs(60);
 #[derive(Clone, Debug, Serialize)]
 pub struct Inspection {
     pub path: String,
-    pub wit_version: String,
+    /// The version of `quiesce:plugin` the plugin speaks.
+    pub wit_version: WitVersion,
+    /// Whether it exports `check` (0.2.0 and later).
+    pub has_check: bool,
     pub world: String,
     pub imports: Vec<String>,
     pub exports: Vec<String>,
@@ -87,8 +90,9 @@ pub async fn inspect_within(engine: &WasmEngine, path: &Path, deadline: Duration
     let info: PluginInfo = plugin.describe().await?;
     Ok(Inspection {
         path: path.display().to_string(),
-        wit_version: WIT_VERSION.to_owned(),
-        world: format!("quiesce:plugin/quiesce-plugin@{WIT_VERSION} (exports {HOOKS_INTERFACE}@{WIT_VERSION})"),
+        wit_version: plugin.wit_version(),
+        has_check: plugin.wit_version().has_check(),
+        world: format!("quiesce:plugin/quiesce-plugin@{v} (exports {HOOKS_INTERFACE}@{v})", v = plugin.wit_version()),
         imports: plugin.imports().to_vec(),
         exports: plugin.exports().to_vec(),
         name: info.name,

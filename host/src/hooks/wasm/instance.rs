@@ -10,13 +10,15 @@ use std::time::{Duration, Instant};
 
 use wasmtime::{Store, StoreContextMut, Trap, UpdateDeadline};
 
-use super::bindings::v0_1_0::quiesce::plugin::types as wit;
-use super::bindings::v0_1_0::QuiescePlugin;
+use serde::Serialize;
+
+use super::bindings::{v0_1_0, v0_2_0, WitVersion};
 use super::grants::Grants;
-use super::plugin::{ParamDoc, Plugin, PluginInfo};
+use super::plugin::{ParamDoc, Plugin, PluginInfo, PluginPre};
 use super::state::{memory_exceeded, Artifact, Events, HostState, LogSource};
 use super::{error_chain, PluginError};
 use crate::hooks::truncate_message;
+use crate::report::{label_name, Consistency};
 
 /// Limits and grants for one instance; the admin's config fills them.
 #[derive(Clone, Debug)]
@@ -66,8 +68,53 @@ pub struct CallContext {
 #[derive(Clone, Debug)]
 pub struct SnapshotOutcome {
     pub taken: bool,
-    /// The report's consistency label (`AppConsistent`, ..., `None`).
-    pub label: String,
+    /// The session's label so far (a 0.1.0 plugin gets its name as a string).
+    pub label: Consistency,
+}
+
+/// How `post` ended, and whether the plugin says its quiesce held through
+/// the snapshot (only 0.2.0 plugins can say it did not).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PostOutcome {
+    pub outcome: CallOutcome,
+    /// Set when the plugin said the application's quiesce did not hold
+    /// (`held: false`): its reason, cut to the output cap.
+    pub not_held: Option<String>,
+}
+
+/// How much a `check` finding matters (the WIT's `severity`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Verified and fine.
+    Passed,
+    Info,
+    /// The hook will work, but less well than it could.
+    Warning,
+    /// The hook will fail.
+    Error,
+}
+
+impl Severity {
+    /// The word shown to people.
+    pub fn word(self) -> &'static str {
+        match self {
+            Severity::Passed => "ok",
+            Severity::Info => "note",
+            Severity::Warning => "warning",
+            Severity::Error => "problem",
+        }
+    }
+}
+
+/// One thing a plugin's `check` verified or found wrong.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    pub severity: Severity,
+    /// The plugin's stable code (`PgCheckpointNotAllowed`): letters and digits only.
+    pub code: String,
+    /// What was found and the fix.
+    pub message: String,
 }
 
 /// How one call ended.
@@ -113,9 +160,15 @@ impl fmt::Display for CallOutcome {
     }
 }
 
+/// The instance's exports, in the bindings of the version it speaks.
+enum Bindings {
+    V0_1_0(v0_1_0::QuiescePlugin),
+    V0_2_0(v0_2_0::QuiescePlugin),
+}
+
 struct Live {
     store: Store<HostState>,
-    bindings: QuiescePlugin,
+    bindings: Bindings,
 }
 
 pub struct PluginInstance {
@@ -133,17 +186,25 @@ enum Call<'a> {
     Describe,
     Pre(&'a CallContext),
     Post(&'a CallContext, &'a SnapshotOutcome),
+    Check(&'a CallContext),
 }
 
+/// What a call returned, in the host's terms (whatever the version).
 enum Returned {
-    Info(wit::PluginInfo),
-    Hook(wit::HookResult),
+    Info(PluginInfo),
+    Hook(CallOutcome),
+    Post(PostOutcome),
+    Findings(Vec<Finding>),
 }
 
 /// `describe`'s strings and lists are shown by `inspect` and `check`:
 /// generous for an honest plugin, bounded for a hostile one.
 const MAX_INFO_STRING: usize = 1024;
 const MAX_INFO_ITEMS: usize = 64;
+/// `check`'s findings: as many as an honest plugin has things to verify, each
+/// code a short word, each message a few lines.
+const MAX_FINDINGS: usize = 64;
+const MAX_FINDING_CODE: usize = 64;
 
 /// Checked at every epoch tick while the guest runs: the call's real
 /// deadline, on the monotonic clock. Counting ticks instead drifted — the
@@ -167,7 +228,13 @@ impl PluginInstance {
         store.set_epoch_deadline(1);
         // A timeout too large for the clock means none; the tokio timer copes.
         store.data_mut().deadline = Instant::now().checked_add(cfg.call_timeout);
-        let inst = tokio::time::timeout(cfg.call_timeout, plugin.pre().instantiate_async(&mut store)).await;
+        let inst = tokio::time::timeout(cfg.call_timeout, async {
+            match plugin.pre() {
+                PluginPre::V0_1_0(pre) => pre.instantiate_async(&mut store).await.map(Bindings::V0_1_0),
+                PluginPre::V0_2_0(pre) => pre.instantiate_async(&mut store).await.map(Bindings::V0_2_0),
+            }
+        })
+        .await;
         store.data_mut().deadline = None;
         let bindings = match inst {
             Ok(Ok(b)) => b,
@@ -202,34 +269,55 @@ impl PluginInstance {
         self.death.as_deref()
     }
 
+    /// The version of `quiesce:plugin` the instance speaks (None once dead).
+    pub fn wit_version(&self) -> Option<WitVersion> {
+        self.live.as_ref().map(|l| match l.bindings {
+            Bindings::V0_1_0(_) => WitVersion::V0_1_0,
+            Bindings::V0_2_0(_) => WitVersion::V0_2_0,
+        })
+    }
+
     /// The pre hook. `Retryable` leaves the instance alive for another attempt.
     pub async fn pre(&mut self, ctx: &CallContext) -> CallOutcome {
         match self.invoke(Call::Pre(ctx)).await {
-            Ok(Returned::Hook(r)) => hook_outcome(r, self.output_cap()),
-            Ok(Returned::Info(_)) => CallOutcome::Trapped("internal: pre returned plugin info".into()),
+            Ok(Returned::Hook(o)) => o,
+            Ok(_) => CallOutcome::Trapped("internal: pre returned something else than a hook result".into()),
             Err(o) => o,
         }
     }
 
-    /// The post hook, told what became of the snapshot.
+    /// The post hook, told what became of the snapshot. See
+    /// [`post_outcome`](Self::post_outcome) for whether the quiesce held.
     pub async fn post(&mut self, ctx: &CallContext, snapshot: &SnapshotOutcome) -> CallOutcome {
+        self.post_outcome(ctx, snapshot).await.outcome
+    }
+
+    /// The post hook, and whether the plugin says the application's quiesce
+    /// held through the snapshot (a 0.1.0 plugin cannot say; it counts as held).
+    pub async fn post_outcome(&mut self, ctx: &CallContext, snapshot: &SnapshotOutcome) -> PostOutcome {
         match self.invoke(Call::Post(ctx, snapshot)).await {
-            Ok(Returned::Hook(r)) => hook_outcome(r, self.output_cap()),
-            Ok(Returned::Info(_)) => CallOutcome::Trapped("internal: post returned plugin info".into()),
-            Err(o) => o,
+            Ok(Returned::Post(p)) => p,
+            Ok(_) => PostOutcome { outcome: CallOutcome::Trapped("internal: post returned something else".into()), not_held: None },
+            Err(outcome) => PostOutcome { outcome, not_held: None },
+        }
+    }
+
+    /// The plugin's `check` (0.2.0 and later): what it verified and found
+    /// wrong, changing nothing. `Err` when the call failed (trap, timeout)
+    /// or the plugin speaks a version without `check`
+    /// ([`CallOutcome::Fatal`] saying so).
+    pub async fn check(&mut self, ctx: &CallContext) -> Result<Vec<Finding>, CallOutcome> {
+        match self.invoke(Call::Check(ctx)).await? {
+            Returned::Findings(f) => Ok(f),
+            _ => Err(CallOutcome::Trapped("internal: check returned something else than findings".into())),
         }
     }
 
     pub(crate) async fn describe(&mut self) -> Result<PluginInfo, CallOutcome> {
         match self.invoke(Call::Describe).await? {
-            Returned::Info(i) => Ok(plugin_info(i)),
-            Returned::Hook(_) => Err(CallOutcome::Trapped("internal: describe returned a hook result".into())),
+            Returned::Info(i) => Ok(i),
+            _ => Err(CallOutcome::Trapped("internal: describe returned something else than plugin info".into())),
         }
-    }
-
-    /// The instance's output cap (the default once it died).
-    fn output_cap(&self) -> usize {
-        self.live.as_ref().map_or(InstanceConfig::DEFAULT_OUTPUT_CAP, |l| l.store.data().output_cap)
     }
 
     /// Log records, grant denials and dropped-output counts since the last take.
@@ -268,33 +356,31 @@ impl PluginInstance {
 
     async fn invoke(&mut self, call: Call<'_>) -> Result<Returned, CallOutcome> {
         let Some(live) = self.live.as_mut() else { return Err(CallOutcome::Dead) };
+        if let (Call::Check(_), Bindings::V0_1_0(_)) = (&call, &live.bindings) {
+            return Err(CallOutcome::Fatal(format!(
+                "the plugin speaks quiesce:plugin@{}, which has no check (rebuild it against quiesce-plugin-sdk {} or later)",
+                WitVersion::V0_1_0,
+                WitVersion::V0_2_0
+            )));
+        }
         let timeout = self.call_timeout;
+        let cap = live.store.data().output_cap;
         let started = Instant::now();
         live.store.data_mut().deadline = Some(crate::duration::deadline(started, timeout));
         live.store.set_epoch_deadline(1);
 
-        let ctx_of = |c: &CallContext| wit::HookContext {
-            session_id: c.session_id.clone(),
-            attempt: c.attempt,
-            deadline_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-            params: self.params.clone(),
-        };
+        let deadline_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        let params = &self.params;
         let fut = async {
-            let hooks = live.bindings.quiesce_plugin_hooks();
-            match call {
-                Call::Describe => hooks.call_describe(&mut live.store).await.map(Returned::Info),
-                Call::Pre(c) => hooks.call_pre(&mut live.store, &ctx_of(c)).await.map(Returned::Hook),
-                Call::Post(c, s) => {
-                    let snap = wit::SnapshotOutcome { taken: s.taken, label: s.label.clone() };
-                    hooks.call_post(&mut live.store, &ctx_of(c), &snap).await.map(Returned::Hook)
-                }
+            match &live.bindings {
+                Bindings::V0_1_0(b) => call_v0_1_0(b, &mut live.store, call, deadline_ms, params, cap).await,
+                Bindings::V0_2_0(b) => call_v0_2_0(b, &mut live.store, call, deadline_ms, params, cap).await,
             }
         };
         let result = tokio::time::timeout(timeout, fut).await;
 
         let data = live.store.data_mut();
         data.deadline = None;
-        let cap = data.output_cap;
         let exceeded = data.limiter.exceeded.map(|total| memory_exceeded(data.limiter.memory_limit, total));
         let ev = data.drain_events();
         let stderr_tail = stderr_tail(&ev);
@@ -334,32 +420,166 @@ impl PluginInstance {
     }
 }
 
+/// One call into a 0.1.0 plugin, its answer in the host's terms.
+async fn call_v0_1_0(
+    b: &v0_1_0::QuiescePlugin,
+    store: &mut Store<HostState>,
+    call: Call<'_>,
+    deadline_ms: u64,
+    params: &[(String, String)],
+    cap: usize,
+) -> wasmtime::Result<Returned> {
+    use v0_1_0::quiesce::plugin::types as wit;
+    let ctx_of = |c: &CallContext| wit::HookContext {
+        session_id: c.session_id.clone(),
+        attempt: c.attempt,
+        deadline_ms,
+        params: params.to_vec(),
+    };
+    let outcome = |r: wit::HookResult| match r {
+        wit::HookResult::Ok(m) => hook_outcome(HookAnswer::Ok(m), cap),
+        wit::HookResult::Retryable(m) => hook_outcome(HookAnswer::Retryable(m), cap),
+        wit::HookResult::Fatal(m) => hook_outcome(HookAnswer::Fatal(m), cap),
+    };
+    let hooks = b.quiesce_plugin_hooks();
+    Ok(match call {
+        Call::Describe => {
+            let i = hooks.call_describe(store).await?;
+            let params = i.params.into_iter().map(|p| (p.name, p.description, p.required, p.default)).collect();
+            Returned::Info(plugin_info(i.name, i.version, i.quiesces, i.grants, params))
+        }
+        Call::Pre(c) => Returned::Hook(outcome(hooks.call_pre(store, &ctx_of(c)).await?)),
+        Call::Post(c, s) => {
+            let snap = wit::SnapshotOutcome { taken: s.taken, label: label_name(s.label) };
+            Returned::Post(PostOutcome { outcome: outcome(hooks.call_post(store, &ctx_of(c), &snap).await?), not_held: None })
+        }
+        // Refused before the call (the version has no `check`).
+        Call::Check(_) => return Err(wasmtime::format_err!("quiesce:plugin@0.1.0 has no check")),
+    })
+}
+
+/// One call into a 0.2.0 plugin, its answer in the host's terms.
+async fn call_v0_2_0(
+    b: &v0_2_0::QuiescePlugin,
+    store: &mut Store<HostState>,
+    call: Call<'_>,
+    deadline_ms: u64,
+    params: &[(String, String)],
+    cap: usize,
+) -> wasmtime::Result<Returned> {
+    use v0_2_0::quiesce::plugin::types as wit;
+    let ctx_of = |c: &CallContext| wit::HookContext {
+        session_id: c.session_id.clone(),
+        attempt: c.attempt,
+        deadline_ms,
+        params: params.to_vec(),
+    };
+    let outcome = |r: wit::HookResult| match r {
+        wit::HookResult::Ok(m) => hook_outcome(HookAnswer::Ok(m), cap),
+        wit::HookResult::Retryable(m) => hook_outcome(HookAnswer::Retryable(m), cap),
+        wit::HookResult::Fatal(m) => hook_outcome(HookAnswer::Fatal(m), cap),
+    };
+    let hooks = b.quiesce_plugin_hooks();
+    Ok(match call {
+        Call::Describe => {
+            let i = hooks.call_describe(store).await?;
+            let params = i.params.into_iter().map(|p| (p.name, p.description, p.required, p.default)).collect();
+            Returned::Info(plugin_info(i.name, i.version, i.quiesces, i.grants, params))
+        }
+        Call::Pre(c) => Returned::Hook(outcome(hooks.call_pre(store, &ctx_of(c)).await?)),
+        Call::Post(c, s) => {
+            let label = match s.label {
+                Consistency::AppConsistent => wit::Consistency::AppConsistent,
+                Consistency::FileSystemConsistent => wit::Consistency::FileSystemConsistent,
+                Consistency::CrashConsistent => wit::Consistency::CrashConsistent,
+                Consistency::None => wit::Consistency::None,
+            };
+            let r = hooks.call_post(store, &ctx_of(c), wit::SnapshotOutcome { taken: s.taken, label }).await?;
+            let not_held = (!r.held).then(|| {
+                let why = if r.why_not_held.trim().is_empty() { "the plugin gave no reason".to_owned() } else { r.why_not_held };
+                truncate_message(why, cap)
+            });
+            Returned::Post(PostOutcome { outcome: outcome(r.outcome), not_held })
+        }
+        Call::Check(c) => {
+            let found = hooks.call_check(store, &ctx_of(c)).await?;
+            let dropped = found.len().saturating_sub(MAX_FINDINGS);
+            let mut findings: Vec<Finding> = found
+                .into_iter()
+                .take(MAX_FINDINGS)
+                .map(|f| {
+                    let severity = match f.severity {
+                        wit::Severity::Passed => Severity::Passed,
+                        wit::Severity::Info => Severity::Info,
+                        wit::Severity::Warning => Severity::Warning,
+                        wit::Severity::Error => Severity::Error,
+                    };
+                    finding(severity, &f.code, f.message)
+                })
+                .collect();
+            if dropped > 0 {
+                findings.push(finding(Severity::Warning, "TooManyFindings", format!("{dropped} more findings dropped (only {MAX_FINDINGS} are kept)")));
+            }
+            Returned::Findings(findings)
+        }
+    })
+}
+
+/// `hook-result`, the same in every version.
+enum HookAnswer {
+    Ok(String),
+    Retryable(String),
+    Fatal(String),
+}
+
 /// The plugin's answer, its message cut to the output cap: it goes into the
 /// report, the log and stderr (uncapped, 100 MB reports were produced).
 /// The guest's memory limit bounds the copy wasmtime makes before this.
-fn hook_outcome(r: wit::HookResult, cap: usize) -> CallOutcome {
+fn hook_outcome(r: HookAnswer, cap: usize) -> CallOutcome {
     let cut = |m: String| truncate_message(m, cap);
     match r {
-        wit::HookResult::Ok(m) => CallOutcome::Ok(cut(m)),
-        wit::HookResult::Retryable(m) => CallOutcome::Retryable(cut(m)),
-        wit::HookResult::Fatal(m) => CallOutcome::Fatal(cut(m)),
+        HookAnswer::Ok(m) => CallOutcome::Ok(cut(m)),
+        HookAnswer::Retryable(m) => CallOutcome::Retryable(cut(m)),
+        HookAnswer::Fatal(m) => CallOutcome::Fatal(cut(m)),
     }
+}
+
+/// A finding as people will read it: the code letters and digits only (it
+/// is searched for, and must not carry escape sequences to a terminal), the
+/// message one line without control characters, both bounded.
+fn finding(severity: Severity, code: &str, message: String) -> Finding {
+    let mut code: String = code.chars().filter(char::is_ascii_alphanumeric).take(MAX_FINDING_CODE).collect();
+    if code.is_empty() {
+        code = "Unnamed".into();
+    }
+    let message: String = message.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    Finding { severity, code, message: truncate_message(message, MAX_INFO_STRING) }
 }
 
 /// What `describe` returned, within the output cap: each string cut to
 /// [`MAX_INFO_STRING`], at most [`MAX_INFO_ITEMS`] grants and params.
-fn plugin_info(i: wit::PluginInfo) -> PluginInfo {
+fn plugin_info(
+    name: String,
+    version: String,
+    quiesces: String,
+    grants: Vec<String>,
+    params: Vec<(String, String, bool, Option<String>)>,
+) -> PluginInfo {
     let cut = |m: String| truncate_message(m, MAX_INFO_STRING);
     PluginInfo {
-        name: cut(i.name),
-        version: cut(i.version),
-        quiesces: cut(i.quiesces),
-        grants: i.grants.into_iter().take(MAX_INFO_ITEMS).map(cut).collect(),
-        params: i
-            .params
+        name: cut(name),
+        version: cut(version),
+        quiesces: cut(quiesces),
+        grants: grants.into_iter().take(MAX_INFO_ITEMS).map(cut).collect(),
+        params: params
             .into_iter()
             .take(MAX_INFO_ITEMS)
-            .map(|p| ParamDoc { name: cut(p.name), description: cut(p.description), required: p.required, default: p.default.map(cut) })
+            .map(|(name, description, required, default)| ParamDoc {
+                name: cut(name),
+                description: cut(description),
+                required,
+                default: default.map(cut),
+            })
             .collect(),
     }
 }
@@ -390,7 +610,7 @@ mod tests {
         assert_send(plugin);
         assert_send(&plugin.instantiate(InstanceConfig::new("x")));
         let ctx = CallContext { session_id: String::new(), attempt: 1 };
-        let snap = SnapshotOutcome { taken: true, label: String::new() };
+        let snap = SnapshotOutcome { taken: true, label: Consistency::AppConsistent };
         assert_send(&inst.pre(&ctx));
         assert_send(&inst.post(&ctx, &snap));
         assert_send(&inst);

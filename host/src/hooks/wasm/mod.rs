@@ -2,7 +2,8 @@
 //! only the capabilities the administrator granted.
 //!
 //! A plugin is a WebAssembly component exporting `quiesce:plugin/hooks`
-//! (the WIT package in `wit/v0.1.0/`). The life of one, as the session
+//! (the WIT packages in `wit/v0.1.0/` and `wit/v0.2.0/`; a plugin speaks
+//! one, the host runs both — [`WitVersion`]). The life of one, as the session
 //! drives it:
 //!
 //! ```no_run
@@ -17,7 +18,8 @@
 //! let ctx = CallContext { session_id: "s1".into(), attempt: 1 };
 //! let pre = inst.pre(&ctx).await;                                      // CallOutcome
 //! // ... freeze, snapshot, thaw ...
-//! let post = inst.post(&ctx, &SnapshotOutcome { taken: true, label: "AppConsistent".into() }).await;
+//! let post = inst.post_outcome(&ctx, &SnapshotOutcome { taken: true, label: quiesce::report::Consistency::AppConsistent }).await;
+//! // post.not_held: Some(why) when a 0.2.0 plugin says its quiesce did not hold
 //! let events = inst.take_events();                                     // logs, grant denials
 //! # Ok(()) }
 //! ```
@@ -54,6 +56,7 @@ mod instance;
 mod output;
 mod pinned;
 mod plugin;
+pub mod scaffold;
 mod state;
 
 use std::path::PathBuf;
@@ -62,12 +65,14 @@ pub use cache::CacheStatus;
 pub use engine::{WasmEngine, DEFAULT_CACHE_DIR};
 pub use grants::{Grant, GrantError, Grants};
 pub use inspect::{inspect, inspect_within, Inspection, INSPECT_DEADLINE};
-pub use instance::{CallContext, CallOutcome, InstanceConfig, PluginInstance, SnapshotOutcome};
-pub use plugin::{ParamDoc, Plugin, PluginInfo};
+pub use bindings::WitVersion;
+pub use instance::{CallContext, CallOutcome, Finding, InstanceConfig, PluginInstance, PostOutcome, Severity, SnapshotOutcome};
+pub use plugin::{CheckRun, ParamDoc, Plugin, PluginInfo};
 pub use state::{Artifact, Events, GrantDenial, LogLevel, LogRecord, LogSource};
 
-/// The WIT package version this host implements (`wit/v0.1.0/`).
-pub const WIT_VERSION: &str = "0.1.0";
+/// The newest WIT package version this host implements (`wit/v0.2.0/`);
+/// [`WitVersion::ALL`] lists every one it loads.
+pub const WIT_VERSION: &str = "0.2.0";
 /// The interface every plugin exports.
 pub const HOOKS_INTERFACE: &str = "quiesce:plugin/hooks";
 

@@ -7,11 +7,11 @@ use std::time::Duration;
 use serde::Serialize;
 use wasmtime::component::Component;
 
-use super::bindings::v0_1_0::QuiescePluginPre;
+use super::bindings::{v0_1_0, v0_2_0, WitVersion};
 use super::cache::{sha256_hex, CacheStatus};
 use super::engine::WasmEngine;
 use super::grants::Grants;
-use super::instance::{InstanceConfig, PluginInstance};
+use super::instance::{CallContext, Finding, InstanceConfig, PluginInstance, Severity};
 use super::state::HostState;
 use super::PluginError;
 
@@ -34,6 +34,21 @@ pub struct ParamDoc {
     pub default: Option<String>,
 }
 
+/// The pre-linked component, in the bindings of the version it speaks.
+pub(crate) enum PluginPre {
+    V0_1_0(v0_1_0::QuiescePluginPre<HostState>),
+    V0_2_0(v0_2_0::QuiescePluginPre<HostState>),
+}
+
+impl PluginPre {
+    pub(crate) fn version(&self) -> WitVersion {
+        match self {
+            PluginPre::V0_1_0(_) => WitVersion::V0_1_0,
+            PluginPre::V0_2_0(_) => WitVersion::V0_2_0,
+        }
+    }
+}
+
 pub struct Plugin {
     engine: WasmEngine,
     path: PathBuf,
@@ -41,7 +56,7 @@ pub struct Plugin {
     sha256: String,
     imports: Vec<String>,
     exports: Vec<String>,
-    pre: QuiescePluginPre<HostState>,
+    pre: PluginPre,
     cache: CacheStatus,
     load_time: Duration,
 }
@@ -52,7 +67,7 @@ impl Plugin {
         path: &Path,
         bytes: &[u8],
         component: &Component,
-        pre: QuiescePluginPre<HostState>,
+        pre: PluginPre,
         cache: CacheStatus,
         load_time: Duration,
     ) -> Plugin {
@@ -97,7 +112,12 @@ impl Plugin {
         self.load_time
     }
 
-    pub(crate) fn pre(&self) -> &QuiescePluginPre<HostState> {
+    /// The version of `quiesce:plugin` the plugin speaks.
+    pub fn wit_version(&self) -> WitVersion {
+        self.pre.version()
+    }
+
+    pub(crate) fn pre(&self) -> &PluginPre {
         &self.pre
     }
     pub(crate) fn engine(&self) -> &WasmEngine {
@@ -113,9 +133,64 @@ impl Plugin {
         inst.describe().await.map_err(|outcome| PluginError::load(&self.path, format!("describe failed: {outcome}")))
     }
 
+    /// Runs the plugin's `check` in an instance of its own, with `cfg` — the
+    /// admin's grants, params, memory limit, deadline and output cap, the
+    /// same sandbox as `pre` and `post` — and drops the instance (its
+    /// connections close). Never fails: what went wrong is in the result.
+    /// A 0.1.0 plugin has no `check`: nothing runs ([`CheckRun::supported`]).
+    pub async fn check(&self, cfg: InstanceConfig, check_id: &str) -> CheckRun {
+        let mut run = CheckRun {
+            wit_version: self.wit_version(),
+            supported: self.wit_version().has_check(),
+            findings: Vec::new(),
+            failed: None,
+            denials: Vec::new(),
+        };
+        if !run.supported {
+            return run;
+        }
+        let mut inst = match self.instantiate(cfg).await {
+            Ok(i) => i,
+            Err(e) => {
+                run.failed = Some(format!("could not be instantiated: {e}"));
+                return run;
+            }
+        };
+        let ctx = CallContext { session_id: check_id.to_owned(), attempt: 1 };
+        match inst.check(&ctx).await {
+            Ok(findings) => run.findings = findings,
+            Err(outcome) => run.failed = Some(outcome.to_string()),
+        }
+        run.denials = inst.take_events().denials.iter().map(|d| format!("{d}; {}", d.advice())).collect();
+        run
+    }
+
     /// A fresh instance for one session, alive until dropped, a trap or a
     /// timeout.
     pub async fn instantiate(&self, cfg: InstanceConfig) -> Result<PluginInstance, PluginError> {
         PluginInstance::new(self, cfg).await
+    }
+}
+
+/// What a plugin's `check` found ([`Plugin::check`]).
+#[derive(Clone, Debug, Serialize)]
+pub struct CheckRun {
+    pub wit_version: WitVersion,
+    /// False when the plugin's version has no `check` (0.1.0): nothing ran.
+    pub supported: bool,
+    /// In the plugin's order.
+    pub findings: Vec<Finding>,
+    /// The call itself failed (could not start, trapped, timed out, ran out
+    /// of memory): how, in plain words.
+    pub failed: Option<String>,
+    /// Capability calls the grants refused during the check, with the fix.
+    pub denials: Vec<String>,
+}
+
+impl CheckRun {
+    /// Nothing says the hook would fail: the call worked, no `error`
+    /// finding, no refused capability.
+    pub fn ok(&self) -> bool {
+        self.failed.is_none() && self.denials.is_empty() && !self.findings.iter().any(|f| f.severity == Severity::Error)
     }
 }

@@ -72,8 +72,12 @@
 
 use std::io;
 
+mod check;
+
 use mywire::{BackupStage, Client, Config, Error as MyError};
-use quiesce_plugin_sdk::{artifacts, clock, files, info, warn, Connection, Context, Failure as Fail, HookResult, Info, Plugin, Snapshot};
+use quiesce_plugin_sdk::{
+    artifacts, clock, files, info, warn, Connection, Context, Failure as Fail, Finding, HookResult, Info, Plugin, Snapshot,
+};
 
 const DEFAULT_TARGET: &str = "unix:/run/mysqld/mysqld.sock";
 const DEFAULT_METHOD: &str = "backup-stage";
@@ -185,14 +189,7 @@ impl MariaDb {
         let fault = fault(ctx)?;
         let wait = num_param(ctx, "lock_wait_timeout_secs", 5.0)?.ceil().max(1.0) as u32;
         let long = num_param(ctx, "long_query_secs", 1.0)?;
-        let pw = password(ctx)?;
-
-        let conn = Connection::open(&target).map_err(|e| match HookResult::from(e.clone()) {
-            HookResult::Retryable(_) => Fail::Retry(format!("mariadb at {target} is not reachable (server down?): {e}")),
-            _ => Fail::Fatal(format!("mariadb at {target}: {e}")),
-        })?;
-        let cfg = Config::new(ctx.param_or("user", "root")).password(&pw);
-        let mut c = Client::connect(conn, &cfg).map_err(|e| classify(&target, "login", e))?;
+        let mut c = login(ctx, &target)?;
         let version = c.server_version().to_string();
         let (major, minor) = version_of(&version);
         match (c.is_mariadb(), method) {
@@ -260,6 +257,17 @@ impl MariaDb {
     }
 }
 
+/// Connects to `target` and logs in as the params say.
+fn login(ctx: &Context, target: &str) -> Result<Client<Connection>, Fail> {
+    let pw = password(ctx)?;
+    let conn = Connection::open(target).map_err(|e| match HookResult::from(e.clone()) {
+        HookResult::Retryable(_) => Fail::Retry(format!("mariadb at {target} is not reachable (server down?): {e}")),
+        _ => Fail::Fatal(format!("mariadb at {target}: {e}")),
+    })?;
+    let cfg = Config::new(ctx.param_or("user", "root")).password(&pw);
+    Client::connect(conn, &cfg).map_err(|e| classify(target, "login", e))
+}
+
 fn lock_name(m: Method) -> &'static str {
     match m {
         Method::Ftwrl => "FLUSH TABLES WITH READ LOCK",
@@ -313,6 +321,10 @@ impl Plugin for MariaDb {
                 lock_name(h.method)
             )),
         }
+    }
+
+    fn check(&mut self, ctx: &Context) -> Vec<Finding> {
+        check::check(ctx)
     }
 }
 

@@ -73,8 +73,12 @@
 
 use std::io;
 
+mod check;
+
 use pgwire::{Client, Config, Error as PgError, Lsn, Refusal, ScramError};
-use quiesce_plugin_sdk::{artifacts, clock, files, info, warn, Connection, Context, Failure as Fail, HookResult, Info, Plugin, Snapshot};
+use quiesce_plugin_sdk::{
+    artifacts, clock, files, info, warn, Connection, Context, Failure as Fail, Finding, HookResult, Info, Plugin, Snapshot,
+};
 
 const DEFAULT_TARGET: &str = "tcp:127.0.0.1:5432";
 const DEFAULT_PASSWORD_FILE: &str = "/etc/quiesce/secrets/postgres";
@@ -211,6 +215,17 @@ fn password(ctx: &Context) -> Result<Option<String>, Fail> {
 /// Connects, authenticates and checks the server: version ≥ 15, a primary.
 fn connect(ctx: &Context) -> Result<Client<Connection>, Fail> {
     let target = ctx.param_or("target", DEFAULT_TARGET);
+    let mut c = login(ctx)?;
+    let v = c.require_version(MIN_VERSION).map_err(|e| classify(target, "version", e))?;
+    c.ensure_primary().map_err(|e| classify(target, "role", e))?;
+    info!("connected to postgres {v} at {target}");
+    Ok(c)
+}
+
+/// Connects and authenticates as the params say (`check` goes on from here
+/// with its own questions).
+fn login(ctx: &Context) -> Result<Client<Connection>, Fail> {
+    let target = ctx.param_or("target", DEFAULT_TARGET);
     let pw = password(ctx)?;
     let weak = weak_auth(ctx)?;
     let max_iterations = max_scram_iterations(ctx)?;
@@ -227,11 +242,7 @@ fn connect(ctx: &Context) -> Result<Client<Connection>, Fail> {
     if let Some(pw) = &pw {
         cfg = cfg.password(pw);
     }
-    let mut c = Client::connect(conn, &cfg).map_err(|e| classify(target, "login", e))?;
-    let v = c.require_version(MIN_VERSION).map_err(|e| classify(target, "version", e))?;
-    c.ensure_primary().map_err(|e| classify(target, "role", e))?;
-    info!("connected to postgres {v} at {target}");
-    Ok(c)
+    Client::connect(conn, &cfg).map_err(|e| classify(target, "login", e))
 }
 
 /// The server's wall clock, ns since the Unix epoch.
@@ -369,6 +380,10 @@ impl Plugin for Postgres {
             },
             Err(f) => f.into(),
         }
+    }
+
+    fn check(&mut self, ctx: &Context) -> Vec<Finding> {
+        check::check(ctx)
     }
 }
 

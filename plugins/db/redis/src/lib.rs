@@ -43,7 +43,11 @@
 use std::io;
 use std::time::Duration;
 
-use quiesce_plugin_sdk::{artifacts, clock, files, info, warn, Connection, Context, Failure as Fail, HookResult, Info, Plugin, Snapshot};
+mod check;
+
+use quiesce_plugin_sdk::{
+    artifacts, clock, files, info, warn, Connection, Context, Failure as Fail, Finding, HookResult, Info, Plugin, Snapshot,
+};
 use resp::{Client, Error as RError, Value};
 
 const DEFAULT_TARGET: &str = "tcp:127.0.0.1:6379";
@@ -242,20 +246,25 @@ impl Plugin for Redis {
                 "the pause ({} ms) had expired before post ({held_ms} ms): writes acknowledged after it may be in the snapshot",
                 p.pause_ms
             );
-        }
-        match r {
-            Ok(()) if expired => HookResult::ok(format!(
-                "unpaused; WARNING: the {} ms pause had expired {} ms before post — raise pause_ms (snapshot taken: {}, {})",
+            // Whatever UNPAUSE answered, the pause was over: the quiesce did
+            // not hold through the snapshot, and the label must say so.
+            return HookResult::not_held(format!(
+                "the {} ms write pause expired {} ms before post, so the snapshot may hold writes made after it; raise pause_ms                  above the longest pre → snapshot → post (snapshot taken: {})",
                 p.pause_ms,
                 held_ms - p.pause_ms,
-                snapshot.taken,
-                snapshot.label
-            )),
+                snapshot.taken
+            ));
+        }
+        match r {
             Ok(()) => HookResult::ok(format!("unpaused after {held_ms} ms (snapshot taken: {}, {})", snapshot.taken, snapshot.label)),
             Err(e) => {
                 HookResult::fatal(format!("redis at {target}: CLIENT UNPAUSE: {e}; the pause ends by itself within {} ms", p.pause_ms))
             }
         }
+    }
+
+    fn check(&mut self, ctx: &Context) -> Vec<Finding> {
+        check::check(ctx)
     }
 }
 

@@ -2,9 +2,7 @@
 //! snapshot (a database's backup label). No grant needed: the plugin can
 //! only give, and the host bounds how much.
 
-use crate::hooks::wasm::bindings::v0_1_0::quiesce::plugin::artifacts;
-use crate::hooks::wasm::bindings::v0_1_0::quiesce::plugin::types::{Error, ErrorKind};
-use crate::hooks::wasm::caps::error;
+use crate::hooks::wasm::caps::{error, Error, ErrorKind};
 use crate::hooks::wasm::state::{Artifact, HostState};
 
 /// Per instance, all artifacts together.
@@ -18,8 +16,8 @@ fn valid_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-impl artifacts::Host for HostState {
-    async fn store(&mut self, name: String, data: Vec<u8>) -> wasmtime::Result<Result<(), Error>> {
+impl HostState {
+    pub(crate) async fn artifacts_store(&mut self, name: String, data: Vec<u8>) -> wasmtime::Result<Result<(), Error>> {
         if !valid_name(&name) {
             return Ok(Err(error(
                 ErrorKind::Invalid,

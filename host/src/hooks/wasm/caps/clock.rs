@@ -6,7 +6,6 @@
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::hooks::wasm::bindings::v0_1_0::quiesce::plugin::clock;
 use crate::hooks::wasm::state::HostState;
 
 const PAST_DEADLINE: Duration = Duration::from_secs(1);
@@ -18,12 +17,12 @@ fn origin() -> Instant {
     *ORIGIN.get_or_init(Instant::now)
 }
 
-impl clock::Host for HostState {
-    async fn monotonic_now_ns(&mut self) -> wasmtime::Result<u64> {
+impl HostState {
+    pub(crate) async fn clock_monotonic_now_ns(&mut self) -> wasmtime::Result<u64> {
         Ok(origin().elapsed().as_nanos().min(u64::MAX as u128) as u64)
     }
 
-    async fn sleep_ms(&mut self, ms: u64) -> wasmtime::Result<()> {
+    pub(crate) async fn clock_sleep_ms(&mut self, ms: u64) -> wasmtime::Result<()> {
         let wanted = Duration::from_millis(ms);
         // Past the deadline, not at it: the call's timeout must fire first,
         // so the outcome is "timed out", never a sleep that returned in time.

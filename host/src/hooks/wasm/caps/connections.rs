@@ -16,9 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use wasmtime::component::Resource;
 
-use crate::hooks::wasm::bindings::v0_1_0::quiesce::plugin::connections;
-use crate::hooks::wasm::bindings::v0_1_0::quiesce::plugin::types::{Error, ErrorKind};
-use crate::hooks::wasm::caps::{error, io_error};
+use crate::hooks::wasm::caps::{error, io_error, Error, ErrorKind};
 use crate::hooks::wasm::grants::Target;
 use crate::hooks::wasm::pinned::proc_fd;
 use crate::hooks::wasm::state::HostState;
@@ -73,8 +71,8 @@ impl Connection {
     }
 }
 
-impl connections::Host for HostState {
-    async fn connect(&mut self, target: String) -> wasmtime::Result<Result<Resource<Connection>, Error>> {
+impl HostState {
+    pub(crate) async fn connections_connect(&mut self, target: String) -> wasmtime::Result<Result<Resource<Connection>, Error>> {
         let parsed: Target = match target.parse() {
             Ok(t) => t,
             Err(e) => return Ok(Err(error(ErrorKind::Invalid, e.to_string()))),
@@ -130,8 +128,8 @@ impl HostState {
     }
 }
 
-impl connections::HostConnection for HostState {
-    async fn read(&mut self, conn: Resource<Connection>, max: u32) -> wasmtime::Result<Result<Vec<u8>, Error>> {
+impl HostState {
+    pub(crate) async fn connection_read(&mut self, conn: Resource<Connection>, max: u32) -> wasmtime::Result<Result<Vec<u8>, Error>> {
         let c = self.table.get_mut(&conn)?;
         let mut buf = vec![0u8; max.clamp(1, MAX_READ) as usize];
         match c.read(&mut buf).await {
@@ -143,7 +141,7 @@ impl connections::HostConnection for HostState {
         }
     }
 
-    async fn write(&mut self, conn: Resource<Connection>, data: Vec<u8>) -> wasmtime::Result<Result<u32, Error>> {
+    pub(crate) async fn connection_write(&mut self, conn: Resource<Connection>, data: Vec<u8>) -> wasmtime::Result<Result<u32, Error>> {
         let c = self.table.get_mut(&conn)?;
         match c.write(&data).await {
             Ok(n) => Ok(Ok(n as u32)),
@@ -151,7 +149,7 @@ impl connections::HostConnection for HostState {
         }
     }
 
-    async fn shutdown(&mut self, conn: Resource<Connection>) -> wasmtime::Result<Result<(), Error>> {
+    pub(crate) async fn connection_shutdown(&mut self, conn: Resource<Connection>) -> wasmtime::Result<Result<(), Error>> {
         let c = self.table.get_mut(&conn)?;
         match c.shutdown().await {
             Ok(()) => Ok(Ok(())),
@@ -159,7 +157,7 @@ impl connections::HostConnection for HostState {
         }
     }
 
-    async fn drop(&mut self, conn: Resource<Connection>) -> wasmtime::Result<()> {
+    pub(crate) async fn connection_drop(&mut self, conn: Resource<Connection>) -> wasmtime::Result<()> {
         let rep = conn.rep();
         let c = self.table.delete(conn)?;
         self.open_connections.retain(|&r| r != rep);

@@ -11,9 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::hooks::script::{self, ScriptOutcome, ScriptRun, ScriptSpec};
-use crate::hooks::wasm::bindings::v0_1_0::quiesce::plugin::exec::{self, ExecOutput};
-use crate::hooks::wasm::bindings::v0_1_0::quiesce::plugin::types::{Error, ErrorKind};
-use crate::hooks::wasm::caps::error;
+use crate::hooks::wasm::caps::{error, Error, ErrorKind};
 use crate::hooks::wasm::grants::normal_path;
 use crate::hooks::wasm::state::HostState;
 use crate::trust::{self, Rule};
@@ -23,8 +21,15 @@ use crate::hooks::OUTPUT_CAP;
 /// How long the call waits for the tool's leftovers to die after SIGKILL.
 const LEFTOVER_SETTLE: Duration = Duration::from_millis(500);
 
-impl exec::Host for HostState {
-    async fn run(&mut self, path: String, args: Vec<String>) -> wasmtime::Result<Result<ExecOutput, Error>> {
+/// What `exec.run` returns (the same record in every WIT version).
+pub(crate) struct ExecOutput {
+    pub status: i32,
+    pub output: Vec<u8>,
+    pub truncated: bool,
+}
+
+impl HostState {
+    pub(crate) async fn exec_run(&mut self, path: String, args: Vec<String>) -> wasmtime::Result<Result<ExecOutput, Error>> {
         let Some(p) = normal_path(Path::new(&path)) else {
             return Ok(Err(error(ErrorKind::Invalid, format!("exec {path:?}: the path must be absolute, without `..`"))));
         };

@@ -10,9 +10,7 @@
 use std::io::Read;
 use std::path::Path;
 
-use crate::hooks::wasm::bindings::v0_1_0::quiesce::plugin::files;
-use crate::hooks::wasm::bindings::v0_1_0::quiesce::plugin::types::{Error, ErrorKind};
-use crate::hooks::wasm::caps::{error, io_error};
+use crate::hooks::wasm::caps::{error, io_error, Error, ErrorKind};
 use crate::hooks::wasm::grants::normal_path;
 use crate::hooks::wasm::pinned::Refused;
 use crate::hooks::wasm::state::HostState;
@@ -20,8 +18,8 @@ use crate::hooks::wasm::state::HostState;
 /// Largest file a plugin may read (credentials, configs — not data).
 pub(crate) const MAX_FILE_BYTES: u64 = 16 << 20;
 
-impl files::Host for HostState {
-    async fn read_file(&mut self, path: String) -> wasmtime::Result<Result<Vec<u8>, Error>> {
+impl HostState {
+    pub(crate) async fn files_read_file(&mut self, path: String) -> wasmtime::Result<Result<Vec<u8>, Error>> {
         let Some(p) = normal_path(Path::new(&path)) else {
             return Ok(Err(error(ErrorKind::Invalid, format!("read-file {path:?}: the path must be absolute, without `..`"))));
         };

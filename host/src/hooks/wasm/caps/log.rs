@@ -2,18 +2,10 @@
 //! within the per-call output budget (a record over it is counted, not
 //! kept, nor logged).
 
-use crate::hooks::wasm::bindings::v0_1_0::quiesce::plugin::log::{self, Level};
 use crate::hooks::wasm::state::{HostState, LogLevel, LogRecord, LogSource};
 
-impl log::Host for HostState {
-    async fn log(&mut self, level: Level, message: String, fields: Vec<(String, String)>) -> wasmtime::Result<()> {
-        let level = match level {
-            Level::Trace => LogLevel::Trace,
-            Level::Debug => LogLevel::Debug,
-            Level::Info => LogLevel::Info,
-            Level::Warn => LogLevel::Warn,
-            Level::Error => LogLevel::Error,
-        };
+impl HostState {
+    pub(crate) async fn log_log(&mut self, level: LogLevel, message: String, fields: Vec<(String, String)>) -> wasmtime::Result<()> {
         let kv = fields.iter().map(|(k, v)| format!(" {k}={v:?}")).collect::<String>();
         let record = LogRecord { level, source: LogSource::Log, message, fields };
         let mut out = self.output.lock();

@@ -2,6 +2,10 @@
 //! the outside world is checked against the instance's grants first; a
 //! refusal is an `error` value of kind `denied` for the guest (never a trap)
 //! and a `GrantDenial` for the report.
+//!
+//! Every WIT version imports the same capabilities with the same shapes, so
+//! each is written once here, on the host's own types ([`Error`],
+//! [`ErrorKind`]); `versions` glues them to each version's generated traits.
 
 pub(crate) mod artifacts;
 pub(crate) mod clock;
@@ -9,11 +13,25 @@ pub(crate) mod connections;
 pub(crate) mod exec;
 pub(crate) mod files;
 pub(crate) mod log;
+mod versions;
 
-use super::bindings::v0_1_0::quiesce::plugin::types::{self, Error, ErrorKind};
-use super::state::HostState;
+/// Why a capability call failed (the WIT's `error-kind`, in every version).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ErrorKind {
+    Denied,
+    NotFound,
+    Refused,
+    Invalid,
+    TooLarge,
+    Io,
+}
 
-impl types::Host for HostState {}
+/// What a capability returns instead of a result (the WIT's `error`).
+#[derive(Clone, Debug)]
+pub(crate) struct Error {
+    pub kind: ErrorKind,
+    pub message: String,
+}
 
 pub(crate) fn error(kind: ErrorKind, message: impl Into<String>) -> Error {
     Error { kind, message: message.into() }
