@@ -407,7 +407,11 @@ fn run_plugin_new(args: NewArgs) -> ExitCode {
         Ok(root) => {
             println!("created plugin crate {} (quiesce:plugin@{})", root.display(), wasm::WitVersion::NEWEST);
             println!("  build:   cd {} && cargo build --release", root.display());
-            println!("  inspect: quiesce plugin inspect {}/target/wasm32-wasip2/release/{}.wasm", root.display(), args.name.replace('-', "_"));
+            println!(
+                "  inspect: quiesce plugin inspect {}/target/wasm32-wasip2/release/{}.wasm",
+                root.display(),
+                args.name.replace('-', "_")
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {

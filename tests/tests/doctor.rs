@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use quiesce_tests::db::Redis;
 use quiesce_tests::plugins::{install_bytes, install_plugin};
 use quiesce_tests::*;
 use serde_json::Value;
@@ -423,4 +424,35 @@ fn a_newest_point_weaker_than_app_consistent_is_named_with_the_last_good_one() {
     assert!(cause.contains(&format!("the last AppConsistent point is {}", good["session_id"].as_str().unwrap())), "{cause}");
     assert!(d.findings("UserErrorRpCollectionLimitReached").is_empty());
     assert_eq!(d.code, 0, "a weaker point is a warning: {:#}", d.json);
+}
+
+#[test]
+fn a_plugin_that_cannot_log_in_to_what_it_was_granted_is_plugin_check_failed() {
+    let m = Machine::new("doctor-plugin-check");
+    let redis = Redis::start(&m.s.path, false);
+    let plugin = install_plugin(&m.s, "quiesce_redis");
+    let config_with = |password_file: &Path| {
+        let target = format!("tcp:127.0.0.1:{}", redis.port);
+        m.s.config(
+            "redis.toml",
+            &format!(
+                "[[hook]]\nname = \"cache\"\nplugin = \"{}\"\nparams = {{ target = \"{target}\", password_file = \"{pw}\" }}\n\
+                 grants = [\"{target}\", \"file:{pw}\"]\n",
+                plugin.display(),
+                pw = password_file.display()
+            ),
+        )
+    };
+    // The admin's password file holds a stale password: the plugin cannot log in.
+    let wrong = m.s.config("wrong-password", "not-the-password\n");
+    let d = m.doctor(&config_with(&wrong));
+    let f = d.finding("PluginCheckFailed");
+    assert_eq!(f["severity"], "error");
+    assert!(f["cause"].as_str().unwrap().starts_with("hook cache:"), "{f:#}");
+    assert_eq!(d.code, 1, "{:#}", d.json);
+
+    // With the right password the same check passes.
+    let d = m.doctor(&config_with(&redis.password_file));
+    assert!(d.findings("PluginCheckFailed").is_empty(), "{:#}", d.json);
+    assert!(d.findings("PluginLoadFailed").is_empty(), "{:#}", d.json);
 }

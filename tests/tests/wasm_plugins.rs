@@ -369,7 +369,8 @@ fn malformed_wasm_is_refused_naming_what_was_expected() {
     let env = Env::new("wasm-malformed");
     let m = load_err(&env, "junk.wasm", b"#!/bin/sh\necho I am not wasm\n");
     assert!(
-        m.contains("not a WebAssembly file") && m.contains("expected a WebAssembly component exporting quiesce:plugin/hooks@0.1.0 or @0.2.0"),
+        m.contains("not a WebAssembly file")
+            && m.contains("expected a WebAssembly component exporting quiesce:plugin/hooks@0.1.0 or @0.2.0"),
         "{m}"
     );
     // Right magic, right layer, garbage after: wasmtime's parser refuses it.

@@ -44,8 +44,9 @@ fn plugin_config(s: &Scratch, wasm: &Path, params: &[(&str, String)], grants: &[
 /// `quiesce check --json --config CONFIG` (its cache in the scratch dir).
 fn check(s: &Scratch, config: &Path) -> serde_json::Value {
     let out = quiesce(s).env("QUIESCE_CACHE_DIR", s.join("cache")).args(["check", "--json", "--config"]).arg(config).output().unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("check --json: {e}: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("check --json: {e}: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    });
     assert_eq!(out.status.code(), Some(if v["ok"] == true { 0 } else { 1 }), "{v}");
     v
 }
@@ -73,7 +74,9 @@ fn findings(r: &serde_json::Value) -> Vec<(String, String, String)> {
         .as_array()
         .unwrap_or_else(|| panic!("no findings: {r}"))
         .iter()
-        .map(|f| (f["severity"].as_str().unwrap().to_owned(), f["code"].as_str().unwrap().to_owned(), f["message"].as_str().unwrap().to_owned()))
+        .map(|f| {
+            (f["severity"].as_str().unwrap().to_owned(), f["code"].as_str().unwrap().to_owned(), f["message"].as_str().unwrap().to_owned())
+        })
         .collect()
 }
 
@@ -206,7 +209,10 @@ fn plugin_new_makes_a_crate_that_builds_offline_for_wasm32_wasip2_and_passes_ins
     assert_eq!(r["ok"], true, "{r}");
     assert!(finding(&r, "info", "NothingCheckedYet").contains("write Plugin::check"));
     let text = check_text(&s, &config);
-    assert!(text.contains("the plugin's own check (quiesce:plugin@0.2.0") && text.contains("note     this plugin checks nothing yet"), "{text}");
+    assert!(
+        text.contains("the plugin's own check (quiesce:plugin@0.2.0") && text.contains("note     this plugin checks nothing yet"),
+        "{text}"
+    );
     // And a session runs it.
     let run = session(&s, &config);
     assert_eq!((run.consistency(), run.code()), ("AppConsistent", 0), "{}", run.report);
@@ -255,7 +261,8 @@ fn postgres_check_passes_a_pg_checkpoint_role_and_names_the_grant_a_role_without
 
     // Backup mode, no archive: both missing pieces named.
     let r = check(&s, &cfg("plain", "pw-plain", &[("mode", "backup")]));
-    assert!(finding(&r, "error", "PgBackupNotAllowed").contains("GRANT EXECUTE ON FUNCTION pg_backup_start(text, boolean), pg_backup_stop(boolean) TO \"plain\";"));
+    assert!(finding(&r, "error", "PgBackupNotAllowed")
+        .contains("GRANT EXECUTE ON FUNCTION pg_backup_start(text, boolean), pg_backup_stop(boolean) TO \"plain\";"));
     assert!(finding(&r, "error", "PgWalArchivingOff").contains("archive_mode = on"));
 
     // A wrong password: the login fails, and nothing else is claimed.
@@ -272,7 +279,9 @@ fn postgres_check_passes_backup_mode_with_archiving_and_refuses_a_standby() {
     let s = Scratch::new("wit-pgb");
     let mut pg = Postgres::start_with(&s.path, PgOptions { archive: true, ..Default::default() });
     let mut c = pg.connect();
-    for sql in ["CREATE ROLE bk LOGIN PASSWORD 'pw-bk'", "GRANT EXECUTE ON FUNCTION pg_backup_start(text, boolean), pg_backup_stop(boolean) TO bk"] {
+    for sql in
+        ["CREATE ROLE bk LOGIN PASSWORD 'pw-bk'", "GRANT EXECUTE ON FUNCTION pg_backup_start(text, boolean), pg_backup_stop(boolean) TO bk"]
+    {
         c.simple_query(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
     drop(c);
@@ -313,7 +322,12 @@ fn mariadb_check_passes_a_least_privilege_user_and_names_each_grant_a_plain_user
     let cfg = |user: &str, pw: &str| {
         let target = format!("tcp:127.0.0.1:{}", my.port);
         let pw = password_file(&s, &format!("pw-{user}"), pw);
-        plugin_config(&s, &plugin, &[("target", target.clone()), ("user", user.into()), ("password_file", pw.clone())], &[target, format!("file:{pw}")])
+        plugin_config(
+            &s,
+            &plugin,
+            &[("target", target.clone()), ("user", user.into()), ("password_file", pw.clone())],
+            &[target, format!("file:{pw}")],
+        )
     };
 
     let config = cfg("qb", "pw-qb");
@@ -340,7 +354,12 @@ fn mariadb_check_passes_a_least_privilege_user_and_names_each_grant_a_plain_user
 
 // ------------------------------------------------------------ Redis
 
-fn redis_params(r: &Redis, user: Option<&str>, pw_file: &str, extra: &[(&'static str, &str)]) -> (Vec<(&'static str, String)>, Vec<String>) {
+fn redis_params(
+    r: &Redis,
+    user: Option<&str>,
+    pw_file: &str,
+    extra: &[(&'static str, &str)],
+) -> (Vec<(&'static str, String)>, Vec<String>) {
     let target = format!("tcp:127.0.0.1:{}", r.port);
     let mut params = vec![("target", target.clone()), ("password_file", pw_file.to_owned())];
     if let Some(u) = user {

@@ -430,12 +430,8 @@ async fn call_v0_1_0(
     cap: usize,
 ) -> wasmtime::Result<Returned> {
     use v0_1_0::quiesce::plugin::types as wit;
-    let ctx_of = |c: &CallContext| wit::HookContext {
-        session_id: c.session_id.clone(),
-        attempt: c.attempt,
-        deadline_ms,
-        params: params.to_vec(),
-    };
+    let ctx_of =
+        |c: &CallContext| wit::HookContext { session_id: c.session_id.clone(), attempt: c.attempt, deadline_ms, params: params.to_vec() };
     let outcome = |r: wit::HookResult| match r {
         wit::HookResult::Ok(m) => hook_outcome(HookAnswer::Ok(m), cap),
         wit::HookResult::Retryable(m) => hook_outcome(HookAnswer::Retryable(m), cap),
@@ -468,12 +464,8 @@ async fn call_v0_2_0(
     cap: usize,
 ) -> wasmtime::Result<Returned> {
     use v0_2_0::quiesce::plugin::types as wit;
-    let ctx_of = |c: &CallContext| wit::HookContext {
-        session_id: c.session_id.clone(),
-        attempt: c.attempt,
-        deadline_ms,
-        params: params.to_vec(),
-    };
+    let ctx_of =
+        |c: &CallContext| wit::HookContext { session_id: c.session_id.clone(), attempt: c.attempt, deadline_ms, params: params.to_vec() };
     let outcome = |r: wit::HookResult| match r {
         wit::HookResult::Ok(m) => hook_outcome(HookAnswer::Ok(m), cap),
         wit::HookResult::Retryable(m) => hook_outcome(HookAnswer::Retryable(m), cap),
@@ -518,7 +510,11 @@ async fn call_v0_2_0(
                 })
                 .collect();
             if dropped > 0 {
-                findings.push(finding(Severity::Warning, "TooManyFindings", format!("{dropped} more findings dropped (only {MAX_FINDINGS} are kept)")));
+                findings.push(finding(
+                    Severity::Warning,
+                    "TooManyFindings",
+                    format!("{dropped} more findings dropped (only {MAX_FINDINGS} are kept)"),
+                ));
             }
             Returned::Findings(findings)
         }

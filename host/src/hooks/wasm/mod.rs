@@ -61,11 +61,11 @@ mod state;
 
 use std::path::PathBuf;
 
+pub use bindings::WitVersion;
 pub use cache::CacheStatus;
 pub use engine::{WasmEngine, DEFAULT_CACHE_DIR};
 pub use grants::{Grant, GrantError, Grants};
 pub use inspect::{inspect, inspect_within, Inspection, INSPECT_DEADLINE};
-pub use bindings::WitVersion;
 pub use instance::{CallContext, CallOutcome, Finding, InstanceConfig, PluginInstance, PostOutcome, Severity, SnapshotOutcome};
 pub use plugin::{CheckRun, ParamDoc, Plugin, PluginInfo};
 pub use state::{Artifact, Events, GrantDenial, LogLevel, LogRecord, LogSource};
