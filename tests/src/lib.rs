@@ -331,10 +331,12 @@ pub fn quiesce_bin() -> PathBuf {
 }
 
 /// A `quiesce` invocation isolated from the machine's own state: its run
-/// directory (session lock, state) and log file live in the scratch dir.
+/// directory (session lock, state), state directory and log file live in the scratch dir.
 pub fn quiesce(scratch: &Scratch) -> Command {
     let mut cmd = Command::new(quiesce_bin());
+    // The state (recovery points, artifacts) too: never the machine's /var/lib/quiesce.
     cmd.env("QUIESCE_RUN_DIR", scratch.join("run"))
+        .env("QUIESCE_STATE_DIR", scratch.join("state"))
         .env("QUIESCE_LOG_FILE", scratch.join("quiesce.log"))
         .env_remove("RUST_LOG")
         .stdin(Stdio::null());
