@@ -6,14 +6,17 @@
 //! place that knows their order. Agents embed a session with
 //! [`session::Session`]; the `quiesce` binary is a thin shell over it.
 
+pub mod atomic;
 pub mod check;
 pub mod config;
 pub mod contain;
+pub mod doctor;
 pub mod duration;
 pub mod freeze;
 pub mod hooks;
 pub mod interrupt;
 pub mod logging;
+pub mod metrics;
 pub mod points;
 pub mod report;
 pub mod rundir;

@@ -12,7 +12,7 @@ use quiesce::rundir::RunDir;
 use quiesce::service::{self, Client, ClientError};
 use quiesce::session::{self, Session, SessionOptions};
 use quiesce::snapshot::ShellCommand;
-use quiesce::{check, freeze, logging, status};
+use quiesce::{check, doctor, freeze, logging, status};
 
 mod points_cli;
 
@@ -57,6 +57,8 @@ enum Command {
     /// qemu-ga's fsfreeze hook: `freeze` begins an external session, `thaw` ends it.
     #[command(name = "fsfreeze-hook")]
     FsfreezeHook(HookArgs),
+    /// Diagnosis: each finding with a stable code, its cause and the fix. Exit 0 healthy (warnings allowed), 1 problems.
+    Doctor(DoctorArgs),
 }
 
 #[derive(Args)]
@@ -121,6 +123,15 @@ enum HookAction {
 struct HookArgs {
     #[arg(value_enum)]
     action: HookAction,
+}
+
+#[derive(Args)]
+struct DoctorArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Print the diagnosis as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -225,6 +236,7 @@ fn main() -> ExitCode {
         Command::Status(args) => run_status(args),
         Command::Thaw(args) => run_thaw(args),
         Command::Plugin(PluginCommand::Inspect(args)) => run_inspect(args),
+        Command::Doctor(args) => run_doctor(args),
         Command::Plugin(PluginCommand::New(args)) => run_plugin_new(args),
         Command::Points(cmd) => points_cli::run(cmd),
         Command::Serve(args) => run_serve(args),
@@ -687,4 +699,47 @@ fn run_inspect(args: InspectArgs) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+fn run_doctor(args: DoctorArgs) -> ExitCode {
+    let opts = doctor::DoctorOptions::from_env(args.config.config, args.config.mounts);
+    let runtime = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let d = match runtime.block_on(doctor::diagnose(&opts)) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("quiesce: {e}");
+            return ExitCode::from(USAGE);
+        }
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&d).unwrap_or_default());
+        return ExitCode::from(d.exit_code());
+    }
+    for c in &d.checks {
+        println!("{:<12} {}", c.check, c.summary);
+    }
+    for f in &d.findings {
+        let severity = match f.severity {
+            doctor::Severity::Error => "PROBLEM",
+            doctor::Severity::Warning => "warning",
+            doctor::Severity::Info => "note",
+        };
+        println!();
+        println!("{severity} {} ({})", f.code.as_str(), f.check);
+        println!("  cause: {}", f.cause);
+        println!("  fix:   {}", f.fix);
+    }
+    println!();
+    println!(
+        "{}",
+        match (d.errors, d.warnings) {
+            (0, 0) => "healthy".to_string(),
+            (0, w) => format!("healthy, with {w} warning(s)"),
+            (e, w) => format!("{e} problem(s), {w} warning(s)"),
+        }
+    );
+    ExitCode::from(d.exit_code())
 }

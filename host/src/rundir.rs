@@ -36,7 +36,6 @@ pub const RUN_DIR_ENV: &str = "QUIESCE_RUN_DIR";
 
 const LOCK_FILE: &str = "session.lock";
 const STATE_FILE: &str = "state.json";
-const STATE_TMP: &str = "state.json.tmp";
 
 /// More than any state file quiesce writes; a bigger one is not ours.
 const STATE_CAP: u64 = 64 * 1024;
@@ -164,20 +163,9 @@ impl RunDir {
 
     fn try_write_state(&self, state: &SessionState) -> Result<(), LockError> {
         let dir = self.ensure()?;
-        let io_err = |source: io::Error| LockError::Io { path: self.path.join(STATE_TMP), source };
+        let io_err = |source: io::Error| LockError::Io { path: self.path.join(STATE_FILE), source };
         let bytes = serde_json::to_vec_pretty(state).map_err(|e| io_err(io::Error::other(e)))?;
-        let create = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL;
-        let mut file = match self.open_in(&dir, STATE_TMP, create) {
-            Ok(f) => f,
-            // Left over by a killed session (or planted): O_EXCL refused it; remove the name, not what it points at.
-            Err(_) => {
-                let _ = nix::unistd::unlinkat(&dir, STATE_TMP, nix::unistd::UnlinkatFlags::NoRemoveDir);
-                self.open_in(&dir, STATE_TMP, create)?
-            }
-        };
-        file.write_all(&bytes).map_err(io_err)?;
-        drop(file);
-        fcntl::renameat(&dir, STATE_TMP, &dir, STATE_FILE).map_err(|e| io_err(e.into()))
+        crate::atomic::replace(&dir, STATE_FILE, &bytes, 0o600, false).map_err(io_err)
     }
 
     /// The state a running session recorded, if any (read only).

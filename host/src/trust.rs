@@ -119,6 +119,27 @@ impl TrustError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, TrustError::NotFound { .. })
     }
+
+    /// The command that fixes it, where one command does (the same one the
+    /// message ends with), for `quiesce doctor`'s fix column.
+    pub fn fix(&self) -> Option<String> {
+        match self {
+            TrustError::BadOwner { path, .. } => Some(format!("chown root:root {}", path.display())),
+            TrustError::GroupOrOtherWritable { path, rule, .. } => Some(format!("{} {}", rule.chmod(), path.display())),
+            TrustError::GroupOrOtherReadable { path, .. } => Some(format!("chmod 600 {}", path.display())),
+            TrustError::NotExecutable { path, .. } | TrustError::GroupOrOtherAccess { path, .. } => {
+                Some(format!("chmod 700 {}", path.display()))
+            }
+            TrustError::UntrustedDirectory { dir, .. } => Some(format!("chown root {}; chmod go-w {}", dir.display(), dir.display())),
+            TrustError::NotFound { .. }
+            | TrustError::NotAbsolute { .. }
+            | TrustError::SymlinkFinal { .. }
+            | TrustError::SymlinkLoop { .. }
+            | TrustError::NotRegular { .. }
+            | TrustError::NotDirectory { .. }
+            | TrustError::Io { .. } => None,
+        }
+    }
 }
 
 /// A file that passed the checks, held open. Use [`TrustedFile::file`]; the
@@ -445,5 +466,8 @@ mod tests {
         assert_eq!(e.to_string(), "/etc/x.sh: not executable by its owner (mode 0600): chmod 700 /etc/x.sh");
         let e = TrustError::GroupOrOtherWritable { path: PathBuf::from("/etc/c.json"), mode: 0o620, rule: Rule::Config };
         assert!(e.to_string().ends_with("chmod 600 /etc/c.json"), "{e}");
+        assert_eq!(e.fix().as_deref(), Some("chmod 600 /etc/c.json"));
+        let e = TrustError::UntrustedDirectory { path: "/srv/a/x.sh".into(), dir: "/srv/a".into(), reason: "is owned by uid 5".into() };
+        assert!(e.to_string().contains(&e.fix().unwrap_or_default()), "{e}");
     }
 }

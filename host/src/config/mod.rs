@@ -249,6 +249,16 @@ pub struct Config {
     /// `[points]`: the recovery point cap and retention.
     pub points: crate::points::Settings,
     pub service: ServiceSettings,
+    /// `[metrics]`: where to publish Prometheus metrics after each session.
+    pub metrics: Option<MetricsSettings>,
+}
+
+/// `[metrics] textfile = "PATH"`: a Prometheus text-format file for
+/// node_exporter's textfile collector, rewritten atomically after each session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MetricsSettings {
+    /// Absolute, ending in `.prom` (node_exporter reads nothing else).
+    pub textfile: PathBuf,
 }
 
 impl Config {
@@ -269,6 +279,7 @@ impl Config {
             snapshot_timeout: None,
             points: crate::points::Settings::default(),
             service: ServiceSettings::default(),
+            metrics: None,
         }
     }
 

@@ -14,8 +14,8 @@ use crate::snapshot::ProviderKind;
 use std::collections::BTreeMap;
 
 use super::{
-    checked_retries, positive_secs, Config, Format, HookBody, HookSpec, OnFailure, PluginAction, ScriptAction, ScriptPermissions,
-    SnapshotSpec, MAX_MEMORY_MIB,
+    checked_retries, positive_secs, Config, Format, HookBody, HookSpec, MetricsSettings, OnFailure, PluginAction, ScriptAction,
+    ScriptPermissions, SnapshotSpec, MAX_MEMORY_MIB,
 };
 
 #[derive(Deserialize)]
@@ -30,6 +30,7 @@ struct NativeFile {
     points: crate::points::PointsTable,
     #[serde(default)]
     service: ServiceTable,
+    metrics: Option<MetricsTable>,
 }
 
 #[derive(Deserialize, Default)]
@@ -38,6 +39,30 @@ struct ServiceTable {
     group: Option<String>,
     external_hold_secs: Option<u64>,
     socket: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetricsTable {
+    textfile: PathBuf,
+}
+
+/// node_exporter's textfile collector reads only `*.prom` files, so any other
+/// name would be written and never seen: refused here instead.
+fn metrics_settings(t: MetricsTable) -> Result<MetricsSettings, String> {
+    let path = t.textfile;
+    if !path.is_absolute() {
+        return Err(format!("[metrics] textfile must be an absolute path, got {}", path.display()));
+    }
+    if path.extension().is_none_or(|e| e != "prom") || path.file_stem().is_none_or(|s| s.is_empty() || s.to_string_lossy().starts_with('.'))
+    {
+        return Err(format!(
+            "[metrics] textfile {}: node_exporter's textfile collector reads only files named NAME.prom (not hidden); \
+             name it e.g. /var/lib/prometheus/node-exporter/quiesce.prom",
+            path.display()
+        ));
+    }
+    Ok(MetricsSettings { textfile: path })
 }
 
 #[derive(Deserialize)]
@@ -352,6 +377,7 @@ pub(super) fn parse(text: &str) -> Result<Config, String> {
     }
     config.service.group = file.service.group;
     config.service.socket = file.service.socket;
+    config.metrics = file.metrics.map(metrics_settings).transpose()?;
     Ok(config)
 }
 
@@ -503,6 +529,21 @@ mod tests {
         assert!(matches!(c, Some(SnapshotSpec::Cloud(ref spec)) if spec.create[0] == "aws" && spec.params["instance"] == "i-1"));
         let c = snap("kind = \"command\"\ncommand = \"snap\"\ndelete_command = \"unsnap\"").unwrap();
         assert_eq!(c, Some(SnapshotSpec::Command { command: "snap".into(), delete_command: Some("unsnap".into()), restore_command: None }));
+    }
+
+    #[test]
+    fn metrics_textfile_must_be_an_absolute_prom_file() {
+        let c = parse("[metrics]\ntextfile = \"/var/lib/node/quiesce.prom\"\n").unwrap();
+        assert_eq!(c.metrics, Some(MetricsSettings { textfile: PathBuf::from("/var/lib/node/quiesce.prom") }));
+        assert!(parse("").unwrap().metrics.is_none());
+        let e = parse("[metrics]\ntextfile = \"quiesce.prom\"\n").unwrap_err();
+        assert!(e.contains("absolute"), "{e}");
+        for bad in ["/var/lib/node/quiesce.txt", "/var/lib/node/.prom", "/var/lib/node/quiesce"] {
+            let e = parse(&format!("[metrics]\ntextfile = \"{bad}\"\n")).unwrap_err();
+            assert!(e.contains("NAME.prom"), "{bad}: {e}");
+        }
+        let e = parse("[metrics]\ntext_file = \"/a.prom\"\n").unwrap_err();
+        assert!(e.contains("text_file"), "{e}");
     }
 
     #[test]

@@ -49,6 +49,10 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// The guardian's process name (`/proc/PID/comm`): how `quiesce doctor`
+/// finds guardians that outlived their host.
+pub const GUARDIAN_NAME: &std::ffi::CStr = c"quiesce-guard";
+
 // ---- wire format -------------------------------------------------------
 
 const CMD_FREEZE: u32 = 1;
@@ -376,7 +380,7 @@ unsafe fn guardian_main(ctx: &mut ChildCtx) -> ! {
     // catchable signal comes through a signalfd: one whose default would
     // kill us (SIGTERM, but also SIGUSR1, SIGALRM, ...) must lead to a thaw
     // first, and one that would stop us (SIGTSTP) must not stop us.
-    let watched = detach(c"quiesce-guard", ctx.devnull, &ctx.keep);
+    let watched = detach(GUARDIAN_NAME, ctx.devnull, &ctx.keep);
 
     let sfd = libc::signalfd(-1, &watched, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
     let fl = libc::fcntl(ctx.evt_w, libc::F_GETFL);

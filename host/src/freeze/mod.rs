@@ -16,7 +16,7 @@ mod probe;
 mod thaw;
 
 pub use error::{errno_name, FreezeError};
-pub use guardian::{monotonic_ns, AutoThaw, FreezeFailure, Frozen, Guardian, MountTiming, ThawReason, ThawTiming, Thawed};
+pub use guardian::{monotonic_ns, AutoThaw, FreezeFailure, Frozen, Guardian, MountTiming, ThawReason, ThawTiming, Thawed, GUARDIAN_NAME};
 pub use mountinfo::MountInfoEntry;
 pub use plan::{plan, plan_from, FreezePlan, PlanEnv, Selection, Skipped, SystemEnv, Target};
 pub use presync::{presync, SyncTiming};

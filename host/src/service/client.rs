@@ -57,6 +57,15 @@ impl Client {
         Ok(Client { path: path.to_path_buf(), stream, reader, next_id: 1 })
     }
 
+    /// Bounds every later send and reply wait (None: wait as long as the
+    /// service takes; a session's pre hooks may take minutes).
+    pub fn set_timeout(&self, t: Option<std::time::Duration>) -> Result<(), ClientError> {
+        self.stream
+            .set_read_timeout(t)
+            .and_then(|()| self.stream.set_write_timeout(t))
+            .map_err(|source| ClientError::Unreachable { path: self.path.clone(), source })
+    }
+
     /// Sends `op` with `args` and returns the reply's result fields (those
     /// besides `v`, `id`, `ok`), or the refusal.
     pub fn call(&mut self, op: &str, args: Map<String, Value>) -> Result<Map<String, Value>, ClientError> {

@@ -494,6 +494,9 @@ impl Begun {
         let mut report = r.finish(&s, started);
         report.mode = mode;
         crate::points::record_session(&s.state_dir, &s.config.points, &mut report);
+        // After the point, so that a PointNotRecorded error is counted too.
+        let metrics_warnings = crate::metrics::publish(s.config.metrics.as_ref(), &report, &s.state_dir);
+        report.warnings.extend(metrics_warnings);
         if let Some(lock) = lock {
             // A mount still frozen keeps its state file: `status` shows it,
             // and the guardian holds the lock until its retries succeed.
