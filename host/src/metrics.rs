@@ -374,6 +374,7 @@ mod tests {
             config: None,
             artifacts: vec![],
             interrupted_by: None,
+            mode: None,
             duration_ms: 40.0,
             point: None,
         }

@@ -292,6 +292,9 @@ async fn a_planted_or_swapped_cache_entry_is_rebuilt_never_run() {
     env.engine.load(&noop).unwrap();
     let noop_entry = entries(&env.s.join("cache")).into_iter().find(|e| *e != other_entry).unwrap();
     let genuine = fs::read(&other_entry).unwrap();
+    // What another process finds on disk: a fresh engine per load (one
+    // engine keeps a plugin it loaded in memory and never rereads its entry).
+    let load_fresh = |path: &std::path::Path| WasmEngine::new(&env.s.join("cache")).unwrap().load(path).unwrap();
 
     // Swapped: another plugin's genuine entry under noop's name. If it were
     // run, noop would describe itself as misbehave.
@@ -303,7 +306,7 @@ async fn a_planted_or_swapped_cache_entry_is_rebuilt_never_run() {
         assert!(matches!(status, CacheStatus::Rebuilt(r) if r.contains(why)), "{status:?}");
     };
     forge(&genuine);
-    let p = env.engine.load(&noop).unwrap();
+    let p = load_fresh(&noop);
     describes_as_noop(p.cache_status(), "not authentic");
     assert_eq!(p.describe().await.unwrap().name, "noop");
 
@@ -318,20 +321,20 @@ async fn a_planted_or_swapped_cache_entry_is_rebuilt_never_run() {
     planted.extend_from_slice(&(artifact.len() as u64).to_le_bytes());
     planted.extend_from_slice(artifact);
     forge(&planted);
-    let p = env.engine.load(&noop).unwrap();
+    let p = load_fresh(&noop);
     describes_as_noop(p.cache_status(), "not authentic");
     assert_eq!(p.describe().await.unwrap().name, "noop");
 
     // A symlink at the entry's name to the other plugin's entry.
     let _ = fs::remove_file(&noop_entry);
     std::os::unix::fs::symlink(&other_entry, &noop_entry).unwrap();
-    let p = env.engine.load(&noop).unwrap();
+    let p = load_fresh(&noop);
     describes_as_noop(p.cache_status(), "symbolic link");
     assert_eq!(p.describe().await.unwrap().name, "noop");
     assert_eq!(fs::read(&other_entry).unwrap(), genuine, "the link's target was not touched");
 
     // And what was rebuilt is authentic.
-    assert_eq!(*env.engine.load(&noop).unwrap().cache_status(), CacheStatus::Hit);
+    assert_eq!(*load_fresh(&noop).cache_status(), CacheStatus::Hit);
     let key = env.s.join("cache/cache.key");
     assert_eq!((fs::metadata(&key).unwrap().mode() & 0o777, fs::metadata(&key).unwrap().size()), (0o600, 32));
 }

@@ -455,13 +455,16 @@ async fn corrupted_cache_entry_is_detected_and_rebuilt() {
     let path = install_plugin(&env.scratch, "noop");
     env.engine.load(&path).expect("first load");
     let entry = cache_entries(&env.scratch.join("cache")).pop().expect("entry");
+    // What the next process finds on disk: a fresh engine per load (one
+    // engine keeps a plugin it loaded in memory and never rereads its entry).
+    let load_fresh = || WasmEngine::new(&env.scratch.join("cache")).unwrap().load(&path).unwrap();
 
     // Flip one byte in the middle of the compiled code.
     let mut bytes = std::fs::read(&entry).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
     std::fs::write(&entry, &bytes).unwrap();
-    let p = env.engine.load(&path).expect("rebuilt");
+    let p = load_fresh();
     assert!(matches!(p.cache_status(), CacheStatus::Rebuilt(r) if r.starts_with("not authentic")), "{:?}", p.cache_status());
     let mut inst = p.instantiate(InstanceConfig::new("noop")).await.unwrap();
     assert!(inst.pre(&ctx(1)).await.is_success());
@@ -469,14 +472,14 @@ async fn corrupted_cache_entry_is_detected_and_rebuilt() {
     // Truncated.
     let len = std::fs::metadata(&entry).unwrap().len();
     std::fs::OpenOptions::new().write(true).open(&entry).unwrap().set_len(len - 100).unwrap();
-    assert!(matches!(env.engine.load(&path).unwrap().cache_status(), CacheStatus::Rebuilt(r) if r.starts_with("length")));
+    assert!(matches!(load_fresh().cache_status(), CacheStatus::Rebuilt(r) if r.starts_with("length")));
 
     // Not ours at all.
     std::fs::write(&entry, b"\x7fELF this is not a cache entry at all, but long enough for a header........").unwrap();
-    assert_eq!(*env.engine.load(&path).unwrap().cache_status(), CacheStatus::Rebuilt("bad header".into()));
+    assert_eq!(*load_fresh().cache_status(), CacheStatus::Rebuilt("bad header".into()));
 
     // And the rewritten entry is good again.
-    assert_eq!(*env.engine.load(&path).unwrap().cache_status(), CacheStatus::Hit);
+    assert_eq!(*load_fresh().cache_status(), CacheStatus::Hit);
 }
 
 #[tokio::test]
