@@ -131,7 +131,9 @@ fn expected(f: Fault, p: Phase) -> Option<Expect> {
         (Fault::PartialFreeze, Freeze) => Expect { says: "thawed back", ..taken(3, CRASH, &["FsFreezeFailed"]) },
         // Taken while frozen and quiesced; the refused thaw must be reported (and
         // `status` must show the mount frozen while it lasts: checked in the cell).
-        (Fault::ThawFails, Thaw) => taken(3, APP, &["FsThawFailed"]),
+        // No recovery point while a file system is still frozen (the catalog
+        // may be on it): PointNotRecorded, the snapshot's ids stay in the report.
+        (Fault::ThawFails, Thaw) => taken(3, APP, &["FsThawFailed", "PointNotRecorded"]),
         // The lock holder died before the freeze: the host sees the plugin's
         // connection closed by the server once everything is frozen, so the
         // label may not claim the lock held (QuiesceNotHeld).

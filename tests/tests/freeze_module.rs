@@ -481,7 +481,9 @@ fn status_polled_during_twenty_sessions_never_takes_the_lock() {
     for i in 0..24 {
         let seen = s.join(&format!("lock-pid-{i}"));
         let mut cmd = quiesce(&s);
-        cmd.args(["snapshot", "--json", "--mount"])
+        // A state dir per session: 24 recovery points would pass the default max_points (18).
+        cmd.env("QUIESCE_STATE_DIR", s.join(&format!("state-{i}")))
+            .args(["snapshot", "--json", "--mount"])
             .arg(mnt.path())
             .arg("--snapshot-cmd")
             .arg(format!("cat {} > {}", lock.display(), seen.display()))
