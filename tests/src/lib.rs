@@ -5,6 +5,7 @@
 //! Every fixture cleans up in `Drop`, so a failing assertion still thaws,
 //! unmounts and detaches what the test created.
 
+pub mod bench;
 pub mod db;
 pub mod faults;
 pub mod legacy;
@@ -489,3 +490,5 @@ pub fn setsid_sleeper(pidfile: &Path) -> String {
 
 pub mod judge;
 pub mod plugins;
+pub mod qga;
+pub mod svc;

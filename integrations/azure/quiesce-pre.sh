@@ -1,0 +1,21 @@
+#!/bin/sh
+# quiesce pre wrapper for the Azure VM snapshot extension (and any agent that
+# runs one pre script, freezes and snapshots itself, then runs one post script).
+#
+# Referenced as "preScriptLocation" from /etc/azure/VMSnapshotScriptPluginConfig.json
+# (see VMSnapshotScriptPluginConfig.json next to this file). Install it the way the
+# extension insists on, or it will not run it:
+#   install -o root -g root -m 700 quiesce-pre.sh /etc/azure/quiesce-pre.sh
+#
+# It begins an `external` quiesce session (the extension freezes, not quiesce):
+# the quiesce service runs the plugins' pre hooks and keeps their locks held
+# until quiesce-post.sh ends the session, or until the hold deadline
+# ([service] external_hold_secs, or --hold SECS in preScriptParams) passes.
+# Exit 0: go ahead; non-zero: the extension reports Pre-ScriptExecutionFailed
+# (quiesce has already ended the session and released what it held).
+#
+# preScriptParams are passed to `quiesce begin` (e.g. ["--hold", "300"]); the
+# template's empty strings are dropped. $QUIESCE_BIN and $QUIESCE_SOCKET
+# override the binary and the service socket.
+for a; do shift; [ -z "$a" ] || set -- "$@" "$a"; done
+exec "${QUIESCE_BIN:-/usr/bin/quiesce}" begin --freeze external "$@"
