@@ -17,6 +17,7 @@ pub mod logging;
 pub mod report;
 pub mod rundir;
 pub mod serde_path;
+pub mod service;
 pub mod session;
 pub mod snapshot;
 pub mod status;

@@ -50,6 +50,12 @@ pub enum ErrorCode {
     QuiesceNotHeld,
     /// The session was interrupted by a signal (SIGINT/SIGTERM/SIGHUP).
     Interrupted,
+    /// A two-phase session was aborted: by its client (`abort`), or because
+    /// the connection it was bound to closed.
+    SessionAborted,
+    /// A two-phase session was not ended within its hold deadline: the
+    /// service ended it (thaw, post hooks with the snapshot not taken).
+    SessionHoldExpired,
 }
 
 impl ErrorCode {
@@ -254,6 +260,10 @@ pub struct Report {
     /// The signal that interrupted the session, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub interrupted_by: Option<String>,
+    /// Who froze, for two-phase sessions (`native`, `external`, `none`);
+    /// absent for the one-shot `quiesce snapshot`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<crate::session::FreezeMode>,
     pub duration_ms: f64,
 }
 

@@ -199,6 +199,28 @@ pub enum SnapshotSpec {
     Reflink { source: PathBuf, dest: PathBuf },
 }
 
+/// `[service]`: what `quiesce serve` takes from the native config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServiceSettings {
+    /// Members of this group may use the socket (made 0660 root:GROUP)
+    /// besides root; every connection is still checked by its peer credentials.
+    pub group: Option<String>,
+    /// How long a session begun with `freeze = "external"` or `"none"` is
+    /// held for its `end` unless the client asks otherwise.
+    pub external_hold: Duration,
+    /// The socket, unless `--socket` or `$QUIESCE_SOCKET` says otherwise.
+    pub socket: Option<PathBuf>,
+}
+
+/// `[service] external_hold_secs` unless set.
+pub const DEFAULT_EXTERNAL_HOLD: Duration = Duration::from_secs(60);
+
+impl Default for ServiceSettings {
+    fn default() -> Self {
+        ServiceSettings { group: None, external_hold: DEFAULT_EXTERNAL_HOLD, socket: None }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Config {
     /// The file this came from (None for the built-in default).
@@ -212,6 +234,7 @@ pub struct Config {
     /// provider (also for `--snapshot-cmd`); while frozen, the freeze
     /// deadline caps it too. None: the freeze deadline, or `max_freeze`.
     pub snapshot_timeout: Option<Duration>,
+    pub service: ServiceSettings,
 }
 
 impl Config {
@@ -230,6 +253,7 @@ impl Config {
             },
             snapshot: None,
             snapshot_timeout: None,
+            service: ServiceSettings::default(),
         }
     }
 

@@ -23,6 +23,16 @@ struct NativeFile {
     snapshot: Option<SnapshotTable>,
     #[serde(default, rename = "hook")]
     hooks: Vec<HookTable>,
+    #[serde(default)]
+    service: ServiceTable,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ServiceTable {
+    group: Option<String>,
+    external_hold_secs: Option<u64>,
+    socket: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -207,6 +217,21 @@ pub(super) fn parse(text: &str) -> Result<Config, String> {
     config.freeze.exclude = file.freeze.exclude;
     config.freeze.max_freeze = positive_secs("freeze.max_freeze_secs", file.freeze.max_freeze_secs)?;
     config.freeze.on_failure = file.freeze.on_failure;
+    if let Some(secs) = file.service.external_hold_secs {
+        config.service.external_hold = positive_secs("service.external_hold_secs", secs)?;
+    }
+    if let Some(g) = &file.service.group {
+        if g.is_empty() || g.len() > 64 || !g.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)) {
+            return Err(format!("service.group {g:?} is not a group name"));
+        }
+    }
+    if let Some(p) = &file.service.socket {
+        if !p.is_absolute() {
+            return Err(format!("service.socket must be an absolute path, got {}", p.display()));
+        }
+    }
+    config.service.group = file.service.group;
+    config.service.socket = file.service.socket;
     Ok(config)
 }
 
@@ -319,6 +344,19 @@ mod tests {
         assert!(e.contains("\"x\": retries") && e.contains("0 to 100"), "{e}");
         let e = parse("[[hook]]\nname = \"p\"\nplugin = \"/a.wasm\"\nmemory_mib = 1000000\n").unwrap_err();
         assert!(e.contains("memory_mib") && e.contains("1 to 4096"), "{e}");
+    }
+
+    #[test]
+    fn service_section_is_read_and_checked() {
+        let c = parse("[service]\ngroup = \"backup\"\nexternal_hold_secs = 120\nsocket = \"/run/q/q.sock\"\n").unwrap();
+        assert_eq!(c.service.group.as_deref(), Some("backup"));
+        assert_eq!(c.service.external_hold, Duration::from_secs(120));
+        assert_eq!(c.service.socket.as_deref(), Some(std::path::Path::new("/run/q/q.sock")));
+        assert_eq!(parse("").unwrap().service.external_hold, Duration::from_secs(60));
+        assert!(parse("[service]\nexternal_hold_secs = 0\n").unwrap_err().contains("external_hold_secs"));
+        assert!(parse("[service]\ngroup = \"a b\"\n").unwrap_err().contains("group"));
+        assert!(parse("[service]\nsocket = \"rel.sock\"\n").unwrap_err().contains("absolute"));
+        assert!(parse("[service]\ngrup = \"x\"\n").unwrap_err().contains("grup"));
     }
 
     #[test]

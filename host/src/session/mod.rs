@@ -16,24 +16,25 @@
 
 use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 mod artifacts;
+mod flow;
 mod hooks;
 mod record;
 
-use crate::config::{Config, ConfigError, Format, HookBody, OnFailure};
+use crate::config::{Config, ConfigError, Format, HookBody};
 use crate::duration;
 use crate::freeze::{self, FreezePlan, Guardian, Selection};
 use crate::hooks::wasm::{WasmEngine, DEFAULT_CACHE_DIR};
 use crate::interrupt::Interrupt;
 use crate::logging;
-use crate::report::{ErrorCode, MountReport, Phase, Report, ReportError};
-use crate::rundir::{unix_ms, LockError, RunDir, SessionState};
+use crate::report::{ErrorCode, MountReport, ReportError};
+use crate::rundir::{unix_ms, RunDir, SessionState};
 use crate::snapshot::{self, SnapshotContext, SnapshotProvider};
 
 pub use artifacts::{state_dir_from_env, DEFAULT_STATE_DIR, STATE_DIR_ENV};
-use hooks::PhaseContext;
+pub use flow::{Abort, BeginOptions, Begun, FreezeMode, SnapshotOutcome, MAX_SNAPSHOT_IDS, MAX_SNAPSHOT_ID_BYTES};
 pub(crate) use hooks::ReadyHook;
 use record::Run;
 
@@ -54,6 +55,9 @@ pub enum SessionPhase {
     Validating,
     Pre,
     Frozen,
+    /// A two-phase session whose pre hooks ran and which froze nothing
+    /// itself: waiting for the agent's snapshot and `end`.
+    Begun,
     Post,
     /// The session is over, but FITHAW kept failing on some mount: it is
     /// still frozen and the guardian (holding the session lock) keeps trying.
@@ -66,6 +70,7 @@ impl SessionPhase {
             SessionPhase::Validating => "validating",
             SessionPhase::Pre => "pre",
             SessionPhase::Frozen => "frozen",
+            SessionPhase::Begun => "begun",
             SessionPhase::Post => "post",
             SessionPhase::ThawFailed => "thaw-failed",
         }
@@ -106,6 +111,10 @@ pub struct SessionOptions {
     pub cache_dir: Option<PathBuf>,
     /// Where plugins' artifacts are kept; defaults to `$QUIESCE_STATE_DIR` or `/var/lib/quiesce`.
     pub state_dir: Option<PathBuf>,
+    /// A WebAssembly runtime to share (the service keeps one, with its
+    /// compiled plugins, across sessions); else one is started per session
+    /// when a hook needs it.
+    pub engine: Option<WasmEngine>,
 }
 
 /// A session could not even be set up: the caller's arguments are wrong.
@@ -148,6 +157,7 @@ pub struct Session {
     run_dir: RunDir,
     cache_dir: PathBuf,
     state_dir: PathBuf,
+    engine: Option<WasmEngine>,
 }
 
 /// Step 1's verdict: see [`Session::validate`].
@@ -221,6 +231,7 @@ impl Session {
             run_dir: opts.run_dir.unwrap_or_else(RunDir::from_env),
             cache_dir: opts.cache_dir.unwrap_or_else(cache_dir_from_env),
             state_dir: opts.state_dir.unwrap_or_else(state_dir_from_env),
+            engine: opts.engine,
         })
     }
 
@@ -265,153 +276,13 @@ impl Session {
         Validation { hooks, freeze_problems: self.freeze_problems() }
     }
 
-    /// Runs the whole session and reports. Never panics on outside input;
-    /// every path thaws what it froze and runs the post hooks it owes.
-    pub async fn run(self, interrupt: Interrupt) -> Report {
-        let started = Instant::now();
-        let mut r = Run::new(&self);
-        let span = tracing::info_span!("session", id = %self.id);
-        let _enter = span.enter();
-
-        let lock = match self.run_dir.lock() {
-            Ok(lock) => lock,
-            Err(e) => {
-                let code = match e {
-                    LockError::Busy { .. } => ErrorCode::BackupOperationInProgress,
-                    LockError::Io { .. } | LockError::Untrusted { .. } => ErrorCode::IncorrectPluginhostFile,
-                };
-                tracing::error!("{e}");
-                r.error(code, e.to_string());
-                return r.finish(&self, started);
-            }
-        };
-        tracing::info!(
-            "session {} starting (config: {})",
-            self.id,
-            self.config_path.as_deref().map(|p| p.display().to_string()).unwrap_or_else(|| "built-in default".into())
-        );
-        self.record_state(&r, SessionPhase::Validating, &[], None);
-        if let Some((e, fallback)) = &self.config_error {
-            // The hooks it names cannot run, so no application was quiesced.
-            tracing::error!("{}", e.message);
-            r.errors.push(e.clone());
-            r.apps_quiesced = false;
-            if *fallback == Fallback::NoSnapshot {
-                self.run_dir.clear_state();
-                return r.finish(&self, started);
-            }
-        }
-
-        // 1. Validate every script and plugin before anything runs or freezes.
-        let Validation { mut hooks, freeze_problems } = self.validate();
-        for h in &hooks {
-            if let Some(e) = h.refused() {
-                tracing::error!("hook {} refused: {}", h.spec.name, e.message);
-            }
-            for w in &h.warnings {
-                tracing::warn!("hook {}: {w}", h.spec.name);
-                r.warnings.push(format!("hook {}: {w}", h.spec.name));
-            }
-        }
-        let mut freeze_ok = freeze_problems.is_empty();
-        r.errors.extend(freeze_problems);
-        if !freeze_ok && self.config.freeze.on_failure == OnFailure::Abort {
-            tracing::error!("freeze is impossible and the policy is to abort: no hook runs, no snapshot");
-            for h in &hooks {
-                r.skipped(&h.spec.name, h.kind(), "freeze impossible; session aborted before any hook");
-            }
-            return r.finish(&self, started);
-        }
-
-        // 2. Pre hooks, in order.
-        self.record_state(&r, SessionPhase::Pre, &[], None);
-        let mut entered = 0;
-        let mut abort = false;
-        let pre_ctx = PhaseContext { session_id: &self.id, snapshot: None };
-        for h in hooks.iter_mut() {
-            if let Some(why) = interrupt.fired() {
-                tracing::warn!("{why}: no further pre hooks");
-                break;
-            }
-            entered += 1;
-            if !h.run(Phase::Pre, &pre_ctx, &mut r).await {
-                r.apps_quiesced = false;
-                if h.spec.on_failure == OnFailure::Abort {
-                    tracing::error!("hook {} failed and its policy is abort: no snapshot", h.spec.name);
-                    abort = true;
-                    break;
-                }
-            }
-        }
-        for h in &hooks[entered..] {
-            r.skipped(&h.spec.name, h.kind(), if abort { "an earlier hook aborted the session" } else { "session interrupted" });
-        }
-
-        // 3. Freeze, snapshot, thaw.
-        let mut interrupted = interrupt.fired();
-        if !abort && interrupted.is_none() {
-            let mut guardian = None;
-            if freeze_ok {
-                if let Some(plan) = self.plan.as_ref() {
-                    match self.freeze(plan, &lock, &mut r) {
-                        Some(g) => guardian = Some(g),
-                        None => freeze_ok = false,
-                    }
-                }
-            }
-            let freeze_required = self.plan.is_some();
-            if freeze_required && !freeze_ok && self.config.freeze.on_failure == OnFailure::Abort {
-                tracing::error!("freeze failed and the policy is abort: no snapshot");
-            } else {
-                // Frozen, the disk is pinned: what a plugin held must have
-                // lasted until now. Not frozen: until the snapshot is done.
-                if guardian.is_some() {
-                    check_holds(&hooks[..entered], &mut r, "the freeze");
-                }
-                let mut interrupt = interrupt.clone();
-                interrupted = self.snapshot(guardian.as_mut(), &mut r, &mut interrupt).await;
-                if guardian.is_none() {
-                    check_holds(&hooks[..entered], &mut r, "the snapshot");
-                }
-            }
-            if let Some(g) = guardian.take() {
-                self.thaw(g, &mut r);
-            }
-            r.frozen_throughout = freeze_required && freeze_ok && r.freeze.auto_thawed.is_none();
-        }
-
-        // 4. Post hooks, in reverse order, for every hook whose turn came in pre.
-        if r.freeze.still_frozen.is_empty() {
-            self.record_state(&r, SessionPhase::Post, &[], None);
-        }
-        let post_ctx = PhaseContext { session_id: &self.id, snapshot: Some((r.snapshot_taken, r.label(&self))) };
-        for h in hooks[..entered].iter_mut().rev() {
-            h.run(Phase::Post, &post_ctx, &mut r).await;
-        }
-        self.store_artifacts(&hooks, &mut r);
-        r.interrupted_by = interrupted.or_else(|| interrupt.fired());
-        if let Some(sig) = &r.interrupted_by {
-            r.error(ErrorCode::Interrupted, format!("session interrupted by {sig}; thawed and ran post hooks before exiting"));
-        }
-        let report = r.finish(&self, started);
-        // A mount still frozen keeps its state file: `status` shows it, and
-        // the guardian holds the lock until its retries succeed.
-        if report.freeze.still_frozen.is_empty() {
-            self.run_dir.clear_state();
-            drop(lock);
-        } else {
-            // Dropping the lock would unlock it (flock LOCK_UN) for the
-            // guardian's copy of the fd too; leaking our fd leaves the
-            // guardian the only holder until it has thawed and exited.
-            std::mem::forget(lock);
-        }
-        report
-    }
-
     /// The WebAssembly runtime, started only when a hook needs it.
     fn wasm_engine(&self) -> Option<WasmEngine> {
         if !self.config.hooks.iter().any(|h| matches!(h.body, HookBody::Plugin(_))) {
             return None;
+        }
+        if let Some(e) = &self.engine {
+            return Some(e.clone());
         }
         match WasmEngine::new(&self.cache_dir) {
             Ok(e) => Some(e),

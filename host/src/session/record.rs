@@ -30,12 +30,15 @@ pub(super) struct Run {
     /// quiesced, whatever else went well.
     pub pre_succeeded: u32,
     pub frozen_throughout: bool,
+    /// A two-phase session whose file systems someone else froze: that
+    /// freeze is trusted for the label (quiesce cannot see it).
+    pub external_freeze: bool,
     pub interrupted_by: Option<String>,
     pub artifacts: Vec<ArtifactReport>,
 }
 
 impl Run {
-    pub fn new(s: &Session) -> Run {
+    pub fn new(s: &Session, external_freeze: bool) -> Run {
         let mut freeze = FreezeReport { enabled: s.plan.is_some(), max_freeze_s: s.max_freeze.as_secs_f64(), ..Default::default() };
         if let Some(plan) = &s.plan {
             freeze.skipped = plan
@@ -58,6 +61,7 @@ impl Run {
             apps_quiesced: true,
             pre_succeeded: 0,
             frozen_throughout: false,
+            external_freeze,
             interrupted_by: None,
             artifacts: Vec::new(),
         }
@@ -77,7 +81,7 @@ impl Run {
             apps_quiesced: self.apps_quiesced
                 && self.pre_succeeded > 0
                 && !self.hooks.iter().any(|h| h.phase == Phase::Pre && h.outcome == Outcome::Skipped),
-            freeze_enabled: s.plan.is_some(),
+            freeze_enabled: s.plan.is_some() || self.external_freeze,
             frozen_throughout: self.frozen_throughout,
         })
     }
@@ -127,6 +131,7 @@ impl Run {
             config: Some(ConfigReport { path: s.config_path.clone(), format: s.config.format }),
             artifacts: self.artifacts,
             interrupted_by: self.interrupted_by,
+            mode: None,
             duration_ms: ms(started.elapsed()),
         };
         tracing::info!("{}", report.summary());

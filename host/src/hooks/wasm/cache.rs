@@ -67,6 +67,9 @@ pub enum CacheStatus {
     Rebuilt(String),
     /// Compiled without the cache (untrusted directory, write failure).
     Disabled(String),
+    /// The same unchanged file was loaded before by this process (the
+    /// service keeps its plugins loaded): nothing was read or compiled.
+    Memory,
 }
 
 /// Sha256 as a `Hasher`, so `precompile_compatibility_hash` can feed it.

@@ -2,11 +2,12 @@
 //! ticker that enforces per-call deadlines, the linker with every import a
 //! plugin may use, and the compiled-code cache.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -15,7 +16,7 @@ use wasmtime::{Config, Engine};
 use super::bindings::v0_1_0::{QuiescePlugin, QuiescePluginPre};
 use super::cache::{Cache, CacheStatus};
 use super::detect::{self, Kind};
-use super::plugin::Plugin;
+use super::plugin::{Loaded, Plugin};
 use super::state::HostState;
 use super::{error_chain, PluginError};
 use crate::trust::{self, Rule};
@@ -43,7 +44,42 @@ struct Inner {
     linker: Linker<HostState>,
     cache: Cache,
     stop: Arc<AtomicBool>,
+    /// Plugins loaded before, by path, with the identity of the file they
+    /// were read from: a long-lived process (the service) loads an unchanged
+    /// plugin without reading, verifying or linking it again.
+    loaded: Mutex<HashMap<PathBuf, (FileKey, Arc<Loaded>)>>,
 }
+
+/// What identifies one version of a plugin file: replacing or rewriting it
+/// changes the inode, the size or the change time (ctime cannot be set back
+/// by a user, unlike mtime).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct FileKey {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+impl FileKey {
+    fn of(file: &File) -> Option<FileKey> {
+        use std::os::unix::fs::MetadataExt;
+        let m = file.metadata().ok()?;
+        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+        Some(FileKey {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime_ns: ns(m.mtime(), m.mtime_nsec()),
+            ctime_ns: ns(m.ctime(), m.ctime_nsec()),
+        })
+    }
+}
+
+/// More distinct plugin paths than any config names; past it the memo is
+/// cleared rather than grown.
+const LOADED_CAP: usize = 256;
 
 impl Drop for Inner {
     fn drop(&mut self) {
@@ -89,7 +125,7 @@ impl WasmEngine {
             })
             .map_err(|e| PluginError::Runtime(format!("cannot start the epoch ticker thread: {e}")))?;
 
-        Ok(WasmEngine { inner: Arc::new(Inner { engine, linker, cache, stop }) })
+        Ok(WasmEngine { inner: Arc::new(Inner { engine, linker, cache, stop, loaded: Mutex::new(HashMap::new()) }) })
     }
 
     pub(crate) fn engine(&self) -> &Engine {
@@ -113,8 +149,33 @@ impl WasmEngine {
     pub fn load(&self, path: &Path) -> Result<Plugin, PluginError> {
         let started = Instant::now();
         let file = trust::open_trusted(path, Rule::Plugin).map_err(|source| PluginError::Untrusted { path: path.to_path_buf(), source })?;
+        // The trust checks above run every time; only reading, verifying
+        // and linking an unchanged file is skipped.
+        let key = FileKey::of(file.file());
+        if let Some(key) = key {
+            let known = self.loaded().get(path).filter(|(k, _)| *k == key).map(|(_, l)| l.clone());
+            if let Some(shared) = known {
+                return Ok(Plugin::reused(self.clone(), shared, started.elapsed()));
+            }
+        }
         let bytes = read_checked(file.file(), path)?;
-        self.load_bytes(path, bytes, started)
+        let plugin = self.load_bytes(path, bytes, started)?;
+        // Read after the file was read: a change while reading shows as a new key next time.
+        if let (Some(key), Some(after)) = (key, FileKey::of(file.file())) {
+            if key == after {
+                let mut loaded = self.loaded();
+                if loaded.len() >= LOADED_CAP {
+                    loaded.clear();
+                }
+                loaded.insert(path.to_path_buf(), (key, plugin.shared().clone()));
+            }
+        }
+        Ok(plugin)
+    }
+
+    fn loaded(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, (FileKey, Arc<Loaded>)>> {
+        // A panic elsewhere while holding it leaves a consistent map (insert/get/clear only).
+        self.inner.loaded.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn load_bytes(&self, path: &Path, bytes: Vec<u8>, started: Instant) -> Result<Plugin, PluginError> {

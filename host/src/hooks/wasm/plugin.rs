@@ -2,6 +2,7 @@
 //! to keep for the process's life; each session makes its own instance.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -34,16 +35,24 @@ pub struct ParamDoc {
     pub default: Option<String>,
 }
 
+/// Cloning is cheap (the compiled code and the pre-linked instance are shared).
+#[derive(Clone)]
 pub struct Plugin {
     engine: WasmEngine,
+    shared: Arc<Loaded>,
+    cache: CacheStatus,
+    load_time: Duration,
+}
+
+/// What loading a plugin file produced: kept by the engine for the next
+/// load of the same unchanged file (see `WasmEngine::load`).
+pub(crate) struct Loaded {
     path: PathBuf,
     size: u64,
     sha256: String,
     imports: Vec<String>,
     exports: Vec<String>,
     pre: QuiescePluginPre<HostState>,
-    cache: CacheStatus,
-    load_time: Duration,
 }
 
 impl Plugin {
@@ -59,36 +68,37 @@ impl Plugin {
         let ty = component.component_type();
         let imports = ty.imports(engine.engine()).map(|(n, _)| n.to_owned()).collect();
         let exports = ty.exports(engine.engine()).map(|(n, _)| n.to_owned()).collect();
-        Plugin {
-            path: path.to_path_buf(),
-            size: bytes.len() as u64,
-            sha256: sha256_hex(bytes),
-            imports,
-            exports,
-            pre,
-            cache,
-            load_time,
-            engine,
-        }
+        let shared =
+            Arc::new(Loaded { path: path.to_path_buf(), size: bytes.len() as u64, sha256: sha256_hex(bytes), imports, exports, pre });
+        Plugin { engine, shared, cache, load_time }
+    }
+
+    /// The same loaded plugin again, as a later load found it.
+    pub(crate) fn reused(engine: WasmEngine, shared: Arc<Loaded>, load_time: Duration) -> Plugin {
+        Plugin { engine, shared, cache: CacheStatus::Memory, load_time }
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Loaded> {
+        &self.shared
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.shared.path
     }
     pub fn size(&self) -> u64 {
-        self.size
+        self.shared.size
     }
     pub fn sha256(&self) -> &str {
-        &self.sha256
+        &self.shared.sha256
     }
     /// Interfaces the component imports (WASI and quiesce).
     pub fn imports(&self) -> &[String] {
-        &self.imports
+        &self.shared.imports
     }
     pub fn exports(&self) -> &[String] {
-        &self.exports
+        &self.shared.exports
     }
-    /// Whether this load compiled or used the cache.
+    /// Whether this load compiled, used the cache, or found it loaded already.
     pub fn cache_status(&self) -> &CacheStatus {
         &self.cache
     }
@@ -98,7 +108,7 @@ impl Plugin {
     }
 
     pub(crate) fn pre(&self) -> &QuiescePluginPre<HostState> {
-        &self.pre
+        &self.shared.pre
     }
     pub(crate) fn engine(&self) -> &WasmEngine {
         &self.engine
@@ -106,11 +116,11 @@ impl Plugin {
 
     /// Calls `describe` in a throw-away instance with no grants (5 s, 64 MiB).
     pub async fn describe(&self) -> Result<PluginInfo, PluginError> {
-        let mut cfg = InstanceConfig::new(self.path.display().to_string());
+        let mut cfg = InstanceConfig::new(self.shared.path.display().to_string());
         cfg.grants = Grants::none();
         cfg.call_timeout = Duration::from_secs(5);
         let mut inst = self.instantiate(cfg).await?;
-        inst.describe().await.map_err(|outcome| PluginError::load(&self.path, format!("describe failed: {outcome}")))
+        inst.describe().await.map_err(|outcome| PluginError::load(&self.shared.path, format!("describe failed: {outcome}")))
     }
 
     /// A fresh instance for one session, alive until dropped, a trap or a

@@ -1,0 +1,185 @@
+//! `quiesce serve`: a local service that lets any backup agent drive a
+//! session in two calls, `begin` and `end`, with its own snapshot between.
+//!
+//! Agents (qemu-ga's fsfreeze hook, the Azure extension's pre/post scripts,
+//! Velero's exec hooks) call two separate commands, so what a pre hook set
+//! up — a plugin instance and the database session and lock it holds — must
+//! outlive the first call. The service holds it. It runs the very same
+//! session as `quiesce snapshot` ([`crate::session::Session::begin`] and
+//! [`crate::session::Begun::end`]); nothing here re-implements a step.
+//!
+//! Pieces: [`protocol`] (the wire format, v1, one JSON object per line),
+//! [`listen`] (the socket: bound 0600, or handed over by systemd), [`peer`]
+//! (SO_PEERCRED authorisation), `slot` (the worker thread that owns the one
+//! session, its hold deadline and the config), `server` (the accept loop and
+//! a task per connection), [`client`] (a blocking client for the commands
+//! and for embedders).
+//!
+//! Nothing is left behind when the service dies mid-session: the freeze
+//! guardian thaws when its host goes (however it dies), plugin connections
+//! close with the process so the databases release their locks (a Redis
+//! `CLIENT PAUSE` is not tied to a connection: it ends at its own timeout,
+//! which the redis plugin sets to the hold time), and the run-dir lock is
+//! an flock that dies with its holders.
+
+pub mod client;
+pub mod listen;
+pub mod peer;
+pub mod protocol;
+mod server;
+mod slot;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, oneshot};
+
+pub use client::{socket_from_env, Client, ClientError, DEFAULT_SOCKET, SOCKET_ENV};
+
+use crate::config::Config;
+use crate::interrupt::Interrupt;
+use slot::{lock, Job, Shared, Worker};
+
+/// `quiesce serve` arguments.
+#[derive(Debug, Default, Clone)]
+pub struct ServeOptions {
+    /// `--config FILE`, else the default config (native, then legacy).
+    pub config: Option<PathBuf>,
+    /// `--socket PATH`, else `$QUIESCE_SOCKET`, `[service] socket`, `/run/quiesce/quiesce.sock`.
+    pub socket: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{0}")]
+    Listen(#[from] listen::ListenError),
+    #[error("cannot start the service: {0}")]
+    Start(String),
+}
+
+/// Runs the service until SIGTERM or SIGINT; a begun session is then
+/// aborted (thaw, post hooks, report). SIGHUP reloads the config.
+pub fn serve(opts: ServeOptions) -> Result<(), ServiceError> {
+    // Before any thread exists: it clears LISTEN_* from the environment.
+    let activated = listen::from_systemd()?;
+    let config_path = opts.config.or_else(Config::default_path).map(|p| std::path::absolute(&p).unwrap_or(p));
+    let shared = Arc::new(Mutex::new(Shared::default()));
+    let (trigger, interrupt) = Interrupt::new();
+    let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
+
+    // The worker thread loads the config (and warms its plugins) first.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+    let worker = {
+        let shared = shared.clone();
+        let interrupt = interrupt.clone();
+        std::thread::Builder::new()
+            .name("quiesce-session".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!("cannot start the session runtime: {e}");
+                        return;
+                    }
+                };
+                let worker = rt.block_on(async { Worker::new(shared, config_path, interrupt) });
+                let _ = ready_tx.send(());
+                rt.block_on(worker.run(jobs_rx));
+            })
+            .map_err(|e| ServiceError::Start(format!("cannot start the session thread: {e}")))?
+    };
+    if ready_rx.recv().is_err() {
+        return Err(ServiceError::Start("the session thread ended at start (see the log)".into()));
+    }
+
+    let (gid, config_socket) = {
+        let s = lock(&shared);
+        (s.gid, s.socket.clone())
+    };
+    let listening = match activated {
+        Some(l) => l,
+        None => {
+            let path = opts
+                .socket
+                .or_else(|| std::env::var_os(SOCKET_ENV).filter(|s| !s.is_empty()).map(PathBuf::from))
+                .or(config_socket)
+                .unwrap_or_else(|| DEFAULT_SOCKET.into());
+            match listen::bind(&path, gid.map(nix::unistd::Gid::from_raw)) {
+                Ok(l) => l,
+                Err(e) => {
+                    trigger.fire("start-up failure");
+                    drop(jobs_tx);
+                    let _ = worker.join();
+                    return Err(e.into());
+                }
+            }
+        }
+    };
+    tracing::info!(
+        "quiesce service listening on {}{} (pid {})",
+        listening.path.display(),
+        if listening.activated() { " (socket activation)" } else { "" },
+        std::process::id()
+    );
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ServiceError::Start(format!("cannot start the async runtime: {e}")))?;
+    let result = rt.block_on(async {
+        let std_listener = listening.listener.try_clone().map_err(|e| ServiceError::Start(format!("listener: {e}")))?;
+        let listener = tokio::net::UnixListener::from_std(std_listener).map_err(|e| ServiceError::Start(format!("listener: {e}")))?;
+        signals(trigger, jobs_tx.clone(), shared.clone(), &listening)?;
+        let ctx = Arc::new(server::Ctx { shared: shared.clone(), jobs: jobs_tx });
+        server::accept_loop(listener, ctx, interrupt).await;
+        Ok(())
+    });
+    // Stop taking connections, then let the worker end what it holds.
+    listening.remove();
+    drop(rt);
+    let _ = worker.join();
+    tracing::info!("quiesce service stopped");
+    result
+}
+
+/// SIGTERM/SIGINT stop the service; SIGHUP reloads the config (and applies
+/// a changed `[service] group` to the socket it bound).
+fn signals(
+    trigger: crate::interrupt::Trigger,
+    jobs: mpsc::UnboundedSender<Job>,
+    shared: slot::SharedRef,
+    listening: &listen::Listening,
+) -> Result<(), ServiceError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let sig = |k| signal(k).map_err(|e| ServiceError::Start(format!("cannot handle signals: {e}")));
+    let trigger = Arc::new(trigger);
+    for (kind, name) in [(SignalKind::terminate(), "SIGTERM"), (SignalKind::interrupt(), "SIGINT")] {
+        let mut stream = sig(kind)?;
+        let trigger = trigger.clone();
+        tokio::spawn(async move {
+            while stream.recv().await.is_some() {
+                tracing::warn!("{name} received: ending the begun session (if any) and stopping");
+                trigger.fire(name);
+            }
+        });
+    }
+    let mut hup = sig(SignalKind::hangup())?;
+    let bound = listening.bound_clone();
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP received: reloading the config");
+            let (done, wait) = oneshot::channel();
+            if jobs.send(Job::Reload { done }).is_err() {
+                break;
+            }
+            let _ = wait.await;
+            if let Some(b) = &bound {
+                let gid = lock(&shared).gid;
+                if let Err(e) = b.set_group(gid.map(nix::unistd::Gid::from_raw)) {
+                    tracing::error!("cannot apply the socket's group: {e}");
+                }
+            }
+        }
+    });
+    Ok(())
+}

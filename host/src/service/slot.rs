@@ -1,0 +1,443 @@
+//! The session slot: the one session the service may hold, run by one
+//! worker thread that owns it.
+//!
+//! Connections never touch a session directly. They send [`Job`]s to the
+//! worker and wait for its answer; the worker runs begin and end in order,
+//! ends a session whose hold deadline passed, aborts one whose bound
+//! connection closed, and reloads the config. What `status` and
+//! `last-report` show, and whether the slot is taken, lives in [`Shared`]
+//! behind a plain mutex that is never held across an await — so a slow
+//! session (a pre hook taking its minute) never delays another client's
+//! `status`, and a second `begin` is refused at once.
+//!
+//! The worker keeps the WebAssembly engine (and through it every plugin it
+//! loaded, see `WasmEngine::load`) for the service's life: a session's
+//! plugins are neither read nor compiled again while their files are unchanged.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+use tokio::sync::{mpsc, oneshot};
+
+use super::protocol::{BeginArgs, Code, EndArgs, Failure};
+use crate::config::{Config, ConfigError, HookBody};
+use crate::hooks::wasm::WasmEngine;
+use crate::interrupt::Interrupt;
+use crate::report::{ErrorCode, Report};
+use crate::rundir::unix_ms;
+use crate::session::{self, Abort, BeginOptions, Begun, FreezeMode, Session, SessionOptions, SnapshotOutcome};
+
+pub(super) type Reply = oneshot::Sender<Result<Map<String, Value>, Failure>>;
+
+/// What a connection asks of the worker.
+pub(super) enum Job {
+    /// The slot was claimed (see [`Shared::claim`]) before this was sent.
+    Begin {
+        args: BeginArgs,
+        conn: u64,
+        reply: Reply,
+    },
+    End {
+        args: EndArgs,
+        reply: Reply,
+    },
+    Abort {
+        session_id: Option<String>,
+        reply: Reply,
+    },
+    /// Connection `conn` closed: abort the session bound to it, if any.
+    Disconnected {
+        conn: u64,
+    },
+    /// SIGHUP; `done` hears when the new config (or the kept one) is in use.
+    Reload {
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// What connections may read without asking the worker.
+#[derive(Default)]
+pub(super) struct Shared {
+    /// A begin is queued or running, or a session is begun.
+    claimed: bool,
+    session: Option<Map<String, Value>>,
+    last_session_id: Option<String>,
+    /// `{"report":..,"exit_code":..}` of the last session that ended.
+    last_report: Option<Map<String, Value>>,
+    pub config_generation: u64,
+    pub config_path: Option<PathBuf>,
+    /// Why the last load or reload failed, if it did.
+    pub config_error: Option<String>,
+    /// The group allowed besides root (resolved from `[service] group`).
+    pub gid: Option<u32>,
+    pub group: Option<String>,
+    /// `[service] socket` of the config in use.
+    pub socket: Option<PathBuf>,
+}
+
+pub(super) type SharedRef = Arc<Mutex<Shared>>;
+
+pub(super) fn lock(shared: &SharedRef) -> MutexGuard<'_, Shared> {
+    shared.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    /// Takes the slot for a `begin`, or says who has it.
+    pub fn claim(&mut self) -> Result<(), Failure> {
+        if self.claimed {
+            let who = match &self.session {
+                Some(s) => format!(
+                    "session {} is {}",
+                    s.get("session_id").and_then(Value::as_str).unwrap_or("?"),
+                    s.get("phase").and_then(Value::as_str).unwrap_or("?")
+                ),
+                None => "another begin is starting".into(),
+            };
+            return Err(Failure::new(
+                Code::Report(ErrorCode::BackupOperationInProgress),
+                format!("{who}; one session at a time: end or abort it first"),
+            ));
+        }
+        self.claimed = true;
+        Ok(())
+    }
+
+    pub fn release(&mut self) {
+        self.claimed = false;
+        self.session = None;
+    }
+
+    pub fn status(&self) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert("session".into(), self.session.clone().map(Value::Object).unwrap_or(Value::Null));
+        m.insert("last_session_id".into(), json!(self.last_session_id));
+        m.insert("config_generation".into(), json!(self.config_generation));
+        m.insert("config_error".into(), json!(self.config_error));
+        m
+    }
+
+    pub fn last_report(&self) -> Option<Map<String, Value>> {
+        self.last_report.clone()
+    }
+}
+
+/// The begun session the worker holds.
+struct Current {
+    begun: Begun,
+    id: String,
+    deadline: tokio::time::Instant,
+    hold: Duration,
+    /// The connection it is bound to (`bind: true`).
+    bound: Option<u64>,
+}
+
+pub(super) struct Worker {
+    shared: SharedRef,
+    config_path: Option<PathBuf>,
+    config: Result<Config, ConfigError>,
+    engine: Option<WasmEngine>,
+    /// Fires when the service is told to stop; every session gets it.
+    interrupt: Interrupt,
+    current: Option<Current>,
+}
+
+impl Worker {
+    pub fn new(shared: SharedRef, config_path: Option<PathBuf>, interrupt: Interrupt) -> Worker {
+        let config = session::load_config(config_path.as_deref());
+        let mut w = Worker { shared, config_path, config: Ok(Config::builtin()), engine: None, interrupt, current: None };
+        w.install(config, true);
+        w
+    }
+
+    /// Runs jobs until the service stops; then aborts what is begun.
+    pub async fn run(mut self, mut jobs: mpsc::UnboundedReceiver<Job>) {
+        let mut interrupt = self.interrupt.clone();
+        loop {
+            let deadline = self.current.as_ref().map(|c| c.deadline);
+            let job = tokio::select! {
+                job = jobs.recv() => job,
+                () = sleep_until(deadline) => {
+                    self.expire().await;
+                    continue;
+                }
+                why = interrupt.wait() => {
+                    tracing::warn!("{why}: the service stops");
+                    None
+                }
+            };
+            let Some(job) = job else { break };
+            match job {
+                Job::Begin { args, conn, reply } => {
+                    let r = self.begin(args, conn).await;
+                    // Refused, or ended at once (proceed = false): the slot is free again.
+                    if self.current.is_none() {
+                        lock(&self.shared).release();
+                    }
+                    let _ = reply.send(r);
+                }
+                Job::End { args, reply } => {
+                    let r = self.end(args).await;
+                    let _ = reply.send(r);
+                }
+                Job::Abort { session_id, reply } => {
+                    let r = match self.take(session_id.as_deref()) {
+                        Ok(c) => Ok(self.finish(c, Ending::Abort(Abort::Client("`abort` requested".into()))).await),
+                        Err(f) => Err(f),
+                    };
+                    let _ = reply.send(r);
+                }
+                Job::Disconnected { conn } => {
+                    if self.current.as_ref().is_some_and(|c| c.bound == Some(conn)) {
+                        if let Ok(c) = self.take(None) {
+                            self.finish(c, Ending::Abort(Abort::Disconnected)).await;
+                        }
+                    }
+                }
+                Job::Reload { done } => {
+                    self.reload();
+                    let _ = done.send(());
+                }
+            }
+        }
+        if let Ok(c) = self.take(None) {
+            self.finish(c, Ending::Abort(Abort::Interrupted)).await;
+        }
+    }
+
+    async fn begin(&mut self, args: BeginArgs, conn: u64) -> Result<Map<String, Value>, Failure> {
+        if self.current.is_some() {
+            // Claimed slots make this unreachable; kept as a guard.
+            return Err(Failure::new(Code::Report(ErrorCode::BackupOperationInProgress), "a session is already begun"));
+        }
+        let config = match &self.config {
+            Ok(c) => Ok(c.clone()),
+            Err(_) => session::load_config(self.config_path.as_deref()),
+        };
+        let config_mounts = config.as_ref().map(|c| c.freeze.enabled && !c.freeze.mounts.is_empty()).unwrap_or(false);
+        if args.freeze == FreezeMode::Native && args.mounts.is_empty() && !config_mounts {
+            return Err(Failure::new(
+                Code::BadRequest,
+                "a native freeze needs `mounts` (or `[freeze] mounts` in the config): the service never freezes \
+                 every file system by default",
+            ));
+        }
+        let external_hold = config.as_ref().map(|c| c.service.external_hold).unwrap_or(crate::config::DEFAULT_EXTERNAL_HOLD);
+        let opts = SessionOptions { mounts: args.mounts.clone(), engine: self.engine(&config), ..Default::default() };
+        let session = Session::prepare(config, opts).map_err(|e| Failure::new(Code::BadRequest, e.to_string()))?;
+        let id = session.id().to_string();
+        let max_freeze = session.max_freeze();
+        self.set_status(&id, args.freeze, "pre", &[], None, unix_ms());
+        let begun = session.begin(BeginOptions { freeze: args.freeze }, self.interrupt.clone()).await;
+        if !begun.holds_lock() {
+            // Refused before anything ran (another session holds the run-dir lock).
+            let errors = begun.errors().to_vec();
+            drop(begun.end(SnapshotOutcome::default()).await);
+            let e = errors.into_iter().next();
+            return Err(match e {
+                Some(e) => Failure::new(Code::Report(e.code), e.message),
+                None => Failure::new(Code::Report(ErrorCode::BackupOperationInProgress), "the session lock is taken"),
+            });
+        }
+        let mut reply = Map::new();
+        reply.insert("session_id".into(), json!(id));
+        reply.insert("mode".into(), json!(args.freeze));
+        reply.insert("frozen".into(), json!(begun.frozen()));
+        reply.insert("proceed".into(), json!(begun.proceed()));
+        reply.insert("errors".into(), json!(begun.errors()));
+        if !begun.proceed() {
+            let report = begun.end(SnapshotOutcome::default()).await;
+            reply.insert("deadline_unix_ms".into(), Value::Null);
+            reply.extend(self.keep_report(&report));
+            return Ok(reply);
+        }
+        let hold = match args.freeze {
+            // The guardian thaws at max-freeze anyway.
+            FreezeMode::Native => args.hold.unwrap_or(max_freeze).min(max_freeze),
+            FreezeMode::External | FreezeMode::None => args.hold.unwrap_or(external_hold),
+        };
+        let deadline_unix_ms = unix_ms().saturating_add(hold.as_millis());
+        reply.insert("deadline_unix_ms".into(), json!(deadline_unix_ms));
+        let frozen = begun.frozen();
+        let phase = if frozen.is_empty() { "begun" } else { "frozen" };
+        self.set_status(&id, args.freeze, phase, &frozen, Some(deadline_unix_ms), begun.begun_unix_ms());
+        tracing::info!(
+            "session {id} begun ({}, hold {:.3} s{})",
+            args.freeze.as_str(),
+            hold.as_secs_f64(),
+            if args.bind { ", bound" } else { "" }
+        );
+        self.current = Some(Current {
+            begun,
+            id,
+            deadline: crate::duration::deadline_tokio(tokio::time::Instant::now(), hold),
+            hold,
+            bound: args.bind.then_some(conn),
+        });
+        Ok(reply)
+    }
+
+    async fn end(&mut self, args: EndArgs) -> Result<Map<String, Value>, Failure> {
+        let c = self.take(args.session_id.as_deref())?;
+        let outcome = SnapshotOutcome { taken: args.taken, ids: args.snapshot_id.into_iter().collect() };
+        Ok(self.finish(c, Ending::End(outcome)).await)
+    }
+
+    async fn expire(&mut self) {
+        if let Ok(c) = self.take(None) {
+            let hold_secs = c.hold.as_secs_f64();
+            self.finish(c, Ending::Abort(Abort::HoldExpired { hold_secs })).await;
+        }
+    }
+
+    /// The begun session, if `id` names it (or is None).
+    fn take(&mut self, id: Option<&str>) -> Result<Current, Failure> {
+        match (&self.current, id) {
+            (None, _) => Err(Failure::new(Code::UnknownSession, "no session is begun")),
+            (Some(c), Some(id)) if c.id != id => {
+                let shown: String = id.chars().take(80).collect();
+                Err(Failure::new(Code::UnknownSession, format!("session {shown:?} is not the begun session")))
+            }
+            (Some(_), _) => self.current.take().ok_or_else(|| Failure::new(Code::UnknownSession, "no session is begun")),
+        }
+    }
+
+    /// Ends a taken session (end, abort, expiry, disconnect), keeps its
+    /// report and frees the slot.
+    async fn finish(&mut self, c: Current, how: Ending) -> Map<String, Value> {
+        if let Some(s) = lock(&self.shared).session.as_mut() {
+            s.insert("phase".into(), json!("post"));
+        }
+        let report = match how {
+            Ending::End(outcome) => c.begun.end(outcome).await,
+            Ending::Abort(why) => c.begun.abort(why).await,
+        };
+        let reply = self.keep_report(&report);
+        lock(&self.shared).release();
+        reply
+    }
+
+    /// Records the report as the last one; the `{report, exit_code}` reply.
+    fn keep_report(&self, report: &Report) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert("report".into(), serde_json::to_value(report).unwrap_or(Value::Null));
+        m.insert("exit_code".into(), json!(report.exit_code()));
+        let mut shared = lock(&self.shared);
+        shared.last_session_id = Some(report.session_id.clone());
+        shared.last_report = Some(m.clone());
+        m
+    }
+
+    fn set_status(&self, id: &str, mode: FreezeMode, phase: &str, frozen: &[PathBuf], deadline: Option<u128>, begun: u128) {
+        let s = json!({
+            "session_id": id,
+            "mode": mode,
+            "phase": phase,
+            "frozen": frozen,
+            "begun_unix_ms": begun,
+            "deadline_unix_ms": deadline,
+        });
+        if let Value::Object(m) = s {
+            lock(&self.shared).session = Some(m);
+        }
+    }
+
+    /// The shared engine, started when a config first names a plugin.
+    fn engine(&mut self, config: &Result<Config, ConfigError>) -> Option<WasmEngine> {
+        let wants = config.as_ref().is_ok_and(|c| c.hooks.iter().any(|h| matches!(h.body, HookBody::Plugin(_))));
+        if wants && self.engine.is_none() {
+            match WasmEngine::new(&session::cache_dir_from_env()) {
+                Ok(e) => self.engine = Some(e),
+                Err(e) => tracing::error!("cannot start the WebAssembly runtime: {e}"),
+            }
+        }
+        self.engine.clone()
+    }
+
+    fn reload(&mut self) {
+        let config = session::load_config(self.config_path.as_deref());
+        self.install(config, false);
+    }
+
+    /// Takes a loaded config into use — unless it failed and the one in
+    /// use is good: then the old one stays and the failure is logged.
+    fn install(&mut self, config: Result<Config, ConfigError>, first: bool) {
+        let shown = self.config_path.as_deref().map(|p| p.display().to_string()).unwrap_or_else(|| "built-in default".into());
+        match config {
+            Ok(c) => {
+                let (gid, group) = resolve_group(c.service.group.as_deref());
+                let mut shared = lock(&self.shared);
+                shared.config_generation += 1;
+                shared.config_error = None;
+                shared.config_path = self.config_path.clone();
+                shared.gid = gid;
+                shared.group = group;
+                shared.socket = c.service.socket.clone();
+                tracing::info!("config {shown} loaded (generation {})", shared.config_generation);
+                drop(shared);
+                let c2 = Ok(c);
+                self.preload(&c2);
+                self.config = c2;
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                let mut shared = lock(&self.shared);
+                shared.config_error = Some(msg.clone());
+                if self.config.is_ok() && !first {
+                    tracing::error!(
+                        "config {shown} failed to load, keeping the one in use (generation {}): {msg}",
+                        shared.config_generation
+                    );
+                } else {
+                    shared.config_generation += 1;
+                    tracing::error!("config {shown} failed to load; sessions will report it: {msg}");
+                    drop(shared);
+                    self.config = Err(e);
+                }
+            }
+        }
+    }
+
+    /// Loads every plugin the config names, so the first session finds them warm.
+    fn preload(&mut self, config: &Result<Config, ConfigError>) {
+        let Some(engine) = self.engine(config) else { return };
+        let Ok(c) = config else { return };
+        for h in &c.hooks {
+            if let HookBody::Plugin(p) = &h.body {
+                match engine.load(&p.path) {
+                    Ok(pl) => tracing::info!("plugin {} ready ({:?})", p.path.display(), pl.cache_status()),
+                    Err(e) => tracing::warn!("plugin {} cannot be loaded (sessions will report it): {e}", p.path.display()),
+                }
+            }
+        }
+    }
+}
+
+enum Ending {
+    End(SnapshotOutcome),
+    Abort(Abort),
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// `[service] group` as a gid; an unknown group allows nobody but root (logged).
+fn resolve_group(name: Option<&str>) -> (Option<u32>, Option<String>) {
+    let Some(name) = name else { return (None, None) };
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(g)) => (Some(g.gid.as_raw()), Some(name.to_string())),
+        Ok(None) => {
+            tracing::error!("[service] group {name:?} does not exist: only root may use the socket");
+            (None, None)
+        }
+        Err(e) => {
+            tracing::error!("[service] group {name:?} cannot be looked up ({e}): only root may use the socket");
+            (None, None)
+        }
+    }
+}
