@@ -11,11 +11,22 @@
 # the quiesce service runs the plugins' pre hooks and keeps their locks held
 # until quiesce-post.sh ends the session, or until the hold deadline
 # ([service] external_hold_secs, or --hold SECS in preScriptParams) passes.
-# Exit 0: go ahead; non-zero: the extension reports Pre-ScriptExecutionFailed
-# (quiesce has already ended the session and released what it held).
+# Exit 0: every pre hook succeeded, go ahead. Non-zero: the extension reports
+# Pre-ScriptExecutionFailed (and, with continueBackupOnFailure, takes a
+# file-system-consistent snapshot): a pre hook failed, and this script has
+# already ended the session (post hooks ran, every lock is released) so
+# nothing stays held for a snapshot that will not be application-consistent.
 #
 # preScriptParams are passed to `quiesce begin` (e.g. ["--hold", "300"]); the
 # template's empty strings are dropped. $QUIESCE_BIN and $QUIESCE_SOCKET
 # override the binary and the service socket.
 for a; do shift; [ -z "$a" ] || set -- "$@" "$a"; done
-exec "${QUIESCE_BIN:-/usr/bin/quiesce}" begin --freeze external "$@"
+q=${QUIESCE_BIN:-/usr/bin/quiesce}
+reply=$("$q" begin --freeze external --json "$@") || exit
+printf '%s\n' "$reply"
+# The reply is compact JSON: no error at all reads exactly "errors":[].
+case $reply in *'"errors":[]'*) exit 0 ;; esac
+id=$(printf '%s' "$reply" | sed -n 's/.*"session_id":"\([^"]*\)".*/\1/p')
+"$q" end ${id:+"$id"} --snapshot-failed >&2
+echo "quiesce: a pre hook failed (errors above); session ended, locks released" >&2
+exit 1

@@ -143,6 +143,7 @@ impl SoakRig {
                 provider: Some(Box::new(ShellCommand { command: "true".into() })),
                 cache_dir: Some(self.s.join("cache")),
                 state_dir: Some(self.s.join("state")),
+                ..Default::default()
             };
             match Session::prepare(load_config(Some(&self.config)), opts) {
                 Ok(session) => {

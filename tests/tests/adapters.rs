@@ -137,8 +137,9 @@ fn azure_extension_run_through_the_wrappers_holds_the_plugin_lock_across_its_own
 }
 
 /// The lock service is down: the pre wrapper exits non-zero (the extension
-/// reports Pre-ScriptExecutionFailed) and, as the extension still runs the
-/// post script, the post wrapper ends cleanly; nothing is left open.
+/// reports Pre-ScriptExecutionFailed) having ended the session itself (post
+/// hooks ran, no snapshot under quiesce's name); the post script the
+/// extension still runs finds nothing left to end and succeeds.
 #[test]
 fn azure_pre_wrapper_fails_when_the_plugin_cannot_quiesce_and_the_session_is_already_over() {
     let ms = MountedScratch::new("azure-fail");
@@ -152,9 +153,13 @@ fn azure_pre_wrapper_fails_when_the_plugin_cannot_quiesce_and_the_session_is_alr
     let env = [("QUIESCE_BIN", bin.as_os_str()), ("QUIESCE_SOCKET", svc.socket.as_os_str())];
     let run = azure_extension_run(&azure, &env, ms.mnt.path(), "true", || {});
     assert_ne!(run.pre_status, 0, "pre wrapper succeeded although the plugin could not lock");
+    assert_eq!(run.post_status, 0, "post wrapper failed with no session left to end");
     assert_eq!(c.ok("status", json!({}))["session"], Value::Null);
     let report = c.ok("last-report", json!({}))["report"].clone();
-    assert_eq!(report["hooks"][0]["outcome"], "failed", "{report}");
+    let pre = report["hooks"].as_array().unwrap().iter().find(|h| h["phase"] == "pre").cloned().unwrap_or_default();
+    assert_eq!(pre["outcome"], "failed", "{report}");
+    assert_eq!(report["snapshot_taken"], false, "{report}");
+    assert!(report["errors"].to_string().contains("Connection refused"), "{report}");
     println!("[azure] pre wrapper exit {}, post wrapper exit {}; report errors {}", run.pre_status, run.post_status, report["errors"]);
 }
 

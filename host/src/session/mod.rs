@@ -662,6 +662,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::report::Report;
     use crate::snapshot::{SnapshotError, TakeFuture};
 
     /// Takes the snapshot at once, or never; says when its future is dropped.
