@@ -10,6 +10,7 @@ pub mod db;
 pub mod faults;
 pub mod legacy;
 pub mod restore;
+pub mod service;
 pub mod soak;
 
 use std::fs;

@@ -155,6 +155,7 @@ impl WasmEngine {
         if let Some(key) = key {
             let known = self.loaded().get(path).filter(|(k, _)| *k == key).map(|(_, l)| l.clone());
             if let Some(shared) = known {
+                tracing::debug!("plugin {} unchanged since this process loaded it: reused (cache: Memory)", path.display());
                 return Ok(Plugin::reused(self.clone(), shared, started.elapsed()));
             }
         }

@@ -1,0 +1,548 @@
+//! `quiesce serve` and its clients against the real binary, real loop file
+//! systems and real hook scripts and plugins (issue 10): the two-phase
+//! session is the one-shot session cut in two, the service never forgets a
+//! begun session, and nothing a client does stalls another or leaves a file
+//! system frozen. Every native `begin` here names its loop mount.
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use quiesce_tests::plugins::{install_plugin, Lockd};
+use quiesce_tests::service::{error_code, Conn, Service};
+use quiesce_tests::*;
+use serde_json::{json, Value};
+
+struct Fixture {
+    mnt: LoopMount,
+    s: Scratch,
+}
+
+impl Fixture {
+    fn new(name: &str) -> Fixture {
+        let s = Scratch::new(name);
+        let mnt = LoopMount::new(&s.path, "mnt", Fs::Ext4);
+        Fixture { mnt, s }
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.s.join(name)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.file("log.txt")).unwrap_or_default()
+    }
+
+    /// A script hook "app" whose pre and post append to log.txt (post with
+    /// QUIESCE_SNAPSHOT_TAKEN); `pre_body` runs after the pre's line.
+    fn hook(&self, pre_body: &str, on_failure: &str) -> String {
+        let log = self.file("log.txt");
+        let pre = self.s.script("app-pre", &format!("#!/bin/sh\necho pre >> {}\n{pre_body}\n", log.display()));
+        let post = self.s.script("app-post", &format!("#!/bin/sh\necho \"post $QUIESCE_SNAPSHOT_TAKEN\" >> {}\n", log.display()));
+        format!(
+            "[[hook]]\nname = \"app\"\npre = \"{}\"\npost = \"{}\"\non_failure = \"{on_failure}\"\ntimeout_secs = 20\n",
+            pre.display(),
+            post.display()
+        )
+    }
+
+    fn config(&self, text: &str) -> PathBuf {
+        self.s.config("quiesce.toml", text)
+    }
+
+    fn mount(&self) -> String {
+        self.mnt.path().display().to_string()
+    }
+
+    fn begin(&self, svc: &Service, freeze: &str) -> Value {
+        let reply = svc.request(json!({"v":1,"id":1,"op":"begin","freeze":freeze,"mounts":[self.mount()]}));
+        assert_eq!(reply["ok"], true, "{reply}\n{}", svc.log());
+        reply
+    }
+}
+
+fn end(svc: &Service, extra: Value) -> Value {
+    let mut req = json!({"v":1,"id":2,"op":"end"});
+    if let (Some(r), Some(e)) = (req.as_object_mut(), extra.as_object()) {
+        r.extend(e.clone());
+    }
+    let reply = svc.request(req);
+    assert_eq!(reply["ok"], true, "{reply}\n{}", svc.log());
+    reply
+}
+
+fn codes(report: &Value) -> Vec<String> {
+    report["errors"].as_array().map(|a| a.iter().filter_map(|e| e["code"].as_str().map(String::from)).collect()).unwrap_or_default()
+}
+
+fn run_cmd(mut cmd: Command) -> (i32, String, String) {
+    let out = cmd.stdin(Stdio::null()).output().expect("run quiesce");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn native_begin_freezes_until_end_and_the_report_carries_the_snapshot_id() {
+    let f = Fixture::new("svc-native");
+    let svc = Service::start(&f.s, &f.config(&f.hook("", "continue")));
+    let mut cmd = svc.cmd(&f.s);
+    cmd.args(["begin", "--json", "--mount"]).arg(f.mnt.path());
+    let (code, out, err) = run_cmd(cmd);
+    assert_eq!(code, 0, "{out}{err}\n{}", svc.log());
+    let begun: Value = serde_json::from_str(out.trim()).expect("begin --json");
+    assert_eq!(begun["proceed"], true);
+    assert_eq!(begun["mode"], "native");
+    assert_eq!(begun["frozen"], json!([f.mount()]));
+    assert!(begun["deadline_unix_ms"].as_u64().is_some(), "{begun}");
+    assert!(is_frozen(f.mnt.path()), "frozen between begin and end");
+    let st = svc.wait_status("the frozen session", |s| s["session"]["phase"] == "frozen");
+    assert_eq!(st["session"]["session_id"], begun["session_id"]);
+    assert_eq!(f.log(), "pre\n", "pre ran at begin, post not yet");
+
+    let mut cmd = svc.cmd(&f.s);
+    cmd.args(["end", "--json", "--snapshot-id", "snap-0042"]).arg(begun["session_id"].as_str().unwrap());
+    let (code, out, err) = run_cmd(cmd);
+    let reply: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("end --json: {e}: {out}{err}"));
+    let report = &reply["report"];
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(reply["exit_code"], 0);
+    assert_eq!(report["mode"], "native");
+    assert_eq!(report["consistency"], "AppConsistent");
+    assert_eq!(report["snapshot_taken"], true);
+    assert_eq!(report["snapshot"]["ids"], json!(["snap-0042"]));
+    assert_eq!(report["session_id"], begun["session_id"]);
+    assert!(report["freeze"]["window_ms"].as_f64().is_some(), "{report}");
+    assert!(writable_within(f.mnt.path(), Duration::from_secs(5)).is_some(), "thawed after end");
+    assert_eq!(f.log(), "pre\npost true\n");
+    assert_eq!(svc.last_report()["session_id"], begun["session_id"]);
+    assert!(svc.request(json!({"v":1,"id":3,"op":"status"}))["session"].is_null());
+}
+
+#[test]
+fn external_and_none_sessions_freeze_nothing_and_label_by_the_hooks_and_the_agents_word() {
+    let f = Fixture::new("svc-external");
+    let svc = Service::start(&f.s, &f.config(&f.hook("", "continue")));
+    for mode in ["external", "none"] {
+        let begun = f.begin(&svc, mode);
+        assert_eq!(begun["proceed"], true);
+        assert_eq!(begun["frozen"], json!([]), "{mode}: quiesce froze nothing");
+        assert!(!is_frozen(f.mnt.path()), "{mode}: not frozen");
+        let st = svc.wait_status("the begun session", |s| s["session"]["phase"] == "begun");
+        assert_eq!(st["session"]["mode"], mode);
+        let reply = end(&svc, json!({"snapshot": "taken", "snapshot_id": format!("{mode}-1")}));
+        let report = &reply["report"];
+        assert_eq!(report["mode"], mode);
+        assert_eq!(report["consistency"], "AppConsistent", "{mode}: every pre hook succeeded and the agent took it: {report}");
+        assert_eq!(report["freeze"]["mounts"], json!([]));
+        assert_eq!(report["snapshot"]["ids"], json!([format!("{mode}-1")]));
+    }
+    // The agent says its snapshot failed: not taken, post hooks told so.
+    f.begin(&svc, "external");
+    let reply = end(&svc, json!({"snapshot": "failed"}));
+    assert_eq!(reply["exit_code"], 4);
+    assert_eq!(reply["report"]["snapshot_taken"], false);
+    assert!(codes(&reply["report"]).contains(&"SnapshotFailed".to_string()), "{}", reply["report"]);
+    assert!(f.log().ends_with("post false\n"), "{}", f.log());
+}
+
+#[test]
+fn external_session_with_a_failing_pre_under_continue_proceeds_listing_the_error() {
+    let f = Fixture::new("svc-ext-fail");
+    let svc = Service::start(&f.s, &f.config(&f.hook("exit 1", "continue")));
+    let begun = f.begin(&svc, "external");
+    assert_eq!(begun["proceed"], true, "{begun}");
+    assert_eq!(begun["errors"][0]["code"], "Pre-ScriptExecutionFailed", "{begun}");
+    let report = end(&svc, json!({}))["report"].clone();
+    assert_eq!(report["consistency"], "FileSystemConsistent", "the external freeze is trusted, the app was not quiesced: {report}");
+}
+
+#[test]
+fn a_pre_hook_failing_under_abort_ends_the_session_at_begin_with_its_report() {
+    let f = Fixture::new("svc-abort");
+    let svc = Service::start(&f.s, &f.config(&f.hook("exit 3", "abort")));
+    let mut cmd = svc.cmd(&f.s);
+    cmd.args(["begin", "--json", "--mount"]).arg(f.mnt.path());
+    let (code, out, _) = run_cmd(cmd);
+    assert_eq!(code, 4, "{out}");
+    let begun: Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(begun["proceed"], false);
+    assert_eq!(begun["report"]["snapshot_taken"], false);
+    assert_eq!(begun["report"]["freeze"]["mounts"], json!([]), "never froze");
+    assert_eq!(f.log(), "pre\npost false\n", "post ran at once");
+    assert!(svc.request(json!({"v":1,"id":1,"op":"status"}))["session"].is_null(), "the slot is free");
+    assert!(!is_frozen(f.mnt.path()));
+}
+
+#[test]
+fn a_session_not_ended_within_its_hold_is_ended_by_the_service() {
+    let f = Fixture::new("svc-hold");
+    let svc = Service::start(&f.s, &f.config(&f.hook("", "continue")));
+    let begun = svc.request(json!({"v":1,"id":1,"op":"begin","mounts":[f.mount()],"hold_secs":1}));
+    assert_eq!(begun["proceed"], true, "{begun}");
+    assert!(is_frozen(f.mnt.path()));
+    svc.wait_status("the session ended", |s| s["session"].is_null());
+    let report = svc.last_report();
+    assert_eq!(report["session_id"], begun["session_id"]);
+    assert!(codes(&report).contains(&"SessionHoldExpired".to_string()), "{report}");
+    assert_eq!(report["snapshot_taken"], false);
+    assert_eq!(f.log(), "pre\npost false\n", "post hooks ran, told the snapshot was not taken");
+    assert!(writable_within(f.mnt.path(), Duration::from_secs(5)).is_some(), "thawed");
+    // The run-dir lock is released: a one-shot session runs.
+    let run = run_json(quiesce_snapshot(&f.s, &f.config(""), f.mnt.path(), "true"));
+    assert_eq!(run.code(), 3, "{}", run.report);
+    assert!(!run.has_error("BackupOperationInProgress"), "{}", run.report);
+}
+
+#[test]
+fn a_bound_session_is_aborted_when_its_connection_closes() {
+    let f = Fixture::new("svc-bind");
+    let svc = Service::start(&f.s, &f.config(&f.hook("", "continue")));
+    let mut conn = svc.connect();
+    let begun = conn.call(json!({"v":1,"id":"b","op":"begin","mounts":[f.mount()],"bind":true}));
+    assert_eq!(begun["proceed"], true, "{begun}");
+    assert!(is_frozen(f.mnt.path()));
+    drop(conn);
+    svc.wait_status("the session ended", |s| s["session"].is_null());
+    let report = svc.last_report();
+    assert!(codes(&report).contains(&"SessionAborted".to_string()), "{report}");
+    assert!(writable_within(f.mnt.path(), Duration::from_secs(5)).is_some(), "thawed");
+    assert_eq!(f.log(), "pre\npost false\n");
+}
+
+#[test]
+fn racing_begins_get_one_session_and_backup_operation_in_progress() {
+    let f = Fixture::new("svc-race");
+    let svc = Service::start(&f.s, &f.config(&f.hook("sleep 1", "continue")));
+    let socket = svc.socket.clone();
+    let replies: Vec<Value> = (0..4)
+        .map(|i| {
+            let socket = socket.clone();
+            std::thread::spawn(move || Conn::connect(&socket).call(json!({"v":1,"id":i,"op":"begin","freeze":"none"})))
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().expect("client thread"))
+        .collect();
+    let won: Vec<&Value> = replies.iter().filter(|r| r["ok"] == true).collect();
+    assert_eq!(won.len(), 1, "{replies:#?}");
+    for r in replies.iter().filter(|r| r["ok"] != true) {
+        assert_eq!(error_code(r), "BackupOperationInProgress", "{r}");
+    }
+    end(&svc, json!({"session_id": won[0]["session_id"]}));
+    assert_eq!(f.log(), "pre\npost true\n", "only one session ran");
+}
+
+#[test]
+fn bad_input_gets_clear_errors_and_never_stalls_another_client_or_the_session() {
+    let f = Fixture::new("svc-bad");
+    let svc = Service::start(&f.s, &f.config(&f.hook("", "continue")));
+    assert_eq!(error_code(&svc.request(json!({"v":1,"id":1,"op":"last-report"}))), "NoReport");
+    let mut c = svc.connect();
+    for (line, code) in [
+        ("this is not json\n", "BadRequest"),
+        ("[1,2,3]\n", "BadRequest"),
+        ("{\"v\":1,\"id\":5,\"op\":\"explode\"}\n", "BadRequest"),
+        ("{\"v\":1,\"id\":6,\"op\":\"begin\",\"freeze\":\"sideways\"}\n", "BadRequest"),
+        ("{\"v\":9,\"id\":7,\"op\":\"status\"}\n", "UnsupportedVersion"),
+        ("{\"v\":1,\"id\":8,\"op\":\"end\"}\n", "UnknownSession"),
+    ] {
+        c.send_raw(line.as_bytes()).unwrap();
+        let r = c.reply().expect("a reply");
+        assert_eq!(error_code(&r), code, "{line}: {r}");
+    }
+    // A native begin without mounts would freeze everything: refused.
+    let r = c.call(json!({"v":1,"id":9,"op":"begin"}));
+    assert_eq!(error_code(&r), "BadRequest", "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("mounts"), "{r}");
+
+    let begun = f.begin(&svc, "native");
+    // Half a line, never finished; a client that floods requests and never reads.
+    let mut half = svc.connect();
+    half.send_raw(b"{\"v\":1,\"id\":1,\"op\":\"sta").unwrap();
+    let mut flooder = svc.connect();
+    flooder.stream.set_nonblocking(true).unwrap();
+    let mut sent = 0usize;
+    let flood = b"{\"v\":1,\"id\":1,\"op\":\"status\"}\n".repeat(1000);
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(2) {
+        match flooder.stream.write(&flood) {
+            Ok(n) => sent += n,
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+    assert!(sent > 100_000, "the flooder's replies filled its socket ({sent} bytes of requests sent)");
+    // Others are still served, and the session still ends.
+    let st = svc.request(json!({"v":1,"id":2,"op":"status"}));
+    assert_eq!(st["session"]["session_id"], begun["session_id"], "{st}");
+    let wrong = svc.request(json!({"v":1,"id":3,"op":"end","session_id":"q-0-00000000"}));
+    assert_eq!(error_code(&wrong), "UnknownSession", "{wrong}");
+    assert!(is_frozen(f.mnt.path()), "a wrong id ends nothing");
+    let report = end(&svc, json!({"session_id": begun["session_id"]}))["report"].clone();
+    assert_eq!(report["consistency"], "AppConsistent", "{report}");
+    // A line over 64 KiB: RequestTooLarge, then the connection is closed.
+    let mut big = svc.connect();
+    let mut line = b"{\"v\":1,\"id\":1,\"op\":\"status\",\"pad\":\"".to_vec();
+    line.extend(std::iter::repeat_n(b'x', 70 * 1024));
+    line.extend(b"\"}\n");
+    let _ = big.send_raw(&line);
+    let r = big.reply().expect("an error reply");
+    assert_eq!(error_code(&r), "RequestTooLarge", "{r}");
+    assert!(big.reply().is_none(), "then closed");
+    drop((half, flooder));
+    assert_eq!(svc.request(json!({"v":1,"id":"v","op":"version"}))["protocol"], 1);
+}
+
+#[test]
+fn sighup_reloads_a_good_config_and_keeps_the_old_one_when_the_new_fails() {
+    let f = Fixture::new("svc-hup");
+    let config = f.config(&f.hook("", "continue"));
+    let svc = Service::start(&f.s, &config);
+    assert_eq!(svc.request(json!({"v":1,"id":1,"op":"version"}))["config_generation"], 1);
+    // A new hook: the next session runs it.
+    let log = f.file("log.txt");
+    let other = f.s.script("other-pre", &format!("#!/bin/sh\necho other >> {}\n", log.display()));
+    f.s.config("quiesce.toml", &format!("[[hook]]\nname = \"other\"\npre = \"{}\"\n", other.display()));
+    let hup = || unsafe { libc::kill(svc.pid() as i32, libc::SIGHUP) };
+    hup();
+    svc.wait_status("generation 2", |s| s["config_generation"] == 2);
+    f.begin(&svc, "none");
+    end(&svc, json!({}));
+    assert_eq!(f.log(), "other\n");
+    // A broken config: kept the good one, and says why.
+    f.s.config("quiesce.toml", "[[hook]]\nname = \"broken\"\ntimout_secs = 3\n");
+    hup();
+    let st = svc.wait_status("the reload error", |s| s["config_error"].is_string());
+    assert!(st["config_error"].as_str().unwrap().contains("timout_secs"), "{st}");
+    assert_eq!(st["config_generation"], 2);
+    f.begin(&svc, "none");
+    let report = end(&svc, json!({}))["report"].clone();
+    assert_eq!(report["consistency"], "AppConsistent", "{report}");
+    assert_eq!(f.log(), "other\nother\n", "the kept config's hook ran");
+    assert!(svc.log().contains("keeping the one in use"), "{}", svc.log());
+}
+
+#[test]
+fn socket_activation_serves_on_the_socket_systemd_passes() {
+    let f = Fixture::new("svc-activate");
+    let config = f.config(&f.hook("", "continue"));
+    let socket = f.file("act/quiesce.sock");
+    std::fs::create_dir_all(socket.parent().unwrap()).unwrap();
+    let stderr = f.file("serve.stderr");
+    let mut cmd = Command::new("systemd-socket-activate");
+    cmd.arg("-l").arg(&socket).arg(quiesce_bin()).arg("serve").arg("--config").arg(&config);
+    cmd.env("QUIESCE_RUN_DIR", f.file("run"))
+        .env("QUIESCE_LOG_FILE", f.file("quiesce.log"))
+        .env("QUIESCE_CACHE_DIR", f.file("cache"))
+        .env("QUIESCE_STATE_DIR", f.file("state"))
+        .env_remove("QUIESCE_SOCKET")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap());
+    let child = cmd.spawn().expect("systemd-socket-activate (Debian's systemd package)");
+    // Listening before quiesce even starts: the first connection starts it.
+    let svc = Service::adopt(child, socket.clone(), stderr);
+    let v = svc.request(json!({"v":1,"id":1,"op":"version"}));
+    assert_eq!(v["ok"], true, "{v}\n{}", svc.log());
+    assert!(svc.log().contains("socket activation"), "{}", svc.log());
+    f.begin(&svc, "native");
+    assert!(is_frozen(f.mnt.path()));
+    let report = end(&svc, json!({}))["report"].clone();
+    assert_eq!(report["consistency"], "AppConsistent", "{report}");
+}
+
+/// `runuser -u nobody -- python3 -c ...`: a status request as an unprivileged user.
+fn status_as_nobody(socket: &Path) -> Value {
+    let code = format!(
+        "import socket,json\ns=socket.socket(socket.AF_UNIX)\ns.connect({:?})\ns.sendall(b'{{\"v\":1,\"id\":1,\"op\":\"status\"}}\\n')\nprint(s.makefile().readline())",
+        socket.display().to_string()
+    );
+    let out = Command::new("runuser").args(["-u", "nobody", "--", "python3", "-c", &code]).stdin(Stdio::null()).output().expect("runuser");
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text} {}", String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn a_user_who_is_not_root_is_refused_even_when_the_socket_lets_them_connect() {
+    let f = Fixture::new("svc-peer");
+    // nobody must be able to reach the socket at all, for the check that counts to be the one refusing.
+    std::fs::set_permissions(&f.s.path, std::fs::Permissions::from_mode(0o711)).unwrap();
+    let svc = Service::start(&f.s, &f.config(&f.hook("", "continue")));
+    let sock_dir = svc.socket.parent().unwrap().to_path_buf();
+    assert_eq!(std::fs::metadata(&svc.socket).unwrap().permissions().mode() & 0o777, 0o600, "created 0600");
+    std::fs::set_permissions(&sock_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&svc.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let r = status_as_nobody(&svc.socket);
+    assert_eq!(error_code(&r), "NotAuthorized", "{r}");
+    drop(svc);
+    // `[service] group` names nobody's group: allowed, the socket 0660 root:nogroup.
+    let config = f.config(&format!("{}\n[service]\ngroup = \"nogroup\"\n", f.hook("", "continue")));
+    let svc = Service::start(&f.s, &config);
+    let meta = std::fs::metadata(&svc.socket).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    assert_eq!(std::os::unix::fs::MetadataExt::gid(&meta), 65534);
+    let r = status_as_nobody(&svc.socket);
+    assert_eq!(r["ok"], true, "{r}");
+}
+
+#[test]
+fn cli_snapshot_is_refused_while_a_service_session_is_begun_and_vice_versa() {
+    let f = Fixture::new("svc-lock");
+    let config = f.config(&f.hook("", "continue"));
+    let svc = Service::start(&f.s, &config);
+    let begun = f.begin(&svc, "external");
+    let mut cmd = svc.cmd(&f.s);
+    cmd.arg("snapshot").arg("--config").arg(&config).arg("--mount").arg(f.mnt.path()).arg("--snapshot-cmd").arg("true");
+    let run = run_json(cmd);
+    assert_eq!(run.code(), 4);
+    assert!(run.has_error("BackupOperationInProgress"), "{}", run.report);
+    end(&svc, json!({"session_id": begun["session_id"]}));
+
+    let marker = f.file("snapping");
+    let mut cmd = svc.cmd(&f.s);
+    cmd.arg("snapshot").arg("--config").arg(&config).arg("--mount").arg(f.mnt.path());
+    cmd.arg("--snapshot-cmd").arg(format!("touch {}; sleep 2", marker.display()));
+    let one_shot = std::thread::spawn(move || run_json(cmd));
+    let t = Instant::now();
+    while !marker.exists() {
+        assert!(t.elapsed() < Duration::from_secs(30), "the one-shot session never reached its snapshot");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut cmd = svc.cmd(&f.s);
+    cmd.args(["begin", "--freeze", "external"]);
+    let (code, out, err) = run_cmd(cmd);
+    assert_eq!(code, 4, "{out}{err}");
+    assert!(err.contains("BackupOperationInProgress"), "{err}");
+    assert_eq!(one_shot.join().unwrap().code(), 0);
+    assert!(svc.request(json!({"v":1,"id":1,"op":"status"}))["session"].is_null(), "the slot is free again");
+}
+
+#[test]
+fn service_killed_mid_session_leaves_nothing_frozen_and_the_plugin_lock_released() {
+    let f = Fixture::new("svc-kill");
+    let mut lockd = Lockd::start("tcp:127.0.0.1:0");
+    let target = lockd.target.clone();
+    let plugin = install_plugin(&f.s, "lockd");
+    let config = f.config(&format!(
+        "[[hook]]\nname = \"lockd\"\nplugin = \"{}\"\nparams = {{ target = {target:?} }}\ngrants = [{target:?}]\ntimeout_secs = 5\n",
+        plugin.display()
+    ));
+    let mut svc = Service::start(&f.s, &config);
+    let begun = f.begin(&svc, "native");
+    assert_eq!(begun["proceed"], true, "{begun}");
+    assert!(lockd.request("STATUS").starts_with("LOCKED q-"), "the plugin holds the lock from begin");
+    assert!(is_frozen(f.mnt.path()));
+    svc.kill();
+    assert!(writable_within(f.mnt.path(), Duration::from_secs(10)).is_some(), "the guardian thawed when the service died");
+    lockd.wait_for("closed", Duration::from_secs(10));
+    assert_eq!(lockd.request("STATUS"), "UNLOCKED", "the plugin's connection closed with the process");
+    // Nothing holds the run-dir lock either.
+    let run = run_json(quiesce_snapshot(&f.s, &f.config(""), f.mnt.path(), "true"));
+    assert!(!run.has_error("BackupOperationInProgress"), "{}", run.report);
+}
+
+#[test]
+fn plugins_stay_loaded_across_sessions_and_a_changed_file_is_loaded_again() {
+    let f = Fixture::new("svc-warm");
+    let mut lockd = Lockd::start("tcp:127.0.0.1:0");
+    let target = lockd.target.clone();
+    let plugin = install_plugin(&f.s, "lockd");
+    let config = f.config(&format!(
+        "[[hook]]\nname = \"p\"\nplugin = \"{}\"\nparams = {{ target = {target:?} }}\ngrants = [{target:?}]\ntimeout_secs = 5\n",
+        plugin.display()
+    ));
+    let svc = Service::start_with(&f.s, &config, |c| {
+        c.arg("--verbose");
+    });
+    for _ in 0..2 {
+        f.begin(&svc, "none");
+        assert_eq!(end(&svc, json!({}))["report"]["consistency"], "AppConsistent");
+    }
+    lockd.wait_for(" UNLOCK", Duration::from_secs(5));
+    let log = svc.log();
+    assert!(log.contains("cache: Memory"), "the second session reused the loaded plugin:\n{log}");
+    // Replaced by another plugin at the same path: loaded again, and it is the new one that runs.
+    quiesce_tests::plugins::install_bytes(&plugin, &std::fs::read(quiesce_tests::plugins::built_plugin("noop")).unwrap());
+    f.begin(&svc, "none");
+    let report = end(&svc, json!({}))["report"].clone();
+    let pre = report["hooks"].as_array().unwrap().iter().find(|h| h["phase"] == "pre").unwrap().clone();
+    assert_eq!(pre["outcome"], "succeeded", "{report}");
+    assert!(pre.get("message").is_none_or(|m| !m.as_str().unwrap_or("").contains("lock held")), "the noop plugin ran, not lockd: {pre}");
+}
+
+#[test]
+fn fsfreeze_hook_freeze_and_thaw_as_qemu_ga_calls_them() {
+    let f = Fixture::new("svc-fshook");
+    let svc = Service::start(&f.s, &f.config(&f.hook("", "continue")));
+    let hook = |arg: &str| {
+        let mut cmd = svc.cmd(&f.s);
+        cmd.args(["fsfreeze-hook", arg]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        cmd.status().expect("run the hook").code().unwrap_or(-1)
+    };
+    assert_eq!(hook("freeze"), 0);
+    let st = svc.wait_status("the external session", |s| s["session"]["mode"] == "external");
+    assert!(!is_frozen(f.mnt.path()), "qemu-ga freezes, not quiesce");
+    assert_eq!(hook("thaw"), 0);
+    let report = svc.last_report();
+    assert_eq!(report["session_id"], st["session"]["session_id"]);
+    assert_eq!(report["consistency"], "AppConsistent", "{report}");
+    assert_eq!(f.log(), "pre\npost true\n");
+    assert_eq!(hook("thaw"), 0, "thaw with no session (after a failed freeze) is fine");
+    drop(svc);
+
+    // A failing pre makes the freeze fail; the session is aborted, its post ran.
+    let svc = Service::start(&f.s, &f.config(&f.hook("exit 1", "continue")));
+    std::fs::remove_file(f.file("log.txt")).unwrap();
+    let hook = |arg: &str| {
+        let mut cmd = svc.cmd(&f.s);
+        cmd.args(["fsfreeze-hook", arg]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        cmd.status().expect("run the hook").code().unwrap_or(-1)
+    };
+    assert_ne!(hook("freeze"), 0);
+    assert!(svc.request(json!({"v":1,"id":1,"op":"status"}))["session"].is_null());
+    assert_eq!(f.log(), "pre\npost false\n");
+    let report = svc.last_report();
+    assert!(codes(&report).contains(&"Pre-ScriptExecutionFailed".to_string()), "{report}");
+    assert_eq!(hook("thaw"), 0);
+    drop(svc);
+
+    // No service: the freeze fails (qemu-ga then does not freeze), exit 5.
+    let mut cmd = quiesce(&f.s);
+    cmd.env("QUIESCE_SOCKET", f.file("nothing/here.sock")).args(["fsfreeze-hook", "freeze"]);
+    let (code, _, err) = run_cmd(cmd);
+    assert_eq!(code, 5, "{err}");
+    assert!(err.contains("here.sock") && err.contains("systemctl start quiesce.socket"), "{err}");
+}
+
+#[test]
+fn the_python_client_drives_begin_and_end() {
+    let f = Fixture::new("svc-python");
+    let svc = Service::start(&f.s, &f.config(&f.hook("", "continue")));
+    let client_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../integrations/python");
+    let script = format!(
+        "import sys; sys.path.insert(0, {dir:?})\nfrom quiesce_client import Quiesce, QuiesceError\nq = Quiesce()\n\
+         s = q.call('begin', freeze='native', mounts=[{m:?}])\nprint(s['session_id'], flush=True)\ninput()\n\
+         r = q.call('end', session_id=s['session_id'], snapshot='taken', snapshot_id='py-1')\n\
+         print(r['report']['consistency'], r['report']['snapshot']['ids'][0], r['exit_code'])\n\
+         try:\n    q.call('end')\nexcept QuiesceError as e:\n    print(e.code)\n",
+        dir = client_dir.display().to_string(),
+        m = f.mount()
+    );
+    let mut child = Command::new("python3")
+        .args(["-c", &script])
+        .env("QUIESCE_SOCKET", &svc.socket)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut id = String::new();
+    std::io::BufRead::read_line(&mut out, &mut id).unwrap();
+    assert!(id.starts_with("q-"), "{id}");
+    assert!(is_frozen(f.mnt.path()), "frozen between the Python client's begin and end");
+    child.stdin.take().unwrap().write_all(b"\n").unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(rest, "AppConsistent py-1 0\nUnknownSession\n");
+}
