@@ -27,27 +27,17 @@ use std::time::{Duration, Instant};
 use quiesce::interrupt::Interrupt;
 use quiesce::rundir::RunDir;
 use quiesce::session::{load_config, Session, SessionOptions};
-use quiesce::snapshot::{SnapshotContext, SnapshotProvider, TakeFuture};
-use quiesce_tests::bench::{median, ms, Floor};
+use quiesce_tests::bench::{median, ms, Floor, InstantSnapshot};
 use quiesce_tests::plugins::install_plugin;
 use quiesce_tests::qga::{self, Mountpoints, QemuGa};
-use quiesce_tests::svc::{Client, Service};
+use quiesce_tests::service::Service;
+use quiesce_tests::svc::{ok, rss_fds};
 use quiesce_tests::*;
 use serde_json::json;
 
 const WARMUP: usize = 5;
 const ROUNDS: usize = 40;
 const SOAK_SESSIONS: usize = 1000;
-
-struct Instant0;
-impl SnapshotProvider for Instant0 {
-    fn describe(&self) -> String {
-        "instant (no-op)".into()
-    }
-    fn take<'a>(&'a self, _: &'a SnapshotContext) -> TakeFuture<'a> {
-        Box::pin(async { Ok(()) })
-    }
-}
 
 #[derive(Default)]
 struct Col {
@@ -66,18 +56,6 @@ fn quiesce_bin_help() -> String {
 fn native_config(s: &Scratch, name: &str, plugin: Option<&Path>) -> PathBuf {
     let hook = plugin.map(|p| format!("\n[[hook]]\nname = \"noop\"\nplugin = \"{}\"\n", p.display())).unwrap_or_default();
     s.config(name, &format!("[freeze]\nenabled = true\nmax_freeze_secs = 30\n{hook}"))
-}
-
-/// RSS (kB) and open fds of a process.
-fn rss_fds(pid: i32) -> (u64, usize) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0);
-    (rss, fds)
 }
 
 fn main() {
@@ -100,7 +78,7 @@ fn main() {
     let noop_hook = s.script("noop-hook", "#!/bin/sh\nexit 0\n");
 
     let service = service_available().then(|| Service::start(&s, &with_plugin));
-    let mut client = service.as_ref().map(Service::client);
+    let mut client = service.as_ref().map(Service::connect);
     let have_qga = qga::available();
     let qga_dir = |name: &str| {
         let d = s.join(name);
@@ -128,7 +106,7 @@ fn main() {
         let opts = SessionOptions {
             run_dir: Some(RunDir::new(s.join("run-lib"))),
             mounts: paths.iter().map(|p| p.to_path_buf()).collect(),
-            provider: Some(Box::new(Instant0)),
+            provider: Some(Box::new(InstantSnapshot)),
             cache_dir: Some(s.join("cache-lib")),
             state_dir: Some(s.join("state-lib")),
             ..Default::default()
@@ -180,9 +158,9 @@ fn main() {
                 }
                 4 => {
                     let Some(c) = client.as_mut() else { continue };
-                    let b = c.ok("begin", json!({"freeze": "native", "mounts": mounts_json}));
+                    let b = ok(c, "begin", json!({"freeze": "native", "mounts": mounts_json}));
                     assert_eq!(b["proceed"], true, "{b}");
-                    let e = c.ok("end", json!({"session_id": b["session_id"]}));
+                    let e = ok(c, "end", json!({"session_id": b["session_id"]}));
                     let d = t.elapsed();
                     if keep {
                         let report = &e["report"];
@@ -275,8 +253,8 @@ fn main() {
             if i == SOAK_SESSIONS {
                 break;
             }
-            let b = c.ok("begin", json!({"freeze": "native", "mounts": mounts_json}));
-            c.ok("end", json!({"session_id": b["session_id"]}));
+            let b = ok(c, "begin", json!({"freeze": "native", "mounts": mounts_json}));
+            ok(c, "end", json!({"session_id": b["session_id"]}));
         }
         println!("\nservice across {SOAK_SESSIONS} begin+end sessions ({:.1} s): sessions → RSS kB, open fds", t.elapsed().as_secs_f64());
         for (i, (rss, fds)) in &marks {

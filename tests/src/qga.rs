@@ -15,8 +15,18 @@
 //! that is not a mount point under the tests' scratch base. qemu-ga has no auto-thaw: killed between freeze and thaw it
 //! leaves its mounts frozen, so `Drop` thaws every mount it was asked to
 //! freeze (`fsfreeze -u`), after killing qemu-ga by its pid.
+//!
+//! qemu-ga's `guest-fsfreeze-thaw` does not thaw what it froze: it issues
+//! FITHAW (until it fails) on *every* mount it can see. On a machine where
+//! other tests (or other people) hold their own loop mounts frozen, that
+//! would thaw them behind their backs. So qemu-ga runs in a private mount
+//! namespace in which every loop mount outside its test's scratch directory
+//! is detached: it can only see, freeze and thaw its own test's file systems
+//! (and the machine's ordinary mounts, which nobody freezes).
 
+use std::ffi::CString;
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -76,6 +86,12 @@ impl QemuGa {
         }
         for (k, v) in env {
             cmd.env(k, v);
+        }
+        let foreign = foreign_loop_mounts(dir);
+        // SAFETY: between fork and exec only async-signal-safe syscalls on
+        // data prepared before the fork.
+        unsafe {
+            cmd.pre_exec(move || own_mount_namespace(&foreign));
         }
         let child = cmd
             .stdin(Stdio::null())
@@ -194,6 +210,46 @@ impl Drop for QemuGa {
             let _ = Command::new("fsfreeze").arg("-u").arg(m).stderr(Stdio::null()).status();
         }
     }
+}
+
+/// The test's scratch directory `dir` lives in (the child of the scratch base it is under).
+fn scratch_root(dir: &Path) -> &Path {
+    dir.ancestors().find(|a| a.parent() == Some(Path::new(SCRATCH_BASE))).unwrap_or(dir)
+}
+
+/// Loop-device mounts not inside `dir`'s scratch directory (decoded from
+/// /proc/self/mounts, which escapes blanks as `\040`).
+fn foreign_loop_mounts(dir: &Path) -> Vec<CString> {
+    let own = scratch_root(dir);
+    let unescape = |s: &str| s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\");
+    std::fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(' ');
+            let (src, mp) = (f.next()?, unescape(f.next()?));
+            (src.starts_with("/dev/loop") && !Path::new(&mp).starts_with(own)).then(|| CString::new(mp).ok()).flatten()
+        })
+        .collect()
+}
+
+/// In the forked child before exec: a private mount namespace with the
+/// foreign loop mounts detached (a failure to detach one is ignored: it was
+/// under another one already detached).
+fn own_mount_namespace(foreign: &[CString]) -> std::io::Result<()> {
+    // SAFETY: plain syscalls with NUL-terminated strings that outlive them.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWNS) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::mount(c"none".as_ptr(), c"/".as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        for m in foreign {
+            libc::umount2(m.as_ptr(), libc::MNT_DETACH);
+        }
+    }
+    Ok(())
 }
 
 /// Mount points checked to be a test's own loop mounts: the only thing a

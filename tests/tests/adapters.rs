@@ -16,7 +16,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use quiesce_tests::plugins::{install_plugin, Lockd};
-use quiesce_tests::svc::Service;
+use quiesce_tests::service::Service;
+use quiesce_tests::svc::ok;
 use quiesce_tests::*;
 use serde_json::{json, Value};
 
@@ -104,7 +105,7 @@ fn azure_extension_run_through_the_wrappers_holds_the_plugin_lock_across_its_own
     let ms = MountedScratch::new("azure");
     let mut lockd = Lockd::start("tcp:127.0.0.1:0");
     let svc = Service::start(&ms.s, &lockd_config(&ms.s, &lockd));
-    let mut c = svc.client();
+    let mut c = svc.connect();
     let config = azure_config(&ms.s);
     let bin = quiesce_bin();
     let env = [("QUIESCE_BIN", bin.as_os_str()), ("QUIESCE_SOCKET", svc.socket.as_os_str())];
@@ -115,7 +116,7 @@ fn azure_extension_run_through_the_wrappers_holds_the_plugin_lock_across_its_own
     let mut seen = None;
     let run = azure_extension_run(&config, &env, ms.mnt.path(), &snapshot, || {
         assert!(is_frozen(ms.mnt.path()));
-        seen = Some((lockd.request("STATUS"), c.ok("status", json!({}))));
+        seen = Some((lockd.request("STATUS"), ok(&mut c, "status", json!({}))));
     });
     let (lock, status) = seen.expect("the extension never froze");
     assert_eq!(run.pre_status, 0, "pre wrapper failed");
@@ -126,7 +127,7 @@ fn azure_extension_run_through_the_wrappers_holds_the_plugin_lock_across_its_own
     assert_eq!(lockd.request("STATUS"), "UNLOCKED");
     lockd.wait_for("UNLOCK", Duration::from_secs(5));
 
-    let report = c.ok("last-report", json!({}))["report"].clone();
+    let report = svc.last_report();
     assert_eq!(report["mode"], "external", "{report}");
     assert_eq!(report["consistency"], "AppConsistent", "{report}");
     assert_eq!(report["snapshot_taken"], true, "{report}");
@@ -147,15 +148,15 @@ fn azure_pre_wrapper_fails_when_the_plugin_cannot_quiesce_and_the_session_is_alr
     let config = lockd_config(&ms.s, &lockd);
     drop(lockd);
     let svc = Service::start(&ms.s, &config);
-    let mut c = svc.client();
+    let mut c = svc.connect();
     let azure = azure_config(&ms.s);
     let bin = quiesce_bin();
     let env = [("QUIESCE_BIN", bin.as_os_str()), ("QUIESCE_SOCKET", svc.socket.as_os_str())];
     let run = azure_extension_run(&azure, &env, ms.mnt.path(), "true", || {});
     assert_ne!(run.pre_status, 0, "pre wrapper succeeded although the plugin could not lock");
     assert_eq!(run.post_status, 0, "post wrapper failed with no session left to end");
-    assert_eq!(c.ok("status", json!({}))["session"], Value::Null);
-    let report = c.ok("last-report", json!({}))["report"].clone();
+    assert_eq!(ok(&mut c, "status", json!({}))["session"], Value::Null);
+    let report = svc.last_report();
     let pre = report["hooks"].as_array().unwrap().iter().find(|h| h["phase"] == "pre").cloned().unwrap_or_default();
     assert_eq!(pre["outcome"], "failed", "{report}");
     assert_eq!(report["snapshot_taken"], false, "{report}");
@@ -181,7 +182,7 @@ fn velero_pre_and_post_hook_commands_from_two_processes_hold_the_lock_between_th
     let s = Scratch::new("velero");
     let mut lockd = Lockd::start("tcp:127.0.0.1:0");
     let svc = Service::start(&s, &lockd_config(&s, &lockd));
-    let mut c = svc.client();
+    let mut c = svc.connect();
     let run = |argv: Vec<String>| {
         assert!(argv[0].ends_with("/quiesce"), "{argv:?}");
         let out = Command::new(quiesce_bin()).args(&argv[1..]).env("QUIESCE_SOCKET", &svc.socket).output().unwrap();
@@ -194,14 +195,14 @@ fn velero_pre_and_post_hook_commands_from_two_processes_hold_the_lock_between_th
     let session = run(pre);
     assert!(!session.is_empty(), "begin printed no session id");
     assert!(lockd.request("STATUS").starts_with("LOCKED"), "lock not held after the pre hook's process exited");
-    let status = c.ok("status", json!({}));
+    let status = ok(&mut c, "status", json!({}));
     assert_eq!(status["session"]["session_id"], session.as_str(), "{status}");
     assert_eq!(status["session"]["mode"], "none", "{status}");
 
     run(velero_command("post.hook.backup.velero.io/command"));
     assert_eq!(lockd.request("STATUS"), "UNLOCKED");
     lockd.wait_for("UNLOCK", Duration::from_secs(5));
-    let report = c.ok("last-report", json!({}))["report"].clone();
+    let report = svc.last_report();
     assert_eq!(report["session_id"], session.as_str(), "{report}");
     assert_eq!(report["mode"], "none", "{report}");
     assert_eq!(report["snapshot_taken"], true, "{report}");

@@ -14,7 +14,8 @@ use quiesce_tests::db::*;
 use quiesce_tests::judge::assert_lock_point;
 use quiesce_tests::qga::{Mountpoints, QemuGa};
 use quiesce_tests::restore::*;
-use quiesce_tests::svc::{Client, Service};
+use quiesce_tests::service::Service;
+use quiesce_tests::svc::ok;
 use quiesce_tests::*;
 use serde_json::{json, Value};
 
@@ -57,10 +58,6 @@ fn mariadb_service_config(st: &Stage, my: &MariaDb, extra: &str) -> std::path::P
     st.s.config("service.toml", &format!("{extra}\n{text}"))
 }
 
-fn last_report(c: &mut Client) -> Value {
-    c.ok("last-report", json!({}))["report"].clone()
-}
-
 fn codes(report: &Value) -> Vec<String> {
     report["errors"].as_array().map(|a| a.iter().filter_map(|e| e["code"].as_str().map(String::from)).collect()).unwrap_or_default()
 }
@@ -98,7 +95,7 @@ fn qemu_ga_runs_quiesce_pre_hooks_before_its_freeze_and_post_hooks_after_its_tha
         &format!("[freeze]\nenabled = true\n\n[[hook]]\nname = \"app\"\npre = \"{}\"\npost = \"{}\"\n", pre.display(), post.display()),
     );
     let svc = Service::start(&ms.s, &config);
-    let mut c = svc.client();
+    let mut c = svc.connect();
     let mut ga = QemuGa::with_quiesce_hook(&qga_dir(&ms.s), &svc.socket);
     let mounts = Mountpoints::new(&[mnt]);
 
@@ -108,7 +105,7 @@ fn qemu_ga_runs_quiesce_pre_hooks_before_its_freeze_and_post_hooks_after_its_tha
     assert!(is_frozen(mnt), "qemu-ga said frozen but {} accepts writes", mnt.display());
     assert!(ms.file("pre.t").exists(), "pre hook did not run before qemu-ga froze");
     assert!(!ms.file("post.t").exists(), "post hook ran while frozen");
-    let status = c.ok("status", json!({}));
+    let status = ok(&mut c, "status", json!({}));
     assert_eq!(status["session"]["mode"], "external", "{status}");
     assert_eq!(status["session"]["frozen"], json!([]), "quiesce froze nothing itself: {status}");
 
@@ -117,14 +114,14 @@ fn qemu_ga_runs_quiesce_pre_hooks_before_its_freeze_and_post_hooks_after_its_tha
     assert!(ms.file("post.t").exists(), "post hook did not run after qemu-ga's thaw");
     assert_eq!(std::fs::read_to_string(mnt.join("written-by-pre")).unwrap(), "pre\n");
     assert_eq!(std::fs::read_to_string(mnt.join("written-by-post")).unwrap(), "post\n");
-    let report = last_report(&mut c);
+    let report = svc.last_report();
     assert_eq!(report["mode"], "external", "{report}");
     assert_eq!(report["snapshot_taken"], true, "{report}");
     assert_eq!(report["consistency"], "AppConsistent", "{report}");
     assert!(codes(&report).is_empty(), "{report}");
     assert_eq!(hook(&report, "app", "pre")["outcome"], "succeeded");
     assert_eq!(hook(&report, "app", "post")["outcome"], "succeeded");
-    assert_eq!(c.ok("status", json!({}))["session"], Value::Null);
+    assert_eq!(ok(&mut c, "status", json!({}))["session"], Value::Null);
     // libvirt may call thaw again: nothing is open, the hook succeeds.
     assert_eq!(ga.thaw().unwrap(), 0);
 }
@@ -139,7 +136,6 @@ fn mariadb_stays_locked_through_qemu_ga_frozen_window_and_is_released_after_its_
     let mut st = Stage::new("qga-mariadb");
     let my = mariadb(&st);
     let svc = Service::start(&st.s, &mariadb_service_config(&st, &my, ""));
-    let mut c = svc.client();
     let mut ga = QemuGa::with_quiesce_hook(&qga_dir(&st.s), &svc.socket);
     let mounts = Mountpoints::new(&[st.rig.inner()]);
     let times = st.file("snap.times");
@@ -158,7 +154,7 @@ fn mariadb_stays_locked_through_qemu_ga_frozen_window_and_is_released_after_its_
     assert!(log.error.is_none(), "writer failed: {:?}", log.error);
     assert!(!commit_refused_by_lock(&my, 2), "the lock outlived the session");
 
-    let report = last_report(&mut c);
+    let report = svc.last_report();
     assert_eq!(report["mode"], "external", "{report}");
     assert_eq!(report["consistency"], "AppConsistent", "{report}");
     assert!(codes(&report).is_empty(), "{report}");
@@ -204,7 +200,7 @@ fn failing_pre_makes_qemu_ga_refuse_the_freeze_and_the_reason_is_in_the_last_rep
         ),
     );
     let svc = Service::start(&ms.s, &config);
-    let mut c = svc.client();
+    let mut c = svc.connect();
     let mut ga = QemuGa::with_quiesce_hook(&qga_dir(&ms.s), &svc.socket);
     let mnt = ms.mnt.path();
 
@@ -212,12 +208,12 @@ fn failing_pre_makes_qemu_ga_refuse_the_freeze_and_the_reason_is_in_the_last_rep
     assert_eq!(ga.status().unwrap(), "thawed", "{err}");
     assert!(!is_frozen(mnt), "mount frozen after a refused freeze");
     assert!(err.desc.contains("hook"), "qemu-ga's error should name its hook: {err}");
-    let report = last_report(&mut c);
+    let report = svc.last_report();
     assert_eq!(report["snapshot_taken"], false, "{report}");
     assert_eq!(hook(&report, "db", "pre")["outcome"], "failed", "{report}");
     let reasons: Vec<&str> = report["errors"].as_array().unwrap().iter().filter_map(|e| e["message"].as_str()).collect();
     assert!(reasons.iter().any(|m| m.contains("not reachable") && m.contains(&dead.display().to_string())), "{report}");
-    assert_eq!(c.ok("status", json!({}))["session"], Value::Null, "the failed session must be over");
+    assert_eq!(ok(&mut c, "status", json!({}))["session"], Value::Null, "the failed session must be over");
     // libvirt follows a failed freeze with a thaw: the hook has nothing to end.
     assert_eq!(ga.thaw().unwrap(), 0);
     println!("[qemu-ga] refused freeze: qemu-ga said {err}; quiesce's report: {reasons:?}");
@@ -234,7 +230,7 @@ fn qemu_ga_killed_while_frozen_the_hold_deadline_ends_the_session_and_releases_t
     let my = mariadb(&st);
     let hold = 6;
     let svc = Service::start(&st.s, &mariadb_service_config(&st, &my, &format!("[service]\nexternal_hold_secs = {hold}\n")));
-    let mut c = svc.client();
+    let mut c = svc.connect();
     let mut ga = QemuGa::with_quiesce_hook(&qga_dir(&st.s), &svc.socket);
     let inner = st.rig.inner();
 
@@ -246,13 +242,13 @@ fn qemu_ga_killed_while_frozen_the_hold_deadline_ends_the_session_and_releases_t
     assert!(is_frozen(inner), "qemu-ga has no auto-thaw: its mount should still be frozen");
     sh(&format!("fsfreeze -u {}", inner.display()));
     // Thawed, but the plugin's lock is held until quiesce ends the session.
-    let status = c.ok("status", json!({}));
+    let status = ok(&mut c, "status", json!({}));
     assert_eq!(status["session"]["mode"], "external", "{status}");
     assert!(commit_refused_by_lock(&my, 1), "the lock was released before the hold deadline");
 
     let until = Instant::now() + Duration::from_secs(hold + 30);
     let report = loop {
-        let r = c.request("last-report", json!({}));
+        let r = c.call(json!({"v": 1, "id": "lr", "op": "last-report"}));
         if r["ok"] == true {
             break r["report"].clone();
         }
