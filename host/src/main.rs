@@ -216,7 +216,8 @@ fn main() -> ExitCode {
 const UNREACHABLE: u8 = 5;
 
 fn run_serve(args: ServeArgs) -> ExitCode {
-    match service::serve(service::ServeOptions { config: args.config, socket: args.socket }) {
+    let socket = args.socket.map(|p| std::path::absolute(&p).unwrap_or(p));
+    match service::serve(service::ServeOptions { config: args.config, socket }) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");

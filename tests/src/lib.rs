@@ -242,6 +242,24 @@ pub fn is_mountpoint(path: &Path) -> bool {
     mounts.lines().any(|l| l.split(' ').nth(1) == Some(p.as_str()))
 }
 
+/// A freeze made by "someone else" (`fsfreeze -f`, as qemu-ga or another
+/// tool would), thawed on drop: also when the test fails, and before any
+/// process blocked on it is waited for, if it is declared after that process.
+pub struct ForeignFreeze(pub PathBuf);
+
+impl ForeignFreeze {
+    pub fn new(p: &Path) -> ForeignFreeze {
+        sh(&format!("fsfreeze -f {}", p.display()));
+        ForeignFreeze(p.to_path_buf())
+    }
+}
+
+impl Drop for ForeignFreeze {
+    fn drop(&mut self) {
+        let _ = Command::new("fsfreeze").arg("-u").arg(&self.0).stderr(Stdio::null()).status();
+    }
+}
+
 /// Bind-mounts `src` at `dst`; unmounted on drop.
 pub struct BindMount {
     pub mountpoint: PathBuf,

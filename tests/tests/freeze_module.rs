@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use quiesce::freeze::{
     is_frozen as probe_frozen, plan, thaw_mounts, FreezeError, FreezePlan, Guardian, Selection, ThawOutcome, ThawReason,
 };
-use quiesce_tests::{alive, is_frozen, quiesce, quiesce_bin, run_json, sh, writable_within, BindMount, Fs, LoopMount, Scratch, WriteProbe};
+use quiesce_tests::{
+    alive, is_frozen, quiesce, quiesce_bin, run_json, sh, writable_within, BindMount, ForeignFreeze, Fs, LoopMount, Scratch, WriteProbe,
+};
 
 fn plan_for(mounts: &[&Path]) -> FreezePlan {
     plan(&Selection { mounts: mounts.iter().map(|p| p.to_path_buf()).collect(), exclude: vec![] }).expect("plan")
@@ -27,19 +29,6 @@ fn target_paths(p: &FreezePlan) -> Vec<PathBuf> {
 
 /// Thaws with util-linux on drop: a test that froze something itself
 /// (to play "another process") must not leave it frozen when it fails.
-struct ForeignFreeze(PathBuf);
-impl ForeignFreeze {
-    fn new(p: &Path) -> ForeignFreeze {
-        sh(&format!("fsfreeze -f {}", p.display()));
-        ForeignFreeze(p.to_path_buf())
-    }
-}
-impl Drop for ForeignFreeze {
-    fn drop(&mut self) {
-        let _ = Command::new("fsfreeze").arg("-u").arg(&self.0).stderr(Stdio::null()).status();
-    }
-}
-
 #[test]
 fn plan_orders_children_before_parents() {
     let s = Scratch::new("plan-nested");

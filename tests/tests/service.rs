@@ -15,24 +15,23 @@ use quiesce_tests::service::{error_code, Conn, Service};
 use quiesce_tests::*;
 use serde_json::{json, Value};
 
-struct Fixture {
-    mnt: LoopMount,
-    s: Scratch,
+/// A scratch dir with one loop mount, and the hooks and requests these tests share.
+struct Fixture(MountedScratch);
+
+impl std::ops::Deref for Fixture {
+    type Target = MountedScratch;
+    fn deref(&self) -> &MountedScratch {
+        &self.0
+    }
 }
 
 impl Fixture {
     fn new(name: &str) -> Fixture {
-        let s = Scratch::new(name);
-        let mnt = LoopMount::new(&s.path, "mnt", Fs::Ext4);
-        Fixture { mnt, s }
-    }
-
-    fn file(&self, name: &str) -> PathBuf {
-        self.s.join(name)
+        Fixture(MountedScratch::new(name))
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.file("log.txt")).unwrap_or_default()
+        self.read("log.txt")
     }
 
     /// A script hook "app" whose pre and post append to log.txt (post with
@@ -46,6 +45,16 @@ impl Fixture {
             pre.display(),
             post.display()
         )
+    }
+
+    /// The lockd example plugin as hook `name`, locking `target`: its path and the config.
+    fn lockd_config(&self, name: &str, target: &str) -> (PathBuf, PathBuf) {
+        let plugin = install_plugin(&self.s, "lockd");
+        let hook = format!(
+            "[[hook]]\nname = \"{name}\"\nplugin = \"{}\"\nparams = {{ target = {target:?} }}\ngrants = [{target:?}]\ntimeout_secs = 5\n",
+            plugin.display()
+        );
+        (plugin, self.config(&hook))
     }
 
     fn config(&self, text: &str) -> PathBuf {
@@ -374,6 +383,7 @@ fn a_user_who_is_not_root_is_refused_even_when_the_socket_lets_them_connect() {
     std::fs::set_permissions(&svc.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
     let r = status_as_nobody(&svc.socket);
     assert_eq!(error_code(&r), "NotAuthorized", "{r}");
+    assert_eq!(r["id"], 1, "the refusal answers the request the client sent: {r}");
     drop(svc);
     // `[service] group` names nobody's group: allowed, the socket 0660 root:nogroup.
     let config = f.config(&format!("{}\n[service]\ngroup = \"nogroup\"\n", f.hook("", "continue")));
@@ -422,11 +432,7 @@ fn service_killed_mid_session_leaves_nothing_frozen_and_the_plugin_lock_released
     let f = Fixture::new("svc-kill");
     let mut lockd = Lockd::start("tcp:127.0.0.1:0");
     let target = lockd.target.clone();
-    let plugin = install_plugin(&f.s, "lockd");
-    let config = f.config(&format!(
-        "[[hook]]\nname = \"lockd\"\nplugin = \"{}\"\nparams = {{ target = {target:?} }}\ngrants = [{target:?}]\ntimeout_secs = 5\n",
-        plugin.display()
-    ));
+    let (_, config) = f.lockd_config("lockd", &target);
     let mut svc = Service::start(&f.s, &config);
     let begun = f.begin(&svc, "native");
     assert_eq!(begun["proceed"], true, "{begun}");
@@ -446,11 +452,7 @@ fn plugins_stay_loaded_across_sessions_and_a_changed_file_is_loaded_again() {
     let f = Fixture::new("svc-warm");
     let mut lockd = Lockd::start("tcp:127.0.0.1:0");
     let target = lockd.target.clone();
-    let plugin = install_plugin(&f.s, "lockd");
-    let config = f.config(&format!(
-        "[[hook]]\nname = \"p\"\nplugin = \"{}\"\nparams = {{ target = {target:?} }}\ngrants = [{target:?}]\ntimeout_secs = 5\n",
-        plugin.display()
-    ));
+    let (plugin, config) = f.lockd_config("p", &target);
     let svc = Service::start_with(&f.s, &config, |c| {
         c.arg("--verbose");
     });
@@ -470,15 +472,18 @@ fn plugins_stay_loaded_across_sessions_and_a_changed_file_is_loaded_again() {
     assert!(pre.get("message").is_none_or(|m| !m.as_str().unwrap_or("").contains("lock held")), "the noop plugin ran, not lockd: {pre}");
 }
 
+/// `quiesce fsfreeze-hook ARG` as qemu-ga runs it: stdio on /dev/null, judged by its exit status.
+fn fsfreeze_hook(svc: &Service, s: &Scratch, arg: &str) -> i32 {
+    let mut cmd = svc.cmd(s);
+    cmd.args(["fsfreeze-hook", arg]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.status().expect("run the hook").code().unwrap_or(-1)
+}
+
 #[test]
 fn fsfreeze_hook_freeze_and_thaw_as_qemu_ga_calls_them() {
     let f = Fixture::new("svc-fshook");
     let svc = Service::start(&f.s, &f.config(&f.hook("", "continue")));
-    let hook = |arg: &str| {
-        let mut cmd = svc.cmd(&f.s);
-        cmd.args(["fsfreeze-hook", arg]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-        cmd.status().expect("run the hook").code().unwrap_or(-1)
-    };
+    let hook = |arg: &str| fsfreeze_hook(&svc, &f.s, arg);
     assert_eq!(hook("freeze"), 0);
     let st = svc.wait_status("the external session", |s| s["session"]["mode"] == "external");
     assert!(!is_frozen(f.mnt.path()), "qemu-ga freezes, not quiesce");
@@ -493,11 +498,7 @@ fn fsfreeze_hook_freeze_and_thaw_as_qemu_ga_calls_them() {
     // A failing pre makes the freeze fail; the session is aborted, its post ran.
     let svc = Service::start(&f.s, &f.config(&f.hook("exit 1", "continue")));
     std::fs::remove_file(f.file("log.txt")).unwrap();
-    let hook = |arg: &str| {
-        let mut cmd = svc.cmd(&f.s);
-        cmd.args(["fsfreeze-hook", arg]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-        cmd.status().expect("run the hook").code().unwrap_or(-1)
-    };
+    let hook = |arg: &str| fsfreeze_hook(&svc, &f.s, arg);
     assert_ne!(hook("freeze"), 0);
     assert!(svc.request(json!({"v":1,"id":1,"op":"status"}))["session"].is_null());
     assert_eq!(f.log(), "pre\npost false\n");
@@ -545,4 +546,34 @@ fn the_python_client_drives_begin_and_end() {
     std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
     assert!(child.wait().unwrap().success());
     assert_eq!(rest, "AppConsistent py-1 0\nUnknownSession\n");
+}
+
+#[test]
+fn an_agent_freezing_the_log_file_system_during_an_external_session_stalls_nothing() {
+    let f = Fixture::new("svc-logfreeze");
+    let config = f.config(&f.hook("", "continue"));
+    // The service's log file lives on the file system the "agent" (this test, like qemu-ga) freezes.
+    let log_file = f.mnt.path().join("quiesce.log");
+    let svc = Service::start_with(&f.s, &config, |c| {
+        c.env("QUIESCE_LOG_FILE", &log_file);
+    });
+    let begun = f.begin(&svc, "external");
+    // Thawed before the service is stopped if an assertion fails: a process
+    // blocked on the frozen file system cannot even be killed until then.
+    let agent = ForeignFreeze::new(f.mnt.path());
+    // The reload logs; the worker then answers the `end` for a wrong id: both
+    // would wait for the thaw if a log record were written now.
+    unsafe { libc::kill(svc.pid() as i32, libc::SIGHUP) };
+    let mut c = svc.connect();
+    c.stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let r = c.call(json!({"v":1,"id":1,"op":"end","session_id":"q-0-00000000"}));
+    let answered = error_code(&r) == "UnknownSession";
+    let generation = svc.request(json!({"v":1,"id":2,"op":"version"}))["config_generation"].clone();
+    drop(agent);
+    assert!(answered, "{r}");
+    assert_eq!(generation, 2, "the reload went through while the log's file system was frozen");
+    let report = end(&svc, json!({"session_id": begun["session_id"]}))["report"].clone();
+    assert_eq!(report["consistency"], "AppConsistent", "{report}");
+    let log = std::fs::read_to_string(&log_file).unwrap_or_default();
+    assert!(log.contains("(generation 2)"), "the held records were written after the agent's thaw:\n{log}");
 }

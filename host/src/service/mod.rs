@@ -17,10 +17,13 @@
 //!
 //! Nothing is left behind when the service dies mid-session: the freeze
 //! guardian thaws when its host goes (however it dies), plugin connections
-//! close with the process so the databases release their locks (a Redis
-//! `CLIENT PAUSE` is not tied to a connection: it ends at its own timeout,
-//! which the redis plugin sets to the hold time), and the run-dir lock is
-//! an flock that dies with its holders.
+//! close with the process so the databases release their locks, and the
+//! run-dir lock is an flock that dies with its holders. A Redis
+//! `CLIENT PAUSE` is the exception: it is not tied to a connection and ends
+//! only at its own expiry (the redis plugin's `pause_ms`, by default the
+//! hook's `timeout_secs`). For a two-phase session set `pause_ms` just
+//! above the session's hold time: the pause then lasts until `end`, and
+//! ends by itself soon after a service that died.
 
 pub mod client;
 pub mod listen;

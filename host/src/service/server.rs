@@ -26,6 +26,9 @@ use crate::report::ErrorCode;
 /// A reply not taken by the client within this is dropped with its connection.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a refused peer's first request is waited for.
+const REFUSAL_READ: Duration = Duration::from_millis(500);
+
 /// Connections served at once; more wait in the kernel's backlog.
 pub const MAX_CONNECTIONS: usize = 64;
 
@@ -76,7 +79,13 @@ async fn serve_conn(stream: UnixStream, ctx: Arc<Ctx>, conn: u64) {
             tracing::warn!("refused connection from pid {} uid {}: not root and not in the allowed group", p.pid, p.uid);
             let f =
                 Failure::new(Code::NotAuthorized, format!("uid {} may not use this service: root, or a member of [service] group", p.uid));
-            let _ = tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(&protocol::error_line(&Value::Null, &f))).await;
+            // Its first request is read (briefly) so that a client that
+            // writes before it reads gets this answer, not a broken pipe.
+            let id = match tokio::time::timeout(REFUSAL_READ, LineReader::new().next(&mut rd)).await {
+                Ok(Ok(Some(line))) => protocol::parse(&line).map(|r| r.id).unwrap_or_else(|(id, _)| id),
+                _ => Value::Null,
+            };
+            let _ = tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(&protocol::error_line(&id, &f))).await;
             return;
         }
         Err(e) => {

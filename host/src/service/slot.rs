@@ -364,35 +364,40 @@ impl Worker {
     /// use is good: then the old one stays and the failure is logged.
     fn install(&mut self, config: Result<Config, ConfigError>, first: bool) {
         let shown = self.config_path.as_deref().map(|p| p.display().to_string()).unwrap_or_else(|| "built-in default".into());
+        // Logged with the shared state unlocked: a log write may be slow.
         match config {
             Ok(c) => {
                 let (gid, group) = resolve_group(c.service.group.as_deref());
-                let mut shared = lock(&self.shared);
-                shared.config_generation += 1;
-                shared.config_error = None;
-                shared.config_path = self.config_path.clone();
-                shared.gid = gid;
-                shared.group = group;
-                shared.socket = c.service.socket.clone();
-                tracing::info!("config {shown} loaded (generation {})", shared.config_generation);
-                drop(shared);
-                let c2 = Ok(c);
-                self.preload(&c2);
-                self.config = c2;
+                let generation = {
+                    let mut shared = lock(&self.shared);
+                    shared.config_generation += 1;
+                    shared.config_error = None;
+                    shared.config_path = self.config_path.clone();
+                    shared.gid = gid;
+                    shared.group = group;
+                    shared.socket = c.service.socket.clone();
+                    shared.config_generation
+                };
+                tracing::info!("config {shown} loaded (generation {generation})");
+                let c = Ok(c);
+                self.preload(&c);
+                self.config = c;
             }
             Err(e) => {
                 let msg = e.to_string();
-                let mut shared = lock(&self.shared);
-                shared.config_error = Some(msg.clone());
-                if self.config.is_ok() && !first {
-                    tracing::error!(
-                        "config {shown} failed to load, keeping the one in use (generation {}): {msg}",
-                        shared.config_generation
-                    );
+                let keep = self.config.is_ok() && !first;
+                let generation = {
+                    let mut shared = lock(&self.shared);
+                    shared.config_error = Some(msg.clone());
+                    if !keep {
+                        shared.config_generation += 1;
+                    }
+                    shared.config_generation
+                };
+                if keep {
+                    tracing::error!("config {shown} failed to load, keeping the one in use (generation {generation}): {msg}");
                 } else {
-                    shared.config_generation += 1;
                     tracing::error!("config {shown} failed to load; sessions will report it: {msg}");
-                    drop(shared);
                     self.config = Err(e);
                 }
             }

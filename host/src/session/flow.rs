@@ -26,11 +26,12 @@ use serde::{Deserialize, Serialize};
 
 use super::hooks::PhaseContext;
 use super::record::Run;
-use super::{check_holds, Fallback, ReadyHook, Session, SessionPhase, Validation};
+use super::{check_holds, release_log, Fallback, ReadyHook, Session, SessionPhase, Validation};
 use crate::config::OnFailure;
 use crate::duration;
 use crate::freeze::{self, Guardian};
 use crate::interrupt::Interrupt;
+use crate::logging;
 use crate::report::{ErrorCode, Phase, Report, ReportError};
 use crate::rundir::{LockError, SessionLock};
 
@@ -123,6 +124,9 @@ pub struct Begun {
     interrupted: Option<String>,
     /// Guardian clock when the snapshot could start.
     ready_ns: u64,
+    /// An external session may let its held log out at the end: the
+    /// agent's freeze is over (see `begin_inner`).
+    external_thawed: bool,
 }
 
 impl Session {
@@ -168,6 +172,7 @@ impl Session {
             interrupt,
             interrupted: None,
             ready_ns: 0,
+            external_thawed: false,
         };
         let span = tracing::info_span!("session", id = %b.s.id);
         let _enter = span.enter();
@@ -274,6 +279,13 @@ impl Session {
         }
         b.proceed = true;
         b.ready_ns = freeze::monotonic_ns();
+        if mode == Some(FreezeMode::External) {
+            // Someone else is about to freeze file systems we cannot see —
+            // maybe the one with the log file. Until the agent says it is
+            // done, log records stay in memory, as during a native freeze:
+            // a blocked log write would stall the whole service.
+            logging::gate().hold();
+        }
         b
     }
 }
@@ -328,6 +340,7 @@ impl Begun {
     /// The second half: the agent says what became of the snapshot; thaw if
     /// quiesce froze, post hooks, report.
     pub async fn end(mut self, outcome: SnapshotOutcome) -> Report {
+        self.external_thawed = true;
         if self.proceed {
             self.record_snapshot(outcome);
         } else if outcome.taken {
@@ -341,6 +354,10 @@ impl Begun {
     /// Ends the session without a snapshot: thaw, post hooks (told the
     /// snapshot was not taken), a report naming why.
     pub async fn abort(mut self, why: Abort) -> Report {
+        // A client's abort comes from the agent, before or after its own
+        // freeze; expiry, a lost connection or a stop may come while the
+        // agent still holds file systems frozen.
+        self.external_thawed = matches!(why, Abort::Client(_));
         let (code, message) = match why {
             Abort::Client(reason) => (Some(ErrorCode::SessionAborted), format!("the client aborted the session: {reason}")),
             Abort::Disconnected => (
@@ -414,9 +431,22 @@ impl Begun {
             interrupt,
             interrupted,
             ready_ns: _,
+            external_thawed,
         } = self;
         let span = tracing::info_span!("session", id = %s.id);
         let _enter = span.enter();
+
+        if proceed && mode == Some(FreezeMode::External) {
+            if external_thawed {
+                release_log(&mut r);
+            } else {
+                r.warnings.push(
+                    "the agent may still hold file systems frozen: log records stay in memory (capped) until a later \
+                     session ends normally"
+                        .into(),
+                );
+            }
+        }
 
         // 3b. Thaw.
         if reached_freeze {
