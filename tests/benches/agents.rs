@@ -50,7 +50,11 @@ fn service_available() -> bool {
 }
 
 fn quiesce_bin_help() -> String {
-    std::process::Command::new(quiesce_bin()).arg("--help").output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
+    std::process::Command::new(quiesce_bin())
+        .arg("--help")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
 }
 
 fn native_config(s: &Scratch, name: &str, plugin: Option<&Path>) -> PathBuf {
@@ -66,8 +70,9 @@ fn main() {
     let s = Scratch::new("bench-agents");
     let mounts = [LoopMount::new(&s.path, "e", Fs::Ext4), LoopMount::new(&s.path, "x", Fs::Xfs), LoopMount::new(&s.path, "b", Fs::Btrfs)];
     let paths: Vec<&Path> = mounts.iter().map(|m| m.path()).collect();
-    let plan = quiesce::freeze::plan(&quiesce::freeze::Selection { mounts: paths.iter().map(|p| p.to_path_buf()).collect(), exclude: vec![] })
-        .expect("plan");
+    let plan =
+        quiesce::freeze::plan(&quiesce::freeze::Selection { mounts: paths.iter().map(|p| p.to_path_buf()).collect(), exclude: vec![] })
+            .expect("plan");
     let order: Vec<&Path> = plan.targets.iter().map(|t| t.path.as_path()).collect();
     let floor = Floor::new(&order);
     let qga_mounts = Mountpoints::new(&order);
@@ -94,12 +99,16 @@ fn main() {
 
     let one_shot = |config: &Path| {
         let mut cmd = quiesce(&s);
-        cmd.env("QUIESCE_CACHE_DIR", s.join("cache-oneshot")).env("QUIESCE_STATE_DIR", s.join("state")).args(["snapshot", "--snapshot-cmd", "true", "--config"]).arg(config);
+        cmd.env("QUIESCE_CACHE_DIR", s.join("cache-oneshot"))
+            .env("QUIESCE_STATE_DIR", s.join("state"))
+            .args(["snapshot", "--snapshot-cmd", "true", "--config"])
+            .arg(config);
         for p in &paths {
             cmd.arg("--mount").arg(p);
         }
         let out = cmd.output().expect("quiesce snapshot");
-        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        // 3 without hooks: file-system consistent is all a bare freeze can claim.
+        assert!(matches!(out.status.code(), Some(0 | 3)), "{:?}: {}", out.status, String::from_utf8_lossy(&out.stderr));
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let in_process = |config: &Path| {
@@ -113,7 +122,7 @@ fn main() {
         };
         let session = Session::prepare(load_config(Some(config)), opts).expect("prepare");
         let report = rt.block_on(session.run(Interrupt::never()));
-        assert_eq!(report.exit_code(), 0, "{:?}", report.errors);
+        assert!(report.snapshot_taken && report.errors.is_empty(), "{:?}", report.errors);
         report
     };
     let mounts_json: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
@@ -165,7 +174,10 @@ fn main() {
                     if keep {
                         let report = &e["report"];
                         svc_windows.push(report["freeze"]["window_ms"].as_f64().unwrap_or(f64::NAN));
-                        let hook_ms: f64 = report["hooks"].as_array().map(|h| h.iter().filter_map(|h| h["duration_ms"].as_f64()).sum()).unwrap_or(f64::NAN);
+                        let hook_ms: f64 = report["hooks"]
+                            .as_array()
+                            .map(|h| h.iter().filter_map(|h| h["duration_ms"].as_f64()).sum())
+                            .unwrap_or(f64::NAN);
                         plugin_calls.push(hook_ms);
                         cols[4].v.push(d);
                     }
@@ -230,7 +242,11 @@ fn main() {
     let one = |i: usize| med(&cols[i]).map(ms).unwrap_or(f64::NAN);
     println!("| one-shot: what the cached no-op plugin adds | {:.3} | | |", one(6) - one(5));
     println!("| warm no-op plugin pre+post inside the service (report's hook durations) | {:.3} | | |", fmed(plugin_calls.clone()));
-    println!("| freeze window, in-process session, instant snapshot, no hooks | {:.3} | {:.2} | |", fmed(lib_windows.clone()), fmed(lib_windows.clone()) / floor_ms);
+    println!(
+        "| freeze window, in-process session, instant snapshot, no hooks | {:.3} | {:.2} | |",
+        fmed(lib_windows.clone()),
+        fmed(lib_windows.clone()) / floor_ms
+    );
     println!(
         "| freeze window, in-process session, instant snapshot, no-op plugin | {:.3} | {:.2} | |",
         fmed(lib_windows_plugin.clone()),

@@ -32,6 +32,11 @@ struct Row {
     note: String,
 }
 
+fn fsfreeze(flag: &str, p: &Path) -> Result<(), String> {
+    let st = Command::new("fsfreeze").arg(flag).arg(p).status().map_err(|e| e.to_string())?;
+    st.success().then_some(()).ok_or(format!("fsfreeze {flag} {}: {st}", p.display()))
+}
+
 fn main() {
     let s = Scratch::new("bench-freeze");
     let mounts = [LoopMount::new(&s.path, "e", Fs::Ext4), LoopMount::new(&s.path, "x", Fs::Xfs), LoopMount::new(&s.path, "b", Fs::Btrfs)];
@@ -175,10 +180,8 @@ fn main() {
         }
         v.sort();
         let mut note = String::new();
-        if i == 5 {
-            if ga_count != 3 {
-                note = format!("froze only {ga_count} of 3");
-            }
+        if i == 5 && ga_count != 3 {
+            note = format!("froze only {ga_count} of 3");
         }
         rows.push(Row { name: name.to_string(), samples: v, note });
     }

@@ -26,8 +26,8 @@
 
 use std::ffi::CString;
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::process::CommandExt;
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -184,7 +184,8 @@ impl QemuGa {
         let mut line = String::new();
         loop {
             line.clear();
-            let n = conn.read_line(&mut line).unwrap_or_else(|e| panic!("no reply from qemu-ga to {execute} within {REPLY_TIMEOUT:?}: {e}"));
+            let n =
+                conn.read_line(&mut line).unwrap_or_else(|e| panic!("no reply from qemu-ga to {execute} within {REPLY_TIMEOUT:?}: {e}"));
             assert!(n > 0, "qemu-ga closed the connection during {execute}; log: {}", self.log_text());
             if !line.trim().is_empty() {
                 break;
@@ -193,10 +194,9 @@ impl QemuGa {
         let reply: Value = serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("qemu-ga said {line:?}: {e}"));
         match (reply.get("return"), reply.get("error")) {
             (Some(v), _) => Ok(v.clone()),
-            (None, Some(e)) => Err(QgaError {
-                class: e["class"].as_str().unwrap_or("").to_string(),
-                desc: e["desc"].as_str().unwrap_or("").to_string(),
-            }),
+            (None, Some(e)) => {
+                Err(QgaError { class: e["class"].as_str().unwrap_or("").to_string(), desc: e["desc"].as_str().unwrap_or("").to_string() })
+            }
             _ => panic!("qemu-ga reply without return or error: {reply}"),
         }
     }

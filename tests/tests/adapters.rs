@@ -57,7 +57,13 @@ struct ExtensionRun {
     snapshot_taken: bool,
 }
 
-fn azure_extension_run(config: &Path, env: &[(&str, &std::ffi::OsStr)], mount: &Path, snapshot: &str, during: impl FnOnce()) -> ExtensionRun {
+fn azure_extension_run(
+    config: &Path,
+    env: &[(&str, &std::ffi::OsStr)],
+    mount: &Path,
+    snapshot: &str,
+    during: impl FnOnce(),
+) -> ExtensionRun {
     use std::os::unix::fs::MetadataExt;
     let cfg: Value = serde_json::from_str(&std::fs::read_to_string(config).unwrap()).unwrap();
     let script = |loc: &str, params: &str| -> (PathBuf, Vec<String>) {
