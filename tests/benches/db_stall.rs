@@ -37,6 +37,44 @@ struct Sample {
     stall: Duration,
     window_ms: f64,
     session: Duration,
+    /// Where the hold of the plugin's lock (or pause) went, when it reports
+    /// one (`quiesce_times`): see [`Breakdown`].
+    breakdown: Option<Breakdown>,
+}
+
+/// The plugin's lock, from `locked`/`paused` to `releasing`/`unpausing`
+/// (server clock), against the snapshot command's start and end (`date`,
+/// same machine): lock → snapshot start is the tail of pre, the pre-freeze
+/// syncfs, the guardian start and FIFREEZE; snapshot end → release is
+/// FITHAW and the post call up to the release.
+#[derive(Clone, Copy)]
+struct Breakdown {
+    held_ms: f64,
+    to_snapshot_ms: f64,
+    snapshot_ms: f64,
+    to_release_ms: f64,
+    sync_ms: f64,
+    pre_ms: f64,
+    post_ms: f64,
+}
+
+fn breakdown(run: &quiesce_tests::Run, t: quiesce_tests::restore::SnapTimes) -> Option<Breakdown> {
+    let text = std::fs::read_to_string(run.artifact("db", "quiesce_times")?).ok()?;
+    let get = |keys: &[&str]| {
+        text.lines().filter_map(|l| l.split_once('=')).find(|(k, _)| keys.contains(k)).and_then(|(_, v)| v.trim().parse::<u64>().ok())
+    };
+    let (from, to) = (get(&["locked", "paused"])?, get(&["releasing", "unpausing"])?);
+    let ms = |a: u64, b: u64| (b as f64 - a as f64) / 1e6;
+    let hook_ms = |phase: &str| run.hook("db", phase)["duration_ms"].as_f64().unwrap_or(f64::NAN);
+    Some(Breakdown {
+        held_ms: ms(from, to),
+        to_snapshot_ms: ms(from, t.start_ns),
+        snapshot_ms: ms(t.start_ns, t.end_ns),
+        to_release_ms: ms(t.end_ns, to),
+        sync_ms: run.report["freeze"]["mounts"][0]["sync_ms"].as_f64().unwrap_or(f64::NAN),
+        pre_ms: hook_ms("pre"),
+        post_ms: hook_ms("post"),
+    })
 }
 
 struct Row {
@@ -63,6 +101,11 @@ impl Row {
     fn session_ms(&self) -> f64 {
         median(self.samples.iter().map(|s| s.session.as_secs_f64() * 1e3).collect())
     }
+    /// Median of one breakdown field, if the plugin reported its lock.
+    fn part(&self, f: fn(&Breakdown) -> f64) -> Option<f64> {
+        let v: Vec<f64> = self.samples.iter().filter_map(|s| s.breakdown.as_ref().map(f)).collect();
+        (!v.is_empty()).then(|| median(v))
+    }
 }
 
 /// Runs `ROUNDS` sessions with `config` under `writer`; returns the samples and the baseline gap.
@@ -70,6 +113,7 @@ fn measure(st: &Stage, mut writer: Writer, config: &Path, baseline: &mut Vec<Dur
     writer.wait_for(200, Duration::from_secs(60));
     let mut spans = Vec::new();
     let mut windows = Vec::new();
+    let mut parts = Vec::new();
     let mut quiet = Vec::new();
     for _ in 0..ROUNDS {
         let q0 = now_ns();
@@ -77,15 +121,21 @@ fn measure(st: &Stage, mut writer: Writer, config: &Path, baseline: &mut Vec<Dur
         let t0 = now_ns();
         quiet.push((q0, t0));
         let started = Instant::now();
-        let (run, _) = st.snapshot(config);
+        let (run, times) = st.snapshot(config);
         spans.push((t0, now_ns(), started.elapsed()));
         windows.push(run.report["freeze"]["window_ms"].as_f64().unwrap_or(0.0));
+        parts.push(breakdown(&run, times));
     }
     std::thread::sleep(PAUSE_BETWEEN);
     let log = writer.stop();
     assert!(log.error.is_none(), "writer failed: {:?}", log.error);
     baseline.extend(quiet.iter().map(|&(a, b)| log.max_gap_between(a + 50_000_000, b)));
-    spans.iter().zip(windows).map(|(&(a, b, session), window_ms)| Sample { stall: log.max_gap_between(a, b), window_ms, session }).collect()
+    spans
+        .iter()
+        .zip(windows)
+        .zip(parts)
+        .map(|((&(a, b, session), window_ms), breakdown)| Sample { stall: log.max_gap_between(a, b), window_ms, session, breakdown })
+        .collect()
 }
 
 fn bench_db<D>(
@@ -221,5 +271,28 @@ fn main() {
             base,
             PAUSE_BETWEEN.as_millis() - 50
         );
+    }
+    println!("\nwhere a plugin's hold goes (medians, ms): lock/pause taken → snapshot command start → its end → release (server clock vs `date`)");
+    println!(
+        "{:<10} {:<30} {:>8} {:>12} {:>9} {:>12} {:>9} {:>8} {:>8}",
+        "database", "method", "held", "→snapshot", "snapshot", "→release", "syncfs", "pre", "post"
+    );
+    for (rows, _) in &all {
+        for r in rows {
+            let Some(held) = r.part(|b| b.held_ms) else { continue };
+            let p = |f: fn(&Breakdown) -> f64| r.part(f).unwrap_or(f64::NAN);
+            println!(
+                "{:<10} {:<30} {:>8.1} {:>12.1} {:>9.1} {:>12.1} {:>9.1} {:>8.1} {:>8.1}",
+                r.db,
+                r.method,
+                held,
+                p(|b| b.to_snapshot_ms),
+                p(|b| b.snapshot_ms),
+                p(|b| b.to_release_ms),
+                p(|b| b.sync_ms),
+                p(|b| b.pre_ms),
+                p(|b| b.post_ms)
+            );
+        }
     }
 }

@@ -13,20 +13,18 @@
 //!
 //! Run: `cargo bench -p quiesce-tests --bench freeze_roundtrip` (root).
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::net::UnixStream;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use quiesce::freeze::{monotonic_ns, plan, Guardian, Selection};
+use quiesce_tests::bench::{ioctl_one, open_dir, pct, FIFREEZE, FITHAW};
+use quiesce_tests::qga::{self, Mountpoints, QemuGa};
 use quiesce_tests::{Fs, LoopMount, Scratch};
 
 const WARMUP: usize = 5;
 const ROUNDS: usize = 50;
-const FIFREEZE: libc::c_ulong = 0xC004_5877;
-const FITHAW: libc::c_ulong = 0xC004_5878;
 
 struct Row {
     name: String,
@@ -34,102 +32,9 @@ struct Row {
     note: String,
 }
 
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
-
-fn ioctl_all(fds: &[OwnedFd], req: libc::c_ulong) -> Result<(), String> {
-    for fd in fds {
-        // SAFETY: ioctl on an open directory fd with an unused int argument.
-        if unsafe { libc::ioctl(fd.as_raw_fd(), req as _, 0) } < 0 {
-            return Err(format!("ioctl {req:#x}: {}", std::io::Error::last_os_error()));
-        }
-    }
-    Ok(())
-}
-
-fn open_dir(p: &Path) -> OwnedFd {
-    std::fs::File::open(p).unwrap_or_else(|e| panic!("open {}: {e}", p.display())).into()
-}
-
 fn fsfreeze(flag: &str, p: &Path) -> Result<(), String> {
     let st = Command::new("fsfreeze").arg(flag).arg(p).status().map_err(|e| e.to_string())?;
     st.success().then_some(()).ok_or(format!("fsfreeze {flag} {}: {st}", p.display()))
-}
-
-/// A private qemu-ga: its socket, state and pid files in the scratch dir,
-/// no fsfreeze hook. Killed on drop.
-struct QemuGa {
-    child: std::process::Child,
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
-}
-
-impl QemuGa {
-    fn start(dir: &Path) -> Result<QemuGa, String> {
-        if Command::new("qemu-ga").arg("--version").output().is_err() {
-            let ok = Command::new("apt-get")
-                .args(["install", "-y", "-qq", "qemu-guest-agent"])
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
-            if !ok {
-                return Err("qemu-ga missing and `apt-get install qemu-guest-agent` failed".into());
-            }
-        }
-        let sock = dir.join("qga.sock");
-        let state = dir.join("qga-state");
-        std::fs::create_dir_all(&state).map_err(|e| e.to_string())?;
-        let child = Command::new("qemu-ga")
-            .args(["-m", "unix-listen", "-p"])
-            .arg(&sock)
-            .arg("-t")
-            .arg(&state)
-            .arg("-f")
-            .arg(dir.join("qga.pid"))
-            .arg("-l")
-            .arg(dir.join("qga.log"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("start qemu-ga: {e}"))?;
-        let t = Instant::now();
-        let stream = loop {
-            match UnixStream::connect(&sock) {
-                Ok(s) => break s,
-                Err(_) if t.elapsed() < Duration::from_secs(5) => std::thread::sleep(Duration::from_millis(20)),
-                Err(e) => return Err(format!("connect to qemu-ga: {e}")),
-            }
-        };
-        stream.set_read_timeout(Some(Duration::from_secs(30))).ok();
-        let writer = stream.try_clone().map_err(|e| e.to_string())?;
-        let mut ga = QemuGa { child, reader: BufReader::new(stream), writer };
-        ga.call(r#"{"execute":"guest-ping"}"#)?;
-        Ok(ga)
-    }
-
-    fn call(&mut self, req: &str) -> Result<String, String> {
-        self.writer.write_all(req.as_bytes()).and_then(|_| self.writer.write_all(b"\n")).map_err(|e| e.to_string())?;
-        let mut line = String::new();
-        self.reader.read_line(&mut line).map_err(|e| e.to_string())?;
-        if line.contains("\"error\"") || line.is_empty() {
-            return Err(format!("qemu-ga: {req} -> {line}"));
-        }
-        Ok(line)
-    }
-}
-
-impl Drop for QemuGa {
-    fn drop(&mut self) {
-        let _ = self.call(r#"{"execute":"guest-fsfreeze-thaw"}"#);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn main() {
@@ -148,16 +53,14 @@ fn main() {
     let fds: Vec<OwnedFd> = order.iter().map(|p| open_dir(p)).collect();
     let rev: Vec<OwnedFd> = fds.iter().rev().map(|f| f.try_clone().unwrap()).collect();
     let mut warm = Guardian::start(&plan, max, &[]).expect("guardian");
-    let mut ga = match QemuGa::start(&s.path) {
-        Ok(ga) => Some(ga),
-        Err(e) => {
-            unavailable.push(("qemu-ga".into(), e));
-            None
-        }
+    let mut ga = if qga::available() {
+        Some(QemuGa::start(&s.path, None, &[]))
+    } else {
+        unavailable.push(("qemu-ga".into(), "not installed (Debian package qemu-guest-agent)".into()));
+        None
     };
-    let list = serde_json::to_string(&order.iter().map(|p| p.display().to_string()).collect::<Vec<_>>()).unwrap();
-    let ga_freeze = format!(r#"{{"execute":"guest-fsfreeze-freeze-list","arguments":{{"mountpoints":{list}}}}}"#);
-    let mut ga_count = String::new();
+    let ga_mounts = Mountpoints::new(&order.iter().map(PathBuf::as_path).collect::<Vec<_>>());
+    let mut ga_count = 0;
 
     let names = [
         "bare ioctls (floor)",
@@ -193,7 +96,7 @@ fn main() {
                     for (set, req) in [(&fds, FIFREEZE), (&rev, FITHAW)] {
                         for fd in set {
                             let k = Instant::now();
-                            ioctl_all(std::slice::from_ref(fd), req).expect("floor ioctl");
+                            ioctl_one(fd, req).expect("floor ioctl");
                             in_kernel += k.elapsed();
                         }
                     }
@@ -250,14 +153,14 @@ fn main() {
                     // (d) the QEMU guest agent.
                     if let Some(agent) = ga.as_mut() {
                         let t = Instant::now();
-                        let r = agent.call(&ga_freeze).and_then(|c| {
+                        let r = agent.freeze_list(&ga_mounts).and_then(|c| {
                             ga_count = c;
-                            agent.call(r#"{"execute":"guest-fsfreeze-thaw"}"#)
+                            agent.thaw()
                         });
                         match r {
                             Ok(_) => put(5, t.elapsed()),
                             Err(e) => {
-                                unavailable.push(("qemu-ga".into(), e));
+                                unavailable.push(("qemu-ga".into(), e.to_string()));
                                 ga = None;
                             }
                         }
@@ -277,11 +180,8 @@ fn main() {
         }
         v.sort();
         let mut note = String::new();
-        if i == 5 {
-            let n: String = ga_count.chars().filter(char::is_ascii_digit).collect();
-            if n != "3" {
-                note = format!("froze only {n} of 3");
-            }
+        if i == 5 && ga_count != 3 {
+            note = format!("froze only {ga_count} of 3");
         }
         rows.push(Row { name: name.to_string(), samples: v, note });
     }

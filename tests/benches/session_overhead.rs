@@ -16,20 +16,10 @@ use std::time::{Duration, Instant};
 use quiesce::interrupt::Interrupt;
 use quiesce::rundir::RunDir;
 use quiesce::session::{load_config, Session, SessionOptions};
-use quiesce::snapshot::SnapshotProvider;
+use quiesce_tests::bench::InstantSnapshot;
 use quiesce_tests::*;
 
 const ROUNDS: usize = 40;
-
-struct NoOp;
-impl SnapshotProvider for NoOp {
-    fn describe(&self) -> String {
-        "no-op".into()
-    }
-    fn take<'a>(&'a self, _: &'a quiesce::snapshot::SnapshotContext) -> quiesce::snapshot::TakeFuture<'a> {
-        Box::pin(async { Ok(quiesce::snapshot::Made::new(quiesce::snapshot::ProviderKind::External, Vec::new(), Vec::new())) })
-    }
-}
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -74,7 +64,7 @@ fn main() {
             run_dir: Some(RunDir::new(s.join("run"))),
             mounts,
             max_freeze: None,
-            provider: Some(Box::new(NoOp)),
+            provider: Some(Box::new(InstantSnapshot)),
             ..Default::default()
         };
         let session = Session::prepare(load_config(Some(config)), opts).unwrap();

@@ -6,6 +6,7 @@
 //! unmounts and detaches what the test created.
 
 pub mod blocks;
+pub mod bench;
 pub mod db;
 pub mod faults;
 pub mod legacy;
@@ -511,3 +512,5 @@ pub fn setsid_sleeper(pidfile: &Path) -> String {
 
 pub mod judge;
 pub mod plugins;
+pub mod qga;
+pub mod svc;

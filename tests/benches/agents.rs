@@ -1,0 +1,284 @@
+//! Every way an agent can get three idle loop mounts frozen and thawed around
+//! a snapshot, side by side in one run (issue 10's figures):
+//!
+//! - floor: bare FIFREEZE×3 / FITHAW×3 from this process;
+//! - the QEMU guest agent over its socket: `guest-fsfreeze-freeze-list` +
+//!   `guest-fsfreeze-thaw`, no hook, a no-op shell hook, and the shipped
+//!   quiesce hook (`integrations/qemu-ga/fsfreeze-hook` → `quiesce
+//!   fsfreeze-hook` → the service with one no-op WASM plugin);
+//! - the quiesce service: `begin` (native freeze) + `end` over its socket
+//!   with one no-op WASM plugin (`plugins/examples/noop`), the plugin's own
+//!   pre+post time from the report (a warm call), and the report's freeze
+//!   window;
+//! - one-shot `quiesce snapshot` (process start to exit, `--snapshot-cmd
+//!   true`) with no hooks and with the no-op plugin (cached);
+//! - the report's freeze window of an in-process session with an instant
+//!   snapshot, against the floor.
+//!
+//! Methods take turns round by round so they share the machine's drift.
+//! Then the service's RSS and open fds across 1 000 begin+end sessions.
+//!
+//! Run: `cargo bench -p quiesce-tests --bench agents` (root). Not a test: it
+//! asserts nothing about time.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use quiesce::interrupt::Interrupt;
+use quiesce::rundir::RunDir;
+use quiesce::session::{load_config, Session, SessionOptions};
+use quiesce_tests::bench::{median, ms, Floor, InstantSnapshot};
+use quiesce_tests::plugins::install_plugin;
+use quiesce_tests::qga::{self, Mountpoints, QemuGa};
+use quiesce_tests::service::Service;
+use quiesce_tests::svc::{ok, rss_fds};
+use quiesce_tests::*;
+use serde_json::json;
+
+const WARMUP: usize = 5;
+const ROUNDS: usize = 40;
+const SOAK_SESSIONS: usize = 1000;
+
+#[derive(Default)]
+struct Col {
+    name: &'static str,
+    v: Vec<Duration>,
+}
+
+fn service_available() -> bool {
+    quiesce_bin_help().contains("serve")
+}
+
+fn quiesce_bin_help() -> String {
+    std::process::Command::new(quiesce_bin())
+        .arg("--help")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+fn native_config(s: &Scratch, name: &str, plugin: Option<&Path>) -> PathBuf {
+    let hook = plugin.map(|p| format!("\n[[hook]]\nname = \"noop\"\nplugin = \"{}\"\n", p.display())).unwrap_or_default();
+    s.config(name, &format!("[freeze]\nenabled = true\nmax_freeze_secs = 30\n{hook}"))
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    quiesce::logging::gate().set_stderr(false);
+    let s = Scratch::new("bench-agents");
+    let mounts = [LoopMount::new(&s.path, "e", Fs::Ext4), LoopMount::new(&s.path, "x", Fs::Xfs), LoopMount::new(&s.path, "b", Fs::Btrfs)];
+    let paths: Vec<&Path> = mounts.iter().map(|m| m.path()).collect();
+    let plan =
+        quiesce::freeze::plan(&quiesce::freeze::Selection { mounts: paths.iter().map(|p| p.to_path_buf()).collect(), exclude: vec![] })
+            .expect("plan");
+    let order: Vec<&Path> = plan.targets.iter().map(|t| t.path.as_path()).collect();
+    let floor = Floor::new(&order);
+    let qga_mounts = Mountpoints::new(&order);
+
+    let noop = install_plugin(&s, "noop");
+    let bare = native_config(&s, "bare.toml", None);
+    let with_plugin = native_config(&s, "noop.toml", Some(&noop));
+    let noop_hook = s.script("noop-hook", "#!/bin/sh\nexit 0\n");
+
+    let service = service_available().then(|| Service::start(&s, &with_plugin));
+    let mut client = service.as_ref().map(Service::connect);
+    let have_qga = qga::available();
+    let qga_dir = |name: &str| {
+        let d = s.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    };
+    let mut ga_plain = have_qga.then(|| QemuGa::start(&qga_dir("qga-plain"), None, &[]));
+    let mut ga_shell = have_qga.then(|| QemuGa::start(&qga_dir("qga-shell"), Some(&noop_hook), &[]));
+    let mut ga_quiesce = match (&service, have_qga) {
+        (Some(svc), true) => Some(QemuGa::with_quiesce_hook(&qga_dir("qga-quiesce"), &svc.socket)),
+        _ => None,
+    };
+
+    let one_shot = |config: &Path| {
+        let mut cmd = quiesce(&s);
+        cmd.env("QUIESCE_CACHE_DIR", s.join("cache-oneshot"))
+            .env("QUIESCE_STATE_DIR", s.join("state"))
+            .args(["snapshot", "--snapshot-cmd", "true", "--config"])
+            .arg(config);
+        for p in &paths {
+            cmd.arg("--mount").arg(p);
+        }
+        let out = cmd.output().expect("quiesce snapshot");
+        // 3 without hooks: file-system consistent is all a bare freeze can claim.
+        assert!(matches!(out.status.code(), Some(0 | 3)), "{:?}: {}", out.status, String::from_utf8_lossy(&out.stderr));
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let in_process = |config: &Path| {
+        let opts = SessionOptions {
+            run_dir: Some(RunDir::new(s.join("run-lib"))),
+            mounts: paths.iter().map(|p| p.to_path_buf()).collect(),
+            provider: Some(Box::new(InstantSnapshot)),
+            cache_dir: Some(s.join("cache-lib")),
+            state_dir: Some(s.join("state-lib")),
+            ..Default::default()
+        };
+        let session = Session::prepare(load_config(Some(config)), opts).expect("prepare");
+        let report = rt.block_on(session.run(Interrupt::never()));
+        assert!(report.snapshot_taken && report.errors.is_empty(), "{:?}", report.errors);
+        report
+    };
+    let mounts_json: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+
+    let mut cols: Vec<Col> = [
+        "floor: FIFREEZE×3 + FITHAW×3",
+        "qemu-ga freeze-list+thaw, no hook",
+        "qemu-ga freeze-list+thaw, no-op shell hook",
+        "qemu-ga freeze-list+thaw, quiesce hook (service, no-op plugin)",
+        "quiesce begin+end (socket, native freeze, no-op plugin)",
+        "one-shot `quiesce snapshot`, no hooks",
+        "one-shot `quiesce snapshot`, no-op plugin (cached)",
+    ]
+    .into_iter()
+    .map(|name| Col { name, v: Vec::new() })
+    .collect();
+    let mut plugin_calls = Vec::new();
+    let mut svc_windows = Vec::new();
+    let mut lib_windows = Vec::new();
+    let mut lib_windows_plugin = Vec::new();
+    let mut floor_samples = Vec::new();
+
+    for round in 0..WARMUP + ROUNDS {
+        let keep = round >= WARMUP;
+        for turn in 0..9 {
+            let t = Instant::now();
+            let col = match (turn + round) % 9 {
+                0 => {
+                    let (d, _) = floor.round();
+                    if keep {
+                        floor_samples.push(d);
+                    }
+                    0
+                }
+                i @ 1..=3 => {
+                    let ga = [&mut ga_plain, &mut ga_shell, &mut ga_quiesce][i - 1].as_mut();
+                    let Some(ga) = ga else { continue };
+                    let n = ga.freeze_list(&qga_mounts).unwrap_or_else(|e| panic!("qemu-ga freeze: {e}"));
+                    assert_eq!(n, 3, "qemu-ga froze {n} of 3");
+                    ga.thaw().unwrap_or_else(|e| panic!("qemu-ga thaw: {e}"));
+                    i
+                }
+                4 => {
+                    let Some(c) = client.as_mut() else { continue };
+                    let b = ok(c, "begin", json!({"freeze": "native", "mounts": mounts_json}));
+                    assert_eq!(b["proceed"], true, "{b}");
+                    let e = ok(c, "end", json!({"session_id": b["session_id"]}));
+                    let d = t.elapsed();
+                    if keep {
+                        let report = &e["report"];
+                        svc_windows.push(report["freeze"]["window_ms"].as_f64().unwrap_or(f64::NAN));
+                        let hook_ms: f64 = report["hooks"]
+                            .as_array()
+                            .map(|h| h.iter().filter_map(|h| h["duration_ms"].as_f64()).sum())
+                            .unwrap_or(f64::NAN);
+                        plugin_calls.push(hook_ms);
+                        cols[4].v.push(d);
+                    }
+                    continue;
+                }
+                5 => {
+                    one_shot(&bare);
+                    5
+                }
+                6 => {
+                    one_shot(&with_plugin);
+                    6
+                }
+                7 => {
+                    let r = in_process(&bare);
+                    if keep {
+                        lib_windows.push(r.freeze.window_ms.unwrap_or(f64::NAN));
+                    }
+                    continue;
+                }
+                8 => {
+                    let r = in_process(&with_plugin);
+                    if keep {
+                        lib_windows_plugin.push(r.freeze.window_ms.unwrap_or(f64::NAN));
+                    }
+                    continue;
+                }
+                _ => unreachable!(),
+            };
+            if keep {
+                cols[col].v.push(if col == 0 { floor_samples[floor_samples.len() - 1] } else { t.elapsed() });
+            }
+        }
+    }
+    drop((ga_plain, ga_shell, ga_quiesce));
+
+    let med = |c: &Col| (!c.v.is_empty()).then(|| median(c.v.clone()));
+    let floor_ms = ms(median(floor_samples.clone()));
+    let ga_plain_ms = med(&cols[1]).map(ms);
+    println!("\nthree idle loop mounts (ext4, xfs, btrfs), median of {ROUNDS} rounds after {WARMUP} warm-up");
+    println!("| method | median ms | × floor | × qemu-ga (no hook) |");
+    println!("|---|---:|---:|---:|");
+    for c in &cols {
+        match med(c) {
+            Some(d) => println!(
+                "| {} | {:.3} | {:.2} | {} |",
+                c.name,
+                ms(d),
+                ms(d) / floor_ms,
+                ga_plain_ms.map(|g| format!("{:.2}", ms(d) / g)).unwrap_or_else(|| "-".into())
+            ),
+            None => println!("| {} | unavailable | | |", c.name),
+        }
+    }
+    let fmed = |mut v: Vec<f64>| {
+        if v.is_empty() {
+            return f64::NAN;
+        }
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let one = |i: usize| med(&cols[i]).map(ms).unwrap_or(f64::NAN);
+    println!("| one-shot: what the cached no-op plugin adds | {:.3} | | |", one(6) - one(5));
+    println!("| warm no-op plugin pre+post inside the service (report's hook durations) | {:.3} | | |", fmed(plugin_calls.clone()));
+    println!(
+        "| freeze window, in-process session, instant snapshot, no hooks | {:.3} | {:.2} | |",
+        fmed(lib_windows.clone()),
+        fmed(lib_windows.clone()) / floor_ms
+    );
+    println!(
+        "| freeze window, in-process session, instant snapshot, no-op plugin | {:.3} | {:.2} | |",
+        fmed(lib_windows_plugin.clone()),
+        fmed(lib_windows_plugin.clone()) / floor_ms
+    );
+    println!(
+        "| freeze window, service begin+end (includes the client's round trip between them) | {:.3} | {:.2} | |",
+        fmed(svc_windows.clone()),
+        fmed(svc_windows.clone()) / floor_ms
+    );
+
+    // RSS and open fds of the service across many sessions.
+    if let (Some(svc), Some(c)) = (&service, client.as_mut()) {
+        let mut marks = Vec::new();
+        let t = Instant::now();
+        for i in 0..=SOAK_SESSIONS {
+            if i % 250 == 0 {
+                marks.push((i, rss_fds(svc.pid())));
+            }
+            if i == SOAK_SESSIONS {
+                break;
+            }
+            let b = ok(c, "begin", json!({"freeze": "native", "mounts": mounts_json}));
+            ok(c, "end", json!({"session_id": b["session_id"]}));
+        }
+        println!("\nservice across {SOAK_SESSIONS} begin+end sessions ({:.1} s): sessions → RSS kB, open fds", t.elapsed().as_secs_f64());
+        for (i, (rss, fds)) in &marks {
+            println!("  {i:>5} → {rss} kB, {fds} fds");
+        }
+    } else {
+        println!("\n(quiesce serve not available in this build: service rows skipped)");
+    }
+    drop(client);
+    drop(service);
+}
