@@ -397,7 +397,7 @@ fn a_point_that_cannot_be_recorded_is_an_error_and_the_label_stands() {
 /// The two-phase flow records its point where every session ends: the id
 /// an agent passes to `end` is the point's snapshot id.
 #[test]
-fn a_two_phase_session_records_the_agents_snapshot_id_and_begin_respects_max_points() {
+fn a_two_phase_session_records_the_agents_snapshot_id_and_a_full_catalog_forgets_the_oldest_agent_record() {
     let m = quiesce_tests::MountedScratch::new("pt-2phase");
     let cfg = m.s.config("quiesce.toml", "[freeze]\nmax_freeze_secs = 30\n\n[points]\nmax_points = 1\n");
     let svc = quiesce_tests::service::Service::start(&m.s, &cfg);
@@ -422,10 +422,18 @@ fn a_two_phase_session_records_the_agents_snapshot_id_and_begin_respects_max_poi
     assert_eq!(shown["snapshot_ids"], serde_json::json!(["snap-0007"]));
     assert_eq!(shown["mounts"], serde_json::json!([m.mnt.path().display().to_string()]));
 
-    // The catalog is full: the next begin is refused before its pre hooks or any freeze.
-    let (_, refused, err) = begin();
-    let text = format!("{refused} {err}");
-    assert!(text.contains("RpCollectionLimitReached"), "{text}");
+    // The catalog is full, but of a snapshot quiesce cannot delete (the
+    // agent's own): the next begin forgets that record (the snapshot is
+    // untouched) instead of stopping the machine's backups.
+    let (code, begun2, err) = begin();
+    assert_eq!(code, Some(0), "{begun2} {err}");
+    let id2 = begun2["session_id"].as_str().unwrap().to_string();
+    let mut cmd = svc.cmd(&m.s);
+    cmd.args(["end", "--json", &id2]).stdin(Stdio::null());
+    let reply: Value = serde_json::from_slice(&cmd.output().unwrap().stdout).unwrap();
+    assert_eq!(reply["report"]["point"], id2.as_str(), "{reply}");
+    let warned = reply["report"]["warnings"].to_string();
+    assert!(warned.contains(&format!("recovery point {id} forgotten")), "{warned}");
     assert!(!is_frozen(m.mnt.path()));
 }
 

@@ -137,6 +137,9 @@ pub fn check_room(state_dir: &Path, settings: &Settings, takes_snapshot: bool, w
             Err(e) => warnings.push(format!("automatic clean-up of recovery points failed: {e}")),
         }
     }
+    if held >= max {
+        held = held.saturating_sub(forget_undeletable(&catalog, held + 1 - max, warnings));
+    }
     if held < max {
         return Ok(());
     }
@@ -154,6 +157,34 @@ pub fn check_room(state_dir: &Path, settings: &Settings, takes_snapshot: bool, w
             catalog.dir().display()
         ),
     })
+}
+
+/// Makes room by forgetting the records of the oldest points whose snapshot
+/// quiesce cannot delete anyway (an agent's own snapshot, a snapshot command
+/// without `delete_command`): nothing on disk or in a cloud changes, and a
+/// full catalog of such records must not stop the next backup (a qemu-ga or
+/// Velero driven machine would stop being quiesced after `max_points`
+/// snapshots). Points quiesce manages are never dropped here: only the
+/// retention policy deletes them. Returns how many records it dropped.
+fn forget_undeletable(catalog: &Catalog, wanted: usize, warnings: &mut Vec<String>) -> usize {
+    let Ok(listing) = catalog.list() else { return 0 };
+    let mut unmanaged: Vec<&Point> = listing.points.iter().filter(|p| !p.made.as_ref().is_some_and(|m| m.deletable())).collect();
+    unmanaged.sort_by_key(|p| p.unix_ms);
+    let mut forgotten = 0;
+    for p in unmanaged.into_iter().take(wanted) {
+        match catalog.remove(&p.id) {
+            Ok(()) => {
+                forgotten += 1;
+                warnings.push(format!(
+                    "recovery point {} forgotten to stay within max_points: its snapshot ({}) is not quiesce's to delete and is untouched",
+                    p.id,
+                    delete::describe_made(p)
+                ));
+            }
+            Err(e) => warnings.push(format!("cannot forget recovery point {} to make room: {e}", p.id)),
+        }
+    }
+    forgotten
 }
 
 /// Runs a provider's (blocking) delete off the async runtime's thread.

@@ -120,6 +120,17 @@ pub struct Made {
 }
 
 impl Made {
+    /// Whether quiesce can delete what this made ([`delete`] has a step for
+    /// it): reflink and btrfs always; a command or cloud snapshot only with
+    /// its delete template; an agent's own snapshot never.
+    pub fn deletable(&self) -> bool {
+        match self.provider {
+            ProviderKind::Reflink | ProviderKind::Btrfs => true,
+            ProviderKind::Command | ProviderKind::Azure | ProviderKind::Aws | ProviderKind::Gcp => self.delete.is_some(),
+            ProviderKind::External => false,
+        }
+    }
+
     /// A record with only the kind and what it names.
     pub fn new(provider: ProviderKind, ids: Vec<String>, paths: Vec<PathBuf>) -> Made {
         Made { provider, ids, paths, source: None, generation: None, delete: None, restore: None, finalize: None }
