@@ -93,6 +93,27 @@ impl SnapshotRig {
         cmd
     }
 
+    /// Whether the point is an agent's snapshot (a two-phase session driven
+    /// by qemu-ga or another agent that took the snapshot itself): its record
+    /// names nothing quiesce made, so only the agent can restore it.
+    fn agent_took(&self, id: &str) -> bool {
+        let out = self.points().args(["show", id, "--json"]).output().expect("quiesce points show");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("points show --json");
+        v.get("made").is_none_or(|m| m.is_null())
+    }
+
+    /// What the agent's own restore does here: a clone of the image it cloned, loop-mounted.
+    fn restore_agents_clone(&self, img: &Path, mp: &Path) -> LoopMount {
+        let ok = Command::new("cp").arg("--reflink=always").arg(self.snap_image()).arg(img).status().expect("cp");
+        assert!(ok.success(), "cloning the agent's snapshot {}", self.snap_image().display());
+        std::fs::create_dir_all(mp).unwrap();
+        let ok = Command::new("mount").args(["-o", "loop"]).arg(img).arg(mp).status().expect("mount");
+        let mount = LoopMount { image: img.to_path_buf(), mountpoint: mp.to_path_buf(), fs: Fs::Ext4 };
+        assert!(ok.success(), "mounting the agent's snapshot {}", img.display());
+        allow_traverse(mp);
+        mount
+    }
+
     /// `quiesce points restore POINT --to <outer>/<name>.img --mount-at <dir>/<name>`:
     /// a clone of the point's image (the command that took it has no restore
     /// step, so the restore says how), loop-mounted, artifacts put in place.
@@ -100,6 +121,9 @@ impl SnapshotRig {
         let id = self.latest_point();
         let img = self.outer.mountpoint.join(format!("{name}.img"));
         let mp = self.dir.join(name);
+        if self.agent_took(&id) {
+            return self.restore_agents_clone(&img, &mp);
+        }
         let out = self
             .points()
             .args(["restore", &id, "--to"])
