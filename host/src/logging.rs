@@ -33,6 +33,8 @@ pub const HELD_CAP: usize = 4 << 20;
 
 struct Sinks {
     stderr: bool,
+    /// stderr is journald's stream: the gate's own lines get a `<N>` there too.
+    journal: bool,
     file: Option<File>,
     /// Some while held: records waiting for the thaw.
     held: Option<Held>,
@@ -70,7 +72,7 @@ pub struct LogGate {
 static GATE: OnceLock<LogGate> = OnceLock::new();
 
 pub fn gate() -> &'static LogGate {
-    GATE.get_or_init(|| LogGate { sinks: Mutex::new(Sinks { stderr: true, file: None, held: None }) })
+    GATE.get_or_init(|| LogGate { sinks: Mutex::new(Sinks { stderr: true, journal: false, file: None, held: None }) })
 }
 
 impl LogGate {
@@ -120,7 +122,12 @@ impl LogGate {
                 d.bytes,
                 HELD_CAP >> 20
             );
-            s.write_out(Sink::Both, line.as_bytes());
+            if s.journal {
+                s.write_out(Sink::File, line.as_bytes());
+                s.write_out(Sink::Stderr, &with_priority(priority(tracing::Level::WARN), line.as_bytes()));
+            } else {
+                s.write_out(Sink::Both, line.as_bytes());
+            }
         }
         d
     }
@@ -236,7 +243,9 @@ pub fn init(log_file: Option<PathBuf>, verbose: bool) {
     use tracing_subscriber::util::SubscriberInitExt;
     let level = if verbose { tracing::Level::DEBUG } else { tracing::Level::INFO };
     let filter = tracing_subscriber::filter::LevelFilter::from_level(level);
-    let _ = if stderr_is_journal() {
+    let journal = stderr_is_journal();
+    gate().sinks().journal = journal;
+    let _ = if journal {
         let journal = GatedWriter { sink: Sink::Stderr, priority: Some(priority(tracing::Level::INFO)) };
         let file = GatedWriter { sink: Sink::File, priority: None };
         tracing_subscriber::registry()

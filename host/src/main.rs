@@ -343,12 +343,8 @@ fn run_status(args: StatusArgs) -> ExitCode {
             println!("session {} running (pid {}), phase {}", s.session_id, s.pid, s.phase);
             if let Some(since) = s.frozen_since_unix_ms {
                 let ago = quiesce::rundir::unix_ms().saturating_sub(since) as f64 / 1e3;
-                println!(
-                    "froze {} mount(s) {ago:.1} s ago (guardian pid {:?}, thaws by itself after {} s)",
-                    s.frozen.len(),
-                    s.guardian_pid,
-                    s.max_freeze_s
-                );
+                let guardian = s.guardian_pid.map(|p| format!("guardian pid {p}")).unwrap_or_else(|| "guardian pid not known".into());
+                println!("froze {} mount(s) {ago:.1} s ago ({guardian}, thaws by itself after {} s)", s.frozen.len(), s.max_freeze_s);
             }
         }
         None if st.session_running => println!("a session is running"),

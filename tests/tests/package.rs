@@ -147,16 +147,19 @@ fn package_installs_checks_an_example_and_purges_to_nothing() {
     let help = stdout(&run(quiesce().arg("--help")));
     assert!(help.contains("snapshot") && help.contains("check"), "{help}");
     assert!(!help.contains("generate-docs"), "the packaging subcommand is hidden: {help}");
-    let example = "/usr/share/doc/quiesce/examples/postgres.toml";
-    let out = quiesce().args(["check", "--json", "--config", example, "--mount"]).arg(s.mnt.path()).output().expect("quiesce check");
+    // As an admin would: the example copied to the default config path, root's, 0600.
+    let config = "/etc/quiesce/quiesce.toml";
+    run(Command::new("install").args(["-m", "0600", "/usr/share/doc/quiesce/examples/postgres.toml", config]));
+    let out = quiesce().args(["check", "--json", "--mount"]).arg(s.mnt.path()).output().expect("quiesce check");
     let report: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("check --json: {e}\n{}\n{}", stdout(&out), String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(report["config"], config, "the default config path: {report:#}");
     let hook = &report["hooks"][0];
     assert_eq!(hook["name"], "postgres", "{report:#}");
     assert_eq!(hook["plugin"]["status"], "ok", "the installed plugin loads: {report:#}");
     assert_eq!(hook["plugin"]["not_granted"], serde_json::json!([]), "the example grants what the plugin needs: {report:#}");
     assert_eq!(report["freeze"]["targets"][0]["path"], s.mnt.path().display().to_string(), "{report:#}");
-    let text = stdout(&quiesce().args(["check", "--config", example, "--mount"]).arg(s.mnt.path()).output().expect("quiesce check"));
+    let text = stdout(&quiesce().args(["check", "--mount"]).arg(s.mnt.path()).output().expect("quiesce check"));
     assert!(text.contains("plugin /usr/lib/quiesce/plugins/postgres.wasm: ok"), "{text}");
     assert!(Path::new("/var/cache/quiesce/plugins").is_dir(), "check ran with the installed defaults (plugin cache)");
 
