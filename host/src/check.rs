@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::config::{Config, ConfigError, HookSpec, OnFailure, ScriptAction};
 use crate::freeze::{Skipped, Target};
-use crate::hooks::wasm::{CheckRun, Grants, Severity, WasmEngine, WitVersion};
+use crate::hooks::wasm::{CheckRun, Grant, Grants, ParamDoc, Severity, WasmEngine, WitVersion};
 use crate::report::{ErrorCode, Phase, ReportError};
 use crate::session::{config_error_code, ReadyHook, Session, SessionOptions};
 use crate::snapshot::ShellCommand;
@@ -48,6 +48,10 @@ pub struct PluginCheck {
     pub granted: Vec<String>,
     /// Requested but not granted: calls needing them will be refused (`GrantDenied`).
     pub not_granted: Vec<String>,
+    /// Requested only as the default of a parameter this config sets to
+    /// something else (the plugin will not use them): neither a problem nor
+    /// a reason to grant them.
+    pub default_only: Vec<DefaultGrant>,
     /// Granted paths under directories that are not root's alone (warnings, not problems).
     pub grant_warnings: Vec<String>,
     /// The version of `quiesce:plugin` it speaks (None when it did not load).
@@ -67,6 +71,14 @@ pub struct HookPluginCheck {
     /// plugin's check found something that will fail).
     pub problems: Vec<Problem>,
     pub warnings: Vec<String>,
+}
+
+/// A grant the plugin asks for as its parameter's default, which the config overrides.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct DefaultGrant {
+    pub grant: String,
+    pub param: String,
+    pub configured: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -205,6 +217,40 @@ fn check_problems(hook: &str, run: &CheckRun) -> Vec<Problem> {
     out
 }
 
+/// What the plugin will need under this config's parameters. Plugins ask
+/// (in `describe`) for the grants their defaults need — lockd and the
+/// database plugins ask for their default `target`. A config that sets that
+/// parameter to another value makes the default's grant useless (reporting it
+/// as missing would tell the admin to widen the sandbox for nothing) and
+/// needs the configured value's grant instead. Returns (needed, default-only).
+fn grants_needed(requested: &[String], params: &[ParamDoc], configured: &[(String, String)]) -> (Vec<String>, Vec<DefaultGrant>) {
+    let mut needed = Vec::new();
+    let mut default_only = Vec::new();
+    for r in requested {
+        let overridden = params.iter().find_map(|p| {
+            let default = p.default.as_deref()?;
+            let is_default_grant = r == default || r.split_once(':').is_some_and(|(_, rest)| rest == default);
+            let value = configured.iter().find(|(k, _)| *k == p.name).map(|(_, v)| v)?;
+            (is_default_grant && value != default).then_some((p, value))
+        });
+        match overridden {
+            Some((p, value)) => {
+                default_only.push(DefaultGrant { grant: r.clone(), param: p.name.clone(), configured: value.clone() });
+                // The configured value stands in for the default: a grant
+                // itself (`target = "tcp:..."`), or a path of the same kind.
+                let kind = r.split_once(':').map(|(k, _)| k).unwrap_or("");
+                let replacement = if value.parse::<Grant>().is_ok() { value.clone() } else { format!("{kind}:{value}") };
+                if !needed.contains(&replacement) {
+                    needed.push(replacement);
+                }
+            }
+            None if !needed.contains(r) => needed.push(r.clone()),
+            None => {}
+        }
+    }
+    (needed, default_only)
+}
+
 async fn hook_check(h: &ReadyHook, check_id: &str, warnings: &mut Vec<String>, problems: &mut Vec<Problem>) -> HookCheck {
     let spec: &HookSpec = &h.spec;
     let refused = h.refused();
@@ -236,6 +282,7 @@ async fn hook_check(h: &ReadyHook, check_id: &str, warnings: &mut Vec<String>, p
                 requested_grants: Vec::new(),
                 granted: action.grants.clone(),
                 not_granted: Vec::new(),
+                default_only: Vec::new(),
                 grant_warnings: Vec::new(),
                 wit_version: h.plugin().map(|p| p.wit_version()),
                 check: None,
@@ -244,7 +291,9 @@ async fn hook_check(h: &ReadyHook, check_id: &str, warnings: &mut Vec<String>, p
                 (Some(e), _) => check.status = format!("{}: {}", e.code.as_str(), e.message),
                 (None, Some(p)) => match (p.describe().await, Grants::parse(&action.grants)) {
                     (Ok(info), Ok(grants)) => {
-                        check.not_granted = grants.missing(&info.grants).into_iter().map(String::from).collect();
+                        let (needed, default_only) = grants_needed(&info.grants, &info.params, &action.params);
+                        check.not_granted = grants.missing(&needed).into_iter().map(String::from).collect();
+                        check.default_only = default_only;
                         check.grant_warnings = grants.untrusted_ancestors();
                         check.requested_grants = info.grants;
                     }
@@ -271,5 +320,31 @@ async fn hook_check(h: &ReadyHook, check_id: &str, warnings: &mut Vec<String>, p
         plugin,
         timeout_s: spec.timeout.as_secs(),
         on_failure: spec.on_failure,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn param(name: &str, default: &str) -> ParamDoc {
+        ParamDoc { name: name.into(), description: String::new(), required: false, default: Some(default.into()) }
+    }
+
+    #[test]
+    fn a_grant_requested_for_an_overridden_default_is_not_needed_but_the_configured_one_is() {
+        let requested = vec!["tcp:127.0.0.1:7000".to_string(), "file:/etc/quiesce/secrets/pg".to_string()];
+        let params = [param("target", "tcp:127.0.0.1:7000"), param("password_file", "/etc/quiesce/secrets/pg")];
+        // Nothing configured: the defaults are what the plugin will use.
+        assert_eq!(grants_needed(&requested, &params, &[]), (requested.clone(), vec![]));
+        // Configured to the default's value: still needed.
+        let same = [("target".to_string(), "tcp:127.0.0.1:7000".to_string())];
+        assert_eq!(grants_needed(&requested, &params, &same).0, requested);
+        // Overridden: the default is not needed, the configured value is.
+        let set = [("target".to_string(), "tcp:127.0.0.1:40000".to_string()), ("password_file".to_string(), "/root/pg.pw".to_string())];
+        let (needed, default_only) = grants_needed(&requested, &params, &set);
+        assert_eq!(needed, ["tcp:127.0.0.1:40000", "file:/root/pg.pw"]);
+        assert_eq!(default_only.len(), 2);
+        assert_eq!(default_only[0], DefaultGrant { grant: requested[0].clone(), param: "target".into(), configured: set[0].1.clone() });
     }
 }

@@ -10,6 +10,12 @@
 //! floods its output while frozen (and a hung one, issue 8) must not grow
 //! the host's memory without bound. Records past the cap are dropped and
 //! counted; release writes one line saying how many.
+//!
+//! Under systemd, stderr is a stream to journald (`JOURNAL_STREAM` names its
+//! device and inode). journald stamps every line itself and takes the
+//! priority from a `<N>` prefix (sd-daemon.h), so there stderr lines carry
+//! that prefix and no timestamp or level text of their own; the support log
+//! file keeps its full lines either way.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -27,13 +33,27 @@ pub const HELD_CAP: usize = 4 << 20;
 
 struct Sinks {
     stderr: bool,
+    /// stderr is journald's stream: the gate's own lines get a `<N>` there too.
+    journal: bool,
     file: Option<File>,
     /// Some while held: records waiting for the thaw.
     held: Option<Held>,
 }
 
+/// Where a record goes: both sinks get the same line, unless stderr is
+/// journald's and gets its own.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Sink {
+    #[default]
+    Both,
+    Stderr,
+    File,
+}
+
 struct Held {
     buf: Vec<u8>,
+    /// Which sink each record in `buf` is for, and its length, in order.
+    records: Vec<(Sink, usize)>,
     dropped: Dropped,
 }
 
@@ -52,7 +72,7 @@ pub struct LogGate {
 static GATE: OnceLock<LogGate> = OnceLock::new();
 
 pub fn gate() -> &'static LogGate {
-    GATE.get_or_init(|| LogGate { sinks: Mutex::new(Sinks { stderr: true, file: None, held: None }) })
+    GATE.get_or_init(|| LogGate { sinks: Mutex::new(Sinks { stderr: true, journal: false, file: None, held: None }) })
 }
 
 impl LogGate {
@@ -79,7 +99,7 @@ impl LogGate {
     pub fn hold(&self) {
         let mut s = self.sinks();
         if s.held.is_none() {
-            s.held = Some(Held { buf: Vec::with_capacity(16 * 1024), dropped: Dropped::default() });
+            s.held = Some(Held { buf: Vec::with_capacity(16 * 1024), records: Vec::new(), dropped: Dropped::default() });
         }
     }
 
@@ -88,7 +108,12 @@ impl LogGate {
     pub fn release(&self) -> Dropped {
         let mut s = self.sinks();
         let Some(held) = s.held.take() else { return Dropped::default() };
-        s.write_out(&held.buf);
+        let mut rest = held.buf.as_slice();
+        for &(sink, len) in &held.records {
+            let (record, tail) = rest.split_at(len.min(rest.len()));
+            s.write_out(sink, record);
+            rest = tail;
+        }
         let d = held.dropped;
         if d.records > 0 {
             let line = format!(
@@ -97,7 +122,12 @@ impl LogGate {
                 d.bytes,
                 HELD_CAP >> 20
             );
-            s.write_out(line.as_bytes());
+            if s.journal {
+                s.write_out(Sink::File, line.as_bytes());
+                s.write_out(Sink::Stderr, &with_priority(priority(tracing::Level::WARN), line.as_bytes()));
+            } else {
+                s.write_out(Sink::Both, line.as_bytes());
+            }
         }
         d
     }
@@ -106,25 +136,28 @@ impl LogGate {
         self.sinks().held.is_some()
     }
 
-    fn write(&self, record: &[u8]) {
+    fn write(&self, sink: Sink, record: &[u8]) {
         let mut s = self.sinks();
         match &mut s.held {
             Some(h) if h.buf.len().saturating_add(record.len()) > HELD_CAP => {
                 h.dropped.records = h.dropped.records.saturating_add(1);
                 h.dropped.bytes = h.dropped.bytes.saturating_add(record.len() as u64);
             }
-            Some(h) => h.buf.extend_from_slice(record),
-            None => s.write_out(record),
+            Some(h) => {
+                h.buf.extend_from_slice(record);
+                h.records.push((sink, record.len()));
+            }
+            None => s.write_out(sink, record),
         }
     }
 }
 
 impl Sinks {
-    fn write_out(&mut self, bytes: &[u8]) {
-        if self.stderr {
+    fn write_out(&mut self, sink: Sink, bytes: &[u8]) {
+        if self.stderr && sink != Sink::File {
             let _ = io::stderr().write_all(bytes);
         }
-        if let Some(f) = &mut self.file {
+        if let Some(f) = self.file.as_mut().filter(|_| sink != Sink::Stderr) {
             let _ = f.write_all(bytes);
         }
     }
@@ -132,11 +165,18 @@ impl Sinks {
 
 /// A `tracing_subscriber` writer that goes through the gate.
 #[derive(Clone, Copy, Default)]
-pub struct GatedWriter;
+pub struct GatedWriter {
+    sink: Sink,
+    /// journald's `<N>` for every line of the record (stderr to journald only).
+    priority: Option<u8>,
+}
 
 impl Write for GatedWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        gate().write(buf);
+        match self.priority {
+            None => gate().write(self.sink, buf),
+            Some(p) => gate().write(self.sink, &with_priority(p, buf)),
+        }
         Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -147,15 +187,80 @@ impl Write for GatedWriter {
 impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for GatedWriter {
     type Writer = GatedWriter;
     fn make_writer(&'a self) -> GatedWriter {
-        GatedWriter
+        *self
+    }
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> GatedWriter {
+        match self.priority {
+            Some(_) => GatedWriter { priority: Some(priority(*meta.level())), ..*self },
+            None => *self,
+        }
     }
 }
 
+/// sd-daemon.h's syslog priority for a tracing level (tracing has no notice,
+/// critical or above: error is the most severe record the host writes).
+pub fn priority(level: tracing::Level) -> u8 {
+    match level {
+        tracing::Level::ERROR => 3,
+        tracing::Level::WARN => 4,
+        tracing::Level::INFO => 6,
+        tracing::Level::DEBUG | tracing::Level::TRACE => 7,
+    }
+}
+
+/// Prefixes every line of `record` with `<p>`: journald reads a stream line
+/// by line, and a continuation line without it would be logged as info.
+fn with_priority(p: u8, record: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(record.len() + 4);
+    for line in record.split_inclusive(|&b| b == b'\n') {
+        out.extend_from_slice(format!("<{p}>").as_bytes());
+        out.extend_from_slice(line);
+    }
+    out
+}
+
+/// Whether stderr is the journald stream systemd set up for this service:
+/// `JOURNAL_STREAM` is `DEVICE:INODE` of it, and it still names fd 2 (a
+/// child whose stderr was redirected inherits the variable but not the
+/// stream — sd_journal_stream_fd(3), systemd.exec(5)).
+pub fn stderr_is_journal() -> bool {
+    let Some(var) = std::env::var_os("JOURNAL_STREAM") else { return false };
+    let Ok(st) = nix::sys::stat::fstat(io::stderr()) else { return false };
+    journal_stream_names(&var.to_string_lossy(), st.st_dev, st.st_ino)
+}
+
+/// Whether a `JOURNAL_STREAM` value names this device and inode.
+pub fn journal_stream_names(var: &str, dev: u64, ino: u64) -> bool {
+    let Some((d, i)) = var.trim().split_once(':') else { return false };
+    d.parse::<u64>() == Ok(dev) && i.parse::<u64>() == Ok(ino)
+}
+
 /// Installs the binary's subscriber: human-readable records on stderr and in
-/// the log file, both through the gate. `verbose` adds debug records.
+/// the log file, both through the gate. `verbose` adds debug records. Under
+/// journald, stderr gets its own records: `<N>` priority, no time, no level.
 pub fn init(log_file: Option<PathBuf>, verbose: bool) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let level = if verbose { tracing::Level::DEBUG } else { tracing::Level::INFO };
-    let _ = tracing_subscriber::fmt().with_writer(GatedWriter).with_max_level(level).with_ansi(false).with_target(false).try_init();
+    let filter = tracing_subscriber::filter::LevelFilter::from_level(level);
+    let journal = stderr_is_journal();
+    gate().sinks().journal = journal;
+    let _ = if journal {
+        let journal = GatedWriter { sink: Sink::Stderr, priority: Some(priority(tracing::Level::INFO)) };
+        let file = GatedWriter { sink: Sink::File, priority: None };
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(
+                tracing_subscriber::fmt::layer().with_writer(journal).with_ansi(false).with_target(false).without_time().with_level(false),
+            )
+            .with(tracing_subscriber::fmt::layer().with_writer(file).with_ansi(false).with_target(false))
+            .try_init()
+    } else {
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(tracing_subscriber::fmt::layer().with_writer(GatedWriter::default()).with_ansi(false).with_target(false))
+            .try_init()
+    };
     let path = log_file.or_else(|| std::env::var_os(LOG_FILE_ENV).map(PathBuf::from)).unwrap_or_else(|| DEFAULT_LOG_FILE.into());
     if let Err(e) = gate().open_file(&path) {
         tracing::warn!("cannot open log file {}: {e}; logging to stderr only", path.display());
@@ -167,6 +272,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn journal_lines_each_carry_the_priority() {
+        assert_eq!(with_priority(4, b"one\ntwo\n"), b"<4>one\n<4>two\n");
+        assert_eq!(with_priority(3, b"no newline"), b"<3>no newline");
+        assert!(journal_stream_names("8:12345", 8, 12345));
+        assert!(journal_stream_names("8:12345\n", 8, 12345));
+        assert!(!journal_stream_names("8:12346", 8, 12345));
+        assert!(!journal_stream_names("8", 8, 12345));
+        assert!(!journal_stream_names("", 8, 12345));
+    }
+
+    #[test]
     fn held_records_wait_for_release() {
         let dir = std::env::temp_dir().join(format!("quiesce-log-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -174,9 +290,9 @@ mod tests {
         let g = gate();
         g.set_stderr(false);
         g.open_file(&path).unwrap();
-        GatedWriter.write_all(b"before\n").unwrap();
+        GatedWriter::default().write_all(b"before\n").unwrap();
         g.hold();
-        GatedWriter.write_all(b"while frozen\n").unwrap();
+        GatedWriter::default().write_all(b"while frozen\n").unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "before\n");
         g.release();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "before\nwhile frozen\n");
@@ -185,7 +301,7 @@ mod tests {
         let record = [b'x'; 1000];
         g.hold();
         for _ in 0..10_000 {
-            GatedWriter.write_all(&record).unwrap();
+            GatedWriter::default().write_all(&record).unwrap();
         }
         let dropped = g.release();
         let written = std::fs::metadata(&path).unwrap().len() as usize;

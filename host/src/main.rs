@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use quiesce::hooks::wasm;
 use quiesce::interrupt::Interrupt;
 use quiesce::report::Report;
@@ -15,6 +15,8 @@ use quiesce::snapshot::ShellCommand;
 use quiesce::{check, doctor, freeze, logging, status};
 
 mod points_cli;
+
+mod generate_docs;
 
 /// Exit status for usage errors (bad arguments, a --mount that is not a mount point).
 const USAGE: u8 = 2;
@@ -59,6 +61,12 @@ enum Command {
     FsfreezeHook(HookArgs),
     /// Diagnosis: each finding with a stable code, its cause and the fix. Exit 0 healthy (warnings allowed), 1 problems.
     Doctor(DoctorArgs),
+    /// Writes man pages and shell completions for this CLI into DIR (packaging).
+    #[command(hide = true)]
+    GenerateDocs {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -160,6 +168,7 @@ struct InspectArgs {
     /// The plugin component (.wasm).
     #[arg(value_name = "FILE.wasm")]
     file: PathBuf,
+    /// Print the result as JSON on stdout.
     #[arg(long)]
     json: bool,
 }
@@ -193,8 +202,10 @@ struct SnapshotArgs {
 struct CheckArgs {
     #[command(flatten)]
     config: ConfigArgs,
+    /// The snapshot command a session would run (described, not run).
     #[arg(long, value_name = "CMD")]
     snapshot_cmd: Option<String>,
+    /// Print the result as one JSON object on stdout.
     #[arg(long)]
     json: bool,
 }
@@ -204,6 +215,7 @@ struct StatusArgs {
     /// Only probe these mount points.
     #[arg(long = "mount", value_name = "DIR")]
     mounts: Vec<PathBuf>,
+    /// Print the result as JSON on stdout.
     #[arg(long)]
     json: bool,
 }
@@ -223,12 +235,23 @@ struct ThawTarget {
 struct ThawArgs {
     #[command(flatten)]
     target: ThawTarget,
+    /// Print the result as JSON on stdout.
     #[arg(long)]
     json: bool,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before logging::init: a package build must not create /var/log/quiesce.
+    if let Command::GenerateDocs { out } = &cli.command {
+        return match generate_docs::generate(Cli::command(), out) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("quiesce: cannot write the docs into {}: {e}", out.display());
+                ExitCode::from(1)
+            }
+        };
+    }
     logging::init(cli.log_file.clone(), cli.verbose);
     match cli.command {
         Command::Snapshot(args) => snapshot(args),
@@ -243,6 +266,7 @@ fn main() -> ExitCode {
         Command::Begin(args) => run_begin(args),
         Command::End(args) => run_end(args),
         Command::FsfreezeHook(args) => run_fsfreeze_hook(args),
+        Command::GenerateDocs { .. } => ExitCode::SUCCESS, // handled above
     }
 }
 
@@ -431,14 +455,16 @@ fn print_report(report: &Report, json: bool) {
     }
     println!("{}", report.summary());
     for h in &report.hooks {
-        println!(
-            "  hook {:<20} {:<4} {:?} after {} attempt(s), {:.1} ms",
-            h.name,
-            format!("{:?}", h.phase).to_lowercase(),
-            h.outcome,
-            h.attempts,
-            h.duration_ms
-        );
+        use quiesce::report::Outcome;
+        let outcome = match h.outcome {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Failed => "failed",
+            Outcome::TimedOut => "timed out",
+            Outcome::Skipped => "skipped",
+            Outcome::Refused => "refused",
+        };
+        let attempts = if h.attempts == 1 { "1 attempt".to_owned() } else { format!("{} attempts", h.attempts) };
+        println!("  hook {} ({}): {outcome} after {attempts}, {:.1} ms", h.name, h.phase.name(), h.duration_ms);
     }
     for m in &report.freeze.mounts {
         println!("  froze {} ({}) in {:.3} ms", m.path.display(), m.fs_type, m.freeze_ms);
@@ -484,18 +510,36 @@ fn run_check(args: CheckArgs) -> ExitCode {
 }
 
 fn print_check(r: &check::CheckReport) {
+    use quiesce::config::{Format, OnFailure};
     match (&r.config, r.format) {
-        (Some(p), Some(f)) => println!("config: {} ({f:?})", p.display()),
+        (Some(p), Some(f)) => {
+            let kind = match f {
+                Format::Legacy => "legacy Azure-style JSON",
+                Format::Native => "quiesce TOML",
+                Format::Builtin => "built-in",
+            };
+            println!("config: {} ({kind})", p.display())
+        }
         (Some(p), None) => println!("config: {} (cannot be used, see the problems below)", p.display()),
         (None, _) => println!("config: built-in default (no hooks)"),
     }
     for h in &r.hooks {
-        println!("hook {} (timeout {} s per attempt, on failure: {:?})", h.name, h.timeout_s, h.on_failure);
+        let on_failure = match h.on_failure {
+            OnFailure::Continue => "the snapshot is still taken, with a lower consistency label",
+            OnFailure::Abort => "no snapshot is taken",
+        };
+        println!("hook {}: each attempt may take up to {} s; if it fails, {on_failure}", h.name, h.timeout_s);
         if let Some(p) = &h.plugin {
             println!("  plugin {}: {}", p.path.display(), p.status);
             println!("    granted: {}", if p.granted.is_empty() { "nothing".into() } else { p.granted.join(", ") });
             if !p.not_granted.is_empty() {
-                println!("    requested but not granted (calls needing them will be refused): {}", p.not_granted.join(", "));
+                println!("    needed but not granted (calls needing them will be refused): {}", p.not_granted.join(", "));
+            }
+            for d in &p.default_only {
+                println!(
+                    "    not needed: {} (the plugin asks for it as the default {}; this config sets {} = {})",
+                    d.grant, d.param, d.param, d.configured
+                );
             }
             for w in &p.grant_warnings {
                 println!("    warning: {w}");
@@ -504,20 +548,26 @@ fn print_check(r: &check::CheckReport) {
         }
         for (phase, s) in [("pre", &h.pre), ("post", &h.post)] {
             if let Some(s) = s {
-                println!("  {phase:<4} {} {:?} x{}: {}", s.path.display(), s.args, s.attempts, s.status);
+                let args = if s.args.is_empty() {
+                    "no arguments".to_owned()
+                } else {
+                    format!("arguments {}", s.args.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(" "))
+                };
+                let attempts = if s.attempts == 1 { "1 attempt".to_owned() } else { format!("up to {} attempts", s.attempts) };
+                println!("  {phase} script {} ({args}, {attempts}): {}", s.path.display(), s.status);
             }
         }
     }
     if r.freeze.enabled {
-        println!("freeze (in this order, thaw in reverse; at most {} s):", r.freeze.max_freeze_s);
+        println!("freeze, in this order (thawed in reverse), for at most {} s:", r.freeze.max_freeze_s);
         for t in &r.freeze.targets {
-            println!("  {} ({}, {})", t.path.display(), t.fs_type, t.source);
+            println!("  {} ({} on {})", t.path.display(), t.fs_type, t.source);
         }
         for s in &r.freeze.skipped {
-            println!("  skip {} ({}): {}", s.path.display(), s.fs_type, s.reason);
+            println!("  not frozen: {} ({}): {}", s.path.display(), s.fs_type, s.reason);
         }
     } else {
-        println!("freeze: disabled");
+        println!("freeze: off (nothing is frozen)");
     }
     println!("snapshot: {}", r.snapshot.as_deref().unwrap_or("none configured (quiesce takes no snapshot)"));
     println!("process containment: {}", r.containment);
@@ -574,12 +624,8 @@ fn run_status(args: StatusArgs) -> ExitCode {
             println!("session {} running (pid {}), phase {}", s.session_id, s.pid, s.phase);
             if let Some(since) = s.frozen_since_unix_ms {
                 let ago = quiesce::rundir::unix_ms().saturating_sub(since) as f64 / 1e3;
-                println!(
-                    "froze {} mount(s) {ago:.1} s ago (guardian pid {:?}, thaws by itself after {} s)",
-                    s.frozen.len(),
-                    s.guardian_pid,
-                    s.max_freeze_s
-                );
+                let guardian = s.guardian_pid.map(|p| format!("guardian pid {p}")).unwrap_or_else(|| "guardian pid not known".into());
+                println!("froze {} mount(s) {ago:.1} s ago ({guardian}, thaws by itself after {} s)", s.frozen.len(), s.max_freeze_s);
             }
         }
         None if st.session_running => println!("a session is running"),

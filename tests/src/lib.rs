@@ -514,3 +514,76 @@ pub mod judge;
 pub mod plugins;
 pub mod qga;
 pub mod svc;
+
+/// What a test needs from the machine beyond `cargo test` itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// Loop devices, mount, FIFREEZE, root-owned scratch directories.
+    Root,
+    /// PostgreSQL 15's server binaries (`initdb`, `pg_ctl`).
+    Postgres,
+    /// `mariadbd` and `mariadb-install-db`.
+    Mariadb,
+    /// `redis-server`.
+    Redis,
+    /// The wasm32-wasip2 plugins built under `plugins/target`.
+    Plugins,
+}
+
+/// Set by `scripts/test`: a test whose needs are not met fails instead of
+/// skipping (on the CI machine everything must be there).
+pub const REQUIRE_ALL_ENV: &str = "QUIESCE_TESTS_REQUIRE_ALL";
+
+impl Need {
+    /// Why the test cannot run here, or None when the need is met.
+    pub fn unmet(self) -> Option<&'static str> {
+        let on_path = |tool: &str| {
+            std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file())).unwrap_or(false)
+                || ["/usr/sbin", "/sbin"].iter().any(|d| Path::new(d).join(tool).is_file())
+        };
+        let met = match self {
+            Need::Root => nix::unistd::geteuid().is_root(),
+            Need::Postgres => Path::new(&format!("{}/initdb", db::PG_BIN)).is_file(),
+            Need::Mariadb => on_path("mariadbd") && on_path("mariadb-install-db"),
+            Need::Redis => on_path("redis-server"),
+            Need::Plugins => plugins::plugin_build_dir().join("noop.wasm").is_file(),
+        };
+        (!met).then_some(match self {
+            Need::Root => "needs root (loop devices, mount, FIFREEZE)",
+            Need::Postgres => "needs PostgreSQL 15 (apt-get install postgresql-15)",
+            Need::Mariadb => "needs MariaDB (apt-get install mariadb-server)",
+            Need::Redis => "needs Redis (apt-get install redis-server)",
+            Need::Plugins => "needs the plugins built (cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml)",
+        })
+    }
+}
+
+/// True if the test may run. Otherwise prints `skipped TEST: why` and returns
+/// false — or panics when `QUIESCE_TESTS_REQUIRE_ALL` is set. Use [`require!`].
+pub fn requirements_met(needs: &[Need], module: &str) -> bool {
+    let why: Vec<&str> = needs.iter().filter_map(|n| n.unmet()).collect();
+    if why.is_empty() {
+        return true;
+    }
+    // libtest names each test's thread after the test (except with one test thread).
+    let thread = std::thread::current();
+    let test = thread.name().filter(|n| *n != "main").unwrap_or(module);
+    let why = why.join("; ");
+    if std::env::var_os(REQUIRE_ALL_ENV).is_some_and(|v| !v.is_empty() && v != "0") {
+        panic!("{test} {why}, and {REQUIRE_ALL_ENV} is set: nothing may be skipped here");
+    }
+    // Straight to stderr: libtest captures eprintln! of a passing test.
+    let _ = writeln!(std::io::stderr(), "skipped {test}: {why}");
+    false
+}
+
+/// First line of a test that needs more than `cargo test`: `require!(Root, Mariadb);`
+/// returns from the test (printing what was skipped and why) unless every need is met.
+#[macro_export]
+macro_rules! require {
+    ($($need:ident),+ $(,)?) => {
+        if !$crate::requirements_met(&[$($crate::Need::$need),+], module_path!()) {
+            return;
+        }
+    };
+}

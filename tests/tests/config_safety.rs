@@ -120,6 +120,7 @@ fn run_without_mount(f: &Fixture, config: &Path) -> quiesce::report::Report {
 
 #[test]
 fn unusable_native_config_without_mount_takes_no_snapshot_and_freezes_nothing() {
+    require!(Root);
     let f = Fixture::new("native-unusable");
     let body = excluding_native_config(&f);
     let untrusted = native_config(&f, "quiesce.toml", &body);
@@ -147,6 +148,7 @@ fn unusable_native_config_without_mount_takes_no_snapshot_and_freezes_nothing() 
 
 #[test]
 fn unusable_native_config_with_mount_freezes_only_that_mount_without_hooks() {
+    require!(Root);
     let f = Fixture::new("native-unusable-mount");
     let config = native_config(&f, "quiesce.toml", &excluding_native_config(&f));
     sh(&format!("chmod 0640 {}", config.display()));
@@ -161,6 +163,7 @@ fn unusable_native_config_with_mount_freezes_only_that_mount_without_hooks() {
 
 #[test]
 fn unusable_legacy_config_keeps_the_azure_fallback() {
+    require!(Root);
     let f = Fixture::new("legacy-unusable");
     let config = f.legacy_pair();
     sh(&format!("chmod 0644 {}", config.display()));
@@ -178,6 +181,7 @@ fn unusable_legacy_config_keeps_the_azure_fallback() {
 
 #[test]
 fn an_unreadable_configs_format_comes_from_its_name_not_its_content() {
+    require!(Root);
     let f = Fixture::new("format-by-name");
     // Untrusted files are not read: whatever their content says, the name decides.
     let json_named = f.s.config("admin.json", "[freeze]\nenabled = true\n");
@@ -196,6 +200,7 @@ fn an_unreadable_configs_format_comes_from_its_name_not_its_content() {
 
 #[test]
 fn relative_config_path_is_taken_from_the_working_directory() {
+    require!(Root);
     let f = Fixture::new("relative");
     f.legacy_pair();
     let mut cmd = quiesce(&f.s);
@@ -226,6 +231,7 @@ fn relative_config_path_is_taken_from_the_working_directory() {
 
 #[test]
 fn legacy_script_readable_by_others_is_refused_with_the_fix() {
+    require!(Root);
     let f = Fixture::new("legacy-0755");
     let config = f.legacy_pair();
     for (script, mode, code) in
@@ -249,6 +255,7 @@ fn legacy_script_readable_by_others_is_refused_with_the_fix() {
 
 #[test]
 fn native_script_readable_by_others_runs_with_a_warning() {
+    require!(Root);
     let f = Fixture::new("native-0755");
     let pre = f.script("pre.sh", "pre");
     sh(&format!("chmod 0755 {}", pre.display()));
@@ -267,6 +274,7 @@ fn native_script_readable_by_others_runs_with_a_warning() {
 
 #[test]
 fn check_reports_what_the_session_refuses() {
+    require!(Root, Plugins);
     let f = Fixture::new("check-agrees");
     let good = f.script("good.sh", "good");
     let open = f.script("open.sh", "open");
@@ -298,6 +306,7 @@ fn check_reports_what_the_session_refuses() {
 
 #[test]
 fn absurd_durations_are_config_errors_naming_the_field() {
+    require!(Root);
     let f = Fixture::new("durations");
     let pre = f.script("pre.sh", "pre");
     let post = f.script("post.sh", "post");
@@ -320,6 +329,7 @@ fn absurd_durations_are_config_errors_naming_the_field() {
 
 #[test]
 fn symlinked_lock_file_is_not_followed_and_its_target_is_untouched() {
+    require!(Root);
     let f = Fixture::new("lock-symlink");
     let config = f.legacy_pair();
     let run_dir = f.run_dir();
@@ -337,6 +347,7 @@ fn symlinked_lock_file_is_not_followed_and_its_target_is_untouched() {
 
 #[test]
 fn symlinked_state_files_are_replaced_not_followed() {
+    require!(Root);
     let f = Fixture::new("state-symlink");
     let config = f.legacy_pair();
     let run_dir = f.run_dir();
@@ -354,6 +365,7 @@ fn symlinked_state_files_are_replaced_not_followed() {
 
 #[test]
 fn run_directory_writable_by_others_or_a_symlink_is_refused_with_the_fix() {
+    require!(Root);
     let f = Fixture::new("run-dir-mode");
     let config = f.legacy_pair();
     let run_dir = f.run_dir();
@@ -383,6 +395,7 @@ fn run_directory_writable_by_others_or_a_symlink_is_refused_with_the_fix() {
 
 #[test]
 fn legacy_rule_refuses_any_group_or_other_bit_native_rule_only_write_bits() {
+    require!(Root);
     use quiesce::trust::{open_trusted, Rule, TrustError};
     let s = Scratch::new("legacy-rule");
     let p = s.join("pre.sh");

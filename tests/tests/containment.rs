@@ -167,11 +167,13 @@ fn timed_out_pre_hook_leaves_nothing_running(without: bool) {
 
 #[test]
 fn timed_out_pre_script_setsid_grandchild_is_gone_when_the_report_is_out() {
+    require!(Root);
     timed_out_pre_hook_leaves_nothing_running(false);
 }
 
 #[test]
 fn timed_out_pre_script_setsid_grandchild_is_gone_without_cgroup2_too() {
+    require!(Root);
     timed_out_pre_hook_leaves_nothing_running(true);
 }
 
@@ -192,16 +194,19 @@ fn lock_holder_lives_until_post(without: bool) {
 
 #[test]
 fn lock_holder_left_by_pre_lives_until_post_and_dies_with_the_session() {
+    require!(Root);
     lock_holder_lives_until_post(false);
 }
 
 #[test]
 fn lock_holder_left_by_pre_lives_until_post_and_dies_with_the_session_without_cgroup2() {
+    require!(Root);
     lock_holder_lives_until_post(true);
 }
 
 #[test]
 fn snapshot_command_setsid_grandchild_dies_when_the_command_is_abandoned() {
+    require!(Root);
     let f = Fixture::new("contain-snap-abandon", false);
     let gc = f.file("gc.pid");
     let _r = Reaper(vec![gc.clone()]);
@@ -219,6 +224,7 @@ fn snapshot_command_setsid_grandchild_dies_when_the_command_is_abandoned() {
 
 #[test]
 fn snapshot_command_leftovers_die_when_it_exits() {
+    require!(Root);
     let f = Fixture::new("contain-snap-exit", false);
     let gc = f.file("gc.pid");
     let _r = Reaper(vec![gc.clone()]);
@@ -230,6 +236,7 @@ fn snapshot_command_leftovers_die_when_it_exits() {
 
 #[test]
 fn snapshot_command_gets_the_clean_environment_scripts_get() {
+    require!(Root);
     let f = Fixture::new("contain-snap-env", false);
     let env = f.file("env.txt");
     let mut cmd = f.session(
@@ -272,6 +279,7 @@ fn exec_hook(f: &Fixture, tool: &Path) -> String {
 
 #[test]
 fn exec_grant_tool_background_child_dies_when_the_call_returns() {
+    require!(Root);
     let f = Fixture::new("contain-exec", false);
     let gc = f.file("gc.pid");
     let saw = f.file("saw");
@@ -289,6 +297,7 @@ fn exec_grant_tool_background_child_dies_when_the_call_returns() {
 
 #[test]
 fn granted_tool_refused_by_the_trust_check_is_reported_with_a_code() {
+    require!(Root);
     let f = Fixture::new("contain-exec-refused", false);
     let ran = f.file("ran");
     let tool = f.file("tool.sh");
@@ -303,6 +312,7 @@ fn granted_tool_refused_by_the_trust_check_is_reported_with_a_code() {
 
 #[test]
 fn check_names_the_containment_mechanism() {
+    require!(Root);
     for (without, want) in [(false, "process containment: cgroup v2"), (true, "process containment: child subreaper")] {
         let f = Fixture::new("contain-check", without);
         let config = f.s.config("quiesce.toml", "");
@@ -429,21 +439,25 @@ fn host_sigkill_leaves_nothing_running(stage: Stage, how: Kill) {
 
 #[test]
 fn host_sigkill_during_a_pre_script_kills_the_script_and_its_setsid_grandchild() {
+    require!(Root);
     host_sigkill_leaves_nothing_running(Stage::Pre, Kill::Host);
 }
 
 #[test]
 fn process_group_sigkill_during_a_pre_script_kills_the_script_and_its_setsid_grandchild() {
+    require!(Root);
     host_sigkill_leaves_nothing_running(Stage::Pre, Kill::Group);
 }
 
 #[test]
 fn host_sigkill_during_a_hanging_snapshot_command_kills_it_and_its_setsid_grandchild() {
+    require!(Root);
     host_sigkill_leaves_nothing_running(Stage::Snapshot, Kill::Host);
 }
 
 #[test]
 fn process_group_sigkill_during_a_hanging_snapshot_command_kills_it_and_its_setsid_grandchild() {
+    require!(Root);
     host_sigkill_leaves_nothing_running(Stage::Snapshot, Kill::Group);
 }
 
@@ -451,6 +465,7 @@ fn process_group_sigkill_during_a_hanging_snapshot_command_kills_it_and_its_sets
 /// (PDEATHSIG); a grandchild that left with `setsid` survives: the limit.
 #[test]
 fn host_sigkill_without_cgroup2_kills_the_pre_script_itself() {
+    require!(Root);
     let f = Fixture::new("contain-host-kill-nocg", true);
     let _r = Reaper(vec![f.file("gc.pid"), f.file("blocked.pid")]);
     let (_, blocked, _) = kill_host_while_blocked(&f, None, Stage::Pre, Kill::Host);

@@ -82,6 +82,7 @@ fn config(st: &Stage, plugin: &str, (params, grants): (Vec<(&'static str, String
 /// the state as of `pg_backup_stop`.
 #[test]
 fn postgres_plugin_backup_mode_restores_through_backup_label_and_wal_archive() {
+    require!(Root, Postgres, Plugins);
     let mut st = Stage::new("pgp-backup");
     let pg = Postgres::start_with(st.rig.inner(), PgOptions { archive: true, ..Default::default() });
     let config = config(&st, "quiesce_postgres", pg_tcp(&pg, &[("mode", "backup")]), "");
@@ -137,6 +138,7 @@ fn postgres_plugin_backup_mode_restores_through_backup_label_and_wal_archive() {
 /// of the snapshot, starting from the plugin's checkpoint.
 #[test]
 fn postgres_plugin_checkpoint_mode_restores_by_crash_recovery_from_its_checkpoint() {
+    require!(Root, Postgres, Plugins);
     let mut st = Stage::new("pgp-checkpoint");
     let pg = Postgres::start(st.rig.inner());
     let config = config(&st, "quiesce_postgres", pg_unix(&pg, &[]), "");
@@ -200,11 +202,13 @@ fn mariadb_plugin_restore(method: &str) {
 
 #[test]
 fn mariadb_plugin_backup_stage_restores_exactly_the_locked_state_and_binlog_position() {
+    require!(Root, Mariadb, Plugins);
     mariadb_plugin_restore("backup-stage");
 }
 
 #[test]
 fn mariadb_plugin_ftwrl_restores_exactly_the_locked_state_and_binlog_position() {
+    require!(Root, Mariadb, Plugins);
     mariadb_plugin_restore("ftwrl");
 }
 
@@ -237,11 +241,13 @@ fn redis_plugin_restore(aof: bool) {
 
 #[test]
 fn redis_plugin_aof_restores_exactly_the_paused_state() {
+    require!(Root, Redis, Plugins);
     redis_plugin_restore(true);
 }
 
 #[test]
 fn redis_plugin_rdb_restores_exactly_the_paused_state() {
+    require!(Root, Redis, Plugins);
     redis_plugin_restore(false);
 }
 
@@ -257,6 +263,7 @@ fn pre_failure(run: &Run) -> (u64, String) {
 /// Server down → retryable (retried); auth refused, replica → fatal (not retried).
 #[test]
 fn plugins_fail_clearly_on_server_down_auth_refused_and_replica() {
+    require!(Root, Postgres, Mariadb, Redis, Plugins);
     let st = Stage::new("dbp-errors");
     let retries = "retries = 1\nretry_delay_ms = 100";
     let down = format!("tcp:127.0.0.1:{}", free_port());
@@ -475,6 +482,7 @@ fn write_within<F: FnOnce() -> Result<(), String> + Send + 'static>(limit: Durat
 
 #[test]
 fn mariadb_plugin_lock_is_released_when_the_plugin_times_out_traps_or_the_host_is_killed() {
+    require!(Root, Mariadb, Plugins);
     let st = Stage::new("myp-faults");
     let my = MariaDb::start(st.rig.inner());
     my.connect_root().query("CREATE TABLE q.probe (n int) ENGINE=InnoDB").unwrap();
@@ -505,6 +513,7 @@ fn mariadb_plugin_lock_is_released_when_the_plugin_times_out_traps_or_the_host_i
 
 #[test]
 fn postgres_plugin_backup_ends_when_the_plugin_times_out_traps_or_the_host_is_killed() {
+    require!(Root, Postgres, Plugins);
     let st = Stage::new("pgp-faults");
     let pg = Postgres::start_with(st.rig.inner(), PgOptions { archive: true, ..Default::default() });
     let (port, cfg) = (pg.port, pg.config());
@@ -536,6 +545,7 @@ fn postgres_plugin_backup_ends_when_the_plugin_times_out_traps_or_the_host_is_ki
 
 #[test]
 fn redis_plugin_pause_ends_when_the_plugin_times_out_traps_or_the_host_is_killed() {
+    require!(Root, Redis, Plugins);
     let st = Stage::new("rdp-faults");
     let r = Redis::start(st.rig.inner(), true);
     // The pause outlives the plugin (it is not tied to the connection): it

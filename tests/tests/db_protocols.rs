@@ -24,6 +24,7 @@ fn on_mount<T>(name: &str, start: impl FnOnce(&std::path::Path) -> T) -> OnMount
 
 #[test]
 fn pgwire_speaks_scram_and_runs_the_backup_functions() {
+    require!(Root, Postgres);
     let b = on_mount("pgwire", |p| Postgres::start_with(p, PgOptions { archive: true, ..Default::default() }));
     let pg = &b.db;
     let mut c = pg.connect();
@@ -59,6 +60,7 @@ fn pgwire_speaks_scram_and_runs_the_backup_functions() {
 
 #[test]
 fn mywire_authenticates_root_by_socket_and_app_by_password_and_locks() {
+    require!(Root, Mariadb);
     let b = on_mount("mywire", MariaDb::start);
     let my = &b.db;
     let mut root = my.connect_root();
@@ -110,6 +112,7 @@ fn mywire_authenticates_root_by_socket_and_app_by_password_and_locks() {
 
 #[test]
 fn resp_reads_persistence_pauses_writes_and_saves() {
+    require!(Root, Redis);
     let b = on_mount("resp", |p| Redis::start(p, true));
     let r = &b.db;
     let mut c = r.connect();

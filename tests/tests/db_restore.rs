@@ -29,6 +29,7 @@ use quiesce_tests::restore::*;
 /// `pg_backup_stop()` down the FIFO and saves `backup_label` outside the snapshot.
 #[test]
 fn postgres_legacy_fifo_backup_restores_through_backup_label() {
+    quiesce_tests::require!(Root, Postgres);
     let mut st = Stage::new("pg-legacy");
     let pg = Postgres::start_with(st.rig.inner(), PgOptions { archive: true, ..Default::default() });
     let d = st.file("hook");
@@ -78,6 +79,7 @@ fn postgres_legacy_fifo_backup_restores_through_backup_label() {
 /// but it starts from that checkpoint's redo point.
 #[test]
 fn postgres_checkpoint_script_restores_from_that_checkpoint() {
+    quiesce_tests::require!(Root, Postgres);
     let mut st = Stage::new("pg-checkpoint");
     let pg = Postgres::start(st.rig.inner());
     let config = st.legacy_pair(&legacy::pg_checkpoint(&pg, &st.file("hook")));
@@ -104,6 +106,7 @@ fn postgres_checkpoint_script_restores_from_that_checkpoint() {
 
 #[test]
 fn postgres_freeze_only_restores_by_crash_recovery() {
+    quiesce_tests::require!(Root, Postgres);
     let mut st = Stage::new("pg-freeze");
     let pg = Postgres::start(st.rig.inner());
     let config = st.native_config(true);
@@ -119,6 +122,7 @@ fn postgres_freeze_only_restores_by_crash_recovery() {
 
 #[test]
 fn postgres_without_freeze_restores_by_crash_recovery() {
+    quiesce_tests::require!(Root, Postgres);
     let mut st = Stage::new("pg-crash");
     let pg = Postgres::start(st.rig.inner());
     let config = st.native_config(false);
@@ -136,6 +140,7 @@ fn postgres_without_freeze_restores_by_crash_recovery() {
 /// `mariadb` client reading from a FIFO; post sends `UNLOCK TABLES` down it.
 #[test]
 fn mariadb_legacy_fifo_ftwrl_restores_exactly_the_locked_state() {
+    quiesce_tests::require!(Root, Mariadb);
     let mut st = Stage::new("my-legacy");
     let my = MariaDb::start(st.rig.inner());
     let gtid0 = gtid_seq(&my.connect_root().gtid_binlog_pos().unwrap().unwrap());
@@ -163,6 +168,7 @@ fn mariadb_legacy_fifo_ftwrl_restores_exactly_the_locked_state() {
 
 #[test]
 fn mariadb_freeze_only_restores_by_crash_recovery() {
+    quiesce_tests::require!(Root, Mariadb);
     let mut st = Stage::new("my-freeze");
     let my = MariaDb::start(st.rig.inner());
     let gtid0 = gtid_seq(&my.connect_root().gtid_binlog_pos().unwrap().unwrap());
@@ -186,6 +192,7 @@ fn mariadb_freeze_only_restores_by_crash_recovery() {
 
 #[test]
 fn mariadb_without_freeze_restores_by_crash_recovery() {
+    quiesce_tests::require!(Root, Mariadb);
     let mut st = Stage::new("my-crash");
     let my = MariaDb::start(st.rig.inner());
     let gtid0 = gtid_seq(&my.connect_root().gtid_binlog_pos().unwrap().unwrap());
@@ -204,6 +211,7 @@ fn mariadb_without_freeze_restores_by_crash_recovery() {
 /// `CLIENT PAUSE … WRITE`, `BGSAVE`, wait for it; post unpauses.
 #[test]
 fn redis_legacy_pause_and_bgsave_restores_exactly_the_paused_state() {
+    quiesce_tests::require!(Root, Redis);
     let mut st = Stage::new("rd-legacy");
     let r = Redis::start(st.rig.inner(), false);
     let d = st.file("hook");
@@ -221,6 +229,7 @@ fn redis_legacy_pause_and_bgsave_restores_exactly_the_paused_state() {
 /// save (here: none since start). The restore is a consistent but stale prefix.
 #[test]
 fn redis_rdb_freeze_only_loses_acknowledged_writes() {
+    quiesce_tests::require!(Root, Redis);
     let mut st = Stage::new("rd-rdb-freeze");
     let r = Redis::start(st.rig.inner(), false);
     let config = st.native_config(true);
@@ -240,6 +249,7 @@ const AOF_EVERYSEC_SLACK_NS: u64 = 2_000_000_000;
 
 #[test]
 fn redis_aof_freeze_only_restores_what_was_written() {
+    quiesce_tests::require!(Root, Redis);
     let mut st = Stage::new("rd-aof-freeze");
     let r = Redis::start(st.rig.inner(), true);
     let config = st.native_config(true);
@@ -264,6 +274,7 @@ fn redis_aof_freeze_only_restores_what_was_written() {
 /// then freeze. The restore holds exactly the paused state.
 #[test]
 fn redis_aof_pause_until_written_restores_exactly_the_paused_state() {
+    quiesce_tests::require!(Root, Redis);
     let mut st = Stage::new("rd-aof-pause");
     let r = Redis::start(st.rig.inner(), true);
     let config = st.legacy_pair(&legacy::redis_pause_aof(&r, &st.file("hook")));
@@ -277,6 +288,7 @@ fn redis_aof_pause_until_written_restores_exactly_the_paused_state() {
 
 #[test]
 fn redis_aof_without_freeze_restores_what_was_fsynced() {
+    quiesce_tests::require!(Root, Redis);
     let mut st = Stage::new("rd-aof-crash");
     let r = Redis::start(st.rig.inner(), true);
     let config = st.native_config(false);

@@ -207,6 +207,7 @@ fn cell(f: Fault, p: Phase, my: Option<&MariaDb>) -> CellResult {
 
 #[test]
 fn every_fault_at_every_phase_thaws_on_time_releases_locks_leaves_nothing_behind_and_reports_truthfully() {
+    quiesce_tests::require!(Root, Mariadb, Plugins);
     // MATRIX_CELLS=text runs only the cells whose "fault @ phase" contains it.
     let only = std::env::var("MATRIX_CELLS").unwrap_or_default();
     let cells: Vec<(Fault, Phase)> = FAULTS

@@ -31,6 +31,7 @@ fn target_paths(p: &FreezePlan) -> Vec<PathBuf> {
 /// (to play "another process") must not leave it frozen when it fails.
 #[test]
 fn plan_orders_children_before_parents() {
+    quiesce_tests::require!(Root);
     let s = Scratch::new("plan-nested");
     let outer = LoopMount::new(&s.path, "outer", Fs::Ext4);
     // Image outside `outer`, mount point inside: only the nesting orders them.
@@ -42,6 +43,7 @@ fn plan_orders_children_before_parents() {
 
 #[test]
 fn plan_freezes_loop_image_fs_after_the_fs_on_it() {
+    quiesce_tests::require!(Root);
     let s = Scratch::new("plan-loop");
     std::fs::create_dir_all(s.join("deep/er")).unwrap();
     // The outer fs is mounted deeper than the inner one, so depth order alone
@@ -66,6 +68,7 @@ fn plan_freezes_loop_image_fs_after_the_fs_on_it() {
 
 #[test]
 fn plan_skips_bind_mount_of_listed_superblock() {
+    quiesce_tests::require!(Root);
     let s = Scratch::new("plan-bind");
     let a = LoopMount::new(&s.path, "a", Fs::Ext4);
     std::fs::create_dir_all(a.path().join("sub")).unwrap();
@@ -80,6 +83,7 @@ fn plan_skips_bind_mount_of_listed_superblock() {
 
 #[test]
 fn plan_skips_read_only_mount() {
+    quiesce_tests::require!(Root);
     let s = Scratch::new("plan-ro");
     let ro = LoopMount::new(&s.path, "ro", Fs::Ext4);
     let rw = LoopMount::new(&s.path, "rw", Fs::Ext4);
@@ -92,6 +96,7 @@ fn plan_skips_read_only_mount() {
 
 #[test]
 fn plan_skips_excluded_glob() {
+    quiesce_tests::require!(Root);
     let s = Scratch::new("plan-excl");
     let a1 = LoopMount::new(&s.path, "app1", Fs::Ext4);
     let a2 = LoopMount::new(&s.path, "app2", Fs::Ext4);
@@ -110,6 +115,7 @@ fn plan_skips_excluded_glob() {
 
 #[test]
 fn plan_rejects_non_mountpoint() {
+    quiesce_tests::require!(Root);
     let s = Scratch::new("plan-nomp");
     let a = LoopMount::new(&s.path, "a", Fs::Ext4);
     std::fs::create_dir_all(a.path().join("dir")).unwrap();
@@ -123,6 +129,7 @@ fn plan_rejects_non_mountpoint() {
 
 #[test]
 fn freeze_and_thaw_ext4_xfs_btrfs() {
+    quiesce_tests::require!(Root);
     let s = Scratch::new("freeze-3");
     let mounts = [LoopMount::new(&s.path, "e", Fs::Ext4), LoopMount::new(&s.path, "x", Fs::Xfs), LoopMount::new(&s.path, "b", Fs::Btrfs)];
     let p = plan_for(&mounts.iter().map(|m| m.path()).collect::<Vec<_>>());
@@ -151,6 +158,7 @@ fn freeze_and_thaw_ext4_xfs_btrfs() {
 
 #[test]
 fn guardian_freezes_again_after_thaw() {
+    quiesce_tests::require!(Root);
     let s = Scratch::new("refreeze");
     let a = LoopMount::new(&s.path, "a", Fs::Ext4);
     let mut g = Guardian::start(&plan_for(&[a.path()]), Duration::from_secs(30), &[]).unwrap();
@@ -168,6 +176,7 @@ fn guardian_freezes_again_after_thaw() {
 
 #[test]
 fn ebusy_mount_is_reported_and_left_frozen() {
+    quiesce_tests::require!(Root);
     let s = Scratch::new("ebusy");
     let mounts = [LoopMount::new(&s.path, "a", Fs::Ext4), LoopMount::new(&s.path, "b", Fs::Xfs), LoopMount::new(&s.path, "c", Fs::Ext4)];
     let p = plan_for(&mounts.iter().map(|m| m.path()).collect::<Vec<_>>());
@@ -196,6 +205,7 @@ fn ebusy_mount_is_reported_and_left_frozen() {
 
 #[test]
 fn probe_detects_frozen_and_thawed() {
+    quiesce_tests::require!(Root);
     let s = Scratch::new("probe");
     for fs in [Fs::Ext4, Fs::Xfs, Fs::Btrfs] {
         let m = LoopMount::new(&s.path, fs.name(), fs);
@@ -214,6 +224,7 @@ fn probe_detects_frozen_and_thawed() {
 
 #[test]
 fn guardian_thaws_at_deadline() {
+    quiesce_tests::require!(Root);
     let s = Scratch::new("deadline");
     let a = LoopMount::new(&s.path, "a", Fs::Ext4);
     let b = LoopMount::new(&s.path, "b", Fs::Xfs);
@@ -249,6 +260,7 @@ fn guardian_thaws_at_deadline() {
 
 #[test]
 fn guardian_thaws_when_host_dies() {
+    quiesce_tests::require!(Root);
     let s = Scratch::new("hostdies");
     let a = LoopMount::new(&s.path, "a", Fs::Ext4);
     let b = LoopMount::new(&s.path, "b", Fs::Xfs);
@@ -288,6 +300,7 @@ fn guardian_thaws_when_host_dies() {
 
 #[test]
 fn guardian_thaws_on_sigterm_to_guardian() {
+    quiesce_tests::require!(Root);
     let s = Scratch::new("sigterm");
     let a = LoopMount::new(&s.path, "a", Fs::Btrfs);
     let mut g = Guardian::start(&plan_for(&[a.path()]), Duration::from_secs(30), &[]).unwrap();
@@ -304,6 +317,7 @@ fn guardian_thaws_on_sigterm_to_guardian() {
 
 #[test]
 fn guardian_thaws_on_any_terminating_signal_but_not_on_harmless_ones() {
+    quiesce_tests::require!(Root);
     let s = Scratch::new("signals");
     let a = LoopMount::new(&s.path, "a", Fs::Ext4);
     let p = plan_for(&[a.path()]);
@@ -326,6 +340,7 @@ fn guardian_thaws_on_any_terminating_signal_but_not_on_harmless_ones() {
 
 #[test]
 fn dropping_a_frozen_guardian_thaws_and_reaps_it() {
+    quiesce_tests::require!(Root);
     let s = Scratch::new("drop");
     let a = LoopMount::new(&s.path, "a", Fs::Xfs);
     let mut g = Guardian::start(&plan_for(&[a.path()]), Duration::from_secs(30), &[]).unwrap();
@@ -340,6 +355,7 @@ fn dropping_a_frozen_guardian_thaws_and_reaps_it() {
 
 #[test]
 fn thaw_is_idempotent() {
+    quiesce_tests::require!(Root);
     let s = Scratch::new("thaw");
     let a = LoopMount::new(&s.path, "a", Fs::Ext4);
     let foreign = ForeignFreeze::new(a.path());
@@ -392,6 +408,7 @@ impl Drop for BytesMount {
 
 #[test]
 fn empty_source_mount_does_not_stop_planning_snapshot_or_thaw() {
+    quiesce_tests::require!(Root);
     let s = Scratch::new("empty-source");
     let mnt = LoopMount::new(&s.path, "mnt", Fs::Ext4);
     let odd = EmptySourceTmpfs::new(&s.join("odd"));
@@ -424,6 +441,7 @@ fn empty_source_mount_does_not_stop_planning_snapshot_or_thaw() {
 
 #[test]
 fn non_utf8_mount_point_with_a_space_is_frozen_and_thawed_by_its_bytes() {
+    quiesce_tests::require!(Root);
     use std::ffi::OsStr;
     use std::os::unix::ffi::OsStrExt;
     let s = Scratch::new("bytes-path");
@@ -452,6 +470,7 @@ fn non_utf8_mount_point_with_a_space_is_frozen_and_thawed_by_its_bytes() {
 
 #[test]
 fn status_polled_during_twenty_sessions_never_takes_the_lock() {
+    quiesce_tests::require!(Root);
     use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
     use std::sync::Arc;
     let s = Scratch::new("status-poll");
@@ -506,6 +525,7 @@ fn status_polled_during_twenty_sessions_never_takes_the_lock() {
 
 #[test]
 fn status_creates_and_writes_nothing() {
+    quiesce_tests::require!(Root);
     let s = Scratch::new("status-ro");
     let run_dir = s.join("run");
     let tmpfs = EmptySourceTmpfs::new(&s.join("t"));

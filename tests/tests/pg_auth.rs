@@ -163,6 +163,7 @@ fn server_with_role(name: &'static str, encryption: &str) -> (Tap, Role, Server)
 
 #[test]
 fn scram_login_against_postgres_15_proves_the_server_and_never_sends_the_password() {
+    require!(Root, Postgres);
     let (tap, r, _srv) = server_with_role(SCRAM, "scram-sha-256");
     assert_eq!(login_as(&tap, &r, |c| c).unwrap(), SCRAM);
     let sent = String::from_utf8_lossy(&tap.sent()).into_owned();
@@ -178,6 +179,7 @@ fn scram_login_against_postgres_15_proves_the_server_and_never_sends_the_passwor
 /// then asks for 200 000, above the default limit.
 #[test]
 fn a_server_iteration_count_above_the_limit_is_refused_and_a_raised_limit_logs_in() {
+    require!(Root, Postgres);
     let srv = server("pgauth-iter");
     let password = format!("iter-secret-{}", now_ns() % 1_000_000_007);
     let verifier = pgwire::scram::verifier(&password, b"sixteen byte salt", 200_000);
@@ -192,6 +194,7 @@ fn a_server_iteration_count_above_the_limit_is_refused_and_a_raised_limit_logs_i
 
 #[test]
 fn md5_pg_hba_is_refused_without_the_opt_in_and_logs_in_with_it() {
+    require!(Root, Postgres);
     let (tap, r, _srv) = server_with_role(MD5, "md5");
     let e = login_as(&tap, &r, |c| c).unwrap_err();
     assert!(matches!(e, Error::Refused(Refusal::Md5)), "{e}");
@@ -206,6 +209,7 @@ fn md5_pg_hba_is_refused_without_the_opt_in_and_logs_in_with_it() {
 
 #[test]
 fn a_trust_server_is_refused_when_a_password_is_configured() {
+    require!(Root, Postgres);
     let (tap, r, _srv) = server_with_role(TRUST, "scram-sha-256");
     let e = login_as(&tap, &r, |c| c).unwrap_err();
     assert!(matches!(e, Error::Refused(Refusal::Unauthenticated)), "{e}");
@@ -218,6 +222,7 @@ fn a_trust_server_is_refused_when_a_password_is_configured() {
 /// role whose pg_hba.conf method is `password`.
 #[test]
 fn plugin_refuses_cleartext_pg_hba_without_sending_the_password_and_logs_in_with_the_opt_in_or_scram() {
+    require!(Root, Postgres, Plugins);
     let st = Stage::new("pgauth-plugin");
     let pg = Postgres::start_with(st.rig.inner(), PgOptions { hba: hba(), ..Default::default() });
     let r = role(&pg, CLEAR, "scram-sha-256");

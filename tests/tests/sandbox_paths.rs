@@ -84,6 +84,7 @@ fn d(p: &Path) -> String {
 
 #[tokio::test]
 async fn symlinks_planted_in_a_granted_directory_by_its_owner_cannot_redirect_a_read() {
+    require!(Root, Plugins);
     let env = Env::new("paths-symlink");
     let conf = env.nobody_dir("conf");
     let secret = env.s.join("secret");
@@ -119,6 +120,7 @@ async fn symlinks_planted_in_a_granted_directory_by_its_owner_cannot_redirect_a_
 
 #[tokio::test]
 async fn a_grant_whose_path_goes_through_a_symlink_is_refused_naming_the_real_path() {
+    require!(Root, Plugins);
     let env = Env::new("paths-pin-link");
     let conf = env.nobody_dir("conf");
     as_nobody(&format!("echo x > {}/db.cnf", d(&conf)));
@@ -132,6 +134,7 @@ async fn a_grant_whose_path_goes_through_a_symlink_is_refused_naming_the_real_pa
 
 #[tokio::test]
 async fn a_symlink_swapped_in_after_the_grant_was_pinned_is_not_followed() {
+    require!(Root, Plugins);
     let env = Env::new("paths-swap");
     let conf = env.nobody_dir("conf");
     let sub = conf.join("sub");
@@ -152,6 +155,7 @@ async fn a_symlink_swapped_in_after_the_grant_was_pinned_is_not_followed() {
 
 #[tokio::test]
 async fn device_fifo_directory_and_socket_under_a_grant_are_refused_without_blocking() {
+    require!(Root, Plugins);
     let env = Env::new("paths-special");
     let conf = env.nobody_dir("conf");
     // A FIFO nobody made (opening it for reading would block until a writer
@@ -170,6 +174,7 @@ async fn device_fifo_directory_and_socket_under_a_grant_are_refused_without_bloc
 
 #[tokio::test]
 async fn a_file_over_the_cap_is_refused_as_too_large() {
+    require!(Root, Plugins);
     let env = Env::new("paths-big");
     let conf = env.nobody_dir("conf");
     // Sparse: 16 MiB + 1 byte, then a file at the cap that grows while read
@@ -185,6 +190,7 @@ async fn a_file_over_the_cap_is_refused_as_too_large() {
 
 #[tokio::test]
 async fn a_unix_grant_redirected_by_a_symlink_in_a_user_writable_directory_is_refused() {
+    require!(Root, Plugins);
     let env = Env::new("paths-unix");
     // Root's own service, in root's directory: the prize.
     let root_dir = env.s.join("rootsvc");
@@ -219,6 +225,7 @@ async fn a_unix_grant_redirected_by_a_symlink_in_a_user_writable_directory_is_re
 
 #[test]
 fn check_warns_about_granted_paths_under_directories_that_are_not_roots_alone() {
+    require!(Root, Plugins);
     let env = Env::new("paths-check");
     let conf = env.nobody_dir("conf");
     let root_conf = env.s.join("rootconf");
@@ -234,6 +241,7 @@ fn check_warns_about_granted_paths_under_directories_that_are_not_roots_alone() 
 
 #[test]
 fn quiesce_check_shows_the_grant_warning() {
+    require!(Root, Plugins);
     let f = Session::new("paths-check-cli");
     let conf = nobody_dir(&f.s, "conf");
     let config = f.config("", &[format!("dir:{}", d(&conf))]);
@@ -254,6 +262,7 @@ fn entries(dir: &Path) -> Vec<PathBuf> {
 
 #[tokio::test]
 async fn a_group_writable_cache_directory_is_bypassed_never_chmodded_and_its_entries_never_loaded() {
+    require!(Root, Plugins);
     let env = Env::new("paths-cache-open");
     let path = install_plugin(&env.s, "noop");
     assert_eq!(*env.engine.load(&path).unwrap().cache_status(), CacheStatus::Miss);
@@ -284,6 +293,7 @@ async fn a_group_writable_cache_directory_is_bypassed_never_chmodded_and_its_ent
 
 #[tokio::test]
 async fn a_planted_or_swapped_cache_entry_is_rebuilt_never_run() {
+    require!(Root, Plugins);
     let env = Env::new("paths-cache-forge");
     let noop = install_plugin(&env.s, "noop");
     let other = install_plugin(&env.s, "misbehave");
@@ -343,6 +353,7 @@ async fn a_planted_or_swapped_cache_entry_is_rebuilt_never_run() {
 
 #[tokio::test]
 async fn an_oversize_artifact_gets_too_large_and_the_plugin_goes_on() {
+    require!(Root, Plugins);
     let env = Env::new("paths-artifact-big");
     let (lines, _) = env.walk(&[], &[("store", format!("big:{};huge:{};label:12", (16 << 20) + 1, 40 << 20))]).await;
     assert!(line(&lines, "store big:").contains("TooLarge"), "{lines}");
@@ -392,6 +403,7 @@ fn artifact_error(run: &Run) -> String {
 
 #[test]
 fn a_session_reports_the_refused_read_and_nothing_of_the_secret() {
+    require!(Root, Plugins);
     let f = Session::new("paths-session-secret");
     let conf = nobody_dir(&f.s, "conf");
     as_nobody(&format!("ln -s {} {}/db.cnf", d(&f.s.join("secret")), d(&conf)));
@@ -403,6 +415,7 @@ fn a_session_reports_the_refused_read_and_nothing_of_the_secret() {
 
 #[test]
 fn an_artifact_name_planted_as_a_symlink_is_refused_and_its_target_untouched() {
+    require!(Root, Plugins);
     let f = Session::new("paths-artifact-link");
     let victim = f.s.join("victim");
     write_mode(&victim, "precious\n", 0o600);
@@ -428,6 +441,7 @@ fn an_artifact_name_planted_as_a_symlink_is_refused_and_its_target_untouched() {
 
 #[test]
 fn a_state_directory_owned_by_another_user_is_refused_with_the_fix() {
+    require!(Root, Plugins);
     let f = Session::new("paths-state-owner");
     let state = nobody_dir(&f.s, "state");
     let run = f.run("store = \"label:12\"", &[], "true");
@@ -439,6 +453,7 @@ fn a_state_directory_owned_by_another_user_is_refused_with_the_fix() {
 
 #[test]
 fn artifacts_land_in_a_fresh_root_only_directory() {
+    require!(Root, Plugins);
     let f = Session::new("paths-artifact-ok");
     let run = f.run("store = \"label:12\"", &[], "true");
     assert_eq!(run.code(), 0, "{}", run.report);

@@ -37,6 +37,7 @@ fn outcome_of(run: &ScriptRun) -> String {
 
 #[tokio::test(flavor = "current_thread")]
 async fn retries_rerun_the_script_with_attempt_number() {
+    quiesce_tests::require!(Root);
     let s = Scratch::new("retries");
     let log = s.join("attempts.log");
     let script = s.script(
@@ -57,6 +58,7 @@ async fn retries_rerun_the_script_with_attempt_number() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn retries_stop_after_retries_plus_one_attempts() {
+    quiesce_tests::require!(Root);
     let s = Scratch::new("retries-exhausted");
     let log = s.join("attempts.log");
     let script = s.script("pre.sh", &format!("#!/bin/sh\necho $QUIESCE_ATTEMPT >> {}\nexit 7\n", log.display()));
@@ -70,6 +72,7 @@ async fn retries_stop_after_retries_plus_one_attempts() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn timeout_kills_script_and_grandchild() {
+    quiesce_tests::require!(Root);
     let s = Scratch::new("timeout");
     let pidfile = s.join("grandchild.pid");
     let script = s.script("pre.sh", &format!("#!/bin/sh\nsleep 1000 &\necho $! > {}\nsleep 1000\n", pidfile.display()));
@@ -88,6 +91,7 @@ async fn timeout_kills_script_and_grandchild() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn timeout_applies_to_each_attempt() {
+    quiesce_tests::require!(Root);
     let s = Scratch::new("timeout-each");
     let script = s.script("pre.sh", "#!/bin/sh\nsleep 1000\n");
     let mut spec = spec();
@@ -104,6 +108,7 @@ async fn timeout_applies_to_each_attempt() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn timeout_sends_sigterm_first_so_the_script_can_clean_up() {
+    quiesce_tests::require!(Root);
     let s = Scratch::new("sigterm");
     let marker = s.join("cleaned-up");
     let script =
@@ -120,6 +125,7 @@ async fn timeout_sends_sigterm_first_so_the_script_can_clean_up() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn timeout_escalates_to_sigkill_when_sigterm_is_trapped() {
+    quiesce_tests::require!(Root);
     let s = Scratch::new("sigkill");
     let pidfile = s.join("grandchild.pid");
     let script = s.script(
@@ -143,6 +149,7 @@ async fn timeout_escalates_to_sigkill_when_sigterm_is_trapped() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn ten_megabytes_of_output_do_not_block() {
+    quiesce_tests::require!(Root);
     let s = Scratch::new("chatty");
     let script = s.script("pre.sh", "#!/bin/sh\nyes 0123456789abcdef | head -c 10485760\necho on-stderr >&2\n");
     let mut spec = spec();
@@ -157,6 +164,7 @@ async fn ten_megabytes_of_output_do_not_block() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn last_output_before_exit_is_kept() {
+    quiesce_tests::require!(Root);
     let s = Scratch::new("last-output");
     // No trailing newline, and on both streams: drained after exit, not lost.
     let script = s.script("pre.sh", "#!/bin/sh\necho out\necho err >&2\nprintf 'no-newline'\n");
@@ -170,6 +178,7 @@ async fn last_output_before_exit_is_kept() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn shebang_is_honoured() {
+    quiesce_tests::require!(Root);
     let s = Scratch::new("shebang");
     let args = vec!["a b".to_string(), String::new()];
     let mut spec = spec();
@@ -188,6 +197,7 @@ async fn shebang_is_honoured() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn no_shebang_falls_back_to_sh() {
+    quiesce_tests::require!(Root);
     let s = Scratch::new("no-shebang");
     // Executed directly this would fail with ENOEXEC; /bin/sh runs it.
     let script = s.script("pre.sh", "echo \"sh:$#:[$1]:[$2]\"\n");
@@ -210,6 +220,7 @@ async fn elf_binary_runs_directly() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn params_are_passed_as_argv() {
+    quiesce_tests::require!(Root);
     let s = Scratch::new("argv");
     let script = s.script("pre.sh", "#!/bin/sh\nfor a in \"$@\"; do printf '<%s>\\n' \"$a\"; done\necho \"n=$#\"\n");
     let mut spec = spec();
@@ -221,6 +232,7 @@ async fn params_are_passed_as_argv() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn environment_is_clean() {
+    quiesce_tests::require!(Root);
     let s = Scratch::new("env");
     // Set in this (the host's) process; must not reach the script.
     std::env::set_var("QUIESCE_TEST_LEAK", "leaked");
@@ -264,6 +276,7 @@ async fn environment_is_clean() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn background_child_holding_stdout_does_not_delay_completion() {
+    quiesce_tests::require!(Root);
     let s = Scratch::new("background");
     let pidfile = s.join("bg.pid");
     let script =
@@ -281,6 +294,7 @@ async fn background_child_holding_stdout_does_not_delay_completion() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn background_child_output_is_drained_after_completion() {
+    quiesce_tests::require!(Root);
     let s = Scratch::new("background-drain");
     let marker = s.join("survived");
     // If the runner closed the pipes when the script exited, `echo late`
@@ -299,6 +313,7 @@ async fn background_child_output_is_drained_after_completion() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn exit_code_2_is_a_warning_not_a_failure() {
+    quiesce_tests::require!(Root);
     let s = Scratch::new("warning");
     let log = s.join("runs");
     let script = s.script("pre.sh", &format!("#!/bin/sh\necho x >> {}\nexit 2\n", log.display()));
@@ -320,6 +335,7 @@ async fn exit_code_2_is_a_warning_not_a_failure() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn killed_by_signal_is_a_failure_with_the_signal() {
+    quiesce_tests::require!(Root);
     let s = Scratch::new("signal");
     let script = s.script("pre.sh", "#!/bin/sh\nkill -KILL $$\n");
     let run = exec(&script, &spec()).await;
@@ -328,6 +344,7 @@ async fn killed_by_signal_is_a_failure_with_the_signal() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn missing_interpreter_is_a_spawn_failure_not_retried() {
+    quiesce_tests::require!(Root);
     let s = Scratch::new("bad-interp");
     let script = s.script("pre.sh", "#!/nonexistent/interpreter\n");
     let mut spec = spec();
@@ -339,6 +356,7 @@ async fn missing_interpreter_is_a_spawn_failure_not_retried() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn swapped_symlink_is_not_executed() {
+    quiesce_tests::require!(Root);
     let s = Scratch::new("swap");
     let marker = s.join("evil-ran");
     let evil_body = format!("#!/bin/sh\ntouch {}\necho evil\n", marker.display());
@@ -364,6 +382,7 @@ async fn swapped_symlink_is_not_executed() {
 
 #[test]
 fn trust_refuses_group_writable_script() {
+    quiesce_tests::require!(Root);
     let s = Scratch::new("trust-gw");
     for mode in [0o720, 0o702, 0o777] {
         let p = s.join("pre.sh");
@@ -384,6 +403,7 @@ fn trust_refuses_group_writable_script() {
 
 #[test]
 fn trust_refuses_non_executable_script() {
+    quiesce_tests::require!(Root);
     let s = Scratch::new("trust-noexec");
     let p = s.join("pre.sh");
     write_mode(&p, "#!/bin/sh\n", 0o600);
@@ -394,6 +414,7 @@ fn trust_refuses_non_executable_script() {
 
 #[test]
 fn trust_refuses_script_in_world_writable_dir() {
+    quiesce_tests::require!(Root);
     let s = Scratch::new("trust-dir");
     for (name, mode) in [("sticky", 0o1777), ("open", 0o777), ("group", 0o775)] {
         let dir = s.join(name);
@@ -417,6 +438,7 @@ fn trust_refuses_script_in_world_writable_dir() {
 
 #[test]
 fn trust_refuses_non_root_owner() {
+    quiesce_tests::require!(Root);
     let s = Scratch::new("trust-owner");
     let p = s.script("pre.sh", "#!/bin/sh\n");
     nix::unistd::chown(&p, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
@@ -427,6 +449,7 @@ fn trust_refuses_non_root_owner() {
 
 #[test]
 fn trust_refuses_final_symlink() {
+    quiesce_tests::require!(Root);
     let s = Scratch::new("trust-link");
     let real = s.script("real.sh", "#!/bin/sh\n");
     let link = s.join("pre.sh");
@@ -438,6 +461,7 @@ fn trust_refuses_final_symlink() {
 
 #[test]
 fn trust_refuses_non_regular_files() {
+    quiesce_tests::require!(Root);
     let s = Scratch::new("trust-nonreg");
     let fifo = s.join("fifo");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o700)).unwrap();
@@ -449,6 +473,7 @@ fn trust_refuses_non_regular_files() {
 
 #[test]
 fn trust_follows_root_owned_dir_symlinks() {
+    quiesce_tests::require!(Root);
     // Debian: /bin -> usr/bin (relative target).
     let t = open_trusted(Path::new("/bin/true"), Rule::Script).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(t.path(), Path::new("/bin/true"));
@@ -488,6 +513,7 @@ fn trust_follows_root_owned_dir_symlinks() {
 
 #[test]
 fn trust_refuses_world_readable_config() {
+    quiesce_tests::require!(Root);
     let s = Scratch::new("trust-config");
     let body = "{\"pluginName\": \"ScriptRunner\"}\n";
     let p = s.config("config.json", body);
@@ -506,6 +532,7 @@ fn trust_refuses_world_readable_config() {
 
 #[test]
 fn not_found_is_reported_as_not_found() {
+    quiesce_tests::require!(Root);
     let s = Scratch::new("trust-missing");
     for p in [s.join("absent.sh"), s.join("no-dir/absent.sh"), PathBuf::from("/etc/passwd/absent.sh")] {
         let e = open_trusted(&p, Rule::Script).unwrap_err();
@@ -520,6 +547,7 @@ fn not_found_is_reported_as_not_found() {
 /// must still kill it at the timeout, before reporting.
 #[tokio::test(flavor = "current_thread")]
 async fn timeout_kills_a_grandchild_that_called_setsid() {
+    quiesce_tests::require!(Root);
     let s = Scratch::new("timeout-setsid");
     let pidfile = s.join("gc.pid");
     let script = s.script("pre.sh", &format!("#!/bin/sh\n{}sleep 1000\n", setsid_sleeper(&pidfile)));
@@ -538,6 +566,7 @@ async fn timeout_kills_a_grandchild_that_called_setsid() {
 /// get to do it.
 #[tokio::test(flavor = "current_thread")]
 async fn timeout_kills_a_double_forked_grandchild_with_closed_fds() {
+    quiesce_tests::require!(Root);
     let s = Scratch::new("timeout-daemon");
     let pidfile = s.join("gc.pid");
     let late = s.join("late");
@@ -565,6 +594,7 @@ async fn timeout_kills_a_double_forked_grandchild_with_closed_fds() {
 /// script's exit (and a setsid), and dies when the run's leftovers are closed.
 #[tokio::test(flavor = "current_thread")]
 async fn lock_holder_outlives_the_script_until_its_leftovers_are_closed() {
+    quiesce_tests::require!(Root);
     let s = Scratch::new("lock-holder");
     let pidfile = s.join("holder.pid");
     let script = s.script("pre.sh", &format!("#!/bin/sh\n{}exit 0\n", setsid_sleeper(&pidfile)));
@@ -581,6 +611,7 @@ async fn lock_holder_outlives_the_script_until_its_leftovers_are_closed() {
 /// everything it started, setsid'd descendants included.
 #[tokio::test(flavor = "current_thread")]
 async fn abandoned_run_kills_everything_it_started() {
+    quiesce_tests::require!(Root);
     let s = Scratch::new("abandoned");
     let pidfile = s.join("gc.pid");
     let script =

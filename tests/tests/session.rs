@@ -66,6 +66,7 @@ impl Fixture {
 
 #[test]
 fn legacy_session_runs_scripts_freezes_and_is_app_consistent() {
+    require!(Root);
     let f = Fixture::new("app-consistent");
     let post_env = f.file("post.env");
     let config =
@@ -102,6 +103,7 @@ fn legacy_session_runs_scripts_freezes_and_is_app_consistent() {
 
 #[test]
 fn retries_rerun_the_pre_script_and_are_counted() {
+    require!(Root);
     let f = Fixture::new("retries");
     // Fails on attempts 1 and 2, succeeds on 3.
     let config = f.pair("[ \"$QUIESCE_ATTEMPT\" -ge 3 ]", "true", json!({"preScriptNoOfRetries": 2}));
@@ -124,6 +126,7 @@ fn retries_rerun_the_pre_script_and_are_counted() {
 
 #[test]
 fn pre_script_timeout_kills_whole_process_group() {
+    require!(Root);
     let f = Fixture::new("timeout");
     let pids = f.file("pids");
     let config = f.pair(
@@ -147,6 +150,7 @@ fn pre_script_timeout_kills_whole_process_group() {
 
 #[test]
 fn post_script_timeout_is_reported_without_changing_the_label() {
+    require!(Root);
     let f = Fixture::new("post-timeout");
     let config = f.pair("true", "sleep 1000", json!({"timeoutInSeconds": 1}));
     let run = f.snapshot(&config, "true");
@@ -157,6 +161,7 @@ fn post_script_timeout_is_reported_without_changing_the_label() {
 
 #[test]
 fn ten_megabytes_of_output_do_not_block() {
+    require!(Root);
     let f = Fixture::new("chatty");
     let config = f.pair(
         "head -c 10000000 /dev/zero | tr '\\0' 'x' | fold -w 100; head -c 1000000 /dev/zero >&2",
@@ -170,6 +175,7 @@ fn ten_megabytes_of_output_do_not_block() {
 
 #[test]
 fn background_child_holding_stdout_does_not_delay_the_session() {
+    require!(Root);
     let f = Fixture::new("mysql-pattern");
     let pidfile = f.file("holder.pid");
     let saw = f.file("post-saw");
@@ -188,6 +194,7 @@ fn background_child_holding_stdout_does_not_delay_the_session() {
 
 #[test]
 fn exit_code_two_is_a_warning() {
+    require!(Root);
     let f = Fixture::new("warning");
     let config = f.pair("exit 2", "true", json!({}));
     let run = f.snapshot(&config, "true");
@@ -198,6 +205,7 @@ fn exit_code_two_is_a_warning() {
 
 #[test]
 fn script_in_world_writable_directory_is_refused_and_does_not_run() {
+    require!(Root);
     let f = Fixture::new("world-writable");
     let dir = f.file("open");
     fs::create_dir(&dir).unwrap();
@@ -216,6 +224,7 @@ fn script_in_world_writable_directory_is_refused_and_does_not_run() {
 
 #[test]
 fn bad_post_script_is_known_before_anything_runs() {
+    require!(Root);
     let f = Fixture::new("bad-post");
     let pre = f.script("pre.sh", "pre", "true");
     let post = f.script("post.sh", "post", "true");
@@ -232,6 +241,7 @@ fn bad_post_script_is_known_before_anything_runs() {
 
 #[test]
 fn symlink_swapped_in_after_check_is_not_executed() {
+    require!(Root);
     let f = Fixture::new("swap");
     let config = f.pair("true", "true", json!({}));
     let check = quiesce(&f.s).arg("check").arg("--config").arg(&config).arg("--mount").arg(f.mnt.path()).output().unwrap();
@@ -248,6 +258,7 @@ fn symlink_swapped_in_after_check_is_not_executed() {
 
 #[test]
 fn missing_scripts_are_reported_as_not_found() {
+    require!(Root);
     let f = Fixture::new("not-found");
     let post = f.script("post.sh", "post", "true");
     let config = legacy_config(&f.s, &f.file("nope.sh"), &post, json!({}));
@@ -262,6 +273,7 @@ fn missing_scripts_are_reported_as_not_found() {
 
 #[test]
 fn unsafe_or_broken_config_falls_back_without_hooks() {
+    require!(Root);
     let f = Fixture::new("bad-config");
     let config = f.pair("true", "true", json!({}));
     sh(&format!("chmod 0644 {}", config.display()));
@@ -279,6 +291,7 @@ fn unsafe_or_broken_config_falls_back_without_hooks() {
 
 #[test]
 fn failing_pre_with_continue_false_takes_no_snapshot_but_runs_post() {
+    require!(Root);
     let f = Fixture::new("no-continue");
     let config = f.pair("exit 1", "true", json!({"continueBackupOnFailure": false}));
     let run = f.snapshot(&config, &format!("touch {}", f.file("snapped").display()));
@@ -292,6 +305,7 @@ fn failing_pre_with_continue_false_takes_no_snapshot_but_runs_post() {
 
 #[test]
 fn freeze_disabled_takes_snapshot_unfrozen() {
+    require!(Root);
     let f = Fixture::new("no-freeze");
     let config = f.pair("true", "true", json!({"fsFreezeEnabled": false}));
     let run = f.snapshot(&config, &f.probing_snapshot_cmd());
@@ -303,6 +317,7 @@ fn freeze_disabled_takes_snapshot_unfrozen() {
 
 #[test]
 fn failed_snapshot_command_is_none_and_post_learns_it() {
+    require!(Root);
     let f = Fixture::new("snap-fails");
     let env = f.file("post.env");
     let config = f.pair("true", &format!("echo $QUIESCE_SNAPSHOT_TAKEN > {}", env.display()), json!({}));
@@ -316,6 +331,7 @@ fn failed_snapshot_command_is_none_and_post_learns_it() {
 
 #[test]
 fn without_provider_hooks_and_freeze_run_and_report_says_no_snapshot() {
+    require!(Root);
     let f = Fixture::new("no-provider");
     let config = f.pair("true", "true", json!({}));
     let run = f.snapshot(&config, "");
@@ -328,6 +344,7 @@ fn without_provider_hooks_and_freeze_run_and_report_says_no_snapshot() {
 
 #[test]
 fn second_concurrent_session_is_refused_and_touches_nothing() {
+    require!(Root);
     let f = Fixture::new("concurrent");
     let config = f.pair("true", "true", json!({}));
     let mut first = quiesce(&f.s);
@@ -357,6 +374,7 @@ fn second_concurrent_session_is_refused_and_touches_nothing() {
 
 #[test]
 fn lock_held_by_a_process_refuses_until_that_process_dies() {
+    require!(Root);
     let f = Fixture::new("stale-lock");
     let run_dir = f.file("run");
     fs::create_dir_all(&run_dir).unwrap();
@@ -382,6 +400,7 @@ fn lock_held_by_a_process_refuses_until_that_process_dies() {
 
 #[test]
 fn check_lists_the_plan_and_runs_nothing() {
+    require!(Root);
     let f = Fixture::new("check");
     let config = f.pair("true", "true", json!({}));
     let out = quiesce(&f.s).arg("check").arg("--config").arg(&config).arg("--mount").arg(f.mnt.path()).arg("--json").output().unwrap();
@@ -402,6 +421,7 @@ fn check_lists_the_plan_and_runs_nothing() {
 
 #[test]
 fn native_config_orders_hooks_and_applies_each_policy() {
+    require!(Root);
     let f = Fixture::new("native");
     let a_pre = f.script("a-pre", "a-pre", "true");
     let a_post = f.script("a-post", "a-post", "true");
@@ -469,6 +489,7 @@ on_failure = "continue"
 
 #[test]
 fn log_file_on_the_frozen_mount_does_not_hang_the_session() {
+    require!(Root);
     let f = Fixture::new("log-on-frozen");
     let config = f.pair("true", "true", json!({}));
     let log = f.mnt.path().join("quiesce.log");
@@ -492,6 +513,7 @@ fn log_file_on_the_frozen_mount_does_not_hang_the_session() {
 
 #[test]
 fn mount_that_is_not_a_mount_point_is_a_usage_error() {
+    require!(Root);
     let f = Fixture::new("bad-mount");
     let config = f.pair("true", "true", json!({}));
     let out = quiesce(&f.s).arg("snapshot").arg("--config").arg(&config).arg("--mount").arg(f.s.path.join("not-a-mount")).output().unwrap();
@@ -502,6 +524,7 @@ fn mount_that_is_not_a_mount_point_is_a_usage_error() {
 
 #[test]
 fn unknown_arguments_are_usage_errors() {
+    require!(Root);
     let s = Scratch::new("usage");
     let out = quiesce(&s).args(["snapshot", "--max-freeze", "soon"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
@@ -511,6 +534,7 @@ fn unknown_arguments_are_usage_errors() {
 
 #[test]
 fn failing_post_script_is_an_error_but_keeps_the_label() {
+    require!(Root);
     let f = Fixture::new("post-fails");
     let config = f.pair("true", "echo 'cannot unlock' >&2; exit 1", json!({"postScriptNoOfRetries": 1}));
     let run = f.snapshot(&config, "true");
@@ -523,6 +547,7 @@ fn failing_post_script_is_an_error_but_keeps_the_label() {
 
 #[test]
 fn unusable_run_directory_is_reported_and_nothing_runs() {
+    require!(Root);
     let f = Fixture::new("bad-run-dir");
     let config = f.pair("true", "true", json!({}));
     fs::write(f.file("not-a-dir"), "").unwrap();

@@ -100,6 +100,7 @@ fn assert_writable_within(f: &Fixture, limit: Duration) {
 
 #[test]
 fn host_sigkilled_while_frozen_thaws_within_deadline() {
+    require!(Root);
     let _g = THAW_ALL.read().unwrap();
     let f = Fixture::new("kill-host");
     let (mut child, tag) = f.start_frozen_session("5", false);
@@ -112,6 +113,7 @@ fn host_sigkilled_while_frozen_thaws_within_deadline() {
 
 #[test]
 fn host_process_group_sigkilled_while_frozen_thaws_within_deadline() {
+    require!(Root);
     let _g = THAW_ALL.read().unwrap();
     let f = Fixture::new("kill-group");
     let (mut child, tag) = f.start_frozen_session("5", true);
@@ -123,6 +125,7 @@ fn host_process_group_sigkilled_while_frozen_thaws_within_deadline() {
 
 #[test]
 fn sigterm_while_frozen_thaws_then_runs_post_hooks_and_reports() {
+    require!(Root);
     let _g = THAW_ALL.read().unwrap();
     let f = Fixture::new("sigterm");
     let (child, tag) = f.start_frozen_session("30", false);
@@ -140,6 +143,7 @@ fn sigterm_while_frozen_thaws_then_runs_post_hooks_and_reports() {
 
 #[test]
 fn snapshot_outliving_max_freeze_is_thawed_on_time_and_abandoned() {
+    require!(Root);
     let _g = THAW_ALL.read().unwrap();
     let f = Fixture::new("deadline");
     let started = f.file("started");
@@ -163,6 +167,7 @@ fn snapshot_outliving_max_freeze_is_thawed_on_time_and_abandoned() {
 
 #[test]
 fn file_system_frozen_by_someone_else_is_reported_and_left_alone() {
+    require!(Root);
     let _g = THAW_ALL.read().unwrap();
     let f = Fixture::new("foreign-freeze");
     sh(&format!("fsfreeze -f {}", f.b.path().display()));
@@ -179,6 +184,7 @@ fn file_system_frozen_by_someone_else_is_reported_and_left_alone() {
 
 #[test]
 fn status_shows_the_running_session_and_its_frozen_mounts() {
+    require!(Root);
     let _g = THAW_ALL.read().unwrap();
     let f = Fixture::new("status");
     // A second mount of `a`'s file system: status shows it as skipped, with why.
@@ -212,6 +218,7 @@ fn status_shows_the_running_session_and_its_frozen_mounts() {
 
 #[test]
 fn thaw_is_idempotent() {
+    require!(Root);
     let _g = THAW_ALL.read().unwrap();
     let f = Fixture::new("thaw-mount");
     sh(&format!("fsfreeze -f {}", f.a.path().display()));
@@ -226,6 +233,7 @@ fn thaw_is_idempotent() {
 
 #[test]
 fn thaw_all_thaws_every_frozen_file_system() {
+    require!(Root);
     let _g = THAW_ALL.write().unwrap();
     let f = Fixture::new("thaw-all");
     sh(&format!("fsfreeze -f {}", f.a.path().display()));
@@ -237,6 +245,7 @@ fn thaw_all_thaws_every_frozen_file_system() {
 
 #[test]
 fn session_over_nested_and_loop_backed_mounts_freezes_children_first() {
+    require!(Root);
     let _g = THAW_ALL.read().unwrap();
     let s = Scratch::new("order");
     let outer = LoopMount::new(&s.path, "outer", Fs::Xfs);
@@ -302,6 +311,7 @@ fn assert_killed(pidfile: &std::path::Path) {
 
 #[test]
 fn snapshot_command_that_hangs_is_killed_at_the_freeze_deadline_and_post_hooks_run() {
+    require!(Root);
     let _g = THAW_ALL.read().unwrap();
     let f = Fixture::new("hung-snapshot");
     let pidfile = f.file("sleep.pid");
@@ -321,6 +331,7 @@ fn snapshot_command_that_hangs_is_killed_at_the_freeze_deadline_and_post_hooks_r
 
 #[test]
 fn snapshot_timeout_secs_bounds_the_wait_without_a_freeze() {
+    require!(Root);
     let _g = THAW_ALL.read().unwrap();
     let s = Scratch::new("snapshot-timeout");
     let a = LoopMount::new(&s.path, "a", Fs::Ext4);
@@ -343,6 +354,7 @@ fn snapshot_timeout_secs_bounds_the_wait_without_a_freeze() {
 
 #[test]
 fn absurd_max_freeze_on_the_command_line_is_a_usage_error_not_a_panic() {
+    require!(Root);
     let s = Scratch::new("max-freeze-usage");
     let a = LoopMount::new(&s.path, "a", Fs::Ext4);
     for value in ["1e30", "1e19", "inf", "NaN", "0", "-5", "86401"] {
@@ -362,6 +374,7 @@ fn absurd_max_freeze_on_the_command_line_is_a_usage_error_not_a_panic() {
 
 #[test]
 fn absurd_durations_in_the_config_are_named_and_never_panic() {
+    require!(Root);
     let _g = THAW_ALL.read().unwrap();
     let s = Scratch::new("max-freeze-config");
     let a = LoopMount::new(&s.path, "a", Fs::Ext4);
@@ -387,6 +400,7 @@ fn absurd_durations_in_the_config_are_named_and_never_panic() {
 
 #[test]
 fn a_log_flood_while_frozen_stays_bounded_and_the_drop_is_counted() {
+    require!(Root);
     let _g = THAW_ALL.read().unwrap();
     let f = Fixture::new("log-flood");
     let log = f.s.join("quiesce.log");
@@ -498,6 +512,7 @@ fn injected_session_args(s: &Scratch, mount: &std::path::Path, max_freeze: &str)
 
 #[test]
 fn fithaw_that_keeps_failing_is_reported_and_status_shows_the_mount_still_frozen() {
+    require!(Root);
     let _g = THAW_ALL.read().unwrap();
     let s = Scratch::new("fithaw-fails");
     let a = LoopMount::new(&s.path, "a", Fs::Ext4);
@@ -550,6 +565,7 @@ fn fithaw_that_keeps_failing_is_reported_and_status_shows_the_mount_still_frozen
 
 #[test]
 fn fithaw_that_fails_once_is_retried_thawed_and_warned_about() {
+    require!(Root);
     let _g = THAW_ALL.read().unwrap();
     let s = Scratch::new("fithaw-transient");
     let a = LoopMount::new(&s.path, "a", Fs::Ext4);

@@ -59,6 +59,7 @@ impl Fixture {
 
 #[test]
 fn plugin_lock_is_held_through_the_snapshot_and_released_in_post() {
+    require!(Root, Plugins);
     let f = Fixture::new("plugin-lock");
     let mut lockd = Lockd::start("tcp:127.0.0.1:0");
     let target = lockd.target.clone();
@@ -92,6 +93,7 @@ fn plugin_lock_is_held_through_the_snapshot_and_released_in_post() {
 
 #[test]
 fn lock_server_dying_before_the_freeze_lowers_the_label_with_quiesce_not_held() {
+    require!(Root, Plugins);
     let f = Fixture::new("plugin-lock-lost");
     let lockd = Lockd::start("tcp:127.0.0.1:0");
     let target = lockd.target.clone();
@@ -115,6 +117,7 @@ fn lock_server_dying_before_the_freeze_lowers_the_label_with_quiesce_not_held() 
 
 #[test]
 fn lock_server_dying_while_frozen_leaves_the_label_app_consistent() {
+    require!(Root, Plugins);
     // The disk was pinned while the lock held: a death afterwards changes
     // nothing in the snapshot (only the release in post fails).
     let f = Fixture::new("plugin-lock-lost-late");
@@ -129,6 +132,7 @@ fn lock_server_dying_while_frozen_leaves_the_label_app_consistent() {
 
 #[test]
 fn plugin_trap_in_pre_drops_the_instance_and_its_connection() {
+    require!(Root, Plugins);
     let f = Fixture::new("plugin-trap");
     let mut lockd = Lockd::start("tcp:127.0.0.1:0");
     let target = lockd.target.clone();
@@ -158,6 +162,7 @@ fn plugin_trap_in_pre_drops_the_instance_and_its_connection() {
 
 #[test]
 fn plugin_blocked_on_a_silent_server_times_out_and_the_connection_closes() {
+    require!(Root, Plugins);
     let f = Fixture::new("plugin-hang");
     let server = SilentServer::start();
     let target = server.target();
@@ -178,6 +183,7 @@ fn plugin_blocked_on_a_silent_server_times_out_and_the_connection_closes() {
 
 #[test]
 fn plugin_spinning_forever_is_stopped_and_retried_in_a_fresh_instance() {
+    require!(Root, Plugins);
     let f = Fixture::new("plugin-loop");
     let config = f.config(&[f.plugin_hook("spin", "misbehave", "mode = \"loop\"", &[], "timeout_secs = 1\nretries = 1")]);
     let t = Instant::now();
@@ -190,6 +196,7 @@ fn plugin_spinning_forever_is_stopped_and_retried_in_a_fresh_instance() {
 
 #[test]
 fn plugin_memory_bomb_is_stopped_at_its_limit() {
+    require!(Root, Plugins);
     let f = Fixture::new("plugin-mem");
     let config = f.config(&[f.plugin_hook("bomb", "misbehave", "mode = \"memory-bomb\"", &[], "memory_mib = 16")]);
     let run = run_json(f.session(&config, "true"));
@@ -200,6 +207,7 @@ fn plugin_memory_bomb_is_stopped_at_its_limit() {
 
 #[test]
 fn ungranted_connect_and_file_read_are_denied_and_reported() {
+    require!(Root, Plugins);
     let f = Fixture::new("plugin-deny");
     let secret = f.s.config("secret.txt", "hunter2");
     let config = f.config(&[
@@ -221,6 +229,7 @@ fn ungranted_connect_and_file_read_are_denied_and_reported() {
 
 #[test]
 fn malformed_and_wrong_version_plugins_are_refused_at_check() {
+    require!(Root, Plugins);
     let f = Fixture::new("plugin-load");
     let config = f.config(&[f.plugin_hook("wrong", "wrong_version", "", &[], ""), f.plugin_hook("junk", "not_a_plugin", "", &[], "")]);
     let out = quiesce(&f.s)
@@ -246,6 +255,7 @@ fn malformed_and_wrong_version_plugins_are_refused_at_check() {
 
 #[test]
 fn check_shows_requested_grants_that_were_not_granted() {
+    require!(Root, Plugins);
     let f = Fixture::new("plugin-check");
     let config = f.config(&[f.plugin_hook("lockd", "lockd", "", &[], "")]);
     let r = check_json(&f.s, &f.file("cache"), &config, f.mnt.path());
@@ -255,6 +265,7 @@ fn check_shows_requested_grants_that_were_not_granted() {
 
 #[test]
 fn artifacts_are_stored_with_the_session_after_thaw() {
+    require!(Root, Plugins);
     let f = Fixture::new("plugin-artifact");
     let config = f.config(&[f.plugin_hook("pg", "misbehave", "mode = \"artifact\"", &[], "")]);
     let run = run_json(f.session(&config, "true"));

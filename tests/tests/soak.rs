@@ -8,6 +8,7 @@ use quiesce_tests::soak::{count, table, SoakRig};
 
 #[test]
 fn a_hundred_sessions_in_one_process_and_twenty_through_the_cli_leak_no_fd_thread_zombie_or_memory() {
+    quiesce_tests::require!(Root);
     let rig = SoakRig::new();
     // SOAK_LIB / SOAK_CLI make it the full soak without a release build.
     let lib = rig.library(count("SOAK_LIB", 100));

@@ -81,6 +81,7 @@ fn summary(ev: &Events) -> &str {
 
 #[tokio::test]
 async fn a_flood_of_empty_log_records_is_capped_by_count_and_ends_in_time() {
+    require!(Root, Plugins);
     let env = Env::new("hostile-empty-log");
     let timeout = 5 * SECOND;
     let (outcome, ev, took) = env.attack(&[("mode", "log-empty-flood"), ("n", "3000000")], timeout, None).await;
@@ -95,6 +96,7 @@ async fn a_flood_of_empty_log_records_is_capped_by_count_and_ends_in_time() {
 
 #[tokio::test]
 async fn huge_log_records_are_dropped_whole_and_counted() {
+    require!(Root, Plugins);
     let env = Env::new("hostile-huge-log");
     let (outcome, ev, _) = env.attack(&[("mode", "log-huge"), ("size", "4194304"), ("n", "3")], 10 * SECOND, None).await;
     assert_eq!(outcome, CallOutcome::Ok("flooded".into()));
@@ -107,6 +109,7 @@ async fn huge_log_records_are_dropped_whole_and_counted() {
 
 #[tokio::test]
 async fn a_flood_of_empty_printed_lines_is_capped_by_count() {
+    require!(Root, Plugins);
     let env = Env::new("hostile-empty-print");
     let (outcome, ev, took) = env.attack(&[("mode", "print-empty-flood"), ("n", "500000")], 10 * SECOND, None).await;
     assert!(matches!(outcome, CallOutcome::Ok(_) | CallOutcome::TimedOut), "{outcome:?}");
@@ -118,6 +121,7 @@ async fn a_flood_of_empty_printed_lines_is_capped_by_count() {
 
 #[tokio::test]
 async fn an_endless_printed_line_is_cut_at_the_cap() {
+    require!(Root, Plugins);
     let env = Env::new("hostile-endless-line");
     let (outcome, ev, _) = env.attack(&[("mode", "print-endless-line"), ("n", "32")], 10 * SECOND, None).await;
     assert_eq!(outcome, CallOutcome::Ok("flooded".into()));
@@ -129,6 +133,7 @@ async fn an_endless_printed_line_is_cut_at_the_cap() {
 
 #[tokio::test]
 async fn huge_returned_messages_are_cut_to_the_output_cap() {
+    require!(Root, Plugins);
     let env = Env::new("hostile-huge-result");
     let size = (16 << 20).to_string();
     for mode in ["huge-ok", "huge-retryable", "huge-fatal"] {
@@ -146,6 +151,7 @@ async fn huge_returned_messages_are_cut_to_the_output_cap() {
 
 #[tokio::test]
 async fn a_flood_of_ungranted_requests_keeps_sixteen_denials_and_one_summary() {
+    require!(Root, Plugins);
     let env = Env::new("hostile-denials");
     let (outcome, ev, took) = env.attack(&[("mode", "denial-flood"), ("n", "2000"), ("size", "65536")], 20 * SECOND, None).await;
     assert_eq!(outcome, CallOutcome::Fatal("4000 requests refused".into()));
@@ -161,6 +167,7 @@ async fn a_flood_of_ungranted_requests_keeps_sixteen_denials_and_one_summary() {
 
 #[tokio::test]
 async fn huge_names_are_refused_without_growing_the_report() {
+    require!(Root, Plugins);
     let env = Env::new("hostile-huge-names");
     let (outcome, ev, _) = env.attack(&[("mode", "huge-names"), ("size", &(8 << 20).to_string())], 20 * SECOND, None).await;
     let CallOutcome::Fatal(m) = &outcome else { panic!("{outcome:?}") };
@@ -172,6 +179,7 @@ async fn huge_names_are_refused_without_growing_the_report() {
 
 #[tokio::test]
 async fn spinning_in_host_calls_is_stopped_at_the_deadline() {
+    require!(Root, Plugins);
     let env = Env::new("hostile-spin-host");
     let timeout = 2 * SECOND;
     let (outcome, ev, took) = env.attack(&[("mode", "spin-host-calls")], timeout, None).await;
@@ -183,6 +191,7 @@ async fn spinning_in_host_calls_is_stopped_at_the_deadline() {
 
 #[tokio::test]
 async fn sleeping_forever_or_in_steps_ends_at_the_deadline() {
+    require!(Root, Plugins);
     let env = Env::new("hostile-sleep");
     let timeout = SECOND;
     for mode in ["sleep-forever", "sleep-in-steps"] {
@@ -195,6 +204,7 @@ async fn sleeping_forever_or_in_steps_ends_at_the_deadline() {
 
 #[tokio::test]
 async fn unbounded_recursion_traps_and_the_host_survives() {
+    require!(Root, Plugins);
     let env = Env::new("hostile-recursion");
     let (outcome, ev, _) = env.attack(&[("mode", "recursion")], 10 * SECOND, None).await;
     let CallOutcome::Trapped(m) = &outcome else { panic!("{outcome:?}") };
@@ -205,6 +215,7 @@ async fn unbounded_recursion_traps_and_the_host_survives() {
 
 #[tokio::test]
 async fn memory_past_the_limit_is_refused_in_one_step_or_many() {
+    require!(Root, Plugins);
     let env = Env::new("hostile-memory");
     let (outcome, _, _) = env.attack(&[("mode", "one-huge-allocation"), ("size", &(1u64 << 30).to_string())], 10 * SECOND, None).await;
     let CallOutcome::MemoryExhausted(m) = &outcome else { panic!("{outcome:?}") };
@@ -217,6 +228,7 @@ async fn memory_past_the_limit_is_refused_in_one_step_or_many() {
 
 #[tokio::test]
 async fn a_memory_limit_below_what_the_plugin_starts_with_refuses_instantiation_cleanly() {
+    require!(Root, Plugins);
     let env = Env::new("hostile-memory-start");
     let mut cfg = InstanceConfig::new("tiny");
     cfg.memory_limit_bytes = 64 << 10;
@@ -230,6 +242,7 @@ async fn a_memory_limit_below_what_the_plugin_starts_with_refuses_instantiation_
 
 #[tokio::test]
 async fn ungranted_wasi_sees_nothing_and_writes_nothing() {
+    require!(Root, Plugins);
     let env = Env::new("hostile-ambient");
     let _ = std::fs::remove_file("/tmp/quiesce-hostile");
     let (outcome, ev, _) = env.attack(&[("mode", "ambient")], 10 * SECOND, None).await;
@@ -265,6 +278,7 @@ fn with_custom_section(bytes: &[u8], len: usize) -> Vec<u8> {
 
 #[tokio::test]
 async fn a_huge_custom_section_loads_within_bounds_and_a_file_over_the_cap_is_refused() {
+    require!(Root, Plugins);
     let env = Env::new("hostile-custom");
     let noop = std::fs::read(built_plugin("noop")).expect("noop");
     let padded = env.scratch.join("padded.wasm");
@@ -285,6 +299,7 @@ async fn a_huge_custom_section_loads_within_bounds_and_a_file_over_the_cap_is_re
 
 #[tokio::test]
 async fn a_hostile_describe_is_cut_to_bounds() {
+    require!(Root, Plugins);
     let env = Env::new("hostile-describe");
     let info = env.plugin.describe().await.expect("describe");
     assert!(info.name.len() < 1100 && info.name.ends_with("bytes dropped)"), "{}", info.name.len());
@@ -337,6 +352,7 @@ impl Drop for TmpDir {
 
 #[test]
 fn a_vendor_who_is_not_root_can_inspect_their_own_build_in_tmp() {
+    require!(Root, Plugins);
     let s = Scratch::new("hostile-inspect-user");
     let dir = TmpDir::new("quiesce-vendor");
     let file = dir.0.join("lockd.wasm");
@@ -370,6 +386,7 @@ fn a_vendor_who_is_not_root_can_inspect_their_own_build_in_tmp() {
 
 #[test]
 fn inspecting_hostile_files_ends_with_bounded_output() {
+    require!(Root, Plugins);
     let s = Scratch::new("hostile-inspect-files");
     let dir = TmpDir::new("quiesce-hostile-inspect");
     // A hostile describe: huge strings, thousands of grants.
@@ -408,6 +425,7 @@ fn inspecting_hostile_files_ends_with_bounded_output() {
 
 #[tokio::test]
 async fn inspect_is_held_to_its_deadline() {
+    require!(Root, Plugins);
     let env = Env::new("hostile-inspect-deadline");
     let path = install_plugin(&env.scratch, "hostile");
     let engine = WasmEngine::without_cache().expect("engine");
@@ -425,6 +443,7 @@ async fn inspect_is_held_to_its_deadline() {
 /// same machine works.
 #[test]
 fn a_session_of_hostile_hooks_keeps_its_report_small_and_the_next_session_works() {
+    require!(Root, Plugins);
     let s = Scratch::new("hostile-session");
     let mnt = LoopMount::new(&s.path, "mnt", Fs::Ext4);
     let plugin = install_plugin(&s, "hostile");
@@ -496,6 +515,7 @@ fn call() -> CallContext {
 
 #[tokio::test]
 async fn a_crafted_component_answers_like_a_plugin() {
+    require!(Root, Plugins);
     // The control for the crafted attacks below: without an attack it runs.
     let env = Env::new("hostile-crafted");
     let plugin = env.load_crafted("plain.wasm", PLAIN);
@@ -506,6 +526,7 @@ async fn a_crafted_component_answers_like_a_plugin() {
 
 #[tokio::test]
 async fn a_growing_table_counts_against_the_memory_limit() {
+    require!(Root, Plugins);
     let env = Env::new("hostile-table");
     let plugin = env.load_crafted("table.wasm", TABLE_GROW);
     let mut cfg = InstanceConfig::new("table");
@@ -519,6 +540,7 @@ async fn a_growing_table_counts_against_the_memory_limit() {
 
 #[tokio::test]
 async fn several_memories_share_one_limit_and_their_number_is_capped() {
+    require!(Root, Plugins);
     let env = Env::new("hostile-memories");
     // Two memories of 40 MiB each: each under a 64 MiB per-memory limit,
     // together over the instance's 64 MiB.

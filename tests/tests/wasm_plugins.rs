@@ -53,6 +53,7 @@ const SLACK: Duration = Duration::from_secs(2);
 
 #[tokio::test]
 async fn state_lives_from_pre_to_post() {
+    require!(Root, Plugins);
     let env = Env::new("wasm-state");
     let mut lockd = Lockd::start("tcp:127.0.0.1:0");
     let target = lockd.target.clone();
@@ -79,6 +80,7 @@ async fn state_lives_from_pre_to_post() {
 
 #[tokio::test]
 async fn unix_socket_target_is_reached_through_the_connections_resource() {
+    require!(Root, Plugins);
     let env = Env::new("wasm-unix");
     let sock = env.scratch.join("lockd.sock");
     let mut lockd = Lockd::start(&format!("unix:{}", sock.display()));
@@ -93,6 +95,7 @@ async fn unix_socket_target_is_reached_through_the_connections_resource() {
 
 #[tokio::test]
 async fn lock_is_released_when_the_instance_dies() {
+    require!(Root, Plugins);
     // A plugin that locked in pre and is then dropped (a later trap, or the
     // session ending): the service sees the connection close and releases.
     let env = Env::new("wasm-release");
@@ -109,6 +112,7 @@ async fn lock_is_released_when_the_instance_dies() {
 
 #[tokio::test]
 async fn infinite_loop_is_stopped_by_the_epoch_deadline() {
+    require!(Root, Plugins);
     let env = Env::new("wasm-loop");
     let server = SilentServer::start();
     let target = server.target();
@@ -130,6 +134,7 @@ async fn infinite_loop_is_stopped_by_the_epoch_deadline() {
 
 #[tokio::test]
 async fn blocked_host_read_is_stopped_by_the_call_timeout() {
+    require!(Root, Plugins);
     // Epochs cannot interrupt a guest waiting inside a host call; the
     // wall-clock timeout around the call must.
     let env = Env::new("wasm-blocked");
@@ -150,6 +155,7 @@ async fn blocked_host_read_is_stopped_by_the_call_timeout() {
 
 #[tokio::test]
 async fn host_sleep_past_the_deadline_times_out() {
+    require!(Root, Plugins);
     let env = Env::new("wasm-sleep");
     let timeout = Duration::from_millis(300);
     let mut inst = env.instance("misbehave", &[], &[("mode", "sleep")], timeout).await;
@@ -160,6 +166,7 @@ async fn host_sleep_past_the_deadline_times_out() {
 
 #[tokio::test]
 async fn memory_bomb_is_stopped_at_the_memory_limit() {
+    require!(Root, Plugins);
     let env = Env::new("wasm-memory");
     let plugin = env.load("misbehave");
     let mut cfg = InstanceConfig::new("bomb");
@@ -180,6 +187,7 @@ async fn memory_bomb_is_stopped_at_the_memory_limit() {
 
 #[tokio::test]
 async fn trap_in_pre_kills_the_instance_and_says_why() {
+    require!(Root, Plugins);
     let env = Env::new("wasm-trap-pre");
     let mut inst = env.instance("misbehave", &[], &[("mode", "trap-pre")], 5 * SECOND).await;
     match inst.pre(&ctx(1)).await {
@@ -192,6 +200,7 @@ async fn trap_in_pre_kills_the_instance_and_says_why() {
 
 #[tokio::test]
 async fn trap_in_post_closes_the_connection_opened_in_pre() {
+    require!(Root, Plugins);
     let env = Env::new("wasm-trap-post");
     let server = SilentServer::start();
     let target = server.target();
@@ -210,6 +219,7 @@ async fn trap_in_post_closes_the_connection_opened_in_pre() {
 
 #[tokio::test]
 async fn connect_to_an_ungranted_target_is_an_error_value_and_recorded() {
+    require!(Root, Plugins);
     let env = Env::new("wasm-deny-connect");
     let granted = SilentServer::start();
     let other = SilentServer::start();
@@ -234,6 +244,7 @@ async fn connect_to_an_ungranted_target_is_an_error_value_and_recorded() {
 
 #[tokio::test]
 async fn file_reads_need_a_grant_and_stay_inside_it() {
+    require!(Root, Plugins);
     let env = Env::new("wasm-files");
     let dir = env.scratch.join("conf");
     std::fs::create_dir(&dir).unwrap();
@@ -276,6 +287,7 @@ async fn file_reads_need_a_grant_and_stay_inside_it() {
 
 #[tokio::test]
 async fn exec_runs_only_granted_executables() {
+    require!(Root, Plugins);
     let env = Env::new("wasm-exec");
     let script = env.scratch.script("hello.sh", "#!/bin/sh\necho \"hello $1\"\n");
     let s = script.display().to_string();
@@ -290,6 +302,7 @@ async fn exec_runs_only_granted_executables() {
 
 #[tokio::test]
 async fn sandbox_shows_no_environment_arguments_files_network_or_wall_clock() {
+    require!(Root, Plugins);
     let env = Env::new("wasm-ambient");
     let server = SilentServer::start();
     let wasi_target = server.addr.to_string();
@@ -303,6 +316,7 @@ async fn sandbox_shows_no_environment_arguments_files_network_or_wall_clock() {
 
 #[tokio::test]
 async fn log_records_and_output_are_captured_per_call() {
+    require!(Root, Plugins);
     let env = Env::new("wasm-log");
     let mut inst = env.instance("misbehave", &[], &[("mode", "log")], 5 * SECOND).await;
     assert!(inst.pre(&ctx(1)).await.is_success());
@@ -320,6 +334,7 @@ async fn log_records_and_output_are_captured_per_call() {
 
 #[tokio::test]
 async fn output_beyond_the_cap_is_dropped_and_counted() {
+    require!(Root, Plugins);
     let env = Env::new("wasm-flood");
     let plugin = env.load("misbehave");
     let mut cfg = InstanceConfig::new("flood");
@@ -336,6 +351,7 @@ async fn output_beyond_the_cap_is_dropped_and_counted() {
 
 #[tokio::test]
 async fn artifacts_are_kept_by_the_host_even_after_the_instance_dies() {
+    require!(Root, Plugins);
     let env = Env::new("wasm-artifacts");
     let mut inst = env.instance("misbehave", &[], &[("mode", "artifact")], 5 * SECOND).await;
     assert!(inst.pre(&ctx(1)).await.is_success());
@@ -347,6 +363,7 @@ async fn artifacts_are_kept_by_the_host_even_after_the_instance_dies() {
 
 #[tokio::test]
 async fn retryable_keeps_the_instance_alive_and_sees_the_attempt() {
+    require!(Root, Plugins);
     let env = Env::new("wasm-retry");
     let mut inst = env.instance("misbehave", &[], &[("mode", "retry")], 5 * SECOND).await;
     assert_eq!(inst.pre(&ctx(1)).await, CallOutcome::Retryable("attempt 1".into()));
@@ -366,6 +383,7 @@ fn load_err(env: &Env, file: &str, bytes: &[u8]) -> String {
 
 #[test]
 fn malformed_wasm_is_refused_naming_what_was_expected() {
+    require!(Root, Plugins);
     let env = Env::new("wasm-malformed");
     let m = load_err(&env, "junk.wasm", b"#!/bin/sh\necho I am not wasm\n");
     assert!(
@@ -380,6 +398,7 @@ fn malformed_wasm_is_refused_naming_what_was_expected() {
 
 #[test]
 fn core_module_is_refused_as_not_a_component() {
+    require!(Root, Plugins);
     let env = Env::new("wasm-core");
     // The smallest valid core module: magic + version 1, no sections.
     let m = load_err(&env, "core.wasm", b"\0asm\x01\0\0\0");
@@ -388,6 +407,7 @@ fn core_module_is_refused_as_not_a_component() {
 
 #[test]
 fn component_for_another_wit_version_is_refused() {
+    require!(Root, Plugins);
     let env = Env::new("wasm-version");
     let path = install_plugin(&env.scratch, "wrong_version");
     let e = env.engine.load(&path).err().expect("refused");
@@ -398,6 +418,7 @@ fn component_for_another_wit_version_is_refused() {
 
 #[test]
 fn component_of_another_world_is_refused() {
+    require!(Root, Plugins);
     let env = Env::new("wasm-world");
     let path = install_plugin(&env.scratch, "not_a_plugin");
     let m = env.engine.load(&path).err().expect("refused").to_string();
@@ -406,6 +427,7 @@ fn component_of_another_world_is_refused() {
 
 #[test]
 fn plugin_writable_by_others_is_refused() {
+    require!(Root, Plugins);
     use std::os::unix::fs::PermissionsExt;
     let env = Env::new("wasm-trust");
     let path = install_plugin(&env.scratch, "noop");
@@ -424,6 +446,7 @@ fn cache_entries(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn second_load_uses_the_cache_and_is_fast() {
+    require!(Root, Plugins);
     use std::os::unix::fs::PermissionsExt;
     let env = Env::new("wasm-cache");
     let path = install_plugin(&env.scratch, "lockd");
@@ -451,6 +474,7 @@ fn second_load_uses_the_cache_and_is_fast() {
 
 #[tokio::test]
 async fn corrupted_cache_entry_is_detected_and_rebuilt() {
+    require!(Root, Plugins);
     let env = Env::new("wasm-corrupt");
     let path = install_plugin(&env.scratch, "noop");
     env.engine.load(&path).expect("first load");
@@ -484,6 +508,7 @@ async fn corrupted_cache_entry_is_detected_and_rebuilt() {
 
 #[tokio::test]
 async fn describe_reports_what_the_plugin_asks_for() {
+    require!(Root, Plugins);
     let env = Env::new("wasm-describe");
     let plugin = env.load("lockd");
     let info = plugin.describe().await.expect("describe");
@@ -496,6 +521,7 @@ async fn describe_reports_what_the_plugin_asks_for() {
 
 #[test]
 fn cli_plugin_inspect_prints_version_imports_grants_and_cache_state() {
+    require!(Root, Plugins);
     let s = Scratch::new("wasm-cli");
     let path = install_plugin(&s, "lockd");
     let run = |json: bool| {

@@ -409,13 +409,11 @@ fn not_held(r: &mut Run, name: &str, why: &str) {
     r.error(ErrorCode::QuiesceNotHeld, m);
 }
 
-/// The plugin's log records go to the session log; refused capabilities
-/// become `GrantDenied` errors.
+/// Refused capabilities become `GrantDenied` errors. The plugin's log
+/// records are not logged here: the `log` import logged each one as it came
+/// (at the plugin's level), and draining logged its printed lines.
 fn forward_events(inst: &mut PluginInstance, name: &str, r: &mut Run) {
     let events = inst.take_events();
-    for rec in &events.logs {
-        tracing::info!(hook = %name, level = ?rec.level, "{}", rec.message);
-    }
     for d in &events.denials {
         let message = format!("plugin hook {name}: {d}; {}", d.advice());
         tracing::warn!("{message}");

@@ -698,8 +698,13 @@ mod tests {
 
     fn session(tag: &str, config: Config, max_freeze: Option<Duration>, hangs: bool) -> (Session, Arc<AtomicBool>, PathBuf) {
         // Not under /tmp: the run directory must be on a path only root (or
-        // this user) can write, and /tmp is world-writable.
-        let dir = PathBuf::from(format!("/run/quiesce-unit-session-{tag}-{}", std::process::id()));
+        // this user) can write, and /tmp is world-writable. /run for root;
+        // an ordinary user (`cargo test` on a laptop) runs it in their home.
+        let base = match std::env::var_os("HOME") {
+            Some(home) if !nix::unistd::geteuid().is_root() => PathBuf::from(home),
+            _ => PathBuf::from("/run"),
+        };
+        let dir = base.join(format!("quiesce-unit-session-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let dropped = Arc::new(AtomicBool::new(false));
         let opts = SessionOptions {
