@@ -5,8 +5,8 @@
 //! Every fixture cleans up in `Drop`, so a failing assertion still thaws,
 //! unmounts and detaches what the test created.
 
-pub mod blocks;
 pub mod bench;
+pub mod blocks;
 pub mod db;
 pub mod faults;
 pub mod legacy;

@@ -108,6 +108,7 @@ fn azure_config(s: &Scratch) -> PathBuf {
 
 #[test]
 fn azure_extension_run_through_the_wrappers_holds_the_plugin_lock_across_its_own_freeze_and_snapshot() {
+    quiesce_tests::require!(Root, Mariadb, Plugins);
     let ms = MountedScratch::new("azure");
     let mut lockd = Lockd::start("tcp:127.0.0.1:0");
     let svc = Service::start(&ms.s, &lockd_config(&ms.s, &lockd));
@@ -149,6 +150,7 @@ fn azure_extension_run_through_the_wrappers_holds_the_plugin_lock_across_its_own
 /// extension still runs finds nothing left to end and succeeds.
 #[test]
 fn azure_pre_wrapper_fails_when_the_plugin_cannot_quiesce_and_the_session_is_already_over() {
+    quiesce_tests::require!(Root, Mariadb, Plugins);
     let ms = MountedScratch::new("azure-fail");
     let lockd = Lockd::start("tcp:127.0.0.1:0");
     let config = lockd_config(&ms.s, &lockd);
@@ -185,6 +187,7 @@ fn velero_command(annotation: &str) -> Vec<String> {
 /// second ends the session.
 #[test]
 fn velero_pre_and_post_hook_commands_from_two_processes_hold_the_lock_between_them() {
+    quiesce_tests::require!(Root, Mariadb, Plugins);
     let s = Scratch::new("velero");
     let mut lockd = Lockd::start("tcp:127.0.0.1:0");
     let svc = Service::start(&s, &lockd_config(&s, &lockd));

@@ -162,6 +162,7 @@ impl Drop for Thaw<'_> {
 
 #[test]
 fn a_healthy_machine_has_no_problem_and_no_warning_and_exits_0() {
+    quiesce_tests::require!(Root, Redis, Plugins);
     let m = Machine::new("doctor-healthy");
     let d = m.doctor(&m.config());
     assert_eq!(d.code, 0, "{:#}", d.json);
@@ -175,6 +176,7 @@ fn a_healthy_machine_has_no_problem_and_no_warning_and_exits_0() {
 
 #[test]
 fn a_running_session_is_backup_operation_in_progress_and_its_freeze_is_expected() {
+    quiesce_tests::require!(Root, Redis, Plugins);
     let m = Machine::new("doctor-running");
     let session = m.start_slow_session();
     let d = m.doctor(&m.config());
@@ -190,6 +192,7 @@ fn a_running_session_is_backup_operation_in_progress_and_its_freeze_is_expected(
 
 #[test]
 fn a_state_file_left_by_a_killed_session_is_named_stale() {
+    quiesce_tests::require!(Root, Redis, Plugins);
     let m = Machine::new("doctor-stale");
     let session = m.start_slow_session();
     let state = m.state();
@@ -211,6 +214,7 @@ fn a_state_file_left_by_a_killed_session_is_named_stale() {
 
 #[test]
 fn a_file_system_frozen_by_someone_else_is_a_problem_with_the_thaw_command() {
+    quiesce_tests::require!(Root, Redis, Plugins);
     let m = Machine::new("doctor-frozen");
     let config = m.config();
     sh(&format!("fsfreeze -f {}", m.mnt.path().display()));
@@ -232,6 +236,7 @@ fn a_file_system_frozen_by_someone_else_is_a_problem_with_the_thaw_command() {
 
 #[test]
 fn a_guardian_that_outlived_its_host_is_named_and_the_fix_ends_it() {
+    quiesce_tests::require!(Root, Redis, Plugins);
     let m = Machine::new("doctor-orphan");
     let session = m.start_slow_session();
     let guardian = m.state()["guardian_pid"].as_i64().expect("guardian pid") as i32;
@@ -276,6 +281,7 @@ impl Drop for Resume {
 
 #[test]
 fn a_config_readable_by_others_is_named_with_the_session_code_and_chmod() {
+    quiesce_tests::require!(Root, Redis, Plugins);
     let m = Machine::new("doctor-config-mode");
     let config = m.config();
     fs::set_permissions(&config, fs::Permissions::from_mode(0o644)).unwrap();
@@ -288,6 +294,7 @@ fn a_config_readable_by_others_is_named_with_the_session_code_and_chmod() {
 
 #[test]
 fn a_script_writable_by_others_is_named_with_the_session_code_and_chmod() {
+    quiesce_tests::require!(Root, Redis, Plugins);
     let m = Machine::new("doctor-script-mode");
     let config = m.config();
     let pre = m.s.join("pre.sh");
@@ -303,6 +310,7 @@ fn a_script_writable_by_others_is_named_with_the_session_code_and_chmod() {
 
 #[test]
 fn a_run_directory_writable_by_everyone_is_not_trusted() {
+    quiesce_tests::require!(Root, Redis, Plugins);
     let m = Machine::new("doctor-run-dir");
     let run = m.s.join("run");
     fs::create_dir(&run).unwrap();
@@ -316,6 +324,7 @@ fn a_run_directory_writable_by_everyone_is_not_trusted() {
 
 #[test]
 fn a_plugin_that_does_not_load_is_named_plugin_load_failed() {
+    quiesce_tests::require!(Root, Redis, Plugins);
     let m = Machine::new("doctor-plugin");
     // A real component, but not a quiesce plugin; and a file that is no component at all.
     let component = install_plugin(&m.s, "not_a_plugin");
@@ -334,6 +343,7 @@ fn a_plugin_that_does_not_load_is_named_plugin_load_failed() {
 
 #[test]
 fn a_full_state_file_system_is_named_state_space_low() {
+    quiesce_tests::require!(Root, Redis, Plugins);
     let m = Machine::new("doctor-full");
     let small = LoopMount::with_size(&m.s.path, "small", Fs::Ext4, 4);
     // Fill it as root (reserved blocks too); dd stops at ENOSPC.
@@ -355,6 +365,7 @@ fn a_full_state_file_system_is_named_state_space_low() {
 
 #[test]
 fn a_service_socket_nobody_answers_is_guest_agent_status_unavailable() {
+    quiesce_tests::require!(Root, Redis, Plugins);
     let m = Machine::new("doctor-service");
     let sock = m.s.join("quiesce.sock");
     // A socket left behind by a service that died: connections are refused.
@@ -377,6 +388,7 @@ fn a_service_socket_nobody_answers_is_guest_agent_status_unavailable() {
 
 #[test]
 fn a_metrics_textfile_directory_others_may_write_is_not_trusted() {
+    quiesce_tests::require!(Root, Redis, Plugins);
     let m = Machine::new("doctor-metrics-dir");
     let textdir = m.s.join("textfile");
     fs::create_dir(&textdir).unwrap();
@@ -391,6 +403,7 @@ fn a_metrics_textfile_directory_others_may_write_is_not_trusted() {
 
 #[test]
 fn a_full_recovery_point_catalog_is_rp_collection_limit_reached() {
+    quiesce_tests::require!(Root, Redis, Plugins);
     let m = Machine::new("doctor-points-full");
     let pre = m.s.script("pre.sh", "#!/bin/sh\nexit 0\n");
     let config = m.s.config("points.toml", &format!("[points]\nmax_points = 1\n\n[[hook]]\nname = \"app\"\npre = \"{}\"\n", pre.display()));
@@ -408,6 +421,7 @@ fn a_full_recovery_point_catalog_is_rp_collection_limit_reached() {
 
 #[test]
 fn a_newest_point_weaker_than_app_consistent_is_named_with_the_last_good_one() {
+    quiesce_tests::require!(Root, Redis, Plugins);
     let m = Machine::new("doctor-points-weak");
     let config = m.config();
     let good = m.snapshot(&config, "true");
@@ -428,6 +442,7 @@ fn a_newest_point_weaker_than_app_consistent_is_named_with_the_last_good_one() {
 
 #[test]
 fn a_plugin_that_cannot_log_in_to_what_it_was_granted_is_plugin_check_failed() {
+    quiesce_tests::require!(Root, Redis, Plugins);
     let m = Machine::new("doctor-plugin-check");
     let redis = Redis::start(&m.s.path, false);
     let plugin = install_plugin(&m.s, "quiesce_redis");

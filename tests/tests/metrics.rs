@@ -131,6 +131,7 @@ fn close(a: f64, b: f64) -> bool {
 
 #[test]
 fn node_exporter_serves_the_last_sessions_values_and_counters_that_survive_the_process() {
+    quiesce_tests::require!(Root);
     let s = setup("metrics-scrape");
     let ne = NodeExporter::start(&s.textdir);
     let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
@@ -182,6 +183,7 @@ fn node_exporter_serves_the_last_sessions_values_and_counters_that_survive_the_p
 
 #[test]
 fn a_textfile_directory_others_may_write_is_refused_but_the_session_still_counts() {
+    quiesce_tests::require!(Root);
     let s = setup("metrics-untrusted");
     fs::set_permissions(&s.textdir, fs::Permissions::from_mode(0o777)).unwrap();
     let run = session(&s, "true");
@@ -201,6 +203,7 @@ fn a_textfile_directory_others_may_write_is_refused_but_the_session_still_counts
 
 #[test]
 fn symlinks_planted_at_the_textfile_or_its_temporary_name_are_replaced_not_followed() {
+    quiesce_tests::require!(Root);
     let s = setup("metrics-symlink");
     for name in ["quiesce.prom", "quiesce.prom.tmp"] {
         let victim = s.ms.s.join(&format!("victim-{name}"));

@@ -76,6 +76,7 @@ fn logging_hook(st: &Stage, log: &Path) -> String {
 
 #[test]
 fn every_reflink_session_records_a_point_that_list_and_show_return() {
+    quiesce_tests::require!(Root, Plugins);
     let st = Stage::new("pt-record");
     let log = st.file("hook.log");
     let cfg = config(&st, &logging_hook(&st, &log));
@@ -119,6 +120,7 @@ fn every_reflink_session_records_a_point_that_list_and_show_return() {
 
 #[test]
 fn a_session_without_a_snapshot_records_no_point() {
+    quiesce_tests::require!(Root, Plugins);
     let st = Stage::new("pt-none");
     let cfg = st.s.config("quiesce.toml", "[freeze]\nmax_freeze_secs = 30\n\n[snapshot]\ncommand = \"exit 1\"\n");
     let run = session(&st, &cfg);
@@ -129,6 +131,7 @@ fn a_session_without_a_snapshot_records_no_point() {
 
 #[test]
 fn torn_and_corrupt_records_are_reported_with_their_path_and_skipped() {
+    quiesce_tests::require!(Root, Plugins);
     let st = Stage::new("pt-torn");
     let cfg = config(&st, "");
     let good = point_id(&session(&st, &cfg));
@@ -172,6 +175,7 @@ fn torn_and_corrupt_records_are_reported_with_their_path_and_skipped() {
 /// catalog keeps working.
 #[test]
 fn a_session_killed_while_writing_its_record_leaves_no_torn_record() {
+    quiesce_tests::require!(Root, Plugins);
     let st = Stage::new("pt-kill");
     let cfg = config(&st, "");
     let earlier = point_id(&session(&st, &cfg));
@@ -221,6 +225,7 @@ fn a_session_killed_while_writing_its_record_leaves_no_torn_record() {
 
 #[test]
 fn max_points_reached_refuses_the_session_before_any_hook_or_freeze() {
+    quiesce_tests::require!(Root, Plugins);
     let st = Stage::new("pt-max");
     let log = st.file("hook.log");
     let cfg = config(&st, &format!("[points]\nmax_points = 2\n\n{}", logging_hook(&st, &log)));
@@ -262,6 +267,7 @@ impl Drop for Immutable {
 
 #[test]
 fn a_provider_failing_mid_prune_keeps_that_record_marked_and_deletes_the_rest() {
+    quiesce_tests::require!(Root, Plugins);
     let st = Stage::new("pt-delete");
     let cfg = config(&st, "[points]\nkeep_last = 1\n");
     let all: Vec<String> = (0..3).map(|_| point_id(&session(&st, &cfg))).collect();
@@ -308,6 +314,7 @@ fn a_provider_failing_mid_prune_keeps_that_record_marked_and_deletes_the_rest() 
 
 #[test]
 fn restore_is_refused_over_a_mount_a_mount_below_a_non_empty_dir_and_a_disk_in_use() {
+    quiesce_tests::require!(Root, Plugins);
     let st = Stage::new("pt-refuse");
     let cfg = config(&st, "");
     let id = point_id(&session(&st, &cfg));
@@ -338,6 +345,7 @@ fn restore_is_refused_over_a_mount_a_mount_below_a_non_empty_dir_and_a_disk_in_u
 
 #[test]
 fn restore_to_an_alternate_location_gives_the_snapshots_data() {
+    quiesce_tests::require!(Root, Plugins);
     let st = Stage::new("pt-restore");
     let cfg = config(&st, "");
     let inner = st.rig.inner().to_path_buf();
@@ -376,6 +384,7 @@ fn restore_to_an_alternate_location_gives_the_snapshots_data() {
 
 #[test]
 fn a_point_that_cannot_be_recorded_is_an_error_and_the_label_stands() {
+    quiesce_tests::require!(Root, Plugins);
     let st = Stage::new("pt-unrecorded");
     let log = st.file("hook.log");
     let cfg = config(&st, &logging_hook(&st, &log));
@@ -398,6 +407,7 @@ fn a_point_that_cannot_be_recorded_is_an_error_and_the_label_stands() {
 /// an agent passes to `end` is the point's snapshot id.
 #[test]
 fn a_two_phase_session_records_the_agents_snapshot_id_and_a_full_catalog_forgets_the_oldest_agent_record() {
+    quiesce_tests::require!(Root, Plugins);
     let m = quiesce_tests::MountedScratch::new("pt-2phase");
     let cfg = m.s.config("quiesce.toml", "[freeze]\nmax_freeze_secs = 30\n\n[points]\nmax_points = 1\n");
     let svc = quiesce_tests::service::Service::start(&m.s, &cfg);
@@ -439,6 +449,7 @@ fn a_two_phase_session_records_the_agents_snapshot_id_and_a_full_catalog_forgets
 
 #[test]
 fn prune_drops_only_the_record_of_a_snapshot_quiesce_cannot_delete_and_says_so() {
+    quiesce_tests::require!(Root, Plugins);
     let st = Stage::new("pt-forget");
     let marker = st.file("made");
     let cfg = st.s.config(
@@ -470,6 +481,7 @@ fn prune_drops_only_the_record_of_a_snapshot_quiesce_cannot_delete_and_says_so()
 
 #[test]
 fn points_diff_takes_two_point_ids_and_finds_what_was_written_between() {
+    quiesce_tests::require!(Root, Plugins);
     let st = Stage::new("pt-diff");
     let cfg = config(&st, "");
     let a = point_id(&session(&st, &cfg));

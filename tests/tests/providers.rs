@@ -46,6 +46,7 @@ fn made(report: &Report) -> Made {
 
 #[test]
 fn reflink_point_is_taken_frozen_then_restored_to_a_new_image_and_deleted() {
+    quiesce_tests::require!(Root);
     let mut st = Stage::new("prov-reflink");
     fs::write(st.rig.inner().join("before.txt"), "in the point\n").unwrap();
     sh("sync");
@@ -93,6 +94,7 @@ fn reflink_point_is_taken_frozen_then_restored_to_a_new_image_and_deleted() {
 
 #[test]
 fn reflink_clone_onto_the_frozen_file_system_is_refused_instead_of_blocking() {
+    quiesce_tests::require!(Root);
     let st = Stage::new("prov-reflink-frozen");
     // The destination on the inner (frozen) file system: FICLONE would block until the thaw.
     let config = st.s.config(
@@ -153,6 +155,7 @@ fn take(spec_config: &Path, ctx: &SnapshotContext) -> Made {
 
 #[test]
 fn btrfs_point_is_read_only_restores_writable_and_deletes() {
+    quiesce_tests::require!(Root);
     let b = Btrfs::new("prov-btrfs");
     fs::write(b.vol().join("data"), "point\n").unwrap();
     let report = session(&b.s, &b.config(false), &[b.mnt.path()]);
@@ -186,6 +189,7 @@ fn btrfs_point_is_read_only_restores_writable_and_deletes() {
 
 #[test]
 fn btrfs_snapshot_of_a_frozen_file_system_is_refused_and_thawed() {
+    quiesce_tests::require!(Root);
     let b = Btrfs::new("prov-btrfs-frozen");
     let report = session(&b.s, &b.config(true), &[b.mnt.path()]);
     assert!(!report.snapshot_taken);
@@ -224,6 +228,7 @@ fn records(text: &str) -> u64 {
 
 #[test]
 fn btrfs_point_restored_under_write_load_on_the_source_is_the_point_in_time() {
+    quiesce_tests::require!(Root);
     let b = Btrfs::new("prov-btrfs-load");
     let log = b.vol().join("log");
     let stop = Arc::new(AtomicBool::new(false));
@@ -253,6 +258,7 @@ fn btrfs_point_restored_under_write_load_on_the_source_is_the_point_in_time() {
 
 #[test]
 fn command_point_records_printed_ids_and_paths_and_runs_its_delete_and_restore_commands() {
+    quiesce_tests::require!(Root);
     let ms = MountedScratch::new("prov-cmd");
     let store = ms.s.join("store");
     fs::create_dir_all(&store).unwrap();
@@ -362,6 +368,7 @@ fn s(a: &[&str]) -> Vec<String> {
 
 #[test]
 fn azure_snapshot_is_created_incremental_tagged_pending_then_final_and_deleted_and_restored_by_id() {
+    quiesce_tests::require!(Root);
     let c = Cloud::new("prov-azure");
     let disk = "/subscriptions/0000-11/resourceGroups/rg/providers/Microsoft.Compute/disks/data1";
     // Through the binary: `az` found in quiesce's PATH, the default templates as shipped.
@@ -413,6 +420,7 @@ fn azure_snapshot_is_created_incremental_tagged_pending_then_final_and_deleted_a
 
 #[test]
 fn aws_snapshots_every_volume_at_once_and_tags_deletes_and_restores_each_id() {
+    quiesce_tests::require!(Root);
     let c = Cloud::new("prov-aws");
     let config = c.config(cloud::CloudKind::Aws, "instance = \"i-0123456789abcdef0\"\nzone = \"eu-west-1a\"");
     let report = session(&c.ms.s, &config, &[c.ms.mnt.path()]);
@@ -445,6 +453,7 @@ fn aws_snapshots_every_volume_at_once_and_tags_deletes_and_restores_each_id() {
 
 #[test]
 fn gcp_snapshot_carries_lowercase_labels_and_is_relabelled_deleted_and_restored_by_name() {
+    quiesce_tests::require!(Root);
     let c = Cloud::new("prov-gcp");
     let config = c.config(cloud::CloudKind::Gcp, "disk = \"data-1\"\nzone = \"europe-west1-b\"");
     let report = session(&c.ms.s, &config, &[c.ms.mnt.path()]);
@@ -470,6 +479,7 @@ fn gcp_snapshot_carries_lowercase_labels_and_is_relabelled_deleted_and_restored_
 
 #[test]
 fn cloud_placeholder_values_and_printed_ids_cannot_inject_arguments() {
+    quiesce_tests::require!(Root);
     let c = Cloud::new("prov-inject");
     // A parameter trying to add a tag and a flag stays one escaped value.
     let config = c.config(cloud::CloudKind::Azure, "disk = \"d1 --yes\"\nresource_group = \"rg quiesce-consistency=AppConsistent\"");
@@ -520,6 +530,7 @@ fn ranges(d: &diff::Diff) -> Vec<(u64, u64)> {
 
 #[test]
 fn reflink_diff_is_exactly_the_blocks_random_writes_changed_on_several_seeds() {
+    quiesce_tests::require!(Root);
     let s = Scratch::new("prov-diff-reflink");
     let x = LoopMount::with_size(&s.path, "x", Fs::Xfs, 512);
     assert!(sh(&format!("xfs_info {}", x.path().display())).contains("reflink=1"), "XFS with reflink");
@@ -565,6 +576,7 @@ fn reflink_diff_is_exactly_the_blocks_random_writes_changed_on_several_seeds() {
 
 #[test]
 fn btrfs_diff_covers_every_changed_block_and_only_written_ones_on_several_seeds() {
+    quiesce_tests::require!(Root);
     let b = Btrfs::new("prov-diff-btrfs");
     for seed in 1..=5u64 {
         let mut rng = Rng::new(seed + 100);

@@ -80,6 +80,7 @@ fn qga_dir(s: &Scratch) -> std::path::PathBuf {
 /// session is open, `thaw` after its FITHAW (the post hook writes again).
 #[test]
 fn qemu_ga_runs_quiesce_pre_hooks_before_its_freeze_and_post_hooks_after_its_thaw() {
+    quiesce_tests::require!(Root, Mariadb, Plugins);
     let ms = MountedScratch::new("qga-order");
     let mnt = ms.mnt.path();
     let pre = ms.s.script(
@@ -133,6 +134,7 @@ fn qemu_ga_runs_quiesce_pre_hooks_before_its_freeze_and_post_hooks_after_its_tha
 /// disk image) restores to exactly the locked state.
 #[test]
 fn mariadb_stays_locked_through_qemu_ga_frozen_window_and_is_released_after_its_thaw() {
+    quiesce_tests::require!(Root, Mariadb, Plugins);
     let mut st = Stage::new("qga-mariadb");
     let my = mariadb(&st);
     let svc = Service::start(&st.s, &mariadb_service_config(&st, &my, ""));
@@ -188,6 +190,7 @@ fn mariadb_stays_locked_through_qemu_ga_frozen_window_and_is_released_after_its_
 /// quiesce's last report says why; the session is over (post ran).
 #[test]
 fn failing_pre_makes_qemu_ga_refuse_the_freeze_and_the_reason_is_in_the_last_report() {
+    quiesce_tests::require!(Root, Mariadb, Plugins);
     let ms = MountedScratch::new("qga-fail");
     let dead = ms.file("no-such-mysqld.sock");
     let target = format!("unix:{}", dead.display());
@@ -226,6 +229,7 @@ fn failing_pre_makes_qemu_ga_refuse_the_freeze_and_the_reason_is_in_the_last_rep
 /// says `SessionHoldExpired`.
 #[test]
 fn qemu_ga_killed_while_frozen_the_hold_deadline_ends_the_session_and_releases_the_database_lock() {
+    quiesce_tests::require!(Root, Mariadb, Plugins);
     let st = Stage::new("qga-killed");
     let my = mariadb(&st);
     let hold = 6;

@@ -93,6 +93,7 @@ fn run_cmd(mut cmd: Command) -> (i32, String, String) {
 
 #[test]
 fn native_begin_freezes_until_end_and_the_report_carries_the_snapshot_id() {
+    quiesce_tests::require!(Root, Plugins);
     let f = Fixture::new("svc-native");
     let svc = Service::start(&f.s, &f.config(&f.hook("", "continue")));
     let mut cmd = svc.cmd(&f.s);
@@ -130,6 +131,7 @@ fn native_begin_freezes_until_end_and_the_report_carries_the_snapshot_id() {
 
 #[test]
 fn external_and_none_sessions_freeze_nothing_and_label_by_the_hooks_and_the_agents_word() {
+    quiesce_tests::require!(Root, Plugins);
     let f = Fixture::new("svc-external");
     let svc = Service::start(&f.s, &f.config(&f.hook("", "continue")));
     for mode in ["external", "none"] {
@@ -157,6 +159,7 @@ fn external_and_none_sessions_freeze_nothing_and_label_by_the_hooks_and_the_agen
 
 #[test]
 fn external_session_with_a_failing_pre_under_continue_proceeds_listing_the_error() {
+    quiesce_tests::require!(Root, Plugins);
     let f = Fixture::new("svc-ext-fail");
     let svc = Service::start(&f.s, &f.config(&f.hook("exit 1", "continue")));
     let begun = f.begin(&svc, "external");
@@ -168,6 +171,7 @@ fn external_session_with_a_failing_pre_under_continue_proceeds_listing_the_error
 
 #[test]
 fn a_pre_hook_failing_under_abort_ends_the_session_at_begin_with_its_report() {
+    quiesce_tests::require!(Root, Plugins);
     let f = Fixture::new("svc-abort");
     let svc = Service::start(&f.s, &f.config(&f.hook("exit 3", "abort")));
     let mut cmd = svc.cmd(&f.s);
@@ -185,6 +189,7 @@ fn a_pre_hook_failing_under_abort_ends_the_session_at_begin_with_its_report() {
 
 #[test]
 fn a_session_not_ended_within_its_hold_is_ended_by_the_service() {
+    quiesce_tests::require!(Root, Plugins);
     let f = Fixture::new("svc-hold");
     let svc = Service::start(&f.s, &f.config(&f.hook("", "continue")));
     let begun = svc.request(json!({"v":1,"id":1,"op":"begin","mounts":[f.mount()],"hold_secs":1}));
@@ -205,6 +210,7 @@ fn a_session_not_ended_within_its_hold_is_ended_by_the_service() {
 
 #[test]
 fn a_bound_session_is_aborted_when_its_connection_closes() {
+    quiesce_tests::require!(Root, Plugins);
     let f = Fixture::new("svc-bind");
     let svc = Service::start(&f.s, &f.config(&f.hook("", "continue")));
     let mut conn = svc.connect();
@@ -221,6 +227,7 @@ fn a_bound_session_is_aborted_when_its_connection_closes() {
 
 #[test]
 fn racing_begins_get_one_session_and_backup_operation_in_progress() {
+    quiesce_tests::require!(Root, Plugins);
     let f = Fixture::new("svc-race");
     let svc = Service::start(&f.s, &f.config(&f.hook("sleep 1", "continue")));
     let socket = svc.socket.clone();
@@ -244,6 +251,7 @@ fn racing_begins_get_one_session_and_backup_operation_in_progress() {
 
 #[test]
 fn bad_input_gets_clear_errors_and_never_stalls_another_client_or_the_session() {
+    quiesce_tests::require!(Root, Plugins);
     let f = Fixture::new("svc-bad");
     let svc = Service::start(&f.s, &f.config(&f.hook("", "continue")));
     assert_eq!(error_code(&svc.request(json!({"v":1,"id":1,"op":"last-report"}))), "NoReport");
@@ -304,6 +312,7 @@ fn bad_input_gets_clear_errors_and_never_stalls_another_client_or_the_session() 
 
 #[test]
 fn sighup_reloads_a_good_config_and_keeps_the_old_one_when_the_new_fails() {
+    quiesce_tests::require!(Root, Plugins);
     let f = Fixture::new("svc-hup");
     let config = f.config(&f.hook("", "continue"));
     let svc = Service::start(&f.s, &config);
@@ -333,6 +342,7 @@ fn sighup_reloads_a_good_config_and_keeps_the_old_one_when_the_new_fails() {
 
 #[test]
 fn socket_activation_serves_on_the_socket_systemd_passes() {
+    quiesce_tests::require!(Root, Plugins);
     let f = Fixture::new("svc-activate");
     let config = f.config(&f.hook("", "continue"));
     let socket = f.file("act/quiesce.sock");
@@ -373,6 +383,7 @@ fn status_as_nobody(socket: &Path) -> Value {
 
 #[test]
 fn a_user_who_is_not_root_is_refused_even_when_the_socket_lets_them_connect() {
+    quiesce_tests::require!(Root, Plugins);
     let f = Fixture::new("svc-peer");
     // nobody must be able to reach the socket at all, for the check that counts to be the one refusing.
     std::fs::set_permissions(&f.s.path, std::fs::Permissions::from_mode(0o711)).unwrap();
@@ -397,6 +408,7 @@ fn a_user_who_is_not_root_is_refused_even_when_the_socket_lets_them_connect() {
 
 #[test]
 fn cli_snapshot_is_refused_while_a_service_session_is_begun_and_vice_versa() {
+    quiesce_tests::require!(Root, Plugins);
     let f = Fixture::new("svc-lock");
     let config = f.config(&f.hook("", "continue"));
     let svc = Service::start(&f.s, &config);
@@ -429,6 +441,7 @@ fn cli_snapshot_is_refused_while_a_service_session_is_begun_and_vice_versa() {
 
 #[test]
 fn service_killed_mid_session_leaves_nothing_frozen_and_the_plugin_lock_released() {
+    quiesce_tests::require!(Root, Plugins);
     let f = Fixture::new("svc-kill");
     let mut lockd = Lockd::start("tcp:127.0.0.1:0");
     let target = lockd.target.clone();
@@ -449,6 +462,7 @@ fn service_killed_mid_session_leaves_nothing_frozen_and_the_plugin_lock_released
 
 #[test]
 fn plugins_stay_loaded_across_sessions_and_a_changed_file_is_loaded_again() {
+    quiesce_tests::require!(Root, Plugins);
     let f = Fixture::new("svc-warm");
     let mut lockd = Lockd::start("tcp:127.0.0.1:0");
     let target = lockd.target.clone();
@@ -481,6 +495,7 @@ fn fsfreeze_hook(svc: &Service, s: &Scratch, arg: &str) -> i32 {
 
 #[test]
 fn fsfreeze_hook_freeze_and_thaw_as_qemu_ga_calls_them() {
+    quiesce_tests::require!(Root, Plugins);
     let f = Fixture::new("svc-fshook");
     let svc = Service::start(&f.s, &f.config(&f.hook("", "continue")));
     let hook = |arg: &str| fsfreeze_hook(&svc, &f.s, arg);
@@ -517,6 +532,7 @@ fn fsfreeze_hook_freeze_and_thaw_as_qemu_ga_calls_them() {
 
 #[test]
 fn the_python_client_drives_begin_and_end() {
+    quiesce_tests::require!(Root, Plugins);
     let f = Fixture::new("svc-python");
     let svc = Service::start(&f.s, &f.config(&f.hook("", "continue")));
     let client_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../integrations/python");
@@ -550,6 +566,7 @@ fn the_python_client_drives_begin_and_end() {
 
 #[test]
 fn an_agent_freezing_the_log_file_system_during_an_external_session_stalls_nothing() {
+    quiesce_tests::require!(Root, Plugins);
     let f = Fixture::new("svc-logfreeze");
     let config = f.config(&f.hook("", "continue"));
     // The service's log file lives on the file system the "agent" (this test, like qemu-ga) freezes.

@@ -18,6 +18,7 @@ const RSS_SLACK_KB: u64 = 2048;
 
 #[test]
 fn service_open_fds_and_rss_stay_flat_across_hundreds_of_sessions() {
+    quiesce_tests::require!(Root, Plugins);
     let ms = MountedScratch::new("svc-soak");
     let noop = install_plugin(&ms.s, "noop");
     let config = ms.s.config(

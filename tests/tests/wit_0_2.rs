@@ -102,6 +102,7 @@ fn password_file(s: &Scratch, name: &str, password: &str) -> String {
 
 #[tokio::test]
 async fn a_0_1_0_plugin_keeps_loading_and_holding_its_lock_beside_0_2_0_plugins() {
+    quiesce_tests::require!(Root, Postgres, Mariadb, Redis, Plugins);
     let s = Scratch::new("wit-old");
     let engine = WasmEngine::new(&s.join("cache")).unwrap();
     let old = s.join("lockd-0.1.0.wasm");
@@ -136,6 +137,7 @@ async fn a_0_1_0_plugin_keeps_loading_and_holding_its_lock_beside_0_2_0_plugins(
 
 #[test]
 fn inspect_and_check_say_which_wit_version_a_plugin_speaks() {
+    quiesce_tests::require!(Root, Postgres, Mariadb, Redis, Plugins);
     let s = Scratch::new("wit-inspect");
     let old = s.join("lockd-0.1.0.wasm");
     install_bytes(&old, &fs::read(lockd_0_1_0()).unwrap());
@@ -172,6 +174,7 @@ fn generated_target_dir() -> PathBuf {
 
 #[test]
 fn plugin_new_makes_a_crate_that_builds_offline_for_wasm32_wasip2_and_passes_inspect_and_check() {
+    quiesce_tests::require!(Root, Postgres, Mariadb, Redis, Plugins);
     let s = Scratch::new("wit-new");
     let out = quiesce(&s).args(["plugin", "new", "probe-db", "--dir"]).arg(s.join("src")).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -229,6 +232,7 @@ fn pg_params(pg: &Postgres, user: &str, pw_file: &str, extra: &[(&'static str, &
 
 #[test]
 fn postgres_check_passes_a_pg_checkpoint_role_and_names_the_grant_a_role_without_it_needs() {
+    quiesce_tests::require!(Root, Postgres, Mariadb, Redis, Plugins);
     let s = Scratch::new("wit-pg");
     let pg = Postgres::start(&s.path);
     let mut c = pg.connect();
@@ -276,6 +280,7 @@ fn postgres_check_passes_a_pg_checkpoint_role_and_names_the_grant_a_role_without
 
 #[test]
 fn postgres_check_passes_backup_mode_with_archiving_and_refuses_a_standby() {
+    quiesce_tests::require!(Root, Postgres, Mariadb, Redis, Plugins);
     let s = Scratch::new("wit-pgb");
     let mut pg = Postgres::start_with(&s.path, PgOptions { archive: true, ..Default::default() });
     let mut c = pg.connect();
@@ -309,6 +314,7 @@ fn postgres_check_passes_backup_mode_with_archiving_and_refuses_a_standby() {
 
 #[test]
 fn mariadb_check_passes_a_least_privilege_user_and_names_each_grant_a_plain_user_lacks() {
+    quiesce_tests::require!(Root, Postgres, Mariadb, Redis, Plugins);
     let s = Scratch::new("wit-my");
     let my = MariaDb::start(&s.path);
     let mut root = my.connect_root();
@@ -380,6 +386,7 @@ fn redis_params(
 
 #[test]
 fn redis_check_finds_an_acl_that_forbids_client_pause_without_pausing_anything() {
+    quiesce_tests::require!(Root, Postgres, Mariadb, Redis, Plugins);
     let s = Scratch::new("wit-rd");
     let r = Redis::start(&s.path, true);
     let mut c = r.connect();
@@ -453,6 +460,7 @@ fn redis_check_finds_an_acl_that_forbids_client_pause_without_pausing_anything()
 /// comes down and the exit status says so.
 #[test]
 fn redis_pause_that_expires_before_the_snapshot_ends_lowers_the_label_to_file_system_consistent() {
+    quiesce_tests::require!(Root, Postgres, Mariadb, Redis, Plugins);
     let m = MountedScratch::new("wit-rd-expire");
     let r = Redis::start(&m.s.path, true);
     let (params, grants) = redis_params(&r, None, &r.password_file.display().to_string(), &[("pause_ms", "200")]);
