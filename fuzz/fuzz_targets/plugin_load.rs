@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use quiesce::hooks::wasm::{inspect, CacheStatus, WasmEngine, HOOKS_INTERFACE, WIT_VERSION};
+use quiesce::hooks::wasm::{inspect, CacheStatus, WasmEngine, HOOKS_INTERFACE};
 
 struct World {
     /// Root-owned 0700 directory on a root-only path (the plugin trust rule
@@ -56,15 +56,20 @@ fuzz_target!(init: { world(); }, |data: &[u8]| {
     let first = w.rt.block_on(inspect(&w.engine, &file));
     if let Ok(i) = &first {
         assert_eq!(i.size, data.len() as u64);
-        let wanted = format!("{HOOKS_INTERFACE}@{WIT_VERSION}");
+        // Either frozen version (0.1.0 plugins keep loading beside 0.2.0), and
+        // the one inspect names is the one the component exports.
+        let wanted = format!("{HOOKS_INTERFACE}@{}", i.wit_version.as_str());
         assert!(i.exports.iter().any(|e| *e == wanted), "accepted without exporting {wanted}: {:?}", i.exports);
-        let again = w.engine.load(&file).expect("a plugin that loaded once loads again");
+        // A fresh engine, as the next process: one engine keeps what it loaded in memory.
+        let next = WasmEngine::new(&w.cache).expect("wasm engine");
+        let again = next.load(&file).expect("a plugin that loaded once loads again");
         assert_eq!(*again.cache_status(), CacheStatus::Hit, "the second load comes from the cache");
         assert_eq!(again.sha256(), i.sha256);
     }
     // Compiled entries would fill the disk; every input starts cold.
     if let Ok(entries) = fs::read_dir(&w.cache) {
-        for e in entries.flatten() {
+        // (The machine's cache key stays: the engines authenticate entries with it.)
+        for e in entries.flatten().filter(|e| e.file_name() != "cache.key") {
             let _ = fs::remove_file(e.path());
         }
     }
