@@ -467,6 +467,8 @@ fn plugins_stay_loaded_across_sessions_and_a_changed_file_is_loaded_again() {
     let mut lockd = Lockd::start("tcp:127.0.0.1:0");
     let target = lockd.target.clone();
     let (plugin, config) = f.lockd_config("p", &target);
+    // A plugin file changed in the last 2 s is read again rather than remembered (coarse timestamps).
+    std::thread::sleep(Duration::from_millis(2100));
     let svc = Service::start_with(&f.s, &config, |c| {
         c.arg("--verbose");
     });

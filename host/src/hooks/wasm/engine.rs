@@ -77,6 +77,19 @@ impl FileKey {
     }
 }
 
+/// File timestamps advance in coarse ticks (a few ms), so a same-size
+/// rewrite within the tick of a load would keep its key (git's "racily
+/// clean" index entries): a file changed this recently is not remembered,
+/// only read again. A later change then lands in a later tick.
+const SETTLED: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl FileKey {
+    fn settled(&self) -> bool {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(0);
+        now.saturating_sub(self.ctime_ns.max(self.mtime_ns)) >= SETTLED.as_nanos() as i128
+    }
+}
+
 /// More distinct plugin paths than any config names; past it the memo is
 /// cleared rather than grown.
 const LOADED_CAP: usize = 256;
@@ -165,7 +178,7 @@ impl WasmEngine {
         let plugin = self.load_bytes(path, bytes, started)?;
         // Read after the file was read: a change while reading shows as a new key next time.
         if let (Some(key), Some(after)) = (key, FileKey::of(file.file())) {
-            if key == after {
+            if key == after && key.settled() {
                 let mut loaded = self.loaded();
                 if loaded.len() >= LOADED_CAP {
                     loaded.clear();
