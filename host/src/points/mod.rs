@@ -116,29 +116,30 @@ pub fn check_room(state_dir: &Path, settings: &Settings, takes_snapshot: bool, w
         return Ok(());
     }
     let catalog = Catalog::new(state_dir);
-    let count = |warnings: &mut Vec<String>| match catalog.list() {
+    let read = |warnings: &mut Vec<String>| match catalog.list() {
         Ok(l) => {
             warnings.extend(l.problems.iter().map(|p| format!("recovery point catalog: {}: {}", p.path.display(), p.message)));
-            Some(l.points.len())
+            Some(l)
         }
         Err(e) => {
             warnings.push(format!("cannot read the recovery point catalog ({e}); cannot tell whether max_points is reached"));
             None
         }
     };
-    let Some(mut held) = count(warnings) else { return Ok(()) };
+    let Some(mut listing) = read(warnings) else { return Ok(()) };
     let max = settings.max_points as usize;
-    if held >= max && settings.prune_after_session {
-        match blocking(|| prune(&catalog, &settings.policy, false)) {
+    if listing.points.len() >= max && settings.prune_after_session {
+        match prune(&catalog, &settings.policy, false) {
             Ok(out) => {
                 warnings.extend(out.messages());
-                held = count(&mut Vec::new()).unwrap_or(held);
+                listing = read(&mut Vec::new()).unwrap_or(listing);
             }
             Err(e) => warnings.push(format!("automatic clean-up of recovery points failed: {e}")),
         }
     }
+    let mut held = listing.points.len();
     if held >= max {
-        held = held.saturating_sub(forget_undeletable(&catalog, held + 1 - max, warnings));
+        held = held.saturating_sub(forget_undeletable(&catalog, &listing, held + 1 - max, warnings));
     }
     if held < max {
         return Ok(());
@@ -166,8 +167,7 @@ pub fn check_room(state_dir: &Path, settings: &Settings, takes_snapshot: bool, w
 /// Velero driven machine would stop being quiesced after `max_points`
 /// snapshots). Points quiesce manages are never dropped here: only the
 /// retention policy deletes them. Returns how many records it dropped.
-fn forget_undeletable(catalog: &Catalog, wanted: usize, warnings: &mut Vec<String>) -> usize {
-    let Ok(listing) = catalog.list() else { return 0 };
+fn forget_undeletable(catalog: &Catalog, listing: &Listing, wanted: usize, warnings: &mut Vec<String>) -> usize {
     let mut unmanaged: Vec<&Point> = listing.points.iter().filter(|p| !p.made.as_ref().is_some_and(|m| m.deletable())).collect();
     unmanaged.sort_by_key(|p| p.unix_ms);
     let mut forgotten = 0;
@@ -185,11 +185,6 @@ fn forget_undeletable(catalog: &Catalog, wanted: usize, warnings: &mut Vec<Strin
         }
     }
     forgotten
-}
-
-/// Runs a provider's (blocking) delete off the async runtime's thread.
-fn blocking<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| s.spawn(f).join()).unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
 /// Once the session's report is final: records its point (when a snapshot
@@ -225,7 +220,9 @@ pub fn record_session(state_dir: &Path, settings: &Settings, report: &mut Report
         }
     }
     if settings.prune_after_session {
-        match blocking(|| prune(&catalog, &settings.policy, false)) {
+        // `snapshot::delete` runs command and cloud steps on a thread of their
+        // own, so pruning is safe from inside the session's runtime.
+        match prune(&catalog, &settings.policy, false) {
             Ok(out) => report.warnings.extend(out.problems()),
             Err(e) => report.warnings.push(format!("pruning recovery points after the session failed: {e}")),
         }
