@@ -295,7 +295,7 @@ fn call(op: &str, args: serde_json::Map<String, serde_json::Value>) -> Result<se
 fn call_failed(e: &ClientError) -> ExitCode {
     eprintln!("quiesce: {e}");
     match e {
-        ClientError::Unreachable { .. } | ClientError::BadReply { .. } => ExitCode::from(UNREACHABLE),
+        ClientError::Unreachable { .. } | ClientError::BadReply { .. } | ClientError::Timeout { .. } => ExitCode::from(UNREACHABLE),
         ClientError::Refused { code, .. } if code == "BadRequest" => ExitCode::from(USAGE),
         ClientError::Refused { .. } => ExitCode::from(4),
     }

@@ -70,11 +70,7 @@ fn ask_version(socket: &Path) -> Result<String, String> {
     match reply {
         Ok(m) => m.get("quiesce").and_then(|v| v.as_str()).map(str::to_string).ok_or_else(|| "unexpected reply: no version".to_string()),
         Err(ClientError::Refused { code, message }) => Err(format!("it refused: {code}: {message}")),
-        Err(ClientError::BadReply { why, .. })
-            if why.contains("WouldBlock") || why.contains("timed out") || why.contains("Resource temporarily") =>
-        {
-            Err(format!("no reply within {} s", REPLY_WAIT.as_secs()))
-        }
+        Err(ClientError::Timeout { .. }) => Err(format!("no reply within {} s", REPLY_WAIT.as_secs())),
         Err(ClientError::BadReply { why, .. }) => Err(why),
         Err(ClientError::Unreachable { source, .. }) => Err(format!("connect: {source}")),
     }

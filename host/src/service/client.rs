@@ -27,6 +27,9 @@ pub enum ClientError {
     Unreachable { path: PathBuf, source: std::io::Error },
     #[error("the quiesce service at {} closed the connection or sent no valid reply: {why}", .path.display())]
     BadReply { path: PathBuf, why: String },
+    /// No reply within the timeout set by [`Client::set_timeout`].
+    #[error("the quiesce service at {} did not answer within {secs:.1} s", .path.display())]
+    Timeout { path: PathBuf, secs: f64 },
     /// The service answered `ok: false`.
     #[error("{code}: {message}")]
     Refused { code: String, message: String },
@@ -80,7 +83,13 @@ impl Client {
         line.push(b'\n');
         self.stream.write_all(&line).map_err(|e| bad(format!("sending: {e}")))?;
         let mut reply = String::new();
-        (&mut self.reader).take(MAX_REPLY).read_line(&mut reply).map_err(|e| bad(format!("reading: {e}")))?;
+        (&mut self.reader).take(MAX_REPLY).read_line(&mut reply).map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => ClientError::Timeout {
+                path: self.path.clone(),
+                secs: self.stream.read_timeout().ok().flatten().map(|t| t.as_secs_f64()).unwrap_or(0.0),
+            },
+            _ => bad(format!("reading: {e}")),
+        })?;
         let v: Value = serde_json::from_str(&reply).map_err(|e| bad(format!("{e}")))?;
         let Value::Object(mut m) = v else { return Err(bad("not an object".into())) };
         if m.get("id") != Some(&json!(id)) && m.get("id") != Some(&Value::Null) {
