@@ -21,6 +21,10 @@ fn service_open_fds_and_rss_stay_flat_across_hundreds_of_sessions() {
     quiesce_tests::require!(Root, Plugins);
     let ms = MountedScratch::new("svc-soak");
     let noop = install_plugin(&ms.s, "noop");
+    // A plugin file changed in the last moments is read again per session,
+    // not kept loaded (its compiled module's memory image then joins the fds
+    // for good): let it settle so the warm-up ends in the steady state.
+    std::thread::sleep(quiesce::hooks::wasm::PLUGIN_FILE_SETTLED + std::time::Duration::from_millis(200));
     let config = ms.s.config(
         "service.toml",
         &format!("[freeze]\nenabled = true\nmax_freeze_secs = 30\n\n[[hook]]\nname = \"noop\"\nplugin = \"{}\"\n", noop.display()),

@@ -81,7 +81,7 @@ impl FileKey {
 /// rewrite within the tick of a load would keep its key (git's "racily
 /// clean" index entries): a file changed this recently is not remembered,
 /// only read again. A later change then lands in a later tick.
-const SETTLED: std::time::Duration = std::time::Duration::from_secs(2);
+pub const SETTLED: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl FileKey {
     fn settled(&self) -> bool {

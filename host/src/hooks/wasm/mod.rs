@@ -63,7 +63,7 @@ use std::path::PathBuf;
 
 pub use bindings::WitVersion;
 pub use cache::CacheStatus;
-pub use engine::{WasmEngine, DEFAULT_CACHE_DIR};
+pub use engine::{WasmEngine, DEFAULT_CACHE_DIR, SETTLED as PLUGIN_FILE_SETTLED};
 pub use grants::{Grant, GrantError, Grants};
 pub use inspect::{inspect, inspect_within, Inspection, INSPECT_DEADLINE};
 pub use instance::{CallContext, CallOutcome, Finding, InstanceConfig, PluginInstance, PostOutcome, Severity, SnapshotOutcome};
