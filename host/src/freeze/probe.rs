@@ -1,25 +1,38 @@
 //! Is a file system frozen? Asking must never hang the asker: any write, or
 //! even a metadata change, to a frozen fs blocks uninterruptibly until thaw.
 //!
-//! The probe forks a child that calls `renameat(dir, X, dir, X)` for a name
-//! that does not exist. The kernel takes the fs's write reference
+//! The probe starts a child that calls `renameat2(dir, X, dir, X, 0)` for a
+//! name that does not exist. The kernel takes the fs's write reference
 //! (`mnt_want_write` → `sb_start_write`) before looking the name up, so on a
 //! frozen fs the child blocks there; on a thawed one it fails with ENOENT at
 //! once and nothing on disk changes. A child still blocked after `wait`
 //! means frozen; it is left to finish by itself at thaw and reaped later.
+//!
+//! The child shares the host's address space (`clone(CLONE_VM)`) and runs
+//! on a small stack of its own: a `fork` copies the page tables of a host
+//! with a loaded WebAssembly engine, about half a millisecond per probe
+//! (and a session probes every mount before it freezes). Sharing the
+//! memory, the child must not touch it: it makes raw syscalls only (glibc's
+//! wrappers would write the host thread's `errno`), with every signal
+//! blocked, and its stack lives until it has been reaped.
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// Probe children still blocked on a frozen fs when their probe gave up.
-static STRAY: Mutex<Vec<libc::pid_t>> = Mutex::new(Vec::new());
+/// Probe children still blocked on a frozen fs when their probe gave up,
+/// with the stacks they run on (freed once they are reaped).
+static STRAY: Mutex<Vec<(libc::pid_t, ChildStack)>> = Mutex::new(Vec::new());
 
 const PROBE_NAME: &[u8] = b".quiesce-probe-nonexistent\0";
+
+/// The probe child's stack: it makes three syscalls, a few hundred bytes.
+const CHILD_STACK_WORDS: usize = 2048; // 32 KiB of u128: 16-byte aligned
+type ChildStack = Box<[u128]>;
 
 /// True if `path`'s file system is frozen, judged by whether a harmless
 /// metadata operation is still blocked after `wait`. Never blocks longer.
@@ -34,41 +47,107 @@ pub fn is_frozen(path: &Path, wait: Duration) -> io::Result<bool> {
         }
         OwnedFd::from_raw_fd(fd)
     };
-    let dirfd = dir.as_raw_fd();
-    let name = PROBE_NAME.as_ptr().cast::<libc::c_char>();
-
-    // SAFETY: after fork the child only makes async-signal-safe syscalls on
-    // data prepared before the fork, and leaves with _exit.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if pid == 0 {
-        unsafe {
-            // Hold nothing but the directory: a blocked probe must not keep
-            // e.g. a guardian's command pipe open and hide the host's death.
-            close_range(0, i64::from(dirfd) - 1);
-            close_range(dirfd + 1, u32::MAX as i64);
-            libc::renameat(dirfd, name, dirfd, name);
-            libc::_exit(0);
-        }
-    }
+    let (pid, stack) = spawn_probe(dir.as_raw_fd())?;
     drop(dir);
 
     let blocked = match wait_exit(pid, wait) {
         Ok(exited) => !exited,
         Err(e) => {
-            STRAY.lock().unwrap_or_else(|p| p.into_inner()).push(pid);
+            STRAY.lock().unwrap_or_else(|p| p.into_inner()).push((pid, stack));
             return Err(e);
         }
     };
     if blocked {
-        STRAY.lock().unwrap_or_else(|p| p.into_inner()).push(pid);
+        STRAY.lock().unwrap_or_else(|p| p.into_inner()).push((pid, stack));
     } else {
-        // SAFETY: reaping our own exited child.
+        // SAFETY: reaping our own exited child; its stack is freed after.
         unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+        drop(stack);
     }
     Ok(blocked)
+}
+
+/// Starts the probe child on `dirfd`; returns its pid and the stack it runs
+/// on, which must outlive it.
+fn spawn_probe(dirfd: RawFd) -> io::Result<(libc::pid_t, ChildStack)> {
+    let mut stack: ChildStack = vec![0u128; CHILD_STACK_WORDS].into_boxed_slice();
+    // SAFETY: one past the end of the allocation, the top of a downward stack.
+    let top = unsafe { stack.as_mut_ptr().add(stack.len()) }.cast::<libc::c_void>();
+    // The child inherits the calling thread's mask: block everything so
+    // that no host handler ever runs on the child's stack and TLS.
+    // SAFETY: sigset_t is plain data; the old mask is restored right after.
+    let pid = unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        // SAFETY: probe_child only makes raw syscalls on its own stack and
+        // on `dirfd`, passed by value.
+        let pid = libc::clone(probe_child, top, libc::CLONE_VM | libc::SIGCHLD, dirfd as usize as *mut libc::c_void);
+        let err = io::Error::last_os_error();
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        if pid < 0 {
+            return Err(err);
+        }
+        pid
+    };
+    Ok((pid, stack))
+}
+
+/// The probe child: hold nothing but the directory (a blocked probe must
+/// not keep e.g. a guardian's command pipe open and hide the host's death),
+/// then the harmless rename. Returning makes glibc's clone exit it.
+extern "C" fn probe_child(arg: *mut libc::c_void) -> libc::c_int {
+    let dirfd = arg as usize as libc::c_long;
+    let name = PROBE_NAME.as_ptr() as libc::c_long;
+    // SAFETY: raw syscalls on plain integers and a static C string.
+    unsafe {
+        if dirfd > 0 {
+            raw::syscall5(libc::SYS_close_range, 0, dirfd - 1, 0, 0, 0);
+        }
+        raw::syscall5(libc::SYS_close_range, dirfd + 1, libc::c_long::from(u32::MAX), 0, 0, 0);
+        raw::syscall5(libc::SYS_renameat2, dirfd, name, dirfd, name, 0);
+    }
+    0
+}
+
+/// Syscalls that leave `errno` alone (the probe child shares the host
+/// thread's TLS). Returns the kernel's value (-errno on failure).
+mod raw {
+    #[cfg(target_arch = "x86_64")]
+    pub(super) unsafe fn syscall5(
+        n: libc::c_long,
+        a: libc::c_long,
+        b: libc::c_long,
+        c: libc::c_long,
+        d: libc::c_long,
+        e: libc::c_long,
+    ) -> libc::c_long {
+        let ret: libc::c_long;
+        // SAFETY: the Linux x86-64 syscall convention; rcx and r11 are clobbered.
+        unsafe {
+            std::arch::asm!("syscall", inlateout("rax") n => ret, in("rdi") a, in("rsi") b, in("rdx") c, in("r10") d, in("r8") e,
+                lateout("rcx") _, lateout("r11") _, options(nostack));
+        }
+        ret
+    }
+
+    #[cfg(target_arch = "aarch64")]
+    pub(super) unsafe fn syscall5(
+        n: libc::c_long,
+        a: libc::c_long,
+        b: libc::c_long,
+        c: libc::c_long,
+        d: libc::c_long,
+        e: libc::c_long,
+    ) -> libc::c_long {
+        let ret: libc::c_long;
+        // SAFETY: the Linux arm64 syscall convention.
+        unsafe {
+            std::arch::asm!("svc 0", in("x8") n, inlateout("x0") a => ret, in("x1") b, in("x2") c, in("x3") d, in("x4") e, options(nostack));
+        }
+        ret
+    }
 }
 
 /// Closes fds `first..=last` (async-signal-safe). Falls back to a loop on
@@ -157,5 +236,6 @@ pub(crate) fn wait_exit(pid: libc::pid_t, wait: Duration) -> io::Result<bool> {
 fn reap_strays() {
     let mut stray = STRAY.lock().unwrap_or_else(|p| p.into_inner());
     // SAFETY: WNOHANG reaping of our own children.
-    stray.retain(|&pid| unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) } == 0);
+    // A reaped child's stack is dropped with its entry.
+    stray.retain(|(pid, _)| unsafe { libc::waitpid(*pid, std::ptr::null_mut(), libc::WNOHANG) } == 0);
 }

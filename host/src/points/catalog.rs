@@ -82,7 +82,33 @@ pub struct Point {
     /// The session's report as it printed it (dropped if the record would
     /// be larger than [`MAX_RECORD_BYTES`]).
     #[serde(default)]
-    pub report: serde_json::Value,
+    pub report: EmbeddedReport,
+}
+
+/// A point's report kept as the JSON text it was recorded as: listing the
+/// catalog (every session does, to check `max_points`) then reads past it
+/// instead of building a tree of every report it holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct EmbeddedReport(Box<serde_json::value::RawValue>);
+
+impl EmbeddedReport {
+    /// `value` as JSON text (`null` if it cannot be serialized).
+    pub fn of(value: &impl Serialize) -> EmbeddedReport {
+        serde_json::value::to_raw_value(value).map(EmbeddedReport).unwrap_or_default()
+    }
+
+    /// The report as a JSON tree (`null` if the text is not JSON, which a
+    /// record read back from disk cannot be: it parsed as part of the record).
+    pub fn value(&self) -> serde_json::Value {
+        serde_json::from_str(self.0.get()).unwrap_or_default()
+    }
+}
+
+impl Default for EmbeddedReport {
+    fn default() -> EmbeddedReport {
+        EmbeddedReport(serde_json::value::RawValue::NULL.to_owned())
+    }
 }
 
 impl Point {
@@ -366,7 +392,11 @@ fn encode(point: &Point) -> Result<Vec<u8>, String> {
             return Ok(bytes);
         }
         match step {
-            0 => p.report = serde_json::json!({ "dropped": format!("the report made the record larger than {MAX_RECORD_BYTES} bytes") }),
+            0 => {
+                p.report = EmbeddedReport::of(
+                    &serde_json::json!({ "dropped": format!("the report made the record larger than {MAX_RECORD_BYTES} bytes") }),
+                )
+            }
             _ => p.hooks.clear(),
         }
     }
@@ -419,7 +449,7 @@ mod tests {
             hooks: vec![],
             artifacts: vec![],
             delete_failed: None,
-            report: serde_json::json!({"session_id": id}),
+            report: EmbeddedReport::of(&serde_json::json!({"session_id": id})),
         }
     }
 
@@ -456,10 +486,10 @@ mod tests {
     #[test]
     fn an_oversized_report_is_dropped_not_written() {
         let mut p = point("q-big", 1);
-        p.report = serde_json::json!({ "x": "y".repeat(MAX_RECORD_BYTES) });
+        p.report = EmbeddedReport::of(&serde_json::json!({ "x": "y".repeat(MAX_RECORD_BYTES) }));
         let bytes = encode(&p).unwrap();
         assert!(bytes.len() <= MAX_RECORD_BYTES);
         let back: Point = serde_json::from_slice(&bytes).unwrap();
-        assert!(back.report["dropped"].as_str().unwrap_or_default().contains("larger"));
+        assert!(back.report.value()["dropped"].as_str().unwrap_or_default().contains("larger"));
     }
 }

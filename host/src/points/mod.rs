@@ -29,7 +29,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-pub use catalog::{Catalog, CatalogError, Listing, Point, PointArtifact, PointHook, Problem, WriteMode};
+pub use catalog::{Catalog, CatalogError, EmbeddedReport, Listing, Point, PointArtifact, PointHook, Problem, WriteMode};
 pub use delete::{delete, prune, DeleteError, PruneOutcome};
 pub use retention::{Policy, Rule};
 
@@ -248,7 +248,7 @@ pub fn point_of(report: &Report, now_ms: u64) -> Point {
             .map(|a| PointArtifact { hook: a.hook.clone(), name: a.name.clone(), path: a.path.clone(), bytes: a.bytes as u64 })
             .collect(),
         delete_failed: None,
-        report: serde_json::to_value(report).unwrap_or_default(),
+        report: catalog::EmbeddedReport::of(report),
     }
 }
 
