@@ -406,6 +406,102 @@ fn a_user_who_is_not_root_is_refused_even_when_the_socket_lets_them_connect() {
     assert_eq!(r["ok"], true, "{r}");
 }
 
+/// A client running as `nobody` (`runuser`): one connection, a request per
+/// `call`, relayed by a few lines of Python.
+struct NobodyClient {
+    child: std::process::Child,
+    to: std::process::ChildStdin,
+    from: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl NobodyClient {
+    fn connect(socket: &Path) -> NobodyClient {
+        let code = format!(
+            "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect({:?})\nf=s.makefile('rwb')\n\
+             for line in sys.stdin:\n f.write(line.encode()); f.flush(); sys.stdout.write(f.readline().decode()); sys.stdout.flush()",
+            socket.display().to_string()
+        );
+        let mut child = Command::new("runuser")
+            .args(["-u", "nobody", "--", "python3", "-c", &code])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("runuser");
+        let to = child.stdin.take().unwrap();
+        let from = std::io::BufReader::new(child.stdout.take().unwrap());
+        NobodyClient { child, to, from }
+    }
+
+    fn call(&mut self, req: Value) -> Value {
+        use std::io::{BufRead, Write};
+        writeln!(self.to, "{req}").expect("to the nobody client");
+        let mut line = String::new();
+        self.from.read_line(&mut line).expect("from the nobody client");
+        serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+    }
+}
+
+impl Drop for NobodyClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_group_member_freezes_only_the_configs_mounts_and_loses_access_when_the_group_is_dropped() {
+    quiesce_tests::require!(Root, Plugins);
+    let f = Fixture::new("svc-group");
+    std::fs::set_permissions(&f.s.path, std::fs::Permissions::from_mode(0o711)).unwrap();
+    let group = "\n[service]\ngroup = \"nogroup\"\n";
+    // No `[freeze] mounts`: a member may run the hooks, never choose what to freeze.
+    let config = f.config(&format!("{}{group}", f.hook("", "continue")));
+    let svc = Service::start(&f.s, &config);
+    std::fs::set_permissions(svc.socket.parent().unwrap(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut c = NobodyClient::connect(&svc.socket);
+    let r = c.call(json!({"v":1,"id":1,"op":"begin","freeze":"native","mounts":[f.mount()]}));
+    assert_eq!(error_code(&r), "NotAuthorized", "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("[freeze] mounts"), "{r}");
+    assert!(!is_frozen(f.mnt.path()));
+    assert!(!f.log().contains("pre"), "refused before any hook ran: {}", f.log());
+    let r = c.call(json!({"v":1,"id":2,"op":"begin","freeze":"none"}));
+    assert_eq!(r["ok"], true, "hooks without a freeze are what the group is for: {r}");
+    let r = c.call(json!({"v":1,"id":3,"op":"end","session_id":r["session_id"]}));
+    assert_eq!(r["ok"], true, "{r}");
+    drop(c);
+    drop(svc);
+
+    // With `[freeze] mounts`: exactly those, nothing else (here the scratch
+    // directory, which a broken check would try to plan, not freeze).
+    let config = f.config(&format!("{}\n[freeze]\nenabled = true\nmounts = [{:?}]\n{group}", f.hook("", "continue"), f.mount()));
+    let svc = Service::start(&f.s, &config);
+    std::fs::set_permissions(svc.socket.parent().unwrap(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut c = NobodyClient::connect(&svc.socket);
+    let other = f.s.path.display().to_string();
+    let r = c.call(json!({"v":1,"id":1,"op":"begin","freeze":"native","mounts":[other]}));
+    assert_eq!(error_code(&r), "NotAuthorized", "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains(&other), "{r}");
+    let r = c.call(json!({"v":1,"id":2,"op":"begin","freeze":"native","mounts":[f.mount()]}));
+    assert_eq!(r["ok"], true, "{r}\n{}", svc.log());
+    assert!(is_frozen(f.mnt.path()));
+    let r = c.call(json!({"v":1,"id":3,"op":"end","session_id":r["session_id"]}));
+    assert_eq!(r["report"]["consistency"], "AppConsistent", "{r}");
+    assert!(!is_frozen(f.mnt.path()));
+
+    // The admin drops the group and reloads: the open connection is refused from its next request on.
+    let status = c.call(json!({"v":1,"id":4,"op":"status"}));
+    assert_eq!(status["ok"], true, "{status}");
+    f.config(&format!("{}\n[freeze]\nenabled = true\nmounts = [{:?}]\n", f.hook("", "continue"), f.mount()));
+    unsafe { libc::kill(svc.pid() as i32, libc::SIGHUP) };
+    let until = Instant::now() + Duration::from_secs(10);
+    while svc.request(json!({"v":1,"id":1,"op":"version"}))["config_generation"] != 2 {
+        assert!(Instant::now() < until, "the reload never showed:\n{}", svc.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let r = c.call(json!({"v":1,"id":5,"op":"status"}));
+    assert_eq!(error_code(&r), "NotAuthorized", "{r}");
+}
+
 #[test]
 fn cli_snapshot_is_refused_while_a_service_session_is_begun_and_vice_versa() {
     quiesce_tests::require!(Root, Plugins);
@@ -587,7 +683,13 @@ fn an_agent_freezing_the_log_file_system_during_an_external_session_stalls_nothi
     c.stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let r = c.call(json!({"v":1,"id":1,"op":"end","session_id":"q-0-00000000"}));
     let answered = error_code(&r) == "UnknownSession";
-    let generation = svc.request(json!({"v":1,"id":2,"op":"version"}))["config_generation"].clone();
+    // SIGHUP is asynchronous: ask until the reload shows (it must, frozen log or not).
+    let until = Instant::now() + Duration::from_secs(10);
+    let mut generation = json!(null);
+    while generation != 2 && Instant::now() < until {
+        generation = svc.request(json!({"v":1,"id":2,"op":"version"}))["config_generation"].clone();
+        std::thread::sleep(Duration::from_millis(20));
+    }
     drop(agent);
     assert!(answered, "{r}");
     assert_eq!(generation, 2, "the reload went through while the log's file system was frozen");

@@ -73,8 +73,11 @@ pub(super) async fn accept_loop(listener: tokio::net::UnixListener, ctx: Arc<Ctx
 async fn serve_conn(stream: UnixStream, ctx: Arc<Ctx>, conn: u64) {
     let gid = lock(&ctx.shared).gid;
     let (mut rd, mut wr) = stream.into_split();
-    match Peer::of(wr.as_ref().as_fd()) {
-        Ok(p) if p.authorized(gid) => tracing::debug!("connection {conn} from pid {} uid {}", p.pid, p.uid),
+    let peer = match Peer::of(wr.as_ref().as_fd()) {
+        Ok(p) if p.authorized(gid) => {
+            tracing::debug!("connection {conn} from pid {} uid {}", p.pid, p.uid);
+            p
+        }
         Ok(p) => {
             tracing::warn!("refused connection from pid {} uid {}: not root and not in the allowed group", p.pid, p.uid);
             let f =
@@ -92,13 +95,13 @@ async fn serve_conn(stream: UnixStream, ctx: Arc<Ctx>, conn: u64) {
             tracing::warn!("connection {conn}: cannot read the peer's credentials ({e}); closed");
             return;
         }
-    }
+    };
     let mut lines = LineReader::new();
     let mut bound = false;
     loop {
         let out = match lines.next(&mut rd).await {
             Ok(Some(line)) if line.iter().all(u8::is_ascii_whitespace) => continue,
-            Ok(Some(line)) => handle(&ctx, conn, &line, &mut bound).await,
+            Ok(Some(line)) => handle(&ctx, &peer, conn, &line, &mut bound).await,
             Ok(None) | Err(LineError::Io) => break,
             Err(LineError::TooLarge) => {
                 let f = Failure::new(Code::RequestTooLarge, format!("a request line is at most {MAX_LINE} bytes; closing the connection"));
@@ -121,11 +124,18 @@ async fn serve_conn(stream: UnixStream, ctx: Arc<Ctx>, conn: u64) {
 }
 
 /// One request line in, one reply line out.
-async fn handle(ctx: &Ctx, conn: u64, line: &[u8], bound: &mut bool) -> Vec<u8> {
+async fn handle(ctx: &Ctx, peer: &Peer, conn: u64, line: &[u8], bound: &mut bool) -> Vec<u8> {
     let req = match protocol::parse(line) {
         Ok(r) => r,
         Err((id, f)) => return protocol::error_line(&id, &f),
     };
+    // Checked per request, against the config in use: a reload that drops
+    // or changes `[service] group` also ends what open connections may do.
+    let gid = lock(&ctx.shared).gid;
+    if !peer.authorized(gid) {
+        let f = Failure::new(Code::NotAuthorized, format!("uid {} may no longer use this service ([service] group changed)", peer.uid));
+        return protocol::error_line(&req.id, &f);
+    }
     let result = match req.op {
         Op::Version => {
             let mut m = Map::new();
@@ -144,7 +154,8 @@ async fn handle(ctx: &Ctx, conn: u64, line: &[u8], bound: &mut bool) -> Vec<u8> 
             match claimed {
                 Err(f) => Err(f),
                 Ok(()) => {
-                    let r = ask(ctx, |reply| Job::Begin { args, conn, reply }).await;
+                    let root = peer.uid == 0;
+                    let r = ask(ctx, |reply| Job::Begin { args, conn, root, reply }).await;
                     if matches!(&r, Ok(m) if bind && m.get("proceed") == Some(&json!(true))) {
                         *bound = true;
                     }

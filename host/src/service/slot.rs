@@ -37,6 +37,8 @@ pub(super) enum Job {
     Begin {
         args: BeginArgs,
         conn: u64,
+        /// The peer is root (else a member of `[service] group`).
+        root: bool,
         reply: Reply,
     },
     End {
@@ -169,8 +171,8 @@ impl Worker {
             };
             let Some(job) = job else { break };
             match job {
-                Job::Begin { args, conn, reply } => {
-                    let r = self.begin(args, conn).await;
+                Job::Begin { args, conn, root, reply } => {
+                    let r = self.begin(args, conn, root).await;
                     // Refused, or ended at once (proceed = false): the slot is free again.
                     if self.current.is_none() {
                         lock(&self.shared).release();
@@ -206,7 +208,7 @@ impl Worker {
         }
     }
 
-    async fn begin(&mut self, args: BeginArgs, conn: u64) -> Result<Map<String, Value>, Failure> {
+    async fn begin(&mut self, args: BeginArgs, conn: u64, root: bool) -> Result<Map<String, Value>, Failure> {
         if self.current.is_some() {
             // Claimed slots make this unreachable; kept as a guard.
             return Err(Failure::new(Code::Report(ErrorCode::BackupOperationInProgress), "a session is already begun"));
@@ -222,6 +224,9 @@ impl Worker {
                 "a native freeze needs `mounts` (or `[freeze] mounts` in the config): the service never freezes \
                  every file system by default",
             ));
+        }
+        if !root && args.freeze == FreezeMode::Native {
+            group_may_freeze(&args.mounts, config.as_ref().ok())?;
         }
         let external_hold = config.as_ref().map(|c| c.service.external_hold).unwrap_or(crate::config::DEFAULT_EXTERNAL_HOLD);
         let opts = SessionOptions { mounts: args.mounts.clone(), engine: self.engine(&config), ..Default::default() };
@@ -417,6 +422,31 @@ impl Worker {
             }
         }
     }
+}
+
+/// A member of `[service] group` runs the configured hooks, but freezes only
+/// what root chose in `[freeze] mounts` (a freeze of `/` stalls the whole
+/// machine until max-freeze): the mounts it names must be among them,
+/// spelled as the config spells them.
+fn group_may_freeze(mounts: &[PathBuf], config: Option<&Config>) -> Result<(), Failure> {
+    let allowed: &[PathBuf] = config.map(|c| c.freeze.mounts.as_slice()).unwrap_or_default();
+    let refused: Vec<String> = mounts.iter().filter(|m| !allowed.contains(m)).map(|m| m.display().to_string()).collect();
+    if allowed.is_empty() || !refused.is_empty() {
+        let what = if refused.is_empty() { "a native freeze".to_string() } else { format!("freezing {}", refused.join(", ")) };
+        return Err(Failure::new(
+            Code::NotAuthorized,
+            format!(
+                "{what} is for root: a member of [service] group may natively freeze only the config's `[freeze] mounts` ({}); \
+                 add the mount there, or use freeze \"external\"/\"none\"",
+                if allowed.is_empty() {
+                    "none listed".into()
+                } else {
+                    allowed.iter().map(|m| m.display().to_string()).collect::<Vec<_>>().join(", ")
+                }
+            ),
+        ));
+    }
+    Ok(())
 }
 
 enum Ending {
