@@ -292,13 +292,20 @@ pub struct WriteProbe {
 impl WriteProbe {
     pub fn start(dir: &Path) -> WriteProbe {
         let target = dir.join(format!(".probe-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst)));
-        let child = Command::new("/bin/sh")
+        let mut child = Command::new("/bin/sh")
             .arg("-c")
-            .arg(format!("echo x > '{}' && rm -f '{}'", target.display(), target.display()))
-            .stdout(Stdio::null())
+            .arg(format!("echo ready; echo x > '{}' && rm -f '{}'", target.display(), target.display()))
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn write probe");
+        // The clock starts when the shell is about to write, not at the
+        // spawn: on a loaded machine starting a shell alone can take longer
+        // than a probe waits, and would read as "frozen".
+        if let Some(out) = child.stdout.take() {
+            let mut line = String::new();
+            let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line);
+        }
         WriteProbe { child, started: Instant::now() }
     }
 
