@@ -234,7 +234,20 @@ impl Session {
             return b;
         }
 
-        // 2. Pre hooks, in order.
+        // 2. Before the pre hooks take their locks, what need not be inside
+        // them: the bulk of the dirty data is written out and the guardian
+        // is started (it waits, holding nothing frozen, until the freeze).
+        // A database paused from its pre until its post stalls its writers
+        // through every step in between.
+        let mut standby = None;
+        if b.freeze_ok {
+            if let (Some(plan), Some(lock)) = (b.s.plan.as_ref(), b.lock.as_ref()) {
+                freeze::presync(&plan.targets);
+                standby = Some(b.s.start_guardian(plan, lock, &mut b.r));
+            }
+        }
+
+        // 3. Pre hooks, in order.
         b.s.record_state(&b.r, SessionPhase::Pre, &[], None);
         let mut abort = false;
         let pre_ctx = PhaseContext { session_id: &b.s.id, snapshot: None };
@@ -257,18 +270,16 @@ impl Session {
             b.r.skipped(&h.spec.name, h.kind(), if abort { "an earlier hook aborted the session" } else { "session interrupted" });
         }
 
-        // 3. Freeze (the snapshot and the thaw follow in the second half).
+        // 4. Freeze (the snapshot and the thaw follow in the second half).
         b.interrupted = b.interrupt.fired();
         if abort || b.interrupted.is_some() {
             return b;
         }
         b.reached_freeze = true;
-        if b.freeze_ok {
-            if let (Some(plan), Some(lock)) = (b.s.plan.as_ref(), b.lock.as_ref()) {
-                match b.s.freeze(plan, lock, &mut b.r) {
-                    Some(g) => b.guardian = Some(g),
-                    None => b.freeze_ok = false,
-                }
+        if let (Some(guardian), Some(plan)) = (standby, b.s.plan.as_ref()) {
+            match guardian.and_then(|g| b.s.freeze(plan, g, &mut b.r)) {
+                Some(g) => b.guardian = Some(g),
+                None => b.freeze_ok = false,
             }
         }
         b.freeze_required = b.s.plan.is_some();

@@ -351,18 +351,24 @@ impl Session {
         problems
     }
 
-    fn freeze(&self, plan: &FreezePlan, lock: &crate::rundir::SessionLock, r: &mut Run) -> Option<Guardian> {
+    /// The guardian for `plan`, started ahead of the pre hooks; None (and
+    /// the error recorded) if it cannot be.
+    fn start_guardian(&self, plan: &FreezePlan, lock: &crate::rundir::SessionLock, r: &mut Run) -> Option<Guardian> {
+        match Guardian::start(plan, self.max_freeze, &[lock.raw_fd()]) {
+            Ok(g) => Some(g),
+            Err(e) => {
+                r.error(ErrorCode::FsFreezeFailed, format!("cannot start the freeze guardian: {e}"));
+                None
+            }
+        }
+    }
+
+    /// Syncs what the pre hooks left dirty, then freezes through `guardian`.
+    fn freeze(&self, plan: &FreezePlan, mut guardian: Guardian, r: &mut Run) -> Option<Guardian> {
         let synced = freeze::presync(&plan.targets);
         for s in synced.iter().filter(|s| s.error.is_some()) {
             tracing::warn!("syncfs {} before the freeze failed: {}", s.path.display(), s.error.as_deref().unwrap_or(""));
         }
-        let mut guardian = match Guardian::start(plan, self.max_freeze, &[lock.raw_fd()]) {
-            Ok(g) => g,
-            Err(e) => {
-                r.error(ErrorCode::FsFreezeFailed, format!("cannot start the freeze guardian: {e}"));
-                return None;
-            }
-        };
         // Recorded right before the first FIFREEZE, so `status` says "since" truthfully.
         let targets: Vec<PathBuf> = plan.targets.iter().map(|t| t.path.clone()).collect();
         self.record_state(r, SessionPhase::Frozen, &targets, Some(&guardian));
