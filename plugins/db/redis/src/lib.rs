@@ -39,7 +39,10 @@
 //! # Artifacts
 //! `quiesce_times`, ns since the Unix epoch from the server's clock
 //! (`TIME`): with the pause, `paused=` (right after it took effect) and
-//! `unpausing=` (right before `CLIENT UNPAUSE`); RDB only, `fork_after=` and
+//! `unpausing=` (right before `CLIENT UNPAUSE`), and where the pause went on
+//! the plugin's side (monotonic clock): `pre_tail_ns=` (from the pause's
+//! reply to pre's return) and `post_head_ns=` (from post's call to sending
+//! the unpause); the rest is the host's. RDB only, `fork_after=` and
 //! `fork_before=` (the RDB holds every write Redis ran before the first and
 //! none it ran after the second). `persistence`: what was made durable
 //! (`aof` or `rdb`, the RDB save count).
@@ -68,7 +71,7 @@ mod check;
 use quiesce_plugin_sdk::{
     artifacts, clock, files, info, warn, Connection, Context, Failure as Fail, Finding, HookResult, Info, Plugin, Snapshot,
 };
-use resp::{Client, Error as RError, Fork, Persistence, Value};
+use resp::{Client, Error as RError, Fork, Persistence};
 
 const DEFAULT_TARGET: &str = "tcp:127.0.0.1:6379";
 /// Between looks at the AOF while writers wait.
@@ -83,6 +86,9 @@ struct Paused {
     paused_ns: u64,
     /// Monotonic time the pause was asked for, and for how long.
     since_mono_ns: u64,
+    /// Monotonic: the pause's reply came / pre returned (its tail under the pause).
+    replied_mono_ns: u64,
+    pre_end_mono_ns: u64,
     pause_ms: u64,
     /// What pre made durable (the `persistence` artifact, stored by post).
     what: String,
@@ -252,13 +258,10 @@ impl Redis {
             .map_err(|e| classify(target, "CLIENT PAUSE", e))?
             .into_iter();
         let mut next = || replies.next().unwrap_or_else(|| Err(RError::Protocol("pipeline lost a reply".into())));
-        match next() {
-            Ok(Value::Simple(s)) if s == "OK" => {}
-            Ok(v) => return Err(classify(target, "CLIENT PAUSE", RError::Protocol(format!("returned {v:?}")))),
-            // Refused: nothing is paused (and UNPAUSE could end someone else's pause).
-            Err(e) => return Err(classify(target, "CLIENT PAUSE", e)),
-        }
+        // Refused: nothing is paused (and UNPAUSE could end someone else's pause).
+        resp::ok_reply("CLIENT PAUSE", next()).map_err(|e| classify(target, "CLIENT PAUSE", e))?;
         let (time, info) = (next(), next());
+        let replied_mono_ns = clock::now_ns();
         // From here on every failure must unpause.
         let result = (|| {
             let paused_ns = time.and_then(resp::time_ns_of).map_err(|e| classify(target, "TIME", e))?;
@@ -282,7 +285,8 @@ impl Redis {
         match result {
             Ok((paused_ns, what)) => {
                 let msg = format!("writers paused (at most {pause_ms} ms); {what}");
-                self.held = Some(Held::Paused(Paused { client: c, paused_ns, since_mono_ns, pause_ms, what }));
+                let pre_end_mono_ns = clock::now_ns();
+                self.held = Some(Held::Paused(Paused { client: c, paused_ns, since_mono_ns, replied_mono_ns, pre_end_mono_ns, pause_ms, what }));
                 Ok(msg)
             }
             Err(f) => {
@@ -297,20 +301,17 @@ impl Redis {
     /// AOF on: unpause first — writers wait until then — and only then
     /// look back.
     fn unpause(ctx: &Context, snapshot: &Snapshot, mut p: Paused) -> HookResult {
-        let held_ms = clock::now_ns().saturating_sub(p.since_mono_ns) / 1_000_000;
+        let post_mono_ns = clock::now_ns();
+        let held_ms = post_mono_ns.saturating_sub(p.since_mono_ns) / 1_000_000;
         // TIME and UNPAUSE in one round trip: `unpausing` is the server's
         // clock right before the unpause.
+        let sending_mono_ns = clock::now_ns();
         let replies = p.client.pipeline(&[&["TIME"], &["CLIENT", "UNPAUSE"]]);
         let (unpausing, r) = match replies {
             Ok(v) => {
                 let mut v = v.into_iter();
                 let time = v.next().unwrap_or_else(|| Err(RError::Protocol("no reply".into())));
-                let unpause = match v.next() {
-                    Some(Ok(Value::Simple(s))) if s == "OK" => Ok(()),
-                    Some(Ok(v)) => Err(RError::Protocol(format!("CLIENT UNPAUSE returned {v:?}"))),
-                    Some(Err(e)) => Err(e),
-                    None => Err(RError::Protocol("no reply to CLIENT UNPAUSE".into())),
-                };
+                let unpause = resp::ok_reply("CLIENT UNPAUSE", v.next().unwrap_or_else(|| Err(RError::Protocol("no reply".into()))));
                 (time.and_then(resp::time_ns_of), unpause)
             }
             Err(e) => (Err(RError::Protocol("no TIME".into())), Err(e)),
@@ -318,7 +319,16 @@ impl Redis {
         let target = ctx.param_or("target", DEFAULT_TARGET);
         if let Ok(u) = unpausing {
             if let Err(Fail::Fatal(m) | Fail::Retry(m)) =
-                store("quiesce_times", format!("paused={}\nunpausing={u}\n", p.paused_ns).as_bytes())
+                store(
+                    "quiesce_times",
+                    format!(
+                        "paused={}\nunpausing={u}\npre_tail_ns={}\npost_head_ns={}\n",
+                        p.paused_ns,
+                        p.pre_end_mono_ns.saturating_sub(p.replied_mono_ns),
+                        sending_mono_ns.saturating_sub(post_mono_ns)
+                    )
+                    .as_bytes(),
+                )
             {
                 warn!("{m}");
             }

@@ -269,6 +269,14 @@ pub fn time_ns_of(v: Value) -> Result<u64> {
     Err(Error::Protocol(format!("TIME returned {v:?}")))
 }
 
+/// `+OK`, or the error: `reply` to the command `name` (for [`Client::pipeline`]'s replies).
+pub fn ok_reply(name: &str, reply: Result<Value>) -> Result<()> {
+    match reply? {
+        Value::Simple(s) if s == "OK" => Ok(()),
+        v => Err(Error::Protocol(format!("{name} returned {v:?}"))),
+    }
+}
+
 /// Where a background save's fork lies on the server's clock: the RDB it
 /// writes holds every write Redis ran before `after_ns` and none it ran
 /// after `before_ns`.
@@ -354,10 +362,7 @@ impl<S: Read + Write> Client<S> {
     }
 
     fn cmd_ok(&mut self, args: &[&str]) -> Result<()> {
-        match self.cmd(args)? {
-            Value::Simple(s) if s == "OK" => Ok(()),
-            v => Err(Error::Protocol(format!("{} returned {v:?}", args[0]))),
-        }
+        ok_reply(args[0], self.cmd(args))
     }
 
     /// `AUTH password` (the `default` user).
