@@ -253,10 +253,16 @@ impl Redis {
         // Pause, the time, and a first look at the AOF in one round trip:
         // writers wait from here on.
         let ms_text = pause_ms.to_string();
-        let mut replies = c
-            .pipeline(&[&["CLIENT", "PAUSE", &ms_text, "WRITE"], &["TIME"], &["INFO", "persistence"]])
-            .map_err(|e| classify(target, "CLIENT PAUSE", e))?
-            .into_iter();
+        let mut replies = match c.pipeline(&[&["CLIENT", "PAUSE", &ms_text, "WRITE"], &["TIME"], &["INFO", "persistence"]]) {
+            Ok(r) => r.into_iter(),
+            Err(e) => {
+                // Sent, so perhaps in effect: release it if the connection still can.
+                if let Err(u) = c.client_unpause() {
+                    warn!("CLIENT UNPAUSE after a failed CLIENT PAUSE: {u}; a pause, if any, ends by itself within {pause_ms} ms");
+                }
+                return Err(classify(target, "CLIENT PAUSE", e));
+            }
+        };
         let mut next = || replies.next().unwrap_or_else(|| Err(RError::Protocol("pipeline lost a reply".into())));
         // Refused: nothing is paused (and UNPAUSE could end someone else's pause).
         resp::ok_reply("CLIENT PAUSE", next()).map_err(|e| classify(target, "CLIENT PAUSE", e))?;
@@ -286,7 +292,8 @@ impl Redis {
             Ok((paused_ns, what)) => {
                 let msg = format!("writers paused (at most {pause_ms} ms); {what}");
                 let pre_end_mono_ns = clock::now_ns();
-                self.held = Some(Held::Paused(Paused { client: c, paused_ns, since_mono_ns, replied_mono_ns, pre_end_mono_ns, pause_ms, what }));
+                self.held =
+                    Some(Held::Paused(Paused { client: c, paused_ns, since_mono_ns, replied_mono_ns, pre_end_mono_ns, pause_ms, what }));
                 Ok(msg)
             }
             Err(f) => {
@@ -318,18 +325,16 @@ impl Redis {
         };
         let target = ctx.param_or("target", DEFAULT_TARGET);
         if let Ok(u) = unpausing {
-            if let Err(Fail::Fatal(m) | Fail::Retry(m)) =
-                store(
-                    "quiesce_times",
-                    format!(
-                        "paused={}\nunpausing={u}\npre_tail_ns={}\npost_head_ns={}\n",
-                        p.paused_ns,
-                        p.pre_end_mono_ns.saturating_sub(p.replied_mono_ns),
-                        sending_mono_ns.saturating_sub(post_mono_ns)
-                    )
-                    .as_bytes(),
+            if let Err(Fail::Fatal(m) | Fail::Retry(m)) = store(
+                "quiesce_times",
+                format!(
+                    "paused={}\nunpausing={u}\npre_tail_ns={}\npost_head_ns={}\n",
+                    p.paused_ns,
+                    p.pre_end_mono_ns.saturating_sub(p.replied_mono_ns),
+                    sending_mono_ns.saturating_sub(post_mono_ns)
                 )
-            {
+                .as_bytes(),
+            ) {
                 warn!("{m}");
             }
         }
@@ -407,7 +412,7 @@ impl Plugin for Redis {
         match self.held.take() {
             Some(Held::Paused(p)) => Redis::unpause(ctx, snapshot, p),
             Some(Held::Saved { client, fork }) => Redis::after_save(snapshot, client, fork),
-            None => HookResult::ok("writers not paused (pre did not pause them): nothing to release"),
+            None => HookResult::ok("nothing to release (pre did not finish)"),
         }
     }
 
