@@ -322,6 +322,48 @@ fn pre_failure(run: &Run) -> (u64, String) {
     (h["attempts"].as_u64().unwrap(), h["message"].as_str().unwrap_or("").to_string())
 }
 
+/// `chattr +i` on a directory for the guard's life (root cannot create files
+/// in it either); `-i` on drop, also when the test fails.
+struct Immutable(PathBuf);
+
+impl Immutable {
+    fn new(dir: PathBuf) -> Immutable {
+        let ok = std::process::Command::new("chattr").arg("+i").arg(&dir).status().map(|s| s.success()).unwrap_or(false);
+        assert!(ok, "chattr +i {}", dir.display());
+        Immutable(dir)
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr").arg("-i").arg(&self.0).status();
+    }
+}
+
+/// RDB only, the save fails (its directory refuses the temp file): pre
+/// fails, fatally, naming the failed save; the snapshot goes on without the
+/// application (file-system-consistent), and nothing was paused.
+#[test]
+fn redis_plugin_rdb_save_that_fails_fails_pre_and_the_label_says_so() {
+    require!(Root, Redis, Plugins);
+    let st = Stage::new("rdp-rdb-fail");
+    let r = Redis::start(st.rig.inner(), false);
+    let cfg = config(&st, "quiesce_redis", redis_tcp(&r, &[]), "retries = 1\nretry_delay_ms = 100");
+    let run = {
+        let _frozen_dir = Immutable::new(st.rig.inner().join("redis"));
+        run_json(st.session(&cfg, "true", 30))
+    };
+    let (attempts, msg) = pre_failure(&run);
+    assert_eq!(attempts, 1, "a failed save is fatal: {msg}");
+    assert!(msg.contains("background save failed"), "{msg}");
+    assert_eq!(run.consistency(), "FileSystemConsistent", "{}", run.report);
+    assert!(!r.connect().persistence().unwrap().rdb_last_bgsave_ok);
+    println!("[errors] redis RDB save failed: {msg}");
+    // Writable again: the next session saves and is app-consistent.
+    let run = run_json(st.session(&cfg, "true", 30));
+    assert_eq!(run.consistency(), "AppConsistent", "{}", run.report);
+}
+
 /// Server down → retryable (retried); auth refused, replica → fatal (not retried).
 #[test]
 fn plugins_fail_clearly_on_server_down_auth_refused_and_replica() {
