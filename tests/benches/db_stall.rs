@@ -36,6 +36,8 @@ const PAUSE_BETWEEN: Duration = Duration::from_millis(400);
 struct Sample {
     stall: Duration,
     window_ms: f64,
+    /// The pre hooks' time (the freeze waits for it).
+    pre_ms: f64,
     session: Duration,
     /// Where the hold of the plugin's lock (or pause) went, when it reports
     /// one (`quiesce_times`): see [`Breakdown`].
@@ -56,6 +58,11 @@ struct Breakdown {
     sync_ms: f64,
     pre_ms: f64,
     post_ms: f64,
+    /// The plugin's own share of the hold, when it reports it (Redis:
+    /// `pre_tail_ns`, `post_head_ns`): from the lock's reply to pre's
+    /// return, from post's call to sending the release.
+    pre_tail_ms: f64,
+    post_head_ms: f64,
 }
 
 fn breakdown(run: &quiesce_tests::Run, t: quiesce_tests::restore::SnapTimes) -> Option<Breakdown> {
@@ -74,6 +81,8 @@ fn breakdown(run: &quiesce_tests::Run, t: quiesce_tests::restore::SnapTimes) -> 
         sync_ms: run.report["freeze"]["mounts"][0]["sync_ms"].as_f64().unwrap_or(f64::NAN),
         pre_ms: hook_ms("pre"),
         post_ms: hook_ms("post"),
+        pre_tail_ms: get(&["pre_tail_ns"]).map(|n| n as f64 / 1e6).unwrap_or(f64::NAN),
+        post_head_ms: get(&["post_head_ns"]).map(|n| n as f64 / 1e6).unwrap_or(f64::NAN),
     })
 }
 
@@ -84,7 +93,7 @@ struct Row {
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
 
@@ -97,6 +106,9 @@ impl Row {
     }
     fn window_ms(&self) -> f64 {
         median(self.samples.iter().map(|s| s.window_ms).collect())
+    }
+    fn pre_ms(&self) -> f64 {
+        median(self.samples.iter().map(|s| s.pre_ms).collect())
     }
     fn session_ms(&self) -> f64 {
         median(self.samples.iter().map(|s| s.session.as_secs_f64() * 1e3).collect())
@@ -113,6 +125,7 @@ fn measure(st: &Stage, mut writer: Writer, config: &Path, baseline: &mut Vec<Dur
     writer.wait_for(200, Duration::from_secs(60));
     let mut spans = Vec::new();
     let mut windows = Vec::new();
+    let mut pres = Vec::new();
     let mut parts = Vec::new();
     let mut quiet = Vec::new();
     for _ in 0..ROUNDS {
@@ -124,6 +137,8 @@ fn measure(st: &Stage, mut writer: Writer, config: &Path, baseline: &mut Vec<Dur
         let (run, times) = st.snapshot(config);
         spans.push((t0, now_ns(), started.elapsed()));
         windows.push(run.report["freeze"]["window_ms"].as_f64().unwrap_or(0.0));
+        let hooks = run.report["hooks"].as_array().cloned().unwrap_or_default();
+        pres.push(hooks.iter().filter(|h| h["phase"] == "pre").filter_map(|h| h["duration_ms"].as_f64()).fold(0.0, |a, b| a + b));
         parts.push(breakdown(&run, times));
     }
     std::thread::sleep(PAUSE_BETWEEN);
@@ -133,8 +148,15 @@ fn measure(st: &Stage, mut writer: Writer, config: &Path, baseline: &mut Vec<Dur
     spans
         .iter()
         .zip(windows)
+        .zip(pres)
         .zip(parts)
-        .map(|((&(a, b, session), window_ms), breakdown)| Sample { stall: log.max_gap_between(a, b), window_ms, session, breakdown })
+        .map(|(((&(a, b, session), window_ms), pre_ms), breakdown)| Sample {
+            stall: log.max_gap_between(a, b),
+            window_ms,
+            pre_ms,
+            session,
+            breakdown,
+        })
         .collect()
 }
 
@@ -249,18 +271,22 @@ fn main() {
     }
 
     println!("\nwriter stall per snapshot session, median of {ROUNDS} (max in brackets); ratio = stall / freeze-only stall");
-    println!("{:<10} {:<30} {:>18} {:>8} {:>14} {:>12}", "database", "method", "stall ms", "ratio", "freeze win ms", "session ms");
+    println!(
+        "{:<10} {:<30} {:>18} {:>8} {:>14} {:>9} {:>12}",
+        "database", "method", "stall ms", "ratio", "freeze win ms", "pre ms", "session ms"
+    );
     for (rows, base) in &all {
         let freeze = rows.iter().find(|r| r.method.starts_with("(b)")).map(Row::stall_ms).unwrap_or(f64::NAN);
         for r in rows {
             println!(
-                "{:<10} {:<30} {:>9.1} [{:>6.1}] {:>8.2} {:>14.1} {:>12.1}",
+                "{:<10} {:<30} {:>9.1} [{:>6.1}] {:>8.2} {:>14.1} {:>9.1} {:>12.1}",
                 r.db,
                 r.method,
                 r.stall_ms(),
                 r.max_stall_ms(),
                 r.stall_ms() / freeze,
                 r.window_ms(),
+                r.pre_ms(),
                 r.session_ms()
             );
         }
@@ -274,15 +300,15 @@ fn main() {
     }
     println!("\nwhere a plugin's hold goes (medians, ms): lock/pause taken → snapshot command start → its end → release (server clock vs `date`)");
     println!(
-        "{:<10} {:<30} {:>8} {:>12} {:>9} {:>12} {:>9} {:>8} {:>8}",
-        "database", "method", "held", "→snapshot", "snapshot", "→release", "syncfs", "pre", "post"
+        "{:<10} {:<30} {:>8} {:>12} {:>9} {:>12} {:>9} {:>8} {:>8} {:>9} {:>9}",
+        "database", "method", "held", "→snapshot", "snapshot", "→release", "syncfs", "pre", "post", "pre tail", "post head"
     );
     for (rows, _) in &all {
         for r in rows {
             let Some(held) = r.part(|b| b.held_ms) else { continue };
             let p = |f: fn(&Breakdown) -> f64| r.part(f).unwrap_or(f64::NAN);
             println!(
-                "{:<10} {:<30} {:>8.1} {:>12.1} {:>9.1} {:>12.1} {:>9.1} {:>8.1} {:>8.1}",
+                "{:<10} {:<30} {:>8.1} {:>12.1} {:>9.1} {:>12.1} {:>9.1} {:>8.1} {:>8.1} {:>9.2} {:>9.2}",
                 r.db,
                 r.method,
                 held,
@@ -291,7 +317,9 @@ fn main() {
                 p(|b| b.to_release_ms),
                 p(|b| b.sync_ms),
                 p(|b| b.pre_ms),
-                p(|b| b.post_ms)
+                p(|b| b.post_ms),
+                p(|b| b.pre_tail_ms),
+                p(|b| b.post_head_ms)
             );
         }
     }

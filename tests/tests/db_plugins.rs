@@ -214,14 +214,17 @@ fn mariadb_plugin_ftwrl_restores_exactly_the_locked_state_and_binlog_position() 
 
 // --------------------------------------------------------------------- Redis
 
-fn redis_plugin_restore(aof: bool) {
-    let mut st = Stage::new(if aof { "rdp-aof" } else { "rdp-rdb" });
-    let r = Redis::start(st.rig.inner(), aof);
+/// AOF: writers paused from pre to post; the restore holds exactly the paused state.
+#[test]
+fn redis_plugin_aof_restores_exactly_the_paused_state() {
+    require!(Root, Redis, Plugins);
+    let mut st = Stage::new("rdp-aof");
+    let r = Redis::start(st.rig.inner(), true);
     let config = config(&st, "quiesce_redis", redis_tcp(&r, &[]), "");
     let ((run, t), log) = under_load(Writer::redis(&r), || st.snapshot(&config));
     assert_eq!(run.consistency(), "AppConsistent", "{}", run.report);
     let persisted = run.artifact_text("db", "persistence");
-    assert!(persisted.starts_with(if aof { "aof:" } else { "rdb:" }), "{persisted}");
+    assert!(persisted.starts_with("aof:"), "{persisted}");
     let tm = times(&run);
     assert!(tm["paused"] < t.start_ns && t.end_ns < tm["unpausing"], "paused around the snapshot: {tm:?} {t:?}");
     let restored = restore_redis(&mut st.rig, &r);
@@ -230,7 +233,7 @@ fn redis_plugin_restore(aof: bool) {
     let missing = log.last_acked_before(t.start_ns).saturating_sub(k);
     report(
         "redis",
-        if aof { "AOF everysec, wasm plugin" } else { "RDB, wasm plugin" },
+        "AOF everysec, wasm plugin",
         &run,
         k,
         &log,
@@ -239,16 +242,75 @@ fn redis_plugin_restore(aof: bool) {
     );
 }
 
-#[test]
-fn redis_plugin_aof_restores_exactly_the_paused_state() {
-    require!(Root, Redis, Plugins);
-    redis_plugin_restore(true);
+/// RDB only: pre's BGSAVE, writers never paused; the restore holds exactly
+/// the data set at the save's fork — every write acknowledged before
+/// `fork_after`, none sent after `fork_before` — and the save was on disk
+/// before the freeze.
+fn redis_plugin_rdb_restore(st: &mut Stage, r: &Redis) {
+    let config = config(st, "quiesce_redis", redis_tcp(r, &[]), "");
+    let ((run, t), log) = under_load(Writer::redis(r), || st.snapshot(&config));
+    assert_eq!(run.consistency(), "AppConsistent", "{}", run.report);
+    let persisted = run.artifact_text("db", "persistence");
+    assert!(persisted.starts_with("rdb: BGSAVE done"), "{persisted}");
+    let tm = times(&run);
+    let (after, before) = (tm["fork_after"], tm["fork_before"]);
+    assert!(after <= before && before < t.start_ns, "forked before the snapshot: {tm:?} {t:?}");
+    assert!(!tm.contains_key("paused"), "RDB only must not pause: {tm:?}");
+    let restored = restore_redis(&mut st.rig, r);
+    let k = gapless_prefix(&restored.rows()).unwrap();
+    let acked = log.last_acked_before(after);
+    assert!(k >= acked, "restored 1..{k}, but {acked} was acknowledged before the fork");
+    // One writer, one write at a time: the write after the first one
+    // acknowledged after `fork_before` was sent after the fork.
+    if let Some(first_after) = log.first_acked_after(before) {
+        assert!(
+            k <= first_after,
+            "restored 1..{k}: {} was sent only after the fork ({first_after} acknowledged after it)",
+            first_after + 1
+        );
+    }
+    let not_in = log.last_acked_before(t.start_ns).saturating_sub(k);
+    report(
+        "redis",
+        "RDB, wasm plugin",
+        &run,
+        k,
+        &log,
+        t,
+        &format!(
+            "writers not paused; fork bracketed within {:.2} ms; {not_in} writes acknowledged after the fork, before the freeze, not in the snapshot (RDB as of the fork)",
+            (before - after) as f64 / 1e6
+        ),
+    );
 }
 
 #[test]
-fn redis_plugin_rdb_restores_exactly_the_paused_state() {
+fn redis_plugin_rdb_restores_exactly_the_state_at_its_bgsave_fork_without_pausing_writers() {
     require!(Root, Redis, Plugins);
-    redis_plugin_restore(false);
+    let mut st = Stage::new("rdp-rdb");
+    let r = Redis::start(st.rig.inner(), false);
+    redis_plugin_rdb_restore(&mut st, &r);
+}
+
+/// A save already running when pre asks (an automatic `save` rule, another
+/// client's BGSAVE) forked earlier: its RDB misses the writes since. Pre
+/// waits it out and forks its own; the restore holds the state at pre's fork.
+#[test]
+fn redis_plugin_rdb_waits_out_a_save_already_running_and_restores_its_own() {
+    require!(Root, Redis, Plugins);
+    let mut st = Stage::new("rdp-rdb-busy");
+    let r = Redis::start(st.rig.inner(), false);
+    let mut c = r.connect();
+    // 2 000 filler keys at 1 ms each: a save that runs for about 2 s (the
+    // delay is the forked child's; pre's own save runs at full speed).
+    for i in 0..2000 {
+        c.cmd(&["SET", &format!("filler:{i}"), "x"]).unwrap();
+    }
+    c.cmd(&["CONFIG", "SET", "rdb-key-save-delay", "1000"]).unwrap();
+    c.cmd(&["BGSAVE"]).unwrap();
+    c.cmd(&["CONFIG", "SET", "rdb-key-save-delay", "0"]).unwrap();
+    assert!(c.persistence().unwrap().rdb_bgsave_in_progress, "the earlier save is running when pre starts");
+    redis_plugin_rdb_restore(&mut st, &r);
 }
 
 // ------------------------------------------------------------ clear errors
@@ -258,6 +320,48 @@ fn pre_failure(run: &Run) -> (u64, String) {
     let h = run.hook("db", "pre");
     assert_eq!(h["outcome"], "failed", "{}", run.report);
     (h["attempts"].as_u64().unwrap(), h["message"].as_str().unwrap_or("").to_string())
+}
+
+/// `chattr +i` on a directory for the guard's life (root cannot create files
+/// in it either); `-i` on drop, also when the test fails.
+struct Immutable(PathBuf);
+
+impl Immutable {
+    fn new(dir: PathBuf) -> Immutable {
+        let ok = std::process::Command::new("chattr").arg("+i").arg(&dir).status().map(|s| s.success()).unwrap_or(false);
+        assert!(ok, "chattr +i {}", dir.display());
+        Immutable(dir)
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr").arg("-i").arg(&self.0).status();
+    }
+}
+
+/// RDB only, the save fails (its directory refuses the temp file): pre
+/// fails, fatally, naming the failed save; the snapshot goes on without the
+/// application (file-system-consistent), and nothing was paused.
+#[test]
+fn redis_plugin_rdb_save_that_fails_fails_pre_and_the_label_says_so() {
+    require!(Root, Redis, Plugins);
+    let st = Stage::new("rdp-rdb-fail");
+    let r = Redis::start(st.rig.inner(), false);
+    let cfg = config(&st, "quiesce_redis", redis_tcp(&r, &[]), "retries = 1\nretry_delay_ms = 100");
+    let run = {
+        let _frozen_dir = Immutable::new(st.rig.inner().join("redis"));
+        run_json(st.session(&cfg, "true", 30))
+    };
+    let (attempts, msg) = pre_failure(&run);
+    assert_eq!(attempts, 1, "a failed save is fatal: {msg}");
+    assert!(msg.contains("background save failed"), "{msg}");
+    assert_eq!(run.consistency(), "FileSystemConsistent", "{}", run.report);
+    assert!(!r.connect().persistence().unwrap().rdb_last_bgsave_ok);
+    println!("[errors] redis RDB save failed: {msg}");
+    // Writable again: the next session saves and is app-consistent.
+    let run = run_json(st.session(&cfg, "true", 30));
+    assert_eq!(run.consistency(), "AppConsistent", "{}", run.report);
 }
 
 /// Server down → retryable (retried); auth refused, replica → fatal (not retried).

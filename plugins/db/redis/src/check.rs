@@ -7,7 +7,7 @@
 use quiesce_plugin_sdk::{Connection, Context, Failure as Fail, Finding};
 use resp::{Client, Error as RError, Value};
 
-use super::{classify, connect, server_now_ns, version_of, DEFAULT_TARGET};
+use super::{classify, connect, version_of, DEFAULT_TARGET};
 
 fn noperm(e: &RError) -> bool {
     e.kind() == Some("NOPERM")
@@ -83,7 +83,7 @@ pub(crate) fn check(ctx: &Context) -> Vec<Finding> {
         Err(e) if noperm(&e) => out.push(denied("ROLE")),
         Err(e) => out.push(failed("ROLE", e)),
     }
-    if let Err(e) = server_now_ns(&mut c) {
+    if let Err(e) = c.time_ns() {
         out.push(if noperm(&e) { denied("TIME") } else { failed("TIME", e) });
     }
     match acl_allows(&mut c, &["CLIENT", "PAUSE", "quiesce-check-only", "WRITE"]) {
@@ -121,10 +121,14 @@ pub(crate) fn check(ctx: &Context) -> Vec<Finding> {
             "RedisAofOff",
             "persist = \"aof\" but the server has appendonly no: CONFIG SET appendonly yes (and in redis.conf), or set persist = \"auto\"",
         )),
-        Ok(_) => {
+        Ok(p) => {
             out.push(Finding::info(
                 "RedisPersistenceRdb",
-                "pre makes the data durable with BGSAVE under the pause, so writers wait as long as the save takes; with appendonly yes they wait only for the AOF write",
+                if p.aof_enabled {
+                    "persist = \"rdb\" with appendonly yes: pre runs BGSAVE under the pause (the AOF, which Redis loads first, must match), so writers wait as long as the save takes; persist = \"auto\" waits only for the AOF write"
+                } else {
+                    "RDB only: pre runs BGSAVE without pausing writers and waits until it is on disk; the snapshot holds the data set as of the save's fork, not the writes acknowledged after it (during the save, the freeze and the snapshot); appendonly yes keeps those"
+                },
             ));
             match acl_allows(&mut c, &["BGSAVE", "quiesce-check-only"]) {
                 Ok(true) => {}

@@ -10,10 +10,15 @@
 //! - [`Client::client_pause`] / [`Client::client_unpause`]: `CLIENT PAUSE ms
 //!   WRITE` stops write commands for at most `ms` — it expires by itself, so a
 //!   hook that dies cannot block the application for longer.
-//! - Making the files on disk match the pause point, per persistence mode:
-//!   - RDB only: [`Client::bgsave_and_wait`] *after* pausing — the RDB then
-//!     holds exactly the state at the pause (a BGSAVE before the pause would
-//!     miss writes acknowledged between the two);
+//! - [`Client::pipeline`]: several commands in one write, one round trip —
+//!   for what runs while writers wait.
+//! - Making the files on disk hold a known point in time, per persistence mode:
+//!   - RDB: [`Client::bgsave`] starts a save of our own (waiting out a save or
+//!     AOF rewrite already running: its fork is older) and brackets its fork
+//!     between two `TIME`s ([`Fork`]); [`Client::wait_bgsave`] waits until
+//!     that save is on disk. The RDB is the data set at the fork — Redis
+//!     forks inside the `BGSAVE` command, before it replies — so writers need
+//!     not be paused for it ([`Client::bgsave_and_wait`] does both);
 //!   - AOF (`appendonly yes`): [`Client::wait_aof_written`] after pausing.
 //!     With `appendfsync everysec` Redis `write(2)`s its AOF buffer before
 //!     replying to clients, *except* when a background fsync is slow, when it
@@ -251,6 +256,53 @@ impl Persistence {
     }
 }
 
+/// A `TIME` reply (`[seconds, microseconds]`) as ns since the Unix epoch.
+pub fn time_ns_of(v: Value) -> Result<u64> {
+    if let Value::Array(v) = &v {
+        let n = |x: &Value| x.as_text().and_then(|s| s.parse::<u64>().ok());
+        if let [s, us] = v.as_slice() {
+            if let Some(ns) = n(s).zip(n(us)).and_then(|(s, us)| s.checked_mul(1_000_000_000)?.checked_add(us.checked_mul(1000)?)) {
+                return Ok(ns);
+            }
+        }
+    }
+    Err(Error::Protocol(format!("TIME returned {v:?}")))
+}
+
+/// `+OK`, or the error: `reply` to the command `name` (for [`Client::pipeline`]'s replies).
+pub fn ok_reply(name: &str, reply: Result<Value>) -> Result<()> {
+    match reply? {
+        Value::Simple(s) if s == "OK" => Ok(()),
+        v => Err(Error::Protocol(format!("{name} returned {v:?}"))),
+    }
+}
+
+/// Where a background save's fork lies on the server's clock: the RDB it
+/// writes holds every write Redis ran before `after_ns` and none it ran
+/// after `before_ns`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fork {
+    pub after_ns: u64,
+    pub before_ns: u64,
+    /// `rdb_saves` right after the fork, counting it (Redis ≥ 7.0, which
+    /// counts a save when it starts): a higher count later means a newer
+    /// save replaced ours.
+    pub saves: Option<u64>,
+}
+
+/// Whether `p`, read with writes paused, shows every acknowledged write in
+/// the AOF file: the buffer empty, no background fsync queued (whose failure
+/// would show in the status only after it ran), the last write fine.
+pub fn aof_written(p: &Persistence) -> Result<bool> {
+    if !p.aof_enabled {
+        return Err(Error::Persistence("AOF is not enabled".into()));
+    }
+    if !p.aof_last_write_ok {
+        return Err(Error::Persistence("the last AOF write failed (aof_last_write_status:err)".into()));
+    }
+    Ok(p.aof_buffer_length == 0 && p.aof_pending_bio_fsync == 0)
+}
+
 pub struct Client<S: Read + Write> {
     io: BufReader<S>,
 }
@@ -276,15 +328,41 @@ impl<S: Read + Write> Client<S> {
         }
     }
 
+    /// Sends `cmds` in one write and reads one reply each, in order: one
+    /// round trip. Redis runs the commands of one read back to back, so
+    /// (when they arrive together, as a few short commands do) no other
+    /// client's command runs between them. An error reply is that command's
+    /// `Err(Error::Server)`; an I/O or protocol error fails the whole call.
+    pub fn pipeline(&mut self, cmds: &[&[&str]]) -> Result<Vec<Result<Value>>> {
+        let mut out = Vec::new();
+        for c in cmds {
+            let raw: Vec<&[u8]> = c.iter().map(|a| a.as_bytes()).collect();
+            out.extend(encode(&raw));
+        }
+        let s = self.io.get_mut();
+        s.write_all(&out)?;
+        s.flush()?;
+        cmds.iter()
+            .map(|_| {
+                read_value(&mut self.io).map(|v| match v {
+                    Value::Error(e) => Err(Error::Server(e)),
+                    v => Ok(v),
+                })
+            })
+            .collect()
+    }
+
+    /// `TIME`: the server's clock, ns since the Unix epoch.
+    pub fn time_ns(&mut self) -> Result<u64> {
+        time_ns_of(self.cmd(&["TIME"])?)
+    }
+
     fn cmd_text(&mut self, args: &[&str]) -> Result<String> {
         self.cmd(args)?.as_text().ok_or_else(|| Error::Protocol(format!("{} returned no text", args[0])))
     }
 
     fn cmd_ok(&mut self, args: &[&str]) -> Result<()> {
-        match self.cmd(args)? {
-            Value::Simple(s) if s == "OK" => Ok(()),
-            v => Err(Error::Protocol(format!("{} returned {v:?}", args[0]))),
-        }
+        ok_reply(args[0], self.cmd(args))
     }
 
     /// `AUTH password` (the `default` user).
@@ -370,30 +448,59 @@ impl<S: Read + Write> Client<S> {
         self.cmd_ok(&["CLIENT", "UNPAUSE"])
     }
 
-    /// Starts a background save and waits until *that* save has finished
-    /// successfully (a save already running when we ask is not ours: it is
-    /// waited out and ours scheduled after it). Errors if it fails or takes
-    /// longer than `timeout`.
-    pub fn bgsave_and_wait(&mut self, timeout: Duration, poll: Duration) -> Result<Persistence> {
+    /// Starts a background save of our own and returns where its fork lies
+    /// ([`Fork`]): `TIME`, `BGSAVE`, `TIME`, `INFO persistence` in one
+    /// round trip. A save or AOF rewrite already running is waited out (a
+    /// running save forked before we asked: its RDB misses what came since)
+    /// and `BGSAVE` asked again, until `timeout`.
+    pub fn bgsave(&mut self, timeout: Duration, poll: Duration) -> Result<Fork> {
         let t0 = Instant::now();
-        let before = self.persistence()?;
-        match self.cmd(&["BGSAVE", "SCHEDULE"]) {
-            Ok(_) => {}
-            Err(Error::Server(m)) if m.contains("already in progress") => {}
-            Err(e) => return Err(e),
+        loop {
+            let replies = self.pipeline(&[&["TIME"], &["BGSAVE"], &["TIME"], &["INFO", "persistence"]])?;
+            let [t1, started, t2, info]: [Result<Value>; 4] =
+                replies.try_into().map_err(|_| Error::Protocol("pipeline lost a reply".into()))?;
+            match started {
+                // Redis forks inside the command, before it replies.
+                Ok(Value::Simple(s)) if s.contains("started") => {
+                    let saves = Persistence::from_info(&info?.as_text().unwrap_or_default()).rdb_saves;
+                    return Ok(Fork { after_ns: time_ns_of(t1?)?, before_ns: time_ns_of(t2?)?, saves });
+                }
+                Ok(v) => return Err(Error::Protocol(format!("BGSAVE returned {v:?}, not \"Background saving started\""))),
+                // "Background save already in progress", "Another child
+                // process is active (AOF?)": ours must fork after it.
+                Err(Error::Server(m)) if m.contains("in progress") || m.contains("child process is active") => {
+                    if t0.elapsed() > timeout {
+                        return Err(Error::Persistence(format!(
+                            "another save or AOF rewrite was still running after {timeout:?}, so ours could not start ({m})"
+                        )));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+            std::thread::sleep(poll);
         }
+    }
+
+    /// Waits until the save `fork` started has finished successfully: no save
+    /// running, `rdb_last_bgsave_status:ok`, and (Redis ≥ 7.0) no newer save
+    /// counted since. Redis notices its child's exit at its next `serverCron`
+    /// tick (`hz`, 100 ms by default), so this takes at least that long.
+    pub fn wait_bgsave(&mut self, fork: &Fork, timeout: Duration, poll: Duration) -> Result<Persistence> {
+        let t0 = Instant::now();
         loop {
             let p = self.persistence()?;
-            let ours = match (before.rdb_saves, p.rdb_saves) {
-                (Some(b), Some(n)) => n > b,
-                // Before 7.0: a save finishing in a later second than the last one.
-                _ => p.rdb_last_save_time > before.rdb_last_save_time,
-            };
-            if !p.rdb_bgsave_in_progress && !p.rdb_last_bgsave_ok {
-                return Err(Error::Persistence("the background save failed (rdb_last_bgsave_status:err)".into()));
-            }
-            if ours && !p.rdb_bgsave_in_progress {
-                return Ok(p);
+            if !p.rdb_bgsave_in_progress {
+                if !p.rdb_last_bgsave_ok {
+                    return Err(Error::Persistence(
+                        "the background save failed (rdb_last_bgsave_status:err; the server's log says why)".into(),
+                    ));
+                }
+                return match (fork.saves, p.rdb_saves) {
+                    (Some(ours), Some(now)) if now != ours => Err(Error::Persistence(format!(
+                        "another save started after ours (rdb_saves {now}, ours {ours}), so dump.rdb may not be ours; try again"
+                    ))),
+                    _ => Ok(p),
+                };
             }
             if t0.elapsed() > timeout {
                 return Err(Error::Persistence(format!("BGSAVE did not finish within {timeout:?}")));
@@ -402,20 +509,20 @@ impl<S: Read + Write> Client<S> {
         }
     }
 
+    /// [`Client::bgsave`] then [`Client::wait_bgsave`], both within `timeout`.
+    pub fn bgsave_and_wait(&mut self, timeout: Duration, poll: Duration) -> Result<Persistence> {
+        let t0 = Instant::now();
+        let fork = self.bgsave(timeout, poll)?;
+        self.wait_bgsave(&fork, timeout.saturating_sub(t0.elapsed()), poll)
+    }
+
     /// With writes paused: waits until every acknowledged write is in the
-    /// AOF file (`aof_buffer_length:0`, no queued background fsync) and the
-    /// last write succeeded. See the module doc for why this, not fsync.
+    /// AOF file ([`aof_written`]). See the module doc for why this, not fsync.
     pub fn wait_aof_written(&mut self, timeout: Duration, poll: Duration) -> Result<Persistence> {
         let t0 = Instant::now();
         loop {
             let p = self.persistence()?;
-            if !p.aof_enabled {
-                return Err(Error::Persistence("AOF is not enabled".into()));
-            }
-            if !p.aof_last_write_ok {
-                return Err(Error::Persistence("the last AOF write failed (aof_last_write_status:err)".into()));
-            }
-            if p.aof_buffer_length == 0 && p.aof_pending_bio_fsync == 0 {
+            if aof_written(&p)? {
                 return Ok(p);
             }
             if t0.elapsed() > timeout {
@@ -537,24 +644,88 @@ mod tests {
         format!("${}\r\n{s}\r\n", s.len()).into_bytes()
     }
 
-    #[test]
-    fn bgsave_waits_for_a_new_save() {
-        let mut server = bulk(INFO);
-        server.extend_from_slice(b"+Background saving started\r\n");
-        server.extend(bulk(&INFO.replace("rdb_bgsave_in_progress:0", "rdb_bgsave_in_progress:1")));
-        server.extend(bulk(&INFO.replace("rdb_saves:3", "rdb_saves:4")));
-        let mut c = client(&server);
-        let p = c.bgsave_and_wait(Duration::from_secs(5), Duration::from_millis(1)).unwrap();
-        assert_eq!(p.rdb_saves, Some(4));
+    fn time(s: u64, us: u64) -> Vec<u8> {
+        [b"*2\r\n".to_vec(), bulk(&s.to_string()), bulk(&us.to_string())].concat()
+    }
+
+    /// The replies to one `bgsave` round: TIME, BGSAVE's, TIME, INFO.
+    fn bgsave_round(t: u64, bgsave: &[u8], info: &str) -> Vec<u8> {
+        [time(t, 10), bgsave.to_vec(), time(t, 250), bulk(info)].concat()
     }
 
     #[test]
-    fn a_failed_bgsave_is_an_error() {
-        let mut server = bulk(INFO);
-        server.extend_from_slice(b"+Background saving started\r\n");
-        server.extend(bulk(&INFO.replace("rdb_last_bgsave_status:ok", "rdb_last_bgsave_status:err")));
+    fn bgsave_brackets_its_fork_and_waits_for_that_save() {
+        let running = INFO.replace("rdb_bgsave_in_progress:0", "rdb_bgsave_in_progress:1").replace("rdb_saves:3", "rdb_saves:4");
+        let server = [
+            bgsave_round(1_700_000_001, b"+Background saving started\r\n", &running),
+            bulk(&running),
+            bulk(&INFO.replace("rdb_saves:3", "rdb_saves:4")),
+        ]
+        .concat();
         let mut c = client(&server);
-        assert!(matches!(c.bgsave_and_wait(Duration::from_secs(5), Duration::from_millis(1)), Err(Error::Persistence(_))));
+        let fork = c.bgsave(Duration::from_secs(5), Duration::from_millis(1)).unwrap();
+        assert_eq!(fork, Fork { after_ns: 1_700_000_001_000_010_000, before_ns: 1_700_000_001_000_250_000, saves: Some(4) });
+        let p = c.wait_bgsave(&fork, Duration::from_secs(5), Duration::from_millis(1)).unwrap();
+        assert_eq!(p.rdb_saves, Some(4));
+        // One write for the four commands of the round.
+        let out = &c.io.get_ref().output;
+        assert!(
+            out.starts_with(&[encode(&[b"TIME"]), encode(&[b"BGSAVE"]), encode(&[b"TIME"]), encode(&[b"INFO", b"persistence"])].concat())
+        );
+    }
+
+    #[test]
+    fn a_save_already_running_is_waited_out_and_ours_started_after_it() {
+        let running = INFO.replace("rdb_bgsave_in_progress:0", "rdb_bgsave_in_progress:1");
+        let ours = running.replace("rdb_saves:3", "rdb_saves:4");
+        let server = [
+            bgsave_round(1_700_000_001, b"-ERR Background save already in progress\r\n", &running),
+            bgsave_round(1_700_000_002, b"-ERR Another child process is active (AOF?): can't BGSAVE right now.\r\n", &running),
+            bgsave_round(1_700_000_003, b"+Background saving started\r\n", &ours),
+            bulk(&INFO.replace("rdb_saves:3", "rdb_saves:4")),
+        ]
+        .concat();
+        let mut c = client(&server);
+        let p = c.bgsave_and_wait(Duration::from_secs(5), Duration::from_millis(1)).unwrap();
+        assert_eq!(p.rdb_saves, Some(4));
+        let bgsaves = c.io.get_ref().output.windows(6).filter(|w| w == b"BGSAVE").count();
+        assert_eq!(bgsaves, 3);
+
+        // Still running at the deadline: an error, not somebody else's save.
+        let mut c = client(&bgsave_round(1_700_000_001, b"-ERR Background save already in progress\r\n", &running));
+        assert!(matches!(c.bgsave(Duration::ZERO, Duration::from_millis(1)), Err(Error::Persistence(m)) if m.contains("could not start")));
+    }
+
+    #[test]
+    fn a_failed_bgsave_or_a_newer_save_is_an_error() {
+        let started = b"+Background saving started\r\n";
+        let server =
+            [bgsave_round(1, started, INFO), bulk(&INFO.replace("rdb_last_bgsave_status:ok", "rdb_last_bgsave_status:err"))].concat();
+        let mut c = client(&server);
+        assert!(
+            matches!(c.bgsave_and_wait(Duration::from_secs(5), Duration::from_millis(1)), Err(Error::Persistence(m)) if m.contains("failed"))
+        );
+        let server = [bgsave_round(1, started, INFO), bulk(&INFO.replace("rdb_saves:3", "rdb_saves:4"))].concat();
+        let mut c = client(&server);
+        assert!(
+            matches!(c.bgsave_and_wait(Duration::from_secs(5), Duration::from_millis(1)), Err(Error::Persistence(m)) if m.contains("another save"))
+        );
+        let mut c = client(&bgsave_round(1, b"+Background saving scheduled\r\n", INFO));
+        assert!(matches!(c.bgsave(Duration::from_secs(5), Duration::from_millis(1)), Err(Error::Protocol(_))));
+    }
+
+    #[test]
+    fn a_pipeline_reads_one_reply_per_command_and_keeps_error_replies_apart() {
+        let mut c = client(&[b"+OK\r\n".to_vec(), time(12, 5), b"-NOPERM no\r\n".to_vec(), b":1\r\n".to_vec()].concat());
+        let r = c.pipeline(&[&["CLIENT", "PAUSE", "10", "WRITE"], &["TIME"], &["INFO", "persistence"]]).unwrap();
+        assert_eq!(r[0].as_ref().unwrap(), &Value::Simple("OK".into()));
+        assert_eq!(time_ns_of(r[1].as_ref().unwrap().clone()).unwrap(), 12_000_005_000);
+        assert!(matches!(&r[2], Err(e) if e.kind() == Some("NOPERM")));
+        // The next reply is the next command's.
+        assert_eq!(c.cmd(&["PING"]).unwrap(), Value::Int(1));
+        assert!(time_ns_of(Value::Array(vec![Value::Bulk(b"x".to_vec())])).is_err());
+        let mut c = client(b"+OK\r\n");
+        assert!(matches!(c.pipeline(&[&["A"], &["B"]]), Err(Error::Io(_))));
     }
 
     #[test]
