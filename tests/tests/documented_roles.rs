@@ -18,7 +18,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use quiesce_tests::db::*;
-use quiesce_tests::plugins::install_plugin;
+use quiesce_tests::plugins::{install_plugin, plugin_findings};
 use quiesce_tests::*;
 
 /// The password the tests give every documented role.
@@ -206,6 +206,35 @@ fn readme_hook(name: &str) -> String {
         .unwrap_or_else(|| panic!("README.md has no ```toml block with a plugin [[hook]] named {name:?}"))
 }
 
+/// One database's documented role: its README row and the comment block of
+/// its packaging example (the same role name in both), and the hook config
+/// each comes with (the README's config block, the example file's `[[hook]]`).
+struct Docs {
+    readme: Documented,
+    example: Documented,
+    role: String,
+    readme_hook: String,
+    example_hook: String,
+}
+
+impl Docs {
+    /// `row`: the README role table's row; `name`: the example file and the hook.
+    fn load(row: &str, name: &str) -> Docs {
+        let readme = Documented::readme(row);
+        let (example, text) = Documented::example(name);
+        let role = readme.role_name();
+        assert_eq!(example.role_name(), role, "{}: another role than the README's row {row:?}", example.source);
+        let example_hook = text.find("[[hook]]").map(|i| text[i..].to_owned());
+        let example_hook = example_hook.unwrap_or_else(|| panic!("{}: no [[hook]]", example.source));
+        Docs { readme, example, role, readme_hook: readme_hook(name), example_hook }
+    }
+
+    /// (docs, hook config) for the README and the example.
+    fn both(&self) -> [(&Documented, &str); 2] {
+        [(&self.readme, &self.readme_hook), (&self.example, &self.example_hook)]
+    }
+}
+
 /// A documented config pointed at the test's server: the documented plugin
 /// path, target and password file replaced wherever they occur (params and
 /// grants); its `user` must be the documented role's.
@@ -258,26 +287,11 @@ impl Rig {
     }
 }
 
-/// The first hook's plugin findings: (severity, code, message).
-fn findings(r: &serde_json::Value) -> Vec<(String, String, String)> {
-    let run = &r["hooks"][0]["plugin"]["check"];
-    assert!(run["failed"].is_null(), "the plugin's check itself failed: {r}");
-    run["findings"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no plugin findings in the check report: {r}"))
-        .iter()
-        .map(|f| {
-            let s = |k: &str| f[k].as_str().unwrap_or_default().to_owned();
-            (s("severity"), s("code"), s("message"))
-        })
-        .collect()
-}
-
 /// `check` passes: `ok`, and every plugin finding `passed` except the codes
 /// in `unavoidable` (which must then be there, as `info`).
 fn assert_check_passes(source: &str, r: &serde_json::Value, unavoidable: &[&str]) {
     assert_eq!(r["ok"], true, "{source}: quiesce check is not ok with the documented role: {r:#}");
-    let all = findings(r);
+    let all = plugin_findings(r);
     let not_passed: Vec<&(String, String, String)> = all.iter().filter(|(sev, _, _)| sev != "passed").collect();
     let codes: Vec<&str> = not_passed.iter().map(|(_, c, _)| c.as_str()).collect();
     assert_eq!(codes, unavoidable, "{source}: findings other than passed with the documented role: {not_passed:#?}");
@@ -286,7 +300,7 @@ fn assert_check_passes(source: &str, r: &serde_json::Value, unavoidable: &[&str]
 
 /// The finding `code` is there with `severity`; its message.
 fn assert_finding(context: &str, r: &serde_json::Value, severity: &str, code: &str) -> String {
-    let all = findings(r);
+    let all = plugin_findings(r);
     let f = all.iter().find(|(_, c, _)| c == code).unwrap_or_else(|| panic!("{context}: no finding {code}: {all:#?}"));
     assert_eq!(f.0, severity, "{context}: {code}: {all:#?}");
     f.2.clone()
@@ -317,14 +331,11 @@ fn pg_run(pg: &Postgres, sql: &[String], source: &str) {
 #[test]
 fn postgres_documented_roles_pass_check_and_run_an_app_consistent_session() {
     require!(Root, Postgres, Plugins);
-    let checkpoint = Documented::readme("postgres, mode = \"checkpoint\"");
+    let docs = Docs::load("postgres, mode = \"checkpoint\"", "postgres");
+    let (checkpoint, example, role) = (&docs.readme, &docs.example, &docs.role);
     let backup = Documented::readme("postgres, mode = \"backup\"");
-    let (example, example_config) = Documented::example("postgres");
-    let role = checkpoint.role_name();
-    for d in [&backup, &example] {
-        assert_eq!(d.role_name(), role, "{}: another role name than the README's checkpoint row", d.source);
-    }
-    for d in [&checkpoint, &backup, &example] {
+    assert_eq!(&backup.role_name(), role, "{}: another role name than the README's checkpoint row", backup.source);
+    for d in [checkpoint, &backup, example] {
         assert!(!d.hba.is_empty(), "{}: no pg_hba.conf line for the role", d.source);
         assert_eq!(d.hba, checkpoint.hba, "{}: another pg_hba.conf line than the README's checkpoint row", d.source);
     }
@@ -336,22 +347,19 @@ fn postgres_documented_roles_pass_check_and_run_an_app_consistent_session() {
     let rig = Rig::new("roles-pg", "quiesce_postgres", 256);
     let pg = Postgres::start_with(rig.m.mnt.path(), PgOptions { archive: true, hba, ..Default::default() });
     let target = format!("unix:{}/.s.PGSQL.{}", pg.socket_dir.display(), pg.port);
-    let readme_hook = readme_hook("postgres");
-    let readme_backup = readme_hook.replace("mode = \"checkpoint\"", "mode = \"backup\"");
-    assert_ne!(readme_backup, readme_hook, "README.md's postgres hook has no mode = \"checkpoint\" to switch to backup");
-    let hook_of_example =
-        example_config.find("[[hook]]").map(|i| &example_config[i..]).expect("packaging/examples/postgres.toml: no [[hook]]");
+    let readme_backup = docs.readme_hook.replace("mode = \"checkpoint\"", "mode = \"backup\"");
+    assert_ne!(readme_backup, docs.readme_hook, "README.md's postgres hook has no mode = \"checkpoint\" to switch to backup");
     // (docs, hook config, the finding the role passes, the one without its GRANT)
     let cases: [(&Documented, &str, &str, &str); 3] = [
-        (&checkpoint, &readme_hook, "PgCheckpointAllowed", "PgCheckpointNotAllowed"),
+        (checkpoint, &docs.readme_hook, "PgCheckpointAllowed", "PgCheckpointNotAllowed"),
         (&backup, &readme_backup, "PgBackupAllowed", "PgBackupNotAllowed"),
-        (&example, hook_of_example, "PgCheckpointAllowed", "PgCheckpointNotAllowed"),
+        (example, &docs.example_hook, "PgCheckpointAllowed", "PgCheckpointNotAllowed"),
     ];
     let drop_role = [format!("DROP OWNED BY {role}"), format!("DROP ROLE {role}")];
     for (i, (d, hook, allowed, denied)) in cases.into_iter().enumerate() {
         let statements = d.with_password();
         pg_run(&pg, &statements, &d.source);
-        let config = rig.config(&format!("pg{i}.toml"), &localize(hook, &d.source, &role, &rig.plugin, &target, &rig.password_file));
+        let config = rig.config(&format!("pg{i}.toml"), &localize(hook, &d.source, role, &rig.plugin, &target, &rig.password_file));
         let r = rig.check(&config);
         assert_check_passes(&d.source, &r, &[]);
         assert_finding(&d.source, &r, "passed", allowed);
@@ -408,10 +416,8 @@ fn my_missing_finding(p: &str) -> (&'static str, &'static str) {
 #[test]
 fn mariadb_documented_user_passes_check_runs_a_session_and_needs_every_documented_privilege() {
     require!(Root, Mariadb, Plugins);
-    let readme = Documented::readme("mariadb");
-    let (example, example_config) = Documented::example("mariadb");
-    let role = readme.role_name();
-    assert_eq!(example.role_name(), role, "{}: another user than the README's", example.source);
+    let docs = Docs::load("mariadb", "mariadb");
+    let role = &docs.role;
 
     let rig = Rig::new("roles-my", "quiesce_mariadb", 512);
     let my = MariaDb::start(rig.m.mnt.path());
@@ -420,12 +426,9 @@ fn mariadb_documented_user_passes_check_runs_a_session_and_needs_every_documente
         let create = d.statements.iter().find(|s| s.to_ascii_uppercase().starts_with("CREATE USER")).expect("CREATE USER");
         create.split_whitespace().nth(2).expect("CREATE USER account").to_owned()
     };
-    let readme_hook = readme_hook("mariadb");
-    let hook_of_example =
-        example_config.find("[[hook]]").map(|i| &example_config[i..]).expect("packaging/examples/mariadb.toml: no [[hook]]");
-    for (i, (d, hook)) in [(&readme, readme_hook.as_str()), (&example, hook_of_example)].into_iter().enumerate() {
+    for (i, (d, hook)) in docs.both().into_iter().enumerate() {
         my_run(&my, &d.with_password(), &d.source);
-        let config = rig.config(&format!("my{i}.toml"), &localize(hook, &d.source, &role, &rig.plugin, &target, &rig.password_file));
+        let config = rig.config(&format!("my{i}.toml"), &localize(hook, &d.source, role, &rig.plugin, &target, &rig.password_file));
         let r = rig.check(&config);
         assert_check_passes(&d.source, &r, &[]);
         assert_finding(&d.source, &r, "passed", "MyReloadGranted");
@@ -433,12 +436,19 @@ fn mariadb_documented_user_passes_check_runs_a_session_and_needs_every_documente
         assert_session_app_consistent(&d.source, &run, "mariadb");
         let pos = run.artifact_text("mariadb", "binlog_position");
         assert!(pos.contains("file=binlog.") && pos.contains("position="), "{}: binlog_position read under the lock: {pos}", d.source);
+        // The same user with the other method the docs name (FLUSH TABLES WITH READ LOCK).
+        let ftwrl = fs::read_to_string(&config).unwrap().replace("method = \"backup-stage\"", "method = \"ftwrl\"");
+        assert!(ftwrl.contains("method = \"ftwrl\""), "{}: the hook sets no method = \"backup-stage\"", d.source);
+        let ftwrl = rig.config(&format!("my{i}-ftwrl.toml"), &ftwrl);
+        assert_check_passes(&format!("{} with ftwrl", d.source), &rig.check(&ftwrl), &[]);
+        assert_session_app_consistent(&format!("{} with ftwrl", d.source), &rig.snapshot(&ftwrl), "mariadb");
         my_run(&my, &[format!("DROP USER {}", account(d))], &d.source);
     }
 
     // Each documented privilege is needed: without it, check says which.
-    let config = rig.config("my-less.toml", &localize(&readme_hook, &readme.source, &role, &rig.plugin, &target, &rig.password_file));
-    for d in [&readme, &example] {
+    let config =
+        rig.config("my-less.toml", &localize(&docs.readme_hook, &docs.readme.source, role, &rig.plugin, &target, &rig.password_file));
+    for d in [&docs.readme, &docs.example] {
         let statements = d.with_password();
         let (privileges, on) = statements.iter().find_map(|s| split_grant(s)).unwrap_or_else(|| panic!("{}: no GRANT … ON", d.source));
         assert!(privileges.len() > 1, "{}: {privileges:?}", d.source);
@@ -454,7 +464,7 @@ fn mariadb_documented_user_passes_check_runs_a_session_and_needs_every_documente
             let (severity, code) = my_missing_finding(left_out);
             let msg = assert_finding(&context, &r, severity, code);
             assert!(msg.contains(&format!("GRANT {left_out} ON *.*")), "{context}: {msg}");
-            let others: Vec<_> = findings(&r).into_iter().filter(|(sev, c, _)| sev != "passed" && c != code).collect();
+            let others: Vec<_> = plugin_findings(&r).into_iter().filter(|(sev, c, _)| sev != "passed" && c != code).collect();
             assert!(others.is_empty(), "{context}: more than {code}: {others:#?}");
             my_run(&my, &[format!("DROP USER {}", account(d))], &d.source);
         }
@@ -487,24 +497,19 @@ const REDIS_UNAVOIDABLE: &[&str] = &["RedisUnpauseUnverified"];
 #[test]
 fn redis_documented_acl_user_passes_check_and_runs_a_session_with_aof_and_with_rdb() {
     require!(Root, Redis, Plugins);
-    let readme = Documented::readme("redis");
-    let (example, example_config) = Documented::example("redis");
-    let role = readme.role_name();
-    assert_eq!(example.role_name(), role, "{}: another user than the README's", example.source);
-    let readme_hook = readme_hook("redis");
-    let hook_of_example =
-        example_config.find("[[hook]]").map(|i| &example_config[i..]).expect("packaging/examples/redis.toml: no [[hook]]");
+    let docs = Docs::load("redis", "redis");
+    let role = &docs.role;
     for appendonly in [true, false] {
         let rig = Rig::new(if appendonly { "roles-rd-aof" } else { "roles-rd-rdb" }, "quiesce_redis", 64);
         let server = Redis::start(rig.m.mnt.path(), appendonly);
         let target = format!("tcp:127.0.0.1:{}", server.port);
         let unavoidable: Vec<&str> = REDIS_UNAVOIDABLE.iter().copied().chain((!appendonly).then_some("RedisPersistenceRdb")).collect();
-        for (i, (d, hook)) in [(&readme, readme_hook.as_str()), (&example, hook_of_example)].into_iter().enumerate() {
+        for (i, (d, hook)) in docs.both().into_iter().enumerate() {
             let source = format!("{} (appendonly {appendonly})", d.source);
             for rule in d.with_password() {
                 redis_run(&server, &rule, &source);
             }
-            let config = rig.config(&format!("rd{i}.toml"), &localize(hook, &source, &role, &rig.plugin, &target, &rig.password_file));
+            let config = rig.config(&format!("rd{i}.toml"), &localize(hook, &source, role, &rig.plugin, &target, &rig.password_file));
             let r = rig.check(&config);
             assert_check_passes(&source, &r, &unavoidable);
             assert_finding(&source, &r, "passed", "RedisPauseAllowed");
@@ -512,7 +517,7 @@ fn redis_documented_acl_user_passes_check_and_runs_a_session_with_aof_and_with_r
             assert_session_app_consistent(&source, &run, "redis");
             let persisted = run.artifact_text("redis", "persistence");
             assert!(persisted.starts_with(if appendonly { "aof:" } else { "rdb: BGSAVE done" }), "{source}: {persisted}");
-            redis_deluser(&server, &role);
+            redis_deluser(&server, role);
         }
     }
 }
@@ -538,15 +543,14 @@ fn redis_missing_finding(cmd: &str) -> Option<&'static str> {
 #[test]
 fn redis_documented_acl_needs_every_command_it_allows() {
     require!(Root, Redis, Plugins);
-    let readme = Documented::readme("redis");
-    let (example, _) = Documented::example("redis");
-    let role = readme.role_name();
+    let docs = Docs::load("redis", "redis");
+    let role = &docs.role;
     let rig = Rig::new("roles-rd-less", "quiesce_redis", 64);
     let server = Redis::start(rig.m.mnt.path(), false);
     let target = format!("tcp:127.0.0.1:{}", server.port);
-    let hook = readme_hook("redis");
-    let config = rig.config("rd-less.toml", &localize(&hook, &readme.source, &role, &rig.plugin, &target, &rig.password_file));
-    for d in [&readme, &example] {
+    let hook = &docs.readme_hook;
+    let config = rig.config("rd-less.toml", &localize(hook, &docs.readme.source, role, &rig.plugin, &target, &rig.password_file));
+    for d in [&docs.readme, &docs.example] {
         let rule = d.with_password().into_iter().find(|s| s.to_ascii_uppercase().starts_with("ACL SETUSER"));
         let rule = rule.unwrap_or_else(|| panic!("{}: no ACL SETUSER rule", d.source));
         let commands: Vec<String> = acl_args(&rule).into_iter().filter(|t| t.starts_with('+')).collect();
@@ -573,7 +577,7 @@ fn redis_documented_acl_needs_every_command_it_allows() {
                     server.connect().cmd(&["CLIENT", "UNPAUSE"]).expect("CLIENT UNPAUSE as the default user");
                 }
             }
-            redis_deluser(&server, &role);
+            redis_deluser(&server, role);
         }
     }
 }
