@@ -295,6 +295,7 @@ fn assert_check_passes(source: &str, r: &serde_json::Value, unavoidable: &[&str]
     let not_passed: Vec<&(String, String, String)> = all.iter().filter(|(sev, _, _)| sev != "passed").collect();
     let codes: Vec<&str> = not_passed.iter().map(|(_, c, _)| c.as_str()).collect();
     assert_eq!(codes, unavoidable, "{source}: findings other than passed with the documented role: {not_passed:#?}");
+    assert_eq!(r["warnings"].as_array().map(Vec::len), Some(0), "{source}: check warns: {r:#}");
     assert!(not_passed.iter().all(|(sev, _, _)| sev == "info"), "{source}: {not_passed:#?}");
 }
 
@@ -571,6 +572,7 @@ fn redis_documented_acl_needs_every_command_it_allows() {
                     let run = rig.snapshot(&config);
                     assert_eq!(run.hook("redis", "post")["outcome"], "failed", "{context}: {}", run.report);
                     assert_ne!(run.code(), 0, "{context}: {}", run.report);
+                    assert!(run.has_error("Post-ScriptExecutionFailed"), "{context}: {}", run.report);
                     let post = run.hook("redis", "post").to_string();
                     assert!(post.contains("CLIENT UNPAUSE") && post.contains("NOPERM"), "{context}: {post}");
                     // The pause the plugin could not end: ended by the admin.
