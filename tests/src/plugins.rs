@@ -43,6 +43,22 @@ pub fn install_bytes(dst: &Path, bytes: &[u8]) {
     std::fs::set_permissions(dst, std::fs::Permissions::from_mode(0o644)).expect("chmod plugin");
 }
 
+/// The first hook's plugin check findings in a `quiesce check --json`
+/// report: (severity, code, message). Panics when the check itself failed.
+pub fn plugin_findings(report: &serde_json::Value) -> Vec<(String, String, String)> {
+    let run = &report["hooks"][0]["plugin"]["check"];
+    assert!(run["failed"].is_null(), "the check itself failed: {report}");
+    run["findings"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no findings: {report}"))
+        .iter()
+        .map(|f| {
+            let s = |k: &str| f[k].as_str().unwrap_or_else(|| panic!("finding without {k}: {f}")).to_owned();
+            (s("severity"), s("code"), s("message"))
+        })
+        .collect()
+}
+
 /// The `lockd` server (tests/src/bin/lockd.rs) as a child process, its
 /// event lines collected as they come.
 pub struct Lockd {

@@ -68,16 +68,7 @@ fn session(s: &Scratch, config: &Path) -> Run {
 
 /// The first hook's plugin check findings: (severity, code, message).
 fn findings(r: &serde_json::Value) -> Vec<(String, String, String)> {
-    let run = &r["hooks"][0]["plugin"]["check"];
-    assert!(run["failed"].is_null(), "the check itself failed: {r}");
-    run["findings"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no findings: {r}"))
-        .iter()
-        .map(|f| {
-            (f["severity"].as_str().unwrap().to_owned(), f["code"].as_str().unwrap().to_owned(), f["message"].as_str().unwrap().to_owned())
-        })
-        .collect()
+    plugin_findings(r)
 }
 
 /// The finding with `code`, asserting its severity; its message.
