@@ -378,8 +378,9 @@ impl Session {
             Ok(frozen) => {
                 r.first_freeze_ns = frozen.first_freeze_ns;
                 r.freeze_deadline_ns = frozen.deadline_ns;
+                // Logged after the thaw (with the thaw's time): formatting
+                // log records inside the window would lengthen it.
                 for m in &frozen.mounts {
-                    tracing::info!("froze {} ({}) in {:.3} ms", m.path.display(), m.fs_type, m.freeze_ms);
                     r.freeze.mounts.push(MountReport {
                         path: m.path.clone(),
                         fs_type: m.fs_type.clone(),
@@ -506,9 +507,10 @@ impl Session {
                         r.error(ErrorCode::FsThawFailed, msg);
                         continue;
                     }
-                    if let Some(rep) = r.freeze.mounts.iter_mut().find(|x| x.path == m.path) {
+                    let froze = r.freeze.mounts.iter_mut().find(|x| x.path == m.path).map(|rep| {
                         rep.thaw_ms = Some(m.thaw_ms);
-                    }
+                        format!(" ({}) frozen in {:.3} ms,", rep.fs_type, rep.freeze_ms)
+                    });
                     if m.failed_attempts > 0 {
                         let w = format!(
                             "FITHAW on {} failed {} time(s) (last: {}) before it succeeded",
@@ -519,7 +521,7 @@ impl Session {
                         tracing::warn!("{w}");
                         r.warnings.push(w);
                     }
-                    tracing::info!("thawed {} in {:.3} ms", m.path.display(), m.thaw_ms);
+                    tracing::info!("{}{} thawed in {:.3} ms", m.path.display(), froze.unwrap_or_default(), m.thaw_ms);
                 }
                 if still.is_empty() {
                     // After an automatic thaw, the window closed then, not at this call.
