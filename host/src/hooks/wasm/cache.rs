@@ -20,7 +20,9 @@
 //!   another plugin's key (the name is inside the MAC).
 //!
 //! Entry names are sha256 of the engine's compatibility hash (wasmtime
-//! version, target, compiler settings) and the plugin's bytes. Anything that
+//! version, target, compiler settings) and the sha256 of the plugin's bytes
+//! (the digest the plugin is reported by: the bytes are hashed once per
+//! load). Anything that
 //! fails — truncated, bit-flipped, planted, swapped — is logged, removed
 //! and rebuilt; it is never deserialized. Entries are written `O_EXCL` to a
 //! temporary name and renamed into place, so a crash leaves no half entry.
@@ -84,11 +86,12 @@ impl Hasher for ShaHasher {
     }
 }
 
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
+/// The plugin's digest: what the cache key is made of and what reports show.
+pub(crate) fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
 }
 
-fn hex(b: &[u8]) -> String {
+pub(crate) fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
@@ -132,12 +135,12 @@ impl Cache {
         &self.dir
     }
 
-    pub fn key(engine: &Engine, wasm: &[u8]) -> String {
+    /// The entry key for a plugin whose bytes have the sha256 `wasm_sha256`.
+    pub fn key(engine: &Engine, wasm_sha256: &[u8; 32]) -> String {
         let mut h = ShaHasher(Sha256::new());
         MAGIC.hash(&mut h);
         engine.precompile_compatibility_hash().hash(&mut h);
-        h.0.update((wasm.len() as u64).to_le_bytes());
-        h.0.update(wasm);
+        h.0.update(wasm_sha256);
         hex(&h.0.finalize())
     }
 
@@ -152,27 +155,28 @@ impl Cache {
     /// Whether a verified entry exists for `wasm` (reads it; deserializes nothing).
     pub fn contains(&self, engine: &Engine, wasm: &[u8]) -> bool {
         let Ok(t) = &self.state else { return false };
-        let name = Cache::entry_name(&Cache::key(engine, wasm));
+        let name = Cache::entry_name(&Cache::key(engine, &sha256(wasm)));
         matches!(t.read_entry(&name), Ok(Some(_)))
     }
 
-    /// The compiled component for `wasm`, from the cache or freshly compiled.
-    pub fn load_or_compile(&self, engine: &Engine, wasm: &[u8]) -> wasmtime::Result<(Component, CacheStatus)> {
+    /// The compiled component for `wasm` (whose sha256 is `wasm_sha256`),
+    /// from the cache or freshly compiled.
+    pub fn load_or_compile(&self, engine: &Engine, wasm: &[u8], wasm_sha256: &[u8; 32]) -> wasmtime::Result<(Component, CacheStatus)> {
         let t = match &self.state {
             Ok(t) => t,
             Err(why) => return Ok((Component::new(engine, wasm)?, CacheStatus::Disabled(why.clone()))),
         };
-        let key = Cache::key(engine, wasm);
+        let key = Cache::key(engine, wasm_sha256);
         let name = Cache::entry_name(&key);
         let path = self.entry_path(&key);
         let mut rebuilt = None;
         match t.read_entry(&name) {
-            Ok(Some(artifact)) => {
+            Ok(Some(entry)) => {
                 // SAFETY: the entry sits in a directory only root can write,
                 // was opened without following links, and its MAC under this
                 // machine's key (over name and content) verified just now:
                 // this host wrote it for exactly these plugin bytes.
-                match unsafe { Component::deserialize(engine, &artifact) } {
+                match unsafe { Component::deserialize(engine, entry.artifact()) } {
                     Ok(c) => return Ok((c, CacheStatus::Hit)),
                     Err(e) => rebuilt = Some(format!("wasmtime refused the entry: {}", super::error_chain(&e))),
                 }
@@ -273,6 +277,17 @@ fn fill_random(buf: &mut [u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// An entry whose MAC verified: its header and the compiled artifact.
+struct Entry {
+    bytes: Vec<u8>,
+}
+
+impl Entry {
+    fn artifact(&self) -> &[u8] {
+        &self.bytes[HEADER_LEN..]
+    }
+}
+
 impl Trusted {
     fn mac(&self, name: &str, artifact: &[u8]) -> HmacSha256 {
         // Infallible: HMAC takes keys of any length.
@@ -285,11 +300,20 @@ impl Trusted {
         mac
     }
 
-    /// `Ok(Some(artifact))` for an authentic entry, `Ok(None)` for no
+    /// `Ok(Some(entry))` for an authentic entry, `Ok(None)` for no
     /// entry, `Err(why)` for an entry that must not be used.
-    fn read_entry(&self, name: &str) -> Result<Option<Vec<u8>>, String> {
-        let Some((file, _)) = open_regular(&self.dir, name)? else { return Ok(None) };
-        let mut bytes = Vec::new();
+    fn read_entry(&self, name: &str) -> Result<Option<Entry>, String> {
+        let Some((file, st)) = open_regular(&self.dir, name)? else { return Ok(None) };
+        let size = u64::try_from(st.st_size).unwrap_or(u64::MAX);
+        if size > MAX_ENTRY_BYTES {
+            return Err(format!("larger than {} MiB", MAX_ENTRY_BYTES >> 20));
+        }
+        // One allocation of the size fstat gave, filled in place: the entry is
+        // read once and never copied (growing a buffer from empty copied and
+        // touched fresh pages several times over, a measurable part of a
+        // one-shot session's plugin load). The `take` still bounds a file
+        // that grew after the fstat.
+        let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0).saturating_add(1));
         file.take(MAX_ENTRY_BYTES + 1).read_to_end(&mut bytes).map_err(|e| e.to_string())?;
         if bytes.len() as u64 > MAX_ENTRY_BYTES {
             return Err(format!("larger than {} MiB", MAX_ENTRY_BYTES >> 20));
@@ -307,7 +331,7 @@ impl Trusted {
         if self.mac(name, artifact).verify_slice(tag).is_err() {
             return Err("not authentic (its MAC does not verify under this machine's cache key)".into());
         }
-        Ok(Some(artifact.to_vec()))
+        Ok(Some(Entry { bytes }))
     }
 
     fn write_entry(&self, name: &str, artifact: &[u8]) -> std::io::Result<()> {

@@ -7,14 +7,14 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine};
 
 use super::bindings::{v0_1_0, v0_2_0, WitVersion};
-use super::cache::{Cache, CacheStatus};
+use super::cache::{hex, sha256, Cache, CacheStatus};
 use super::detect::{self, Kind};
 use super::plugin::{Loaded, Plugin, PluginPre};
 use super::state::HostState;
@@ -39,9 +39,15 @@ pub struct WasmEngine {
     inner: Arc<Inner>,
 }
 
+type Linked = Result<Linker<HostState>, String>;
+
 struct Inner {
     engine: Engine,
-    linker: Linker<HostState>,
+    /// Every import a plugin may use. Built on the ticker thread while this
+    /// one reads and verifies the cached plugin (a few hundred µs each, and
+    /// a one-shot session pays both): taken from `linker_rx` at first use.
+    linker: OnceLock<Linked>,
+    linker_rx: Mutex<Option<mpsc::Receiver<Linked>>>,
     cache: Cache,
     stop: Arc<AtomicBool>,
     /// Plugins loaded before, by path, with the identity of the file they
@@ -120,19 +126,15 @@ impl WasmEngine {
         config.epoch_interruption(true);
         config.wasm_component_model(true);
         let engine = Engine::new(&config).map_err(rt)?;
-
-        let mut linker = Linker::<HostState>::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(rt)?;
-        // Every version's imports, side by side (their names carry the version).
-        v0_1_0::QuiescePlugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s).map_err(rt)?;
-        v0_2_0::QuiescePlugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s).map_err(rt)?;
-
         let stop = Arc::new(AtomicBool::new(false));
         let ticker_engine = engine.clone();
         let ticker_stop = stop.clone();
+        let (linker_tx, linker_rx) = mpsc::sync_channel(1);
         std::thread::Builder::new()
             .name("quiesce-epoch".into())
             .spawn(move || {
+                // Nobody waiting (the engine was dropped unused) is fine.
+                let _ = linker_tx.send(build_linker(&ticker_engine));
                 while !ticker_stop.load(Ordering::Relaxed) {
                     std::thread::sleep(EPOCH_TICK);
                     ticker_engine.increment_epoch();
@@ -140,7 +142,29 @@ impl WasmEngine {
             })
             .map_err(|e| PluginError::Runtime(format!("cannot start the epoch ticker thread: {e}")))?;
 
-        Ok(WasmEngine { inner: Arc::new(Inner { engine, linker, cache, stop, loaded: Mutex::new(HashMap::new()) }) })
+        Ok(WasmEngine {
+            inner: Arc::new(Inner {
+                engine,
+                linker: OnceLock::new(),
+                linker_rx: Mutex::new(Some(linker_rx)),
+                cache,
+                stop,
+                loaded: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// The linker the ticker thread built (waiting for it the first time),
+    /// or one built here if that thread is gone.
+    fn linker(&self) -> Result<&Linker<HostState>, PluginError> {
+        let linked = self.inner.linker.get_or_init(|| {
+            let rx = self.inner.linker_rx.lock().unwrap_or_else(|p| p.into_inner()).take();
+            match rx.map(|rx| rx.recv()) {
+                Some(Ok(linked)) => linked,
+                _ => build_linker(&self.inner.engine),
+            }
+        });
+        linked.as_ref().map_err(|e| PluginError::Runtime(e.clone()))
     }
 
     pub(crate) fn engine(&self) -> &Engine {
@@ -199,12 +223,14 @@ impl WasmEngine {
             return Err(PluginError::load(path, what));
         }
         let engine = &self.inner.engine;
+        // Hashed once: the cache key and the reported digest both come from it.
+        let digest = sha256(&bytes);
         let (component, cache) = self
             .inner
             .cache
-            .load_or_compile(engine, &bytes)
+            .load_or_compile(engine, &bytes, &digest)
             .map_err(|e| PluginError::load(path, format!("not a valid component: {}; {}", error_chain(&e), detect::expected())))?;
-        self.link(path, &bytes, &component, cache, started)
+        self.link(path, &bytes, &digest, &component, cache, started)
     }
 
     /// Checks a compiled component against the world and pre-links it.
@@ -212,13 +238,14 @@ impl WasmEngine {
         &self,
         path: &Path,
         bytes: &[u8],
+        digest: &[u8; 32],
         component: &Component,
         cache: CacheStatus,
         started: Instant,
     ) -> Result<Plugin, PluginError> {
         let engine = &self.inner.engine;
         let version = detect::check_world(engine, component).map_err(|m| PluginError::load(path, m))?;
-        let linked = self.inner.linker.instantiate_pre(component).and_then(|pre| match version {
+        let linked = self.linker()?.instantiate_pre(component).and_then(|pre| match version {
             WitVersion::V0_1_0 => v0_1_0::QuiescePluginPre::new(pre).map(PluginPre::V0_1_0),
             WitVersion::V0_2_0 => v0_2_0::QuiescePluginPre::new(pre).map(PluginPre::V0_2_0),
         });
@@ -228,7 +255,7 @@ impl WasmEngine {
                 format!("cannot be linked: {} (quiesce offers WASI 0.2 and quiesce:plugin@{version} imports only)", error_chain(&e)),
             )
         })?;
-        let plugin = Plugin::new(self.clone(), path, bytes, component, pre, cache, started.elapsed());
+        let plugin = Plugin::new(self.clone(), path, bytes.len() as u64, hex(digest), component, pre, cache, started.elapsed());
         tracing::debug!(
             "loaded plugin {} ({} bytes, cache: {:?}) in {:.3} ms",
             path.display(),
@@ -238,6 +265,17 @@ impl WasmEngine {
         );
         Ok(plugin)
     }
+}
+
+/// WASI 0.2 and every `quiesce:plugin` version's imports, side by side
+/// (their names carry the version).
+fn build_linker(engine: &Engine) -> Linked {
+    let rt = |e: wasmtime::Error| format!("cannot set up the plugin imports: {}", error_chain(&e));
+    let mut linker = Linker::<HostState>::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(rt)?;
+    v0_1_0::QuiescePlugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s).map_err(rt)?;
+    v0_2_0::QuiescePlugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s).map_err(rt)?;
+    Ok(linker)
 }
 
 pub(crate) fn read_checked(file: &File, path: &Path) -> Result<Vec<u8>, PluginError> {

@@ -125,5 +125,12 @@ fn load_in_memory(engine: &WasmEngine, path: &Path) -> Result<Plugin, PluginErro
     }
     let component = Component::new(engine.engine(), &bytes)
         .map_err(|e| PluginError::load(path, format!("not a valid component: {}; {}", error_chain(&e), detect::expected())))?;
-    engine.link(path, &bytes, &component, CacheStatus::Disabled("compiled in memory for inspection".into()), started)
+    engine.link(
+        path,
+        &bytes,
+        &super::cache::sha256(&bytes),
+        &component,
+        CacheStatus::Disabled("compiled in memory for inspection".into()),
+        started,
+    )
 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 use wasmtime::component::Component;
 
 use super::bindings::{v0_1_0, v0_2_0, WitVersion};
-use super::cache::{sha256_hex, CacheStatus};
+use super::cache::CacheStatus;
 use super::engine::WasmEngine;
 use super::grants::Grants;
 use super::instance::{CallContext, Finding, InstanceConfig, PluginInstance, Severity};
@@ -71,10 +71,12 @@ pub(crate) struct Loaded {
 }
 
 impl Plugin {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         engine: WasmEngine,
         path: &Path,
-        bytes: &[u8],
+        size: u64,
+        sha256: String,
         component: &Component,
         pre: PluginPre,
         cache: CacheStatus,
@@ -83,8 +85,7 @@ impl Plugin {
         let ty = component.component_type();
         let imports = ty.imports(engine.engine()).map(|(n, _)| n.to_owned()).collect();
         let exports = ty.exports(engine.engine()).map(|(n, _)| n.to_owned()).collect();
-        let shared =
-            Arc::new(Loaded { path: path.to_path_buf(), size: bytes.len() as u64, sha256: sha256_hex(bytes), imports, exports, pre });
+        let shared = Arc::new(Loaded { path: path.to_path_buf(), size, sha256, imports, exports, pre });
         Plugin { engine, shared, cache, load_time }
     }
 
