@@ -12,7 +12,9 @@ use crate::config::{HookBody, HookSpec, PluginAction, ScriptAction};
 use crate::contain::Containment;
 use crate::duration::ms;
 use crate::hooks::script::{self, ScriptOutcome, ScriptSpec};
-use crate::hooks::wasm::{CallContext, CallOutcome, CheckRun, Grants, InstanceConfig, Plugin, PluginInstance, SnapshotOutcome, WasmEngine};
+use crate::hooks::wasm::{
+    CallContext, CallOutcome, CheckRun, Grants, InstanceConfig, Plugin, PluginError, PluginInstance, SnapshotOutcome, WasmEngine,
+};
 use crate::hooks::OUTPUT_CAP;
 use crate::report::{label_name, Consistency, ErrorCode, HookKind, HookReport, Outcome, Phase, ReportError};
 use crate::trust::{self, TrustError, TrustedFile};
@@ -68,9 +70,15 @@ struct ReadyScript {
 impl ReadyHook {
     /// Checks everything the hook needs before any hook runs.
     pub fn validate(spec: &HookSpec, engine: Option<&WasmEngine>) -> ReadyHook {
+        Self::validate_loaded(spec, engine, None)
+    }
+
+    /// [`Self::validate`], with the plugin already loaded (trust-checked,
+    /// read and compiled through `engine`, moments ago) if `loaded` is given.
+    pub(crate) fn validate_loaded(spec: &HookSpec, engine: Option<&WasmEngine>, loaded: Option<Result<Plugin, PluginError>>) -> ReadyHook {
         let ready = match &spec.body {
             HookBody::Script { pre, post } => validate_scripts(pre.as_ref(), post.as_ref()),
-            HookBody::Plugin(action) => validate_plugin(action, engine),
+            HookBody::Plugin(action) => validate_plugin(action, engine, loaded),
         };
         let ready = ready.unwrap_or_else(Ready::Refused);
         let warnings = match &ready {
@@ -169,12 +177,16 @@ fn validate_scripts(pre: Option<&ScriptAction>, post: Option<&ScriptAction>) -> 
     Ok(Ready::Script { pre: open(pre, Phase::Pre)?, post: open(post, Phase::Post)?, held: None })
 }
 
-fn validate_plugin(action: &PluginAction, engine: Option<&WasmEngine>) -> Result<Ready, ReportError> {
+fn validate_plugin(
+    action: &PluginAction,
+    engine: Option<&WasmEngine>,
+    loaded: Option<Result<Plugin, PluginError>>,
+) -> Result<Ready, ReportError> {
     let load_failed = |message: String| ReportError { code: ErrorCode::PluginLoadFailed, message };
     let engine = engine.ok_or_else(|| load_failed("the WebAssembly runtime could not be started".into()))?;
     let grants =
         Grants::parse(&action.grants).map_err(|e| load_failed(format!("plugin {}: grant in the config: {e}", action.path.display())))?;
-    let plugin = engine.load(&action.path).map_err(|e| load_failed(e.to_string()))?;
+    let plugin = loaded.unwrap_or_else(|| engine.load(&action.path)).map_err(|e| load_failed(e.to_string()))?;
     Ok(Ready::Plugin { action: action.clone(), plugin: Box::new(plugin), grants, instance: None })
 }
 

@@ -26,7 +26,7 @@ mod record;
 use crate::config::{Config, ConfigError, Format, HookBody};
 use crate::duration;
 use crate::freeze::{self, FreezePlan, Guardian, Selection};
-use crate::hooks::wasm::{WasmEngine, DEFAULT_CACHE_DIR};
+use crate::hooks::wasm::{Plugin, PluginError, WasmEngine, DEFAULT_CACHE_DIR};
 use crate::interrupt::Interrupt;
 use crate::logging;
 use crate::report::{ErrorCode, MountReport, ReportError};
@@ -158,7 +158,16 @@ pub struct Session {
     cache_dir: PathBuf,
     state_dir: PathBuf,
     engine: Option<WasmEngine>,
+    /// The config's plugins, being loaded since `prepare` (see [`Preload`]).
+    preload: std::sync::Mutex<Option<Preload>>,
 }
+
+/// A one-shot process loads its plugins (trust checks, read, cache or
+/// compile) on a thread of its own from `prepare` on, while the session
+/// plans the freeze, takes its lock and checks its room; `validate` takes
+/// what it loaded. The same load, started earlier: the checks happen on the
+/// file it then uses.
+type Preload = std::thread::JoinHandle<Vec<(PathBuf, Result<Plugin, PluginError>)>>;
 
 /// Step 1's verdict: see [`Session::validate`].
 pub(crate) struct Validation {
@@ -180,6 +189,32 @@ enum Fallback {
     WithoutHooks,
     /// No hook, no freeze, no snapshot: the session only reports the error.
     NoSnapshot,
+}
+
+/// The engine and the loading of `config`'s plugins, started now (see
+/// [`Preload`]); no engine, nothing loading, if it names no plugin.
+fn start_preload(config: &Config, cache_dir: &std::path::Path) -> (Option<WasmEngine>, Option<Preload>) {
+    let paths: Vec<PathBuf> = config
+        .hooks
+        .iter()
+        .filter_map(|h| match &h.body {
+            HookBody::Plugin(p) => Some(p.path.clone()),
+            HookBody::Script { .. } => None,
+        })
+        .collect();
+    if paths.is_empty() {
+        return (None, None);
+    }
+    let Ok(engine) = WasmEngine::new(cache_dir) else {
+        // `validate` tries again and reports why.
+        return (None, None);
+    };
+    let loader = engine.clone();
+    let handle = std::thread::Builder::new()
+        .name("quiesce-preload".into())
+        .spawn(move || paths.into_iter().map(|p| (p.clone(), loader.load(&p))).collect())
+        .ok();
+    (Some(engine), handle)
 }
 
 impl Session {
@@ -219,6 +254,12 @@ impl Session {
             None
         };
         let provider = opts.provider.or_else(|| config.snapshot.as_ref().map(snapshot::from_spec));
+        let cache_dir = opts.cache_dir.unwrap_or_else(cache_dir_from_env);
+        let (engine, preload) = match opts.engine {
+            Some(e) => (Some(e), None),
+            None if config_error.is_none() => start_preload(&config, &cache_dir),
+            None => (None, None),
+        };
         Ok(Session {
             id: new_session_id(),
             max_freeze: opts.max_freeze.unwrap_or(freeze.max_freeze),
@@ -229,9 +270,10 @@ impl Session {
             plan,
             provider,
             run_dir: opts.run_dir.unwrap_or_else(RunDir::from_env),
-            cache_dir: opts.cache_dir.unwrap_or_else(cache_dir_from_env),
+            cache_dir,
             state_dir: opts.state_dir.unwrap_or_else(state_dir_from_env),
-            engine: opts.engine,
+            engine,
+            preload: std::sync::Mutex::new(preload),
         })
     }
 
@@ -272,7 +314,21 @@ impl Session {
     /// Runs nothing, freezes nothing.
     pub(crate) fn validate(&self) -> Validation {
         let engine = self.wasm_engine();
-        let hooks = self.config.hooks.iter().map(|h| ReadyHook::validate(h, engine.as_ref())).collect();
+        let preload = self.preload.lock().unwrap_or_else(|p| p.into_inner()).take();
+        // A panic on the loading thread only costs the head start.
+        let mut loaded = preload.and_then(|h| h.join().ok()).unwrap_or_default();
+        let hooks = self
+            .config
+            .hooks
+            .iter()
+            .map(|h| {
+                let mine = match &h.body {
+                    HookBody::Plugin(p) => loaded.iter().position(|(path, _)| *path == p.path).map(|i| loaded.swap_remove(i).1),
+                    HookBody::Script { .. } => None,
+                };
+                ReadyHook::validate_loaded(h, engine.as_ref(), mine)
+            })
+            .collect();
         Validation { hooks, freeze_problems: self.freeze_problems() }
     }
 
