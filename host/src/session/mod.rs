@@ -243,6 +243,13 @@ impl Session {
                 (Config::builtin(), Some(e.path().to_path_buf()), Some((err, fallback)))
             }
         };
+        // First, so that loading overlaps everything after it.
+        let cache_dir = opts.cache_dir.unwrap_or_else(cache_dir_from_env);
+        let (engine, preload) = match opts.engine {
+            Some(e) => (Some(e), None),
+            None if config_error.is_none() => start_preload(&config, &cache_dir),
+            None => (None, None),
+        };
         let mut freeze = config.freeze.clone();
         if !opts.mounts.is_empty() {
             freeze.mounts = opts.mounts.clone();
@@ -254,12 +261,6 @@ impl Session {
             None
         };
         let provider = opts.provider.or_else(|| config.snapshot.as_ref().map(snapshot::from_spec));
-        let cache_dir = opts.cache_dir.unwrap_or_else(cache_dir_from_env);
-        let (engine, preload) = match opts.engine {
-            Some(e) => (Some(e), None),
-            None if config_error.is_none() => start_preload(&config, &cache_dir),
-            None => (None, None),
-        };
         Ok(Session {
             id: new_session_id(),
             max_freeze: opts.max_freeze.unwrap_or(freeze.max_freeze),
