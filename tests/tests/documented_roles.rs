@@ -549,9 +549,10 @@ fn redis_missing_finding(cmd: &str) -> Option<&'static str> {
 }
 
 /// Each `+command` of the documented rules (README and example) left out
-/// in turn, on an RDB-only server (where every one of them is used): check
-/// names it — except `CLIENT UNPAUSE`, which no check can probe without the
-/// `acl` permission; then post fails in the session and says so.
+/// in turn, on an RDB-only server (where pre runs BGSAVE): check names it —
+/// except `CLIENT UNPAUSE`, which no check can probe without the `acl`
+/// permission. RDB-only, nothing is paused, so nothing needs unpausing; on
+/// an AOF server post's unpause is refused, and post fails and says so.
 #[test]
 fn redis_documented_acl_needs_every_command_it_allows() {
     require!(Root, Redis, Plugins);
@@ -578,16 +579,28 @@ fn redis_documented_acl_needs_every_command_it_allows() {
                     assert_eq!(r["ok"], false, "{context}: {r:#}");
                 }
                 None => {
-                    // Invisible to check; the session's post is refused.
+                    // Invisible to check, and unused RDB-only (pre pauses nothing).
                     assert_check_passes(&context, &r, &[REDIS_UNAVOIDABLE, &["RedisPersistenceRdb"]].concat());
-                    let run = rig.snapshot(&config);
+                    assert_session_app_consistent(&context, &rig.snapshot(&config), "redis");
+                    // With AOF the plugin pauses, and the session's post is refused.
+                    let context = format!("{context}, appendonly");
+                    let aof_parent = rig.m.mnt.path().join("aof");
+                    std::fs::create_dir_all(&aof_parent).expect("aof server dir");
+                    let aof = Redis::start(&aof_parent, true);
+                    redis_run(&aof, &less.join(" "), &d.source);
+                    let aof_target = format!("tcp:127.0.0.1:{}", aof.port);
+                    let aof_config = rig.config(
+                        "rd-less-aof.toml",
+                        &localize(hook, &docs.readme.source, role, &rig.plugin, &aof_target, &rig.password_file),
+                    );
+                    let run = rig.snapshot(&aof_config);
                     assert_eq!(run.hook("redis", "post")["outcome"], "failed", "{context}: {}", run.report);
                     assert_ne!(run.code(), 0, "{context}: {}", run.report);
                     assert!(run.has_error("Post-ScriptExecutionFailed"), "{context}: {}", run.report);
                     let post = run.hook("redis", "post").to_string();
                     assert!(post.contains("CLIENT UNPAUSE") && post.contains("NOPERM"), "{context}: {post}");
                     // The pause the plugin could not end: ended by the admin.
-                    server.connect().cmd(&["CLIENT", "UNPAUSE"]).expect("CLIENT UNPAUSE as the default user");
+                    aof.connect().cmd(&["CLIENT", "UNPAUSE"]).expect("CLIENT UNPAUSE as the default user");
                 }
             }
             redis_deluser(&server, role);
