@@ -203,6 +203,27 @@ fn ebusy_mount_is_reported_and_left_frozen() {
     assert!(writable_within(&order[1], Duration::from_secs(2)).is_some());
 }
 
+/// Pids of the probe children this test's thread started: children of the
+/// process (any thread's) that carry this thread's name — a probe child is a
+/// clone that never execs; other tests' children run other programs.
+fn probe_children_of_this_thread() -> Vec<u32> {
+    let me = std::fs::read_to_string("/proc/thread-self/comm").unwrap();
+    let mut pids: Vec<u32> = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .flatten()
+        .flat_map(|t| {
+            std::fs::read_to_string(t.path().join("children"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(|p| p.parse().unwrap())
+                .collect::<Vec<u32>>()
+        })
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c == me))
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
 #[test]
 fn probe_detects_frozen_and_thawed() {
     quiesce_tests::require!(Root);
@@ -214,6 +235,13 @@ fn probe_detects_frozen_and_thawed() {
         let t = Instant::now();
         assert!(probe_frozen(m.path(), Duration::from_millis(200)).unwrap(), "{} frozen", fs.name());
         assert!(t.elapsed() < Duration::from_secs(1), "the probe must not hang");
+        // Asked again while its first child is still blocked: frozen, without one more blocked child per call.
+        let before = probe_children_of_this_thread();
+        assert_eq!(before.len(), 1, "the first probe's child, still blocked: {before:?}");
+        for _ in 0..5 {
+            assert!(probe_frozen(m.path(), Duration::from_millis(200)).unwrap(), "{} still frozen", fs.name());
+        }
+        assert_eq!(probe_children_of_this_thread(), before, "{}: no new probe child while one is blocked", fs.name());
         drop(f);
         assert!(!probe_frozen(m.path(), Duration::from_secs(2)).unwrap(), "{} thawed again", fs.name());
         // The probe changes nothing on disk.

@@ -26,7 +26,14 @@ use std::time::Duration;
 
 /// Probe children still blocked on a frozen fs when their probe gave up,
 /// with the stacks they run on (freed once they are reaped).
-static STRAY: Mutex<Vec<(libc::pid_t, ChildStack)>> = Mutex::new(Vec::new());
+static STRAY: Mutex<Vec<Stray>> = Mutex::new(Vec::new());
+
+struct Stray {
+    pid: libc::pid_t,
+    /// The file system it is blocked on (`st_dev`).
+    dev: libc::dev_t,
+    _stack: ChildStack,
+}
 
 const PROBE_NAME: &[u8] = b".quiesce-probe-nonexistent\0";
 
@@ -35,7 +42,8 @@ const CHILD_STACK_WORDS: usize = 2048; // 32 KiB of u128: 16-byte aligned
 type ChildStack = Box<[u128]>;
 
 /// True if `path`'s file system is frozen, judged by whether a harmless
-/// metadata operation is still blocked after `wait`. Never blocks longer.
+/// metadata operation is still blocked after `wait`. Never blocks longer
+/// than twice `wait` (once only when an earlier probe of it was left blocked).
 pub fn is_frozen(path: &Path, wait: Duration) -> io::Result<bool> {
     reap_strays();
     let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
@@ -47,18 +55,39 @@ pub fn is_frozen(path: &Path, wait: Duration) -> io::Result<bool> {
         }
         OwnedFd::from_raw_fd(fd)
     };
+    // SAFETY: fstat into a zeroed plain struct on an fd we own.
+    let dev = unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstat(dir.as_raw_fd(), &mut st) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        st.st_dev
+    };
+    // An earlier probe of this file system still blocked: asking again
+    // would only add one more blocked child per call (a `status` poller
+    // against a file system someone left frozen). Still blocked after
+    // `wait`: frozen. Gone (a thaw just now): probe afresh, so at most
+    // twice `wait` in all.
+    let earlier = STRAY.lock().unwrap_or_else(|p| p.into_inner()).iter().find(|s| s.dev == dev).map(|s| s.pid);
+    if let Some(pid) = earlier {
+        if !wait_exit(pid, wait)? {
+            return Ok(true);
+        }
+        reap_strays();
+    }
     let (pid, stack) = spawn_probe(dir.as_raw_fd())?;
     drop(dir);
 
+    let stray = |stack| STRAY.lock().unwrap_or_else(|p| p.into_inner()).push(Stray { pid, dev, _stack: stack });
     let blocked = match wait_exit(pid, wait) {
         Ok(exited) => !exited,
         Err(e) => {
-            STRAY.lock().unwrap_or_else(|p| p.into_inner()).push((pid, stack));
+            stray(stack);
             return Err(e);
         }
     };
     if blocked {
-        STRAY.lock().unwrap_or_else(|p| p.into_inner()).push((pid, stack));
+        stray(stack);
     } else {
         // SAFETY: reaping our own exited child; its stack is freed after.
         unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
@@ -237,5 +266,5 @@ fn reap_strays() {
     let mut stray = STRAY.lock().unwrap_or_else(|p| p.into_inner());
     // SAFETY: WNOHANG reaping of our own children.
     // A reaped child's stack is dropped with its entry.
-    stray.retain(|(pid, _)| unsafe { libc::waitpid(*pid, std::ptr::null_mut(), libc::WNOHANG) } == 0);
+    stray.retain(|s| unsafe { libc::waitpid(s.pid, std::ptr::null_mut(), libc::WNOHANG) } == 0);
 }
