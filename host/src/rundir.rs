@@ -60,11 +60,15 @@ pub enum LockError {
 #[derive(Debug, Clone)]
 pub struct RunDir {
     pub path: PathBuf,
+    /// The directory as checked when [`RunDir::lock`] took the session
+    /// lock: the session's state records go there without walking and
+    /// checking the path again each time (a session writes several).
+    locked_dir: std::sync::Arc<std::sync::OnceLock<OwnedFd>>,
 }
 
 impl RunDir {
     pub fn new(path: impl Into<PathBuf>) -> RunDir {
-        RunDir { path: path.into() }
+        RunDir { path: path.into(), locked_dir: Default::default() }
     }
 
     /// `$QUIESCE_RUN_DIR`, else `/run/quiesce`.
@@ -116,12 +120,16 @@ impl RunDir {
     /// freeze guardian inherits it and keeps it until it has thawed.
     pub fn lock(&self) -> Result<SessionLock, LockError> {
         let dir = self.ensure()?;
+        let keep = dir.try_clone().ok();
         let path = self.path.join(LOCK_FILE);
         let file = self.open_in(&dir, LOCK_FILE, OFlag::O_RDWR | OFlag::O_CREAT)?;
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(mut lock) => {
                 let _ = lock.set_len(0);
                 let _ = write!(&mut *lock, "{}", std::process::id());
+                if let Some(dir) = keep {
+                    let _ = self.locked_dir.set(dir);
+                }
                 Ok(SessionLock { lock })
             }
             Err((file, Errno::EWOULDBLOCK)) => {
@@ -162,10 +170,12 @@ impl RunDir {
     }
 
     fn try_write_state(&self, state: &SessionState) -> Result<(), LockError> {
-        let dir = self.ensure()?;
         let io_err = |source: io::Error| LockError::Io { path: self.path.join(STATE_FILE), source };
         let bytes = serde_json::to_vec_pretty(state).map_err(|e| io_err(io::Error::other(e)))?;
-        crate::atomic::replace(&dir, STATE_FILE, &bytes, 0o600, false).map_err(io_err)
+        if let Some(dir) = self.locked_dir.get() {
+            return crate::atomic::replace(dir, STATE_FILE, &bytes, 0o600, false).map_err(io_err);
+        }
+        crate::atomic::replace(&self.ensure()?, STATE_FILE, &bytes, 0o600, false).map_err(io_err)
     }
 
     /// The state a running session recorded, if any (read only).
@@ -176,8 +186,14 @@ impl RunDir {
     }
 
     pub fn clear_state(&self) {
-        if let Ok(dir) = self.open_dir() {
-            let _ = nix::unistd::unlinkat(&dir, STATE_FILE, nix::unistd::UnlinkatFlags::NoRemoveDir);
+        let unlink = |dir: &OwnedFd| nix::unistd::unlinkat(dir, STATE_FILE, nix::unistd::UnlinkatFlags::NoRemoveDir);
+        match self.locked_dir.get() {
+            Some(dir) => drop(unlink(dir)),
+            None => {
+                if let Ok(dir) = self.open_dir() {
+                    let _ = unlink(&dir);
+                }
+            }
         }
     }
 }

@@ -19,7 +19,20 @@ pub fn ok(conn: &mut Conn, op: &str, args: Value) -> Value {
 
 /// (RSS in kB, open fds) of a process, from /proc.
 pub fn rss_fds(pid: u32) -> (u64, usize) {
+    // Between sessions the service forks the next session's spare guardian
+    // on a thread of its own, its socket and pipe open meanwhile: wait
+    // until two looks agree.
+    let fds = || std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0);
+    let mut last = fds();
+    for _ in 0..50 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let now = fds();
+        if now == last {
+            break;
+        }
+        last = now;
+    }
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let rss = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0);
-    (rss, std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0))
+    (rss, fds())
 }

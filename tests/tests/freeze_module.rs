@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use quiesce::freeze::{
-    is_frozen as probe_frozen, plan, thaw_mounts, FreezeError, FreezePlan, Guardian, Selection, ThawOutcome, ThawReason,
+    is_frozen as probe_frozen, plan, thaw_mounts, FreezeError, FreezePlan, Guardian, Selection, Spare, ThawOutcome, ThawReason,
 };
 use quiesce_tests::{
     alive, is_frozen, quiesce, quiesce_bin, run_json, sh, writable_within, BindMount, ForeignFreeze, Fs, LoopMount, Scratch, WriteProbe,
@@ -154,6 +154,56 @@ fn freeze_and_thaw_ext4_xfs_btrfs() {
     for m in &mounts {
         assert!(writable_within(m.path(), Duration::from_secs(2)).is_some(), "{} still frozen", m.path().display());
     }
+}
+
+#[test]
+fn a_spare_guardian_forked_before_the_plan_freezes_and_thaws_what_it_is_armed_with() {
+    quiesce_tests::require!(Root);
+    let s = Scratch::new("spare");
+    // Forked first, holding nothing: the mounts do not exist yet.
+    let spare = Spare::fork(4).expect("fork a spare");
+    let pid = spare.pid();
+    let a = LoopMount::new(&s.path, "a", Fs::Ext4);
+    let b = LoopMount::new(&s.path, "b", Fs::Xfs);
+    let mut g = spare.arm(&plan_for(&[a.path(), b.path()]), Duration::from_secs(30), &[]).expect("arm");
+    assert_eq!(g.pid(), pid, "the spare itself serves the session");
+    let frozen = g.freeze().expect("freeze");
+    assert_eq!(frozen.mounts.len(), 2);
+    assert!(is_frozen(a.path()) && is_frozen(b.path()));
+    let thawed = g.thaw().expect("thaw");
+    assert_eq!(thawed.mounts.len(), 2);
+    for m in [&a, &b] {
+        assert!(writable_within(m.path(), Duration::from_secs(2)).is_some(), "{} still frozen", m.path().display());
+    }
+    drop(g);
+    assert!(!alive(pid), "dropped after its session, the guardian is gone and reaped");
+}
+
+#[test]
+fn a_spare_guardian_refuses_more_targets_than_it_has_room_for_and_a_dead_one_cannot_be_armed() {
+    quiesce_tests::require!(Root);
+    let s = Scratch::new("spare-bad");
+    let a = LoopMount::new(&s.path, "a", Fs::Ext4);
+    let b = LoopMount::new(&s.path, "b", Fs::Ext4);
+    let plan = plan_for(&[a.path(), b.path()]);
+
+    let small = Spare::fork(1).expect("fork");
+    let pid = small.pid();
+    let err = small.arm(&plan, Duration::from_secs(30), &[]).err().expect("2 targets for room for 1");
+    assert!(err.to_string().contains("room for 1"), "{err}");
+    assert!(!alive(pid), "the refused spare is ended");
+
+    // A spare killed while it waited (an admin's kill, the OOM killer) is
+    // an error at arming — the service then forks a fresh one.
+    let spare = Spare::fork(4).expect("fork");
+    // SAFETY: plain kill(2) of our own child.
+    assert_eq!(unsafe { libc::kill(spare.pid(), libc::SIGKILL) }, 0);
+    let t = Instant::now();
+    while alive(spare.pid()) && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(spare.arm(&plan, Duration::from_secs(30), &[]).is_err(), "a dead spare cannot be armed");
+    assert!(!is_frozen(a.path()) && !is_frozen(b.path()));
 }
 
 #[test]

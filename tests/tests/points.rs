@@ -158,11 +158,11 @@ fn torn_and_corrupt_records_are_reported_with_their_path_and_skipped() {
     assert!(message("q-2-corrupt.json").contains("corrupt"));
     assert!(stderr(&out).contains("q-1-torn.json"), "warned on stderr too: {}", stderr(&out));
 
-    // Never fatal: the next session records its point, and says what it skipped.
+    // Never fatal: the next session records its point. (A session reads the
+    // records only when the catalog may be full — `points list` and
+    // `doctor` name the bad ones.)
     let run = session(&st, &cfg);
     assert!(run.error_codes().is_empty() && run.report["point"].is_string(), "{}", run.report);
-    let warnings = run.report["warnings"].to_string();
-    assert!(warnings.contains("q-1-torn.json"), "{warnings}");
     assert_eq!(ids(&listed(&st)).len(), 2);
     let shown = points(&st, &["show", "q-1-torn"]);
     assert_eq!(shown.status.code(), Some(1));

@@ -556,6 +556,68 @@ fn service_killed_mid_session_leaves_nothing_frozen_and_the_plugin_lock_released
     assert!(!run.has_error("BackupOperationInProgress"), "{}", run.report);
 }
 
+/// The freeze guardians `pid` has forked that are still running.
+fn guardians_of(pid: u32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            let comm = stat.split_once(" (").and_then(|(_, r)| r.rsplit_once(')')).map(|(c, _)| c.to_string());
+            let rest: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+            comm.as_deref() == Some("quiesce-guard") && rest.first() != Some(&"Z") && rest.get(1) == Some(&pid.to_string().as_str())
+        })
+        .collect()
+}
+
+/// The one guardian the service keeps ready, once it is there.
+fn spare_of(svc: &Service) -> i32 {
+    let t = Instant::now();
+    loop {
+        match guardians_of(svc.pid())[..] {
+            [one] => return one,
+            ref other if t.elapsed() > Duration::from_secs(10) => panic!("expected one spare guardian, found {other:?}\n{}", svc.log()),
+            _ => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+#[test]
+fn the_service_freezes_through_a_guardian_it_forked_ahead_and_forks_anew_when_that_one_was_killed() {
+    quiesce_tests::require!(Root);
+    let f = Fixture::new("svc-spare");
+    let config = f.config(&f.hook("", "abort"));
+    let svc = Service::start(&f.s, &config);
+    let state = f.s.path.join("run/state.json");
+
+    // Ready before any session: the session arms it, it freezes and thaws.
+    let spare = spare_of(&svc);
+    let begun = f.begin(&svc, "native");
+    assert_eq!(begun["proceed"], true, "{begun}");
+    assert!(is_frozen(f.mnt.path()));
+    let recorded: Value = serde_json::from_str(&std::fs::read_to_string(&state).expect("state file")).expect("state json");
+    assert_eq!(recorded["guardian_pid"], json!(spare), "the session's guardian is the spare: {recorded}");
+    let ended = end(&svc, json!({"session_id": begun["session_id"]}));
+    assert_eq!(ended["exit_code"], 0, "{ended}");
+    assert!(writable_within(f.mnt.path(), Duration::from_secs(2)).is_some());
+
+    // A new one for the next session; this one is killed while it waits.
+    let next = spare_of(&svc);
+    assert_ne!(next, spare, "a guardian serves one session");
+    // SAFETY: plain kill(2) of the service's idle spare guardian.
+    assert_eq!(unsafe { libc::kill(next, libc::SIGKILL) }, 0);
+    while alive(next) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let begun = f.begin(&svc, "native");
+    assert_eq!(begun["proceed"], true, "a session forks its own guardian when the spare is gone: {begun}");
+    assert!(is_frozen(f.mnt.path()));
+    let ended = end(&svc, json!({"session_id": begun["session_id"]}));
+    assert_eq!(ended["exit_code"], 0, "{ended}");
+    assert!(writable_within(f.mnt.path(), Duration::from_secs(2)).is_some());
+    assert_eq!(f.log(), "pre\npost true\npre\npost true\n");
+}
+
 #[test]
 fn plugins_stay_loaded_across_sessions_and_a_changed_file_is_loaded_again() {
     quiesce_tests::require!(Root, Plugins);

@@ -13,8 +13,16 @@
 //!
 //! The host is multi-threaded (tokio), so after `fork` the child may only
 //! make async-signal-safe calls: no allocation, no locks, no std I/O. All
-//! its data (fds, flags, lists) is prepared before the fork, and it talks in
-//! fixed-size records smaller than PIPE_BUF, so each write is atomic.
+//! its data (fd tables with room for [`Spare::capacity`] targets, flags) is
+//! allocated before the fork, and it talks in fixed-size records smaller
+//! than PIPE_BUF, so each write is atomic.
+//!
+//! A guardian is forked as a [`Spare`], holding nothing, and then armed
+//! with the session's mount fds (passed over its command socket,
+//! `SCM_RIGHTS`). The one-shot CLI does both at once; the service keeps a
+//! spare ready between sessions, so the fork (page tables of a host with a
+//! loaded engine, `mlockall`) is not paid inside a session. Either way a
+//! guardian serves one session and exits after its thaw.
 //!
 //! A FITHAW that fails (anything but EINVAL, which means "not frozen") is
 //! retried with a short backoff until the freeze deadline (at least
@@ -57,6 +65,19 @@ pub const GUARDIAN_NAME: &std::ffi::CStr = c"quiesce-guard";
 
 const CMD_FREEZE: u32 = 1;
 const CMD_THAW: u32 = 2;
+/// Arming: the message's fds are freeze targets, in plan order.
+const CMD_ARM_TARGETS: u32 = 3;
+/// Arming: the message's fds are kept open until the guardian exits (the
+/// session lock, so `status` and a new session see the session while the
+/// guardian lives), never frozen.
+const CMD_ARM_KEEP: u32 = 4;
+/// Arming done; `max_ns` is the session's max-freeze. Answered by EV_ARMED.
+const CMD_ARM_DONE: u32 = 5;
+
+/// Fds per arming message (the kernel's SCM_MAX_FD is 253).
+const FDS_PER_MSG: usize = 250;
+/// Kept fds a guardian holds at most (the session lock and a few more).
+const KEEP_CAP: usize = 8;
 
 const EV_READY: u32 = 1;
 const EV_FROZE: u32 = 2;
@@ -65,6 +86,8 @@ const EV_THAWED: u32 = 4;
 const EV_THAW_DONE: u32 = 5;
 /// FITHAW kept failing until the retry window closed: still frozen.
 const EV_THAW_FAILED: u32 = 6;
+/// Armed; errno 0, or why the arming failed (E2BIG: more fds than room).
+const EV_ARMED: u32 = 7;
 
 /// Fast retries of a failing FITHAW go on at least this long, even when the
 /// freeze deadline has already passed (the deadline thaw itself).
@@ -94,6 +117,8 @@ const WHY_INTERNAL: u32 = 5;
 struct Cmd {
     op: u32,
     _pad: u32,
+    /// CMD_ARM_DONE: the max-freeze in ns.
+    max_ns: u64,
 }
 
 #[repr(C)]
@@ -224,16 +249,25 @@ fn describe_thawed(t: &[ThawTiming]) -> String {
 
 // ---- the child ---------------------------------------------------------
 
-/// Everything the guardian child touches, built before the fork.
+/// Everything the guardian child touches, built before the fork. The
+/// tables are allocated at full size; arming fills their first entries.
 struct ChildCtx {
     cmd_r: RawFd,
     evt_w: RawFd,
     devnull: RawFd,
+    /// Target fds; the first `n` are the session's.
     fds: Vec<RawFd>,
     frozen: Vec<bool>,
-    /// Sorted fds to keep open (besides 0..=2).
+    n: usize,
+    /// Fds received to keep open (CMD_ARM_KEEP); the first `n_kept` count.
+    kept: [RawFd; KEEP_CAP],
+    n_kept: usize,
+    /// Sorted fds to keep open at the fork (besides 0..=2).
     keep: Vec<RawFd>,
     max_ns: u64,
+    armed: bool,
+    /// errno of a failed arming step, reported with EV_ARMED.
+    arm_errno: i32,
     /// When the current freeze must end (0 when none is held).
     deadline: u64,
 }
@@ -281,7 +315,7 @@ fn retry_until(ctx: &ChildCtx) -> u64 {
 /// failing FITHAW until `until_ns`, then reports. True if nothing it froze
 /// is still frozen.
 unsafe fn thaw_all_frozen(ctx: &mut ChildCtx, why: u32, detail: i32, until_ns: u64) -> bool {
-    let n = ctx.fds.len();
+    let n = ctx.n;
     let mut all = true;
     for i in (0..n).rev() {
         if !ctx.frozen[i] {
@@ -303,7 +337,7 @@ unsafe fn thaw_all_frozen(ctx: &mut ChildCtx, why: u32, detail: i32, until_ns: u
 /// events (the host has stopped listening, or is gone). True when none is left.
 unsafe fn retry_still_frozen(ctx: &mut ChildCtx) -> bool {
     let mut all = true;
-    for i in (0..ctx.fds.len()).rev() {
+    for i in (0..ctx.n).rev() {
         if ctx.frozen[i] {
             let err = if libc::ioctl(ctx.fds[i], FITHAW as _, 0) < 0 { errno() } else { 0 };
             ctx.frozen[i] = !(err == 0 || err == libc::EINVAL);
@@ -314,14 +348,14 @@ unsafe fn retry_still_frozen(ctx: &mut ChildCtx) -> bool {
 }
 
 fn any_frozen(ctx: &ChildCtx) -> bool {
-    ctx.frozen.iter().any(|&f| f)
+    ctx.frozen[..ctx.n].iter().any(|&f| f)
 }
 
 /// Freezes the targets in order; on the first failure thaws back what it froze.
 /// Returns the deadline (0 if nothing stays frozen).
 unsafe fn freeze_all(ctx: &mut ChildCtx) -> u64 {
     let mut deadline = 0u64;
-    let n = ctx.fds.len();
+    let n = ctx.n;
     let mut failed: Option<(u32, i32)> = None;
     for i in 0..n {
         if deadline != 0 && monotonic_ns() >= deadline {
@@ -353,7 +387,6 @@ unsafe fn freeze_all(ctx: &mut ChildCtx) -> u64 {
             // Thaw back only what this guardian froze: an EBUSY mount was
             // frozen by someone else, who will expect to thaw it. One that
             // will not thaw stays in `frozen`; the main loop keeps trying.
-            let n = ctx.fds.len();
             let until = monotonic_ns().saturating_add(THAW_RETRY_MIN_NS);
             for i in (0..n).rev() {
                 if ctx.frozen[i] {
@@ -366,6 +399,70 @@ unsafe fn freeze_all(ctx: &mut ChildCtx) -> u64 {
             }
             send(ctx, Event { kind: EV_FREEZE_DONE, index, errno: err, reason: 0, start_ns: 0, end_ns: monotonic_ns() });
             0
+        }
+    }
+}
+
+/// Room for one arming message's SCM_RIGHTS control data, in u64 words
+/// (cmsg buffers must be aligned for `cmsghdr`).
+const CONTROL_WORDS: usize = (size_of::<libc::cmsghdr>() + FDS_PER_MSG * size_of::<RawFd>()) / 8 + 2;
+
+/// Receives one command, and into `fds` the fds it carries (returns the
+/// byte count, how many fds, and whether the kernel had to drop some).
+unsafe fn recv_cmd(sock: RawFd, cmd: &mut Cmd, fds: &mut [RawFd; FDS_PER_MSG]) -> (isize, usize, bool) {
+    let mut control = [0u64; CONTROL_WORDS];
+    let mut iov = libc::iovec { iov_base: (cmd as *mut Cmd).cast(), iov_len: size_of::<Cmd>() };
+    let mut msg: libc::msghdr = std::mem::zeroed();
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = size_of::<[u64; CONTROL_WORDS]>() as _;
+    let r = libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC);
+    let mut n = 0;
+    let mut dropped = r > 0 && msg.msg_flags & libc::MSG_CTRUNC != 0;
+    if r > 0 {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(c) as *const RawFd;
+                let count = ((*c).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize) / size_of::<RawFd>();
+                for i in 0..count {
+                    let fd = std::ptr::read_unaligned(data.add(i));
+                    if n < FDS_PER_MSG {
+                        fds[n] = fd;
+                        n += 1;
+                    } else {
+                        libc::close(fd);
+                        dropped = true;
+                    }
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    (r, n, dropped)
+}
+
+/// Takes an arming message's fds into the target or kept table; what does
+/// not fit is closed and fails the arming (E2BIG).
+unsafe fn take_fds(ctx: &mut ChildCtx, op: u32, fds: &[RawFd]) {
+    for &fd in fds {
+        let placed = match op {
+            CMD_ARM_TARGETS if ctx.n < ctx.fds.len() => {
+                ctx.fds[ctx.n] = fd;
+                ctx.n += 1;
+                true
+            }
+            CMD_ARM_KEEP if ctx.n_kept < KEEP_CAP => {
+                ctx.kept[ctx.n_kept] = fd;
+                ctx.n_kept += 1;
+                true
+            }
+            _ => false,
+        };
+        if !placed {
+            libc::close(fd);
+            ctx.arm_errno = libc::E2BIG;
         }
     }
 }
@@ -462,14 +559,36 @@ unsafe fn guardian_main(ctx: &mut ChildCtx) -> ! {
         }
         if pfds[0].revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
             let mut cmd = Cmd::default();
-            let r = libc::read(ctx.cmd_r, (&mut cmd as *mut Cmd).cast(), size_of::<Cmd>());
+            let mut got = [-1; FDS_PER_MSG];
+            let (r, nfds, dropped) = recv_cmd(ctx.cmd_r, &mut cmd, &mut got);
             if r < 0 && (errno() == libc::EINTR || errno() == libc::EAGAIN) {
                 continue;
             }
             if r <= 0 {
                 exit_after_thaw(ctx, WHY_HOST_GONE, 0);
             }
+            let arming = !ctx.armed && matches!(cmd.op, CMD_ARM_TARGETS | CMD_ARM_KEEP);
+            if arming {
+                take_fds(ctx, cmd.op, &got[..nfds]);
+                if dropped {
+                    ctx.arm_errno = libc::EMSGSIZE;
+                }
+            } else {
+                // Fds only ever come with arming.
+                for &fd in &got[..nfds] {
+                    libc::close(fd);
+                }
+            }
             match cmd.op {
+                CMD_ARM_DONE if !ctx.armed => {
+                    ctx.max_ns = cmd.max_ns;
+                    ctx.armed = ctx.arm_errno == 0;
+                    let e = if ctx.armed { 0 } else { ctx.arm_errno };
+                    send(ctx, Event { kind: EV_ARMED, index: 0, errno: e, reason: 0, start_ns: 0, end_ns: monotonic_ns() });
+                }
+                CMD_FREEZE if !ctx.armed => {
+                    send(ctx, Event { kind: EV_FREEZE_DONE, index: 0, errno: libc::EINVAL, reason: 0, start_ns: 0, end_ns: monotonic_ns() })
+                }
                 CMD_FREEZE if deadline != 0 || any_frozen(ctx) => send(
                     ctx,
                     Event { kind: EV_FREEZE_DONE, index: 0, errno: libc::EALREADY, reason: 0, start_ns: 0, end_ns: monotonic_ns() },
@@ -560,14 +679,22 @@ fn open_target(t: &Target) -> Result<OwnedFd, FreezeError> {
     Ok(fd)
 }
 
-impl Guardian {
-    /// Forks the guardian for `plan`'s targets. It will thaw on its own
-    /// `max_freeze` after the first FIFREEZE. `keep_fds` (≥ 3) stay open in
-    /// it; every other inherited fd is closed there.
-    pub fn start(plan: &FreezePlan, max_freeze: Duration, keep_fds: &[RawFd]) -> Result<Guardian, FreezeError> {
-        let targets = plan.targets.clone();
-        let fds: Vec<OwnedFd> = targets.iter().map(open_target).collect::<Result<_, _>>()?;
-        let (cmd_r, cmd_w) = pipe()?;
+/// A guardian forked ahead of its session: it holds nothing, freezes
+/// nothing and waits for [`Spare::arm`]. Dropping it ends it.
+pub struct Spare {
+    guardian: Guardian,
+    capacity: usize,
+}
+
+/// How many targets a spare the service keeps ready has room for; a plan
+/// with more gets a guardian of its own size.
+pub const SPARE_CAPACITY: usize = 1024;
+
+impl Spare {
+    /// Forks a guardian with room for `capacity` targets and waits for it
+    /// to be ready.
+    pub fn fork(capacity: usize) -> Result<Spare, FreezeError> {
+        let (cmd_r, cmd_w) = seqpacket_pair()?;
         let (evt_r, evt_w) = pipe()?;
         // Room for many per-mount events even if the host is slow to read.
         // SAFETY: fcntl on an fd we own; failure only leaves the default size.
@@ -579,20 +706,21 @@ impl Guardian {
         }
         // SAFETY: just opened.
         let devnull = unsafe { OwnedFd::from_raw_fd(devnull) };
-
-        let mut keep: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
-        keep.extend([cmd_r.as_raw_fd(), evt_w.as_raw_fd()]);
-        keep.extend(keep_fds.iter().copied().filter(|&fd| fd > 2));
+        let mut keep = vec![cmd_r.as_raw_fd(), evt_w.as_raw_fd()];
         keep.sort_unstable();
-        keep.dedup();
         let mut ctx = ChildCtx {
             cmd_r: cmd_r.as_raw_fd(),
             evt_w: evt_w.as_raw_fd(),
             devnull: devnull.as_raw_fd(),
-            fds: fds.iter().map(AsRawFd::as_raw_fd).collect(),
-            frozen: vec![false; fds.len()],
+            fds: vec![-1; capacity],
+            frozen: vec![false; capacity],
+            n: 0,
+            kept: [-1; KEEP_CAP],
+            n_kept: 0,
             keep,
-            max_ns: u64::try_from(max_freeze.as_nanos()).unwrap_or(u64::MAX),
+            max_ns: 0,
+            armed: false,
+            arm_errno: 0,
             deadline: 0,
         };
 
@@ -605,14 +733,14 @@ impl Guardian {
         if pid == 0 {
             unsafe { guardian_main(&mut ctx) }
         }
-        // The child has its copies; the host keeps only its two pipe ends.
-        drop((fds, cmd_r, evt_w, devnull));
+        // The child has its copies; the host keeps only its two ends.
+        drop((cmd_r, evt_w, devnull));
         let mut g = Guardian {
             pid,
             cmd: Some(cmd_w),
             events: evt_r,
-            targets,
-            max_freeze,
+            targets: Vec::new(),
+            max_freeze: Duration::ZERO,
             state: State::Idle,
             thawed: Vec::new(),
             auto: None,
@@ -621,15 +749,80 @@ impl Guardian {
             deadline_ns: 0,
             left_frozen: false,
         };
-        match g.next_event(Instant::now() + Duration::from_secs(10)) {
-            Ok(ev) if ev.kind == EV_READY => {
-                g.mlock_errno = ev.errno;
-                Ok(g)
-            }
-            Ok(ev) => {
-                Err(FreezeError::GuardianStart { what: "handshake", source: io::Error::other(format!("unexpected event {}", ev.kind)) })
-            }
-            Err(e) => Err(FreezeError::GuardianStart { what: "handshake", source: e }),
+        g.mlock_errno = g.handshake(EV_READY, "handshake")?;
+        Ok(Spare { guardian: g, capacity })
+    }
+
+    /// How many targets this spare can take.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Process id of the spare guardian.
+    pub fn pid(&self) -> i32 {
+        self.guardian.pid
+    }
+
+    /// Hands the spare `plan`'s targets (opened and checked here) and the
+    /// session's `max_freeze`; `keep_fds` (the session lock) stay open in it
+    /// until it exits.
+    pub fn arm(self, plan: &FreezePlan, max_freeze: Duration, keep_fds: &[RawFd]) -> Result<Guardian, FreezeError> {
+        let Spare { mut guardian, capacity } = self;
+        if plan.targets.len() > capacity || keep_fds.len() > KEEP_CAP {
+            return Err(FreezeError::GuardianStart {
+                what: "arm",
+                source: io::Error::other(format!("{} targets for a guardian with room for {capacity}", plan.targets.len())),
+            });
+        }
+        let fds: Vec<OwnedFd> = plan.targets.iter().map(open_target).collect::<Result<_, _>>()?;
+        let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+        let arm_err = |source: io::Error| FreezeError::GuardianStart { what: "arm", source };
+        for chunk in raw.chunks(FDS_PER_MSG) {
+            guardian.send_with_fds(Cmd { op: CMD_ARM_TARGETS, ..Cmd::default() }, chunk).map_err(arm_err)?;
+        }
+        if !keep_fds.is_empty() {
+            guardian.send_with_fds(Cmd { op: CMD_ARM_KEEP, ..Cmd::default() }, keep_fds).map_err(arm_err)?;
+        }
+        let max_ns = u64::try_from(max_freeze.as_nanos()).unwrap_or(u64::MAX);
+        guardian.send_with_fds(Cmd { op: CMD_ARM_DONE, max_ns, ..Cmd::default() }, &[]).map_err(arm_err)?;
+        // The guardian has its own copies now (or the arming failed).
+        drop(fds);
+        match guardian.handshake(EV_ARMED, "arm")? {
+            0 => {}
+            e => return Err(arm_err(io::Error::from_raw_os_error(e))),
+        }
+        guardian.targets = plan.targets.clone();
+        guardian.max_freeze = max_freeze;
+        Ok(guardian)
+    }
+}
+
+fn seqpacket_pair() -> Result<(OwnedFd, OwnedFd), FreezeError> {
+    let mut fds = [0; 2];
+    // SAFETY: valid out array; fds are owned right away.
+    unsafe {
+        if libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) < 0 {
+            return Err(os_err("socketpair"));
+        }
+        Ok((OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])))
+    }
+}
+
+impl Guardian {
+    /// Forks a guardian for `plan`'s targets and arms it (see [`Spare`]).
+    /// It will thaw on its own `max_freeze` after the first FIFREEZE.
+    /// `keep_fds` (≥ 3) stay open in it until it exits.
+    pub fn start(plan: &FreezePlan, max_freeze: Duration, keep_fds: &[RawFd]) -> Result<Guardian, FreezeError> {
+        let keep: Vec<RawFd> = keep_fds.iter().copied().filter(|&fd| fd > 2).collect();
+        Spare::fork(plan.targets.len())?.arm(plan, max_freeze, &keep)
+    }
+
+    /// Waits for the guardian's answer `kind`; its errno.
+    fn handshake(&mut self, kind: u32, what: &'static str) -> Result<i32, FreezeError> {
+        match self.next_event(Instant::now() + Duration::from_secs(10)) {
+            Ok(ev) if ev.kind == kind => Ok(ev.errno),
+            Ok(ev) => Err(FreezeError::GuardianStart { what, source: io::Error::other(format!("unexpected event {}", ev.kind)) }),
+            Err(e) => Err(FreezeError::GuardianStart { what, source: e }),
         }
     }
 
@@ -899,12 +1092,35 @@ impl Guardian {
     }
 
     fn send(&self, op: u32) -> io::Result<()> {
-        let Some(cmd) = &self.cmd else { return Err(io::ErrorKind::BrokenPipe.into()) };
-        let c = Cmd { op, _pad: 0 };
-        // SAFETY: writes a plain struct from our stack to our pipe. Records are
-        // < PIPE_BUF, so the write is atomic. (SIGPIPE is ignored in Rust
-        // binaries, so a dead guardian yields EPIPE.)
-        let r = unsafe { libc::write(cmd.as_raw_fd(), (&c as *const Cmd).cast(), size_of::<Cmd>()) };
+        self.send_with_fds(Cmd { op, ..Cmd::default() }, &[])
+    }
+
+    /// One command record, with `fds` attached (SCM_RIGHTS) if any. The
+    /// socket is SOCK_SEQPACKET: one record per message, never split.
+    fn send_with_fds(&self, cmd: Cmd, fds: &[RawFd]) -> io::Result<()> {
+        let Some(sock) = &self.cmd else { return Err(io::ErrorKind::BrokenPipe.into()) };
+        let mut control = [0u64; CONTROL_WORDS];
+        let mut iov = libc::iovec { iov_base: (&cmd as *const Cmd).cast_mut().cast(), iov_len: size_of::<Cmd>() };
+        // SAFETY: msghdr is plain data; every pointer in it refers to locals
+        // that outlive the sendmsg call, and the control buffer has room for
+        // FDS_PER_MSG fds (callers chunk).
+        let r = unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            if !fds.is_empty() {
+                let len = std::mem::size_of_val(fds);
+                msg.msg_control = control.as_mut_ptr().cast();
+                msg.msg_controllen = libc::CMSG_SPACE(len as u32) as _;
+                let c = libc::CMSG_FIRSTHDR(&msg);
+                (*c).cmsg_level = libc::SOL_SOCKET;
+                (*c).cmsg_type = libc::SCM_RIGHTS;
+                (*c).cmsg_len = libc::CMSG_LEN(len as u32) as _;
+                std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(c).cast::<RawFd>(), fds.len());
+            }
+            // MSG_NOSIGNAL: a dead guardian is EPIPE, not a signal.
+            libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL)
+        };
         if r == size_of::<Cmd>() as isize {
             Ok(())
         } else {

@@ -16,7 +16,10 @@ mod probe;
 mod thaw;
 
 pub use error::{errno_name, FreezeError};
-pub use guardian::{monotonic_ns, AutoThaw, FreezeFailure, Frozen, Guardian, MountTiming, ThawReason, ThawTiming, Thawed, GUARDIAN_NAME};
+pub use guardian::{
+    monotonic_ns, AutoThaw, FreezeFailure, Frozen, Guardian, MountTiming, Spare, ThawReason, ThawTiming, Thawed, GUARDIAN_NAME,
+    SPARE_CAPACITY,
+};
 pub use mountinfo::MountInfoEntry;
 pub use plan::{plan, plan_from, FreezePlan, PlanEnv, Selection, Skipped, SystemEnv, Target};
 pub use presync::{presync, SyncTiming};

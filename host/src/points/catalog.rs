@@ -262,17 +262,7 @@ impl Catalog {
     pub fn list(&self) -> Result<Listing, CatalogError> {
         let Some(dir) = self.open_dir()? else { return Ok(Listing::default()) };
         let mut listing = Listing::default();
-        let entries = std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))
-            .map_err(|source| CatalogError::Io { path: self.dir.clone(), source })?;
-        let mut names: Vec<std::ffi::OsString> = Vec::new();
-        for e in entries {
-            match e {
-                Ok(e) => names.push(e.file_name()),
-                Err(source) => listing.problems.push(Problem { path: self.dir.clone(), message: format!("cannot list: {source}") }),
-            }
-        }
-        names.sort();
-        for name in names {
+        for name in self.names(&dir, &mut listing.problems)? {
             let path = self.dir.join(&name);
             let bytes = name.as_bytes();
             if bytes.starts_with(b".") && bytes.ends_with(b".json.tmp") {
@@ -295,6 +285,30 @@ impl Catalog {
         }
         listing.points.sort_by(|a, b| a.unix_ms.cmp(&b.unix_ms).then_with(|| a.id.cmp(&b.id)));
         Ok(listing)
+    }
+
+    /// At least as many as [`Catalog::list`] would return (every name a
+    /// record could have), without reading any: enough to tell that there
+    /// is room for one more.
+    pub fn count_at_most(&self) -> Result<usize, CatalogError> {
+        let Some(dir) = self.open_dir()? else { return Ok(0) };
+        let names = self.names(&dir, &mut Vec::new())?;
+        Ok(names.iter().filter(|n| !n.as_bytes().starts_with(b".") && n.as_bytes().ends_with(b".json")).count())
+    }
+
+    /// The directory's entry names, sorted.
+    fn names(&self, dir: &OwnedFd, problems: &mut Vec<Problem>) -> Result<Vec<std::ffi::OsString>, CatalogError> {
+        let entries = std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))
+            .map_err(|source| CatalogError::Io { path: self.dir.clone(), source })?;
+        let mut names: Vec<std::ffi::OsString> = Vec::new();
+        for e in entries {
+            match e {
+                Ok(e) => names.push(e.file_name()),
+                Err(source) => problems.push(Problem { path: self.dir.clone(), message: format!("cannot list: {source}") }),
+            }
+        }
+        names.sort();
+        Ok(names)
     }
 
     /// The point `id`.

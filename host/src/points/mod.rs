@@ -116,6 +116,12 @@ pub fn check_room(state_dir: &Path, settings: &Settings, takes_snapshot: bool, w
         return Ok(());
     }
     let catalog = Catalog::new(state_dir);
+    let max = settings.max_points as usize;
+    // While there is room, counting names is enough; every record is read
+    // (and problems reported) once the catalog may be full.
+    if catalog.count_at_most().is_ok_and(|n| n < max) {
+        return Ok(());
+    }
     let read = |warnings: &mut Vec<String>| match catalog.list() {
         Ok(l) => {
             warnings.extend(l.problems.iter().map(|p| format!("recovery point catalog: {}: {}", p.path.display(), p.message)));
@@ -127,7 +133,6 @@ pub fn check_room(state_dir: &Path, settings: &Settings, takes_snapshot: bool, w
         }
     };
     let Some(mut listing) = read(warnings) else { return Ok(()) };
-    let max = settings.max_points as usize;
     if listing.points.len() >= max && settings.prune_after_session {
         match prune(&catalog, &settings.policy, false) {
             Ok(out) => {

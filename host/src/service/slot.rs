@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::protocol::{BeginArgs, Code, EndArgs, Failure};
 use crate::config::{Config, ConfigError, HookBody};
+use crate::freeze;
 use crate::hooks::wasm::WasmEngine;
 use crate::interrupt::Interrupt;
 use crate::report::{ErrorCode, Report};
@@ -143,12 +144,15 @@ pub(super) struct Worker {
     /// Fires when the service is told to stop; every session gets it.
     interrupt: Interrupt,
     current: Option<Current>,
+    /// The next session's freeze guardian, forked on a thread of its own
+    /// while no session is begun (see [`freeze::Spare`]).
+    spare: Option<std::thread::JoinHandle<Result<freeze::Spare, freeze::FreezeError>>>,
 }
 
 impl Worker {
     pub fn new(shared: SharedRef, config_path: Option<PathBuf>, interrupt: Interrupt) -> Worker {
         let config = session::load_config(config_path.as_deref());
-        let mut w = Worker { shared, config_path, config: Ok(Config::builtin()), engine: None, interrupt, current: None };
+        let mut w = Worker { shared, config_path, config: Ok(Config::builtin()), engine: None, interrupt, current: None, spare: None };
         w.install(config, true);
         w
     }
@@ -157,6 +161,9 @@ impl Worker {
     pub async fn run(mut self, mut jobs: mpsc::UnboundedReceiver<Job>) {
         let mut interrupt = self.interrupt.clone();
         loop {
+            if self.spare.is_none() && self.current.is_none() {
+                self.spare = Some(std::thread::spawn(|| freeze::Spare::fork(freeze::SPARE_CAPACITY)));
+            }
             let deadline = self.current.as_ref().map(|c| c.deadline);
             let job = tokio::select! {
                 job = jobs.recv() => job,
@@ -229,7 +236,12 @@ impl Worker {
             group_may_freeze(&args.mounts, config.as_ref().ok())?;
         }
         let external_hold = config.as_ref().map(|c| c.service.external_hold).unwrap_or(crate::config::DEFAULT_EXTERNAL_HOLD);
-        let opts = SessionOptions { mounts: args.mounts.clone(), engine: self.engine(&config), ..Default::default() };
+        let opts = SessionOptions {
+            mounts: args.mounts.clone(),
+            engine: self.engine(&config),
+            spare_guardian: if args.freeze == FreezeMode::Native { self.take_spare() } else { None },
+            ..Default::default()
+        };
         let session = Session::prepare(config, opts).map_err(|e| Failure::new(Code::BadRequest, e.to_string()))?;
         let id = session.id().to_string();
         let max_freeze = session.max_freeze();
@@ -358,6 +370,19 @@ impl Worker {
             }
         }
         self.engine.clone()
+    }
+
+    /// The spare guardian, once its fork is done; None if it failed (the
+    /// session forks its own, and says why if that fails too).
+    fn take_spare(&mut self) -> Option<freeze::Spare> {
+        match self.spare.take()?.join() {
+            Ok(Ok(spare)) => Some(spare),
+            Ok(Err(e)) => {
+                tracing::warn!("could not fork a spare freeze guardian: {e}");
+                None
+            }
+            Err(_) => None,
+        }
     }
 
     fn reload(&mut self) {

@@ -243,7 +243,8 @@ impl Session {
         if b.freeze_ok {
             if let (Some(plan), Some(lock)) = (b.s.plan.as_ref(), b.lock.as_ref()) {
                 freeze::presync(&plan.targets);
-                standby = Some(b.s.start_guardian(plan, lock, &mut b.r));
+                let spare = b.s.spare_guardian.take();
+                standby = Some(b.s.start_guardian(spare, plan, lock, &mut b.r));
             }
         }
 

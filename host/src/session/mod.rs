@@ -115,6 +115,9 @@ pub struct SessionOptions {
     /// compiled plugins, across sessions); else one is started per session
     /// when a hook needs it.
     pub engine: Option<WasmEngine>,
+    /// A freeze guardian forked ahead (the service keeps one ready between
+    /// sessions); else one is forked when the session freezes.
+    pub spare_guardian: Option<freeze::Spare>,
 }
 
 /// A session could not even be set up: the caller's arguments are wrong.
@@ -160,6 +163,7 @@ pub struct Session {
     engine: Option<WasmEngine>,
     /// The config's plugins, being loaded since `prepare` (see [`Preload`]).
     preload: std::sync::Mutex<Option<Preload>>,
+    spare_guardian: Option<freeze::Spare>,
 }
 
 /// A one-shot process loads its plugins (trust checks, read, cache or
@@ -275,6 +279,7 @@ impl Session {
             state_dir: opts.state_dir.unwrap_or_else(state_dir_from_env),
             engine,
             preload: std::sync::Mutex::new(preload),
+            spare_guardian: opts.spare_guardian,
         })
     }
 
@@ -410,8 +415,23 @@ impl Session {
 
     /// The guardian for `plan`, started ahead of the pre hooks; None (and
     /// the error recorded) if it cannot be.
-    fn start_guardian(&self, plan: &FreezePlan, lock: &crate::rundir::SessionLock, r: &mut Run) -> Option<Guardian> {
-        match Guardian::start(plan, self.max_freeze, &[lock.raw_fd()]) {
+    fn start_guardian(
+        &self,
+        spare: Option<freeze::Spare>,
+        plan: &FreezePlan,
+        lock: &crate::rundir::SessionLock,
+        r: &mut Run,
+    ) -> Option<Guardian> {
+        let keep = [lock.raw_fd()];
+        let started = match spare.filter(|s| s.capacity() >= plan.targets.len()) {
+            Some(spare) => spare.arm(plan, self.max_freeze, &keep).or_else(|e| {
+                // A spare that died (a signal) or cannot take the plan: fork anew.
+                tracing::debug!("the spare guardian could not be armed ({e}); forking one for this session");
+                Guardian::start(plan, self.max_freeze, &keep)
+            }),
+            None => Guardian::start(plan, self.max_freeze, &keep),
+        };
+        match started {
             Ok(g) => Some(g),
             Err(e) => {
                 r.error(ErrorCode::FsFreezeFailed, format!("cannot start the freeze guardian: {e}"));
