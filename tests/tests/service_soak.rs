@@ -48,5 +48,12 @@ fn service_open_fds_and_rss_stay_flat_across_hundreds_of_sessions() {
     let (rss1, fds1) = rss_fds(svc.pid());
     println!("[soak] service after {WARMUP} sessions: {rss0} kB RSS, {fds0} fds; after {} more: {rss1} kB, {fds1} fds", SESSIONS);
     assert_eq!(fds1, fds0, "open fds grew across {SESSIONS} sessions");
+    // Guardians done with their session are reaped on the service's reaper
+    // thread, not by the reply: none may be left as a zombie.
+    let t = std::time::Instant::now();
+    while quiesce_tests::faults::zombie_children(svc.pid()) > 0 && t.elapsed() < std::time::Duration::from_secs(5) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(quiesce_tests::faults::zombie_children(svc.pid()), 0, "guardians left unreaped");
     assert!(rss1 <= rss0 + RSS_SLACK_KB, "RSS grew from {rss0} kB to {rss1} kB across {SESSIONS} sessions");
 }

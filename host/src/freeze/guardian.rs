@@ -1182,6 +1182,41 @@ impl Guardian {
     }
 }
 
+/// Where guardians done with their session are reaped, once
+/// [`reap_in_background`] was called: a thread that waits for each to exit.
+static REAPER: std::sync::OnceLock<std::sync::mpsc::Sender<libc::pid_t>> = std::sync::OnceLock::new();
+
+/// From now on a dropped guardian (thawed, told to go) is waited for and
+/// reaped on a thread of its own, not by the caller: the service's reply to
+/// `end` does not wait for the exit of a forked copy of a large process.
+/// A one-shot process keeps the default, reaping inline, so that no zombie
+/// outlives its session.
+pub fn reap_in_background() {
+    REAPER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<libc::pid_t>();
+        let spawned = std::thread::Builder::new().name("quiesce-reaper".into()).spawn(move || {
+            for pid in rx {
+                reap(pid);
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::warn!("cannot start the guardian reaper thread ({e}); guardians are reaped inline");
+        }
+        tx
+    });
+}
+
+/// Waits (bounded: a guardian stuck in the kernel must not hang its
+/// reaper) for `pid` to exit and reaps it. True once reaped.
+fn reap(pid: libc::pid_t) -> bool {
+    if let Ok(true) = wait_exit(pid, Duration::from_secs(5)) {
+        // SAFETY: reaping our own exited child.
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+        return true;
+    }
+    false
+}
+
 impl Drop for Guardian {
     fn drop(&mut self) {
         if self.state == State::Frozen {
@@ -1193,12 +1228,10 @@ impl Drop for Guardian {
         // if anything is still frozen).
         self.cmd = None;
         if !self.reaped && !self.left_frozen {
-            // Bounded: a guardian stuck in the kernel must not hang the host.
-            if let Ok(true) = wait_exit(self.pid, Duration::from_secs(5)) {
-                // SAFETY: reaping our own exited child.
-                unsafe { libc::waitpid(self.pid, std::ptr::null_mut(), 0) };
-                self.reaped = true;
-            }
+            self.reaped = match REAPER.get() {
+                Some(reaper) if reaper.send(self.pid).is_ok() => true,
+                _ => reap(self.pid),
+            };
         }
     }
 }

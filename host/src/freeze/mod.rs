@@ -17,8 +17,8 @@ mod thaw;
 
 pub use error::{errno_name, FreezeError};
 pub use guardian::{
-    monotonic_ns, AutoThaw, FreezeFailure, Frozen, Guardian, MountTiming, Spare, ThawReason, ThawTiming, Thawed, GUARDIAN_NAME,
-    SPARE_CAPACITY,
+    monotonic_ns, reap_in_background, AutoThaw, FreezeFailure, Frozen, Guardian, MountTiming, Spare, ThawReason, ThawTiming, Thawed,
+    GUARDIAN_NAME, SPARE_CAPACITY,
 };
 pub use mountinfo::MountInfoEntry;
 pub use plan::{plan, plan_from, FreezePlan, PlanEnv, Selection, Skipped, SystemEnv, Target};

@@ -68,6 +68,7 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServiceError> {
     let config_path = opts.config.or_else(Config::default_path).map(|p| std::path::absolute(&p).unwrap_or(p));
     let shared = Arc::new(Mutex::new(Shared::default()));
     let (trigger, interrupt) = Interrupt::new();
+    crate::freeze::reap_in_background();
     let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
 
     // The worker thread loads the config (and warms its plugins) first.
