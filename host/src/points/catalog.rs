@@ -321,6 +321,17 @@ impl Catalog {
     /// Removes the record of `id` (what it names must be deleted first) and
     /// makes that durable.
     pub fn remove(&self, id: &str) -> Result<(), CatalogError> {
+        self.unlink(id, true)
+    }
+
+    /// Removes the record of `id` without waiting for the disk (no fsync of
+    /// the directory): for a record of a snapshot quiesce does not manage,
+    /// which a crash may bring back only to be forgotten again.
+    pub fn forget(&self, id: &str) -> Result<(), CatalogError> {
+        self.unlink(id, false)
+    }
+
+    fn unlink(&self, id: &str, durable: bool) -> Result<(), CatalogError> {
         check_id(id)?;
         let Some(dir) = self.open_dir()? else { return Err(self.not_found(id)) };
         let name = format!("{id}.json");
@@ -330,7 +341,10 @@ impl Catalog {
             Err(Errno::ENOENT) => return Err(self.not_found(id)),
             Err(e) => return Err(CatalogError::Io { path, source: e.into() }),
         }
-        self.sync_dir(&dir)
+        if durable {
+            self.sync_dir(&dir)?;
+        }
+        Ok(())
     }
 
     /// fsync of the directory (through an `O_PATH` fd it cannot be done).

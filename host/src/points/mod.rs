@@ -177,7 +177,7 @@ fn forget_undeletable(catalog: &Catalog, listing: &Listing, wanted: usize, warni
     unmanaged.sort_by_key(|p| p.unix_ms);
     let mut forgotten = 0;
     for p in unmanaged.into_iter().take(wanted) {
-        match catalog.remove(&p.id) {
+        match catalog.forget(&p.id) {
             Ok(()) => {
                 forgotten += 1;
                 warnings.push(format!(
