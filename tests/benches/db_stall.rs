@@ -3,7 +3,7 @@
 //! Same rig as the restore tests (an ext4 disk image on reflink XFS, the
 //! snapshot a `cp --reflink=always` of it while quiesce has the disk frozen),
 //! one writer committing numbered rows as fast as the server acknowledges.
-//! For each database and method, `ROUNDS` sessions; the stall of a session is
+//! For each database and method, 5 sessions (`DB_STALL_ROUNDS=N` for more); the stall of a session is
 //! the longest gap between two acknowledgements overlapping the session.
 //!
 //! Methods:
@@ -30,18 +30,28 @@ use quiesce_tests::db::*;
 use quiesce_tests::legacy;
 use quiesce_tests::restore::Stage;
 
-const ROUNDS: usize = 5;
+/// Sessions per method (`DB_STALL_ROUNDS` overrides, for a steadier median on a noisy machine).
+fn rounds() -> usize {
+    std::env::var("DB_STALL_ROUNDS").ok().and_then(|v| v.parse().ok()).filter(|&n| n > 0).unwrap_or(5)
+}
 const PAUSE_BETWEEN: Duration = Duration::from_millis(400);
 
 struct Sample {
     stall: Duration,
     window_ms: f64,
+    /// The kernel's FIFREEZE and FITHAW, and quiesce's own time in the
+    /// window (`freeze.host_ms`: the snapshot command's start and end).
+    fifreeze_ms: f64,
+    fithaw_ms: f64,
+    host_ms: f64,
     /// The pre hooks' time (the freeze waits for it).
     pre_ms: f64,
     session: Duration,
     /// Where the hold of the plugin's lock (or pause) went, when it reports
     /// one (`quiesce_times`): see [`Breakdown`].
     breakdown: Option<Breakdown>,
+    /// The stall's gap: the acknowledgements before and after it (ns).
+    gap: (u64, u64),
 }
 
 /// The plugin's lock, from `locked`/`paused` to `releasing`/`unpausing`
@@ -63,6 +73,17 @@ struct Breakdown {
     /// return, from post's call to sending the release.
     pre_tail_ms: f64,
     post_head_ms: f64,
+    /// The blocking statement itself (MariaDB: `block_ns`, BLOCK_COMMIT or
+    /// FTWRL): writers may wait from its start.
+    block_ms: f64,
+    /// The lock's ends (server clock, ns), to place the writer's gap.
+    locked_ns: u64,
+    released_ns: u64,
+    /// The writer's stall before the lock was reported taken (the lock
+    /// statement itself), and after the release was about to be sent (the
+    /// release and the first commit after it); filled in by [`measure`].
+    gap_before_lock_ms: f64,
+    gap_after_release_ms: f64,
 }
 
 fn breakdown(run: &quiesce_tests::Run, t: quiesce_tests::restore::SnapTimes) -> Option<Breakdown> {
@@ -83,6 +104,11 @@ fn breakdown(run: &quiesce_tests::Run, t: quiesce_tests::restore::SnapTimes) -> 
         post_ms: hook_ms("post"),
         pre_tail_ms: get(&["pre_tail_ns"]).map(|n| n as f64 / 1e6).unwrap_or(f64::NAN),
         post_head_ms: get(&["post_head_ns"]).map(|n| n as f64 / 1e6).unwrap_or(f64::NAN),
+        block_ms: get(&["block_ns"]).map(|n| n as f64 / 1e6).unwrap_or(f64::NAN),
+        locked_ns: from,
+        released_ns: to,
+        gap_before_lock_ms: f64::NAN,
+        gap_after_release_ms: f64::NAN,
     })
 }
 
@@ -107,6 +133,9 @@ impl Row {
     fn window_ms(&self) -> f64 {
         median(self.samples.iter().map(|s| s.window_ms).collect())
     }
+    fn med(&self, f: fn(&Sample) -> f64) -> f64 {
+        median(self.samples.iter().map(f).collect())
+    }
     fn pre_ms(&self) -> f64 {
         median(self.samples.iter().map(|s| s.pre_ms).collect())
     }
@@ -120,44 +149,49 @@ impl Row {
     }
 }
 
-/// Runs `ROUNDS` sessions with `config` under `writer`; returns the samples and the baseline gap.
+/// Runs [`rounds`] sessions with `config` under `writer`; returns the samples and the baseline gap.
 fn measure(st: &Stage, mut writer: Writer, config: &Path, baseline: &mut Vec<Duration>) -> Vec<Sample> {
     writer.wait_for(200, Duration::from_secs(60));
+    // Each session's sample, its stall filled in once the writer's log is in.
+    let mut samples = Vec::new();
     let mut spans = Vec::new();
-    let mut windows = Vec::new();
-    let mut pres = Vec::new();
-    let mut parts = Vec::new();
     let mut quiet = Vec::new();
-    for _ in 0..ROUNDS {
+    for _ in 0..rounds() {
         let q0 = now_ns();
         std::thread::sleep(PAUSE_BETWEEN);
         let t0 = now_ns();
         quiet.push((q0, t0));
         let started = Instant::now();
         let (run, times) = st.snapshot(config);
-        spans.push((t0, now_ns(), started.elapsed()));
-        windows.push(run.report["freeze"]["window_ms"].as_f64().unwrap_or(0.0));
+        spans.push((t0, now_ns()));
+        let freeze = &run.report["freeze"];
+        let f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
         let hooks = run.report["hooks"].as_array().cloned().unwrap_or_default();
-        pres.push(hooks.iter().filter(|h| h["phase"] == "pre").filter_map(|h| h["duration_ms"].as_f64()).fold(0.0, |a, b| a + b));
-        parts.push(breakdown(&run, times));
+        samples.push(Sample {
+            stall: Duration::ZERO,
+            window_ms: freeze["window_ms"].as_f64().unwrap_or(0.0),
+            fifreeze_ms: f(&freeze["mounts"][0]["freeze_ms"]),
+            fithaw_ms: f(&freeze["mounts"][0]["thaw_ms"]),
+            host_ms: f(&freeze["host_ms"]),
+            pre_ms: hooks.iter().filter(|h| h["phase"] == "pre").filter_map(|h| h["duration_ms"].as_f64()).fold(0.0, |a, b| a + b),
+            session: started.elapsed(),
+            breakdown: breakdown(&run, times),
+            gap: (0, 0),
+        });
     }
     std::thread::sleep(PAUSE_BETWEEN);
     let log = writer.stop();
     assert!(log.error.is_none(), "writer failed: {:?}", log.error);
     baseline.extend(quiet.iter().map(|&(a, b)| log.max_gap_between(a + 50_000_000, b)));
-    spans
-        .iter()
-        .zip(windows)
-        .zip(pres)
-        .zip(parts)
-        .map(|(((&(a, b, session), window_ms), pre_ms), breakdown)| Sample {
-            stall: log.max_gap_between(a, b),
-            window_ms,
-            pre_ms,
-            session,
-            breakdown,
-        })
-        .collect()
+    for (s, &(a, b)) in samples.iter_mut().zip(&spans) {
+        s.gap = log.max_gap_span_between(a, b);
+        s.stall = Duration::from_nanos(s.gap.1 - s.gap.0);
+        if let Some(b) = s.breakdown.as_mut() {
+            b.gap_before_lock_ms = (b.locked_ns as f64 - s.gap.0 as f64) / 1e6;
+            b.gap_after_release_ms = (s.gap.1 as f64 - b.released_ns as f64) / 1e6;
+        }
+    }
+    samples
 }
 
 fn bench_db<D>(
@@ -186,7 +220,7 @@ fn bench_db<D>(
 
     // (c) the WASM plugin(s), same load, same rig.
     for (method, config) in plugin(&server, &st) {
-        rows.push(Row { db, method, samples: measure(&st, writer(&server), &config, &mut baseline) });
+        rows.push(Row { db, method: method.clone(), samples: measure(&st, writer(&server), &config, &mut baseline) });
     }
 
     let base = median(baseline.iter().map(|d| d.as_secs_f64() * 1e3).collect());
@@ -270,22 +304,25 @@ fn main() {
         ));
     }
 
-    println!("\nwriter stall per snapshot session, median of {ROUNDS} (max in brackets); ratio = stall / freeze-only stall");
+    println!("\nwriter stall per snapshot session, median of {} (max in brackets); ratio = stall / freeze-only stall", rounds());
     println!(
-        "{:<10} {:<30} {:>18} {:>8} {:>14} {:>9} {:>12}",
-        "database", "method", "stall ms", "ratio", "freeze win ms", "pre ms", "session ms"
+        "{:<10} {:<30} {:>18} {:>8} {:>14} {:>9} {:>8} {:>8} {:>9} {:>12}",
+        "database", "method", "stall ms", "ratio", "freeze win ms", "FIFREEZE", "FITHAW", "host ms", "pre ms", "session ms"
     );
     for (rows, base) in &all {
         let freeze = rows.iter().find(|r| r.method.starts_with("(b)")).map(Row::stall_ms).unwrap_or(f64::NAN);
         for r in rows {
             println!(
-                "{:<10} {:<30} {:>9.1} [{:>6.1}] {:>8.2} {:>14.1} {:>9.1} {:>12.1}",
+                "{:<10} {:<30} {:>9.1} [{:>6.1}] {:>8.2} {:>14.1} {:>9.1} {:>8.1} {:>8.1} {:>9.1} {:>12.1}",
                 r.db,
                 r.method,
                 r.stall_ms(),
                 r.max_stall_ms(),
                 r.stall_ms() / freeze,
                 r.window_ms(),
+                r.med(|s| s.fifreeze_ms),
+                r.med(|s| s.fithaw_ms),
+                r.med(|s| s.host_ms),
                 r.pre_ms(),
                 r.session_ms()
             );
@@ -300,15 +337,28 @@ fn main() {
     }
     println!("\nwhere a plugin's hold goes (medians, ms): lock/pause taken → snapshot command start → its end → release (server clock vs `date`)");
     println!(
-        "{:<10} {:<30} {:>8} {:>12} {:>9} {:>12} {:>9} {:>8} {:>8} {:>9} {:>9}",
-        "database", "method", "held", "→snapshot", "snapshot", "→release", "syncfs", "pre", "post", "pre tail", "post head"
+        "{:<10} {:<30} {:>8} {:>12} {:>9} {:>12} {:>9} {:>8} {:>8} {:>9} {:>9} {:>9} {:>11} {:>11}",
+        "database",
+        "method",
+        "held",
+        "→snapshot",
+        "snapshot",
+        "→release",
+        "syncfs",
+        "pre",
+        "post",
+        "lock stmt",
+        "pre tail",
+        "post head",
+        "stall<lock",
+        "stall>rel."
     );
     for (rows, _) in &all {
         for r in rows {
             let Some(held) = r.part(|b| b.held_ms) else { continue };
             let p = |f: fn(&Breakdown) -> f64| r.part(f).unwrap_or(f64::NAN);
             println!(
-                "{:<10} {:<30} {:>8.1} {:>12.1} {:>9.1} {:>12.1} {:>9.1} {:>8.1} {:>8.1} {:>9.2} {:>9.2}",
+                "{:<10} {:<30} {:>8.1} {:>12.1} {:>9.1} {:>12.1} {:>9.1} {:>8.1} {:>8.1} {:>9.2} {:>9.2} {:>9.2} {:>11.1} {:>11.1}",
                 r.db,
                 r.method,
                 held,
@@ -318,8 +368,11 @@ fn main() {
                 p(|b| b.sync_ms),
                 p(|b| b.pre_ms),
                 p(|b| b.post_ms),
+                p(|b| b.block_ms),
                 p(|b| b.pre_tail_ms),
-                p(|b| b.post_head_ms)
+                p(|b| b.post_head_ms),
+                p(|b| b.gap_before_lock_ms),
+                p(|b| b.gap_after_release_ms)
             );
         }
     }

@@ -708,15 +708,21 @@ impl WriterLog {
 
     /// The longest interval without an ack that overlaps `[from_ns, to_ns]`.
     pub fn max_gap_between(&self, from_ns: u64, to_ns: u64) -> Duration {
+        let (a, b) = self.max_gap_span_between(from_ns, to_ns);
+        Duration::from_nanos(b - a)
+    }
+
+    /// Where that interval is: the acks (or the start) before and after it, ns.
+    pub fn max_gap_span_between(&self, from_ns: u64, to_ns: u64) -> (u64, u64) {
         let mut prev = self.started_ns;
-        let mut best = 0u64;
+        let mut best = (0u64, 0u64);
         for a in &self.acks {
-            if a.at_ns >= from_ns && prev <= to_ns {
-                best = best.max(a.at_ns.saturating_sub(prev));
+            if a.at_ns >= from_ns && prev <= to_ns && a.at_ns.saturating_sub(prev) > best.1 - best.0 {
+                best = (prev, a.at_ns.max(prev));
             }
             prev = a.at_ns;
         }
-        Duration::from_nanos(best)
+        best
     }
 
     pub fn max_latency(&self) -> Duration {

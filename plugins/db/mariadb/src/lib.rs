@@ -48,7 +48,11 @@
 //!   point a replica or point-in-time recovery continues from.
 //! - `quiesce_times`: `locked=` and `releasing=`, ns since the Unix epoch from
 //!   the server's clock (`NOW(6)`): when the lock was held, and just before
-//!   it was released.
+//!   it was released; and where the hold went on the plugin's side
+//!   (monotonic clock, ns): `block_ns=` (the blocking statement itself —
+//!   `BACKUP STAGE BLOCK_COMMIT` syncs the binary log inside it, and commits
+//!   wait from its start), `pre_tail_ns=` (from its reply to pre's return),
+//!   `post_head_ns=` (from post's call to sending the release).
 //!
 //! # Params
 //! | param | default | meaning |
@@ -92,6 +96,10 @@ struct Held {
     client: Client<Connection>,
     method: Method,
     locked_ns: u64,
+    /// Monotonic: the blocking statement was sent / answered, pre returned.
+    block_sent_mono_ns: u64,
+    blocked_mono_ns: u64,
+    pre_end_mono_ns: u64,
 }
 
 #[derive(Default)]
@@ -224,14 +232,17 @@ impl MariaDb {
                 list.join("; ")
             )));
         }
+        let mut block_sent_mono_ns = clock::now_ns();
         match method {
             Method::Ftwrl => c.flush_tables_with_read_lock().map_err(|e| classify(&target, "FLUSH TABLES WITH READ LOCK", e))?,
             Method::BackupStage => {
                 for stage in [BackupStage::Start, BackupStage::Flush, BackupStage::BlockDdl, BackupStage::BlockCommit] {
+                    block_sent_mono_ns = clock::now_ns();
                     c.backup_stage(stage).map_err(|e| classify(&target, stage.sql(), e))?;
                 }
             }
         }
+        let blocked_mono_ns = clock::now_ns();
         let locked_ns = server_now_ns(&mut c).map_err(|e| classify(&target, "clock", e))?;
         let pos = c.master_status().map_err(|e| classify(&target, "SHOW MASTER STATUS", e))?;
         let gtid = c.gtid_binlog_pos().map_err(|e| classify(&target, "@@gtid_binlog_pos", e))?;
@@ -251,7 +262,7 @@ impl MariaDb {
             None => "binlog off".into(),
         };
         info!("{method:?} held at {target}; {summary}");
-        self.held = Some(Held { client: c, method, locked_ns });
+        self.held = Some(Held { client: c, method, locked_ns, block_sent_mono_ns, blocked_mono_ns, pre_end_mono_ns: clock::now_ns() });
         inject(fault);
         Ok(format!("{} held on {target} (MariaDB/MySQL {version}); binlog {summary}", lock_name(method)))
     }
@@ -300,17 +311,30 @@ impl Plugin for MariaDb {
         let Some(mut h) = self.held.take() else {
             return HookResult::ok("no lock held (pre did not take one): nothing to release");
         };
+        let post_mono_ns = clock::now_ns();
         let target = ctx.param_or("target", DEFAULT_TARGET).to_string();
+        // One round trip before the release (writers still wait): the
+        // server's clock, so `releasing` bounds the lock on the clock the
+        // writers' commits are judged by.
         let releasing = server_now_ns(&mut h.client);
+        let sending_mono_ns = clock::now_ns();
         let released = match h.method {
             Method::Ftwrl => h.client.unlock_tables(),
             Method::BackupStage => h.client.backup_stage(BackupStage::End),
         };
         let _ = h.client.close();
         if let Ok(r) = releasing {
-            if let Err(Fail::Fatal(m) | Fail::Retry(m)) =
-                store("quiesce_times", format!("locked={}\nreleasing={r}\n", h.locked_ns).as_bytes())
-            {
+            if let Err(Fail::Fatal(m) | Fail::Retry(m)) = store(
+                "quiesce_times",
+                format!(
+                    "locked={}\nreleasing={r}\nblock_ns={}\npre_tail_ns={}\npost_head_ns={}\n",
+                    h.locked_ns,
+                    h.blocked_mono_ns.saturating_sub(h.block_sent_mono_ns),
+                    h.pre_end_mono_ns.saturating_sub(h.blocked_mono_ns),
+                    sending_mono_ns.saturating_sub(post_mono_ns)
+                )
+                .as_bytes(),
+            ) {
                 warn!("{m}");
             }
         }
