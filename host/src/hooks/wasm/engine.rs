@@ -104,7 +104,7 @@ const LOADED_CAP: usize = 256;
 /// and quiesce import) and the loaded plugins (compiled code, type
 /// registrations). Freed on the ticker thread, not on the one that drops
 /// the last clone: that is a one-shot session's own thread, which would pay
-/// a few hundred µs of `free` and `munmap` before it reports (and the
+/// the `free`s and `munmap`s before it reports (and the
 /// process exit that follows does not need it freed).
 struct Retired {
     _linker: OnceLock<Linked>,
@@ -117,10 +117,10 @@ impl Drop for Inner {
             _linker: std::mem::take(&mut self.linker),
             _loaded: std::mem::take(self.loaded.get_mut().unwrap_or_else(|p| p.into_inner())),
         };
-        let tx = self.retire.get_mut().unwrap_or_else(|p| p.into_inner()).take();
-        // A ticker that is gone already leaves it to this thread.
-        if let Some(Err(mpsc::SendError(retired))) = tx.map(|tx| tx.send(retired)) {
-            drop(retired);
+        // A ticker that is gone already hands it back in the error, which
+        // frees it here.
+        if let Some(tx) = self.retire.get_mut().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = tx.send(retired);
         }
     }
 }
