@@ -308,9 +308,10 @@ async fn a_planted_or_swapped_cache_entry_is_rebuilt_never_run() {
 
     // Swapped: another plugin's genuine entry under noop's name. If it were
     // run, noop would describe itself as misbehave.
+    // Root's and 0600 like a genuine entry: only the MAC can tell.
     let forge = |bytes: &[u8]| {
         let _ = fs::remove_file(&noop_entry);
-        fs::write(&noop_entry, bytes).unwrap();
+        write_bytes_0600(&noop_entry, bytes);
     };
     let describes_as_noop = |status: &CacheStatus, why: &str| {
         assert!(matches!(status, CacheStatus::Rebuilt(r) if r.contains(why)), "{status:?}");
@@ -320,16 +321,16 @@ async fn a_planted_or_swapped_cache_entry_is_rebuilt_never_run() {
     describes_as_noop(p.cache_status(), "not authentic");
     assert_eq!(p.describe().await.unwrap().name, "noop");
 
-    // Planted: the same native code with a header whose tag is a valid
-    // sha256 of it (what a checksum-only cache accepted).
-    let artifact = &genuine[56..];
+    // Planted: the same native code with a trailer (magic, tag, length)
+    // whose tag is a valid sha256 of it (what a checksum-only cache accepted).
+    let (artifact, trailer) = genuine.split_at(genuine.len() - 56);
     fs::write(env.s.join("artifact"), artifact).unwrap();
     let sum = sh(&format!("sha256sum {}", d(&env.s.join("artifact"))));
     let sum: Vec<u8> = (0..32).map(|i| u8::from_str_radix(&sum[2 * i..2 * i + 2], 16).unwrap()).collect();
-    let mut planted = genuine[..16].to_vec();
+    let mut planted = artifact.to_vec();
+    planted.extend_from_slice(&trailer[..16]);
     planted.extend_from_slice(&sum);
     planted.extend_from_slice(&(artifact.len() as u64).to_le_bytes());
-    planted.extend_from_slice(artifact);
     forge(&planted);
     let p = load_fresh(&noop);
     describes_as_noop(p.cache_status(), "not authentic");
@@ -347,6 +348,56 @@ async fn a_planted_or_swapped_cache_entry_is_rebuilt_never_run() {
     assert_eq!(*load_fresh(&noop).cache_status(), CacheStatus::Hit);
     let key = env.s.join("cache/cache.key");
     assert_eq!((fs::metadata(&key).unwrap().mode() & 0o777, fs::metadata(&key).unwrap().size()), (0o600, 32));
+}
+
+fn write_bytes_0600(path: &Path, bytes: &[u8]) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).unwrap();
+    f.write_all(bytes).unwrap();
+}
+
+#[tokio::test]
+async fn a_genuine_cache_entry_that_is_not_roots_alone_is_rebuilt_never_mapped() {
+    require!(Root, Plugins);
+    let env = Env::new("paths-cache-mode");
+    let noop = install_plugin(&env.s, "noop");
+    env.engine.load(&noop).unwrap();
+    let entry = entries(&env.s.join("cache")).pop().unwrap();
+    let load_fresh = || WasmEngine::new(&env.s.join("cache")).unwrap().load(&noop).unwrap();
+
+    // Its MAC still verifies, but someone could have written it while it
+    // was group-writable: it is not mapped, let alone run.
+    fs::set_permissions(&entry, fs::Permissions::from_mode(0o660)).unwrap();
+    let p = load_fresh();
+    assert!(matches!(p.cache_status(), CacheStatus::Rebuilt(r) if r.contains("not this host's 0600 file")), "{:?}", p.cache_status());
+    assert_eq!(p.describe().await.unwrap().name, "noop");
+    assert_eq!(fs::metadata(&entry).unwrap().mode() & 0o777, 0o600, "rewritten root-only");
+    assert_eq!(*load_fresh().cache_status(), CacheStatus::Hit);
+
+    // Another owner: the same.
+    sh(&format!("chown nobody {}", d(&entry)));
+    let p = load_fresh();
+    assert!(matches!(p.cache_status(), CacheStatus::Rebuilt(r) if r.contains("owned by uid 65534")), "{:?}", p.cache_status());
+    assert_eq!(fs::metadata(&entry).unwrap().uid(), 0);
+    assert_eq!(*load_fresh().cache_status(), CacheStatus::Hit);
+}
+
+#[tokio::test]
+async fn a_cache_on_a_noexec_mount_still_loads_verified_entries_by_copying_them() {
+    require!(Root, Plugins);
+    let env = Env::new("paths-cache-noexec");
+    let noop = install_plugin(&env.s, "noop");
+    let m = LoopMount::new(&env.s.path, "noexec", Fs::Ext4);
+    sh(&format!("mount -o remount,noexec {}", d(m.path())));
+    let cache = m.path().join("cache");
+    assert_eq!(*WasmEngine::new(&cache).unwrap().load(&noop).unwrap().cache_status(), CacheStatus::Miss);
+    // wasmtime cannot map an entry there executable; the verified bytes are
+    // copied instead, and the entry is used, not rebuilt.
+    let p = WasmEngine::new(&cache).unwrap().load(&noop).unwrap();
+    assert_eq!(*p.cache_status(), CacheStatus::Hit);
+    let mut inst = p.instantiate(InstanceConfig::new("noop")).await.unwrap();
+    assert!(inst.pre(&CallContext { session_id: "s".into(), attempt: 1 }).await.is_success());
 }
 
 // ---- artifacts ----

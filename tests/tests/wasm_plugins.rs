@@ -493,14 +493,34 @@ async fn corrupted_cache_entry_is_detected_and_rebuilt() {
     let mut inst = p.instantiate(InstanceConfig::new("noop")).await.unwrap();
     assert!(inst.pre(&ctx(1)).await.is_success());
 
-    // Truncated.
+    // The MAC itself flipped (in the trailer: magic, MAC, length).
+    let mut bytes = std::fs::read(&entry).unwrap();
+    let tag = bytes.len() - 40;
+    bytes[tag] ^= 0x01;
+    std::fs::write(&entry, &bytes).unwrap();
+    assert!(matches!(load_fresh().cache_status(), CacheStatus::Rebuilt(r) if r.starts_with("not authentic")));
+
+    // The artifact's first byte (the ELF header wasmtime would map).
+    let mut bytes = std::fs::read(&entry).unwrap();
+    bytes[0] ^= 0x01;
+    std::fs::write(&entry, &bytes).unwrap();
+    assert!(matches!(load_fresh().cache_status(), CacheStatus::Rebuilt(r) if r.starts_with("not authentic")));
+
+    // Truncated: the trailer is gone.
     let len = std::fs::metadata(&entry).unwrap().len();
     std::fs::OpenOptions::new().write(true).open(&entry).unwrap().set_len(len - 100).unwrap();
-    assert!(matches!(load_fresh().cache_status(), CacheStatus::Rebuilt(r) if r.starts_with("length")));
+    assert!(matches!(load_fresh().cache_status(), CacheStatus::Rebuilt(r) if r.starts_with("bad trailer")));
+
+    // A trailer whose length disagrees with the file.
+    let mut bytes = std::fs::read(&entry).unwrap();
+    let n = bytes.len();
+    bytes[n - 8] ^= 0x01;
+    std::fs::write(&entry, &bytes).unwrap();
+    assert!(matches!(load_fresh().cache_status(), CacheStatus::Rebuilt(r) if r.starts_with("length")), "{:?}", load_fresh().cache_status());
 
     // Not ours at all.
-    std::fs::write(&entry, b"\x7fELF this is not a cache entry at all, but long enough for a header........").unwrap();
-    assert_eq!(*load_fresh().cache_status(), CacheStatus::Rebuilt("bad header".into()));
+    std::fs::write(&entry, b"\x7fELF this is not a cache entry at all, but long enough for a trailer.......").unwrap();
+    assert_eq!(*load_fresh().cache_status(), CacheStatus::Rebuilt("bad trailer".into()));
 
     // And the rewritten entry is good again.
     assert_eq!(*load_fresh().cache_status(), CacheStatus::Hit);

@@ -184,12 +184,12 @@ pub struct Session {
     spare_guardian: Option<freeze::Spare>,
 }
 
-/// A one-shot process loads its plugins (trust checks, read, cache or
-/// compile) on a thread of its own from `prepare` on, while the session
-/// plans the freeze, takes its lock and checks its room; `validate` takes
-/// what it loaded. The same load, started earlier: the checks happen on the
-/// file it then uses.
-type Preload = std::thread::JoinHandle<Vec<(PathBuf, Result<Plugin, PluginError>)>>;
+/// A one-shot process starts its WebAssembly engine and loads its plugins
+/// (trust checks, read, cache or compile) on a thread of its own from
+/// `prepare` on, while the session plans the freeze, takes its lock and
+/// checks its room; `validate` takes the engine and what it loaded. The same
+/// load, started earlier: the checks happen on the file it then uses.
+type Preload = std::thread::JoinHandle<(Option<WasmEngine>, Vec<(PathBuf, Result<Plugin, PluginError>)>)>;
 
 /// Step 1's verdict: see [`Session::validate`].
 pub(crate) struct Validation {
@@ -213,9 +213,9 @@ enum Fallback {
     NoSnapshot,
 }
 
-/// The engine and the loading of `config`'s plugins, started now (see
-/// [`Preload`]); no engine, nothing loading, if it names no plugin.
-fn start_preload(config: &Config, cache_dir: &std::path::Path) -> (Option<WasmEngine>, Option<Preload>) {
+/// The engine and the loading of `config`'s plugins, started now on a
+/// thread of their own (see [`Preload`]); nothing, if it names no plugin.
+fn start_preload(config: &Config, cache_dir: &std::path::Path) -> Option<Preload> {
     let paths: Vec<PathBuf> = config
         .hooks
         .iter()
@@ -225,18 +225,22 @@ fn start_preload(config: &Config, cache_dir: &std::path::Path) -> (Option<WasmEn
         })
         .collect();
     if paths.is_empty() {
-        return (None, None);
+        return None;
     }
-    let Ok(engine) = WasmEngine::new(cache_dir) else {
-        // `validate` tries again and reports why.
-        return (None, None);
-    };
-    let loader = engine.clone();
-    let handle = std::thread::Builder::new()
+    let cache_dir = cache_dir.to_path_buf();
+    // The engine too: its setup (the cache directory's trust walk and key,
+    // the ticker thread) is a few hundred µs the session's thread need not wait for.
+    std::thread::Builder::new()
         .name("quiesce-preload".into())
-        .spawn(move || paths.into_iter().map(|p| (p.clone(), loader.load(&p))).collect())
-        .ok();
-    (Some(engine), handle)
+        .spawn(move || match WasmEngine::new(&cache_dir) {
+            Ok(engine) => {
+                let loaded = paths.into_iter().map(|p| (p.clone(), engine.load(&p))).collect();
+                (Some(engine), loaded)
+            }
+            // `validate` tries again and reports why.
+            Err(_) => (None, Vec::new()),
+        })
+        .ok()
 }
 
 impl Session {
@@ -269,7 +273,7 @@ impl Session {
         let cache_dir = opts.cache_dir.unwrap_or_else(cache_dir_from_env);
         let (engine, preload) = match opts.engine {
             Some(e) => (Some(e), None),
-            None if config_error.is_none() => start_preload(&config, &cache_dir),
+            None if config_error.is_none() => (None, start_preload(&config, &cache_dir)),
             None => (None, None),
         };
         let mut freeze = config.freeze.clone();
@@ -337,10 +341,10 @@ impl Session {
     /// with it and `quiesce check` shows it, so the two cannot disagree.
     /// Runs nothing, freezes nothing.
     pub(crate) fn validate(&self) -> Validation {
-        let engine = self.wasm_engine();
         let preload = self.preload.lock().unwrap_or_else(|p| p.into_inner()).take();
         // A panic on the loading thread only costs the head start.
-        let mut loaded = preload.and_then(|h| h.join().ok()).unwrap_or_default();
+        let (preloaded, mut loaded) = preload.and_then(|h| h.join().ok()).unwrap_or_default();
+        let engine = preloaded.or_else(|| self.wasm_engine());
         let hooks = self
             .config
             .hooks

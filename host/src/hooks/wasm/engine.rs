@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -49,7 +48,8 @@ struct Inner {
     linker: OnceLock<Linked>,
     linker_rx: Mutex<Option<mpsc::Receiver<Linked>>>,
     cache: Cache,
-    stop: Arc<AtomicBool>,
+    /// Hands what `Drop` retires to the ticker thread, which then stops.
+    retire: Mutex<Option<mpsc::Sender<Retired>>>,
     /// Plugins loaded before, by path, with the identity of the file they
     /// were read from: a long-lived process (the service) loads an unchanged
     /// plugin without reading, verifying or linking it again.
@@ -100,9 +100,28 @@ impl FileKey {
 /// cleared rather than grown.
 const LOADED_CAP: usize = 256;
 
+/// What an engine owns that takes long to free: the linker (every WASI
+/// and quiesce import) and the loaded plugins (compiled code, type
+/// registrations). Freed on the ticker thread, not on the one that drops
+/// the last clone: that is a one-shot session's own thread, which would pay
+/// the `free`s and `munmap`s before it reports (and the
+/// process exit that follows does not need it freed).
+struct Retired {
+    _linker: OnceLock<Linked>,
+    _loaded: HashMap<PathBuf, (FileKey, Arc<Loaded>)>,
+}
+
 impl Drop for Inner {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        let retired = Retired {
+            _linker: std::mem::take(&mut self.linker),
+            _loaded: std::mem::take(self.loaded.get_mut().unwrap_or_else(|p| p.into_inner())),
+        };
+        // A ticker that is gone already hands it back in the error, which
+        // frees it here.
+        if let Some(tx) = self.retire.get_mut().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = tx.send(retired);
+        }
     }
 }
 
@@ -126,18 +145,24 @@ impl WasmEngine {
         config.epoch_interruption(true);
         config.wasm_component_model(true);
         let engine = Engine::new(&config).map_err(rt)?;
-        let stop = Arc::new(AtomicBool::new(false));
         let ticker_engine = engine.clone();
-        let ticker_stop = stop.clone();
         let (linker_tx, linker_rx) = mpsc::sync_channel(1);
+        let (retire_tx, retire_rx) = mpsc::channel::<Retired>();
         std::thread::Builder::new()
             .name("quiesce-epoch".into())
             .spawn(move || {
                 // Nobody waiting (the engine was dropped unused) is fine.
                 let _ = linker_tx.send(build_linker(&ticker_engine));
-                while !ticker_stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
-                    ticker_engine.increment_epoch();
+                loop {
+                    match retire_rx.recv_timeout(EPOCH_TICK) {
+                        Err(mpsc::RecvTimeoutError::Timeout) => ticker_engine.increment_epoch(),
+                        // The last clone is gone: free what it left, stop.
+                        Ok(retired) => {
+                            drop(retired);
+                            return;
+                        }
+                        Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                    }
                 }
             })
             .map_err(|e| PluginError::Runtime(format!("cannot start the epoch ticker thread: {e}")))?;
@@ -148,7 +173,7 @@ impl WasmEngine {
                 linker: OnceLock::new(),
                 linker_rx: Mutex::new(Some(linker_rx)),
                 cache,
-                stop,
+                retire: Mutex::new(Some(retire_tx)),
                 loaded: Mutex::new(HashMap::new()),
             }),
         })
