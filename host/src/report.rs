@@ -180,10 +180,7 @@ pub struct MountReport {
     #[serde(serialize_with = "crate::serde_path::lossy")]
     pub path: PathBuf,
     pub fs_type: String,
-    /// `syncfs` besides FIFREEZE's own: the bulk one before the pre hooks,
-    /// plus, on a busy file system, the one of what the pre hooks left
-    /// dirty, run alongside FIFREEZE's wait for writers to drain (see
-    /// `session::DELTA_SYNC_HEAD_START`).
+    /// `syncfs` right before the freeze (outside the window).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sync_ms: Option<f64>,
     pub freeze_ms: f64,

@@ -242,7 +242,7 @@ impl Session {
         let mut standby = None;
         if b.freeze_ok {
             if let (Some(plan), Some(lock)) = (b.s.plan.as_ref(), b.lock.as_ref()) {
-                b.r.bulk_sync = freeze::presync(&plan.targets);
+                freeze::presync(&plan.targets);
                 let spare = b.s.spare_guardian.take();
                 standby = Some(b.s.start_guardian(spare, plan, lock, &mut b.r));
             }

@@ -38,33 +38,6 @@ pub use flow::{Abort, BeginOptions, Begun, FreezeMode, SnapshotOutcome, MAX_SNAP
 pub(crate) use hooks::ReadyHook;
 use record::Run;
 
-/// What the pre hooks left dirty is synced *alongside* FIFREEZE, this long
-/// after asking for it, not before it. FIFREEZE first waits for the file
-/// system's writers to drain (`sb_wait_write`: `percpu_down_write` waits
-/// out an RCU grace period before it blocks anyone) — measured on the shared
-/// bench machine, writers went on committing for 8 to 16 ms after FIFREEZE
-/// was called — and nothing is written meanwhile; only then, holding
-/// `s_umount`, does it sync. A `syncfs` that starts in that wait does the delta's writing there,
-/// so FIFREEZE's own sync finds little left; a database a pre hook has
-/// locked, whose writers wait through every step from the lock to the
-/// release, no longer also waits for a separate sync before the freeze
-/// (`db_stall`: see the README). The head start lets FIFREEZE take
-/// `s_umount` first; should the sync win anyway it simply runs before the
-/// freeze, as it used to. Should it come only after the freeze, `syncfs` on
-/// a frozen file system returns at once (nothing is dirty). Consistency
-/// never rests on this sync: FIFREEZE syncs everything itself after it has
-/// blocked writers.
-const DELTA_SYNC_HEAD_START: Duration = Duration::from_micros(200);
-
-/// Only a file system whose bulk sync (before the pre hooks) took at least
-/// this long gets its delta sync alongside FIFREEZE: one being written to.
-/// An idle one is synced right before the freeze, as its delta is next to
-/// nothing and then FIFREEZE's own sync finds nothing at all; a sync thread
-/// running inside the window would lengthen it for every application
-/// (`agents` bench: 1.2× → 1.7× the bare FIFREEZE/FITHAW floor on three
-/// idle mounts).
-const BUSY_SYNC_MS: f64 = 0.5;
-
 /// Where compiled plugins are cached unless `QUIESCE_CACHE_DIR` says otherwise.
 pub const CACHE_DIR_ENV: &str = "QUIESCE_CACHE_DIR";
 
@@ -471,13 +444,10 @@ impl Session {
         }
     }
 
-    /// Freezes through `guardian`, syncing what the pre hooks left dirty
-    /// alongside FIFREEZE's first step (see [`DELTA_SYNC_HEAD_START`]).
+    /// Syncs what the pre hooks left dirty, then freezes through `guardian`.
     fn freeze(&self, plan: &FreezePlan, mut guardian: Guardian, r: &mut Run) -> Option<Guardian> {
-        let (busy, idle): (Vec<freeze::Target>, Vec<freeze::Target>) =
-            plan.targets.iter().cloned().partition(|t| r.bulk_sync.iter().any(|s| s.path == t.path && s.sync_ms >= BUSY_SYNC_MS));
-        let synced_before = freeze::presync(&idle);
-        for s in synced_before.iter().filter(|s| s.error.is_some()) {
+        let synced = freeze::presync(&plan.targets);
+        for s in synced.iter().filter(|s| s.error.is_some()) {
             tracing::warn!("syncfs {} before the freeze failed: {}", s.path.display(), s.error.as_deref().unwrap_or(""));
         }
         // Recorded right before the first FIFREEZE, so `status` says "since" truthfully.
@@ -485,18 +455,6 @@ impl Session {
         self.record_state(r, SessionPhase::Frozen, &targets, Some(&guardian));
         // From the first FIFREEZE until thaw, nothing may be written to disk.
         logging::gate().hold();
-        // No thread, no delta sync of the busy ones: FIFREEZE syncs it all
-        // itself. Joined after the thaw: waiting for it here would put the
-        // rest of its work inside the window.
-        if !busy.is_empty() {
-            r.delta_sync = std::thread::Builder::new()
-                .name("delta-sync".into())
-                .spawn(move || {
-                    std::thread::sleep(DELTA_SYNC_HEAD_START);
-                    freeze::presync(&busy)
-                })
-                .ok();
-        }
         match guardian.freeze() {
             Ok(frozen) => {
                 r.first_freeze_ns = frozen.first_freeze_ns;
@@ -507,12 +465,7 @@ impl Session {
                     r.freeze.mounts.push(MountReport {
                         path: m.path.clone(),
                         fs_type: m.fs_type.clone(),
-                        sync_ms: [&r.bulk_sync, &synced_before]
-                            .iter()
-                            .flat_map(|v| v.iter())
-                            .filter(|s| s.path == m.path)
-                            .map(|s| s.sync_ms)
-                            .reduce(|a, b| a + b),
+                        sync_ms: synced.iter().find(|s| s.path == m.path).map(|s| s.sync_ms),
                         freeze_ms: m.freeze_ms,
                         thaw_ms: None,
                     });
@@ -520,7 +473,6 @@ impl Session {
                 Some(guardian)
             }
             Err(failure) => {
-                join_delta_sync(r);
                 // Thawing back what it froze before the failure can fail too.
                 r.freeze.still_frozen = failure.thawed_back.iter().filter(|t| t.still_frozen).map(|t| t.path.clone()).collect();
                 if r.freeze.still_frozen.is_empty() {
@@ -626,9 +578,7 @@ impl Session {
     /// Thaws and records it, including the mounts still frozen because
     /// FITHAW kept failing (the guardian keeps trying; see `freeze::Guardian`).
     fn thaw(&self, mut guardian: Guardian, r: &mut Run) {
-        let thawed = guardian.thaw();
-        join_delta_sync(r);
-        match thawed {
+        match guardian.thaw() {
             Ok(thawed) => {
                 let still: Vec<PathBuf> = thawed.mounts.iter().filter(|m| m.still_frozen).map(|m| m.path.clone()).collect();
                 for m in &thawed.mounts {
@@ -723,21 +673,6 @@ impl Session {
             guardian_pid: guardian.map(|g| g.pid()),
             max_freeze_s: self.max_freeze.as_secs_f64(),
         });
-    }
-}
-
-/// Waits for the sync that ran alongside the freeze (after the thaw: on a
-/// frozen file system it may have had to wait) and puts its times into the
-/// report.
-fn join_delta_sync(r: &mut Run) {
-    let Some(synced) = r.delta_sync.take().and_then(|h| h.join().ok()) else { return };
-    for s in &synced {
-        if let Some(e) = &s.error {
-            tracing::warn!("syncfs {} alongside the freeze failed: {e}", s.path.display());
-        }
-        if let Some(m) = r.freeze.mounts.iter_mut().find(|m| m.path == s.path) {
-            m.sync_ms = Some(m.sync_ms.unwrap_or(0.0) + s.sync_ms);
-        }
     }
 }
 

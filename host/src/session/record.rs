@@ -35,11 +35,6 @@ pub(super) struct Run {
     pub external_freeze: bool,
     pub interrupted_by: Option<String>,
     pub artifacts: Vec<ArtifactReport>,
-    /// The sync that runs alongside the freeze, joined only after the thaw
-    /// (see `Session::freeze`).
-    pub delta_sync: Option<std::thread::JoinHandle<Vec<crate::freeze::SyncTiming>>>,
-    /// The bulk sync before the pre hooks: which file systems are being written to.
-    pub bulk_sync: Vec<crate::freeze::SyncTiming>,
 }
 
 impl Run {
@@ -69,8 +64,6 @@ impl Run {
             external_freeze,
             interrupted_by: None,
             artifacts: Vec::new(),
-            delta_sync: None,
-            bulk_sync: Vec::new(),
         }
     }
 
