@@ -16,7 +16,8 @@ use quiesce::freeze::{
     is_frozen as probe_frozen, plan, thaw_mounts, FreezeError, FreezePlan, Guardian, Selection, Spare, ThawOutcome, ThawReason,
 };
 use quiesce_tests::{
-    alive, is_frozen, quiesce, quiesce_bin, run_json, sh, writable_within, BindMount, ForeignFreeze, Fs, LoopMount, Scratch, WriteProbe,
+    alive, gone_within, is_frozen, quiesce, quiesce_bin, run_json, sh, writable_within, BindMount, ForeignFreeze, Fs, LoopMount, Scratch,
+    WriteProbe,
 };
 
 fn plan_for(mounts: &[&Path]) -> FreezePlan {
@@ -198,10 +199,7 @@ fn a_spare_guardian_refuses_more_targets_than_it_has_room_for_and_a_dead_one_can
     let spare = Spare::fork(4).expect("fork");
     // SAFETY: plain kill(2) of our own child.
     assert_eq!(unsafe { libc::kill(spare.pid(), libc::SIGKILL) }, 0);
-    let t = Instant::now();
-    while alive(spare.pid()) && t.elapsed() < Duration::from_secs(5) {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    assert!(gone_within(spare.pid(), Duration::from_secs(5)), "the killed spare is gone");
     assert!(spare.arm(&plan, Duration::from_secs(30), &[]).is_err(), "a dead spare cannot be armed");
     assert!(!is_frozen(a.path()) && !is_frozen(b.path()));
 }
@@ -369,11 +367,7 @@ fn guardian_thaws_when_host_dies() {
         assert!(w.is_some(), "{} still frozen 1 s after the host died", m.path().display());
     }
     assert!(killed.elapsed() < Duration::from_secs(5));
-    let t = Instant::now();
-    while alive(guardian_pid) && t.elapsed() < Duration::from_secs(2) {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert!(!alive(guardian_pid), "the guardian exits after thawing");
+    assert!(gone_within(guardian_pid, Duration::from_secs(2)), "the guardian exits after thawing");
 }
 
 #[test]

@@ -606,9 +606,7 @@ fn the_service_freezes_through_a_guardian_it_forked_ahead_and_forks_anew_when_th
     assert_ne!(next, spare, "a guardian serves one session");
     // SAFETY: plain kill(2) of the service's idle spare guardian.
     assert_eq!(unsafe { libc::kill(next, libc::SIGKILL) }, 0);
-    while alive(next) {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    assert!(gone_within(next, Duration::from_secs(5)), "the killed spare is gone");
     let begun = f.begin(&svc, "native");
     assert_eq!(begun["proceed"], true, "a session forks its own guardian when the spare is gone: {begun}");
     assert!(is_frozen(f.mnt.path()));
