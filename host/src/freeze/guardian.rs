@@ -768,11 +768,15 @@ impl Spare {
     /// until it exits.
     pub fn arm(self, plan: &FreezePlan, max_freeze: Duration, keep_fds: &[RawFd]) -> Result<Guardian, FreezeError> {
         let Spare { mut guardian, capacity } = self;
-        if plan.targets.len() > capacity || keep_fds.len() > KEEP_CAP {
-            return Err(FreezeError::GuardianStart {
-                what: "arm",
-                source: io::Error::other(format!("{} targets for a guardian with room for {capacity}", plan.targets.len())),
-            });
+        let room = |what: &str, n: usize, cap: usize| FreezeError::GuardianStart {
+            what: "arm",
+            source: io::Error::other(format!("{n} {what} for a guardian with room for {cap}")),
+        };
+        if plan.targets.len() > capacity {
+            return Err(room("targets", plan.targets.len(), capacity));
+        }
+        if keep_fds.len() > KEEP_CAP {
+            return Err(room("fds to keep", keep_fds.len(), KEEP_CAP));
         }
         let fds: Vec<OwnedFd> = plan.targets.iter().map(open_target).collect::<Result<_, _>>()?;
         let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
