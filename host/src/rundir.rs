@@ -60,10 +60,11 @@ pub enum LockError {
 #[derive(Debug, Clone)]
 pub struct RunDir {
     pub path: PathBuf,
-    /// The directory as checked when [`RunDir::lock`] took the session
+    /// The directory as checked when [`RunDir::lock`] last took the session
     /// lock: the session's state records go there without walking and
-    /// checking the path again each time (a session writes several).
-    locked_dir: std::sync::Arc<std::sync::OnceLock<OwnedFd>>,
+    /// checking the path again each time (a session writes several). Each
+    /// `lock` replaces it, so a RunDir used again sees the directory anew.
+    locked_dir: std::sync::Arc<std::sync::Mutex<Option<std::sync::Arc<OwnedFd>>>>,
 }
 
 impl RunDir {
@@ -128,7 +129,7 @@ impl RunDir {
                 let _ = lock.set_len(0);
                 let _ = write!(&mut *lock, "{}", std::process::id());
                 if let Some(dir) = keep {
-                    let _ = self.locked_dir.set(dir);
+                    *self.locked_dir.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::sync::Arc::new(dir));
                 }
                 Ok(SessionLock { lock })
             }
@@ -172,10 +173,16 @@ impl RunDir {
     fn try_write_state(&self, state: &SessionState) -> Result<(), LockError> {
         let io_err = |source: io::Error| LockError::Io { path: self.path.join(STATE_FILE), source };
         let bytes = serde_json::to_vec_pretty(state).map_err(|e| io_err(io::Error::other(e)))?;
-        if let Some(dir) = self.locked_dir.get() {
-            return crate::atomic::replace(dir, STATE_FILE, &bytes, 0o600, false).map_err(io_err);
-        }
-        crate::atomic::replace(&self.ensure()?, STATE_FILE, &bytes, 0o600, false).map_err(io_err)
+        let dir = match self.locked() {
+            Some(dir) => dir,
+            None => std::sync::Arc::new(self.ensure()?),
+        };
+        crate::atomic::replace(&dir, STATE_FILE, &bytes, 0o600, false).map_err(io_err)
+    }
+
+    /// The directory checked by the last [`RunDir::lock`], if any.
+    fn locked(&self) -> Option<std::sync::Arc<OwnedFd>> {
+        self.locked_dir.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The state a running session recorded, if any (read only).
@@ -186,14 +193,8 @@ impl RunDir {
     }
 
     pub fn clear_state(&self) {
-        let unlink = |dir: &OwnedFd| nix::unistd::unlinkat(dir, STATE_FILE, nix::unistd::UnlinkatFlags::NoRemoveDir);
-        match self.locked_dir.get() {
-            Some(dir) => drop(unlink(dir)),
-            None => {
-                if let Ok(dir) = self.open_dir() {
-                    let _ = unlink(&dir);
-                }
-            }
+        if let Some(dir) = self.locked().or_else(|| self.open_dir().ok().map(std::sync::Arc::new)) {
+            let _ = nix::unistd::unlinkat(&*dir, STATE_FILE, nix::unistd::UnlinkatFlags::NoRemoveDir);
         }
     }
 }
