@@ -212,9 +212,30 @@ impl Session {
             return b;
         }
 
-        // 1. Validate every script and plugin before anything runs or freezes.
-        let Validation { hooks, freeze_problems } = b.s.validate();
-        b.hooks = hooks;
+        // 1. Whether the freeze can happen, then every script and plugin
+        // validated, before anything runs or freezes.
+        let freeze_problems = b.s.freeze_problems();
+        b.freeze_ok = freeze_problems.is_empty();
+        b.r.errors.extend(freeze_problems);
+        let refuse_freeze = !b.freeze_ok && b.s.config.freeze.on_failure == OnFailure::Abort;
+
+        // 2. Before the pre hooks take their locks, what need not be inside
+        // them: the bulk of the dirty data is written out and the guardian
+        // is started (it waits, holding nothing frozen, until the freeze).
+        // A database paused from its pre until its post stalls its writers
+        // through every step in between. Neither runs a hook, so both come
+        // before the wait for the plugins, which have been loading on a
+        // thread of their own since `prepare`.
+        let mut standby = None;
+        if b.freeze_ok {
+            if let (Some(plan), Some(lock)) = (b.s.plan.as_ref(), b.lock.as_ref()) {
+                freeze::presync(&plan.targets);
+                let spare = b.s.spare_guardian.take();
+                standby = Some(b.s.start_guardian(spare, plan, lock, &mut b.r));
+            }
+        }
+
+        b.hooks = b.s.validate_hooks();
         for h in &b.hooks {
             if let Some(e) = h.refused() {
                 tracing::error!("hook {} refused: {}", h.spec.name, e.message);
@@ -224,28 +245,12 @@ impl Session {
                 b.r.warnings.push(format!("hook {}: {w}", h.spec.name));
             }
         }
-        b.freeze_ok = freeze_problems.is_empty();
-        b.r.errors.extend(freeze_problems);
-        if !b.freeze_ok && b.s.config.freeze.on_failure == OnFailure::Abort {
+        if refuse_freeze {
             tracing::error!("freeze is impossible and the policy is to abort: no hook runs, no snapshot");
             for h in &b.hooks {
                 b.r.skipped(&h.spec.name, h.kind(), "freeze impossible; session aborted before any hook");
             }
             return b;
-        }
-
-        // 2. Before the pre hooks take their locks, what need not be inside
-        // them: the bulk of the dirty data is written out and the guardian
-        // is started (it waits, holding nothing frozen, until the freeze).
-        // A database paused from its pre until its post stalls its writers
-        // through every step in between.
-        let mut standby = None;
-        if b.freeze_ok {
-            if let (Some(plan), Some(lock)) = (b.s.plan.as_ref(), b.lock.as_ref()) {
-                freeze::presync(&plan.targets);
-                let spare = b.s.spare_guardian.take();
-                standby = Some(b.s.start_guardian(spare, plan, lock, &mut b.r));
-            }
         }
 
         // 3. Pre hooks, in order.

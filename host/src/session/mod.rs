@@ -168,9 +168,10 @@ pub struct Session {
 
 /// A one-shot process starts its WebAssembly engine and loads its plugins
 /// (trust checks, read, cache or compile) on a thread of its own from
-/// `prepare` on, while the session plans the freeze, takes its lock and
-/// checks its room; `validate` takes the engine and what it loaded. The same
-/// load, started earlier: the checks happen on the file it then uses.
+/// `prepare` on, while the session plans the freeze, takes its lock, checks
+/// its room, syncs and starts the guardian; `validate_hooks` takes the engine
+/// and what it loaded. The same load, started earlier: the checks happen on
+/// the file it then uses.
 type Preload = std::thread::JoinHandle<(Option<WasmEngine>, Vec<(PathBuf, Result<Plugin, PluginError>)>)>;
 
 /// Step 1's verdict: see [`Session::validate`].
@@ -323,12 +324,17 @@ impl Session {
     /// with it and `quiesce check` shows it, so the two cannot disagree.
     /// Runs nothing, freezes nothing.
     pub(crate) fn validate(&self) -> Validation {
+        Validation { hooks: self.validate_hooks(), freeze_problems: self.freeze_problems() }
+    }
+
+    /// Every hook checked: scripts opened, plugins loaded (waiting for the
+    /// preload thread, if one was started).
+    fn validate_hooks(&self) -> Vec<ReadyHook> {
         let preload = self.preload.lock().unwrap_or_else(|p| p.into_inner()).take();
         // A panic on the loading thread only costs the head start.
         let (preloaded, mut loaded) = preload.and_then(|h| h.join().ok()).unwrap_or_default();
         let engine = preloaded.or_else(|| self.wasm_engine());
-        let hooks = self
-            .config
+        self.config
             .hooks
             .iter()
             .map(|h| {
@@ -338,8 +344,7 @@ impl Session {
                 };
                 ReadyHook::validate_loaded(h, engine.as_ref(), mine)
             })
-            .collect();
-        Validation { hooks, freeze_problems: self.freeze_problems() }
+            .collect()
     }
 
     /// The WebAssembly runtime, started only when a hook needs it.
