@@ -18,6 +18,7 @@ pub mod interrupt;
 pub mod logging;
 pub mod metrics;
 pub mod points;
+mod rawsys;
 pub mod report;
 pub mod rundir;
 pub mod serde_path;

@@ -11,13 +11,18 @@
 //! std cannot spawn with clone3, so this is a small, complete spawner for
 //! what quiesce runs: argv, an explicit environment (nothing inherited),
 //! stdin `/dev/null`, stdout/stderr piped, cwd, an optional new process
-//! group. The child runs only async-signal-safe calls between clone and
-//! exec (the host is multi-threaded); an exec failure comes back through a
-//! close-on-exec pipe, as std does it. The child is watched through a
-//! pidfd, so no SIGCHLD handler or pid reuse is involved. The clone is
-//! fork-like (the host's page tables are copied): about 0.5 ms per spawn
-//! more than posix_spawn's vfork here; sharing the address space instead
-//! would need a separate stack and assembly, for half a millisecond.
+//! group. The child is watched through a pidfd, so no SIGCHLD handler or
+//! pid reuse is involved.
+//!
+//! The child shares the host's memory until it execs (`CLONE_VM |
+//! CLONE_VFORK`, what posix_spawn does): a fork-like clone copies the page
+//! tables of a host with a loaded WebAssembly engine, 0.3–0.5 ms per spawn —
+//! and the snapshot command is spawned inside the freeze window. The cloning
+//! thread waits until the child has exec'd or exited; the child runs on a
+//! stack of its own, with every signal blocked until just before exec (a
+//! host handler must never run in it), making raw syscalls only on data
+//! prepared before the clone (see `rawsys`); a failure before exec is left
+//! in that shared data, as an errno.
 //!
 //! Kernels without `CLONE_INTO_CGROUP` (< 5.7) get a plain fork-like clone3
 //! whose child joins the cgroup itself before exec (the slow but still
@@ -37,6 +42,8 @@ use tokio::net::unix::pipe;
 
 const CLONE_PIDFD: u64 = 0x1000;
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+const CLONE_VM: u64 = libc::CLONE_VM as u64;
+const CLONE_VFORK: u64 = libc::CLONE_VFORK as u64;
 
 /// `struct clone_args` as of Linux 5.7 (`CLONE_ARGS_SIZE_VER2`).
 #[repr(C)]
@@ -191,17 +198,6 @@ fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
-fn clone3(args: &mut CloneArgs) -> io::Result<libc::pid_t> {
-    // SAFETY: a fork-like clone (no CLONE_VM, no new stack): the child gets
-    // a copy of the address space and returns here with 0.
-    let r = unsafe { libc::syscall(libc::SYS_clone3, args as *mut CloneArgs, std::mem::size_of::<CloneArgs>()) };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r as libc::pid_t)
-    }
-}
-
 /// Everything the child needs, prepared before the clone (after it, only
 /// async-signal-safe calls are allowed).
 struct Prepared {
@@ -245,83 +241,56 @@ pub(super) fn spawn(spec: &Spec, target: Target<'_>, pdeathsig: bool) -> io::Res
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
     let (out_w, err_w) = (above_stdio(out_w)?, above_stdio(err_w)?);
-    let (report_r, report_w) = pipe()?;
-    let mut empty: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: initialising a local sigset.
-    unsafe { libc::sigemptyset(&mut empty) };
-    let mut dfl: libc::sigaction = unsafe { std::mem::zeroed() };
-    dfl.sa_sigaction = libc::SIG_DFL;
-
+    let mut ctx = ChildCtx {
+        program: p.program.as_ptr(),
+        argv: argv.as_ptr(),
+        envp: envp.as_ptr(),
+        cwd: p.cwd.as_ptr(),
+        stdio: [null.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()],
+        join: -1,
+        // SAFETY: getpid has no preconditions.
+        host_pid: unsafe { libc::getpid() },
+        pdeathsig,
+        process_group: p.process_group,
+        failed: 0,
+    };
+    let mut stack: Box<[u128]> = vec![0u128; CHILD_STACK_WORDS].into_boxed_slice();
     let mut pidfd: RawFd = -1;
-    let mut args =
-        CloneArgs { flags: CLONE_PIDFD, pidfd: &mut pidfd as *mut RawFd as u64, exit_signal: libc::SIGCHLD as u64, ..Default::default() };
-    let mut join: RawFd = -1;
-    // SAFETY: getpid has no preconditions.
-    let host_pid = unsafe { libc::getpid() };
+    let mut args = CloneArgs {
+        flags: CLONE_PIDFD | CLONE_VM | CLONE_VFORK,
+        pidfd: &mut pidfd as *mut RawFd as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: stack.as_mut_ptr() as u64,
+        stack_size: std::mem::size_of_val(&*stack) as u64,
+        ..Default::default()
+    };
     let pid = match target {
         Target::Cgroup { dir, procs } => {
             args.flags |= CLONE_INTO_CGROUP;
             args.cgroup = dir.as_raw_fd() as u64;
-            match clone3(&mut args) {
+            match clone_child(&mut args, std::mem::size_of::<CloneArgs>(), &mut ctx) {
                 // Before Linux 5.7 the larger struct is E2BIG, the flag EINVAL.
                 Err(e) if matches!(e.raw_os_error(), Some(libc::E2BIG) | Some(libc::EINVAL)) => {
                     args.flags &= !CLONE_INTO_CGROUP;
                     args.cgroup = 0;
-                    join = procs.as_raw_fd();
-                    clone3_v0(&mut args)?
+                    ctx.join = procs.as_raw_fd();
+                    clone_child(&mut args, CLONE_ARGS_SIZE_VER0, &mut ctx)?
                 }
                 other => other?,
             }
         }
-        Target::Here => clone3(&mut args)?,
+        Target::Here => clone_child(&mut args, std::mem::size_of::<CloneArgs>(), &mut ctx)?,
     };
-    if pid == 0 {
-        // The child. SAFETY: only async-signal-safe calls on data prepared
-        // before the clone; never returns.
-        unsafe {
-            let report = report_w.as_raw_fd();
-            if join >= 0 && libc::write(join, b"0".as_ptr().cast(), 1) != 1 {
-                child_fail(report);
-            }
-            // Ignored signals survive exec; Rust ignores SIGPIPE. Undo that,
-            // and any blocked mask of the cloning thread.
-            libc::sigaction(libc::SIGPIPE, &dfl, std::ptr::null_mut());
-            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-            // The host may have died before the prctl: then we are already
-            // someone else's child, and must not run.
-            if pdeathsig
-                && (libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 || libc::getppid() != host_pid)
-            {
-                child_fail(report);
-            }
-            if p.process_group && libc::setpgid(0, 0) != 0 {
-                child_fail(report);
-            }
-            if libc::dup2(null.as_raw_fd(), 0) < 0 || libc::dup2(out_w.as_raw_fd(), 1) < 0 || libc::dup2(err_w.as_raw_fd(), 2) < 0 {
-                child_fail(report);
-            }
-            if libc::chdir(p.cwd.as_ptr()) != 0 {
-                child_fail(report);
-            }
-            libc::execve(p.program.as_ptr(), argv.as_ptr(), envp.as_ptr());
-            child_fail(report)
-        }
-    }
+    // CLONE_VFORK: the child has exec'd or exited by now; its stack is free.
+    drop(stack);
     // SAFETY: CLONE_PIDFD stored a new pidfd that we own.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-    drop((out_w, err_w, report_w, null));
-    // Exec closes the report pipe (close-on-exec); a failure writes errno.
-    let mut buf = [0u8; 4];
-    let n = loop {
-        // SAFETY: reading into a local buffer.
-        let n = unsafe { libc::read(report_r.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n >= 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            break n;
-        }
-    };
-    if n == 4 {
+    drop((out_w, err_w, null));
+    // SAFETY: the child wrote it (if at all) before it exited.
+    let failed = unsafe { std::ptr::read_volatile(&ctx.failed) };
+    if failed != 0 {
         let _ = waitid(Id::PIDFd(pidfd.as_fd()), WaitPidFlag::WEXITED);
-        return Err(io::Error::from_raw_os_error(i32::from_ne_bytes(buf)));
+        return Err(io::Error::from_raw_os_error(failed));
     }
     let receiver = |fd: OwnedFd| -> io::Result<pipe::Receiver> {
         nix::fcntl::fcntl(fd.as_fd(), nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK)).map_err(io::Error::from)?;
@@ -337,27 +306,273 @@ pub(super) fn spawn(spec: &Spec, target: Target<'_>, pdeathsig: bool) -> io::Res
     })
 }
 
-/// In the child: report errno through the report pipe and exit.
-/// SAFETY: async-signal-safe (write, _exit).
-unsafe fn child_fail(fd: RawFd) -> ! {
-    let b = (*libc::__errno_location()).to_ne_bytes();
-    libc::write(fd, b.as_ptr().cast(), b.len());
-    libc::_exit(127)
+/// The child's stack until it execs: [`child_main`] makes a dozen raw
+/// syscalls, a few hundred bytes. 64 KiB of u128: 16-byte aligned.
+const CHILD_STACK_WORDS: usize = 4096;
+
+/// `struct clone_args` as of Linux 5.3 (no cgroup field).
+const CLONE_ARGS_SIZE_VER0: usize = 64;
+
+/// Everything the child reads, prepared before the clone: plain values and
+/// pointers into memory of the `spawn` frame, which CLONE_VFORK keeps
+/// suspended (and so unchanged) until the child has exec'd or exited.
+#[repr(C)]
+struct ChildCtx {
+    program: *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+    cwd: *const libc::c_char,
+    /// Dup'ed onto 0, 1, 2 (each > 2, see [`above_stdio`]).
+    stdio: [RawFd; 3],
+    /// `cgroup.procs` to join (kernels without CLONE_INTO_CGROUP), or -1.
+    join: RawFd,
+    host_pid: libc::pid_t,
+    pdeathsig: bool,
+    process_group: bool,
+    /// Written by the child when a step before exec failed: its errno.
+    failed: i32,
 }
 
-/// clone3 with the Linux 5.3 struct size (no cgroup field).
-fn clone3_v0(args: &mut CloneArgs) -> io::Result<libc::pid_t> {
-    const SIZE_VER0: usize = 64;
-    // SAFETY: as in `clone3`; the kernel reads only the first 64 bytes.
-    let r = unsafe { libc::syscall(libc::SYS_clone3, args as *mut CloneArgs, SIZE_VER0) };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r as libc::pid_t)
+/// Clones the child (sharing the host's memory until it execs, with the
+/// calling thread suspended meanwhile) with every signal blocked, so that
+/// no host handler runs on the child's stack before it has reset them.
+fn clone_child(args: &mut CloneArgs, size: usize, ctx: &mut ChildCtx) -> io::Result<libc::pid_t> {
+    // SAFETY: sigset_t is plain data; the old mask is restored right after.
+    // The child runs `child_main` on `args.stack` and reads only `ctx`.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        let r = crate::rawsys::clone3_on_stack((args as *mut CloneArgs).cast(), size, child_main, (ctx as *mut ChildCtx).cast());
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        if r < 0 {
+            Err(io::Error::from_raw_os_error((-r) as i32))
+        } else {
+            Ok(r as libc::pid_t)
+        }
+    }
+}
+
+/// The child, from clone to exec: raw syscalls only (it shares the host's
+/// memory and its cloning thread's TLS), on data prepared before the clone.
+extern "C" fn child_main(arg: *mut libc::c_void) -> ! {
+    use crate::rawsys::syscall5 as sys;
+    use libc::c_long;
+    // SAFETY: `arg` is the ChildCtx that `clone_child` passed; its pointers
+    // stay valid while the parent is suspended. Every call is a raw syscall.
+    unsafe {
+        let c = &mut *arg.cast::<ChildCtx>();
+        let fail = |c: &mut ChildCtx, r: c_long| -> ! {
+            std::ptr::write_volatile(&mut c.failed, if r < 0 { (-r) as i32 } else { libc::EIO });
+            sys(libc::SYS_exit, 127, 0, 0, 0, 0);
+            std::hint::unreachable_unchecked()
+        };
+        if c.join >= 0 {
+            let r = sys(libc::SYS_write, c.join as c_long, b"0".as_ptr() as c_long, 1, 0, 0);
+            if r != 1 {
+                fail(c, r);
+            }
+        }
+        // The host's handlers must not run here (they would act on the
+        // host's memory): caught signals to default. Ignored ones stay
+        // ignored across exec, as usual — but Rust ignores SIGPIPE.
+        // (No CLONE_SIGHAND: this changes the child's table only.)
+        let default = [0u64; 4];
+        for sig in 1..65 {
+            if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+                continue;
+            }
+            let mut old = [0u64; 4];
+            if sys(libc::SYS_rt_sigaction, sig as c_long, 0, old.as_mut_ptr() as c_long, 8, 0) != 0 {
+                continue;
+            }
+            let handler = old[0] as libc::sighandler_t;
+            if sig == libc::SIGPIPE || (handler != libc::SIG_DFL && handler != libc::SIG_IGN) {
+                sys(libc::SYS_rt_sigaction, sig as c_long, default.as_ptr() as c_long, 0, 8, 0);
+            }
+        }
+        // The host may have died before the prctl: then we are already
+        // someone else's child, and must not run.
+        if c.pdeathsig {
+            let r = sys(libc::SYS_prctl, libc::PR_SET_PDEATHSIG as c_long, libc::SIGKILL as c_long, 0, 0, 0);
+            if r != 0 {
+                fail(c, r);
+            }
+            if sys(libc::SYS_getppid, 0, 0, 0, 0, 0) != c.host_pid as c_long {
+                fail(c, -(libc::ESRCH as c_long));
+            }
+        }
+        if c.process_group {
+            let r = sys(libc::SYS_setpgid, 0, 0, 0, 0, 0);
+            if r != 0 {
+                fail(c, r);
+            }
+        }
+        for (to, from) in c.stdio.into_iter().enumerate() {
+            // dup3, not dup2 (arm64 has no dup2); never equal fds (each > 2).
+            let r = sys(libc::SYS_dup3, from as c_long, to as c_long, 0, 0, 0);
+            if r < 0 {
+                fail(c, r);
+            }
+        }
+        let r = sys(libc::SYS_chdir, c.cwd as c_long, 0, 0, 0, 0);
+        if r != 0 {
+            fail(c, r);
+        }
+        // Last: unblocked, a signal kills (or stops) the child as the program would.
+        let empty = 0u64;
+        sys(libc::SYS_rt_sigprocmask, libc::SIG_SETMASK as c_long, &empty as *const u64 as c_long, 0, 8, 0);
+        let r = sys(libc::SYS_execve, c.program as c_long, c.argv as c_long, c.envp as c_long, 0, 0);
+        fail(c, r)
     }
 }
 
 /// A directory fd for CLONE_INTO_CGROUP.
 pub(super) fn open_dir(dir: &Path) -> io::Result<OwnedFd> {
     std::fs::File::open(dir).map(OwnedFd::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_io().build().expect("runtime")
+    }
+
+    fn spec(program: &str, args: &[&str]) -> Spec {
+        let mut s = Spec::new(program);
+        for a in args {
+            s.arg(a);
+        }
+        s
+    }
+
+    /// Runs `spec` (not contained: the spawner on its own) and returns its stdout.
+    fn stdout_of(spec: &Spec) -> String {
+        runtime().block_on(async {
+            let mut child = spawn(spec, Target::Here, false).expect("spawn");
+            let mut out = String::new();
+            child.stdout.take().expect("stdout").read_to_string(&mut out).await.expect("read");
+            assert!(child.wait().await.expect("wait").success(), "{spec:?}: {out}");
+            out
+        })
+    }
+
+    /// A `Sig*:` mask of /proc/PID/status.
+    fn mask(status: &str, field: &str) -> u64 {
+        let line = status.lines().find(|l| l.starts_with(field)).unwrap_or_else(|| panic!("no {field} in {status}"));
+        u64::from_str_radix(line[field.len()..].trim(), 16).expect("hex mask")
+    }
+
+    fn bit(sig: libc::c_int) -> u64 {
+        1 << (sig - 1)
+    }
+
+    extern "C" fn caught(_: libc::c_int) {}
+
+    fn set_handler(sig: libc::c_int, handler: libc::sighandler_t) {
+        // SAFETY: plain sigaction on a signal no other test uses.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = handler;
+            assert_eq!(libc::sigaction(sig, &sa, std::ptr::null_mut()), 0);
+        }
+    }
+
+    fn handler_of(sig: libc::c_int) -> libc::sighandler_t {
+        // SAFETY: querying only.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            libc::sigaction(sig, std::ptr::null(), &mut sa);
+            sa.sa_sigaction
+        }
+    }
+
+    fn thread_mask() -> libc::sigset_t {
+        // SAFETY: querying this thread's mask only.
+        unsafe {
+            let mut m: libc::sigset_t = std::mem::zeroed();
+            libc::pthread_sigmask(libc::SIG_SETMASK, std::ptr::null(), &mut m);
+            m
+        }
+    }
+
+    #[test]
+    fn a_child_starts_with_nothing_blocked_no_host_handler_and_sigpipe_at_default_and_the_host_keeps_its_own() {
+        // The host: a caught signal, an ignored one, SIGPIPE ignored (Rust),
+        // and a signal blocked on the spawning thread.
+        set_handler(libc::SIGUSR1, caught as *const () as libc::sighandler_t);
+        set_handler(libc::SIGUSR2, libc::SIG_IGN);
+        assert_eq!(handler_of(libc::SIGPIPE), libc::SIG_IGN, "Rust ignores SIGPIPE");
+        // SAFETY: blocking one signal on this test's thread.
+        let before = unsafe {
+            let mut m: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut m);
+            libc::sigaddset(&mut m, libc::SIGWINCH);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &m, std::ptr::null_mut());
+            thread_mask()
+        };
+
+        let status = stdout_of(&spec("/bin/cat", &["/proc/self/status"]));
+
+        assert_eq!(mask(&status, "SigBlk:"), 0, "the spawning thread's mask (and the clone's all-blocked one) is not inherited");
+        assert_eq!(mask(&status, "SigCgt:"), 0, "no host handler survives into the child");
+        let ignored = mask(&status, "SigIgn:");
+        assert_eq!(ignored & bit(libc::SIGPIPE), 0, "SIGPIPE back to default");
+        assert_ne!(ignored & bit(libc::SIGUSR2), 0, "an ignored signal stays ignored, as across any exec");
+        // The child shared the host's memory, never its signal table or this thread's mask.
+        assert_eq!(handler_of(libc::SIGUSR1), caught as *const () as libc::sighandler_t);
+        assert_eq!(handler_of(libc::SIGPIPE), libc::SIG_IGN);
+        let after = thread_mask();
+        // SAFETY: sigismember on initialised sets.
+        unsafe {
+            for sig in 1..65 {
+                assert_eq!(libc::sigismember(&before, sig), libc::sigismember(&after, sig), "signal {sig} in the thread's mask");
+            }
+        }
+    }
+
+    #[test]
+    fn a_child_gets_exactly_its_environment_its_directory_and_a_process_group_of_its_own() {
+        let mut s = spec("/usr/bin/env", &[]);
+        s.env("QUIESCE_SPAWN_TEST", "1").env("PATH", "/usr/bin:/bin");
+        let env = stdout_of(&s);
+        let mut vars: Vec<&str> = env.lines().collect();
+        vars.sort();
+        assert_eq!(vars, ["PATH=/usr/bin:/bin", "QUIESCE_SPAWN_TEST=1"]);
+
+        let mut s = spec("/bin/pwd", &["-P"]);
+        s.cwd = PathBuf::from("/usr");
+        assert_eq!(stdout_of(&s).trim(), "/usr");
+
+        // /proc/self/stat: "pid (comm) state ppid pgrp ...".
+        let stat = stdout_of(&spec("/bin/cat", &["/proc/self/stat"]));
+        let fields: Vec<&str> = stat.rsplit_once(')').expect("comm").1.split_whitespace().collect();
+        let pid: &str = stat.split_whitespace().next().expect("pid");
+        assert_eq!(fields[1], std::process::id().to_string(), "the host's child");
+        assert_eq!(fields[2], pid, "leads a process group of its own");
+    }
+
+    #[test]
+    fn what_cannot_be_started_is_an_error_with_its_errno() {
+        runtime().block_on(async {
+            let missing = spawn(&spec("/nonexistent/quiesce-hook", &[]), Target::Here, false).expect_err("no such program");
+            assert_eq!(missing.raw_os_error(), Some(libc::ENOENT), "{missing}");
+            let mut s = spec("/bin/true", &[]);
+            s.cwd = PathBuf::from("/nonexistent-dir");
+            let no_dir = spawn(&s, Target::Here, false).expect_err("no such directory");
+            assert_eq!(no_dir.raw_os_error(), Some(libc::ENOENT), "{no_dir}");
+            let file = std::env::temp_dir().join(format!("quiesce-spawn-test-{}", std::process::id()));
+            std::fs::write(&file, "#!/bin/sh\n").expect("write");
+            let not_exec = spawn(&Spec::new(&file), Target::Here, false).expect_err("not executable");
+            let _ = std::fs::remove_file(&file);
+            assert_eq!(not_exec.raw_os_error(), Some(libc::EACCES), "{not_exec}");
+            // And the spawner still works after failures.
+            let mut ok = spawn(&spec("/bin/true", &[]), Target::Here, true).expect("spawn");
+            assert!(ok.wait().await.expect("wait").success());
+        });
+    }
 }

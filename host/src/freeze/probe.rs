@@ -132,51 +132,12 @@ extern "C" fn probe_child(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: raw syscalls on plain integers and a static C string.
     unsafe {
         if dirfd > 0 {
-            raw::syscall5(libc::SYS_close_range, 0, dirfd - 1, 0, 0, 0);
+            crate::rawsys::syscall5(libc::SYS_close_range, 0, dirfd - 1, 0, 0, 0);
         }
-        raw::syscall5(libc::SYS_close_range, dirfd + 1, libc::c_long::from(u32::MAX), 0, 0, 0);
-        raw::syscall5(libc::SYS_renameat2, dirfd, name, dirfd, name, 0);
+        crate::rawsys::syscall5(libc::SYS_close_range, dirfd + 1, libc::c_long::from(u32::MAX), 0, 0, 0);
+        crate::rawsys::syscall5(libc::SYS_renameat2, dirfd, name, dirfd, name, 0);
     }
     0
-}
-
-/// Syscalls that leave `errno` alone (the probe child shares the host
-/// thread's TLS). Returns the kernel's value (-errno on failure).
-mod raw {
-    #[cfg(target_arch = "x86_64")]
-    pub(super) unsafe fn syscall5(
-        n: libc::c_long,
-        a: libc::c_long,
-        b: libc::c_long,
-        c: libc::c_long,
-        d: libc::c_long,
-        e: libc::c_long,
-    ) -> libc::c_long {
-        let ret: libc::c_long;
-        // SAFETY: the Linux x86-64 syscall convention; rcx and r11 are clobbered.
-        unsafe {
-            std::arch::asm!("syscall", inlateout("rax") n => ret, in("rdi") a, in("rsi") b, in("rdx") c, in("r10") d, in("r8") e,
-                lateout("rcx") _, lateout("r11") _, options(nostack));
-        }
-        ret
-    }
-
-    #[cfg(target_arch = "aarch64")]
-    pub(super) unsafe fn syscall5(
-        n: libc::c_long,
-        a: libc::c_long,
-        b: libc::c_long,
-        c: libc::c_long,
-        d: libc::c_long,
-        e: libc::c_long,
-    ) -> libc::c_long {
-        let ret: libc::c_long;
-        // SAFETY: the Linux arm64 syscall convention.
-        unsafe {
-            std::arch::asm!("svc 0", in("x8") n, inlateout("x0") a => ret, in("x1") b, in("x2") c, in("x3") d, in("x4") e, options(nostack));
-        }
-        ret
-    }
 }
 
 /// Closes fds `first..=last` (async-signal-safe). Falls back to a loop on

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use super::hooks::PhaseContext;
 use super::record::Run;
-use super::{check_holds, release_log, Fallback, ReadyHook, Session, SessionPhase, Validation};
+use super::{check_holds, release_log, Fallback, ReadyHook, Session, SessionPhase};
 use crate::config::OnFailure;
 use crate::duration;
 use crate::freeze::{self, Guardian};
