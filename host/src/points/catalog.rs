@@ -389,7 +389,9 @@ impl Catalog {
         if st.st_mode & 0o022 != 0 {
             return Err(bad(format!("writable by group or others (mode {:04o}); not trusted", st.st_mode & 0o7777)));
         }
-        let mut buf = Vec::new();
+        // Sized from fstat: one read for the record (plus the one that sees
+        // its end), not a doubling series of small ones; still capped.
+        let mut buf = Vec::with_capacity(usize::try_from(st.st_size).unwrap_or(0).min(MAX_RECORD_BYTES).saturating_add(1));
         File::from(fd)
             .take(MAX_RECORD_BYTES as u64 + 1)
             .read_to_end(&mut buf)
