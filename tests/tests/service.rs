@@ -617,6 +617,36 @@ fn the_service_freezes_through_a_guardian_it_forked_ahead_and_forks_anew_when_th
 }
 
 #[test]
+fn no_spare_guardian_is_kept_while_the_config_turns_freezing_off_and_a_reload_brings_one_or_ends_it() {
+    quiesce_tests::require!(Root);
+    let f = Fixture::new("svc-nofreeze");
+    let off = format!("[freeze]\nenabled = false\n\n{}", f.hook("", "abort"));
+    let config = f.config(&off);
+    let svc = Service::start(&f.s, &config);
+    // A session through the worker, so that its loop has come round since.
+    f.begin(&svc, "none");
+    assert_eq!(end(&svc, json!({}))["exit_code"], 0);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(guardians_of(svc.pid()), Vec::<i32>::new(), "freezing is off: no idle guardian\n{}", svc.log());
+
+    let reload = |text: &str, generation: u64| {
+        f.config(text);
+        // SAFETY: plain kill(2) of the service under test.
+        unsafe { libc::kill(svc.pid() as i32, libc::SIGHUP) };
+        let until = Instant::now() + Duration::from_secs(10);
+        while svc.request(json!({"v":1,"id":2,"op":"version"}))["config_generation"] != generation && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    reload(&f.hook("", "abort"), 2);
+    let spare = spare_of(&svc);
+    reload(&off, 3);
+    // The worker sees the reload as a job: its loop ends the spare then.
+    assert!(gone_within(spare, Duration::from_secs(5)), "the spare ended when freezing was turned off\n{}", svc.log());
+    assert_eq!(guardians_of(svc.pid()), Vec::<i32>::new());
+}
+
+#[test]
 fn plugins_stay_loaded_across_sessions_and_a_changed_file_is_loaded_again() {
     quiesce_tests::require!(Root, Plugins);
     let f = Fixture::new("svc-warm");

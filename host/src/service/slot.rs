@@ -161,8 +161,15 @@ impl Worker {
     pub async fn run(mut self, mut jobs: mpsc::UnboundedReceiver<Job>) {
         let mut interrupt = self.interrupt.clone();
         loop {
-            if self.spare.is_none() && self.current.is_none() {
-                self.spare = Some(std::thread::spawn(|| freeze::Spare::fork(freeze::SPARE_CAPACITY)));
+            // A spare only while a session may freeze: none while the config
+            // turns freezing off (a reload that does ends the one it had).
+            if self.current.is_none() {
+                let may_freeze = !matches!(&self.config, Ok(c) if !c.freeze.enabled);
+                if !may_freeze {
+                    drop(self.take_spare());
+                } else if self.spare.is_none() {
+                    self.spare = Some(std::thread::spawn(|| freeze::Spare::fork(freeze::SPARE_CAPACITY)));
+                }
             }
             let deadline = self.current.as_ref().map(|c| c.deadline);
             let job = tokio::select! {
