@@ -212,6 +212,11 @@ pub struct FreezeReport {
     /// FITHAW calls themselves.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host_ms: Option<f64>,
+    /// RCU grace periods were expedited from the first FIFREEZE to the last
+    /// (`/sys/kernel/rcu_expedited`, put back after): a cold FIFREEZE waits
+    /// for them. Absent when quiesce did not change it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub rcu_expedited: bool,
     /// Set when the guardian thawed on its own (deadline, host gone, signal).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auto_thawed: Option<String>,

@@ -157,6 +157,39 @@ fn freeze_and_thaw_ext4_xfs_btrfs() {
     }
 }
 
+/// A cold FIFREEZE waits for RCU grace periods; the guardian expedites them
+/// for the length of its freeze and puts the global knob back.
+#[test]
+fn a_freeze_expedites_rcu_grace_periods_and_puts_the_knob_back() {
+    quiesce_tests::require!(Root);
+    let knob = Path::new("/sys/kernel/rcu_expedited");
+    let normal = || std::fs::read_to_string(knob).is_ok_and(|v| v.trim() == "0");
+    if !normal() || std::fs::OpenOptions::new().write(true).open(knob).is_err() {
+        eprintln!("skipped: {} is not a writable 0 here", knob.display());
+        return;
+    }
+    let s = Scratch::new("rcu");
+    let a = LoopMount::new(&s.path, "a", Fs::Ext4);
+    // Other tests in this binary freeze in parallel, and a guardian that
+    // finds the knob already set by one of them leaves it alone: a few tries.
+    let mut expedited = false;
+    for _ in 0..5 {
+        let mut g = Guardian::start(&plan_for(&[a.path()]), Duration::from_secs(30), &[]).expect("guardian");
+        let frozen = g.freeze().expect("freeze");
+        g.thaw().expect("thaw");
+        if frozen.rcu_expedited {
+            expedited = true;
+            break;
+        }
+    }
+    assert!(expedited, "the guardian expedited the grace periods of its freeze");
+    let t = Instant::now();
+    while !normal() && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(normal(), "{} is back to 0", knob.display());
+}
+
 #[test]
 fn a_spare_guardian_forked_before_the_plan_freezes_and_thaws_what_it_is_armed_with() {
     quiesce_tests::require!(Root);

@@ -162,6 +162,9 @@ pub struct Frozen {
     pub all_frozen_ns: u64,
     /// When the guardian will thaw by itself (first_freeze_ns + max_freeze).
     pub deadline_ns: u64,
+    /// RCU grace periods were expedited for the freeze (see the report's
+    /// `freeze.rcu_expedited`).
+    pub rcu_expedited: bool,
 }
 
 /// How long one mount took to thaw.
@@ -357,6 +360,8 @@ unsafe fn freeze_all(ctx: &mut ChildCtx) -> u64 {
     let mut deadline = 0u64;
     let n = ctx.n;
     let mut failed: Option<(u32, i32)> = None;
+    // From the first FIFREEZE to the last (see `rcu`).
+    let expedited = super::rcu::expedite();
     for i in 0..n {
         if deadline != 0 && monotonic_ns() >= deadline {
             failed = Some((i as u32, libc::ETIMEDOUT));
@@ -380,10 +385,14 @@ unsafe fn freeze_all(ctx: &mut ChildCtx) -> u64 {
     }
     match failed {
         None => {
-            send(ctx, Event { kind: EV_FREEZE_DONE, index: 0, errno: 0, reason: 0, start_ns: 0, end_ns: monotonic_ns() });
+            let reason = u32::from(expedited >= 0);
+            send(ctx, Event { kind: EV_FREEZE_DONE, index: 0, errno: 0, reason, start_ns: 0, end_ns: monotonic_ns() });
+            // The host goes on meanwhile.
+            super::rcu::restore(expedited);
             deadline
         }
         Some((index, err)) => {
+            super::rcu::restore(expedited);
             // Thaw back only what this guardian froze: an EBUSY mount was
             // frozen by someone else, who will expect to thaw it. One that
             // will not thaw stays in `frozen`; the main loop keeps trying.
@@ -890,12 +899,15 @@ impl Guardian {
                 ))
             }
         }
+        // If the guardian dies between setting the RCU knob and restoring it, the host puts it back.
+        let rcu_was_normal = super::rcu::is_normal();
         if let Err(e) = self.send(CMD_FREEZE) {
             return Err(guardian_failure(format!("cannot reach the guardian (pid {})", self.pid), e));
         }
         let mut frozen: Vec<MountTiming> = Vec::new();
         let mut thawed_back: Vec<ThawTiming> = Vec::new();
         let mut failed: Option<(usize, i32)> = None;
+        let rcu_expedited: bool;
         // FIFREEZE syncs the fs first; on a busy fs that can take long, but a
         // freeze that outlives max_freeze is already a failure.
         let limit = duration::deadline(Instant::now(), self.max_freeze.saturating_add(Duration::from_secs(30)));
@@ -906,6 +918,9 @@ impl Guardian {
                     // The guardian died mid-freeze or hangs in FIFREEZE: thaw what we know it froze.
                     let paths: Vec<PathBuf> = frozen.iter().rev().map(|m| m.path.clone()).collect();
                     let results = thaw_mounts(&paths);
+                    if rcu_was_normal && !super::rcu::is_normal() {
+                        super::rcu::set_normal();
+                    }
                     self.state = State::Gone;
                     let mut f = guardian_failure(format!("the guardian (pid {}) stopped answering during the freeze", self.pid), e);
                     f.thawed_back = results
@@ -951,6 +966,7 @@ impl Guardian {
                     if ev.errno != 0 {
                         failed = Some((ev.index as usize, ev.errno));
                     }
+                    rcu_expedited = ev.reason == 1;
                     break;
                 }
                 _ => {}
@@ -973,7 +989,7 @@ impl Guardian {
         let all = frozen.last().map(|m| m.end_ns).unwrap_or(0);
         let deadline = first.saturating_add(u64::try_from(self.max_freeze.as_nanos()).unwrap_or(u64::MAX));
         self.deadline_ns = deadline;
-        Ok(Frozen { mounts: frozen, first_freeze_ns: first, all_frozen_ns: all, deadline_ns: deadline })
+        Ok(Frozen { mounts: frozen, first_freeze_ns: first, all_frozen_ns: all, deadline_ns: deadline, rcu_expedited })
     }
 
     /// Thaws every target this guardian froze, in reverse order. If the

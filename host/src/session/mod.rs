@@ -464,6 +464,7 @@ impl Session {
             Ok(frozen) => {
                 r.first_freeze_ns = frozen.first_freeze_ns;
                 r.freeze_deadline_ns = frozen.deadline_ns;
+                r.freeze.rcu_expedited = frozen.rcu_expedited;
                 // Logged after the thaw (with the thaw's time): formatting
                 // log records inside the window would lengthen it.
                 for m in &frozen.mounts {
