@@ -111,6 +111,27 @@ async fn lock_is_released_when_the_instance_dies() {
 }
 
 #[tokio::test]
+async fn retiring_an_instance_at_the_sessions_end_closes_its_connections() {
+    require!(Root, Plugins);
+    // A session ends its instances with `Plugin::retire`: the connections
+    // close there (the database releases what they held, even if post did
+    // not), the memory is freed later on the engine's thread.
+    let env = Env::new("wasm-retire");
+    let mut lockd = Lockd::start("tcp:127.0.0.1:0");
+    let target = lockd.target.clone();
+    let plugin = env.load("lockd");
+    let mut cfg = InstanceConfig::new("lockd");
+    cfg.grants = Grants::parse([target.as_str()]).expect("grants");
+    cfg.params = [("target".to_string(), target.clone())].into_iter().collect();
+    let mut inst = plugin.instantiate(cfg).await.expect("instantiate");
+    assert!(inst.pre(&ctx(1)).await.is_success());
+    assert!(lockd.request("STATUS").starts_with("LOCKED"));
+    plugin.retire(inst);
+    lockd.wait_for("closed, lock released", 5 * SECOND);
+    assert_eq!(lockd.request("STATUS"), "UNLOCKED");
+}
+
+#[tokio::test]
 async fn infinite_loop_is_stopped_by_the_epoch_deadline() {
     require!(Root, Plugins);
     let env = Env::new("wasm-loop");

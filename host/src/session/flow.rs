@@ -502,8 +502,11 @@ impl Begun {
                 r.warnings.push(format!("the snapshot keeps the label `Pending`: recording the final one failed: {e}"));
             }
         }
-        // Plugin instances (and their connections) end here, before the lock is released.
-        drop(hooks);
+        // Plugin instances' connections (and a pre script's leftovers) end
+        // here, before the lock is released.
+        for h in hooks {
+            h.close();
+        }
         r.interrupted_by = interrupted.or_else(|| interrupt.fired());
         if let Some(sig) = &r.interrupted_by {
             r.error(ErrorCode::Interrupted, format!("session interrupted by {sig}; thawed and ran post hooks before exiting"));

@@ -97,6 +97,26 @@ impl ReadyHook {
         }
     }
 
+    /// Takes an instance of its plugin made ahead (see `session::Preload`) as
+    /// the one pre will call; a hook that is not a validated plugin hook
+    /// (refused, or with an instance already) retires it unused.
+    pub(super) fn adopt(&mut self, made: PluginInstance) {
+        match &mut self.ready {
+            Ready::Plugin { instance: slot @ None, .. } => *slot = Some(made),
+            Ready::Plugin { plugin, .. } => plugin.retire(made),
+            Ready::Script { .. } | Ready::Refused(_) => drop(made),
+        }
+    }
+
+    /// Ends the hook at the session's end: a plugin instance's connections
+    /// close now (its memory is freed on the engine's thread); what a pre
+    /// script left running is killed as the hook is dropped.
+    pub(super) fn close(self) {
+        if let Ready::Plugin { plugin, instance: Some(instance), .. } = self.ready {
+            plugin.retire(instance);
+        }
+    }
+
     pub fn refused(&self) -> Option<&ReportError> {
         match &self.ready {
             Ready::Refused(e) => Some(e),
@@ -396,7 +416,7 @@ async fn run_plugin(
 
 /// The sandbox a plugin hook's instance gets: the admin's grants and
 /// params, the hook's memory limit and per-call deadline, the output cap.
-fn instance_config(spec: &HookSpec, action: &PluginAction, grants: &Grants) -> InstanceConfig {
+pub(super) fn instance_config(spec: &HookSpec, action: &PluginAction, grants: &Grants) -> InstanceConfig {
     InstanceConfig {
         name: spec.name.clone(),
         grants: grants.clone(),

@@ -15,6 +15,7 @@ use wasmtime::{Config, Engine};
 use super::bindings::{v0_1_0, v0_2_0, WitVersion};
 use super::cache::{hex, sha256, Cache, CacheStatus};
 use super::detect::{self, Kind};
+use super::instance::Leftover;
 use super::plugin::{Loaded, Plugin, PluginPre};
 use super::state::HostState;
 use super::{error_chain, PluginError};
@@ -49,7 +50,7 @@ struct Inner {
     linker_rx: Mutex<Option<mpsc::Receiver<Linked>>>,
     cache: Cache,
     /// Hands what `Drop` retires to the ticker thread, which then stops.
-    retire: Mutex<Option<mpsc::Sender<Retired>>>,
+    retire: Mutex<Option<mpsc::Sender<Retire>>>,
     /// Plugins loaded before, by path, with the identity of the file they
     /// were read from: a long-lived process (the service) loads an unchanged
     /// plugin without reading, verifying or linking it again.
@@ -111,6 +112,14 @@ struct Retired {
     _loaded: HashMap<PathBuf, (FileKey, Arc<Loaded>)>,
 }
 
+/// What the ticker thread frees for the engine's users.
+enum Retire {
+    /// The last clone of the engine is gone: free what it left, then stop.
+    Engine(Box<Retired>),
+    /// What a closed plugin instance left (its memory).
+    Instance(Leftover),
+}
+
 impl Drop for Inner {
     fn drop(&mut self) {
         let retired = Retired {
@@ -120,7 +129,7 @@ impl Drop for Inner {
         // A ticker that is gone already hands it back in the error, which
         // frees it here.
         if let Some(tx) = self.retire.get_mut().unwrap_or_else(|p| p.into_inner()).take() {
-            let _ = tx.send(retired);
+            let _ = tx.send(Retire::Engine(Box::new(retired)));
         }
     }
 }
@@ -147,7 +156,7 @@ impl WasmEngine {
         let engine = Engine::new(&config).map_err(rt)?;
         let ticker_engine = engine.clone();
         let (linker_tx, linker_rx) = mpsc::sync_channel(1);
-        let (retire_tx, retire_rx) = mpsc::channel::<Retired>();
+        let (retire_tx, retire_rx) = mpsc::channel::<Retire>();
         std::thread::Builder::new()
             .name("quiesce-epoch".into())
             .spawn(move || {
@@ -156,8 +165,9 @@ impl WasmEngine {
                 loop {
                     match retire_rx.recv_timeout(EPOCH_TICK) {
                         Err(mpsc::RecvTimeoutError::Timeout) => ticker_engine.increment_epoch(),
+                        Ok(Retire::Instance(leftover)) => drop(leftover),
                         // The last clone is gone: free what it left, stop.
-                        Ok(retired) => {
+                        Ok(Retire::Engine(retired)) => {
                             drop(retired);
                             return;
                         }
@@ -177,6 +187,15 @@ impl WasmEngine {
                 loaded: Mutex::new(HashMap::new()),
             }),
         })
+    }
+
+    /// Frees `leftover` on the ticker thread (here, if that thread is gone).
+    pub(crate) fn free_later(&self, leftover: Leftover) {
+        let tx = self.inner.retire.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(tx) = tx {
+            // A ticker that is gone hands it back in the error: freed here.
+            let _ = tx.send(Retire::Instance(leftover));
+        }
     }
 
     /// The linker the ticker thread built (waiting for it the first time),

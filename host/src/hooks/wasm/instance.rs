@@ -171,6 +171,12 @@ struct Live {
     bindings: Bindings,
 }
 
+/// What a closed instance leaves (see [`PluginInstance::close`]): its store's
+/// memory and tables, nothing outside the process.
+pub(crate) struct Leftover {
+    _live: Live,
+}
+
 pub struct PluginInstance {
     name: String,
     live: Option<Live>,
@@ -257,6 +263,19 @@ impl PluginInstance {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Ends the instance's hold on the outside now — the connections and
+    /// sockets in its resource table close here, so a database releases
+    /// what they held — and returns the rest, only memory, to be freed
+    /// wherever it costs nothing (unmapping a linear memory is a TLB
+    /// shootdown on every core the process runs on). No call may follow.
+    pub(crate) fn close(mut self) -> Option<Leftover> {
+        let mut live = self.live.take()?;
+        let state = live.store.data_mut();
+        drop(std::mem::take(&mut state.table));
+        state.open_connections.clear();
+        Some(Leftover { _live: live })
     }
 
     /// False once a call trapped, timed out or exhausted memory.

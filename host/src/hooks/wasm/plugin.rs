@@ -135,6 +135,14 @@ impl Plugin {
         &self.engine
     }
 
+    /// Ends `instance` (one of this plugin's): its connections close now,
+    /// its memory is freed on the engine's ticker thread.
+    pub fn retire(&self, instance: PluginInstance) {
+        if let Some(leftover) = instance.close() {
+            self.engine.free_later(leftover);
+        }
+    }
+
     /// Calls `describe` in a throw-away instance with no grants (5 s, 64 MiB).
     pub async fn describe(&self) -> Result<PluginInfo, PluginError> {
         let mut cfg = InstanceConfig::new(self.shared.path.display().to_string());
