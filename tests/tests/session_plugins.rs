@@ -206,6 +206,22 @@ fn plugin_memory_bomb_is_stopped_at_its_limit() {
 }
 
 #[test]
+fn a_plugin_that_cannot_be_instantiated_within_its_memory_limit_fails_its_pre_and_others_still_run() {
+    require!(Root, Plugins);
+    // The one-shot makes plugin instances ahead, on its loading thread; one
+    // that fails there is made again at pre, and that is what reports it.
+    let f = Fixture::new("plugin-noinst");
+    let config = f.config(&[f.script_hook(), f.plugin_hook("tiny", "noop", "", &[], "memory_mib = 1\non_failure = \"continue\"")]);
+    let run = run_json(f.session(&config, "true"));
+    assert!(run.has_error("PluginLoadFailed"), "{:?}", run.error_codes());
+    assert!(run.report["errors"].to_string().contains("could not be instantiated"), "{}", run.report["errors"]);
+    assert!(run.report["errors"].to_string().contains("memory"), "{}", run.report["errors"]);
+    assert!(run.report["snapshot_taken"].as_bool().unwrap_or(false), "{}", run.report);
+    assert_eq!(run.consistency(), "FileSystemConsistent");
+    assert_eq!(f.log(), "app-pre\napp-post\n");
+}
+
+#[test]
 fn ungranted_connect_and_file_read_are_denied_and_reported() {
     require!(Root, Plugins);
     let f = Fixture::new("plugin-deny");

@@ -26,7 +26,7 @@ mod record;
 use crate::config::{Config, ConfigError, Format, HookBody};
 use crate::duration;
 use crate::freeze::{self, FreezePlan, Guardian, Selection};
-use crate::hooks::wasm::{Plugin, PluginError, WasmEngine, DEFAULT_CACHE_DIR};
+use crate::hooks::wasm::{Grants, InstanceConfig, Plugin, PluginError, PluginInstance, WasmEngine, DEFAULT_CACHE_DIR};
 use crate::interrupt::Interrupt;
 use crate::logging;
 use crate::report::{ErrorCode, MountReport, ReportError};
@@ -171,8 +171,19 @@ pub struct Session {
 /// `prepare` on, while the session plans the freeze, takes its lock, checks
 /// its room, syncs and starts the guardian; `validate_hooks` takes the engine
 /// and what it loaded. The same load, started earlier: the checks happen on
-/// the file it then uses.
-type Preload = std::thread::JoinHandle<(Option<WasmEngine>, Vec<(PathBuf, Result<Plugin, PluginError>)>)>;
+/// the file it then uses. That thread then also makes each plugin hook's
+/// instance (fresh, with the hook's grants and limits, nothing called yet),
+/// which pre would otherwise make first; one that fails is made again, and
+/// reported, at pre.
+type Preload = std::thread::JoinHandle<Preloaded>;
+
+#[derive(Default)]
+struct Preloaded {
+    engine: Option<WasmEngine>,
+    loaded: Vec<(PathBuf, Result<Plugin, PluginError>)>,
+    /// Instances made ahead, by hook name.
+    instances: Vec<(String, PluginInstance)>,
+}
 
 /// Step 1's verdict: see [`Session::validate`].
 pub(crate) struct Validation {
@@ -210,6 +221,17 @@ fn start_preload(config: &Config, cache_dir: &std::path::Path) -> Option<Preload
     if paths.is_empty() {
         return None;
     }
+    // Hooks whose grants do not parse are refused by validation: none made for them.
+    let ahead: Vec<(String, PathBuf, InstanceConfig)> = config
+        .hooks
+        .iter()
+        .filter_map(|h| match &h.body {
+            HookBody::Plugin(p) => {
+                Grants::parse(&p.grants).ok().map(|g| (h.name.clone(), p.path.clone(), hooks::instance_config(h, p, &g)))
+            }
+            HookBody::Script { .. } => None,
+        })
+        .collect();
     let cache_dir = cache_dir.to_path_buf();
     // The engine too: its setup (the cache directory's trust walk and key,
     // the ticker thread) is a few hundred µs the session's thread need not wait for.
@@ -217,13 +239,36 @@ fn start_preload(config: &Config, cache_dir: &std::path::Path) -> Option<Preload
         .name("quiesce-preload".into())
         .spawn(move || match WasmEngine::new(&cache_dir) {
             Ok(engine) => {
-                let loaded = paths.into_iter().map(|p| (p.clone(), engine.load(&p))).collect();
-                (Some(engine), loaded)
+                let loaded: Vec<_> = paths.into_iter().map(|p| (p.clone(), engine.load(&p))).collect();
+                let instances = instantiate_ahead(&loaded, ahead);
+                Preloaded { engine: Some(engine), loaded, instances }
             }
             // `validate` tries again and reports why.
-            Err(_) => (None, Vec::new()),
+            Err(_) => Preloaded::default(),
         })
         .ok()
+}
+
+/// How long an instance made ahead may take; an honest one takes well under
+/// a millisecond. One that does not make it is made again at pre, within the
+/// hook's own timeout, so a plugin stuck in its start code costs this once more.
+const AHEAD_LIMIT: Duration = Duration::from_millis(200);
+
+/// Each hook's instance of its loaded plugin, made on the preload thread.
+fn instantiate_ahead(
+    loaded: &[(PathBuf, Result<Plugin, PluginError>)],
+    ahead: Vec<(String, PathBuf, InstanceConfig)>,
+) -> Vec<(String, PluginInstance)> {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_time().build() else { return Vec::new() };
+    let mut made = Vec::new();
+    for (name, path, cfg) in ahead {
+        let Some(Ok(plugin)) = loaded.iter().find(|(p, _)| *p == path).map(|(_, l)| l) else { continue };
+        // A guest in its start code yields at every epoch tick: the limit holds.
+        if let Ok(Ok(instance)) = rt.block_on(async { tokio::time::timeout(AHEAD_LIMIT, plugin.instantiate(cfg)).await }) {
+            made.push((name, instance));
+        }
+    }
+    made
 }
 
 impl Session {
@@ -332,7 +377,7 @@ impl Session {
     fn validate_hooks(&self) -> Vec<ReadyHook> {
         let preload = self.preload.lock().unwrap_or_else(|p| p.into_inner()).take();
         // A panic on the loading thread only costs the head start.
-        let (preloaded, mut loaded) = preload.and_then(|h| h.join().ok()).unwrap_or_default();
+        let Preloaded { engine: preloaded, mut loaded, mut instances } = preload.and_then(|h| h.join().ok()).unwrap_or_default();
         let engine = preloaded.or_else(|| self.wasm_engine());
         self.config
             .hooks
@@ -342,7 +387,11 @@ impl Session {
                     HookBody::Plugin(p) => loaded.iter().position(|(path, _)| *path == p.path).map(|i| loaded.swap_remove(i).1),
                     HookBody::Script { .. } => None,
                 };
-                ReadyHook::validate_loaded(h, engine.as_ref(), mine)
+                let mut ready = ReadyHook::validate_loaded(h, engine.as_ref(), mine);
+                if let Some(i) = instances.iter().position(|(name, _)| *name == h.name) {
+                    ready.adopt(instances.swap_remove(i).1);
+                }
+                ready
             })
             .collect()
     }
