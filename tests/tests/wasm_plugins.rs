@@ -30,13 +30,16 @@ impl Env {
     }
 
     async fn instance(&self, name: &str, grants: &[&str], params: &[(&str, &str)], timeout: Duration) -> PluginInstance {
-        let plugin = self.load(name);
-        let mut cfg = InstanceConfig::new(name);
-        cfg.grants = Grants::parse(grants).expect("grants");
-        cfg.params = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        cfg.call_timeout = timeout;
-        plugin.instantiate(cfg).await.expect("instantiate")
+        instance_of(&self.load(name), name, grants, params, timeout).await
     }
+}
+
+async fn instance_of(plugin: &Plugin, name: &str, grants: &[&str], params: &[(&str, &str)], timeout: Duration) -> PluginInstance {
+    let mut cfg = InstanceConfig::new(name);
+    cfg.grants = Grants::parse(grants).expect("grants");
+    cfg.params = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    cfg.call_timeout = timeout;
+    plugin.instantiate(cfg).await.expect("instantiate")
 }
 
 fn ctx(attempt: u32) -> CallContext {
@@ -120,10 +123,7 @@ async fn retiring_an_instance_at_the_sessions_end_closes_its_connections() {
     let mut lockd = Lockd::start("tcp:127.0.0.1:0");
     let target = lockd.target.clone();
     let plugin = env.load("lockd");
-    let mut cfg = InstanceConfig::new("lockd");
-    cfg.grants = Grants::parse([target.as_str()]).expect("grants");
-    cfg.params = [("target".to_string(), target.clone())].into_iter().collect();
-    let mut inst = plugin.instantiate(cfg).await.expect("instantiate");
+    let mut inst = instance_of(&plugin, "lockd", &[&target], &[("target", &target)], 5 * SECOND).await;
     assert!(inst.pre(&ctx(1)).await.is_success());
     assert!(lockd.request("STATUS").starts_with("LOCKED"));
     plugin.retire(inst);
