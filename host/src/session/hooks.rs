@@ -98,13 +98,10 @@ impl ReadyHook {
     }
 
     /// Takes an instance of its plugin made ahead (see `session::Preload`) as
-    /// the one pre will call; a hook that is not a validated plugin hook
-    /// (refused, or with an instance already) retires it unused.
+    /// the one pre will call; a hook validation refused drops it unused.
     pub(super) fn adopt(&mut self, made: PluginInstance) {
-        match &mut self.ready {
-            Ready::Plugin { instance: slot @ None, .. } => *slot = Some(made),
-            Ready::Plugin { plugin, .. } => plugin.retire(made),
-            Ready::Script { .. } | Ready::Refused(_) => drop(made),
+        if let Ready::Plugin { instance: slot @ None, .. } = &mut self.ready {
+            *slot = Some(made);
         }
     }
 
