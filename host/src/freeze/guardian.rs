@@ -649,6 +649,10 @@ pub struct Guardian {
     /// A thaw left something frozen: the guardian keeps retrying and will not
     /// exit until it succeeds, so drop does not wait for it.
     left_frozen: bool,
+    /// `/sys/kernel/rcu_expedited` read 0 when this guardian was armed: if it
+    /// dies in the middle of a freeze (when it may have set the knob), the
+    /// host puts it back. Read at arming, outside a paused database's wait.
+    rcu_was_normal: bool,
 }
 
 fn os_err(what: &'static str) -> FreezeError {
@@ -757,6 +761,7 @@ impl Spare {
             mlock_errno: 0,
             deadline_ns: 0,
             left_frozen: false,
+            rcu_was_normal: false,
         };
         g.mlock_errno = g.handshake(EV_READY, "handshake")?;
         Ok(Spare { guardian: g, capacity })
@@ -805,6 +810,7 @@ impl Spare {
             e => return Err(arm_err(io::Error::from_raw_os_error(e))),
         }
         guardian.targets = plan.targets.clone();
+        guardian.rcu_was_normal = super::rcu::is_normal();
         guardian.max_freeze = max_freeze;
         Ok(guardian)
     }
@@ -899,8 +905,6 @@ impl Guardian {
                 ))
             }
         }
-        // If the guardian dies between setting the RCU knob and restoring it, the host puts it back.
-        let rcu_was_normal = super::rcu::is_normal();
         if let Err(e) = self.send(CMD_FREEZE) {
             return Err(guardian_failure(format!("cannot reach the guardian (pid {})", self.pid), e));
         }
@@ -918,7 +922,7 @@ impl Guardian {
                     // The guardian died mid-freeze or hangs in FIFREEZE: thaw what we know it froze.
                     let paths: Vec<PathBuf> = frozen.iter().rev().map(|m| m.path.clone()).collect();
                     let results = thaw_mounts(&paths);
-                    if rcu_was_normal && !super::rcu::is_normal() {
+                    if self.rcu_was_normal && !super::rcu::is_normal() {
                         super::rcu::set_normal();
                     }
                     self.state = State::Gone;
