@@ -170,6 +170,7 @@ fn main() {
             }
         }
     }
+    let cold = cold_freezes(&fds, &rev, &mut warm, ga.as_mut(), &ga_mounts);
     drop((fds, rev, warm, ga));
 
     let mut rows: Vec<Row> = Vec::new();
@@ -229,4 +230,77 @@ fn main() {
         window_rest[ROUNDS / 2] as f64 / 1e3,
         window_rest[ROUNDS * 9 / 10] as f64 / 1e3,
     );
+    cold.print();
+}
+
+/// Cold freezes: each round waits until the file systems' writer semaphores
+/// have gone back to their fast mode (a few RCU grace periods after a thaw),
+/// so every FIFREEZE pays the grace-period wait — what an hourly snapshot
+/// pays — unless it is expedited, as quiesce's guardian does.
+const COLD_ROUNDS: usize = 8;
+const COLD_GAP: Duration = Duration::from_millis(300);
+
+struct Cold {
+    /// Sum of the three FIFREEZE calls, per round.
+    bare: Vec<Duration>,
+    guardian: Vec<Duration>,
+    /// qemu-ga's whole freeze-list call (it reports no per-mount time).
+    qga: Vec<Duration>,
+    expedited: usize,
+}
+
+fn cold_freezes(fds: &[OwnedFd], rev: &[OwnedFd], guardian: &mut Guardian, mut ga: Option<&mut QemuGa>, ga_mounts: &Mountpoints) -> Cold {
+    let mut c = Cold { bare: Vec::new(), guardian: Vec::new(), qga: Vec::new(), expedited: 0 };
+    for _ in 0..COLD_ROUNDS {
+        std::thread::sleep(COLD_GAP);
+        let mut in_freeze = Duration::ZERO;
+        for fd in fds {
+            let t = Instant::now();
+            ioctl_one(fd, FIFREEZE).expect("cold FIFREEZE");
+            in_freeze += t.elapsed();
+        }
+        for fd in rev {
+            ioctl_one(fd, FITHAW).expect("FITHAW");
+        }
+        c.bare.push(in_freeze);
+
+        std::thread::sleep(COLD_GAP);
+        let frozen = guardian.freeze().expect("cold guardian freeze");
+        guardian.thaw().expect("thaw");
+        c.guardian.push(Duration::from_nanos(frozen.mounts.iter().map(|m| m.end_ns - m.start_ns).sum()));
+        c.expedited += usize::from(frozen.rcu_expedited);
+
+        if let Some(agent) = ga.as_deref_mut() {
+            std::thread::sleep(COLD_GAP);
+            let t = Instant::now();
+            if agent.freeze_list(ga_mounts).is_ok() {
+                c.qga.push(t.elapsed());
+            }
+            let _ = agent.thaw();
+        }
+    }
+    c
+}
+
+impl Cold {
+    fn print(mut self) {
+        println!("\ncold freezes ({COLD_ROUNDS} rounds, {} ms after the last thaw), FIFREEZE of the 3 mounts:", COLD_GAP.as_millis());
+        println!("| method | median ms | max ms |");
+        println!("|---|---:|---:|");
+        for (name, v) in [
+            ("bare FIFREEZE×3 (what fsfreeze and the agents do)", &mut self.bare),
+            ("quiesce guardian (grace periods expedited)", &mut self.guardian),
+            ("qemu-ga freeze-list, whole call", &mut self.qga),
+        ] {
+            if v.is_empty() {
+                continue;
+            }
+            v.sort();
+            println!("| {name} | {:.3} | {:.3} |", pct(v, 0.5).as_secs_f64() * 1e3, v[v.len() - 1].as_secs_f64() * 1e3);
+        }
+        println!(
+            "the guardian expedited {} of {COLD_ROUNDS} freezes (/sys/kernel/rcu_expedited was not a writable 0 for the rest)",
+            self.expedited
+        );
+    }
 }
