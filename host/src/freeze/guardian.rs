@@ -82,6 +82,8 @@ const KEEP_CAP: usize = 8;
 const EV_READY: u32 = 1;
 const EV_FROZE: u32 = 2;
 const EV_FREEZE_DONE: u32 = 3;
+/// EV_FREEZE_DONE's `reason` when the freeze's RCU grace periods were expedited (see `rcu`).
+const FROZE_EXPEDITED: u32 = 1;
 const EV_THAWED: u32 = 4;
 const EV_THAW_DONE: u32 = 5;
 /// FITHAW kept failing until the retry window closed: still frozen.
@@ -385,7 +387,7 @@ unsafe fn freeze_all(ctx: &mut ChildCtx) -> u64 {
     }
     match failed {
         None => {
-            let reason = u32::from(expedited >= 0);
+            let reason = if expedited >= 0 { FROZE_EXPEDITED } else { 0 };
             send(ctx, Event { kind: EV_FREEZE_DONE, index: 0, errno: 0, reason, start_ns: 0, end_ns: monotonic_ns() });
             // The host goes on meanwhile.
             super::rcu::restore(expedited);
@@ -970,7 +972,7 @@ impl Guardian {
                     if ev.errno != 0 {
                         failed = Some((ev.index as usize, ev.errno));
                     }
-                    rcu_expedited = ev.reason == 1;
+                    rcu_expedited = ev.reason == FROZE_EXPEDITED;
                     break;
                 }
                 _ => {}
