@@ -14,8 +14,8 @@
 //!   for `aof_buffer_length:0`; locks held by a background client are released
 //!   through a FIFO;
 //! - (b) freeze only: no hooks;
-//! - (c) the WASM plugin (`plugins/db/*`): PostgreSQL `mode = "backup"` (what
-//!   (a) does), MariaDB both `method`s (`backup-stage`, `ftwrl`) — the
+//! - (c) the WASM plugin (`plugins/db/*`): PostgreSQL both `mode`s (`backup`,
+//!   what (a) does, and the default `checkpoint`), MariaDB both `method`s (`backup-stage`, `ftwrl`) — the
 //!   measurement behind the plugin's default — Redis with its default
 //!   `persist = "auto"`.
 //!
@@ -52,6 +52,22 @@ struct Sample {
     breakdown: Option<Breakdown>,
     /// The stall's gap: the acknowledgements before and after it (ns).
     gap: (u64, u64),
+    /// The snapshot command's start and end (ns), to place the gap.
+    snap: (u64, u64),
+    /// PostgreSQL backup mode: `pg_backup_stop`'s call and return (server
+    /// clock, ns) — it switches WAL segments right after the thaw.
+    backup_stop: Option<(u64, u64)>,
+}
+
+impl Sample {
+    /// How long before the snapshot command's start the writer's gap began.
+    fn gap_lead_ms(&self) -> f64 {
+        (self.snap.0 as f64 - self.gap.0 as f64) / 1e6
+    }
+    /// How long after the snapshot command's end the writer's gap ended.
+    fn gap_tail_ms(&self) -> f64 {
+        (self.gap.1 as f64 - self.snap.1 as f64) / 1e6
+    }
 }
 
 /// The plugin's lock, from `locked`/`paused` to `releasing`/`unpausing`
@@ -110,6 +126,12 @@ fn breakdown(run: &quiesce_tests::Run, t: quiesce_tests::restore::SnapTimes) -> 
         gap_before_lock_ms: f64::NAN,
         gap_after_release_ms: f64::NAN,
     })
+}
+
+fn backup_stop(run: &quiesce_tests::Run) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(run.artifact("db", "quiesce_times")?).ok()?;
+    let get = |key: &str| text.lines().filter_map(|l| l.split_once('=')).find(|(k, _)| *k == key)?.1.trim().parse().ok();
+    Some((get("stop_called")?, get("stop_returned")?))
 }
 
 struct Row {
@@ -177,6 +199,8 @@ fn measure(st: &Stage, mut writer: Writer, config: &Path, baseline: &mut Vec<Dur
             session: started.elapsed(),
             breakdown: breakdown(&run, times),
             gap: (0, 0),
+            snap: (times.start_ns, times.end_ns),
+            backup_stop: backup_stop(&run),
         });
     }
     std::thread::sleep(PAUSE_BETWEEN);
@@ -228,6 +252,30 @@ fn bench_db<D>(
     (rows, base)
 }
 
+/// One plugin config per value of its `key` param (a mode or method), each a
+/// method of its own in the table.
+fn plugin_per_choice(
+    st: &Stage,
+    plugin: &str,
+    params: &[(&str, String)],
+    grants: &[String],
+    key: &str,
+    choices: &[&str],
+) -> Vec<(String, PathBuf)> {
+    choices
+        .iter()
+        .map(|c| {
+            let mut params = params.to_vec();
+            params.push((key, c.to_string()));
+            let cfg = st.plugin_config(plugin, &params, grants, "");
+            // One config file per choice: plugin_config writes plugin.toml.
+            let path = st.file(&format!("plugin-{c}.toml"));
+            std::fs::copy(&cfg, &path).unwrap();
+            (format!("(c) wasm plugin ({c})"), path)
+        })
+        .collect()
+}
+
 fn redis_plugin(r: &Redis, st: &Stage) -> Vec<(String, PathBuf)> {
     let target = format!("tcp:127.0.0.1:{}", r.port);
     let pw = r.password_file.display().to_string();
@@ -252,11 +300,8 @@ fn main() {
             |pg, st| {
                 let target = format!("tcp:127.0.0.1:{}", pg.port);
                 let pw = pg.password_file.display().to_string();
-                let params = [("target", target.clone()), ("password_file", pw.clone()), ("mode", "backup".to_string())];
-                vec![(
-                    "(c) wasm plugin (backup)".into(),
-                    st.plugin_config("quiesce_postgres", &params, &[target, format!("file:{pw}")], ""),
-                )]
+                let params = [("target", target.clone()), ("password_file", pw.clone())];
+                plugin_per_choice(st, "quiesce_postgres", &params, &[target, format!("file:{pw}")], "mode", &["backup", "checkpoint"])
             },
         ));
     }
@@ -269,17 +314,14 @@ fn main() {
             |my, st| legacy::mariadb_ftwrl_fifo(my, &st.file("hook")),
             |my, st| {
                 let target = format!("unix:{}", my.socket.display());
-                ["backup-stage", "ftwrl"]
-                    .iter()
-                    .map(|m| {
-                        let params = [("target", target.clone()), ("method", m.to_string())];
-                        let cfg = st.plugin_config("quiesce_mariadb", &params, std::slice::from_ref(&target), "");
-                        // One config file per method: plugin_config writes plugin.toml.
-                        let path = st.file(&format!("plugin-{m}.toml"));
-                        std::fs::copy(&cfg, &path).unwrap();
-                        (format!("(c) wasm plugin ({m})"), path)
-                    })
-                    .collect()
+                plugin_per_choice(
+                    st,
+                    "quiesce_mariadb",
+                    &[("target", target.clone())],
+                    std::slice::from_ref(&target),
+                    "method",
+                    &["backup-stage", "ftwrl"],
+                )
             },
         ));
     }
@@ -306,14 +348,25 @@ fn main() {
 
     println!("\nwriter stall per snapshot session, median of {} (max in brackets); ratio = stall / freeze-only stall", rounds());
     println!(
-        "{:<10} {:<30} {:>18} {:>8} {:>14} {:>9} {:>8} {:>8} {:>9} {:>12}",
-        "database", "method", "stall ms", "ratio", "freeze win ms", "FIFREEZE", "FITHAW", "host ms", "pre ms", "session ms"
+        "{:<10} {:<30} {:>18} {:>8} {:>14} {:>9} {:>8} {:>8} {:>9} {:>12} {:>9} {:>9}",
+        "database",
+        "method",
+        "stall ms",
+        "ratio",
+        "freeze win ms",
+        "FIFREEZE",
+        "FITHAW",
+        "host ms",
+        "pre ms",
+        "session ms",
+        "gap lead",
+        "gap tail"
     );
     for (rows, base) in &all {
         let freeze = rows.iter().find(|r| r.method.starts_with("(b)")).map(Row::stall_ms).unwrap_or(f64::NAN);
         for r in rows {
             println!(
-                "{:<10} {:<30} {:>9.1} [{:>6.1}] {:>8.2} {:>14.1} {:>9.1} {:>8.1} {:>8.1} {:>9.1} {:>12.1}",
+                "{:<10} {:<30} {:>9.1} [{:>6.1}] {:>8.2} {:>14.1} {:>9.1} {:>8.1} {:>8.1} {:>9.1} {:>12.1} {:>9.1} {:>9.1}",
                 r.db,
                 r.method,
                 r.stall_ms(),
@@ -324,7 +377,9 @@ fn main() {
                 r.med(|s| s.fithaw_ms),
                 r.med(|s| s.host_ms),
                 r.pre_ms(),
-                r.session_ms()
+                r.session_ms(),
+                r.med(Sample::gap_lead_ms),
+                r.med(Sample::gap_tail_ms)
             );
         }
         println!(
@@ -334,6 +389,30 @@ fn main() {
             base,
             PAUSE_BETWEEN.as_millis() - 50
         );
+    }
+    for (rows, _) in &all {
+        for r in rows {
+            let v: Vec<(f64, f64, f64)> = r
+                .samples
+                .iter()
+                .filter_map(|s| {
+                    let (called, returned) = s.backup_stop?;
+                    let ms = |a: u64, b: u64| (b as f64 - a as f64) / 1e6;
+                    Some((ms(s.snap.1, called), ms(called, returned), ms(called, s.gap.1)))
+                })
+                .collect();
+            if v.is_empty() {
+                continue;
+            }
+            println!(
+                "{} {}: snapshot end → pg_backup_stop call {:.1} ms, the call {:.1} ms, its call → the writer's gap end {:.1} ms (medians)",
+                r.db,
+                r.method,
+                median(v.iter().map(|x| x.0).collect()),
+                median(v.iter().map(|x| x.1).collect()),
+                median(v.iter().map(|x| x.2).collect())
+            );
+        }
     }
     println!("\nwhere a plugin's hold goes (medians, ms): lock/pause taken → snapshot command start → its end → release (server clock vs `date`)");
     println!(

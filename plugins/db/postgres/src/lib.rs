@@ -27,7 +27,10 @@
 //!   ("WAL ends before end of online backup"). Use this mode when the
 //!   snapshot is not atomic across volumes, or when you keep a WAL archive
 //!   anyway (point-in-time recovery); otherwise `checkpoint` is simpler and
-//!   restores on its own.
+//!   restores on its own. It also stalls writers longer: on a primary
+//!   `pg_backup_stop` switches WAL segments, writing out the rest of the
+//!   current segment under the WAL write lock, right after the thaw (the
+//!   `db_stall` bench measures it).
 //!
 //! Every mode stores the artifact `quiesce_times`: `name=unix-ns` lines read
 //! from the *server's* clock (`clock_timestamp()`), e.g. `stop_called` and
