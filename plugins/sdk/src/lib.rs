@@ -679,10 +679,28 @@ pub mod files {
 
 /// Blobs the host keeps for this session outside the snapshot (a backup label).
 pub mod artifacts {
-    use super::Error;
+    use super::{Error, Failure};
+
+    /// The artifact that places a session on the database's own clock.
+    pub const TIMES: &str = "quiesce_times";
 
     pub fn store(name: &str, data: &[u8]) -> Result<(), Error> {
         super::wit::artifacts::store(name, data).map_err(Error::from_wit)
+    }
+
+    /// [`store`] for a hook that must hand the artifact over (a restore
+    /// needs it): a refusal fails the hook, naming the artifact.
+    pub fn keep(name: &str, data: &[u8]) -> Result<(), Failure> {
+        store(name, data).map_err(|e| Failure::Fatal(format!("cannot hand artifact {name} to the host: {e}")))
+    }
+
+    /// Stores [`TIMES`]: one `name=value` line per entry — instants as ns
+    /// since the Unix epoch on the database server's clock (to match a
+    /// restore against its logs; the `db_stall` bench reads them) and
+    /// durations as `*_ns`.
+    pub fn keep_times(times: &[(&str, u64)]) -> Result<(), Failure> {
+        let text: String = times.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+        keep(TIMES, text.as_bytes())
     }
 }
 

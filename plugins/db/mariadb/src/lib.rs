@@ -186,10 +186,6 @@ fn server_now_ns(c: &mut Client<Connection>) -> Result<u64, MyError> {
     Ok(us * 1000)
 }
 
-fn store(name: &str, data: &[u8]) -> Result<(), Fail> {
-    artifacts::store(name, data).map_err(|e| Fail::Fatal(format!("cannot hand artifact {name} to the host: {e}")))
-}
-
 impl MariaDb {
     fn lock(&mut self, ctx: &Context) -> Result<String, Fail> {
         let target = ctx.param_or("target", DEFAULT_TARGET).to_string();
@@ -256,7 +252,7 @@ impl MariaDb {
         if pos.is_none() {
             warn!("binary logging is off at {target}: no binlog position to record");
         }
-        store("binlog_position", rec.as_bytes())?;
+        artifacts::keep("binlog_position", rec.as_bytes())?;
         let summary = match &pos {
             Some(p) => format!("{}:{} gtid {}", p.file, p.position, gtid.as_deref().unwrap_or("-")),
             None => "binlog off".into(),
@@ -324,18 +320,15 @@ impl Plugin for MariaDb {
         };
         let _ = h.client.close();
         if let Ok(r) = releasing {
-            if let Err(Fail::Fatal(m) | Fail::Retry(m)) = store(
-                "quiesce_times",
-                format!(
-                    "locked={}\nreleasing={r}\nblock_ns={}\npre_tail_ns={}\npost_head_ns={}\n",
-                    h.locked_ns,
-                    h.blocked_mono_ns.saturating_sub(h.block_sent_mono_ns),
-                    h.pre_end_mono_ns.saturating_sub(h.blocked_mono_ns),
-                    sending_mono_ns.saturating_sub(post_mono_ns)
-                )
-                .as_bytes(),
-            ) {
-                warn!("{m}");
+            let times = [
+                ("locked", h.locked_ns),
+                ("releasing", r),
+                ("block_ns", h.blocked_mono_ns.saturating_sub(h.block_sent_mono_ns)),
+                ("pre_tail_ns", h.pre_end_mono_ns.saturating_sub(h.blocked_mono_ns)),
+                ("post_head_ns", sending_mono_ns.saturating_sub(post_mono_ns)),
+            ];
+            if let Err(f) = artifacts::keep_times(&times) {
+                warn!("{}", f.into_message());
             }
         }
         match released {

@@ -255,14 +255,6 @@ fn server_now_ns(c: &mut Client<Connection>) -> Result<u64, PgError> {
     Ok(us * 1000)
 }
 
-fn times_artifact(times: &[(&str, u64)]) -> String {
-    times.iter().map(|(k, v)| format!("{k}={v}\n")).collect()
-}
-
-fn store(name: &str, data: &[u8]) -> Result<(), Fail> {
-    artifacts::store(name, data).map_err(|e| Fail::Fatal(format!("cannot hand artifact {name} to the host: {e}")))
-}
-
 impl Postgres {
     fn pre_checkpoint(&mut self, ctx: &Context, fault: Fault) -> Result<String, Fail> {
         let target = ctx.param_or("target", DEFAULT_TARGET).to_string();
@@ -274,8 +266,8 @@ impl Postgres {
             .map_err(|e| classify(&target, "pg_control_checkpoint", e))?
             .unwrap_or_default();
         let t1 = server_now_ns(&mut c).map_err(|e| classify(&target, "clock", e))?;
-        store("checkpoint_redo_lsn", format!("{redo}\n").as_bytes())?;
-        store("quiesce_times", times_artifact(&[("checkpoint_called", t0), ("checkpoint_returned", t1)]).as_bytes())?;
+        artifacts::keep("checkpoint_redo_lsn", format!("{redo}\n").as_bytes())?;
+        artifacts::keep_times(&[("checkpoint_called", t0), ("checkpoint_returned", t1)])?;
         inject(fault);
         let _ = c.close();
         Ok(format!("CHECKPOINT done, redo LSN {redo}"))
@@ -309,12 +301,12 @@ impl Postgres {
         let _ = b.client.close();
         b.times.push(("stop_called", called));
         b.times.push(("stop_returned", returned));
-        store("backup_label", stop.labelfile.as_bytes())?;
+        artifacts::keep("backup_label", stop.labelfile.as_bytes())?;
         if !stop.spcmapfile.is_empty() {
-            store("tablespace_map", stop.spcmapfile.as_bytes())?;
+            artifacts::keep("tablespace_map", stop.spcmapfile.as_bytes())?;
         }
-        store("stop_lsn", format!("{}\n", stop.lsn).as_bytes())?;
-        store("quiesce_times", times_artifact(&b.times).as_bytes())?;
+        artifacts::keep("stop_lsn", format!("{}\n", stop.lsn).as_bytes())?;
+        artifacts::keep_times(&b.times)?;
         Ok(format!(
             "backup stopped: WAL {}..{}; backup_label{} stored (snapshot taken: {}, {}); restore needs the WAL archive up to {}",
             b.start_lsn,

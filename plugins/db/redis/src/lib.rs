@@ -150,10 +150,6 @@ fn version_of(v: &str) -> (u32, u32) {
     (it.next().unwrap_or(0), it.next().unwrap_or(0))
 }
 
-fn store(name: &str, data: &[u8]) -> Result<(), Fail> {
-    artifacts::store(name, data).map_err(|e| Fail::Fatal(format!("cannot hand artifact {name} to the host: {e}")))
-}
-
 fn connect(ctx: &Context, target: &str) -> Result<Client<Connection>, Fail> {
     let conn = Connection::open(target).map_err(|e| match HookResult::from(e.clone()) {
         HookResult::Retryable(_) => Fail::Retry(format!("redis at {target} is not reachable (server down?): {e}")),
@@ -236,8 +232,8 @@ impl Redis {
             "rdb: BGSAVE done (rdb_saves {saves}); dump.rdb holds the data set at its fork, between fork_after and fork_before \
              (server clock); writers were not paused, so writes after the fork are not in the snapshot"
         );
-        store("persistence", format!("{what}\n").as_bytes())?;
-        store("quiesce_times", format!("fork_after={}\nfork_before={}\n", fork.after_ns, fork.before_ns).as_bytes())?;
+        artifacts::keep("persistence", format!("{what}\n").as_bytes())?;
+        artifacts::keep_times(&[("fork_after", fork.after_ns), ("fork_before", fork.before_ns)])?;
         self.held = Some(Held::Saved { client: c, fork });
         Ok(format!(
             "RDB saved: BGSAVE forked within {:.2} ms and was on disk {done_ms:.1} ms after it was asked for (rdb_saves {saves}); \
@@ -325,21 +321,18 @@ impl Redis {
         };
         let target = ctx.param_or("target", DEFAULT_TARGET);
         if let Ok(u) = unpausing {
-            if let Err(Fail::Fatal(m) | Fail::Retry(m)) = store(
-                "quiesce_times",
-                format!(
-                    "paused={}\nunpausing={u}\npre_tail_ns={}\npost_head_ns={}\n",
-                    p.paused_ns,
-                    p.pre_end_mono_ns.saturating_sub(p.replied_mono_ns),
-                    sending_mono_ns.saturating_sub(post_mono_ns)
-                )
-                .as_bytes(),
-            ) {
-                warn!("{m}");
+            let times = [
+                ("paused", p.paused_ns),
+                ("unpausing", u),
+                ("pre_tail_ns", p.pre_end_mono_ns.saturating_sub(p.replied_mono_ns)),
+                ("post_head_ns", sending_mono_ns.saturating_sub(post_mono_ns)),
+            ];
+            if let Err(f) = artifacts::keep_times(&times) {
+                warn!("{}", f.into_message());
             }
         }
-        if let Err(Fail::Fatal(m) | Fail::Retry(m)) = store("persistence", format!("{}\n", p.what).as_bytes()) {
-            warn!("{m}");
+        if let Err(f) = artifacts::keep("persistence", format!("{}\n", p.what).as_bytes()) {
+            warn!("{}", f.into_message());
         }
         if held_ms >= p.pause_ms {
             warn!(
