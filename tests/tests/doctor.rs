@@ -171,7 +171,13 @@ fn a_healthy_machine_has_no_problem_and_no_warning_and_exits_0() {
     assert_eq!(d.json["warnings"], 0, "{:#}", d.json);
     // No service socket here: said, but only as a note.
     assert_eq!(d.finding("ServiceNotInstalled")["severity"], "info");
-    assert_eq!(d.codes(), ["ServiceNotInstalled"], "{:#}", d.json);
+    // Another test's freeze sets the global RCU knob for a millisecond: if the
+    // doctor read it then, that is a note about the machine, not this setup.
+    let codes: Vec<String> = d.codes().into_iter().filter(|c| c != "RcuExpedited").collect();
+    assert_eq!(codes, ["ServiceNotInstalled"], "{:#}", d.json);
+    assert!(d.findings("RcuExpedited").iter().all(|f| f["severity"] == "info"), "{:#}", d.json);
+    let rcu = d.json["checks"].as_array().unwrap().iter().find(|c| c["check"] == "rcu").expect("an rcu check");
+    assert!(rcu["summary"].as_str().unwrap().starts_with("/sys/kernel/rcu_expedited "), "{rcu}");
 }
 
 #[test]

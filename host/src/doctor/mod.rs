@@ -22,6 +22,7 @@ mod dirs;
 mod guardian;
 mod points;
 mod probe;
+mod rcu;
 mod service;
 mod session;
 mod setup;
@@ -66,6 +67,8 @@ pub enum Code {
     PointsCatalogUnreadable,
     /// The newest recovery point is weaker than `AppConsistent`.
     LastPointNotAppConsistent,
+    /// RCU grace periods are expedited with no session running (informational).
+    RcuExpedited,
     /// What a session would report for the config, a script or a plugin.
     Report(ErrorCode),
 }
@@ -87,6 +90,7 @@ impl Code {
             Code::UserErrorRpCollectionLimitReached => "UserErrorRpCollectionLimitReached".into(),
             Code::PointsCatalogUnreadable => "PointsCatalogUnreadable".into(),
             Code::LastPointNotAppConsistent => "LastPointNotAppConsistent".into(),
+            Code::RcuExpedited => "RcuExpedited".into(),
             Code::Report(c) => c.as_str(),
         }
     }
@@ -195,6 +199,7 @@ pub async fn diagnose(opts: &DoctorOptions) -> Result<Diagnosis, UsageError> {
     let frozen = probe::check(&opts.run_dir, &opts.mounts, running.as_ref())?;
     let any_frozen = frozen.findings.iter().any(|f| f.code == Code::FileSystemFrozen);
     add(probe::NAME, frozen);
+    add(rcu::NAME, rcu::check(running.is_some()));
     add(service::NAME, service::check(&opts.socket));
     let config = crate::session::load_config(opts.config.as_deref());
     let metrics_dir = config.as_ref().ok().and_then(|c| c.metrics.as_ref()).and_then(|m| m.textfile.parent().map(PathBuf::from));

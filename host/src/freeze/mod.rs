@@ -13,7 +13,7 @@ pub mod mountinfo;
 mod plan;
 mod presync;
 mod probe;
-mod rcu;
+pub mod rcu;
 mod thaw;
 
 pub use error::{errno_name, FreezeError};

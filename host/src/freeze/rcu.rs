@@ -56,15 +56,30 @@ pub(super) unsafe fn restore(fd: RawFd) {
     }
 }
 
+/// The knob's path, for messages.
+pub fn knob_path() -> &'static str {
+    KNOB.to_str().unwrap_or_default()
+}
+
+/// What the knob reads now: `Some(true)` expedited, `Some(false)` normal,
+/// `None` no such file or unreadable.
+pub fn expedited_now() -> Option<bool> {
+    match std::fs::read(knob_path()).ok()?.first()? {
+        b'0' => Some(false),
+        b'1' => Some(true),
+        _ => None,
+    }
+}
+
 /// Whether the knob reads 0 now (the host asks before a freeze, so that it
 /// can put it back itself if the guardian dies in the middle of one).
 pub(super) fn is_normal() -> bool {
-    std::fs::read(KNOB.to_str().unwrap_or_default()).is_ok_and(|b| b.first() == Some(&b'0'))
+    expedited_now() == Some(false)
 }
 
 /// Sets the knob back to 0 (after a guardian died with it set).
 pub(super) fn set_normal() {
-    if let Err(e) = std::fs::write(KNOB.to_str().unwrap_or_default(), "0") {
+    if let Err(e) = std::fs::write(knob_path(), "0") {
         tracing::warn!("cannot reset {} to 0 after the guardian died mid-freeze: {e}", KNOB.to_string_lossy());
     }
 }
