@@ -9,11 +9,11 @@ use quiesce::points::restore::{self, RestoreOptions};
 use quiesce::points::{self, diff as changed, retention, Catalog, Point};
 use quiesce::report::label_name;
 use quiesce::rundir::{LockError, RunDir};
+use quiesce::service::commands::USAGE;
 use quiesce::session;
 
 /// Exit status when something failed (a provider, a refused target, no such point).
 const FAILED: u8 = 1;
-const USAGE: u8 = 2;
 
 #[derive(Subcommand)]
 pub enum PointsCommand {

@@ -13,7 +13,7 @@
 # ["--snapshot-id", "ID"]). Exits with `quiesce end`'s status: 0 AppConsistent,
 # 3 taken with errors, 4 no snapshot; 0 when there was no session left to end.
 for a; do shift; [ -z "$a" ] || set -- "$@" "$a"; done
-q=${QUIESCE_BIN:-/usr/bin/quiesce}
+q=${QUIESCE_BIN:-/usr/bin/quiesce-client}
 out=$("$q" end "$@" 2>&1)
 status=$?
 printf '%s\n' "$out"

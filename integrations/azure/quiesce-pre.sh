@@ -21,7 +21,7 @@
 # template's empty strings are dropped. $QUIESCE_BIN and $QUIESCE_SOCKET
 # override the binary and the service socket.
 for a; do shift; [ -z "$a" ] || set -- "$@" "$a"; done
-q=${QUIESCE_BIN:-/usr/bin/quiesce}
+q=${QUIESCE_BIN:-/usr/bin/quiesce-client}
 reply=$("$q" begin --freeze external --json "$@") || exit
 printf '%s\n' "$reply"
 # The reply is compact JSON: no error at all reads exactly "errors":[].

@@ -351,9 +351,18 @@ pub fn writable_within(dir: &Path, limit: Duration) -> Option<Duration> {
 
 /// Path of the `quiesce` binary built from this workspace.
 pub fn quiesce_bin() -> PathBuf {
+    built_bin("quiesce")
+}
+
+/// Path of the `quiesce-client` binary (the client commands alone, for hooks).
+pub fn quiesce_client_bin() -> PathBuf {
+    built_bin("quiesce-client")
+}
+
+fn built_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/<test-binary> -> target/<profile>/quiesce
-    let bin = exe.parent().and_then(Path::parent).map(|d| d.join("quiesce")).expect("target dir");
+    // target/<profile>/deps/<test-binary> -> target/<profile>/<name>
+    let bin = exe.parent().and_then(Path::parent).map(|d| d.join(name)).expect("target dir");
     assert!(bin.exists(), "{} not built: run `cargo build --workspace --bins` first", bin.display());
     bin
 }

@@ -277,15 +277,15 @@ impl Mountpoints {
 }
 
 /// The fsfreeze hook shipped in the tree (`integrations/qemu-ga/fsfreeze-hook`),
-/// which runs `quiesce fsfreeze-hook` found by `$PATH`.
+/// which runs `quiesce-client fsfreeze-hook` found by `$PATH`.
 pub fn shipped_hook() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../integrations/qemu-ga/fsfreeze-hook")
 }
 
-/// `PATH` with the directory of the `quiesce` binary under test first, so the
-/// shipped hook's `exec quiesce` runs it.
+/// `PATH` with the directory of the binaries under test first, so the
+/// shipped hook's `exec quiesce-client` runs the one built here.
 pub fn path_with_quiesce() -> std::ffi::OsString {
-    let bin = crate::quiesce_bin();
+    let bin = crate::quiesce_client_bin();
     let mut path = std::ffi::OsString::from(bin.parent().expect("target dir"));
     path.push(":");
     path.push(std::env::var_os("PATH").unwrap_or_default());

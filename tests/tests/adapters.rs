@@ -114,7 +114,7 @@ fn azure_extension_run_through_the_wrappers_holds_the_plugin_lock_across_its_own
     let svc = Service::start(&ms.s, &lockd_config(&ms.s, &lockd));
     let mut c = svc.connect();
     let config = azure_config(&ms.s);
-    let bin = quiesce_bin();
+    let bin = quiesce_client_bin();
     let env = [("QUIESCE_BIN", bin.as_os_str()), ("QUIESCE_SOCKET", svc.socket.as_os_str())];
     std::fs::write(ms.mnt.path().join("data"), "before the snapshot\n").unwrap();
     let snap = ms.file("snap.img");
@@ -158,7 +158,7 @@ fn azure_pre_wrapper_fails_when_the_plugin_cannot_quiesce_and_the_session_is_alr
     let svc = Service::start(&ms.s, &config);
     let mut c = svc.connect();
     let azure = azure_config(&ms.s);
-    let bin = quiesce_bin();
+    let bin = quiesce_client_bin();
     let env = [("QUIESCE_BIN", bin.as_os_str()), ("QUIESCE_SOCKET", svc.socket.as_os_str())];
     let run = azure_extension_run(&azure, &env, ms.mnt.path(), "true", || {});
     assert_ne!(run.pre_status, 0, "pre wrapper succeeded although the plugin could not lock");
@@ -193,8 +193,8 @@ fn velero_pre_and_post_hook_commands_from_two_processes_hold_the_lock_between_th
     let svc = Service::start(&s, &lockd_config(&s, &lockd));
     let mut c = svc.connect();
     let run = |argv: Vec<String>| {
-        assert!(argv[0].ends_with("/quiesce"), "{argv:?}");
-        let out = Command::new(quiesce_bin()).args(&argv[1..]).env("QUIESCE_SOCKET", &svc.socket).output().unwrap();
+        assert!(argv[0].ends_with("/quiesce-client"), "{argv:?}");
+        let out = Command::new(quiesce_client_bin()).args(&argv[1..]).env("QUIESCE_SOCKET", &svc.socket).output().unwrap();
         assert!(out.status.success(), "{argv:?}: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };

@@ -51,7 +51,9 @@ impl Machine {
     fn take() -> Machine {
         assert!(!installed(), "the quiesce package is installed on this machine: this test would purge it");
         assert!(!Path::new("/etc/quiesce").exists(), "/etc/quiesce exists: this test's purge would remove an admin's config");
-        assert!(!Path::new("/usr/bin/quiesce").exists(), "/usr/bin/quiesce exists outside the package: the install would replace it");
+        for bin in ["/usr/bin/quiesce", "/usr/bin/quiesce-client"] {
+            assert!(!Path::new(bin).exists(), "{bin} exists outside the package: the install would replace it");
+        }
         let mut moved = Vec::new();
         for dir in CREATED {
             if Path::new(dir).exists() {
@@ -101,6 +103,7 @@ fn package_installs_checks_an_example_and_purges_to_nothing() {
     let has = |p: &str| listed.iter().any(|l| l == Path::new(p));
     for p in [
         "/usr/bin/quiesce",
+        "/usr/bin/quiesce-client",
         "/usr/lib/quiesce/plugins/postgres.wasm",
         "/usr/lib/quiesce/plugins/mariadb.wasm",
         "/usr/lib/quiesce/plugins/redis.wasm",
@@ -150,6 +153,10 @@ fn package_installs_checks_an_example_and_purges_to_nothing() {
     let help = stdout(&run(quiesce().arg("--help")));
     assert!(help.contains("snapshot") && help.contains("check"), "{help}");
     assert!(!help.contains("generate-docs"), "the packaging subcommand is hidden: {help}");
+    let client_help = stdout(&run(Command::new("/usr/bin/quiesce-client").arg("--help")));
+    for cmd in ["begin", "end", "fsfreeze-hook"] {
+        assert!(client_help.contains(cmd), "quiesce-client --help lacks {cmd}: {client_help}");
+    }
     // As an admin would: the example copied to the default config path, root's, 0600.
     let config = "/etc/quiesce/quiesce.toml";
     run(Command::new("install").args(["-m", "0600", "/usr/share/doc/quiesce/examples/postgres.toml", config]));

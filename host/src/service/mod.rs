@@ -26,6 +26,7 @@
 //! ends by itself soon after a service that died.
 
 pub mod client;
+pub mod commands;
 pub mod listen;
 pub mod peer;
 pub mod protocol;
