@@ -7,16 +7,19 @@ use std::path::Path;
 
 use clap_complete::Shell;
 
-/// Writes `DIR/man/*.1` (one page per visible command) and
-/// `DIR/completions/{quiesce.bash,_quiesce,quiesce.fish}`.
-pub fn generate(cmd: clap::Command, out: &Path) -> io::Result<()> {
+/// Writes `DIR/man/*.1` (one page per visible command of each binary) and
+/// `DIR/completions/{NAME.bash,_NAME,NAME.fish}` for `quiesce` and `quiesce-client`.
+pub fn generate(commands: [clap::Command; 2], out: &Path) -> io::Result<()> {
     let man = out.join("man");
     let completions = out.join("completions");
     std::fs::create_dir_all(&man)?;
     std::fs::create_dir_all(&completions)?;
-    clap_mangen::generate_to(cmd.clone(), &man)?;
-    for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
-        clap_complete::generate_to(shell, &mut cmd.clone(), "quiesce", &completions)?;
+    for cmd in commands {
+        clap_mangen::generate_to(cmd.clone(), &man)?;
+        let name = cmd.get_name().to_string();
+        for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+            clap_complete::generate_to(shell, &mut cmd.clone(), &name, &completions)?;
+        }
     }
     Ok(())
 }

@@ -10,7 +10,7 @@ use quiesce::interrupt::Interrupt;
 use quiesce::report::Report;
 use quiesce::rundir::RunDir;
 use quiesce::service;
-use quiesce::service::commands::{ClientCommand, USAGE};
+use quiesce::service::commands::{ClientCli, ClientCommand, USAGE};
 use quiesce::session::{self, Session, SessionOptions};
 use quiesce::snapshot::ShellCommand;
 use quiesce::{check, doctor, freeze, logging, status};
@@ -183,7 +183,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Before logging::init: a package build must not create /var/log/quiesce.
     if let Command::GenerateDocs { out } = &cli.command {
-        return match generate_docs::generate(Cli::command(), out) {
+        return match generate_docs::generate([Cli::command(), ClientCli::command()], out) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("quiesce: cannot write the docs into {}: {e}", out.display());

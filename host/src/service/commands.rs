@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 use super::{socket_from_env, Client, ClientError};
 
@@ -18,6 +18,22 @@ pub const UNREACHABLE: u8 = 5;
 /// Exit status of a usage error, for every command: bad arguments, a
 /// `--mount` that is not a mount point, a request the service called malformed.
 pub const USAGE: u8 = 2;
+
+/// `quiesce-client`'s command line: its binary parses it, and `quiesce
+/// generate-docs` makes its man pages and completions from it.
+#[derive(Parser)]
+#[command(
+    name = "quiesce-client",
+    version,
+    about = "Client of the quiesce service: begin, end, fsfreeze-hook (the same commands as quiesce's, in a small binary for hooks)",
+    long_about = "Client of the quiesce service (`quiesce serve`) at $QUIESCE_SOCKET (default /run/quiesce/quiesce.sock): \
+                  the same commands, arguments and exit statuses as `quiesce begin`, `quiesce end` and `quiesce fsfreeze-hook`, \
+                  in a small binary that starts faster — what agents' hooks (qemu-ga, the Azure extension, Velero) run."
+)]
+pub struct ClientCli {
+    #[command(subcommand)]
+    pub command: ClientCommand,
+}
 
 /// The client commands, a group of subcommands in both binaries.
 #[derive(Subcommand)]
