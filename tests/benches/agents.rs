@@ -4,7 +4,7 @@
 //! - floor: bare FIFREEZE×3 / FITHAW×3 from this process;
 //! - the QEMU guest agent over its socket: `guest-fsfreeze-freeze-list` +
 //!   `guest-fsfreeze-thaw`, no hook, a no-op shell hook, and the shipped
-//!   quiesce hook (`integrations/qemu-ga/fsfreeze-hook` → `quiesce
+//!   quiesce hook (`integrations/qemu-ga/fsfreeze-hook` → `quiesce-client
 //!   fsfreeze-hook` → the service with one no-op WASM plugin);
 //! - the quiesce service: `begin` (native freeze) + `end` over its socket
 //!   with one no-op WASM plugin (`plugins/examples/noop`), the plugin's own
