@@ -98,10 +98,13 @@ pub enum Act {
     FreezeForeign(PathBuf),
     /// `kill -9` of the pid in a file (the database server), then succeeds.
     KillPidFile(PathBuf),
-    /// Like `KillPidFile`, then wait (at most 5 s) until the process's fds are
-    /// closed: a SIGKILLed database closes its sockets only once the kernel has
-    /// torn down its memory. Not while frozen: a server blocked on the frozen
-    /// file system cannot die before the thaw.
+    /// Like `KillPidFile`, then wait (at most 5 s) until every thread of the
+    /// process has exited: only the leader left, a zombie, or the pid gone.
+    /// An empty `/proc/PID/fd` is not enough: the exiting thread that drops
+    /// the fd table releases the sockets a moment later (its task work), and
+    /// until then the peer does not see the hang-up (CI once checked in that
+    /// moment). Not while frozen: a server blocked on the frozen file system
+    /// cannot die before the thaw.
     KillPidFileAndWait(PathBuf),
 }
 
@@ -265,7 +268,11 @@ impl Rig {
             Act::KillPidFile(p) => writeln!(body, "kill -9 $(cat {})\nexit 0", p.display()),
             Act::KillPidFileAndWait(p) => writeln!(
                 body,
-                "pid=$(cat {})\nkill -9 $pid\nfor _ in $(seq 500); do [ -n \"$(ls /proc/$pid/fd 2>/dev/null)\" ] || break; sleep 0.01; done\nexit 0",
+                "pid=$(cat {})\nkill -9 $pid\nfor _ in $(seq 500); do\n  \
+                 state=$(sed 's/.*) //' /proc/$pid/stat 2>/dev/null | cut -d' ' -f1)\n  \
+                 [ -z \"$state\" ] && break\n  \
+                 [ \"$state\" = Z ] && [ \"$(ls /proc/$pid/task 2>/dev/null | wc -l)\" -le 1 ] && break\n  \
+                 sleep 0.01\ndone\nexit 0",
                 p.display()
             ),
         };
