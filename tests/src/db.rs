@@ -458,6 +458,10 @@ impl MariaDb {
             .arg("--bind-address=127.0.0.1")
             .arg("--user=root")
             .arg("--log-bin=binlog")
+            // Durable commits with the binlog on: crash recovery rolls back a
+            // prepared transaction whose binlog event is not on disk, and the
+            // default (0) leaves it in the page cache after the acknowledgement.
+            .arg("--sync-binlog=1")
             .arg("--server-id=1")
             .arg(format!("--pid-file={}", aux.join("my.pid").display()))
             .arg(format!("--log-error={}", error_log.display()))
