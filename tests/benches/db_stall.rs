@@ -103,10 +103,8 @@ struct Breakdown {
 }
 
 fn breakdown(run: &quiesce_tests::Run, t: quiesce_tests::restore::SnapTimes) -> Option<Breakdown> {
-    let text = std::fs::read_to_string(run.artifact("db", "quiesce_times")?).ok()?;
-    let get = |keys: &[&str]| {
-        text.lines().filter_map(|l| l.split_once('=')).find(|(k, _)| keys.contains(k)).and_then(|(_, v)| v.trim().parse::<u64>().ok())
-    };
+    let times = run.times("db")?;
+    let get = |keys: &[&str]| keys.iter().find_map(|k| times.get(*k).copied());
     let (from, to) = (get(&["locked", "paused"])?, get(&["releasing", "unpausing"])?);
     let ms = |a: u64, b: u64| (b as f64 - a as f64) / 1e6;
     let hook_ms = |phase: &str| run.hook("db", phase)["duration_ms"].as_f64().unwrap_or(f64::NAN);
@@ -129,9 +127,8 @@ fn breakdown(run: &quiesce_tests::Run, t: quiesce_tests::restore::SnapTimes) -> 
 }
 
 fn backup_stop(run: &quiesce_tests::Run) -> Option<(u64, u64)> {
-    let text = std::fs::read_to_string(run.artifact("db", "quiesce_times")?).ok()?;
-    let get = |key: &str| text.lines().filter_map(|l| l.split_once('=')).find(|(k, _)| *k == key)?.1.trim().parse().ok();
-    Some((get("stop_called")?, get("stop_returned")?))
+    let times = run.times("db")?;
+    Some((*times.get("stop_called")?, *times.get("stop_returned")?))
 }
 
 struct Row {

@@ -14,6 +14,7 @@ pub mod restore;
 pub mod service;
 pub mod soak;
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -437,6 +438,11 @@ impl Run {
             .and_then(|a| a["path"].as_str())
             .map(PathBuf::from)
     }
+    /// Hook `hook`'s `quiesce_times` artifact (the plugin SDK's
+    /// `artifacts::keep_times`), if it stored one.
+    pub fn times(&self, hook: &str) -> Option<BTreeMap<String, u64>> {
+        Some(parse_times(&fs::read_to_string(self.artifact(hook, "quiesce_times")?).ok()?))
+    }
     /// The text of a stored artifact; panics if the report lists none such.
     pub fn artifact_text(&self, hook: &str, name: &str) -> String {
         let p =
@@ -602,4 +608,13 @@ macro_rules! require {
             return;
         }
     };
+}
+
+/// A `quiesce_times` artifact: one `name=value` line per instant (ns since
+/// the Unix epoch, database server clock) or duration (`*_ns`).
+pub fn parse_times(text: &str) -> BTreeMap<String, u64> {
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().parse().unwrap_or_else(|_| panic!("quiesce_times: {k}={v} is not a number"))))
+        .collect()
 }

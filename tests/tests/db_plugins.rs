@@ -33,10 +33,7 @@ fn kv(text: &str) -> BTreeMap<String, String> {
 
 /// The plugin's `quiesce_times` artifact: server-clock ns per event.
 fn times(run: &Run) -> BTreeMap<String, u64> {
-    kv(&run.artifact_text("db", "quiesce_times"))
-        .into_iter()
-        .map(|(k, v)| (k.clone(), v.parse().unwrap_or_else(|_| panic!("quiesce_times {k}={v}"))))
-        .collect()
+    run.times("db").unwrap_or_else(|| panic!("no quiesce_times artifact: {}", run.report["artifacts"]))
 }
 
 fn pg_tcp(pg: &Postgres, extra: &[(&'static str, &str)]) -> (Vec<(&'static str, String)>, Vec<String>) {

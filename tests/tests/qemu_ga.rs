@@ -167,12 +167,7 @@ fn mariadb_stays_locked_through_qemu_ga_frozen_window_and_is_released_after_its_
         .and_then(|a| a["path"].as_str())
         .unwrap_or_else(|| panic!("no quiesce_times artifact: {report}"))
         .to_string();
-    let tm: std::collections::BTreeMap<String, u64> = std::fs::read_to_string(&artifact)
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.trim().parse().unwrap()))
-        .collect();
+    let tm = parse_times(&std::fs::read_to_string(&artifact).unwrap());
     assert!(tm["locked"] < t.start_ns && t.end_ns < tm["releasing"], "lock not held around qemu-ga's snapshot: {tm:?} {t:?}");
 
     let restored = restore_mariadb(&mut st.rig, &my);
