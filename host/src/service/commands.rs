@@ -12,6 +12,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use super::{socket_from_env, Client, ClientError};
+use crate::session::FreezeMode;
 
 /// Exit status when the service cannot be reached.
 pub const UNREACHABLE: u8 = 5;
@@ -57,18 +58,11 @@ impl ClientCommand {
     }
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
-pub enum FreezeArg {
-    Native,
-    External,
-    None,
-}
-
 #[derive(Args)]
 pub struct BeginArgs {
     /// Who freezes: quiesce (native), someone else (external), nobody (none).
     #[arg(long, value_enum, default_value = "native")]
-    pub freeze: FreezeArg,
+    pub freeze: FreezeMode,
     /// Freeze this mount point (repeatable; a native freeze needs at least one, or [freeze] mounts).
     #[arg(long = "mount", value_name = "DIR")]
     pub mounts: Vec<PathBuf>,
@@ -127,9 +121,9 @@ fn call_failed(e: &ClientError) -> ExitCode {
     }
 }
 
-fn begin_request(freeze: &str, mounts: &[PathBuf], hold: Option<Duration>) -> serde_json::Map<String, serde_json::Value> {
+fn begin_request(freeze: FreezeMode, mounts: &[PathBuf], hold: Option<Duration>) -> serde_json::Map<String, serde_json::Value> {
     let mut m = serde_json::Map::new();
-    m.insert("freeze".into(), freeze.into());
+    m.insert("freeze".into(), freeze.as_str().into());
     if !mounts.is_empty() {
         let abs: Vec<String> = mounts.iter().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()).display().to_string()).collect();
         m.insert("mounts".into(), abs.into());
@@ -141,12 +135,7 @@ fn begin_request(freeze: &str, mounts: &[PathBuf], hold: Option<Duration>) -> se
 }
 
 fn begin(args: BeginArgs) -> ExitCode {
-    let freeze = match args.freeze {
-        FreezeArg::Native => "native",
-        FreezeArg::External => "external",
-        FreezeArg::None => "none",
-    };
-    let reply = match call("begin", begin_request(freeze, &args.mounts, args.hold)) {
+    let reply = match call("begin", begin_request(args.freeze, &args.mounts, args.hold)) {
         Ok(r) => r,
         Err(e) => return call_failed(&e),
     };
@@ -206,7 +195,7 @@ fn end(args: EndArgs) -> ExitCode {
 fn fsfreeze_hook(args: HookArgs) -> ExitCode {
     match args.action {
         HookAction::Freeze => {
-            let reply = match call("begin", begin_request("external", &[], None)) {
+            let reply = match call("begin", begin_request(FreezeMode::External, &[], None)) {
                 Ok(r) => r,
                 Err(e) => return call_failed(&e),
             };

@@ -35,8 +35,9 @@ use crate::logging;
 use crate::report::{ErrorCode, Phase, Report, ReportError};
 use crate::rundir::{LockError, SessionLock};
 
-/// Who freezes the file systems in a two-phase session.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Who freezes the file systems in a two-phase session (also `quiesce
+/// begin --freeze`'s values).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum FreezeMode {
     /// quiesce freezes (FIFREEZE through the guardian) the planned mounts.
