@@ -282,11 +282,20 @@ pub fn shipped_hook() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../integrations/qemu-ga/fsfreeze-hook")
 }
 
-/// `PATH` with the directory of the binaries under test first, so the
-/// shipped hook's `exec quiesce-client` runs the one built here.
-pub fn path_with_quiesce() -> std::ffi::OsString {
+/// `PATH` with a directory holding only `quiesce-client` (a link to the one
+/// built here) first, so the shipped hook's `exec quiesce-client` runs it —
+/// and a hook that ran `quiesce` instead would not find it.
+pub fn path_with_client() -> std::ffi::OsString {
     let bin = crate::quiesce_client_bin();
-    let mut path = std::ffi::OsString::from(bin.parent().expect("target dir"));
+    let dir = bin.parent().expect("target dir").join("client-only");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    match std::os::unix::fs::symlink(&bin, dir.join("quiesce-client")) {
+        // Made by an earlier (or a concurrent) test: it points at the same binary.
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => panic!("link quiesce-client into {}: {e}", dir.display()),
+    }
+    let mut path = std::ffi::OsString::from(dir);
     path.push(":");
     path.push(std::env::var_os("PATH").unwrap_or_default());
     path
@@ -302,7 +311,7 @@ impl QemuGa {
     /// on `$PATH` and the service at `socket` through `$QUIESCE_SOCKET`
     /// (qemu-ga passes its environment to the hook).
     pub fn with_quiesce_hook(dir: &Path, socket: &Path) -> QemuGa {
-        let path = path_with_quiesce();
+        let path = path_with_client();
         QemuGa::start(dir, Some(&shipped_hook()), &[("PATH", path.as_os_str()), ("QUIESCE_SOCKET", socket.as_os_str())])
     }
 }
