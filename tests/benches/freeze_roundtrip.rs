@@ -246,11 +246,13 @@ struct Cold {
     guardian: Vec<Duration>,
     /// qemu-ga's whole freeze-list call (it reports no per-mount time).
     qga: Vec<Duration>,
+    /// Why a qemu-ga round gave no figure (printed, not dropped).
+    qga_failed: Vec<String>,
     expedited: usize,
 }
 
 fn cold_freezes(fds: &[OwnedFd], rev: &[OwnedFd], guardian: &mut Guardian, mut ga: Option<&mut QemuGa>, ga_mounts: &Mountpoints) -> Cold {
-    let mut c = Cold { bare: Vec::new(), guardian: Vec::new(), qga: Vec::new(), expedited: 0 };
+    let mut c = Cold { bare: Vec::new(), guardian: Vec::new(), qga: Vec::new(), qga_failed: Vec::new(), expedited: 0 };
     for _ in 0..COLD_ROUNDS {
         std::thread::sleep(COLD_GAP);
         let mut in_freeze = Duration::ZERO;
@@ -273,10 +275,13 @@ fn cold_freezes(fds: &[OwnedFd], rev: &[OwnedFd], guardian: &mut Guardian, mut g
         if let Some(agent) = ga.as_deref_mut() {
             std::thread::sleep(COLD_GAP);
             let t = Instant::now();
-            if agent.freeze_list(ga_mounts).is_ok() {
-                c.qga.push(t.elapsed());
+            match agent.freeze_list(ga_mounts) {
+                Ok(_) => c.qga.push(t.elapsed()),
+                Err(e) => c.qga_failed.push(format!("freeze-list: {e}")),
             }
-            let _ = agent.thaw();
+            if let Err(e) = agent.thaw() {
+                c.qga_failed.push(format!("thaw: {e}"));
+            }
         }
     }
     c
@@ -297,6 +302,9 @@ impl Cold {
             }
             v.sort();
             println!("| {name} | {:.3} | {:.3} |", pct(v, 0.5).as_secs_f64() * 1e3, v[v.len() - 1].as_secs_f64() * 1e3);
+        }
+        for why in &self.qga_failed {
+            println!("qemu-ga round without a figure: {why}");
         }
         println!(
             "the guardian expedited {} of {COLD_ROUNDS} freezes (/sys/kernel/rcu_expedited was not a writable 0 for the rest)",
