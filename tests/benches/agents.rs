@@ -9,7 +9,8 @@
 //! - the quiesce service: `begin` (native freeze) + `end` over its socket
 //!   with one no-op WASM plugin (`plugins/examples/noop`), the plugin's own
 //!   pre+post time from the report (a warm call), and the report's freeze
-//!   window;
+//!   window; and a second service with no hooks, so what the plugin adds to
+//!   a two-phase session is its own row;
 //! - one-shot `quiesce snapshot` (process start to exit, `--snapshot-cmd
 //!   true`) with no hooks and with the no-op plugin (cached);
 //! - the report's freeze window of an in-process session with an instant
@@ -84,6 +85,10 @@ fn main() {
 
     let service = service_available().then(|| Service::start(&s, &with_plugin));
     let mut client = service.as_ref().map(Service::connect);
+    // Its own scratch: its own socket, run directory and state.
+    let s_bare = Scratch::new("bench-agents-bare");
+    let service_bare = service_available().then(|| Service::start(&s_bare, &bare));
+    let mut client_bare = service_bare.as_ref().map(Service::connect);
     let have_qga = qga::available();
     let qga_dir = |name: &str| {
         let d = s.join(name);
@@ -133,6 +138,7 @@ fn main() {
         "qemu-ga freeze-list+thaw, no-op shell hook",
         "qemu-ga freeze-list+thaw, quiesce hook (service, no-op plugin)",
         "quiesce begin+end (socket, native freeze, no-op plugin)",
+        "quiesce begin+end (socket, native freeze, no hooks)",
         "one-shot `quiesce snapshot`, no hooks",
         "one-shot `quiesce snapshot`, no-op plugin (cached)",
     ]
@@ -147,9 +153,9 @@ fn main() {
 
     for round in 0..WARMUP + ROUNDS {
         let keep = round >= WARMUP;
-        for turn in 0..9 {
+        for turn in 0..10 {
             let t = Instant::now();
-            let col = match (turn + round) % 9 {
+            let col = match (turn + round) % 10 {
                 0 => {
                     let (d, _) = floor.round();
                     if keep {
@@ -184,21 +190,28 @@ fn main() {
                     continue;
                 }
                 5 => {
-                    one_shot(&bare);
+                    let Some(c) = client_bare.as_mut() else { continue };
+                    let b = ok(c, "begin", json!({"freeze": "native", "mounts": mounts_json}));
+                    assert_eq!(b["proceed"], true, "{b}");
+                    ok(c, "end", json!({"session_id": b["session_id"]}));
                     5
                 }
                 6 => {
-                    one_shot(&with_plugin);
+                    one_shot(&bare);
                     6
                 }
                 7 => {
+                    one_shot(&with_plugin);
+                    7
+                }
+                8 => {
                     let r = in_process(&bare);
                     if keep {
                         lib_windows.push(r.freeze.window_ms.unwrap_or(f64::NAN));
                     }
                     continue;
                 }
-                8 => {
+                9 => {
                     let r = in_process(&with_plugin);
                     if keep {
                         lib_windows_plugin.push(r.freeze.window_ms.unwrap_or(f64::NAN));
@@ -240,7 +253,8 @@ fn main() {
         v[v.len() / 2]
     };
     let one = |i: usize| med(&cols[i]).map(ms).unwrap_or(f64::NAN);
-    println!("| one-shot: what the cached no-op plugin adds | {:.3} | | |", one(6) - one(5));
+    println!("| service: what the warm no-op plugin adds to begin+end | {:.3} | | |", one(4) - one(5));
+    println!("| one-shot: what the cached no-op plugin adds | {:.3} | | |", one(7) - one(6));
     println!("| warm no-op plugin pre+post inside the service (report's hook durations) | {:.3} | | |", fmed(plugin_calls.clone()));
     println!(
         "| freeze window, in-process session, instant snapshot, no hooks | {:.3} | {:.2} | |",
@@ -279,6 +293,6 @@ fn main() {
     } else {
         println!("\n(quiesce serve not available in this build: service rows skipped)");
     }
-    drop(client);
-    drop(service);
+    drop((client, client_bare));
+    drop((service, service_bare));
 }
