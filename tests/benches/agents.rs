@@ -255,9 +255,7 @@ fn main() {
     // Within a round the two runs are neighbours and share the machine's
     // state of the moment: the median of the per-round differences is far
     // steadier than the difference of two medians.
-    let adds = |with: usize, without: usize| {
-        fmed(cols[with].v.iter().zip(&cols[without].v).map(|(w, b)| ms(*w) - ms(*b)).collect())
-    };
+    let adds = |with: usize, without: usize| fmed(cols[with].v.iter().zip(&cols[without].v).map(|(w, b)| ms(*w) - ms(*b)).collect());
     println!("| service: what the warm no-op plugin adds to begin+end (median of per-round differences) | {:.3} | | |", adds(4, 5));
     println!("| one-shot: what the cached no-op plugin adds (median of per-round differences) | {:.3} | | |", adds(7, 6));
     println!("| warm no-op plugin pre+post inside the service (report's hook durations) | {:.3} | | |", fmed(plugin_calls.clone()));
