@@ -49,6 +49,61 @@ pub(crate) unsafe fn syscall5(
     ret
 }
 
+/// `struct clone_args` as of Linux 5.7 (`CLONE_ARGS_SIZE_VER2`).
+#[repr(C)]
+#[derive(Default)]
+pub(crate) struct CloneArgs {
+    pub flags: u64,
+    pub pidfd: u64,
+    pub child_tid: u64,
+    pub parent_tid: u64,
+    pub exit_signal: u64,
+    pub stack: u64,
+    pub stack_size: u64,
+    pub tls: u64,
+    pub set_tid: u64,
+    pub set_tid_size: u64,
+    pub cgroup: u64,
+}
+
+/// `struct clone_args` as of Linux 5.3 (up to `tls`): what a kernel without
+/// `CLONE_INTO_CGROUP` takes.
+pub(crate) const CLONE_ARGS_SIZE_VER0: usize = 64;
+
+/// Clones a child that shares the host's memory (`args.flags` holds
+/// `CLONE_VM`) onto the stack `args` names, where it runs `child(arg)`.
+/// Every signal is blocked around the clone, so the child starts with all
+/// of them blocked and no host handler ever runs on its stack and TLS; the
+/// calling thread's mask is restored at once.
+///
+/// # Safety
+/// As [`clone3_on_stack`]: `args` is `size` bytes of a valid `clone_args`
+/// whose stack outlives the child's use of it; `child` makes raw syscalls
+/// only, on what `arg` points to.
+pub(crate) unsafe fn clone_vm_child(
+    args: &mut CloneArgs,
+    size: usize,
+    child: extern "C" fn(*mut c_void) -> !,
+    arg: *mut c_void,
+) -> std::io::Result<libc::pid_t> {
+    debug_assert!(size <= std::mem::size_of::<CloneArgs>());
+    // SAFETY: sigset_t is plain data; the old mask is restored right after;
+    // the clone as the caller promised.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        let r = clone3_on_stack((args as *mut CloneArgs).cast(), size, child, arg);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        if r < 0 {
+            Err(std::io::Error::from_raw_os_error((-r) as i32))
+        } else {
+            Ok(r as libc::pid_t)
+        }
+    }
+}
+
 /// `clone3(args, size)` for a child on a stack of its own (`args.stack`,
 /// `args.stack_size`; its top 16-byte aligned): the child calls
 /// `child(arg)` there, which must never return. Returns the child's pid to
@@ -60,12 +115,7 @@ pub(crate) unsafe fn syscall5(
 /// child may use until it execs or exits; `child` is async-signal-safe and
 /// touches only what `arg` points to (see the module doc).
 #[cfg(target_arch = "x86_64")]
-pub(crate) unsafe fn clone3_on_stack(
-    args: *mut c_void,
-    size: usize,
-    child: extern "C" fn(*mut c_void) -> !,
-    arg: *mut c_void,
-) -> libc::c_long {
+unsafe fn clone3_on_stack(args: *mut c_void, size: usize, child: extern "C" fn(*mut c_void) -> !, arg: *mut c_void) -> libc::c_long {
     let ret: libc::c_long;
     // SAFETY: the child starts after `syscall` with rax = 0 and rsp at the
     // top of its stack (16-byte aligned, as a `call` needs); r12/r13 are
@@ -94,12 +144,7 @@ pub(crate) unsafe fn clone3_on_stack(
 /// # Safety
 /// As the x86-64 version.
 #[cfg(target_arch = "aarch64")]
-pub(crate) unsafe fn clone3_on_stack(
-    args: *mut c_void,
-    size: usize,
-    child: extern "C" fn(*mut c_void) -> !,
-    arg: *mut c_void,
-) -> libc::c_long {
+unsafe fn clone3_on_stack(args: *mut c_void, size: usize, child: extern "C" fn(*mut c_void) -> !, arg: *mut c_void) -> libc::c_long {
     let ret: libc::c_long;
     // SAFETY: the child starts after `svc` with x0 = 0 and sp at the top of
     // its stack; x20/x21 are copied to it (x19 is reserved by LLVM).

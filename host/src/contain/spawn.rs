@@ -40,27 +40,12 @@ use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
 use tokio::io::unix::AsyncFd;
 use tokio::net::unix::pipe;
 
+use crate::rawsys::{CloneArgs, CLONE_ARGS_SIZE_VER0};
+
 const CLONE_PIDFD: u64 = 0x1000;
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 const CLONE_VM: u64 = libc::CLONE_VM as u64;
 const CLONE_VFORK: u64 = libc::CLONE_VFORK as u64;
-
-/// `struct clone_args` as of Linux 5.7 (`CLONE_ARGS_SIZE_VER2`).
-#[repr(C)]
-#[derive(Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
-}
 
 /// What to run. The environment is exactly `env`: nothing is inherited.
 #[derive(Clone, Debug)]
@@ -310,9 +295,6 @@ pub(super) fn spawn(spec: &Spec, target: Target<'_>, pdeathsig: bool) -> io::Res
 /// syscalls, a few hundred bytes. 64 KiB of u128: 16-byte aligned.
 const CHILD_STACK_WORDS: usize = 4096;
 
-/// `struct clone_args` as of Linux 5.3 (no cgroup field).
-const CLONE_ARGS_SIZE_VER0: usize = 64;
-
 /// Everything the child reads, prepared before the clone: plain values and
 /// pointers into memory of the `spawn` frame, which CLONE_VFORK keeps
 /// suspended (and so unchanged) until the child has exec'd or exited.
@@ -337,21 +319,8 @@ struct ChildCtx {
 /// calling thread suspended meanwhile) with every signal blocked, so that
 /// no host handler runs on the child's stack before it has reset them.
 fn clone_child(args: &mut CloneArgs, size: usize, ctx: &mut ChildCtx) -> io::Result<libc::pid_t> {
-    // SAFETY: sigset_t is plain data; the old mask is restored right after.
-    // The child runs `child_main` on `args.stack` and reads only `ctx`.
-    unsafe {
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        let mut old: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-        let r = crate::rawsys::clone3_on_stack((args as *mut CloneArgs).cast(), size, child_main, (ctx as *mut ChildCtx).cast());
-        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-        if r < 0 {
-            Err(io::Error::from_raw_os_error((-r) as i32))
-        } else {
-            Ok(r as libc::pid_t)
-        }
-    }
+    // SAFETY: the child runs `child_main` on `args.stack` and reads only `ctx`.
+    unsafe { crate::rawsys::clone_vm_child(args, size, child_main, (ctx as *mut ChildCtx).cast()) }
 }
 
 /// The child, from clone to exec: raw syscalls only (it shares the host's

@@ -8,8 +8,9 @@
 //! once and nothing on disk changes. A child still blocked after `wait`
 //! means frozen; it is left to finish by itself at thaw and reaped later.
 //!
-//! The child shares the host's address space (`clone(CLONE_VM)`) and runs
-//! on a small stack of its own: a `fork` copies the page tables of a host
+//! The child shares the host's address space (`clone3(CLONE_VM)`, the way
+//! the containment spawner starts its children) and runs on a small stack
+//! of its own: a `fork` copies the page tables of a host
 //! with a loaded WebAssembly engine, about half a millisecond per probe
 //! (and a session probes every mount before it freezes). Sharing the
 //! memory, the child must not touch it: it makes raw syscalls only (glibc's
@@ -23,6 +24,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
+
+use crate::rawsys::{CloneArgs, CLONE_ARGS_SIZE_VER0};
 
 /// Probe children still blocked on a frozen fs when their probe gave up,
 /// with the stacks they run on (freed once they are reaped).
@@ -100,44 +103,36 @@ pub fn is_frozen(path: &Path, wait: Duration) -> io::Result<bool> {
 /// on, which must outlive it.
 fn spawn_probe(dirfd: RawFd) -> io::Result<(libc::pid_t, ChildStack)> {
     let mut stack: ChildStack = vec![0u128; CHILD_STACK_WORDS].into_boxed_slice();
-    // SAFETY: one past the end of the allocation, the top of a downward stack.
-    let top = unsafe { stack.as_mut_ptr().add(stack.len()) }.cast::<libc::c_void>();
-    // The child inherits the calling thread's mask: block everything so
-    // that no host handler ever runs on the child's stack and TLS.
-    // SAFETY: sigset_t is plain data; the old mask is restored right after.
-    let pid = unsafe {
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        let mut old: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-        // SAFETY: probe_child only makes raw syscalls on its own stack and
-        // on `dirfd`, passed by value.
-        let pid = libc::clone(probe_child, top, libc::CLONE_VM | libc::SIGCHLD, dirfd as usize as *mut libc::c_void);
-        let err = io::Error::last_os_error();
-        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-        if pid < 0 {
-            return Err(err);
-        }
-        pid
+    let mut args = CloneArgs {
+        flags: libc::CLONE_VM as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: stack.as_mut_ptr() as u64,
+        stack_size: std::mem::size_of_val(&*stack) as u64,
+        ..Default::default()
     };
+    // SAFETY: probe_child only makes raw syscalls on its own stack and on
+    // `dirfd`, passed by value; the stack is returned to outlive it.
+    let pid = unsafe { crate::rawsys::clone_vm_child(&mut args, CLONE_ARGS_SIZE_VER0, probe_child, dirfd as usize as *mut libc::c_void) }?;
     Ok((pid, stack))
 }
 
 /// The probe child: hold nothing but the directory (a blocked probe must
 /// not keep e.g. a guardian's command pipe open and hide the host's death),
-/// then the harmless rename. Returning makes glibc's clone exit it.
-extern "C" fn probe_child(arg: *mut libc::c_void) -> libc::c_int {
+/// then the harmless rename, then exit.
+extern "C" fn probe_child(arg: *mut libc::c_void) -> ! {
+    use crate::rawsys::syscall5 as sys;
     let dirfd = arg as usize as libc::c_long;
     let name = PROBE_NAME.as_ptr() as libc::c_long;
     // SAFETY: raw syscalls on plain integers and a static C string.
     unsafe {
         if dirfd > 0 {
-            crate::rawsys::syscall5(libc::SYS_close_range, 0, dirfd - 1, 0, 0, 0);
+            sys(libc::SYS_close_range, 0, dirfd - 1, 0, 0, 0);
         }
-        crate::rawsys::syscall5(libc::SYS_close_range, dirfd + 1, libc::c_long::from(u32::MAX), 0, 0, 0);
-        crate::rawsys::syscall5(libc::SYS_renameat2, dirfd, name, dirfd, name, 0);
+        sys(libc::SYS_close_range, dirfd + 1, libc::c_long::from(u32::MAX), 0, 0, 0);
+        sys(libc::SYS_renameat2, dirfd, name, dirfd, name, 0);
+        sys(libc::SYS_exit, 0, 0, 0, 0, 0);
+        std::hint::unreachable_unchecked()
     }
-    0
 }
 
 /// Closes fds `first..=last` (async-signal-safe). Falls back to a loop on
