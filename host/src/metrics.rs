@@ -377,6 +377,7 @@ mod tests {
             mode: None,
             duration_ms: 40.0,
             point: None,
+            steps: vec![],
         }
     }
 

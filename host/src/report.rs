@@ -290,6 +290,19 @@ pub struct Report {
     /// The recovery point recorded for this snapshot (`quiesce points show ID`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub point: Option<String>,
+    /// Where `duration_ms` went, step by step in order (`plan`, `lock`, `catalog`,
+    /// `probe`, `presync`, `guardian`, `plugins`, `pre`, `freeze`, then
+    /// `snapshot` or, two-phase, `held`, then `thaw`, `post`, `record`); a
+    /// session that stopped early lists the steps it reached.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<StepTime>,
+}
+
+/// One step of a session and how long it took.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepTime {
+    pub step: &'static str,
+    pub ms: f64,
 }
 
 impl Report {

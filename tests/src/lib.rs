@@ -404,6 +404,23 @@ pub fn quiesce_snapshot(scratch: &Scratch, config: &Path, mount: &Path, snapshot
     cmd
 }
 
+/// A report's `steps`, in order: (step, ms). Asserts what holds for every
+/// report: each step took a finite, non-negative time and together they
+/// add up to `duration_ms` (each figure is rounded to 0.001 ms).
+pub fn report_steps(report: &serde_json::Value) -> Vec<(String, f64)> {
+    let steps: Vec<(String, f64)> = report["steps"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no steps in the report: {report}"))
+        .iter()
+        .map(|s| (s["step"].as_str().unwrap_or("?").to_string(), s["ms"].as_f64().unwrap_or(f64::NAN)))
+        .collect();
+    assert!(steps.iter().all(|(_, ms)| ms.is_finite() && *ms >= 0.0), "{steps:?}");
+    let sum: f64 = steps.iter().map(|(_, ms)| ms).sum();
+    let total = report["duration_ms"].as_f64().unwrap_or(f64::NAN);
+    assert!((sum - total).abs() <= 0.001 * (steps.len() as f64 + 1.0), "steps add up to {sum} ms, duration_ms is {total}: {steps:?}");
+    steps
+}
+
 /// The result of one `quiesce` run, with the `--json` report parsed.
 pub struct Run {
     pub output: Output,

@@ -123,6 +123,13 @@ fn native_begin_freezes_until_end_and_the_report_carries_the_snapshot_id() {
     assert_eq!(report["snapshot"]["ids"], json!(["snap-0042"]));
     assert_eq!(report["session_id"], begun["session_id"]);
     assert!(report["freeze"]["window_ms"].as_f64().is_some(), "{report}");
+    // The agent's part, between the two calls, is a step of its own.
+    let steps = quiesce_tests::report_steps(report);
+    let names: Vec<&str> = steps.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        ["plan", "lock", "catalog", "probe", "presync", "guardian", "plugins", "pre", "freeze", "held", "thaw", "post", "record"]
+    );
     assert!(writable_within(f.mnt.path(), Duration::from_secs(5)).is_some(), "thawed after end");
     assert_eq!(f.log(), "pre\npost true\n");
     assert_eq!(svc.last_report()["session_id"], begun["session_id"]);

@@ -99,6 +99,15 @@ fn legacy_session_runs_scripts_freezes_and_is_app_consistent() {
     assert!(host <= overhead && (overhead - (window - snap)).abs() < 0.01, "host {host} overhead {overhead}");
     assert!(m["sync_ms"].as_f64().is_some(), "presync measured");
     assert!(!is_frozen(f.mnt.path()), "thawed afterwards");
+    // Where the time went, step by step; the slow snapshot command is its own step.
+    let steps = quiesce_tests::report_steps(&run.report);
+    let names: Vec<&str> = steps.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        ["plan", "lock", "catalog", "probe", "presync", "guardian", "plugins", "pre", "freeze", "snapshot", "thaw", "post", "record"]
+    );
+    assert!(steps[9].1 >= snap, "the snapshot step ({} ms) holds the command's {snap} ms", steps[9].1);
+    assert!(steps[7].1 >= pre["duration_ms"].as_f64().unwrap() - 0.01, "the pre step holds the pre script: {steps:?}");
 }
 
 #[test]
@@ -367,6 +376,9 @@ fn second_concurrent_session_is_refused_and_touches_nothing() {
     assert!(second.has_error("BackupOperationInProgress"), "{:?}", second.error_codes());
     assert_eq!(second.code(), 4);
     assert!(second.report["hooks"].as_array().unwrap().is_empty());
+    // It stopped at the lock; the steps say so.
+    let steps: Vec<String> = quiesce_tests::report_steps(&second.report).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(steps, ["plan", "lock", "post", "record"]);
     assert!(first.wait().unwrap().success());
     assert!(!f.file("second-snapped").exists());
     assert_eq!(f.read("log.txt"), "pre 1 a1 a 2\npost 1 p1\n", "only the first session's scripts ran");

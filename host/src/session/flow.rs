@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use super::hooks::PhaseContext;
 use super::record::Run;
+use super::steps::Steps;
 use super::{check_holds, release_log, Fallback, ReadyHook, Session, SessionPhase};
 use crate::config::OnFailure;
 use crate::duration;
@@ -110,6 +111,7 @@ pub struct Begun {
     lock: Option<SessionLock>,
     r: Run,
     started: Instant,
+    steps: Steps,
     hooks: Vec<ReadyHook>,
     /// Hooks whose pre phase was reached: they are owed their post.
     entered: usize,
@@ -150,12 +152,15 @@ impl Session {
         if begun.proceed {
             let mut interrupt = begun.interrupt.clone();
             begun.interrupted = begun.s.snapshot(begun.guardian.as_mut(), &mut begun.r, &mut interrupt).await;
+            begun.steps.lap("snapshot");
         }
         begun.finish().await
     }
 
     async fn begin_inner(self, mode: Option<FreezeMode>, interrupt: Interrupt) -> Begun {
         let started = Instant::now();
+        let mut steps = Steps::start(started);
+        steps.add("plan", self.planned_in);
         let r = Run::new(&self, mode == Some(FreezeMode::External));
         let mut b = Begun {
             s: self,
@@ -163,6 +168,7 @@ impl Session {
             lock: None,
             r,
             started,
+            steps,
             hooks: Vec::new(),
             entered: 0,
             guardian: None,
@@ -186,6 +192,7 @@ impl Session {
                 };
                 tracing::error!("{e}");
                 b.r.error(code, e.to_string());
+                b.steps.lap("lock");
                 return b;
             }
         }
@@ -196,6 +203,7 @@ impl Session {
             b.s.config_path.as_deref().map(|p| p.display().to_string()).unwrap_or_else(|| "built-in default".into())
         );
         b.s.record_state(&b.r, SessionPhase::Validating, &[], None);
+        b.steps.lap("lock");
         if let Some((e, fallback)) = &b.s.config_error {
             // The hooks it names cannot run, so no application was quiesced.
             tracing::error!("{}", e.message);
@@ -210,12 +218,15 @@ impl Session {
         let takes_snapshot = mode.is_some() || b.s.provider.is_some();
         if let Err(e) = crate::points::check_room(&b.s.state_dir, &b.s.config.points, takes_snapshot, &mut b.r.warnings) {
             b.r.errors.push(e);
+            b.steps.lap("catalog");
             return b;
         }
+        b.steps.lap("catalog");
 
         // 1. Whether the freeze can happen, then every script and plugin
         // validated, before anything runs or freezes.
         let freeze_problems = b.s.freeze_problems();
+        b.steps.lap("probe");
         b.freeze_ok = freeze_problems.is_empty();
         b.r.errors.extend(freeze_problems);
         let refuse_freeze = !b.freeze_ok && b.s.config.freeze.on_failure == OnFailure::Abort;
@@ -231,12 +242,15 @@ impl Session {
         if b.freeze_ok {
             if let (Some(plan), Some(lock)) = (b.s.plan.as_ref(), b.lock.as_ref()) {
                 freeze::presync(&plan.targets);
+                b.steps.lap("presync");
                 let spare = b.s.spare_guardian.take();
                 standby = Some(b.s.start_guardian(spare, plan, lock, &mut b.r));
+                b.steps.lap("guardian");
             }
         }
 
         b.hooks = b.s.validate_hooks();
+        b.steps.lap("plugins");
         for h in &b.hooks {
             if let Some(e) = h.refused() {
                 tracing::error!("hook {} refused: {}", h.spec.name, e.message);
@@ -276,6 +290,7 @@ impl Session {
         for h in &b.hooks[b.entered..] {
             b.r.skipped(&h.spec.name, h.kind(), if abort { "an earlier hook aborted the session" } else { "session interrupted" });
         }
+        b.steps.lap("pre");
 
         // 4. Freeze (the snapshot and the thaw follow in the second half).
         b.interrupted = b.interrupt.fired();
@@ -290,6 +305,9 @@ impl Session {
             }
         }
         b.freeze_required = b.s.plan.is_some();
+        if b.s.plan.is_some() {
+            b.steps.lap("freeze");
+        }
         if b.freeze_required && !b.freeze_ok && b.s.config.freeze.on_failure == OnFailure::Abort {
             tracing::error!("freeze failed and the policy is abort: no snapshot");
             return b;
@@ -365,6 +383,7 @@ impl Begun {
     /// The second half: the agent says what became of the snapshot; thaw if
     /// quiesce froze, post hooks, report.
     pub async fn end(mut self, outcome: SnapshotOutcome) -> Report {
+        self.steps.lap("held");
         self.external_thawed = true;
         if self.proceed {
             self.record_snapshot(outcome);
@@ -379,6 +398,7 @@ impl Begun {
     /// Ends the session without a snapshot: thaw, post hooks (told the
     /// snapshot was not taken), a report naming why.
     pub async fn abort(mut self, why: Abort) -> Report {
+        self.steps.lap("held");
         // A client's abort comes from the agent, before or after its own
         // freeze; expiry, a lost connection or a stop may come while the
         // agent still holds file systems frozen.
@@ -446,6 +466,7 @@ impl Begun {
             lock,
             mut r,
             started,
+            mut steps,
             mut hooks,
             entered,
             mut guardian,
@@ -480,6 +501,7 @@ impl Begun {
             }
             if let Some(g) = guardian.take() {
                 s.thaw(g, &mut r);
+                steps.lap("thaw");
             }
             r.frozen_throughout = match mode {
                 // The external freezer's freeze is trusted: it froze if the snapshot was taken.
@@ -508,6 +530,7 @@ impl Begun {
         for h in hooks {
             h.close();
         }
+        steps.lap("post");
         r.interrupted_by = interrupted.or_else(|| interrupt.fired());
         if let Some(sig) = &r.interrupted_by {
             r.error(ErrorCode::Interrupted, format!("session interrupted by {sig}; thawed and ran post hooks before exiting"));
@@ -515,6 +538,10 @@ impl Begun {
         let mut report = r.finish(&s, started);
         report.mode = mode;
         crate::points::record_session(&s.state_dir, &s.config.points, &mut report);
+        steps.lap("record");
+        // The steps add up to the whole, planning included.
+        report.steps = steps.into_vec();
+        report.duration_ms = duration::ms(s.planned_in + started.elapsed());
         // After the point, so that a PointNotRecorded error is counted too.
         let metrics_warnings = crate::metrics::publish(s.config.metrics.as_ref(), &report, &s.state_dir);
         report.warnings.extend(metrics_warnings);

@@ -22,6 +22,7 @@ mod artifacts;
 mod flow;
 mod hooks;
 mod record;
+mod steps;
 
 use crate::config::{Config, ConfigError, Format, HookBody};
 use crate::duration;
@@ -164,6 +165,8 @@ pub struct Session {
     /// The config's plugins, being loaded since `prepare` (see [`Preload`]).
     preload: std::sync::Mutex<Option<Preload>>,
     spare_guardian: Option<freeze::Spare>,
+    /// How long `prepare` took (the freeze plan): the report's first step.
+    planned_in: Duration,
 }
 
 /// A one-shot process starts its WebAssembly engine and loads its plugins
@@ -275,6 +278,7 @@ impl Session {
     /// Builds a session from a loaded (or failed) config and the caller's
     /// options. Plans the freeze; touches nothing.
     pub fn prepare(config: Result<Config, ConfigError>, opts: SessionOptions) -> Result<Session, SetupError> {
+        let started = std::time::Instant::now();
         let (config, config_path, config_error) = match config {
             Ok(c) => {
                 let p = c.path.clone();
@@ -330,6 +334,7 @@ impl Session {
             engine,
             preload: std::sync::Mutex::new(preload),
             spare_guardian: opts.spare_guardian,
+            planned_in: started.elapsed(),
         })
     }
 

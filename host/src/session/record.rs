@@ -134,6 +134,7 @@ impl Run {
             mode: None,
             duration_ms: ms(started.elapsed()),
             point: None,
+            steps: Vec::new(),
         };
         tracing::info!("{}", report.summary());
         report
