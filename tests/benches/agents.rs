@@ -22,6 +22,7 @@
 //! Run: `cargo bench -p quiesce-tests --bench agents` (root). Not a test: it
 //! asserts nothing about time.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -146,6 +147,13 @@ fn main() {
     .map(|name| Col { name, v: Vec::new() })
     .collect();
     let mut plugin_calls = Vec::new();
+    // The reports' `steps` of each service's sessions: where begin+end goes.
+    let mut svc_steps: [BTreeMap<String, Vec<f64>>; 2] = Default::default();
+    let mut keep_steps = |i: usize, report: &serde_json::Value| {
+        for (name, ms) in report_steps(report) {
+            svc_steps[i].entry(name).or_default().push(ms);
+        }
+    };
     let mut svc_windows = Vec::new();
     let mut lib_windows = Vec::new();
     let mut lib_windows_plugin = Vec::new();
@@ -185,6 +193,7 @@ fn main() {
                             .map(|h| h.iter().filter_map(|h| h["duration_ms"].as_f64()).sum())
                             .unwrap_or(f64::NAN);
                         plugin_calls.push(hook_ms);
+                        keep_steps(0, report);
                         cols[4].v.push(d);
                     }
                     continue;
@@ -193,7 +202,10 @@ fn main() {
                     let Some(c) = client_bare.as_mut() else { continue };
                     let b = ok(c, "begin", json!({"freeze": "native", "mounts": mounts_json}));
                     assert_eq!(b["proceed"], true, "{b}");
-                    ok(c, "end", json!({"session_id": b["session_id"]}));
+                    let e = ok(c, "end", json!({"session_id": b["session_id"]}));
+                    if keep {
+                        keep_steps(1, &e["report"]);
+                    }
                     5
                 }
                 6 => {
@@ -274,6 +286,25 @@ fn main() {
         fmed(svc_windows.clone()),
         fmed(svc_windows.clone()) / floor_ms
     );
+
+    if !svc_steps[0].is_empty() {
+        // In the order a session takes them.
+        let first = |name: &str| -> usize {
+            let order =
+                ["plan", "lock", "catalog", "probe", "presync", "guardian", "plugins", "pre", "freeze", "held", "thaw", "post", "record"];
+            order.iter().position(|n| *n == name).unwrap_or(order.len())
+        };
+        let mut names: Vec<&String> = svc_steps[0].keys().chain(svc_steps[1].keys()).collect();
+        names.sort_by_key(|n| (first(n), n.to_string()));
+        names.dedup();
+        println!("\nservice begin+end, the reports' steps (median ms; `held` is the client's round trip between the calls)");
+        println!("| step | no-op plugin | no hooks |");
+        println!("|---|---:|---:|");
+        for n in names {
+            let m = |i: usize| svc_steps[i].get(n).map(|v| format!("{:.3}", fmed(v.clone()))).unwrap_or_else(|| "-".into());
+            println!("| {n} | {} | {} |", m(0), m(1));
+        }
+    }
 
     // RSS and open fds of the service across many sessions.
     if let (Some(svc), Some(c)) = (&service, client.as_mut()) {
