@@ -239,8 +239,19 @@ pub fn render(report: &Report, counters: &Counters, now_unix_ms: u128) -> String
         "Exit status of the last session: 0 AppConsistent, 3 weaker or with errors, 4 no snapshot.",
     );
     out.sample("quiesce_last_session_exit_code", &[], f64::from(report.exit_code()));
-    out.family("quiesce_last_session_duration_seconds", "gauge", "How long the last session took, validation to report.");
+    out.family("quiesce_last_session_duration_seconds", "gauge", "How long the last session took, planning to its recorded point.");
     out.sample("quiesce_last_session_duration_seconds", &[], secs(report.duration_ms));
+    if !report.steps.is_empty() {
+        out.family("quiesce_last_session_step_seconds", "gauge", "Where the last session's time went: each step of its report's `steps`.");
+        // One series per step (node_exporter refuses duplicates); a session takes each once.
+        let mut seen: Vec<&str> = Vec::new();
+        for st in &report.steps {
+            if !seen.contains(&st.step) {
+                seen.push(st.step);
+                out.sample("quiesce_last_session_step_seconds", &[("step", st.step)], secs(st.ms));
+            }
+        }
+    }
     out.family("quiesce_last_freeze_mounts", "gauge", "File systems the last session froze.");
     out.sample("quiesce_last_freeze_mounts", &[], report.freeze.mounts.len() as f64);
     if let Some(w) = report.freeze.window_ms {

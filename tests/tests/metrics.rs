@@ -158,6 +158,10 @@ fn node_exporter_serves_the_last_sessions_values_and_counters_that_survive_the_p
     assert!(close(window, secs(&run.report["freeze"]["window_ms"])), "{window} vs {}", run.report["freeze"]);
     let snap = value(&m, "quiesce_last_snapshot_duration_seconds");
     assert!(close(snap, secs(&run.report["snapshot"]["duration_ms"])), "{snap} vs {}", run.report["snapshot"]);
+    for (step, ms) in quiesce_tests::report_steps(&run.report) {
+        let d = value(&m, &format!(r#"quiesce_last_session_step_seconds{{step="{step}"}}"#));
+        assert!(close(d, ms / 1000.0), "{step}: {d} vs {ms} ms");
+    }
     for phase in ["pre", "post"] {
         let d = value(&m, &format!(r#"quiesce_last_hook_duration_seconds{{hook="{HOOK_LABEL}",kind="script",phase="{phase}"}}"#));
         assert!(close(d, secs(&run.hook(HOOK, phase)["duration_ms"])), "{phase}: {d}");
