@@ -107,6 +107,10 @@ fn every_reflink_session_records_a_point_that_list_and_show_return() {
     let shown = points_json(&st, &["show", &id, "--json"]);
     assert_eq!(shown["report"]["session_id"], id.as_str(), "show carries the session report");
     assert_eq!(shown["report"]["point"], id.as_str());
+    // The report as it was just before it was recorded: every step up to the recording, adding up.
+    let steps: Vec<String> = quiesce_tests::report_steps(&shown["report"]).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(steps.last().map(String::as_str), Some("post"), "{steps:?}");
+    assert!(shown["report"]["duration_ms"].as_f64().unwrap() > 0.0);
     let human = points(&st, &["list"]);
     assert!(String::from_utf8_lossy(&human.stdout).contains(&format!("{id}  ")), "{}", String::from_utf8_lossy(&human.stdout));
 

@@ -20,7 +20,6 @@
 //! and no report is made. The service therefore always ends what it begun.
 
 use std::path::PathBuf;
-use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
@@ -110,7 +109,6 @@ pub struct Begun {
     /// None when the lock could not be taken (someone else's session).
     lock: Option<SessionLock>,
     r: Run,
-    started: Instant,
     steps: Steps,
     hooks: Vec<ReadyHook>,
     /// Hooks whose pre phase was reached: they are owed their post.
@@ -158,16 +156,13 @@ impl Session {
     }
 
     async fn begin_inner(self, mode: Option<FreezeMode>, interrupt: Interrupt) -> Begun {
-        let started = Instant::now();
-        let mut steps = Steps::start(started);
-        steps.add("plan", self.planned_in);
+        let steps = Steps::start(self.planned_in);
         let r = Run::new(&self, mode == Some(FreezeMode::External));
         let mut b = Begun {
             s: self,
             mode,
             lock: None,
             r,
-            started,
             steps,
             hooks: Vec::new(),
             entered: 0,
@@ -216,12 +211,12 @@ impl Session {
 
         // Room for this session's recovery point, before anything is quiesced.
         let takes_snapshot = mode.is_some() || b.s.provider.is_some();
-        if let Err(e) = crate::points::check_room(&b.s.state_dir, &b.s.config.points, takes_snapshot, &mut b.r.warnings) {
+        let room = crate::points::check_room(&b.s.state_dir, &b.s.config.points, takes_snapshot, &mut b.r.warnings);
+        b.steps.lap("catalog");
+        if let Err(e) = room {
             b.r.errors.push(e);
-            b.steps.lap("catalog");
             return b;
         }
-        b.steps.lap("catalog");
 
         // 1. Whether the freeze can happen, then every script and plugin
         // validated, before anything runs or freezes.
@@ -305,7 +300,7 @@ impl Session {
             }
         }
         b.freeze_required = b.s.plan.is_some();
-        if b.s.plan.is_some() {
+        if b.freeze_required {
             b.steps.lap("freeze");
         }
         if b.freeze_required && !b.freeze_ok && b.s.config.freeze.on_failure == OnFailure::Abort {
@@ -465,7 +460,6 @@ impl Begun {
             mode,
             lock,
             mut r,
-            started,
             mut steps,
             mut hooks,
             entered,
@@ -535,13 +529,14 @@ impl Begun {
         if let Some(sig) = &r.interrupted_by {
             r.error(ErrorCode::Interrupted, format!("session interrupted by {sig}; thawed and ran post hooks before exiting"));
         }
-        let mut report = r.finish(&s, started);
+        let mut report = r.finish(&s);
         report.mode = mode;
+        // The point keeps the report as it was before it was recorded; the
+        // report returned adds the recording.
+        steps.fill(&mut report);
         crate::points::record_session(&s.state_dir, &s.config.points, &mut report);
         steps.lap("record");
-        // The steps add up to the whole, planning included.
-        report.steps = steps.into_vec();
-        report.duration_ms = duration::ms(s.planned_in + started.elapsed());
+        steps.fill(&mut report);
         // After the point, so that a PointNotRecorded error is counted too.
         let metrics_warnings = crate::metrics::publish(s.config.metrics.as_ref(), &report, &s.state_dir);
         report.warnings.extend(metrics_warnings);

@@ -1,44 +1,52 @@
 //! Where a session's time goes: a lap clock over its steps, reported as
 //! `report.steps` so that an admin (or a bench) sees which step made a
 //! session slow — the lock, the catalog, the probe, the pre hooks, the
-//! freeze — without a profiler.
+//! freeze — without a profiler. The report's `duration_ms` is the same
+//! clock's total, so the steps add up to it.
 
 use std::time::{Duration, Instant};
 
 use crate::duration::ms;
-use crate::report::StepTime;
+use crate::report::{Report, StepTime};
 
 /// Most steps a report lists: a session has about a dozen; the cap only
 /// keeps a future loop from growing the report.
 const MAX_STEPS: usize = 32;
 
 pub(super) struct Steps {
+    started: Instant,
+    /// Measured before the clock started: planning, in `prepare`.
+    planned: Duration,
     last: Instant,
     done: Vec<StepTime>,
 }
 
 impl Steps {
-    pub fn start(at: Instant) -> Steps {
-        Steps { last: at, done: Vec::new() }
-    }
-
-    /// A step measured elsewhere (before the clock started).
-    pub fn add(&mut self, name: &'static str, took: Duration) {
-        if self.done.len() < MAX_STEPS {
-            self.done.push(StepTime { step: name, ms: ms(took) });
-        }
+    /// Starts the clock now, after a `prepare` that took `planned` (the first step).
+    pub fn start(planned: Duration) -> Steps {
+        let now = Instant::now();
+        let mut steps = Steps { started: now, planned, last: now, done: Vec::new() };
+        steps.push("plan", planned);
+        steps
     }
 
     /// The step `name` ended now (it began where the last one ended).
     pub fn lap(&mut self, name: &'static str) {
         let now = Instant::now();
-        if self.done.len() < MAX_STEPS {
-            self.done.push(StepTime { step: name, ms: ms(now.saturating_duration_since(self.last)) });
-        }
+        self.push(name, now.saturating_duration_since(self.last));
         self.last = now;
     }
 
-    pub fn into_vec(self) -> Vec<StepTime> {
-        self.done
+    fn push(&mut self, name: &'static str, took: Duration) {
+        if self.done.len() < MAX_STEPS {
+            self.done.push(StepTime { step: name, ms: ms(took) });
+        }
+    }
+
+    /// Writes the steps so far into `report`, and as its `duration_ms` their
+    /// whole: planning to the last lap.
+    pub fn fill(&self, report: &mut Report) {
+        report.steps = self.done.clone();
+        report.duration_ms = ms(self.planned + self.last.saturating_duration_since(self.started));
     }
 }
