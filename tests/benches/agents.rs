@@ -22,7 +22,6 @@
 //! Run: `cargo bench -p quiesce-tests --bench agents` (root). Not a test: it
 //! asserts nothing about time.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -147,11 +146,19 @@ fn main() {
     .map(|name| Col { name, v: Vec::new() })
     .collect();
     let mut plugin_calls = Vec::new();
-    // The reports' `steps` of each service's sessions: where begin+end goes.
-    let mut svc_steps: [BTreeMap<String, Vec<f64>>; 2] = Default::default();
+    // The reports' `steps` of each service's sessions (where begin+end
+    // goes), by step name in the order the sessions take them.
+    let mut svc_steps: Vec<(String, [Vec<f64>; 2])> = Vec::new();
     let mut keep_steps = |i: usize, report: &serde_json::Value| {
         for (name, ms) in report_steps(report) {
-            svc_steps[i].entry(name).or_default().push(ms);
+            let at = match svc_steps.iter().position(|(n, _)| *n == name) {
+                Some(at) => at,
+                None => {
+                    svc_steps.push((name, Default::default()));
+                    svc_steps.len() - 1
+                }
+            };
+            svc_steps[at].1[i].push(ms);
         }
     };
     let mut svc_windows = Vec::new();
@@ -287,22 +294,13 @@ fn main() {
         fmed(svc_windows.clone()) / floor_ms
     );
 
-    if !svc_steps[0].is_empty() {
-        // In the order a session takes them.
-        let first = |name: &str| -> usize {
-            let order =
-                ["plan", "lock", "catalog", "probe", "presync", "guardian", "plugins", "pre", "freeze", "held", "thaw", "post", "record"];
-            order.iter().position(|n| *n == name).unwrap_or(order.len())
-        };
-        let mut names: Vec<&String> = svc_steps[0].keys().chain(svc_steps[1].keys()).collect();
-        names.sort_by_key(|n| (first(n), n.to_string()));
-        names.dedup();
+    if !svc_steps.is_empty() {
         println!("\nservice begin+end, the reports' steps (median ms; `held` is the client's round trip between the calls)");
         println!("| step | no-op plugin | no hooks |");
         println!("|---|---:|---:|");
-        for n in names {
-            let m = |i: usize| svc_steps[i].get(n).map(|v| format!("{:.3}", fmed(v.clone()))).unwrap_or_else(|| "-".into());
-            println!("| {n} | {} | {} |", m(0), m(1));
+        for (name, v) in &svc_steps {
+            let m = |i: usize| if v[i].is_empty() { "-".to_string() } else { format!("{:.3}", fmed(v[i].clone())) };
+            println!("| {name} | {} | {} |", m(0), m(1));
         }
     }
 
