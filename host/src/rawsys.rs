@@ -86,7 +86,7 @@ pub(crate) unsafe fn clone_vm_child(
     child: extern "C" fn(*mut c_void) -> !,
     arg: *mut c_void,
 ) -> std::io::Result<libc::pid_t> {
-    debug_assert!(size <= std::mem::size_of::<CloneArgs>());
+    debug_assert!(size <= std::mem::size_of::<CloneArgs>() && args.flags & libc::CLONE_VM as u64 != 0);
     // SAFETY: sigset_t is plain data; the old mask is restored right after;
     // the clone as the caller promised.
     unsafe {
