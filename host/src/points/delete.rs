@@ -108,8 +108,16 @@ impl PruneOutcome {
 /// leaves that record, marked, and the prune goes on with the next.
 pub fn prune(catalog: &Catalog, policy: &Policy, dry_run: bool) -> Result<PruneOutcome, CatalogError> {
     let listing = catalog.list()?;
-    let candidates: Vec<Candidate> =
-        listing.points.iter().map(|p| Candidate { id: p.id.clone(), unix_ms: p.unix_ms, app_consistent: p.app_consistent() }).collect();
+    let candidates: Vec<Candidate> = listing
+        .points
+        .iter()
+        .map(|p| Candidate {
+            id: p.id.clone(),
+            unix_ms: p.unix_ms,
+            app_consistent: p.app_consistent(),
+            deletable: p.made.as_ref().is_some_and(snapshot::Made::deletable),
+        })
+        .collect();
     let plan = retention::plan(&candidates, policy);
     let mut out =
         PruneOutcome { dry_run, plan, deleted: Vec::new(), failed: Vec::new(), forgotten: Vec::new(), unreadable: listing.problems };

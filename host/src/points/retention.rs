@@ -21,6 +21,14 @@
 //! (`app_consistent_only = ["daily", "weekly"]`), so that the daily, weekly
 //! or monthly points kept are ones a database restores from without crash
 //! recovery, while `keep_last` still keeps the latest of any label.
+//!
+//! And one separation: the rules count the snapshots quiesce can delete
+//! (its own: reflink, btrfs, a command or cloud snapshot with a delete step)
+//! apart from the records of snapshots it cannot (an agent's, driven through
+//! the service). A qemu-ga or Velero schedule, or a group member looping
+//! `begin`/`end`, records points quickly; counted together, they would push
+//! the timer's real snapshots out of `keep_last` and `keep_daily`, and a
+//! prune would delete them. Each kind keeps its own `keep_*` points.
 
 use serde::{Deserialize, Serialize};
 
@@ -102,6 +110,8 @@ pub struct Candidate {
     pub id: String,
     pub unix_ms: u64,
     pub app_consistent: bool,
+    /// quiesce can delete its snapshot (see the module's "separation").
+    pub deletable: bool,
 }
 
 /// One point's fate: kept (and by which rules), or to go.
@@ -149,7 +159,7 @@ pub fn plan(points: &[Candidate], policy: &Policy) -> Plan {
         }
         return Plan { decisions, no_policy: true };
     }
-    for rule in Rule::ALL {
+    for (rule, deletable) in Rule::ALL.into_iter().flat_map(|r| [(r, true), (r, false)]) {
         let want = policy.count(rule);
         let app_only = policy.app_consistent_only.contains(&rule);
         let mut kept = 0u32;
@@ -158,7 +168,7 @@ pub fn plan(points: &[Candidate], policy: &Policy) -> Plan {
             if kept >= want {
                 break;
             }
-            if app_only && !c.app_consistent {
+            if c.deletable != deletable || (app_only && !c.app_consistent) {
                 continue;
             }
             let period = rule.period(c.unix_ms);
@@ -226,7 +236,7 @@ mod tests {
         (0..365 * 4)
             .map(|i| {
                 let t = YEAR_START + i * 6 * HOUR + HOUR / 2;
-                Candidate { id: format!("q-{}-{i:04}", t / 1000), unix_ms: t, app_consistent: i % 2 == 0 }
+                Candidate { id: format!("q-{}-{i:04}", t / 1000), unix_ms: t, app_consistent: i % 2 == 0, deletable: true }
             })
             .collect()
     }
@@ -237,6 +247,30 @@ mod tests {
 
     fn at(points: &[Candidate], id: &str) -> Candidate {
         points.iter().find(|c| c.id == id).cloned().expect("id")
+    }
+
+    #[test]
+    fn agents_records_do_not_push_deletable_snapshots_out() {
+        // The timer's daily snapshots (deletable), then an agent's 200
+        // records in the last hour (or a group member looping begin/end).
+        let mut points: Vec<Candidate> = (0..10)
+            .map(|d| Candidate { id: format!("timer-{d}"), unix_ms: YEAR_START + d * DAY, app_consistent: true, deletable: true })
+            .collect();
+        let flood = YEAR_START + 10 * DAY;
+        points.extend((0..200).map(|i| Candidate {
+            id: format!("agent-{i:03}"),
+            unix_ms: flood + i * 1000,
+            app_consistent: true,
+            deletable: false,
+        }));
+        let policy = Policy { keep_last: 3, keep_daily: 5, ..Default::default() };
+        let p = plan(&points, &policy);
+        let kept: Vec<String> = p.kept().map(|d| d.id.clone()).collect();
+        // Each kind counts on its own: the newest 5 daily timer points stay
+        // (3 of them also keep_last), and the agent's newest 3 (its one day).
+        assert_eq!(kept, ["agent-199", "agent-198", "agent-197", "timer-9", "timer-8", "timer-7", "timer-6", "timer-5"]);
+        assert_eq!(ids(&p, Rule::Last), ["agent-199", "agent-198", "agent-197", "timer-9", "timer-8", "timer-7"]);
+        assert_eq!(ids(&p, Rule::Daily), ["agent-199", "timer-9", "timer-8", "timer-7", "timer-6", "timer-5"]);
     }
 
     #[test]
@@ -348,7 +382,7 @@ mod tests {
             let points: Vec<Candidate> = (0..n)
                 .map(|i| {
                     t += next() % (3 * DAY);
-                    Candidate { id: format!("p{i:03}"), unix_ms: t, app_consistent: next() % 3 != 0 }
+                    Candidate { id: format!("p{i:03}"), unix_ms: t, app_consistent: next() % 3 != 0, deletable: true }
                 })
                 .collect();
             let policy = Policy {
