@@ -1,6 +1,6 @@
 #!/bin/sh
 # quiesce post wrapper for the Azure VM snapshot extension: ends the session
-# quiesce-pre.sh began (post hooks, release of every lock, the report in
+# quiesce-pre.sh began (tagged `azure`: another agent's session is left alone) (post hooks, release of every lock, the report in
 # `quiesce` service's last-report and the recovery point).
 #
 # Referenced as "postScriptLocation" from /etc/azure/VMSnapshotScriptPluginConfig.json;
@@ -14,7 +14,7 @@
 # 3 taken with errors, 4 no snapshot; 0 when there was no session left to end.
 for a; do shift; [ -z "$a" ] || set -- "$@" "$a"; done
 q=${QUIESCE_BIN:-/usr/bin/quiesce-client}
-out=$("$q" end "$@" 2>&1)
+out=$("$q" end --tag azure "$@" 2>&1)
 status=$?
 printf '%s\n' "$out"
 # The pre script ended the session itself when a pre hook failed (or the

@@ -7,7 +7,8 @@
 # extension insists on, or it will not run it:
 #   install -o root -g root -m 700 quiesce-pre.sh /etc/azure/quiesce-pre.sh
 #
-# It begins an `external` quiesce session (the extension freezes, not quiesce):
+# It begins an `external` quiesce session (the extension freezes, not quiesce),
+# tagged `azure` so that quiesce-post.sh ends this one and no other agent's:
 # the quiesce service runs the plugins' pre hooks and keeps their locks held
 # until quiesce-post.sh ends the session, or until the hold deadline
 # ([service] external_hold_secs, or --hold SECS in preScriptParams) passes.
@@ -22,7 +23,7 @@
 # override the binary and the service socket.
 for a; do shift; [ -z "$a" ] || set -- "$@" "$a"; done
 q=${QUIESCE_BIN:-/usr/bin/quiesce-client}
-reply=$("$q" begin --freeze external --json "$@") || exit
+reply=$("$q" begin --freeze external --tag azure --json "$@") || exit
 printf '%s\n' "$reply"
 # The reply is compact JSON: no error at all reads exactly "errors":[].
 case $reply in *'"errors":[]'*) exit 0 ;; esac

@@ -475,6 +475,24 @@ fn a_group_member_freezes_only_the_configs_mounts_and_loses_access_when_the_grou
     assert_eq!(r["ok"], true, "hooks without a freeze are what the group is for: {r}");
     let r = c.call(json!({"v":1,"id":3,"op":"end","session_id":r["session_id"]}));
     assert_eq!(r["ok"], true, "{r}");
+    // Mounts outside a native freeze would only let a member probe root's
+    // paths; a hold beyond external_hold_secs (60 s by default) would keep
+    // the plugins' database locks as long as the member liked.
+    let r = c.call(json!({"v":1,"id":4,"op":"begin","freeze":"none","mounts":["/root"]}));
+    assert_eq!(error_code(&r), "NotAuthorized", "{r}");
+    let r = c.call(json!({"v":1,"id":5,"op":"begin","freeze":"external","hold_secs":86400}));
+    assert_eq!(error_code(&r), "NotAuthorized", "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("external_hold_secs (60 s)"), "{r}");
+    assert_eq!(f.log(), "pre\npost true\n", "no hook ran for a refused begin");
+    // Root's session is root's to end: a member can neither end nor abort it, by id or without.
+    let root = svc.request(json!({"v":1,"id":6,"op":"begin","freeze":"none"}));
+    assert_eq!(root["ok"], true, "{root}");
+    for req in [json!({"v":1,"id":7,"op":"end"}), json!({"v":1,"id":8,"op":"abort","session_id":root["session_id"]})] {
+        let r = c.call(req);
+        assert_eq!(error_code(&r), "NotAuthorized", "{r}");
+    }
+    assert_eq!(f.log(), "pre\npost true\npre\n", "root's session is still begun");
+    assert_eq!(end(&svc, json!({}))["report"]["session_id"], root["session_id"]);
     drop(c);
     drop(svc);
 
@@ -723,6 +741,53 @@ fn fsfreeze_hook_freeze_and_thaw_as_qemu_ga_calls_them() {
     let (code, _, err) = run_cmd(cmd);
     assert_eq!(code, 5, "{err}");
     assert!(err.contains("here.sock") && err.contains("systemctl start quiesce.socket"), "{err}");
+}
+
+#[test]
+fn one_agents_end_never_ends_another_agents_session() {
+    quiesce_tests::require!(Root, Plugins);
+    let f = Fixture::new("svc-tags");
+    let svc = Service::start(&f.s, &f.config(&f.hook("", "continue")));
+    // Agent B's session is begun; qemu-ga's freeze is refused, and the thaw
+    // libvirt sends after a failed freeze must not end B's session.
+    let b = svc.request(json!({"v":1,"id":1,"op":"begin","freeze":"none","hold_secs":300}));
+    assert_eq!(b["ok"], true, "{b}");
+    assert_eq!(fsfreeze_hook(&svc, &f.s, "freeze"), 4, "one session at a time");
+    assert_eq!(fsfreeze_hook(&svc, &f.s, "thaw"), 0, "nothing of qemu-ga's to end");
+    let st = svc.request(json!({"v":1,"id":2,"op":"status"}));
+    assert_eq!(st["session"]["session_id"], b["session_id"], "B's session is still begun: {st}");
+    assert_eq!(st["session"]["tag"], Value::Null);
+    let r = svc.request(json!({"v":1,"id":3,"op":"end","tag":"azure"}));
+    assert_eq!(error_code(&r), "UnknownSession", "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("another agent's"), "{r}");
+    assert_eq!(f.log(), "pre\n", "no post hook ran for B before B's own end");
+    assert_eq!(end(&svc, json!({}))["report"]["session_id"], b["session_id"]);
+    assert_eq!(f.log(), "pre\npost true\n");
+
+    // A tagged session is ended by its tag (and by its id), not by an untagged end.
+    let t = svc.request(json!({"v":1,"id":4,"op":"begin","freeze":"none","tag":"velero"}));
+    assert_eq!(svc.request(json!({"v":1,"id":3,"op":"status"}))["session"]["tag"], "velero");
+    assert_eq!(error_code(&svc.request(json!({"v":1,"id":5,"op":"end"}))), "UnknownSession");
+    assert_eq!(end(&svc, json!({"tag":"velero"}))["report"]["session_id"], t["session_id"]);
+    drop(svc);
+
+    // An end without an id, sent while another client's begin runs its pre
+    // hooks, is refused at once — not queued to end that session after them.
+    std::fs::remove_file(f.file("log.txt")).unwrap();
+    let svc = Service::start(&f.s, &f.config(&f.hook("sleep 2", "continue")));
+    std::thread::scope(|scope| {
+        let begin = scope.spawn(|| svc.request(json!({"v":1,"id":1,"op":"begin","freeze":"none"})));
+        svc.wait_status("the begin's pre hooks", |s| s["session"]["phase"] == "pre");
+        let r = svc.request(json!({"v":1,"id":2,"op":"end"}));
+        assert_eq!(error_code(&r), "UnknownSession", "{r}");
+        assert!(r["error"]["message"].as_str().unwrap().contains("still beginning"), "{r}");
+        let b = begin.join().unwrap();
+        assert_eq!(b["proceed"], true, "{b}");
+        let st = svc.request(json!({"v":1,"id":3,"op":"status"}));
+        assert_eq!(st["session"]["session_id"], b["session_id"], "still begun after its begin answered: {st}");
+        assert_eq!(f.log(), "pre\n");
+        assert_eq!(end(&svc, json!({"session_id": b["session_id"]}))["report"]["consistency"], "AppConsistent");
+    });
 }
 
 #[test]

@@ -69,6 +69,9 @@ pub struct BeginArgs {
     /// End the session automatically after this long (default: max-freeze, or [service] external_hold_secs).
     #[arg(long, value_name = "SECS", value_parser = crate::duration::parse_secs)]
     pub hold: Option<Duration>,
+    /// Name the session after its agent (e.g. azure, velero): `end --tag` the same then ends it and no other agent's.
+    #[arg(long, value_name = "TAG")]
+    pub tag: Option<String>,
     /// Print the service's reply as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -76,9 +79,12 @@ pub struct BeginArgs {
 
 #[derive(Args)]
 pub struct EndArgs {
-    /// The session to end (default: the begun one).
+    /// The session to end (default: the begun one, if it has --tag's tag, or none without --tag).
     #[arg(value_name = "SESSION")]
     pub session: Option<String>,
+    /// End the begun session only if `begin --tag` gave it this tag.
+    #[arg(long, value_name = "TAG")]
+    pub tag: Option<String>,
     /// The snapshot was taken (the default).
     #[arg(long, conflicts_with = "snapshot_failed")]
     pub snapshot_taken: bool,
@@ -121,9 +127,20 @@ fn call_failed(e: &ClientError) -> ExitCode {
     }
 }
 
-fn begin_request(freeze: FreezeMode, mounts: &[PathBuf], hold: Option<Duration>) -> serde_json::Map<String, serde_json::Value> {
+/// The tag qemu-ga's hook begins and ends its sessions with.
+pub const QEMU_GA_TAG: &str = "qemu-ga";
+
+fn begin_request(
+    freeze: FreezeMode,
+    mounts: &[PathBuf],
+    hold: Option<Duration>,
+    tag: Option<&str>,
+) -> serde_json::Map<String, serde_json::Value> {
     let mut m = serde_json::Map::new();
     m.insert("freeze".into(), freeze.as_str().into());
+    if let Some(t) = tag {
+        m.insert("tag".into(), t.into());
+    }
     if !mounts.is_empty() {
         let abs: Vec<String> = mounts.iter().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()).display().to_string()).collect();
         m.insert("mounts".into(), abs.into());
@@ -135,7 +152,7 @@ fn begin_request(freeze: FreezeMode, mounts: &[PathBuf], hold: Option<Duration>)
 }
 
 fn begin(args: BeginArgs) -> ExitCode {
-    let reply = match call("begin", begin_request(args.freeze, &args.mounts, args.hold)) {
+    let reply = match call("begin", begin_request(args.freeze, &args.mounts, args.hold, args.tag.as_deref())) {
         Ok(r) => r,
         Err(e) => return call_failed(&e),
     };
@@ -155,10 +172,18 @@ fn begin(args: BeginArgs) -> ExitCode {
     }
 }
 
-fn end_request(session: Option<String>, taken: bool, snapshot_id: Option<String>) -> serde_json::Map<String, serde_json::Value> {
+fn end_request(
+    session: Option<String>,
+    tag: Option<&str>,
+    taken: bool,
+    snapshot_id: Option<String>,
+) -> serde_json::Map<String, serde_json::Value> {
     let mut m = serde_json::Map::new();
     if let Some(s) = session {
         m.insert("session_id".into(), s.into());
+    }
+    if let Some(t) = tag {
+        m.insert("tag".into(), t.into());
     }
     m.insert("snapshot".into(), if taken { "taken" } else { "failed" }.into());
     if let Some(id) = snapshot_id {
@@ -168,7 +193,7 @@ fn end_request(session: Option<String>, taken: bool, snapshot_id: Option<String>
 }
 
 fn end(args: EndArgs) -> ExitCode {
-    let reply = match call("end", end_request(args.session, !args.snapshot_failed, args.snapshot_id)) {
+    let reply = match call("end", end_request(args.session, args.tag.as_deref(), !args.snapshot_failed, args.snapshot_id)) {
         Ok(r) => r,
         Err(e) => return call_failed(&e),
     };
@@ -195,7 +220,7 @@ fn end(args: EndArgs) -> ExitCode {
 fn fsfreeze_hook(args: HookArgs) -> ExitCode {
     match args.action {
         HookAction::Freeze => {
-            let reply = match call("begin", begin_request(FreezeMode::External, &[], None)) {
+            let reply = match call("begin", begin_request(FreezeMode::External, &[], None, Some(QEMU_GA_TAG))) {
                 Ok(r) => r,
                 Err(e) => return call_failed(&e),
             };
@@ -217,9 +242,10 @@ fn fsfreeze_hook(args: HookArgs) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        HookAction::Thaw => match call("end", end_request(None, true, None)) {
+        HookAction::Thaw => match call("end", end_request(None, Some(QEMU_GA_TAG), true, None)) {
             Ok(_) => ExitCode::SUCCESS,
-            // qemu-ga also calls thaw after a failed freeze: nothing to end.
+            // qemu-ga also calls thaw after a failed freeze: nothing of its own
+            // to end (the tag leaves another agent's session alone).
             Err(ClientError::Refused { code, .. }) if code == "UnknownSession" => ExitCode::SUCCESS,
             Err(e) => call_failed(&e),
         },

@@ -23,6 +23,8 @@ pub const MAX_LINE: usize = 64 * 1024;
 
 /// Most mounts one `begin` may name.
 pub const MAX_MOUNTS: usize = 64;
+/// Longest `tag`.
+pub const MAX_TAG_BYTES: usize = 64;
 
 pub const OPS: [&str; 6] = ["version", "begin", "end", "abort", "status", "last-report"];
 
@@ -79,11 +81,21 @@ pub struct BeginArgs {
     pub mounts: Vec<PathBuf>,
     pub hold: Option<Duration>,
     pub bind: bool,
+    /// Who began it (`qemu-ga`, `azure`, …): an `end` or `abort` without a
+    /// session id ends the begun session only when it names the same tag.
+    pub tag: Option<String>,
+}
+
+/// Which session an `end` or `abort` means.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Target {
+    pub session_id: Option<String>,
+    pub tag: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct EndArgs {
-    pub session_id: Option<String>,
+    pub target: Target,
     pub taken: bool,
     pub snapshot_id: Option<String>,
 }
@@ -93,7 +105,7 @@ pub enum Op {
     Version,
     Begin(BeginArgs),
     End(EndArgs),
-    Abort { session_id: Option<String> },
+    Abort(Target),
     Status,
     LastReport,
 }
@@ -136,7 +148,7 @@ pub fn parse(line: &[u8]) -> Result<Request, (Value, Failure)> {
         "last-report" => Op::LastReport,
         "begin" => Op::Begin(begin_args(&obj).map_err(fail)?),
         "end" => Op::End(end_args(&obj).map_err(fail)?),
-        "abort" => Op::Abort { session_id: opt_string(&obj, "session_id", 256).map_err(fail)? },
+        "abort" => Op::Abort(target(&obj).map_err(fail)?),
         other => {
             let shown: String = other.chars().take(64).collect();
             return Err(fail(Failure::bad(format!("unknown op {shown:?} (one of: {})", OPS.join(", ")))));
@@ -178,7 +190,22 @@ fn begin_args(obj: &Map<String, Value>) -> Result<BeginArgs, Failure> {
         Some(_) => return Err(Failure::bad("`hold_secs` must be a number of seconds")),
     };
     let bind = opt_bool(obj, "bind")?.unwrap_or(false);
-    Ok(BeginArgs { freeze, mounts, hold, bind })
+    Ok(BeginArgs { freeze, mounts, hold, bind, tag: tag(obj)? })
+}
+
+/// A tag is a short name, so that it can be shown and compared as it is.
+fn tag(obj: &Map<String, Value>) -> Result<Option<String>, Failure> {
+    let tag = opt_string(obj, "tag", MAX_TAG_BYTES)?;
+    if let Some(t) = &tag {
+        if t.is_empty() || !t.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+            return Err(Failure::bad(format!("`tag` is 1 to {MAX_TAG_BYTES} letters, digits, '.', '_' or '-', not {t:?}")));
+        }
+    }
+    Ok(tag)
+}
+
+fn target(obj: &Map<String, Value>) -> Result<Target, Failure> {
+    Ok(Target { session_id: opt_string(obj, "session_id", 256)?, tag: tag(obj)? })
 }
 
 fn end_args(obj: &Map<String, Value>) -> Result<EndArgs, Failure> {
@@ -187,11 +214,7 @@ fn end_args(obj: &Map<String, Value>) -> Result<EndArgs, Failure> {
         Some("failed") => false,
         Some(s) => return Err(Failure::bad(format!("`snapshot` must be \"taken\" or \"failed\", not {s:?}"))),
     };
-    Ok(EndArgs {
-        session_id: opt_string(obj, "session_id", 256)?,
-        taken,
-        snapshot_id: opt_string(obj, "snapshot_id", MAX_SNAPSHOT_ID_BYTES)?,
-    })
+    Ok(EndArgs { target: target(obj)?, taken, snapshot_id: opt_string(obj, "snapshot_id", MAX_SNAPSHOT_ID_BYTES)? })
 }
 
 fn opt_string(obj: &Map<String, Value>, field: &str, max: usize) -> Result<Option<String>, Failure> {
@@ -250,11 +273,14 @@ mod tests {
                 freeze: FreezeMode::Native,
                 mounts: vec!["/mnt/a".into()],
                 hold: Some(Duration::from_millis(2500)),
-                bind: true
+                bind: true,
+                tag: None
             })
         );
         let r = parse(br#"{"id":"x","op":"end","snapshot":"failed","snapshot_id":"snap-1","extra":1}"#).unwrap();
-        assert_eq!(r.op, Op::End(EndArgs { session_id: None, taken: false, snapshot_id: Some("snap-1".into()) }));
+        assert_eq!(r.op, Op::End(EndArgs { target: Target::default(), taken: false, snapshot_id: Some("snap-1".into()) }));
+        let r = parse(br#"{"op":"abort","tag":"qemu-ga"}"#).unwrap();
+        assert_eq!(r.op, Op::Abort(Target { session_id: None, tag: Some("qemu-ga".into()) }));
         assert_eq!(parse(br#"{"op":"status"}"#).unwrap().op, Op::Status);
     }
 
@@ -269,6 +295,9 @@ mod tests {
         assert_eq!(code(r#"{"id":1,"op":"begin","hold_secs":1e30}"#), Code::BadRequest);
         assert_eq!(code(r#"{"id":1,"op":"begin","hold_secs":-1}"#), Code::BadRequest);
         assert_eq!(code(r#"{"id":1,"op":"end","snapshot":"maybe"}"#), Code::BadRequest);
+        assert_eq!(code(r#"{"id":1,"op":"begin","tag":"a b"}"#), Code::BadRequest);
+        assert_eq!(code(r#"{"id":1,"op":"end","tag":""}"#), Code::BadRequest);
+        assert_eq!(code(&format!(r#"{{"id":1,"op":"abort","tag":"{}"}}"#, "t".repeat(MAX_TAG_BYTES + 1))), Code::BadRequest);
         assert_eq!(code(r#"{"id":{},"op":"status"}"#), Code::BadRequest);
         assert_eq!(code(r#"{"v":2,"id":1,"op":"status"}"#), Code::UnsupportedVersion);
         let (id, f) = parse(br#"{"id":"a","op":"nope"}"#).unwrap_err();

@@ -154,8 +154,8 @@ async fn handle(ctx: &Ctx, peer: &Peer, conn: u64, line: &[u8], bound: &mut bool
             match claimed {
                 Err(f) => Err(f),
                 Ok(()) => {
-                    let root = peer.uid == 0;
-                    let r = ask(ctx, |reply| Job::Begin { args, conn, root, reply }).await;
+                    let uid = peer.uid;
+                    let r = ask(ctx, |reply| Job::Begin { args, conn, uid, reply }).await;
                     if matches!(&r, Ok(m) if bind && m.get("proceed") == Some(&json!(true))) {
                         *bound = true;
                     }
@@ -163,8 +163,21 @@ async fn handle(ctx: &Ctx, peer: &Peer, conn: u64, line: &[u8], bound: &mut bool
                 }
             }
         }
-        Op::End(args) => ask(ctx, |reply| Job::End { args, reply }).await,
-        Op::Abort { session_id } => ask(ctx, |reply| Job::Abort { session_id, reply }).await,
+        Op::End(mut args) => {
+            // Own statement: the guard must be gone before the await below.
+            let pinned = lock(&ctx.shared).pin(&mut args.target);
+            match pinned {
+                Ok(()) => ask(ctx, |reply| Job::End { args, uid: peer.uid, reply }).await,
+                Err(f) => Err(f),
+            }
+        }
+        Op::Abort(mut target) => {
+            let pinned = lock(&ctx.shared).pin(&mut target);
+            match pinned {
+                Ok(()) => ask(ctx, |reply| Job::Abort { target, uid: peer.uid, reply }).await,
+                Err(f) => Err(f),
+            }
+        }
     };
     match result {
         Ok(m) => protocol::ok_line(&req.id, m),

@@ -21,7 +21,7 @@ use std::time::Duration;
 use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use super::protocol::{BeginArgs, Code, EndArgs, Failure};
+use super::protocol::{BeginArgs, Code, EndArgs, Failure, Target};
 use crate::config::{Config, ConfigError, HookBody};
 use crate::freeze;
 use crate::hooks::wasm::WasmEngine;
@@ -38,16 +38,18 @@ pub(super) enum Job {
     Begin {
         args: BeginArgs,
         conn: u64,
-        /// The peer is root (else a member of `[service] group`).
-        root: bool,
+        /// The peer's uid: root, or a member of `[service] group`.
+        uid: u32,
         reply: Reply,
     },
     End {
         args: EndArgs,
+        uid: u32,
         reply: Reply,
     },
     Abort {
-        session_id: Option<String>,
+        target: Target,
+        uid: u32,
         reply: Reply,
     },
     /// Connection `conn` closed: abort the session bound to it, if any.
@@ -121,6 +123,29 @@ impl Shared {
         m
     }
 
+    /// An `end` or `abort` without a session id means the session begun when
+    /// it was sent, not whichever is begun when the worker gets to it: queued
+    /// behind another client's `begin`, it would end that session the moment
+    /// its pre hooks were done. So the id is filled in here, and a session
+    /// still in its pre hooks (its `begin` not yet answered) is not ended by
+    /// guess.
+    pub fn pin(&self, target: &mut Target) -> Result<(), Failure> {
+        if target.session_id.is_some() {
+            return Ok(());
+        }
+        let s = self.session.as_ref().ok_or_else(|| Failure::new(Code::UnknownSession, "no session is begun"))?;
+        let id = s.get("session_id").and_then(Value::as_str).unwrap_or_default();
+        check_target(target, id, s.get("tag").and_then(Value::as_str))?;
+        if s.get("phase").and_then(Value::as_str) == Some("pre") {
+            return Err(Failure::new(
+                Code::UnknownSession,
+                format!("session {id} is still beginning (its pre hooks run): end or abort it by its id once its begin has answered"),
+            ));
+        }
+        target.session_id = Some(id.to_string());
+        Ok(())
+    }
+
     pub fn last_report(&self) -> Option<Map<String, Value>> {
         self.last_report.clone()
     }
@@ -134,6 +159,9 @@ struct Current {
     hold: Duration,
     /// The connection it is bound to (`bind: true`).
     bound: Option<u64>,
+    /// `begin`'s tag, and the uid that began it: see [`Worker::take`].
+    tag: Option<String>,
+    owner: u32,
 }
 
 pub(super) struct Worker {
@@ -185,20 +213,20 @@ impl Worker {
             };
             let Some(job) = job else { break };
             match job {
-                Job::Begin { args, conn, root, reply } => {
-                    let r = self.begin(args, conn, root).await;
+                Job::Begin { args, conn, uid, reply } => {
+                    let r = self.begin(args, conn, uid).await;
                     // Refused, or ended at once (proceed = false): the slot is free again.
                     if self.current.is_none() {
                         lock(&self.shared).release();
                     }
                     let _ = reply.send(r);
                 }
-                Job::End { args, reply } => {
-                    let r = self.end(args).await;
+                Job::End { args, uid, reply } => {
+                    let r = self.end(args, uid).await;
                     let _ = reply.send(r);
                 }
-                Job::Abort { session_id, reply } => {
-                    let r = match self.take(session_id.as_deref()) {
+                Job::Abort { target, uid, reply } => {
+                    let r = match self.take(Some((&target, uid))) {
                         Ok(c) => Ok(self.finish(c, Ending::Abort(Abort::Client("`abort` requested".into()))).await),
                         Err(f) => Err(f),
                     };
@@ -222,7 +250,8 @@ impl Worker {
         }
     }
 
-    async fn begin(&mut self, args: BeginArgs, conn: u64, root: bool) -> Result<Map<String, Value>, Failure> {
+    async fn begin(&mut self, args: BeginArgs, conn: u64, uid: u32) -> Result<Map<String, Value>, Failure> {
+        let root = uid == 0;
         if self.current.is_some() {
             // Claimed slots make this unreachable; kept as a guard.
             return Err(Failure::new(Code::Report(ErrorCode::BackupOperationInProgress), "a session is already begun"));
@@ -243,6 +272,9 @@ impl Worker {
             group_may_freeze(&args.mounts, config.as_ref().ok())?;
         }
         let external_hold = config.as_ref().map(|c| c.service.external_hold).unwrap_or(crate::config::DEFAULT_EXTERNAL_HOLD);
+        if !root {
+            group_may_hold(&args, external_hold)?;
+        }
         let opts = SessionOptions {
             mounts: args.mounts.clone(),
             engine: self.engine(&config),
@@ -252,7 +284,7 @@ impl Worker {
         let session = Session::prepare(config, opts).map_err(|e| Failure::new(Code::BadRequest, e.to_string()))?;
         let id = session.id().to_string();
         let max_freeze = session.max_freeze();
-        self.set_status(&id, args.freeze, "pre", &[], None, unix_ms());
+        self.set_status(&id, &args, uid, "pre", &[], (unix_ms(), None));
         let begun = session.begin(BeginOptions { freeze: args.freeze }, self.interrupt.clone()).await;
         if !begun.holds_lock() {
             // Refused before anything ran (another session holds the run-dir lock).
@@ -285,7 +317,7 @@ impl Worker {
         reply.insert("deadline_unix_ms".into(), json!(deadline_unix_ms));
         let frozen = begun.frozen();
         let phase = if frozen.is_empty() { "begun" } else { "frozen" };
-        self.set_status(&id, args.freeze, phase, &frozen, Some(deadline_unix_ms), begun.begun_unix_ms());
+        self.set_status(&id, &args, uid, phase, &frozen, (begun.begun_unix_ms(), Some(deadline_unix_ms)));
         tracing::info!(
             "session {id} begun ({}, hold {:.3} s{})",
             args.freeze.as_str(),
@@ -298,12 +330,14 @@ impl Worker {
             deadline: crate::duration::deadline_tokio(tokio::time::Instant::now(), hold),
             hold,
             bound: args.bind.then_some(conn),
+            tag: args.tag.clone(),
+            owner: uid,
         });
         Ok(reply)
     }
 
-    async fn end(&mut self, args: EndArgs) -> Result<Map<String, Value>, Failure> {
-        let c = self.take(args.session_id.as_deref())?;
+    async fn end(&mut self, args: EndArgs, uid: u32) -> Result<Map<String, Value>, Failure> {
+        let c = self.take(Some((&args.target, uid)))?;
         let outcome = SnapshotOutcome { taken: args.taken, ids: args.snapshot_id.into_iter().collect() };
         Ok(self.finish(c, Ending::End(outcome)).await)
     }
@@ -315,16 +349,23 @@ impl Worker {
         }
     }
 
-    /// The begun session, if `id` names it (or is None).
-    fn take(&mut self, id: Option<&str>) -> Result<Current, Failure> {
-        match (&self.current, id) {
-            (None, _) => Err(Failure::new(Code::UnknownSession, "no session is begun")),
-            (Some(c), Some(id)) if c.id != id => {
-                let shown: String = id.chars().take(80).collect();
-                Err(Failure::new(Code::UnknownSession, format!("session {shown:?} is not the begun session")))
+    /// The begun session, for the service itself (None: expiry, a bound
+    /// connection's end, the service stopping), or for a client's `end` or
+    /// `abort`: only when its target names that session (its id, its tag) —
+    /// one agent's `end` never ends another agent's session — and the client
+    /// is root or the uid that began it.
+    fn take(&mut self, asked: Option<(&Target, u32)>) -> Result<Current, Failure> {
+        let Some(c) = &self.current else { return Err(Failure::new(Code::UnknownSession, "no session is begun")) };
+        if let Some((target, uid)) = asked {
+            check_target(target, &c.id, c.tag.as_deref())?;
+            if uid != 0 && uid != c.owner {
+                return Err(Failure::new(
+                    Code::NotAuthorized,
+                    format!("session {} was begun by uid {}: only that user or root may end or abort it", c.id, c.owner),
+                ));
             }
-            (Some(_), _) => self.current.take().ok_or_else(|| Failure::new(Code::UnknownSession, "no session is begun")),
         }
+        self.current.take().ok_or_else(|| Failure::new(Code::UnknownSession, "no session is begun"))
     }
 
     /// Ends a taken session (end, abort, expiry, disconnect), keeps its
@@ -353,10 +394,14 @@ impl Worker {
         m
     }
 
-    fn set_status(&self, id: &str, mode: FreezeMode, phase: &str, frozen: &[PathBuf], deadline: Option<u128>, begun: u128) {
+    /// `times`: when it began, and its deadline once begun (Unix ms).
+    fn set_status(&self, id: &str, args: &BeginArgs, uid: u32, phase: &str, frozen: &[PathBuf], times: (u128, Option<u128>)) {
+        let (begun, deadline) = times;
         let s = json!({
             "session_id": id,
-            "mode": mode,
+            "mode": args.freeze,
+            "tag": args.tag,
+            "owner_uid": uid,
             "phase": phase,
             "frozen": frozen,
             "begun_unix_ms": begun,
@@ -479,6 +524,49 @@ fn group_may_freeze(mounts: &[PathBuf], config: Option<&Config>) -> Result<(), F
         ));
     }
     Ok(())
+}
+
+/// Whether `target` names the session `id` with `tag`: by its id, or
+/// without one by its tag (no tag names an untagged session), so that one
+/// agent's `end` never ends another agent's session.
+fn check_target(target: &Target, id: &str, tag: Option<&str>) -> Result<(), Failure> {
+    if let Some(asked) = target.session_id.as_deref().filter(|asked| *asked != id) {
+        let shown: String = asked.chars().take(80).collect();
+        return Err(Failure::new(Code::UnknownSession, format!("session {shown:?} is not the begun session")));
+    }
+    if (target.session_id.is_none() || target.tag.is_some()) && target.tag.as_deref() != tag {
+        let of = |t: Option<&str>| t.map_or("no tag".to_string(), |t| format!("tag {t:?}"));
+        return Err(Failure::new(
+            Code::UnknownSession,
+            format!("the begun session {id} has {}, not {}: it is another agent's", of(tag), of(target.tag.as_deref())),
+        ));
+    }
+    Ok(())
+}
+
+/// A member of `[service] group` names mounts only to freeze them natively
+/// (elsewhere they would only let it probe root's paths), and holds a
+/// session — its plugins' database locks — at most as long as the config's
+/// `[service] external_hold_secs` (a native freeze is capped by `max_freeze`).
+fn group_may_hold(args: &BeginArgs, external_hold: Duration) -> Result<(), Failure> {
+    if args.freeze != FreezeMode::Native && !args.mounts.is_empty() {
+        return Err(Failure::new(
+            Code::NotAuthorized,
+            format!("`mounts` with freeze {:?} are for root: quiesce freezes nothing in that mode; leave them out", args.freeze.as_str()),
+        ));
+    }
+    match args.hold {
+        Some(h) if args.freeze != FreezeMode::Native && h > external_hold => Err(Failure::new(
+            Code::NotAuthorized,
+            format!(
+                "a member of [service] group holds a session at most [service] external_hold_secs ({} s), not {} s: \
+                 ask for less, or have root raise external_hold_secs",
+                external_hold.as_secs_f64(),
+                h.as_secs_f64()
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 enum Ending {
