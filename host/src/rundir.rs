@@ -260,6 +260,20 @@ impl SessionLock {
     pub fn raw_fd(&self) -> RawFd {
         self.lock.as_raw_fd()
     }
+
+    /// Closes this process's fd without unlocking, for a session that ends
+    /// with a mount still frozen: the flock belongs to the open file
+    /// description, which the guardian's copy keeps — and with it the lock —
+    /// until it has thawed and exited. Dropping would `LOCK_UN` it for the
+    /// guardian too; leaking the fd (as before) kept a long-running service
+    /// holding the lock for good, refusing every later session.
+    pub fn leave_to_guardian(self) {
+        let fd = self.lock.as_raw_fd();
+        std::mem::forget(self);
+        // SAFETY: `fd` was this lock's own, and nothing refers to it after
+        // the forget: closing it is the drop minus the unlock.
+        unsafe { libc::close(fd) };
+    }
 }
 
 /// What `quiesce status` shows about a running session.

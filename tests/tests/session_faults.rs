@@ -3,6 +3,7 @@
 //! freeze. Whatever happens, nothing stays frozen (issue #3).
 
 use std::fs;
+use std::os::fd::FromRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
@@ -508,6 +509,27 @@ fn injected_session_args(s: &Scratch, mount: &std::path::Path, max_freeze: &str)
         .map(|a| a.to_string())
         .chain([config.display().to_string(), "--mount".into(), mount.display().to_string()])
         .collect()
+}
+
+/// A session that ends with a mount still frozen leaves the session lock to
+/// the guardian's copy alone (the same open file description). Once the
+/// guardian lets go, the lock is free — also in a long-running service,
+/// whose process lives on (it used to leak its fd and hold the lock for good).
+#[test]
+fn a_lock_left_to_the_guardian_is_free_once_the_guardian_lets_go() {
+    require!(Root);
+    let s = Scratch::new("lock-left");
+    let run = quiesce::rundir::RunDir::new(s.join("run"));
+    let lock = run.lock().expect("take the session lock");
+    // Close-on-exec, or a process another test spawns meanwhile inherits it.
+    // SAFETY: F_DUPFD_CLOEXEC of a valid fd; the copy is owned from here on.
+    let guardian_copy = unsafe { std::os::fd::OwnedFd::from_raw_fd(libc::fcntl(lock.raw_fd(), libc::F_DUPFD_CLOEXEC, 0)) };
+    lock.leave_to_guardian();
+    assert!(run.session_running().unwrap(), "the guardian's copy still holds the lock");
+    assert!(matches!(run.lock(), Err(quiesce::rundir::LockError::Busy { .. })), "a new session waits its turn");
+    drop(guardian_copy);
+    assert!(!run.session_running().unwrap(), "free once the guardian let go");
+    run.lock().expect("the next session takes it");
 }
 
 #[test]

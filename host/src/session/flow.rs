@@ -547,10 +547,7 @@ impl Begun {
                 s.run_dir.clear_state();
                 drop(lock);
             } else {
-                // Dropping the lock would unlock it (flock LOCK_UN) for the
-                // guardian's copy of the fd too; leaking our fd leaves the
-                // guardian the only holder until it has thawed and exited.
-                std::mem::forget(lock);
+                lock.leave_to_guardian();
             }
         }
         report
