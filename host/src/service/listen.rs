@@ -14,7 +14,6 @@ use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
@@ -154,12 +153,9 @@ pub fn bind(path: &Path, gid: Option<Gid>) -> Result<Listening, ListenError> {
     if name.len() > 80 {
         return Err(bad("the socket's file name is too long"));
     }
-    match std::fs::DirBuilder::new().recursive(true).mode(0o755).create(dir_path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(source) => return Err(ListenError::Io { path: dir_path.to_path_buf(), source }),
-    }
-    let dir = trust::open_trusted_dir(dir_path).map_err(|source| ListenError::Untrusted { dir: dir_path.to_path_buf(), source })?;
+    // Created beneath directories already checked, never through a planted symlink.
+    let dir =
+        trust::create_trusted_dir(dir_path, 0o755).map_err(|source| ListenError::Untrusted { dir: dir_path.to_path_buf(), source })?;
     let io_err = |source: io::Error| ListenError::Io { path: path.to_path_buf(), source };
     match stat::fstatat(&dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
         Ok(st) if st.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFSOCK.bits() => {

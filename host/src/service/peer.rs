@@ -1,8 +1,9 @@
 //! Who is on the other end of a connection, from the kernel: `SO_PEERCRED`
 //! (uid, gid, pid at connect time) and `SO_PEERGROUPS` (its supplementary
 //! groups). The socket's file mode is a first fence; this is the check that
-//! counts, so a socket made group-accessible by mistake (or an inherited fd)
-//! still lets nobody else in.
+//! counts, so a socket made group-accessible by mistake still lets nobody
+//! else in. (A connected fd handed on keeps the credentials of whoever
+//! connected: the clients open theirs close-on-exec.)
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};

@@ -204,36 +204,101 @@ enum LineError {
 /// Reads `\n`-terminated lines of at most [`MAX_LINE`] bytes.
 struct LineReader {
     buf: Vec<u8>,
+    /// Where the next line starts in `buf`: lines are taken by moving this,
+    /// and the consumed front is dropped only before a read — shifting the
+    /// rest after every line made a stream of empty lines quadratic.
+    start: usize,
 }
 
 impl LineReader {
     fn new() -> LineReader {
-        LineReader { buf: Vec::new() }
+        LineReader { buf: Vec::new(), start: 0 }
     }
 
     /// The next line without its newline; None at end of input (a partial
     /// last line is dropped: a request is only complete with its newline).
     async fn next<R: AsyncRead + Unpin>(&mut self, rd: &mut R) -> Result<Option<Vec<u8>>, LineError> {
         let mut chunk = [0u8; 8192];
-        let mut scanned = 0;
+        let mut scanned = self.start;
         loop {
             if let Some(pos) = self.buf[scanned..].iter().position(|&b| b == b'\n').map(|p| p + scanned) {
-                if pos >= MAX_LINE {
+                if pos - self.start >= MAX_LINE {
                     return Err(LineError::TooLarge);
                 }
-                let mut line: Vec<u8> = self.buf.drain(..=pos).collect();
-                line.pop();
+                let line = self.buf[self.start..pos].to_vec();
+                self.start = pos + 1;
                 return Ok(Some(line));
             }
-            scanned = self.buf.len();
-            if self.buf.len() >= MAX_LINE {
+            if self.buf.len() - self.start >= MAX_LINE {
                 return Err(LineError::TooLarge);
             }
+            self.buf.drain(..self.start);
+            self.start = 0;
+            scanned = self.buf.len();
             let n = rd.read(&mut chunk).await.map_err(|_| LineError::Io)?;
             if n == 0 {
                 return Ok(None);
             }
             self.buf.extend_from_slice(&chunk[..n]);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hands out its input a few bytes at a time, as a socket may.
+    struct Trickle<'a>(&'a [u8], usize);
+
+    impl AsyncRead for Trickle<'_> {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let n = self.1.min(self.0.len()).min(buf.remaining());
+            buf.put_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    fn lines(input: &[u8], step: usize) -> Vec<Result<Vec<u8>, &'static str>> {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(async {
+            let mut rd = Trickle(input, step);
+            let mut lines = LineReader::new();
+            let mut out = Vec::new();
+            loop {
+                match lines.next(&mut rd).await {
+                    Ok(Some(l)) => out.push(Ok(l)),
+                    Ok(None) => return out,
+                    Err(LineError::TooLarge) => return [out, vec![Err("too large")]].concat(),
+                    Err(LineError::Io) => return [out, vec![Err("io")]].concat(),
+                }
+            }
+        })
+    }
+
+    #[test]
+    fn lines_come_whole_in_order_whatever_the_reads() {
+        let input = b"{\"op\":\"status\"}\n\n\nsecond\nthird\npartial";
+        for step in [1, 2, 5, 8192] {
+            let got = lines(input, step);
+            let want: Vec<Result<Vec<u8>, &str>> =
+                [&b"{\"op\":\"status\"}"[..], b"", b"", b"second", b"third"].iter().map(|l| Ok(l.to_vec())).collect();
+            assert_eq!(got, want, "reads of {step} bytes");
+        }
+    }
+
+    #[test]
+    fn a_line_longer_than_the_cap_is_refused_with_or_without_its_newline() {
+        let mut long = vec![b'x'; MAX_LINE];
+        assert_eq!(lines(&long, 8192), vec![Err("too large")]);
+        long.push(b'\n');
+        assert_eq!(lines(&[b"ok\n".as_slice(), &long].concat(), 8192), vec![Ok(b"ok".to_vec()), Err("too large")]);
+        let fits = [vec![b'y'; MAX_LINE - 1], vec![b'\n']].concat();
+        assert_eq!(lines(&fits, 8192), vec![Ok(vec![b'y'; MAX_LINE - 1])]);
     }
 }
