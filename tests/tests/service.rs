@@ -456,6 +456,46 @@ impl Drop for NobodyClient {
 }
 
 #[test]
+fn a_group_member_filling_every_connection_it_may_use_never_locks_root_out() {
+    quiesce_tests::require!(Root, Plugins);
+    let f = Fixture::new("svc-slots");
+    std::fs::set_permissions(&f.s.path, std::fs::Permissions::from_mode(0o711)).unwrap();
+    let svc = Service::start(&f.s, &f.config(&format!("{}\n[service]\ngroup = \"nogroup\"\n", f.hook("", "continue"))));
+    std::fs::set_permissions(svc.socket.parent().unwrap(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // As nobody: 48 connections, each answered once and then left idle, and a 49th.
+    let code = format!(
+        "import json,socket,sys\nconns=[]\n\
+         def conn():\n s=socket.socket(socket.AF_UNIX); s.connect({sock:?}); f=s.makefile('rwb'); conns.append((s,f)); return f\n\
+         for i in range(48):\n f=conn(); f.write(b'{{\"op\":\"status\"}}\\n'); f.flush(); assert json.loads(f.readline())['ok']\n\
+         print(json.loads(conn().readline())['error']['code'], flush=True)\nsys.stdin.readline()\n",
+        sock = svc.socket.display().to_string()
+    );
+    let mut child = Command::new("runuser")
+        .args(["-u", "nobody", "--", "python3", "-c", &code])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("runuser");
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "TooManyConnections", "the 49th is told at once, not left in the backlog");
+    // Root's agents still get in, and a whole session goes through.
+    assert_eq!(svc.request(json!({"v":1,"id":1,"op":"status"}))["ok"], true);
+    assert_eq!(fsfreeze_hook(&svc, &f.s, "freeze"), 0);
+    assert_eq!(fsfreeze_hook(&svc, &f.s, "thaw"), 0);
+    assert_eq!(svc.last_report()["consistency"], "AppConsistent");
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
+    // The member's slots are free again once its connections closed.
+    let until = Instant::now() + Duration::from_secs(10);
+    while status_as_nobody(&svc.socket)["ok"] != true {
+        assert!(Instant::now() < until, "nobody's slots were never freed\n{}", svc.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
 fn a_group_member_freezes_only_the_configs_mounts_and_loses_access_when_the_group_is_dropped() {
     quiesce_tests::require!(Root, Plugins);
     let f = Fixture::new("svc-group");

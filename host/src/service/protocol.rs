@@ -43,6 +43,9 @@ pub enum Code {
     NotAuthorized,
     /// `last-report` before any session ended.
     NoReport,
+    /// Every connection slot this peer may use is taken; the connection is
+    /// then closed (root keeps slots of its own).
+    TooManyConnections,
 }
 
 impl Code {
@@ -55,6 +58,7 @@ impl Code {
             Code::UnknownSession => "UnknownSession".into(),
             Code::NotAuthorized => "NotAuthorized".into(),
             Code::NoReport => "NoReport".into(),
+            Code::TooManyConnections => "TooManyConnections".into(),
         }
     }
 }

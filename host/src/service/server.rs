@@ -29,24 +29,37 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a refused peer's first request is waited for.
 const REFUSAL_READ: Duration = Duration::from_millis(500);
 
-/// Connections served at once; more wait in the kernel's backlog.
-pub const MAX_CONNECTIONS: usize = 64;
+/// Connections served at once: root's own, and those anyone allowed may use.
+/// A group member's idle connections can fill only the shared ones: root's
+/// agents (qemu-ga's hook, the Azure scripts, the timer) always get in.
+pub const ROOT_CONNECTIONS: usize = 16;
+pub const SHARED_CONNECTIONS: usize = 48;
 
 pub(super) struct Ctx {
     pub shared: SharedRef,
     pub jobs: mpsc::UnboundedSender<Job>,
 }
 
+/// The connection slots; a connection holds one for its life.
+struct Slots {
+    root: Arc<Semaphore>,
+    shared: Arc<Semaphore>,
+}
+
+impl Slots {
+    /// Root takes its own slots first, then shared ones; anyone else only
+    /// shared ones. None: all taken — the client is told so at once rather
+    /// than left waiting in the backlog (a hook would hang its agent).
+    fn take(&self, root: bool) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let own = root.then(|| self.root.clone().try_acquire_owned().ok()).flatten();
+        own.or_else(|| self.shared.clone().try_acquire_owned().ok())
+    }
+}
+
 pub(super) async fn accept_loop(listener: tokio::net::UnixListener, ctx: Arc<Ctx>, mut stop: Interrupt) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let slots = Arc::new(Slots { root: Arc::new(Semaphore::new(ROOT_CONNECTIONS)), shared: Arc::new(Semaphore::new(SHARED_CONNECTIONS)) });
     let mut next_conn: u64 = 0;
     loop {
-        // Waiting for a free slot first leaves excess clients in the backlog
-        // instead of accepting connections nobody serves.
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            _ = stop.wait() => break,
-        };
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = stop.wait() => break,
@@ -56,10 +69,8 @@ pub(super) async fn accept_loop(listener: tokio::net::UnixListener, ctx: Arc<Ctx
                 next_conn = next_conn.wrapping_add(1);
                 let ctx = ctx.clone();
                 let conn = next_conn;
-                tokio::spawn(async move {
-                    serve_conn(stream, ctx, conn).await;
-                    drop(permit);
-                });
+                let slots = slots.clone();
+                tokio::spawn(async move { serve_conn(stream, ctx, conn, &slots).await });
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -70,13 +81,25 @@ pub(super) async fn accept_loop(listener: tokio::net::UnixListener, ctx: Arc<Ctx
     }
 }
 
-async fn serve_conn(stream: UnixStream, ctx: Arc<Ctx>, conn: u64) {
+async fn serve_conn(stream: UnixStream, ctx: Arc<Ctx>, conn: u64, slots: &Slots) {
     let gid = lock(&ctx.shared).gid;
     let (mut rd, mut wr) = stream.into_split();
-    let peer = match Peer::of(wr.as_ref().as_fd()) {
+    let (peer, _slot) = match Peer::of(wr.as_ref().as_fd()) {
         Ok(p) if p.authorized(gid) => {
+            let Some(slot) = slots.take(p.uid == 0) else {
+                tracing::warn!("connection {conn} from pid {} uid {} refused: every connection slot it may use is taken", p.pid, p.uid);
+                let f = Failure::new(
+                    Code::TooManyConnections,
+                    format!(
+                        "the service serves {SHARED_CONNECTIONS} connections at once (and {ROOT_CONNECTIONS} more for root); \
+                         close idle ones or try again"
+                    ),
+                );
+                let _ = tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(&protocol::error_line(&Value::Null, &f))).await;
+                return;
+            };
             tracing::debug!("connection {conn} from pid {} uid {}", p.pid, p.uid);
-            p
+            (p, slot)
         }
         Ok(p) => {
             tracing::warn!("refused connection from pid {} uid {}: not root and not in the allowed group", p.pid, p.uid);
