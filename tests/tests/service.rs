@@ -455,6 +455,16 @@ impl Drop for NobodyClient {
     }
 }
 
+/// Starts `cmd` with piped stdin and stdout: the child, the rest of its
+/// stdout, and the first line it printed (read before anything else runs).
+fn first_line_of(mut cmd: Command) -> (std::process::Child, std::io::BufReader<std::process::ChildStdout>, String) {
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("start the client");
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    (child, out, line)
+}
+
 #[test]
 fn a_group_member_filling_every_connection_it_may_use_never_locks_root_out() {
     quiesce_tests::require!(Root, Plugins);
@@ -470,15 +480,9 @@ fn a_group_member_filling_every_connection_it_may_use_never_locks_root_out() {
          print(json.loads(conn().readline())['error']['code'], flush=True)\nsys.stdin.readline()\n",
         sock = svc.socket.display().to_string()
     );
-    let mut child = Command::new("runuser")
-        .args(["-u", "nobody", "--", "python3", "-c", &code])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("runuser");
-    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    let mut runuser = Command::new("runuser");
+    runuser.args(["-u", "nobody", "--", "python3", "-c", &code]);
+    let (mut child, _out, line) = first_line_of(runuser);
     assert_eq!(line.trim(), "TooManyConnections", "the 49th is told at once, not left in the backlog");
     // Root's agents still get in, and a whole session goes through.
     assert_eq!(svc.request(json!({"v":1,"id":1,"op":"status"}))["ok"], true);
@@ -845,16 +849,9 @@ fn the_python_client_drives_begin_and_end() {
         dir = client_dir.display().to_string(),
         m = f.mount()
     );
-    let mut child = Command::new("python3")
-        .args(["-c", &script])
-        .env("QUIESCE_SOCKET", &svc.socket)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut id = String::new();
-    std::io::BufRead::read_line(&mut out, &mut id).unwrap();
+    let mut python = Command::new("python3");
+    python.args(["-c", &script]).env("QUIESCE_SOCKET", &svc.socket);
+    let (mut child, mut out, id) = first_line_of(python);
     assert!(id.starts_with("q-"), "{id}");
     assert!(is_frozen(f.mnt.path()), "frozen between the Python client's begin and end");
     child.stdin.take().unwrap().write_all(b"\n").unwrap();
