@@ -251,26 +251,29 @@ mod tests {
 
     #[test]
     fn agents_records_do_not_push_deletable_snapshots_out() {
-        // The timer's daily snapshots (deletable), then an agent's 200
-        // records in the last hour (or a group member looping begin/end).
+        // The timer's daily snapshots (deletable), then five days of an
+        // agent's records every 36 minutes (a busy schedule, or a group
+        // member looping begin/end). Ranked together, the agent's records
+        // took keep_last and every keep_daily day: all ten timer snapshots
+        // would have been pruned.
         let mut points: Vec<Candidate> = (0..10)
             .map(|d| Candidate { id: format!("timer-{d}"), unix_ms: YEAR_START + d * DAY, app_consistent: true, deletable: true })
             .collect();
         let flood = YEAR_START + 10 * DAY;
         points.extend((0..200).map(|i| Candidate {
             id: format!("agent-{i:03}"),
-            unix_ms: flood + i * 1000,
+            unix_ms: flood + i * 36 * 60_000,
             app_consistent: true,
             deletable: false,
         }));
         let policy = Policy { keep_last: 3, keep_daily: 5, ..Default::default() };
-        let p = plan(&points, &policy);
-        let kept: Vec<String> = p.kept().map(|d| d.id.clone()).collect();
-        // Each kind counts on its own: the newest 5 daily timer points stay
-        // (3 of them also keep_last), and the agent's newest 3 (its one day).
-        assert_eq!(kept, ["agent-199", "agent-198", "agent-197", "timer-9", "timer-8", "timer-7", "timer-6", "timer-5"]);
-        assert_eq!(ids(&p, Rule::Last), ["agent-199", "agent-198", "agent-197", "timer-9", "timer-8", "timer-7"]);
-        assert_eq!(ids(&p, Rule::Daily), ["agent-199", "timer-9", "timer-8", "timer-7", "timer-6", "timer-5"]);
+        let kept: Vec<String> = plan(&points, &policy).kept().map(|d| d.id.clone()).collect();
+        // Each kind on its own: the agent's 3 newest and the newest of each of
+        // its 5 days; the timer's 3 newest and its 5 newest days.
+        let want = ["agent-199", "agent-198", "agent-197", "agent-159", "agent-119", "agent-079", "agent-039"]
+            .into_iter()
+            .chain(["timer-9", "timer-8", "timer-7", "timer-6", "timer-5"]);
+        assert_eq!(kept, want.map(String::from).collect::<Vec<_>>());
     }
 
     #[test]
