@@ -293,4 +293,18 @@ fn artifacts_are_stored_with_the_session_after_thaw() {
     assert_eq!(fs::read(&path).unwrap(), b"START WAL LOCATION: 0/2000028");
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o077, 0, "root-only");
+
+    // They go with the point: forgetting it (a snapshot command without a
+    // delete step) removes the session's artifact directory too.
+    let session_dir = f.file("state").join("sessions").join(run.report["session_id"].as_str().unwrap());
+    assert!(session_dir.is_dir());
+    let out = quiesce(&f.s).args(["points", "delete", "--forget"]).arg(run.report["point"].as_str().unwrap()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!session_dir.exists(), "the artifacts went with the point");
+
+    // Without a snapshot there is no point to keep them with: not kept, and said so.
+    let run = run_json(f.session(&config, "false"));
+    assert!(run.report["artifacts"].as_array().is_none_or(|a| a.is_empty()), "{}", run.report);
+    assert!(run.report["warnings"].to_string().contains("not kept, as no snapshot was taken"), "{}", run.report);
+    assert!(!f.file("state").join("sessions").join(run.report["session_id"].as_str().unwrap()).exists());
 }

@@ -344,6 +344,13 @@ impl Catalog {
         if durable {
             self.sync_dir(&dir)?;
         }
+        // The session's artifacts go with its record (after it: a record
+        // without its artifacts is less wrong than artifacts left for good).
+        if let Some(state_dir) = self.dir.parent() {
+            if let Err(e) = crate::session::artifacts::remove(state_dir, id) {
+                tracing::warn!("point {id}: its record is gone, but its artifacts are not: {e}");
+            }
+        }
         Ok(())
     }
 

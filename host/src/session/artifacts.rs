@@ -20,6 +20,8 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use nix::fcntl::{self, OFlag};
 use nix::sys::stat::Mode;
+use nix::unistd::{self, UnlinkatFlags};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use crate::hooks::wasm::Artifact;
 use crate::report::ArtifactReport;
@@ -70,6 +72,61 @@ pub fn store(state_dir: &Path, session_id: &str, hook: &str, artifacts: &[Artifa
         stored.push(ArtifactReport { hook: hook.to_string(), name: a.name.clone(), path: file_path, bytes: a.data.len() });
     }
     Ok(stored)
+}
+
+/// Removes a session's artifacts (`<state>/sessions/<session>/`): called
+/// when its recovery point is deleted or forgotten, without which they would
+/// stay for good (and a loop of sessions would fill the disk). Only what
+/// [`store`] makes is expected — hook directories holding files; nothing is
+/// followed, a symlink is removed as the link it is. Whether there was
+/// anything to remove.
+pub fn remove(state_dir: &Path, session_id: &str) -> Result<bool, StoreError> {
+    let state = match trust::open_trusted_dir(state_dir) {
+        Ok(fd) => fd,
+        Err(e) if e.is_not_found() => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    let sessions_path = state_dir.join("sessions");
+    let Some(sessions) = subdir(&state, OsStr::new("sessions"), &sessions_path)? else { return Ok(false) };
+    let name = sanitize(session_id);
+    let path = sessions_path.join(&name);
+    let Some(session) = subdir(&sessions, OsStr::new(&name), &path)? else { return Ok(false) };
+    for hook in names(&session, &path)? {
+        let hook_path = path.join(&hook);
+        if let Some(dir) = subdir(&session, &hook, &hook_path)? {
+            for file in names(&dir, &hook_path)? {
+                unlink(&dir, &file, &hook_path.join(&file), UnlinkatFlags::NoRemoveDir)?;
+            }
+            unlink(&session, &hook, &hook_path, UnlinkatFlags::RemoveDir)?;
+        } else {
+            unlink(&session, &hook, &hook_path, UnlinkatFlags::NoRemoveDir)?;
+        }
+    }
+    unlink(&sessions, OsStr::new(&name), &path, UnlinkatFlags::RemoveDir)?;
+    Ok(true)
+}
+
+/// `name` in `parent` as a directory, never through a symlink; None when it
+/// is missing, or is not a directory (the caller removes it as a file).
+fn subdir(parent: &OwnedFd, name: &OsStr, path: &Path) -> Result<Option<OwnedFd>, StoreError> {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    match fcntl::openat(parent, name, flags, Mode::empty()) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP) => Ok(None),
+        Err(e) => Err(StoreError::Io { path: path.to_path_buf(), source: e.into() }),
+    }
+}
+
+fn names(dir: &OwnedFd, path: &Path) -> Result<Vec<std::ffi::OsString>, StoreError> {
+    let io = |source| StoreError::Io { path: path.to_path_buf(), source };
+    std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd())).map_err(io)?.map(|e| e.map(|e| e.file_name()).map_err(io)).collect()
+}
+
+fn unlink(dir: &OwnedFd, name: &OsStr, path: &Path, how: UnlinkatFlags) -> Result<(), StoreError> {
+    match unistd::unlinkat(dir, name, how) {
+        Ok(()) | Err(Errno::ENOENT) => Ok(()),
+        Err(e) => Err(StoreError::Io { path: path.to_path_buf(), source: e.into() }),
+    }
 }
 
 /// Hook names come from the admin's config; keep them one path component.

@@ -18,7 +18,7 @@ use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-mod artifacts;
+pub(crate) mod artifacts;
 mod flow;
 mod hooks;
 mod record;
@@ -422,6 +422,16 @@ impl Session {
     fn store_artifacts(&self, hooks: &[ReadyHook], r: &mut Run) {
         for h in hooks {
             if h.artifacts().is_empty() {
+                continue;
+            }
+            // Kept with the recovery point, and removed with it: without a
+            // snapshot there is no point, and nothing would ever remove them.
+            if !r.snapshot_taken {
+                r.warnings.push(format!(
+                    "hook {} handed {} artifact(s) over; not kept, as no snapshot was taken",
+                    h.spec.name,
+                    h.artifacts().len()
+                ));
                 continue;
             }
             match artifacts::store(&self.state_dir, &self.id, &h.spec.name, h.artifacts()) {
