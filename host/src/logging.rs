@@ -36,6 +36,8 @@ struct Sinks {
     /// stderr is journald's stream: the gate's own lines get a `<N>` there too.
     journal: bool,
     file: Option<File>,
+    /// The directory of `file`, to ask whether its file system is frozen.
+    file_dir: Option<PathBuf>,
     /// Some while held: records waiting for the thaw.
     held: Option<Held>,
 }
@@ -72,7 +74,7 @@ pub struct LogGate {
 static GATE: OnceLock<LogGate> = OnceLock::new();
 
 pub fn gate() -> &'static LogGate {
-    GATE.get_or_init(|| LogGate { sinks: Mutex::new(Sinks { stderr: true, journal: false, file: None, held: None }) })
+    GATE.get_or_init(|| LogGate { sinks: Mutex::new(Sinks { stderr: true, journal: false, file: None, file_dir: None, held: None }) })
 }
 
 impl LogGate {
@@ -86,8 +88,24 @@ impl LogGate {
             std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
         }
         let file = OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
-        self.sinks().file = Some(file);
+        let mut s = self.sinks();
+        s.file = Some(file);
+        s.file_dir = path.parent().map(Path::to_path_buf);
         Ok(())
+    }
+
+    /// Releases what is held unless the log file's file system is frozen
+    /// (asked without blocking): for a hold nobody will end with a thaw —
+    /// an agent's external session that was aborted or expired, after which
+    /// the agent may or may not have thawed. Some: released.
+    pub fn release_unless_frozen(&self) -> Option<Dropped> {
+        let dir = {
+            let s = self.sinks();
+            s.held.as_ref()?;
+            s.file_dir.clone()
+        };
+        let frozen = dir.is_some_and(|d| !matches!(crate::freeze::is_frozen(&d, std::time::Duration::from_millis(50)), Ok(false)));
+        (!frozen).then(|| self.release())
     }
 
     /// Whether records go to stderr too (the library's embedders may not want that).

@@ -215,21 +215,54 @@ fn a_session_not_ended_within_its_hold_is_ended_by_the_service() {
     assert!(!run.has_error("BackupOperationInProgress"), "{}", run.report);
 }
 
+/// Begins a session bound to a connection of its own (`while_begun` runs
+/// then), closes that connection and waits until the service has ended the
+/// session: `begin`'s reply.
+fn begin_bound_then_close(svc: &Service, begin: Value, while_begun: impl FnOnce()) -> Value {
+    let mut conn = svc.connect();
+    let begun = conn.call(begin);
+    assert_eq!(begun["proceed"], true, "{begun}");
+    while_begun();
+    drop(conn);
+    svc.wait_status("the bound session ended", |s| s["session"].is_null());
+    begun
+}
+
 #[test]
 fn a_bound_session_is_aborted_when_its_connection_closes() {
     quiesce_tests::require!(Root, Plugins);
     let f = Fixture::new("svc-bind");
     let svc = Service::start(&f.s, &f.config(&f.hook("", "continue")));
-    let mut conn = svc.connect();
-    let begun = conn.call(json!({"v":1,"id":"b","op":"begin","mounts":[f.mount()],"bind":true}));
-    assert_eq!(begun["proceed"], true, "{begun}");
-    assert!(is_frozen(f.mnt.path()));
-    drop(conn);
-    svc.wait_status("the session ended", |s| s["session"].is_null());
+    begin_bound_then_close(&svc, json!({"v":1,"id":"b","op":"begin","mounts":[f.mount()],"bind":true}), || {
+        assert!(is_frozen(f.mnt.path()))
+    });
     let report = svc.last_report();
     assert!(codes(&report).contains(&"SessionAborted".to_string()), "{report}");
     assert!(writable_within(f.mnt.path(), Duration::from_secs(5)).is_some(), "thawed");
     assert_eq!(f.log(), "pre\npost false\n");
+}
+
+#[test]
+fn the_log_held_for_an_aborted_external_session_is_written_once_a_later_session_finds_it_thawed() {
+    quiesce_tests::require!(Root, Plugins);
+    let f = Fixture::new("svc-loghold");
+    let svc = Service::start(&f.s, &f.config(&f.hook("", "continue")));
+    // The agent's external session is bound to its connection; the agent
+    // dies: the session is aborted, and nobody says whether the agent thawed.
+    let external = begin_bound_then_close(&svc, json!({"v":1,"id":"b","op":"begin","freeze":"external","bind":true}), || ());
+    assert!(codes(&svc.last_report()).contains(&"SessionAborted".to_string()));
+    // A later `none` session finds the log's file system thawed and writes
+    // out what was held (it used to stay held until a native or a normally
+    // ended external session).
+    let later = svc.request(json!({"v":1,"id":1,"op":"begin","freeze":"none"}));
+    let id = later["session_id"].as_str().unwrap().to_string();
+    end(&svc, json!({"session_id": id}));
+    let until = Instant::now() + Duration::from_secs(10);
+    while !svc.log().contains(&id) {
+        assert!(Instant::now() < until, "the later session's records never reached the log:\n{}", svc.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(svc.log().contains(external["session_id"].as_str().unwrap()), "the held records came out too");
 }
 
 #[test]

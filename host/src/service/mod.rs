@@ -143,6 +143,9 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServiceError> {
     listening.remove();
     drop(rt);
     let _ = worker.join();
+    // A hold an aborted external session left: written out now, unless the
+    // log's file system is still frozen (then it cannot be, and is lost).
+    let _ = crate::logging::gate().release_unless_frozen();
     tracing::info!("quiesce service stopped");
     result
 }

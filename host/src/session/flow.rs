@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use super::hooks::PhaseContext;
 use super::record::Run;
 use super::steps::Steps;
-use super::{check_holds, release_log, Fallback, ReadyHook, Session, SessionPhase};
+use super::{check_holds, note_dropped, release_log, Fallback, ReadyHook, Session, SessionPhase};
 use crate::config::OnFailure;
 use crate::duration;
 use crate::freeze::{self, Guardian};
@@ -482,10 +482,13 @@ impl Begun {
             } else {
                 r.warnings.push(
                     "the agent may still hold file systems frozen: log records stay in memory (capped) until a later \
-                     session ends normally"
+                     session finds the log's file system thawed"
                         .into(),
                 );
             }
+        } else if let Some(d) = logging::gate().release_unless_frozen() {
+            // Held since an earlier external session was aborted or expired.
+            note_dropped(&mut r, d);
         }
 
         // 3b. Thaw.

@@ -748,7 +748,11 @@ impl Session {
 
 /// Writes out the log held while frozen; what had to be dropped becomes a warning.
 fn release_log(r: &mut Run) {
-    let d = logging::gate().release();
+    note_dropped(r, logging::gate().release());
+}
+
+/// What a release of the held log had to drop, as a warning.
+fn note_dropped(r: &mut Run, d: logging::Dropped) {
     if d.records > 0 {
         r.warnings.push(format!("{} log records ({} bytes) dropped while frozen: the in-memory log buffer was full", d.records, d.bytes));
     }
