@@ -523,6 +523,33 @@ fn log_file_on_the_frozen_mount_does_not_hang_the_session() {
     assert!(text.contains("snapshot taken"));
 }
 
+/// stderr on the frozen mount, the log file elsewhere: nothing is written to
+/// stderr until the thaw (the gate holds every sink, whatever the log file's
+/// file system), so the session neither hangs nor outlives its freeze.
+#[test]
+fn stderr_on_the_frozen_mount_does_not_hang_the_session() {
+    require!(Root);
+    let f = Fixture::new("stderr-on-frozen");
+    let config = f.pair("true", "true", json!({}));
+    let stderr = f.mnt.path().join("stderr.txt");
+    let mut cmd = quiesce(&f.s);
+    cmd.stderr(fs::File::create(&stderr).unwrap())
+        .arg("snapshot")
+        .arg("--config")
+        .arg(&config)
+        .arg("--mount")
+        .arg(f.mnt.path())
+        .arg("--snapshot-cmd")
+        .arg("sleep 0.2");
+    let t = Instant::now();
+    let run = run_json(cmd);
+    assert_eq!(run.code(), 0, "{}", run.report);
+    assert!(t.elapsed() < Duration::from_secs(10));
+    assert_eq!(run.report["freeze"]["auto_thawed"], serde_json::Value::Null, "{}", run.report);
+    let text = fs::read_to_string(&stderr).unwrap();
+    assert!(text.contains("froze") && text.contains("snapshot taken"), "the held records reach stderr after thaw:\n{text}");
+}
+
 #[test]
 fn mount_that_is_not_a_mount_point_is_a_usage_error() {
     require!(Root);

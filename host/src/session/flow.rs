@@ -476,6 +476,7 @@ impl Begun {
         let span = tracing::info_span!("session", id = %s.id);
         let _enter = span.enter();
 
+        let agent_may_hold_frozen = proceed && mode == Some(FreezeMode::External) && !external_thawed;
         if proceed && mode == Some(FreezeMode::External) {
             if external_thawed {
                 release_log(&mut r);
@@ -486,9 +487,6 @@ impl Begun {
                         .into(),
                 );
             }
-        } else if let Some(d) = logging::gate().release_unless_frozen() {
-            // Held since an earlier external session was aborted or expired.
-            note_dropped(&mut r, d);
         }
 
         // 3b. Thaw.
@@ -505,6 +503,16 @@ impl Begun {
                 Some(FreezeMode::External) => r.snapshot_taken,
                 _ => freeze_required && freeze_ok && r.freeze.auto_thawed.is_none(),
             };
+        }
+
+        // A hold an earlier external session left (aborted or expired, its
+        // agent's freeze unknown): once this session froze nothing it has not
+        // thawed, written out if the log's file system is thawed. Not before
+        // the thaw: inside a native freeze the gate holds by design.
+        if !agent_may_hold_frozen && r.freeze.still_frozen.is_empty() {
+            if let Some(d) = logging::gate().release_unless_frozen() {
+                note_dropped(&mut r, d);
+            }
         }
 
         // 4. Post hooks, in reverse order, for every hook whose turn came in pre.
