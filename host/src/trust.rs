@@ -22,7 +22,7 @@ use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -422,6 +422,12 @@ fn open_final(path: &Path, rule: Rule, dir: &OwnedFd, name: &OsStr) -> Result<Tr
         Rule::Config | Rule::Script | Rule::LegacyScript | Rule::Plugin => {}
     }
     Ok(TrustedFile { path: path.to_path_buf(), file: File::from(fd), dev: st.st_dev, ino: st.st_ino, mode })
+}
+
+/// `/proc/self/fd/N`: names exactly the inode `fd` holds (opening it reopens
+/// that inode, listing it lists that directory), whatever its path now is.
+pub fn proc_fd(fd: &impl AsRawFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
 
 #[cfg(test)]

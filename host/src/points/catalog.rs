@@ -18,7 +18,7 @@
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -298,8 +298,8 @@ impl Catalog {
 
     /// The directory's entry names, sorted.
     fn names(&self, dir: &OwnedFd, problems: &mut Vec<Problem>) -> Result<Vec<std::ffi::OsString>, CatalogError> {
-        let entries = std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))
-            .map_err(|source| CatalogError::Io { path: self.dir.clone(), source })?;
+        let entries =
+            std::fs::read_dir(crate::trust::proc_fd(dir)).map_err(|source| CatalogError::Io { path: self.dir.clone(), source })?;
         let mut names: Vec<std::ffi::OsString> = Vec::new();
         for e in entries {
             match e {

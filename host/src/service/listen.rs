@@ -12,7 +12,7 @@
 
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -173,7 +173,7 @@ pub fn bind(path: &Path, gid: Option<Gid>) -> Result<Listening, ListenError> {
     tmp.push(format!(".{}", std::process::id()));
     let _ = unistd::unlinkat(&dir, tmp.as_os_str(), UnlinkatFlags::NoRemoveDir);
     // Bound through the checked directory's fd; short enough for sun_path.
-    let via_fd = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd())).join(&tmp);
+    let via_fd = trust::proc_fd(&dir).join(&tmp);
     if via_fd.as_os_str().as_bytes().len() >= 108 {
         return Err(bad("too long for a Unix socket"));
     }

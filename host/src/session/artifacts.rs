@@ -21,7 +21,7 @@ use nix::errno::Errno;
 use nix::fcntl::{self, OFlag};
 use nix::sys::stat::Mode;
 use nix::unistd::{self, UnlinkatFlags};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 use crate::hooks::wasm::Artifact;
 use crate::report::ArtifactReport;
@@ -119,7 +119,7 @@ fn subdir(parent: &OwnedFd, name: &OsStr, path: &Path) -> Result<Option<OwnedFd>
 
 fn names(dir: &OwnedFd, path: &Path) -> Result<Vec<std::ffi::OsString>, StoreError> {
     let io = |source| StoreError::Io { path: path.to_path_buf(), source };
-    std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd())).map_err(io)?.map(|e| e.map(|e| e.file_name()).map_err(io)).collect()
+    std::fs::read_dir(trust::proc_fd(dir)).map_err(io)?.map(|e| e.map(|e| e.file_name()).map_err(io)).collect()
 }
 
 fn unlink(dir: &OwnedFd, name: &OsStr, path: &Path, how: UnlinkatFlags) -> Result<(), StoreError> {

@@ -29,7 +29,7 @@
 //! directory gives the plugin nothing its creator could not give anyway.
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
@@ -108,7 +108,7 @@ impl PinnedGrants {
         // Reopen the inode the O_PATH fd holds: it cannot be swapped, and
         // it was checked to be a regular file before anything real opened it.
         let flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK;
-        let file = File::from(fcntl::open(proc_fd(&fd).as_path(), flags, Mode::empty()).map_err(io)?);
+        let file = File::from(fcntl::open(crate::trust::proc_fd(&fd).as_path(), flags, Mode::empty()).map_err(io)?);
         let again = stat::fstat(&file).map_err(io)?;
         if (again.st_dev, again.st_ino) != (st.st_dev, st.st_ino) || kind(&again) != SFlag::S_IFREG {
             return Err(Refused::Io(std::io::Error::other("the file changed while it was opened")));
@@ -117,7 +117,7 @@ impl PinnedGrants {
     }
 
     /// The Unix socket of the `unix:` grant `p`, as an `O_PATH` fd; connect
-    /// through [`proc_fd`] of it.
+    /// through [`crate::trust::proc_fd`] of it.
     pub fn open_socket(&self, p: &Path) -> Result<OwnedFd, Refused> {
         let (dir, rel) = self.beneath(|g| g.covers_socket(p))?;
         let (fd, st) = open_path(dir, &rel)?;
@@ -138,11 +138,6 @@ impl PinnedGrants {
             Err(why) => Err(Refused::Unpinned(why.clone())),
         }
     }
-}
-
-/// `/proc/self/fd/N`: names exactly the inode `fd` holds.
-pub(crate) fn proc_fd(fd: &OwnedFd) -> PathBuf {
-    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
 
 fn symlink_below() -> Refused {

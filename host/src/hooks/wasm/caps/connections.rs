@@ -18,8 +18,8 @@ use wasmtime::component::Resource;
 
 use crate::hooks::wasm::caps::{error, io_error, Error, ErrorKind};
 use crate::hooks::wasm::grants::Target;
-use crate::hooks::wasm::pinned::proc_fd;
 use crate::hooks::wasm::state::HostState;
+use crate::trust::proc_fd;
 
 /// Largest single read handed to the guest.
 const MAX_READ: u32 = 64 * 1024;
