@@ -499,25 +499,29 @@ on_failure = "continue"
     assert!(!f.file("snapped").exists());
 }
 
+/// A one-shot session freezing the fixture's mount, with a 0.2 s snapshot,
+/// `sink` pointing one of its log sinks onto that mount: it succeeds, and
+/// well before any max-freeze would have ended a hang.
+fn snapshot_with_a_sink_on_the_frozen_mount(f: &Fixture, sink: impl FnOnce(&mut std::process::Command)) -> Run {
+    let config = f.pair("true", "true", json!({}));
+    let mut cmd = quiesce(&f.s);
+    sink(&mut cmd);
+    cmd.arg("snapshot").arg("--config").arg(&config).arg("--mount").arg(f.mnt.path()).arg("--snapshot-cmd").arg("sleep 0.2");
+    let t = Instant::now();
+    let run = run_json(cmd);
+    assert_eq!(run.code(), 0, "{}\n{}", run.report, run.stderr());
+    assert!(t.elapsed() < Duration::from_secs(10));
+    run
+}
+
 #[test]
 fn log_file_on_the_frozen_mount_does_not_hang_the_session() {
     require!(Root);
     let f = Fixture::new("log-on-frozen");
-    let config = f.pair("true", "true", json!({}));
     let log = f.mnt.path().join("quiesce.log");
-    let mut cmd = quiesce(&f.s);
-    cmd.env("QUIESCE_LOG_FILE", &log)
-        .arg("snapshot")
-        .arg("--config")
-        .arg(&config)
-        .arg("--mount")
-        .arg(f.mnt.path())
-        .arg("--snapshot-cmd")
-        .arg("sleep 0.2");
-    let t = Instant::now();
-    let run = run_json(cmd);
-    assert_eq!(run.code(), 0, "{}", run.stderr());
-    assert!(t.elapsed() < Duration::from_secs(10));
+    snapshot_with_a_sink_on_the_frozen_mount(&f, |cmd| {
+        cmd.env("QUIESCE_LOG_FILE", &log);
+    });
     let text = fs::read_to_string(&log).unwrap();
     assert!(text.contains("froze"), "records from the frozen window reach the log after thaw:\n{text}");
     assert!(text.contains("snapshot taken"));
@@ -530,21 +534,10 @@ fn log_file_on_the_frozen_mount_does_not_hang_the_session() {
 fn stderr_on_the_frozen_mount_does_not_hang_the_session() {
     require!(Root);
     let f = Fixture::new("stderr-on-frozen");
-    let config = f.pair("true", "true", json!({}));
     let stderr = f.mnt.path().join("stderr.txt");
-    let mut cmd = quiesce(&f.s);
-    cmd.stderr(fs::File::create(&stderr).unwrap())
-        .arg("snapshot")
-        .arg("--config")
-        .arg(&config)
-        .arg("--mount")
-        .arg(f.mnt.path())
-        .arg("--snapshot-cmd")
-        .arg("sleep 0.2");
-    let t = Instant::now();
-    let run = run_json(cmd);
-    assert_eq!(run.code(), 0, "{}", run.report);
-    assert!(t.elapsed() < Duration::from_secs(10));
+    let run = snapshot_with_a_sink_on_the_frozen_mount(&f, |cmd| {
+        cmd.stderr(fs::File::create(&stderr).unwrap());
+    });
     assert_eq!(run.report["freeze"]["auto_thawed"], serde_json::Value::Null, "{}", run.report);
     let text = fs::read_to_string(&stderr).unwrap();
     assert!(text.contains("froze") && text.contains("snapshot taken"), "the held records reach stderr after thaw:\n{text}");
