@@ -243,6 +243,36 @@ fn a_bound_session_is_aborted_when_its_connection_closes() {
 }
 
 #[test]
+fn an_idle_connection_is_closed_with_a_reason_but_never_while_its_bound_session_is_begun() {
+    quiesce_tests::require!(Root, Plugins);
+    let f = Fixture::new("svc-idle");
+    let config = f.config(&format!("[service]\nidle_timeout_secs = 1\n{}", f.hook("", "continue")));
+    let svc = Service::start(&f.s, &config);
+    let mut idle = svc.connect();
+    assert_eq!(idle.call(json!({"v":1,"id":1,"op":"status"}))["ok"], true);
+    let t = Instant::now();
+    let bye = idle.reply().expect("a last line before the close");
+    assert_eq!(error_code(&bye), "IdleTimeout", "{bye}");
+    assert!(bye["error"]["message"].as_str().unwrap().contains("idle_timeout_secs"), "{bye}");
+    assert!(idle.reply().is_none(), "then closed");
+    assert!(t.elapsed() < Duration::from_secs(30), "closed after about a second, not never");
+
+    // Bound, begun: the connection outlives the idle timeout with its session.
+    let mut bound = svc.connect();
+    let begun = bound.call(json!({"v":1,"id":"b","op":"begin","freeze":"none","bind":true,"hold_secs":60}));
+    assert_eq!(begun["proceed"], true, "{begun}");
+    std::thread::sleep(Duration::from_millis(2500));
+    let st = bound.call(json!({"v":1,"id":"s","op":"status"}));
+    assert_eq!(st["session"]["session_id"], begun["session_id"], "still begun, still connected: {st}");
+    let ended = bound.call(json!({"v":1,"id":"e","op":"end","session_id":begun["session_id"]}));
+    assert_eq!(ended["report"]["snapshot_taken"], true, "{ended}");
+    assert_eq!(f.log(), "pre\npost true\n", "ended by its `end`, not aborted");
+    // Its session over, it is an idle connection like any other.
+    assert_eq!(error_code(&bound.reply().expect("the idle close")), "IdleTimeout");
+    assert!(svc.log().contains("no request for 1 s"), "{}", svc.log());
+}
+
+#[test]
 fn the_log_held_for_an_aborted_external_session_is_written_once_a_later_session_finds_it_thawed() {
     quiesce_tests::require!(Root, Plugins);
     let f = Fixture::new("svc-loghold");

@@ -220,6 +220,10 @@ pub struct ServiceSettings {
     /// How long a session begun with `freeze = "external"` or `"none"` is
     /// held for its `end` unless the client asks otherwise.
     pub external_hold: Duration,
+    /// A connection with no request for this long is closed (unless a
+    /// session bound to it is begun): an idle client must not keep one of
+    /// the service's few connection slots for good.
+    pub idle_timeout: Duration,
     /// The socket, unless `--socket` or `$QUIESCE_SOCKET` says otherwise.
     pub socket: Option<PathBuf>,
 }
@@ -227,9 +231,12 @@ pub struct ServiceSettings {
 /// `[service] external_hold_secs` unless set.
 pub const DEFAULT_EXTERNAL_HOLD: Duration = Duration::from_secs(60);
 
+/// `[service] idle_timeout_secs` unless set.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
 impl Default for ServiceSettings {
     fn default() -> Self {
-        ServiceSettings { group: None, external_hold: DEFAULT_EXTERNAL_HOLD, socket: None }
+        ServiceSettings { group: None, external_hold: DEFAULT_EXTERNAL_HOLD, idle_timeout: DEFAULT_IDLE_TIMEOUT, socket: None }
     }
 }
 

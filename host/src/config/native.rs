@@ -38,6 +38,7 @@ struct NativeFile {
 struct ServiceTable {
     group: Option<String>,
     external_hold_secs: Option<u64>,
+    idle_timeout_secs: Option<u64>,
     socket: Option<PathBuf>,
 }
 
@@ -365,6 +366,9 @@ pub(super) fn parse(text: &str) -> Result<Config, String> {
     if let Some(secs) = file.service.external_hold_secs {
         config.service.external_hold = positive_secs("service.external_hold_secs", secs)?;
     }
+    if let Some(secs) = file.service.idle_timeout_secs {
+        config.service.idle_timeout = positive_secs("service.idle_timeout_secs", secs)?;
+    }
     if let Some(g) = &file.service.group {
         if g.is_empty() || g.len() > 64 || !g.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)) {
             return Err(format!("service.group {g:?} is not a group name"));
@@ -503,6 +507,9 @@ mod tests {
         assert_eq!(c.service.socket.as_deref(), Some(std::path::Path::new("/run/q/q.sock")));
         assert_eq!(parse("").unwrap().service.external_hold, Duration::from_secs(60));
         assert!(parse("[service]\nexternal_hold_secs = 0\n").unwrap_err().contains("external_hold_secs"));
+        assert_eq!(parse("").unwrap().service.idle_timeout, Duration::from_secs(300));
+        assert_eq!(parse("[service]\nidle_timeout_secs = 5\n").unwrap().service.idle_timeout, Duration::from_secs(5));
+        assert!(parse("[service]\nidle_timeout_secs = 0\n").unwrap_err().contains("idle_timeout_secs"));
         assert!(parse("[service]\ngroup = \"a b\"\n").unwrap_err().contains("group"));
         assert!(parse("[service]\nsocket = \"rel.sock\"\n").unwrap_err().contains("absolute"));
         assert!(parse("[service]\ngrup = \"x\"\n").unwrap_err().contains("grup"));

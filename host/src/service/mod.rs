@@ -69,6 +69,7 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServiceError> {
     let config_path = opts.config.or_else(Config::default_path).map(|p| std::path::absolute(&p).unwrap_or(p));
     let shared = Arc::new(Mutex::new(Shared::default()));
     let (trigger, interrupt) = Interrupt::new();
+    let trigger = Arc::new(trigger);
     crate::freeze::reap_in_background();
     let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
 
@@ -77,9 +78,11 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServiceError> {
     let worker = {
         let shared = shared.clone();
         let interrupt = interrupt.clone();
+        let stop = StopWhenGone(trigger.clone());
         std::thread::Builder::new()
             .name("quiesce-session".into())
             .spawn(move || {
+                let _stop = stop;
                 let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                     Ok(rt) => rt,
                     Err(e) => {
@@ -142,25 +145,47 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServiceError> {
     // Stop taking connections, then let the worker end what it holds.
     listening.remove();
     drop(rt);
-    let _ = worker.join();
+    let worker_ended = worker.join();
     // A hold an aborted external session left: written out now, unless the
     // log's file system is still frozen (then it cannot be, and is lost).
     let _ = crate::logging::gate().release_unless_frozen();
+    if worker_ended.is_err() {
+        // Its `Begun` was dropped while unwinding: the guardian thawed, the
+        // plugins' connections closed, the lock went. Exiting non-zero lets
+        // systemd (`Restart=on-failure`) start a fresh service.
+        return Err(ServiceError::Start("the session thread panicked (see the log); the service stopped".into()));
+    }
     tracing::info!("quiesce service stopped");
     result
+}
+
+/// Stops the service when the session thread ends, however it ends. The
+/// thread owns the one session and the config: a service that outlived it
+/// would accept connections and answer every `begin` with "stopping" for
+/// good — alive to systemd, useless to every agent.
+struct StopWhenGone(Arc<crate::interrupt::Trigger>);
+
+impl Drop for StopWhenGone {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!("the session thread panicked: the service stops");
+            self.0.fire("the session thread panicked");
+        } else {
+            self.0.fire("the session thread ended");
+        }
+    }
 }
 
 /// SIGTERM/SIGINT stop the service; SIGHUP reloads the config (and applies
 /// a changed `[service] group` to the socket it bound).
 fn signals(
-    trigger: crate::interrupt::Trigger,
+    trigger: Arc<crate::interrupt::Trigger>,
     jobs: mpsc::UnboundedSender<Job>,
     shared: slot::SharedRef,
     listening: &listen::Listening,
 ) -> Result<(), ServiceError> {
     use tokio::signal::unix::{signal, SignalKind};
     let sig = |k| signal(k).map_err(|e| ServiceError::Start(format!("cannot handle signals: {e}")));
-    let trigger = Arc::new(trigger);
     for (kind, name) in [(SignalKind::terminate(), "SIGTERM"), (SignalKind::interrupt(), "SIGINT")] {
         let mut stream = sig(kind)?;
         let trigger = trigger.clone();
@@ -190,4 +215,29 @@ fn signals(
         }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_thread_that_panics_stops_the_service() {
+        let (trigger, interrupt) = Interrupt::new();
+        let stop = StopWhenGone(Arc::new(trigger));
+        let thread = std::thread::spawn(move || {
+            let _stop = stop;
+            panic!("a bug in a session");
+        });
+        assert!(thread.join().is_err());
+        assert_eq!(interrupt.fired().as_deref(), Some("the session thread panicked"));
+    }
+
+    #[test]
+    fn a_session_thread_that_returns_stops_the_service_too() {
+        let (trigger, interrupt) = Interrupt::new();
+        let stop = StopWhenGone(Arc::new(trigger));
+        std::thread::spawn(move || drop(stop)).join().unwrap();
+        assert_eq!(interrupt.fired().as_deref(), Some("the session thread ended"));
+    }
 }

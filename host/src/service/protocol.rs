@@ -46,6 +46,9 @@ pub enum Code {
     /// Every connection slot this peer may use is taken; the connection is
     /// then closed (root keeps slots of its own).
     TooManyConnections,
+    /// No request came for `[service] idle_timeout_secs`; the connection is
+    /// then closed (never while a session bound to it is begun).
+    IdleTimeout,
 }
 
 impl Code {
@@ -59,6 +62,7 @@ impl Code {
             Code::NotAuthorized => "NotAuthorized".into(),
             Code::NoReport => "NoReport".into(),
             Code::TooManyConnections => "TooManyConnections".into(),
+            Code::IdleTimeout => "IdleTimeout".into(),
         }
     }
 }

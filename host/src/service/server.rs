@@ -6,7 +6,7 @@
 //! stall another client or the session: each connection is its own task,
 //! the session runs on the worker thread, a reply that cannot be written
 //! within [`WRITE_TIMEOUT`] (a client that never reads) closes that
-//! connection, and the shared state is only locked for plain reads and writes.
+//! connection, so does `[service] idle_timeout_secs` without a request, and the shared state is only locked for plain reads and writes.
 
 use std::os::fd::AsFd;
 use std::sync::Arc;
@@ -120,9 +120,28 @@ async fn serve_conn(stream: UnixStream, ctx: Arc<Ctx>, conn: u64, slots: &Slots)
         }
     };
     let mut lines = LineReader::new();
-    let mut bound = false;
+    // The session bound to this connection (`bind: true`), once begun.
+    let mut bound: Option<String> = None;
     loop {
-        let out = match lines.next(&mut rd).await {
+        let idle = lock(&ctx.shared).idle_timeout;
+        let next = match tokio::time::timeout(idle, lines.next(&mut rd)).await {
+            Ok(next) => next,
+            // Its bound session lives as long as the connection: never cut.
+            Err(_) if bound.as_deref().is_some_and(|id| lock(&ctx.shared).is_current(id)) => continue,
+            Err(_) => {
+                tracing::info!("connection {conn} from pid {} closed: no request for {} s", peer.pid, idle.as_secs());
+                let f = Failure::new(
+                    Code::IdleTimeout,
+                    format!(
+                        "no request for {} s ([service] idle_timeout_secs): closing the connection; reconnect to go on",
+                        idle.as_secs()
+                    ),
+                );
+                let _ = tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(&protocol::error_line(&Value::Null, &f))).await;
+                break;
+            }
+        };
+        let out = match next {
             Ok(Some(line)) if line.iter().all(u8::is_ascii_whitespace) => continue,
             Ok(Some(line)) => handle(&ctx, &peer, conn, &line, &mut bound).await,
             Ok(None) | Err(LineError::Io) => break,
@@ -141,13 +160,13 @@ async fn serve_conn(stream: UnixStream, ctx: Arc<Ctx>, conn: u64, slots: &Slots)
             }
         }
     }
-    if bound {
+    if bound.is_some() {
         let _ = ctx.jobs.send(Job::Disconnected { conn });
     }
 }
 
 /// One request line in, one reply line out.
-async fn handle(ctx: &Ctx, peer: &Peer, conn: u64, line: &[u8], bound: &mut bool) -> Vec<u8> {
+async fn handle(ctx: &Ctx, peer: &Peer, conn: u64, line: &[u8], bound: &mut Option<String>) -> Vec<u8> {
     let req = match protocol::parse(line) {
         Ok(r) => r,
         Err((id, f)) => return protocol::error_line(&id, &f),
@@ -179,8 +198,10 @@ async fn handle(ctx: &Ctx, peer: &Peer, conn: u64, line: &[u8], bound: &mut bool
                 Ok(()) => {
                     let uid = peer.uid;
                     let r = ask(ctx, |reply| Job::Begin { args, conn, uid, reply }).await;
-                    if matches!(&r, Ok(m) if bind && m.get("proceed") == Some(&json!(true))) {
-                        *bound = true;
+                    if let Ok(m) = &r {
+                        if bind && m.get("proceed") == Some(&json!(true)) {
+                            *bound = m.get("session_id").and_then(Value::as_str).map(str::to_string);
+                        }
                     }
                     r
                 }

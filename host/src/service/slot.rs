@@ -80,6 +80,8 @@ pub(super) struct Shared {
     pub group: Option<String>,
     /// `[service] socket` of the config in use.
     pub socket: Option<PathBuf>,
+    /// `[service] idle_timeout_secs` of the config in use.
+    pub idle_timeout: Duration,
 }
 
 pub(super) type SharedRef = Arc<Mutex<Shared>>;
@@ -144,6 +146,11 @@ impl Shared {
         }
         target.session_id = Some(id.to_string());
         Ok(())
+    }
+
+    /// Whether session `id` is the one begun (or beginning) now.
+    pub fn is_current(&self, id: &str) -> bool {
+        self.session.as_ref().and_then(|s| s.get("session_id")).and_then(Value::as_str) == Some(id)
     }
 
     pub fn last_report(&self) -> Option<Map<String, Value>> {
@@ -458,6 +465,7 @@ impl Worker {
                     shared.gid = gid;
                     shared.group = group;
                     shared.socket = c.service.socket.clone();
+                    shared.idle_timeout = c.service.idle_timeout;
                     shared.config_generation
                 };
                 tracing::info!("config {shown} loaded (generation {generation})");
@@ -473,6 +481,7 @@ impl Worker {
                     shared.config_error = Some(msg.clone());
                     if !keep {
                         shared.config_generation += 1;
+                        shared.idle_timeout = crate::config::DEFAULT_IDLE_TIMEOUT;
                     }
                     shared.config_generation
                 };
