@@ -714,6 +714,91 @@ fn spare_of(svc: &Service) -> i32 {
     }
 }
 
+/// `pid`'s tracer, from /proc (0: none).
+fn tracer_of(pid: i32) -> i32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status.lines().find_map(|l| l.strip_prefix("TracerPid:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+}
+
+/// The kernel refuses every FITHAW of a service session's guardian (strace
+/// injects EIO into the ioctls on the mount, as `session_faults` does for
+/// the one-shot session). The service reports it truthfully, stays up, lets
+/// no new session in while the guardian still holds the mount frozen — and
+/// serves the next session once the fault clears and the guardian lets go.
+#[test]
+fn a_fithaw_the_kernel_refuses_is_reported_and_the_service_serves_again_once_the_guardian_thawed() {
+    quiesce_tests::require!(Root, Plugins);
+    let f = Fixture::new("svc-fithaw");
+    let svc = Service::start(&f.s, &f.config(&format!("[freeze]\nmax_freeze_secs = 2\n{}", f.hook("", "continue"))));
+    let spare = spare_of(&svc);
+    let trace = f.file("strace.out");
+    let mut strace = Command::new("strace")
+        .args(["-f", "-qq", "-e", "trace=ioctl", "-e", "inject=ioctl:error=EIO:when=2+", "-P"])
+        .arg(f.mnt.path())
+        .arg("-o")
+        .arg(&trace)
+        .args(["-p", &svc.pid().to_string(), "-p", &spare.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("strace");
+    // Ends the fault whatever happens: strace detaches its tracees as it goes.
+    struct Detach<'a>(&'a mut std::process::Child);
+    impl Drop for Detach<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let detach = Detach(&mut strace);
+    let t = Instant::now();
+    while tracer_of(svc.pid() as i32) == 0 || tracer_of(spare) == 0 {
+        assert!(t.elapsed() < Duration::from_secs(20), "strace never attached");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    let begun = f.begin(&svc, "native");
+    assert_eq!(begun["proceed"], true, "{begun}");
+    let reply = end(&svc, json!({"session_id": begun["session_id"]}));
+    let report = &reply["report"];
+    assert_eq!(reply["exit_code"], 3, "taken while frozen and quiesced, but the thaw failed: {report}");
+    let thaw = report["errors"].as_array().unwrap().iter().find(|e| e["code"] == "FsThawFailed").unwrap_or_else(|| panic!("{report}"));
+    let msg = thaw["message"].as_str().unwrap();
+    assert!(msg.contains(&f.mount()) && msg.contains("EIO") && msg.contains("STILL FROZEN"), "{msg}");
+    assert_eq!(report["freeze"]["still_frozen"][0], f.mount(), "{report}");
+    assert_eq!(f.log(), "pre\npost true\n", "the post hooks still ran");
+    let ioctls = std::fs::read_to_string(&trace).unwrap_or_default();
+    let ioctls: Vec<&str> = ioctls.lines().filter(|l| l.contains("ioctl(")).collect();
+    assert!(ioctls.first().is_some_and(|l| l.contains("FIFREEZE")) && ioctls.len() > 2, "{ioctls:?}");
+    assert!(ioctls.iter().all(|l| l.starts_with(&format!("{spare} "))), "only the guardian touched the mount: {ioctls:?}");
+
+    // The guardian keeps the mount frozen and retrying, and holds the
+    // session lock: a new session waits its turn, refused at once.
+    assert!(is_frozen(f.mnt.path()));
+    let busy = svc.request(json!({"v":1,"id":3,"op":"begin","freeze":"native","mounts":[f.mount()]}));
+    assert_eq!(error_code(&busy), "BackupOperationInProgress", "{busy}");
+    assert!(is_frozen(f.mnt.path()));
+
+    // The fault clears: the guardian's next retry thaws, it exits, and the
+    // same service runs the next session in full.
+    drop(detach);
+    assert!(writable_within(f.mnt.path(), Duration::from_secs(30)).is_some(), "the guardian thawed once FITHAW worked again");
+    let t = Instant::now();
+    let next = loop {
+        let r = svc.request(json!({"v":1,"id":4,"op":"begin","freeze":"native","mounts":[f.mount()]}));
+        if r["ok"] == true {
+            break r;
+        }
+        assert_eq!(error_code(&r), "BackupOperationInProgress", "{r}");
+        assert!(t.elapsed() < Duration::from_secs(30), "the lock was never freed: {r}\n{}", svc.log());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let report = end(&svc, json!({"session_id": next["session_id"]}))["report"].clone();
+    assert_eq!(report["consistency"], "AppConsistent", "{report}");
+    assert!(!is_frozen(f.mnt.path()));
+}
+
 #[test]
 fn the_service_freezes_through_a_guardian_it_forked_ahead_and_forks_anew_when_that_one_was_killed() {
     quiesce_tests::require!(Root);
