@@ -410,6 +410,36 @@ fn sighup_reloads_a_good_config_and_keeps_the_old_one_when_the_new_fails() {
     assert!(svc.log().contains("keeping the one in use"), "{}", svc.log());
 }
 
+/// A reload compiles the new config's plugins on a thread of its own: the
+/// session thread must end a frozen session the moment its `end` comes, not
+/// after seconds of compiling (the freeze window would grow by them).
+#[test]
+fn a_reload_compiles_new_plugins_aside_while_a_frozen_session_is_ended_at_once() {
+    quiesce_tests::require!(Root, Plugins);
+    let f = Fixture::new("svc-hup-aside");
+    let svc = Service::start(&f.s, &f.config(&f.hook("", "continue")));
+    let begun = f.begin(&svc, "native");
+    assert!(is_frozen(f.mnt.path()));
+    // Never compiled in this scratch's cache: seconds of Cranelift in a debug build.
+    let plugin = install_plugin(&f.s, "quiesce_postgres");
+    f.config(&format!("[[hook]]\nname = \"pg\"\nplugin = \"{}\"\n", plugin.display()));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(svc.pid() as i32, libc::SIGHUP) };
+    svc.wait_status("generation 2", |s| s["config_generation"] == 2);
+    let report = end(&svc, json!({"session_id": begun["session_id"]}))["report"].clone();
+    assert_eq!(report["consistency"], "AppConsistent", "the begun session kept its config: {report}");
+    assert!(!is_frozen(f.mnt.path()));
+    let ready = format!("plugin {} ready", plugin.display());
+    let t = Instant::now();
+    while !svc.log().contains(&ready) {
+        assert!(t.elapsed() < Duration::from_secs(120), "the reloaded plugin never loaded:\n{}", svc.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = svc.log();
+    let (thawed, loaded) = (log.find("thawed in").unwrap(), log.find(&ready).unwrap());
+    assert!(thawed < loaded, "the session was thawed while the plugin compiled, not after:\n{log}");
+}
+
 #[test]
 fn socket_activation_serves_on_the_socket_systemd_passes() {
     quiesce_tests::require!(Root, Plugins);

@@ -182,12 +182,23 @@ pub(super) struct Worker {
     /// The next session's freeze guardian, forked on a thread of its own
     /// while no session is begun (see [`freeze::Spare`]).
     spare: Option<std::thread::JoinHandle<Result<freeze::Spare, freeze::FreezeError>>>,
+    /// Loading a reloaded config's plugins (see [`Worker::preload`]).
+    preloading: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Worker {
     pub fn new(shared: SharedRef, config_path: Option<PathBuf>, interrupt: Interrupt) -> Worker {
         let config = session::load_config(config_path.as_deref());
-        let mut w = Worker { shared, config_path, config: Ok(Config::builtin()), engine: None, interrupt, current: None, spare: None };
+        let mut w = Worker {
+            shared,
+            config_path,
+            config: Ok(Config::builtin()),
+            engine: None,
+            interrupt,
+            current: None,
+            spare: None,
+            preloading: None,
+        };
         w.install(config, true);
         w
     }
@@ -470,7 +481,7 @@ impl Worker {
                 };
                 tracing::info!("config {shown} loaded (generation {generation})");
                 let c = Ok(c);
-                self.preload(&c);
+                self.preload(&c, first);
                 self.config = c;
             }
             Err(e) => {
@@ -495,17 +506,35 @@ impl Worker {
         }
     }
 
-    /// Loads every plugin the config names, so the first session finds them warm.
-    fn preload(&mut self, config: &Result<Config, ConfigError>) {
+    /// Loads every plugin the config names, so the first session finds them
+    /// warm. At start-up before the socket listens; after a reload on a
+    /// thread of its own: compiling a large plugin takes seconds, and this
+    /// thread must meanwhile end a begun session — thaw a frozen one — the
+    /// moment its `end` or hold deadline comes. A session that starts while
+    /// a plugin is still compiling loads it itself (the engine is shared).
+    fn preload(&mut self, config: &Result<Config, ConfigError>, first: bool) {
         let Some(engine) = self.engine(config) else { return };
         let Ok(c) = config else { return };
-        for h in &c.hooks {
-            if let HookBody::Plugin(p) = &h.body {
-                match engine.load(&p.path) {
-                    Ok(pl) => tracing::info!("plugin {} ready ({:?})", p.path.display(), pl.cache_status()),
-                    Err(e) => tracing::warn!("plugin {} cannot be loaded (sessions will report it): {e}", p.path.display()),
+        let paths: Vec<PathBuf> =
+            c.hooks.iter().filter_map(|h| if let HookBody::Plugin(p) = &h.body { Some(p.path.clone()) } else { None }).collect();
+        let load_all = move || {
+            for path in &paths {
+                match engine.load(path) {
+                    Ok(pl) => tracing::info!("plugin {} ready ({:?})", path.display(), pl.cache_status()),
+                    Err(e) => tracing::warn!("plugin {} cannot be loaded (sessions will report it): {e}", path.display()),
                 }
             }
+        };
+        if first {
+            return load_all();
+        }
+        if self.preloading.as_ref().is_some_and(|t| !t.is_finished()) {
+            tracing::info!("the last reload's plugins are still loading: this config's load at their first session");
+            return;
+        }
+        match std::thread::Builder::new().name("quiesce-preload".into()).spawn(load_all) {
+            Ok(t) => self.preloading = Some(t),
+            Err(e) => tracing::warn!("cannot start loading the plugins ahead ({e}): they load at their first session"),
         }
     }
 }
