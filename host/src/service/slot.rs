@@ -67,7 +67,7 @@ pub(super) enum Job {
 pub(super) struct Shared {
     /// A begin is queued or running, or a session is begun.
     claimed: bool,
-    session: Option<Map<String, Value>>,
+    session: Option<SessionView>,
     last_session_id: Option<String>,
     /// `{"report":..,"exit_code":..}` of the last session that ended.
     last_report: Option<Map<String, Value>>,
@@ -95,11 +95,7 @@ impl Shared {
     pub fn claim(&mut self) -> Result<(), Failure> {
         if self.claimed {
             let who = match &self.session {
-                Some(s) => format!(
-                    "session {} is {}",
-                    s.get("session_id").and_then(Value::as_str).unwrap_or("?"),
-                    s.get("phase").and_then(Value::as_str).unwrap_or("?")
-                ),
+                Some(s) => format!("session {} is {}", s.session_id, s.phase.as_str()),
                 None => "another begin is starting".into(),
             };
             return Err(Failure::new(
@@ -118,7 +114,7 @@ impl Shared {
 
     pub fn status(&self) -> Map<String, Value> {
         let mut m = Map::new();
-        m.insert("session".into(), self.session.clone().map(Value::Object).unwrap_or(Value::Null));
+        m.insert("session".into(), serde_json::to_value(&self.session).unwrap_or(Value::Null));
         m.insert("last_session_id".into(), json!(self.last_session_id));
         m.insert("config_generation".into(), json!(self.config_generation));
         m.insert("config_error".into(), json!(self.config_error));
@@ -136,9 +132,9 @@ impl Shared {
             return Ok(());
         }
         let s = self.session.as_ref().ok_or_else(|| Failure::new(Code::UnknownSession, "no session is begun"))?;
-        let id = s.get("session_id").and_then(Value::as_str).unwrap_or_default();
-        check_target(target, id, s.get("tag").and_then(Value::as_str))?;
-        if s.get("phase").and_then(Value::as_str) == Some("pre") {
+        let id = s.session_id.as_str();
+        check_target(target, id, s.tag.as_deref())?;
+        if s.phase == ViewPhase::Pre {
             return Err(Failure::new(
                 Code::UnknownSession,
                 format!("session {id} is still beginning (its pre hooks run): end or abort it by its id once its begin has answered"),
@@ -150,11 +146,49 @@ impl Shared {
 
     /// Whether session `id` is the one begun (or beginning) now.
     pub fn is_current(&self, id: &str) -> bool {
-        self.session.as_ref().and_then(|s| s.get("session_id")).and_then(Value::as_str) == Some(id)
+        self.session.as_ref().is_some_and(|s| s.session_id == id)
     }
 
     pub fn last_report(&self) -> Option<Map<String, Value>> {
         self.last_report.clone()
+    }
+}
+
+/// What `status` shows of the service's session.
+#[derive(Clone, serde::Serialize)]
+struct SessionView {
+    session_id: String,
+    mode: FreezeMode,
+    tag: Option<String>,
+    owner_uid: u32,
+    phase: ViewPhase,
+    frozen: Vec<PathBuf>,
+    begun_unix_ms: u128,
+    /// Once begun.
+    deadline_unix_ms: Option<u128>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+enum ViewPhase {
+    /// Its `begin` runs: the pre hooks (and the freeze).
+    Pre,
+    /// Begun, nothing frozen by quiesce.
+    Begun,
+    /// Begun, quiesce holds its mounts frozen.
+    Frozen,
+    /// Ending: thaw, post hooks, report.
+    Post,
+}
+
+impl ViewPhase {
+    fn as_str(self) -> &'static str {
+        match self {
+            ViewPhase::Pre => "pre",
+            ViewPhase::Begun => "begun",
+            ViewPhase::Frozen => "frozen",
+            ViewPhase::Post => "post",
+        }
     }
 }
 
@@ -302,7 +336,7 @@ impl Worker {
         let session = Session::prepare(config, opts).map_err(|e| Failure::new(Code::BadRequest, e.to_string()))?;
         let id = session.id().to_string();
         let max_freeze = session.max_freeze();
-        self.set_status(&id, &args, uid, "pre", &[], (unix_ms(), None));
+        self.set_status(&id, &args, uid, ViewPhase::Pre, &[], (unix_ms(), None));
         let begun = session.begin(BeginOptions { freeze: args.freeze }, self.interrupt.clone()).await;
         if !begun.holds_lock() {
             // Refused before anything ran (another session holds the run-dir lock).
@@ -334,7 +368,7 @@ impl Worker {
         let deadline_unix_ms = unix_ms().saturating_add(hold.as_millis());
         reply.insert("deadline_unix_ms".into(), json!(deadline_unix_ms));
         let frozen = begun.frozen();
-        let phase = if frozen.is_empty() { "begun" } else { "frozen" };
+        let phase = if frozen.is_empty() { ViewPhase::Begun } else { ViewPhase::Frozen };
         self.set_status(&id, &args, uid, phase, &frozen, (begun.begun_unix_ms(), Some(deadline_unix_ms)));
         tracing::info!(
             "session {id} begun ({}, hold {:.3} s{})",
@@ -390,7 +424,7 @@ impl Worker {
     /// report and frees the slot.
     async fn finish(&mut self, c: Current, how: Ending) -> Map<String, Value> {
         if let Some(s) = lock(&self.shared).session.as_mut() {
-            s.insert("phase".into(), json!("post"));
+            s.phase = ViewPhase::Post;
         }
         let report = match how {
             Ending::End(outcome) => c.begun.end(outcome).await,
@@ -413,21 +447,19 @@ impl Worker {
     }
 
     /// `times`: when it began, and its deadline once begun (Unix ms).
-    fn set_status(&self, id: &str, args: &BeginArgs, uid: u32, phase: &str, frozen: &[PathBuf], times: (u128, Option<u128>)) {
-        let (begun, deadline) = times;
-        let s = json!({
-            "session_id": id,
-            "mode": args.freeze,
-            "tag": args.tag,
-            "owner_uid": uid,
-            "phase": phase,
-            "frozen": frozen,
-            "begun_unix_ms": begun,
-            "deadline_unix_ms": deadline,
-        });
-        if let Value::Object(m) = s {
-            lock(&self.shared).session = Some(m);
-        }
+    fn set_status(&self, id: &str, args: &BeginArgs, uid: u32, phase: ViewPhase, frozen: &[PathBuf], times: (u128, Option<u128>)) {
+        let (begun_unix_ms, deadline_unix_ms) = times;
+        let view = SessionView {
+            session_id: id.to_string(),
+            mode: args.freeze,
+            tag: args.tag.clone(),
+            owner_uid: uid,
+            phase,
+            frozen: frozen.to_vec(),
+            begun_unix_ms,
+            deadline_unix_ms,
+        };
+        lock(&self.shared).session = Some(view);
     }
 
     /// The shared engine, started when a config first names a plugin.
