@@ -302,6 +302,18 @@ fn artifacts_are_stored_with_the_session_after_thaw() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!session_dir.exists(), "the artifacts went with the point");
 
+    // A point that cannot be recorded (a catalog anyone may write to): the
+    // snapshot exists, so its artifacts stay — and the error says where.
+    let points_dir = f.file("state").join("points");
+    fs::set_permissions(&points_dir, fs::Permissions::from_mode(0o777)).unwrap();
+    let run = run_json(f.session(&config, "true"));
+    fs::set_permissions(&points_dir, fs::Permissions::from_mode(0o700)).unwrap();
+    assert_eq!(run.error_codes(), ["PointNotRecorded"], "{}", run.report);
+    let session_dir = f.file("state").join("sessions").join(run.report["session_id"].as_str().unwrap());
+    assert!(session_dir.join("pg").join("backup_label").is_file(), "kept for the snapshot that exists");
+    let msg = run.report["errors"][0]["message"].as_str().unwrap();
+    assert!(msg.contains(&format!("artifacts stay in {}", session_dir.display())), "{msg}");
+
     // Without a snapshot there is no point to keep them with: not kept, and said so.
     let run = run_json(f.session(&config, "false"));
     assert!(run.report["artifacts"].as_array().is_none_or(|a| a.is_empty()), "{}", run.report);

@@ -201,9 +201,15 @@ pub fn record_session(state_dir: &Path, settings: &Settings, report: &mut Report
         return;
     }
     let refuse = |report: &mut Report, why: String| {
+        // Its artifacts (a backup label) belong to a snapshot that exists:
+        // kept, but no point will take them along when it goes.
+        let artifacts = match report.artifacts.first().and_then(|a| a.path.parent()?.parent()) {
+            Some(dir) => format!("; its plugins' artifacts stay in {} for that snapshot's restore — remove them with it", dir.display()),
+            None => String::new(),
+        };
         let m = format!(
             "the snapshot was taken, but its recovery point was not recorded: {why}. `quiesce points` will not list it and \
-             nothing will delete it: keep the report's snapshot ids/paths"
+             nothing will delete it: keep the report's snapshot ids/paths{artifacts}"
         );
         tracing::error!("{m}");
         report.errors.push(ReportError { code: ErrorCode::PointNotRecorded, message: m });
