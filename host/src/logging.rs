@@ -99,12 +99,13 @@ impl LogGate {
     /// an agent's external session that was aborted or expired, after which
     /// the agent may or may not have thawed. Some: released.
     pub fn release_unless_frozen(&self) -> Option<Dropped> {
-        let dir = {
+        let dirs = {
             let s = self.sinks();
             s.held.as_ref()?;
-            s.file_dir.clone()
+            let stderr = if s.stderr && !s.journal { stderr_file_dir() } else { None };
+            [s.file_dir.clone(), stderr]
         };
-        let frozen = dir.is_some_and(|d| !matches!(crate::freeze::is_frozen(&d, std::time::Duration::from_millis(50)), Ok(false)));
+        let frozen = dirs.iter().flatten().any(|d| !matches!(crate::freeze::is_frozen(d, std::time::Duration::from_millis(50)), Ok(false)));
         (!frozen).then(|| self.release())
     }
 
@@ -235,6 +236,19 @@ fn with_priority(p: u8, record: &[u8]) -> Vec<u8> {
         out.extend_from_slice(line);
     }
     out
+}
+
+/// The directory of the file stderr is redirected to, if it is a file
+/// (`quiesce serve 2>> /var/log/x`): a write there blocks while its file
+/// system is frozen, like the log file's. None for a pipe, a terminal, a
+/// socket, or a file that is gone.
+fn stderr_file_dir() -> Option<PathBuf> {
+    let st = nix::sys::stat::fstat(io::stderr()).ok()?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return None;
+    }
+    let path = std::fs::read_link(crate::trust::proc_fd(&io::stderr())).ok()?;
+    path.parent().filter(|d| d.is_dir()).map(Path::to_path_buf)
 }
 
 /// Whether stderr is the journald stream systemd set up for this service:

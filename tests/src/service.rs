@@ -29,8 +29,13 @@ impl Service {
 
     /// Like [`Service::start`], with extra arguments or environment.
     pub fn start_with(s: &Scratch, config: &Path, adjust: impl FnOnce(&mut Command)) -> Service {
+        Self::start_with_stderr(s, config, &s.join("serve.stderr"), adjust)
+    }
+
+    /// Like [`Service::start_with`], its stderr (its log records) going to the file `stderr`.
+    pub fn start_with_stderr(s: &Scratch, config: &Path, stderr: &Path, adjust: impl FnOnce(&mut Command)) -> Service {
         let socket = s.join("sock/quiesce.sock");
-        let stderr = s.join("serve.stderr");
+        let stderr = stderr.to_path_buf();
         let mut cmd = service_cmd(s, &socket);
         cmd.arg("serve").arg("--config").arg(config);
         adjust(&mut cmd);

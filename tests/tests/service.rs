@@ -295,6 +295,47 @@ fn the_log_held_for_an_aborted_external_session_is_written_once_a_later_session_
     assert!(svc.log().contains(external["session_id"].as_str().unwrap()), "the held records came out too");
 }
 
+/// The service's stderr is a file on the file system an agent froze, and the
+/// agent died holding it: the records held since its session must stay held
+/// when a later session ends — written, they would block the session thread
+/// until the agent's freeze ends.
+#[test]
+fn a_held_log_is_not_written_to_a_stderr_file_on_a_file_system_an_agent_still_holds_frozen() {
+    quiesce_tests::require!(Root, Plugins);
+    let f = Fixture::new("svc-stderr-frozen");
+    let stderr = f.mnt.path().join("serve.stderr");
+    let svc = Service::start_with_stderr(&f.s, &f.config(&f.hook("", "continue")), &stderr, |_| {});
+    let mut agent_conn = svc.connect();
+    let external = agent_conn.call(json!({"v":1,"id":"b","op":"begin","freeze":"external","bind":true}));
+    assert_eq!(external["proceed"], true, "{external}");
+    // Dropped (thawed) before the service: blocked on the frozen file system it could not even be killed.
+    let agent = ForeignFreeze::new(f.mnt.path());
+    drop(agent_conn);
+    svc.wait_status("the bound session aborted", |s| s["session"].is_null());
+
+    let mut c = svc.connect();
+    c.stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let later = c.call(json!({"v":1,"id":1,"op":"begin","freeze":"none"}));
+    assert_eq!(later["proceed"], true, "{later}");
+    let ended = c.call(json!({"v":1,"id":2,"op":"end","session_id":later["session_id"]}));
+    assert_eq!(ended["ok"], true, "answered while the agent still holds the stderr file's file system: {ended}");
+    assert!(c.call(json!({"v":1,"id":3,"op":"status"}))["session"].is_null());
+    assert!(is_frozen(f.mnt.path()));
+    drop(agent);
+
+    // Thawed: the next session finds it so and writes everything out.
+    let last = svc.request(json!({"v":1,"id":4,"op":"begin","freeze":"none"}));
+    let id = last["session_id"].as_str().unwrap().to_string();
+    end(&svc, json!({"session_id": id}));
+    let until = Instant::now() + Duration::from_secs(10);
+    while !svc.log().contains(&id) {
+        assert!(Instant::now() < until, "the records never reached stderr:\n{}", svc.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = svc.log();
+    assert!(log.contains(external["session_id"].as_str().unwrap()) && log.contains(later["session_id"].as_str().unwrap()), "{log}");
+}
+
 #[test]
 fn racing_begins_get_one_session_and_backup_operation_in_progress() {
     quiesce_tests::require!(Root, Plugins);
