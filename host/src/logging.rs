@@ -57,6 +57,15 @@ struct Held {
     /// Which sink each record in `buf` is for, and its length, in order.
     records: Vec<(Sink, usize)>,
     dropped: Dropped,
+    /// Held for an agent's freeze (an external session): quiesce's own
+    /// thaw does not end it — see [`LogGate::release_after_thaw`].
+    for_agent: bool,
+}
+
+impl Held {
+    fn new() -> Held {
+        Held { buf: Vec::with_capacity(16 * 1024), records: Vec::new(), dropped: Dropped::default(), for_agent: false }
+    }
 }
 
 /// Log records dropped while held because the buffer was full.
@@ -116,9 +125,32 @@ impl LogGate {
 
     /// From now on, keep records in memory. Called right before the first freeze.
     pub fn hold(&self) {
-        let mut s = self.sinks();
-        if s.held.is_none() {
-            s.held = Some(Held { buf: Vec::with_capacity(16 * 1024), records: Vec::new(), dropped: Dropped::default() });
+        self.sinks().held.get_or_insert_with(Held::new);
+    }
+
+    /// Like [`LogGate::hold`], for a freeze someone else makes and ends (an
+    /// external session's agent).
+    pub fn hold_for_agent(&self) {
+        self.sinks().held.get_or_insert_with(Held::new).for_agent = true;
+    }
+
+    /// Whether records are held for an agent's freeze that nobody has seen
+    /// end (its external session was aborted or expired, and no later
+    /// session found the log's file system thawed yet): what else quiesce
+    /// writes (the metrics) may be on that agent's frozen file systems too.
+    pub fn held_for_agent(&self) -> bool {
+        self.sinks().held.as_ref().is_some_and(|h| h.for_agent)
+    }
+
+    /// After quiesce's own thaw: writes out what was held — unless the hold
+    /// is an agent's that nobody ended (its external session was aborted or
+    /// expired): then only once the sinks' file systems are found thawed, as
+    /// the agent's freeze may still be on. Some: released.
+    pub fn release_after_thaw(&self) -> Option<Dropped> {
+        if self.held_for_agent() {
+            self.release_unless_frozen()
+        } else {
+            Some(self.release())
         }
     }
 

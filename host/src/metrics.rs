@@ -63,6 +63,11 @@ pub enum MetricsError {
     Io { path: PathBuf, source: io::Error },
     #[error("metrics not written: {0} is still frozen (a file written now could hang the session)")]
     StillFrozen(String),
+    #[error(
+        "metrics not written: {0} may still be frozen by the agent whose session ended without its word (a file written now \
+         could hang the service); this session is not counted"
+    )]
+    MaybeFrozen(String),
 }
 
 /// Running totals, kept across sessions.
@@ -127,9 +132,16 @@ const LABELS: [Consistency; 4] =
 /// replaces the textfile. `None` when there was nothing to do or it worked;
 /// otherwise what to tell the admin (a warning: metrics never change the
 /// session's outcome). The session calls this once, with the final report.
-pub fn publish(settings: Option<&MetricsSettings>, report: &Report, state_dir: &Path) -> Option<String> {
+/// `agent_may_hold_frozen`: an agent's freeze may still be on (its external
+/// session expired or was cut off), so both places are first asked, without
+/// blocking, whether they are frozen — a write there would hang the session.
+pub fn publish(settings: Option<&MetricsSettings>, report: &Report, state_dir: &Path, agent_may_hold_frozen: bool) -> Option<String> {
     let settings = settings?;
-    match write(settings, report, state_dir, crate::rundir::unix_ms()) {
+    let written = match agent_may_hold_frozen.then(|| frozen_among(&[state_dir, settings.textfile.parent().unwrap_or(state_dir)])) {
+        Some(Some(frozen)) => Err(MetricsError::MaybeFrozen(frozen.display().to_string())),
+        _ => write(settings, report, state_dir, crate::rundir::unix_ms()),
+    };
+    match written {
         Ok(()) => {
             tracing::debug!("metrics written to {}", settings.textfile.display());
             None
@@ -139,6 +151,16 @@ pub fn publish(settings: Option<&MetricsSettings>, report: &Report, state_dir: &
             Some(e.to_string())
         }
     }
+}
+
+/// The first of `dirs` (or of the nearest directories above them that
+/// exist) that is frozen, or cannot be told not to be.
+fn frozen_among(dirs: &[&Path]) -> Option<PathBuf> {
+    dirs.iter().find_map(|d| {
+        let existing = d.ancestors().find(|a| a.is_dir())?;
+        let thawed = matches!(crate::freeze::is_frozen(existing, Duration::from_millis(50)), Ok(false));
+        (!thawed).then(|| existing.to_path_buf())
+    })
 }
 
 /// Updates the counters under `state_dir` with `report` and writes the textfile.

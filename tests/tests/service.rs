@@ -336,6 +336,53 @@ fn a_held_log_is_not_written_to_a_stderr_file_on_a_file_system_an_agent_still_ho
     assert!(log.contains(external["session_id"].as_str().unwrap()) && log.contains(later["session_id"].as_str().unwrap()), "{log}");
 }
 
+/// An agent froze the file system with the service's log file and its
+/// metrics textfile, then died: its external session is aborted with the
+/// agent's freeze still on. Ending it must not write the textfile there,
+/// and a later native session of another file system must not write the
+/// held log there after its own thaw — either would hang the session thread
+/// until somebody thawed.
+#[test]
+fn an_agents_freeze_left_on_never_hangs_the_metrics_or_a_later_native_sessions_log() {
+    quiesce_tests::require!(Root, Plugins);
+    let f = Fixture::new("svc-agent-left");
+    let other = LoopMount::new(&f.s.path, "other", Fs::Ext4);
+    let prom = f.mnt.path().join("prom");
+    std::fs::create_dir(&prom).unwrap();
+    let log_file = f.mnt.path().join("quiesce.log");
+    let config = f.config(&format!("[metrics]\ntextfile = \"{}/quiesce.prom\"\n\n{}", prom.display(), f.hook("", "continue")));
+    let svc = Service::start_with(&f.s, &config, |c| {
+        c.env("QUIESCE_LOG_FILE", &log_file);
+    });
+    let mut agent_conn = svc.connect();
+    let external = agent_conn.call(json!({"v":1,"id":"b","op":"begin","freeze":"external","bind":true}));
+    assert_eq!(external["proceed"], true, "{external}");
+    // Dropped (thawed) before the service: blocked on the frozen file system it could not even be killed.
+    let agent = ForeignFreeze::new(f.mnt.path());
+    drop(agent_conn);
+    svc.wait_status("the bound session aborted", |s| s["session"].is_null());
+    let report = svc.last_report();
+    assert!(report["warnings"].to_string().contains("metrics not written"), "{report}");
+
+    let mut c = svc.connect();
+    c.stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let later = c.call(json!({"v":1,"id":1,"op":"begin","freeze":"native","mounts":[other.path()]}));
+    assert_eq!(later["proceed"], true, "{later}");
+    let ended = c.call(json!({"v":1,"id":2,"op":"end","session_id":later["session_id"]}));
+    assert_eq!(ended["report"]["consistency"], "AppConsistent", "answered with the log's file system still frozen: {ended}");
+    assert!(is_frozen(f.mnt.path()) && !is_frozen(other.path()));
+    drop(agent);
+
+    let last = svc.request(json!({"v":1,"id":4,"op":"begin","freeze":"none"}));
+    let id = last["session_id"].as_str().unwrap().to_string();
+    end(&svc, json!({"session_id": id}));
+    let log = std::fs::read_to_string(&log_file).unwrap_or_default();
+    for held in [&external["session_id"], &later["session_id"]] {
+        assert!(log.contains(held.as_str().unwrap()), "the held records came out once thawed:\n{log}");
+    }
+    assert!(prom.join("quiesce.prom").is_file(), "published again once thawed");
+}
+
 #[test]
 fn racing_begins_get_one_session_and_backup_operation_in_progress() {
     quiesce_tests::require!(Root, Plugins);
@@ -479,6 +526,38 @@ fn a_reload_compiles_new_plugins_aside_while_a_frozen_session_is_ended_at_once()
     let log = svc.log();
     let (thawed, loaded) = (log.find("thawed in").unwrap(), log.find(&ready).unwrap());
     assert!(thawed < loaded, "the session was thawed while the plugin compiled, not after:\n{log}");
+}
+
+/// A reload that starts the WebAssembly engine — its cache directory on the
+/// very file system the begun session holds frozen — must not hold up that
+/// session's `end`: the reload thread waits for the thaw, the session thread
+/// does not.
+#[test]
+fn a_reload_that_would_write_to_the_frozen_file_system_never_holds_up_the_end() {
+    quiesce_tests::require!(Root, Plugins);
+    let f = Fixture::new("svc-hup-frozen");
+    let cache = f.mnt.path().join("cache");
+    let svc = Service::start_with(&f.s, &f.config(&format!("[freeze]\nmax_freeze_secs = 60\n{}", f.hook("", "continue"))), |c| {
+        c.env("QUIESCE_CACHE_DIR", &cache);
+    });
+    let begun = f.begin(&svc, "native");
+    assert!(is_frozen(f.mnt.path()));
+    let plugin = install_plugin(&f.s, "noop");
+    f.config(&format!("[[hook]]\nname = \"noop\"\nplugin = \"{}\"\n", plugin.display()));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(svc.pid() as i32, libc::SIGHUP) };
+    std::thread::sleep(Duration::from_millis(300));
+    let mut c = svc.connect();
+    c.stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let ended = c.call(json!({"v":1,"id":2,"op":"end","session_id":begun["session_id"]}));
+    assert_eq!(ended["report"]["consistency"], "AppConsistent", "ended at once, not at max-freeze: {ended}");
+    assert!(!is_frozen(f.mnt.path()));
+    // Thawed, the reload goes through and the next session runs the plugin.
+    svc.wait_status("generation 2", |s| s["config_generation"] == 2);
+    let next = svc.request(json!({"v":1,"id":3,"op":"begin","freeze":"none"}));
+    let report = end(&svc, json!({"session_id": next["session_id"]}))["report"].clone();
+    assert_eq!(report["hooks"][0]["name"], "noop", "{report}");
+    assert!(cache.is_dir(), "the engine's cache was made once the file system thawed");
 }
 
 #[test]
@@ -703,6 +782,51 @@ fn a_group_member_freezes_only_the_configs_mounts_and_loses_access_when_the_grou
     }
     let r = c.call(json!({"v":1,"id":5,"op":"status"}));
     assert_eq!(error_code(&r), "NotAuthorized", "{r}");
+}
+
+/// A tag is a name anyone may give: root's id-less `end --tag azure` (the
+/// Azure post script after its refused pre) must not end a member's
+/// session that calls itself `azure`. And a member's refused begins are
+/// refused before the slot is claimed, so they never turn root's `begin`
+/// away as "another begin is starting".
+#[test]
+fn a_members_session_is_not_ended_by_roots_tag_and_its_refused_begins_never_turn_root_away() {
+    quiesce_tests::require!(Root, Plugins);
+    let f = Fixture::new("svc-member-tag");
+    std::fs::set_permissions(&f.s.path, std::fs::Permissions::from_mode(0o711)).unwrap();
+    let svc = Service::start(&f.s, &f.config(&format!("{}\n[service]\ngroup = \"nogroup\"\n", f.hook("", "continue"))));
+    std::fs::set_permissions(svc.socket.parent().unwrap(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut member = NobodyClient::connect(&svc.socket);
+    let m = member.call(json!({"v":1,"id":1,"op":"begin","freeze":"none","tag":"azure"}));
+    assert_eq!(m["proceed"], true, "{m}");
+    for op in ["end", "abort"] {
+        let r = svc.request(json!({"v":1,"id":2,"op":op,"tag":"azure"}));
+        assert_eq!(error_code(&r), "UnknownSession", "{r}");
+        assert!(r["error"]["message"].as_str().unwrap().contains("begun by uid"), "{r}");
+    }
+    assert_eq!(f.log(), "pre\n", "the member's session is still begun");
+    let r = member.call(json!({"v":1,"id":3,"op":"end","tag":"azure"}));
+    assert_eq!(r["report"]["session_id"], m["session_id"], "the member ends its own by its tag: {r}");
+
+    // The member floods begins that are refused (a hold beyond
+    // external_hold_secs) while root runs sessions: root is never refused.
+    let code = format!(
+        "import socket\ns=socket.socket(socket.AF_UNIX); s.connect({:?}); f=s.makefile('rwb')\n\
+         for i in range(3000):\n f.write(b'{{\"op\":\"begin\",\"freeze\":\"none\",\"hold_secs\":86400}}\\n'); f.flush(); assert b'NotAuthorized' in f.readline()\n\
+         print('done', flush=True)\n",
+        svc.socket.display().to_string()
+    );
+    let mut flood =
+        Command::new("runuser").args(["-u", "nobody", "--", "python3", "-c", &code]).stdout(Stdio::piped()).spawn().expect("runuser");
+    let mut root_sessions = 0;
+    while flood.try_wait().unwrap().is_none() {
+        let b = svc.request(json!({"v":1,"id":4,"op":"begin","freeze":"none"}));
+        assert_eq!(b["ok"], true, "root's begin refused while a member's refused begins ran: {b}");
+        end(&svc, json!({"session_id": b["session_id"]}));
+        root_sessions += 1;
+    }
+    assert!(flood.wait().unwrap().success(), "every flooded begin was refused NotAuthorized");
+    assert!(root_sessions > 0);
 }
 
 #[test]

@@ -192,7 +192,10 @@ async fn handle(ctx: &Ctx, peer: &Peer, conn: u64, line: &[u8], bound: &mut Opti
         Op::Begin(args) => {
             let bind = args.bind;
             // Own statement: the guard must be gone before the await below.
-            let claimed = lock(&ctx.shared).claim();
+            let claimed = {
+                let mut shared = lock(&ctx.shared);
+                shared.may_begin(&args, peer.uid).and_then(|()| shared.claim())
+            };
             match claimed {
                 Err(f) => Err(f),
                 Ok(()) => {
@@ -209,14 +212,14 @@ async fn handle(ctx: &Ctx, peer: &Peer, conn: u64, line: &[u8], bound: &mut Opti
         }
         Op::End(mut args) => {
             // Own statement: the guard must be gone before the await below.
-            let pinned = lock(&ctx.shared).pin(&mut args.target);
+            let pinned = lock(&ctx.shared).pin(&mut args.target, peer.uid);
             match pinned {
                 Ok(()) => ask(ctx, |reply| Job::End { args, uid: peer.uid, reply }).await,
                 Err(f) => Err(f),
             }
         }
         Op::Abort(mut target) => {
-            let pinned = lock(&ctx.shared).pin(&mut target);
+            let pinned = lock(&ctx.shared).pin(&mut target, peer.uid);
             match pinned {
                 Ok(()) => ask(ctx, |reply| Job::Abort { target, uid: peer.uid, reply }).await,
                 Err(f) => Err(f),

@@ -82,6 +82,30 @@ pub(super) struct Shared {
     pub socket: Option<PathBuf>,
     /// `[service] idle_timeout_secs` of the config in use.
     pub idle_timeout: Duration,
+    /// What a `begin` may ask, from the config in use.
+    rules: BeginRules,
+}
+
+/// What the config in use lets a `begin` ask: checked in the connection's
+/// task before the slot is claimed, so that a member's refused requests
+/// never hold the slot against root's `begin` (see [`Shared::may_begin`]).
+#[derive(Default)]
+struct BeginRules {
+    /// `[freeze] mounts` (when freezing is enabled).
+    freeze_mounts: Vec<PathBuf>,
+    external_hold: Duration,
+}
+
+impl BeginRules {
+    fn of(config: Option<&Config>) -> BeginRules {
+        match config {
+            Some(c) => BeginRules {
+                freeze_mounts: if c.freeze.enabled { c.freeze.mounts.clone() } else { Vec::new() },
+                external_hold: c.service.external_hold,
+            },
+            None => BeginRules { freeze_mounts: Vec::new(), external_hold: crate::config::DEFAULT_EXTERNAL_HOLD },
+        }
+    }
 }
 
 pub(super) type SharedRef = Arc<Mutex<Shared>>;
@@ -112,6 +136,27 @@ impl Shared {
         self.session = None;
     }
 
+    /// Whether uid `uid` may `begin` with `args` under the config in use:
+    /// a native freeze names what to freeze, and a member of `[service]
+    /// group` stays within what root chose (see [`group_may_freeze`],
+    /// [`group_may_hold`]).
+    pub fn may_begin(&self, args: &BeginArgs, uid: u32) -> Result<(), Failure> {
+        if args.freeze == FreezeMode::Native && args.mounts.is_empty() && self.rules.freeze_mounts.is_empty() {
+            return Err(Failure::new(
+                Code::BadRequest,
+                "a native freeze needs `mounts` (or `[freeze] mounts` in the config): the service never freezes \
+                 every file system by default",
+            ));
+        }
+        if uid != 0 {
+            if args.freeze == FreezeMode::Native {
+                group_may_freeze(&args.mounts, &self.rules.freeze_mounts)?;
+            }
+            group_may_hold(args, self.rules.external_hold)?;
+        }
+        Ok(())
+    }
+
     pub fn status(&self) -> Map<String, Value> {
         let mut m = Map::new();
         m.insert("session".into(), serde_json::to_value(&self.session).unwrap_or(Value::Null));
@@ -126,14 +171,29 @@ impl Shared {
     /// behind another client's `begin`, it would end that session the moment
     /// its pre hooks were done. So the id is filled in here, and a session
     /// still in its pre hooks (its `begin` not yet answered) is not ended by
-    /// guess.
-    pub fn pin(&self, target: &mut Target) -> Result<(), Failure> {
+    /// guess. Nor is another user's: without an id, a client ends only a
+    /// session its own uid began — a tag is a name anyone may give, and
+    /// root's Azure post script must not end a member's session tagged
+    /// `azure` after root's own pre script was refused.
+    pub fn pin(&self, target: &mut Target, uid: u32) -> Result<(), Failure> {
         if target.session_id.is_some() {
             return Ok(());
         }
         let s = self.session.as_ref().ok_or_else(|| Failure::new(Code::UnknownSession, "no session is begun"))?;
         let id = s.session_id.as_str();
         check_target(target, id, s.tag.as_deref())?;
+        if s.owner_uid != uid {
+            let code = if uid == 0 { Code::UnknownSession } else { Code::NotAuthorized };
+            return Err(Failure::new(
+                code,
+                format!(
+                    "the begun session {id} was begun by uid {}: without a session_id, `end` and `abort` name only the \
+                     caller's own session{}",
+                    s.owner_uid,
+                    if uid == 0 { "; name it by its session_id to end it" } else { "" }
+                ),
+            ));
+        }
         if s.phase == ViewPhase::Pre {
             return Err(Failure::new(
                 Code::UnknownSession,
@@ -216,13 +276,66 @@ pub(super) struct Worker {
     /// The next session's freeze guardian, forked on a thread of its own
     /// while no session is begun (see [`freeze::Spare`]).
     spare: Option<std::thread::JoinHandle<Result<freeze::Spare, freeze::FreezeError>>>,
-    /// Loading a reloaded config's plugins (see [`Worker::preload`]).
-    preloading: Option<std::thread::JoinHandle<()>>,
+    /// Configs loaded by reload threads (see [`Worker::reload`]), numbered
+    /// in the order the reloads were asked for.
+    loads: (mpsc::UnboundedSender<Reloaded>, mpsc::UnboundedReceiver<Reloaded>),
+    reloads_asked: u64,
+    reloads_installed: u64,
+}
+
+/// A reload's number, its config, and who waits until it is in use.
+type Reloaded = (u64, Loaded, oneshot::Sender<()>);
+
+/// A config loaded, with what taking it into use needs that may block:
+/// its group looked up (NSS: LDAP may take seconds), the WebAssembly
+/// engine started (it creates its cache directory).
+struct Loaded {
+    config: Result<Config, ConfigError>,
+    group: (Option<u32>, Option<String>),
+    engine: Option<WasmEngine>,
+}
+
+impl Loaded {
+    /// `engine`: the one in use, if any (a new one only if the config names
+    /// a plugin and there is none yet).
+    fn load(config_path: Option<&std::path::Path>, engine: Option<WasmEngine>) -> Loaded {
+        let config = session::load_config(config_path);
+        let group = resolve_group(config.as_ref().ok().and_then(|c| c.service.group.as_deref()));
+        let engine = engine.or_else(|| start_engine(&config));
+        Loaded { config, group, engine }
+    }
+
+    /// Compiles (or finds cached) every plugin the config names, so that
+    /// the first session finds them warm.
+    fn warm(engine: &WasmEngine, paths: &[PathBuf]) {
+        for path in paths {
+            match engine.load(path) {
+                Ok(pl) => tracing::info!("plugin {} ready ({:?})", path.display(), pl.cache_status()),
+                Err(e) => tracing::warn!("plugin {} cannot be loaded (sessions will report it): {e}", path.display()),
+            }
+        }
+    }
+}
+
+/// A WebAssembly engine, if `config` names a plugin.
+fn start_engine(config: &Result<Config, ConfigError>) -> Option<WasmEngine> {
+    if plugin_paths(config).is_empty() {
+        return None;
+    }
+    WasmEngine::new(&session::cache_dir_from_env()).map_err(|e| tracing::error!("cannot start the WebAssembly runtime: {e}")).ok()
+}
+
+fn plugin_paths(config: &Result<Config, ConfigError>) -> Vec<PathBuf> {
+    let Ok(c) = config else { return Vec::new() };
+    c.hooks.iter().filter_map(|h| if let HookBody::Plugin(p) = &h.body { Some(p.path.clone()) } else { None }).collect()
 }
 
 impl Worker {
+    /// Loads the config and warms its plugins here: before the socket
+    /// listens, no session can wait for it.
     pub fn new(shared: SharedRef, config_path: Option<PathBuf>, interrupt: Interrupt) -> Worker {
-        let config = session::load_config(config_path.as_deref());
+        let loaded = Loaded::load(config_path.as_deref(), None);
+        let paths = plugin_paths(&loaded.config);
         let mut w = Worker {
             shared,
             config_path,
@@ -231,9 +344,14 @@ impl Worker {
             interrupt,
             current: None,
             spare: None,
-            preloading: None,
+            loads: mpsc::unbounded_channel(),
+            reloads_asked: 0,
+            reloads_installed: 0,
         };
-        w.install(config, true);
+        w.install(loaded, true);
+        if let Some(engine) = &w.engine {
+            Loaded::warm(engine, &paths);
+        }
         w
     }
 
@@ -252,16 +370,30 @@ impl Worker {
                 }
             }
             let deadline = self.current.as_ref().map(|c| c.deadline);
+            // In this order: once the service is told to stop, no queued job
+            // runs (a queued `begin` would start a session, a queued `end`
+            // would be reported interrupted); a hold that ran out is ended
+            // before any queued job, which a flood of them must not delay.
             let job = tokio::select! {
-                job = jobs.recv() => job,
-                () = sleep_until(deadline) => {
-                    self.expire().await;
-                    continue;
-                }
+                biased;
                 why = interrupt.wait() => {
                     tracing::warn!("{why}: the service stops");
                     None
                 }
+                () = sleep_until(deadline) => {
+                    self.expire().await;
+                    continue;
+                }
+                Some((n, loaded, done)) = self.loads.1.recv() => {
+                    // Reload threads may finish out of order: the newest asked wins.
+                    if n > self.reloads_installed {
+                        self.reloads_installed = n;
+                        self.install(loaded, false);
+                    }
+                    let _ = done.send(());
+                    continue;
+                }
+                job = jobs.recv() => job,
             };
             let Some(job) = job else { break };
             match job {
@@ -291,10 +423,7 @@ impl Worker {
                         }
                     }
                 }
-                Job::Reload { done } => {
-                    self.reload();
-                    let _ = done.send(());
-                }
+                Job::Reload { done } => self.reload(done),
             }
         }
         if let Ok(c) = self.take(None) {
@@ -302,8 +431,8 @@ impl Worker {
         }
     }
 
+    /// `args` passed [`Shared::may_begin`] before the slot was claimed.
     async fn begin(&mut self, args: BeginArgs, conn: u64, uid: u32) -> Result<Map<String, Value>, Failure> {
-        let root = uid == 0;
         if self.current.is_some() {
             // Claimed slots make this unreachable; kept as a guard.
             return Err(Failure::new(Code::Report(ErrorCode::BackupOperationInProgress), "a session is already begun"));
@@ -312,21 +441,7 @@ impl Worker {
             Ok(c) => Ok(c.clone()),
             Err(_) => session::load_config(self.config_path.as_deref()),
         };
-        let config_mounts = config.as_ref().map(|c| c.freeze.enabled && !c.freeze.mounts.is_empty()).unwrap_or(false);
-        if args.freeze == FreezeMode::Native && args.mounts.is_empty() && !config_mounts {
-            return Err(Failure::new(
-                Code::BadRequest,
-                "a native freeze needs `mounts` (or `[freeze] mounts` in the config): the service never freezes \
-                 every file system by default",
-            ));
-        }
-        if !root && args.freeze == FreezeMode::Native {
-            group_may_freeze(&args.mounts, config.as_ref().ok())?;
-        }
         let external_hold = config.as_ref().map(|c| c.service.external_hold).unwrap_or(crate::config::DEFAULT_EXTERNAL_HOLD);
-        if !root {
-            group_may_hold(&args, external_hold)?;
-        }
         let opts = SessionOptions {
             mounts: args.mounts.clone(),
             engine: self.engine(&config),
@@ -464,12 +579,8 @@ impl Worker {
 
     /// The shared engine, started when a config first names a plugin.
     fn engine(&mut self, config: &Result<Config, ConfigError>) -> Option<WasmEngine> {
-        let wants = config.as_ref().is_ok_and(|c| c.hooks.iter().any(|h| matches!(h.body, HookBody::Plugin(_))));
-        if wants && self.engine.is_none() {
-            match WasmEngine::new(&session::cache_dir_from_env()) {
-                Ok(e) => self.engine = Some(e),
-                Err(e) => tracing::error!("cannot start the WebAssembly runtime: {e}"),
-            }
+        if self.engine.is_none() {
+            self.engine = start_engine(config);
         }
         self.engine.clone()
     }
@@ -487,19 +598,41 @@ impl Worker {
         }
     }
 
-    fn reload(&mut self) {
-        let config = session::load_config(self.config_path.as_deref());
-        self.install(config, false);
+    /// Loads the config again on a thread of its own, which hands it back
+    /// to this one to take into use and then compiles its plugins. This
+    /// thread must meanwhile end a begun session — thaw a frozen one — the
+    /// moment its `end` or hold deadline comes: a group lookup, the engine's
+    /// start (a directory made, maybe on the frozen file system) and seconds
+    /// of compiling would all hold it up. A session that starts while a
+    /// plugin is still compiling loads it itself (the engine is shared).
+    fn reload(&mut self, done: oneshot::Sender<()>) {
+        self.reloads_asked += 1;
+        let n = self.reloads_asked;
+        let (path, engine, loads) = (self.config_path.clone(), self.engine.clone(), self.loads.0.clone());
+        let reload = move || {
+            let loaded = Loaded::load(path.as_deref(), engine);
+            let warm = loaded.engine.clone().map(|e| (e, plugin_paths(&loaded.config)));
+            let _ = loads.send((n, loaded, done));
+            if let Some((engine, paths)) = warm {
+                Loaded::warm(&engine, &paths);
+            }
+        };
+        if let Err(e) = std::thread::Builder::new().name("quiesce-reload".into()).spawn(reload) {
+            tracing::error!("cannot start a thread to reload the config ({e}): the config in use stays");
+        }
     }
 
     /// Takes a loaded config into use — unless it failed and the one in
     /// use is good: then the old one stays and the failure is logged.
-    fn install(&mut self, config: Result<Config, ConfigError>, first: bool) {
+    fn install(&mut self, loaded: Loaded, first: bool) {
+        let Loaded { config, group: (gid, group), engine } = loaded;
+        if self.engine.is_none() {
+            self.engine = engine;
+        }
         let shown = self.config_path.as_deref().map(|p| p.display().to_string()).unwrap_or_else(|| "built-in default".into());
         // Logged with the shared state unlocked: a log write may be slow.
         match config {
             Ok(c) => {
-                let (gid, group) = resolve_group(c.service.group.as_deref());
                 let generation = {
                     let mut shared = lock(&self.shared);
                     shared.config_generation += 1;
@@ -509,12 +642,11 @@ impl Worker {
                     shared.group = group;
                     shared.socket = c.service.socket.clone();
                     shared.idle_timeout = c.service.idle_timeout;
+                    shared.rules = BeginRules::of(Some(&c));
                     shared.config_generation
                 };
                 tracing::info!("config {shown} loaded (generation {generation})");
-                let c = Ok(c);
-                self.preload(&c, first);
-                self.config = c;
+                self.config = Ok(c);
             }
             Err(e) => {
                 let msg = e.to_string();
@@ -525,6 +657,7 @@ impl Worker {
                     if !keep {
                         shared.config_generation += 1;
                         shared.idle_timeout = crate::config::DEFAULT_IDLE_TIMEOUT;
+                        shared.rules = BeginRules::of(None);
                     }
                     shared.config_generation
                 };
@@ -537,46 +670,13 @@ impl Worker {
             }
         }
     }
-
-    /// Loads every plugin the config names, so the first session finds them
-    /// warm. At start-up before the socket listens; after a reload on a
-    /// thread of its own: compiling a large plugin takes seconds, and this
-    /// thread must meanwhile end a begun session — thaw a frozen one — the
-    /// moment its `end` or hold deadline comes. A session that starts while
-    /// a plugin is still compiling loads it itself (the engine is shared).
-    fn preload(&mut self, config: &Result<Config, ConfigError>, first: bool) {
-        let Some(engine) = self.engine(config) else { return };
-        let Ok(c) = config else { return };
-        let paths: Vec<PathBuf> =
-            c.hooks.iter().filter_map(|h| if let HookBody::Plugin(p) = &h.body { Some(p.path.clone()) } else { None }).collect();
-        let load_all = move || {
-            for path in &paths {
-                match engine.load(path) {
-                    Ok(pl) => tracing::info!("plugin {} ready ({:?})", path.display(), pl.cache_status()),
-                    Err(e) => tracing::warn!("plugin {} cannot be loaded (sessions will report it): {e}", path.display()),
-                }
-            }
-        };
-        if first {
-            return load_all();
-        }
-        if self.preloading.as_ref().is_some_and(|t| !t.is_finished()) {
-            tracing::info!("the last reload's plugins are still loading: this config's load at their first session");
-            return;
-        }
-        match std::thread::Builder::new().name("quiesce-preload".into()).spawn(load_all) {
-            Ok(t) => self.preloading = Some(t),
-            Err(e) => tracing::warn!("cannot start loading the plugins ahead ({e}): they load at their first session"),
-        }
-    }
 }
 
 /// A member of `[service] group` runs the configured hooks, but freezes only
 /// what root chose in `[freeze] mounts` (a freeze of `/` stalls the whole
 /// machine until max-freeze): the mounts it names must be among them,
 /// spelled as the config spells them.
-fn group_may_freeze(mounts: &[PathBuf], config: Option<&Config>) -> Result<(), Failure> {
-    let allowed: &[PathBuf] = config.map(|c| c.freeze.mounts.as_slice()).unwrap_or_default();
+fn group_may_freeze(mounts: &[PathBuf], allowed: &[PathBuf]) -> Result<(), Failure> {
     let refused: Vec<String> = mounts.iter().filter(|m| !allowed.contains(m)).map(|m| m.display().to_string()).collect();
     if allowed.is_empty() || !refused.is_empty() {
         let what = if refused.is_empty() { "a native freeze".to_string() } else { format!("freezing {}", refused.join(", ")) };

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use super::hooks::PhaseContext;
 use super::record::Run;
 use super::steps::Steps;
-use super::{check_holds, note_dropped, release_log, Fallback, ReadyHook, Session, SessionPhase};
+use super::{check_holds, note_dropped, Fallback, ReadyHook, Session, SessionPhase};
 use crate::config::OnFailure;
 use crate::duration;
 use crate::freeze::{self, Guardian};
@@ -322,7 +322,7 @@ impl Session {
             // maybe the one with the log file. Until the agent says it is
             // done, log records stay in memory, as during a native freeze:
             // a blocked log write would stall the whole service.
-            logging::gate().hold();
+            logging::gate().hold_for_agent();
         }
         b
     }
@@ -479,7 +479,8 @@ impl Begun {
         let agent_may_hold_frozen = proceed && mode == Some(FreezeMode::External) && !external_thawed;
         if proceed && mode == Some(FreezeMode::External) {
             if external_thawed {
-                release_log(&mut r);
+                // The agent says its freeze is over.
+                note_dropped(&mut r, logging::gate().release());
             } else {
                 r.warnings.push(
                     "the agent may still hold file systems frozen: log records stay in memory (capped) until a later \
@@ -549,7 +550,10 @@ impl Begun {
         steps.lap("record");
         steps.fill(&mut report);
         // After the point, so that a PointNotRecorded error is counted too.
-        let metrics_warnings = crate::metrics::publish(s.config.metrics.as_ref(), &report, &s.state_dir);
+        // An agent's freeze may still be on: this session's, or an earlier
+        // one's that nobody has seen end.
+        let unsure = agent_may_hold_frozen || logging::gate().held_for_agent();
+        let metrics_warnings = crate::metrics::publish(s.config.metrics.as_ref(), &report, &s.state_dir, unsure);
         report.warnings.extend(metrics_warnings);
         if let Some(lock) = lock {
             // A mount still frozen keeps its state file: `status` shows it,

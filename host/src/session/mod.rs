@@ -746,9 +746,13 @@ impl Session {
     }
 }
 
-/// Writes out the log held while frozen; what had to be dropped becomes a warning.
+/// After quiesce's own thaw, writes out the log held while frozen (see
+/// [`logging::LogGate::release_after_thaw`]); what had to be dropped
+/// becomes a warning.
 fn release_log(r: &mut Run) {
-    note_dropped(r, logging::gate().release());
+    if let Some(d) = logging::gate().release_after_thaw() {
+        note_dropped(r, d);
+    }
 }
 
 /// What a release of the held log had to drop, as a warning.
