@@ -615,6 +615,24 @@ fn a_user_who_is_not_root_is_refused_even_when_the_socket_lets_them_connect() {
     let r = status_as_nobody(&svc.socket);
     assert_eq!(error_code(&r), "NotAuthorized", "{r}");
     assert_eq!(r["id"], 1, "the refusal answers the request the client sent: {r}");
+    // Refused peers looping on connect() (each left silent, so the service
+    // would wait for its request): a few are answered at a time, the rest
+    // closed at once; root is served meanwhile, and the log gets a line a
+    // second, not one per connection.
+    let code = format!(
+        "import socket\nconns=[]\nfor i in range(300):\n s=socket.socket(socket.AF_UNIX); s.connect({:?}); conns.append(s)\n\
+         print('connected', flush=True)\nimport sys; sys.stdin.readline()\n",
+        svc.socket.display().to_string()
+    );
+    let mut runuser = Command::new("runuser");
+    runuser.args(["-u", "nobody", "--", "python3", "-c", &code]);
+    let (mut child, _out, line) = first_line_of(runuser);
+    assert_eq!(line.trim(), "connected");
+    assert_eq!(svc.request(json!({"v":1,"id":2,"op":"status"}))["ok"], true, "root is served during the flood");
+    drop(child.stdin.take());
+    child.wait().unwrap();
+    let refusals = svc.log().lines().filter(|l| l.contains("refused connection")).count();
+    assert!((1..=5).contains(&refusals), "{refusals} refusal lines for 301 refused connections:\n{}", svc.log());
     drop(svc);
     // `[service] group` names nobody's group: allowed, the socket 0660 root:nogroup.
     let config = f.config(&format!("{}\n[service]\ngroup = \"nogroup\"\n", f.hook("", "continue")));

@@ -29,6 +29,14 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a refused peer's first request is waited for.
 const REFUSAL_READ: Duration = Duration::from_millis(500);
 
+/// Refused peers answered at once (each waits up to [`REFUSAL_READ`] for its
+/// request); past these, one is closed without an answer — an unauthorised
+/// local user looping on `connect()` must not use up the service's fds.
+const REFUSALS_AT_ONCE: usize = 8;
+
+/// At most one "refused" log line per this; the rest are counted into it.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(1);
+
 /// Connections served at once: root's own, and those anyone allowed may use.
 /// A group member's idle connections can fill only the shared ones: root's
 /// agents (qemu-ga's hook, the Azure scripts, the timer) always get in.
@@ -44,6 +52,30 @@ pub(super) struct Ctx {
 struct Slots {
     root: Arc<Semaphore>,
     shared: Arc<Semaphore>,
+    /// Refused peers being answered (see [`REFUSALS_AT_ONCE`]).
+    refusing: Arc<Semaphore>,
+    refusal_log: std::sync::Mutex<RefusalLog>,
+}
+
+/// Logs refused connections at most once per [`REFUSAL_LOG_EVERY`]: a
+/// client looping on `connect()` must not fill the log file.
+#[derive(Default)]
+struct RefusalLog {
+    last: Option<std::time::Instant>,
+    unlogged: u64,
+}
+
+impl RefusalLog {
+    /// Some(n): log this refusal now, with the `n` left unlogged since the last.
+    fn next(&mut self) -> Option<u64> {
+        let now = std::time::Instant::now();
+        if self.last.is_some_and(|t| now.duration_since(t) < REFUSAL_LOG_EVERY) {
+            self.unlogged += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.unlogged))
+    }
 }
 
 impl Slots {
@@ -54,10 +86,24 @@ impl Slots {
         let own = root.then(|| self.root.clone().try_acquire_owned().ok()).flatten();
         own.or_else(|| self.shared.clone().try_acquire_owned().ok())
     }
+
+    /// Logs a refusal (`why`), unless one was logged within the last second.
+    fn log_refusal(&self, why: impl FnOnce() -> String) {
+        let next = self.refusal_log.lock().unwrap_or_else(|p| p.into_inner()).next();
+        if let Some(unlogged) = next {
+            let more = if unlogged > 0 { format!(" ({unlogged} more refused since the last such line)") } else { String::new() };
+            tracing::warn!("{}{more}", why());
+        }
+    }
 }
 
 pub(super) async fn accept_loop(listener: tokio::net::UnixListener, ctx: Arc<Ctx>, mut stop: Interrupt) {
-    let slots = Arc::new(Slots { root: Arc::new(Semaphore::new(ROOT_CONNECTIONS)), shared: Arc::new(Semaphore::new(SHARED_CONNECTIONS)) });
+    let slots = Arc::new(Slots {
+        root: Arc::new(Semaphore::new(ROOT_CONNECTIONS)),
+        shared: Arc::new(Semaphore::new(SHARED_CONNECTIONS)),
+        refusing: Arc::new(Semaphore::new(REFUSALS_AT_ONCE)),
+        refusal_log: Default::default(),
+    });
     let mut next_conn: u64 = 0;
     loop {
         let accepted = tokio::select! {
@@ -87,7 +133,9 @@ async fn serve_conn(stream: UnixStream, ctx: Arc<Ctx>, conn: u64, slots: &Slots)
     let (peer, _slot) = match Peer::of(wr.as_ref().as_fd()) {
         Ok(p) if p.authorized(gid) => {
             let Some(slot) = slots.take(p.uid == 0) else {
-                tracing::warn!("connection {conn} from pid {} uid {} refused: every connection slot it may use is taken", p.pid, p.uid);
+                slots.log_refusal(|| {
+                    format!("connection {conn} from pid {} uid {} refused: every connection slot it may use is taken", p.pid, p.uid)
+                });
                 let f = Failure::new(
                     Code::TooManyConnections,
                     format!(
@@ -102,7 +150,8 @@ async fn serve_conn(stream: UnixStream, ctx: Arc<Ctx>, conn: u64, slots: &Slots)
             (p, slot)
         }
         Ok(p) => {
-            tracing::warn!("refused connection from pid {} uid {}: not root and not in the allowed group", p.pid, p.uid);
+            let Ok(_refusing) = slots.refusing.clone().try_acquire_owned() else { return };
+            slots.log_refusal(|| format!("refused connection from pid {} uid {}: not root and not in the allowed group", p.pid, p.uid));
             let f =
                 Failure::new(Code::NotAuthorized, format!("uid {} may not use this service: root, or a member of [service] group", p.uid));
             // Its first request is read (briefly) so that a client that
@@ -326,6 +375,16 @@ mod tests {
                 }
             }
         })
+    }
+
+    #[test]
+    fn refusals_are_logged_once_a_second_with_the_count_left_out() {
+        let mut log = RefusalLog::default();
+        assert_eq!(log.next(), Some(0), "the first is logged");
+        assert_eq!((log.next(), log.next()), (None, None), "the next ones within the second are counted");
+        log.last = log.last.map(|t| t - REFUSAL_LOG_EVERY);
+        assert_eq!(log.next(), Some(2), "a second later: logged, with the two left out");
+        assert_eq!(log.next(), None);
     }
 
     #[test]
