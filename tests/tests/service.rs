@@ -284,15 +284,48 @@ fn the_log_held_for_an_aborted_external_session_is_written_once_a_later_session_
     // A later `none` session finds the log's file system thawed and writes
     // out what was held (it used to stay held until a native or a normally
     // ended external session).
-    let later = svc.request(json!({"v":1,"id":1,"op":"begin","freeze":"none"}));
-    let id = later["session_id"].as_str().unwrap().to_string();
-    end(&svc, json!({"session_id": id}));
+    let log = held_records_written(&svc, || svc.log());
+    assert!(log.contains(external["session_id"].as_str().unwrap()), "the held records came out too");
+}
+
+/// An agent begins an external session bound to its connection, freezes
+/// `mount` and dies holding it: the session is aborted with the agent's
+/// freeze still on. `begin`'s reply, and the freeze — drop it (thaw) before
+/// the service: a process blocked on the frozen file system cannot even be
+/// killed until then.
+fn agent_dies_holding_a_freeze(svc: &Service, mount: &Path) -> (Value, ForeignFreeze) {
+    let mut agent_conn = svc.connect();
+    let begun = agent_conn.call(json!({"v":1,"id":"b","op":"begin","freeze":"external","bind":true}));
+    assert_eq!(begun["proceed"], true, "{begun}");
+    let freeze = ForeignFreeze::new(mount);
+    drop(agent_conn);
+    svc.wait_status("the bound session aborted", |s| s["session"].is_null());
+    (begun, freeze)
+}
+
+/// A whole session on one connection whose replies must come within 10 s:
+/// `begin`'s reply and `end`'s.
+fn session_answered_within_10s(svc: &Service, begin: Value) -> (Value, Value) {
+    let mut c = svc.connect();
+    c.stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let begun = c.call(begin);
+    assert_eq!(begun["proceed"], true, "{begun}");
+    let ended = c.call(json!({"v":1,"id":2,"op":"end","session_id":begun["session_id"]}));
+    (begun, ended)
+}
+
+/// Runs a `none` session and waits until its records reached `log`: all that
+/// was held before it came out too.
+fn held_records_written(svc: &Service, log: impl Fn() -> String) -> String {
+    let last = svc.request(json!({"v":1,"id":4,"op":"begin","freeze":"none"}));
+    let id = last["session_id"].as_str().unwrap().to_string();
+    end(svc, json!({"session_id": id}));
     let until = Instant::now() + Duration::from_secs(10);
-    while !svc.log().contains(&id) {
-        assert!(Instant::now() < until, "the later session's records never reached the log:\n{}", svc.log());
+    while !log().contains(&id) {
+        assert!(Instant::now() < until, "the records never came out:\n{}", log());
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(svc.log().contains(external["session_id"].as_str().unwrap()), "the held records came out too");
+    log()
 }
 
 /// The service's stderr is a file on the file system an agent froze, and the
@@ -305,34 +338,15 @@ fn a_held_log_is_not_written_to_a_stderr_file_on_a_file_system_an_agent_still_ho
     let f = Fixture::new("svc-stderr-frozen");
     let stderr = f.mnt.path().join("serve.stderr");
     let svc = Service::start_with_stderr(&f.s, &f.config(&f.hook("", "continue")), &stderr, |_| {});
-    let mut agent_conn = svc.connect();
-    let external = agent_conn.call(json!({"v":1,"id":"b","op":"begin","freeze":"external","bind":true}));
-    assert_eq!(external["proceed"], true, "{external}");
-    // Dropped (thawed) before the service: blocked on the frozen file system it could not even be killed.
-    let agent = ForeignFreeze::new(f.mnt.path());
-    drop(agent_conn);
-    svc.wait_status("the bound session aborted", |s| s["session"].is_null());
-
-    let mut c = svc.connect();
-    c.stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let later = c.call(json!({"v":1,"id":1,"op":"begin","freeze":"none"}));
-    assert_eq!(later["proceed"], true, "{later}");
-    let ended = c.call(json!({"v":1,"id":2,"op":"end","session_id":later["session_id"]}));
+    let (external, agent) = agent_dies_holding_a_freeze(&svc, f.mnt.path());
+    let (later, ended) = session_answered_within_10s(&svc, json!({"v":1,"id":1,"op":"begin","freeze":"none"}));
     assert_eq!(ended["ok"], true, "answered while the agent still holds the stderr file's file system: {ended}");
-    assert!(c.call(json!({"v":1,"id":3,"op":"status"}))["session"].is_null());
+    assert!(svc.request(json!({"v":1,"id":3,"op":"status"}))["session"].is_null());
     assert!(is_frozen(f.mnt.path()));
     drop(agent);
 
     // Thawed: the next session finds it so and writes everything out.
-    let last = svc.request(json!({"v":1,"id":4,"op":"begin","freeze":"none"}));
-    let id = last["session_id"].as_str().unwrap().to_string();
-    end(&svc, json!({"session_id": id}));
-    let until = Instant::now() + Duration::from_secs(10);
-    while !svc.log().contains(&id) {
-        assert!(Instant::now() < until, "the records never reached stderr:\n{}", svc.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let log = svc.log();
+    let log = held_records_written(&svc, || svc.log());
     assert!(log.contains(external["session_id"].as_str().unwrap()) && log.contains(later["session_id"].as_str().unwrap()), "{log}");
 }
 
@@ -354,29 +368,16 @@ fn an_agents_freeze_left_on_never_hangs_the_metrics_or_a_later_native_sessions_l
     let svc = Service::start_with(&f.s, &config, |c| {
         c.env("QUIESCE_LOG_FILE", &log_file);
     });
-    let mut agent_conn = svc.connect();
-    let external = agent_conn.call(json!({"v":1,"id":"b","op":"begin","freeze":"external","bind":true}));
-    assert_eq!(external["proceed"], true, "{external}");
-    // Dropped (thawed) before the service: blocked on the frozen file system it could not even be killed.
-    let agent = ForeignFreeze::new(f.mnt.path());
-    drop(agent_conn);
-    svc.wait_status("the bound session aborted", |s| s["session"].is_null());
+    let (external, agent) = agent_dies_holding_a_freeze(&svc, f.mnt.path());
     let report = svc.last_report();
     assert!(report["warnings"].to_string().contains("metrics not written"), "{report}");
 
-    let mut c = svc.connect();
-    c.stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let later = c.call(json!({"v":1,"id":1,"op":"begin","freeze":"native","mounts":[other.path()]}));
-    assert_eq!(later["proceed"], true, "{later}");
-    let ended = c.call(json!({"v":1,"id":2,"op":"end","session_id":later["session_id"]}));
+    let (later, ended) = session_answered_within_10s(&svc, json!({"v":1,"id":1,"op":"begin","freeze":"native","mounts":[other.path()]}));
     assert_eq!(ended["report"]["consistency"], "AppConsistent", "answered with the log's file system still frozen: {ended}");
     assert!(is_frozen(f.mnt.path()) && !is_frozen(other.path()));
     drop(agent);
 
-    let last = svc.request(json!({"v":1,"id":4,"op":"begin","freeze":"none"}));
-    let id = last["session_id"].as_str().unwrap().to_string();
-    end(&svc, json!({"session_id": id}));
-    let log = std::fs::read_to_string(&log_file).unwrap_or_default();
+    let log = held_records_written(&svc, || std::fs::read_to_string(&log_file).unwrap_or_default());
     for held in [&external["session_id"], &later["session_id"]] {
         assert!(log.contains(held.as_str().unwrap()), "the held records came out once thawed:\n{log}");
     }
@@ -696,13 +697,20 @@ fn first_line_of(mut cmd: Command) -> (std::process::Child, std::io::BufReader<s
     (child, out, line)
 }
 
+/// The service with the app hook, `[service] group = "nogroup"`, and the
+/// way to its socket open to `nobody`.
+fn service_open_to_nogroup(f: &Fixture) -> Service {
+    std::fs::set_permissions(&f.s.path, std::fs::Permissions::from_mode(0o711)).unwrap();
+    let svc = Service::start(&f.s, &f.config(&format!("{}\n[service]\ngroup = \"nogroup\"\n", f.hook("", "continue"))));
+    std::fs::set_permissions(svc.socket.parent().unwrap(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    svc
+}
+
 #[test]
 fn a_group_member_filling_every_connection_it_may_use_never_locks_root_out() {
     quiesce_tests::require!(Root, Plugins);
     let f = Fixture::new("svc-slots");
-    std::fs::set_permissions(&f.s.path, std::fs::Permissions::from_mode(0o711)).unwrap();
-    let svc = Service::start(&f.s, &f.config(&format!("{}\n[service]\ngroup = \"nogroup\"\n", f.hook("", "continue"))));
-    std::fs::set_permissions(svc.socket.parent().unwrap(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let svc = service_open_to_nogroup(&f);
     // As nobody: 48 connections, each answered once and then left idle, and a 49th.
     let code = format!(
         "import json,socket,sys\nconns=[]\n\
@@ -811,9 +819,7 @@ fn a_group_member_freezes_only_the_configs_mounts_and_loses_access_when_the_grou
 fn a_members_session_is_not_ended_by_roots_tag_and_its_refused_begins_never_turn_root_away() {
     quiesce_tests::require!(Root, Plugins);
     let f = Fixture::new("svc-member-tag");
-    std::fs::set_permissions(&f.s.path, std::fs::Permissions::from_mode(0o711)).unwrap();
-    let svc = Service::start(&f.s, &f.config(&format!("{}\n[service]\ngroup = \"nogroup\"\n", f.hook("", "continue"))));
-    std::fs::set_permissions(svc.socket.parent().unwrap(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let svc = service_open_to_nogroup(&f);
     let mut member = NobodyClient::connect(&svc.socket);
     let m = member.call(json!({"v":1,"id":1,"op":"begin","freeze":"none","tag":"azure"}));
     assert_eq!(m["proceed"], true, "{m}");
