@@ -499,6 +499,27 @@ fn sighup_reloads_a_good_config_and_keeps_the_old_one_when_the_new_fails() {
     assert!(svc.log().contains("keeping the one in use"), "{}", svc.log());
 }
 
+/// A service started with a config that fails to load loads it afresh at
+/// every `begin`: the `begin` is checked against what it loaded then — a
+/// native freeze without mounts is refused while the config names none, and
+/// freezes the config's `[freeze] mounts` once it is fixed (no SIGHUP).
+#[test]
+fn a_service_started_with_a_broken_config_checks_each_begin_against_the_config_it_loads_then() {
+    quiesce_tests::require!(Root, Plugins);
+    let f = Fixture::new("svc-broken-start");
+    let svc = Service::start(&f.s, &f.config("[[hook]]\nname = \"broken\"\ntimout_secs = 3\n"));
+    assert!(svc.request(json!({"v":1,"id":1,"op":"status"}))["config_error"].as_str().unwrap().contains("timout_secs"));
+    let r = svc.request(json!({"v":1,"id":2,"op":"begin","freeze":"native"}));
+    assert_eq!(error_code(&r), "BadRequest", "{r}");
+    assert!(!is_frozen(f.mnt.path()));
+    f.config(&format!("[freeze]\nenabled = true\nmounts = [{:?}]\n{}", f.mount(), f.hook("", "continue")));
+    let begun = svc.request(json!({"v":1,"id":3,"op":"begin","freeze":"native"}));
+    assert_eq!(begun["frozen"][0], f.mount(), "{begun}");
+    assert!(is_frozen(f.mnt.path()));
+    let report = end(&svc, json!({"session_id": begun["session_id"]}))["report"].clone();
+    assert_eq!(report["consistency"], "AppConsistent", "{report}");
+}
+
 /// A reload compiles the new config's plugins on a thread of its own: the
 /// session thread must end a frozen session the moment its `end` comes, not
 /// after seconds of compiling (the freeze window would grow by them).

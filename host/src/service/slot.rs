@@ -82,14 +82,14 @@ pub(super) struct Shared {
     pub socket: Option<PathBuf>,
     /// `[service] idle_timeout_secs` of the config in use.
     pub idle_timeout: Duration,
-    /// What a `begin` may ask, from the config in use.
-    rules: BeginRules,
+    /// What a `begin` may ask, from the config in use; None while it failed
+    /// to load (each `begin` then loads it afresh and is checked then).
+    rules: Option<BeginRules>,
 }
 
 /// What the config in use lets a `begin` ask: checked in the connection's
 /// task before the slot is claimed, so that a member's refused requests
 /// never hold the slot against root's `begin` (see [`Shared::may_begin`]).
-#[derive(Default)]
 struct BeginRules {
     /// `[freeze] mounts` (when freezing is enabled).
     freeze_mounts: Vec<PathBuf>,
@@ -105,6 +105,26 @@ impl BeginRules {
             },
             None => BeginRules { freeze_mounts: Vec::new(), external_hold: crate::config::DEFAULT_EXTERNAL_HOLD },
         }
+    }
+
+    /// Whether uid `uid` may `begin` with `args`: a native freeze names what
+    /// to freeze, and a member of `[service] group` stays within what root
+    /// chose (see [`group_may_freeze`], [`group_may_hold`]).
+    fn check(&self, args: &BeginArgs, uid: u32) -> Result<(), Failure> {
+        if args.freeze == FreezeMode::Native && args.mounts.is_empty() && self.freeze_mounts.is_empty() {
+            return Err(Failure::new(
+                Code::BadRequest,
+                "a native freeze needs `mounts` (or `[freeze] mounts` in the config): the service never freezes \
+                 every file system by default",
+            ));
+        }
+        if uid != 0 {
+            if args.freeze == FreezeMode::Native {
+                group_may_freeze(&args.mounts, &self.freeze_mounts)?;
+            }
+            group_may_hold(args, self.external_hold)?;
+        }
+        Ok(())
     }
 }
 
@@ -136,25 +156,10 @@ impl Shared {
         self.session = None;
     }
 
-    /// Whether uid `uid` may `begin` with `args` under the config in use:
-    /// a native freeze names what to freeze, and a member of `[service]
-    /// group` stays within what root chose (see [`group_may_freeze`],
-    /// [`group_may_hold`]).
+    /// Whether uid `uid` may `begin` with `args` under the config in use
+    /// ([`BeginRules::check`]); with none in use, the worker checks.
     pub fn may_begin(&self, args: &BeginArgs, uid: u32) -> Result<(), Failure> {
-        if args.freeze == FreezeMode::Native && args.mounts.is_empty() && self.rules.freeze_mounts.is_empty() {
-            return Err(Failure::new(
-                Code::BadRequest,
-                "a native freeze needs `mounts` (or `[freeze] mounts` in the config): the service never freezes \
-                 every file system by default",
-            ));
-        }
-        if uid != 0 {
-            if args.freeze == FreezeMode::Native {
-                group_may_freeze(&args.mounts, &self.rules.freeze_mounts)?;
-            }
-            group_may_hold(args, self.rules.external_hold)?;
-        }
-        Ok(())
+        self.rules.as_ref().map_or(Ok(()), |rules| rules.check(args, uid))
     }
 
     pub fn status(&self) -> Map<String, Value> {
@@ -439,7 +444,12 @@ impl Worker {
         }
         let config = match &self.config {
             Ok(c) => Ok(c.clone()),
-            Err(_) => session::load_config(self.config_path.as_deref()),
+            Err(_) => {
+                // Loaded afresh, so checked here (the connection could not).
+                let config = session::load_config(self.config_path.as_deref());
+                BeginRules::of(config.as_ref().ok()).check(&args, uid)?;
+                config
+            }
         };
         let external_hold = config.as_ref().map(|c| c.service.external_hold).unwrap_or(crate::config::DEFAULT_EXTERNAL_HOLD);
         let opts = SessionOptions {
@@ -642,7 +652,7 @@ impl Worker {
                     shared.group = group;
                     shared.socket = c.service.socket.clone();
                     shared.idle_timeout = c.service.idle_timeout;
-                    shared.rules = BeginRules::of(Some(&c));
+                    shared.rules = Some(BeginRules::of(Some(&c)));
                     shared.config_generation
                 };
                 tracing::info!("config {shown} loaded (generation {generation})");
@@ -657,7 +667,7 @@ impl Worker {
                     if !keep {
                         shared.config_generation += 1;
                         shared.idle_timeout = crate::config::DEFAULT_IDLE_TIMEOUT;
-                        shared.rules = BeginRules::of(None);
+                        shared.rules = None;
                     }
                     shared.config_generation
                 };
