@@ -114,8 +114,8 @@ impl LogGate {
             let stderr = if s.stderr && !s.journal { stderr_file_dir() } else { None };
             [s.file_dir.clone(), stderr]
         };
-        let frozen = dirs.iter().flatten().any(|d| !matches!(crate::freeze::is_frozen(d, std::time::Duration::from_millis(50)), Ok(false)));
-        (!frozen).then(|| self.release())
+        let frozen = crate::freeze::first_maybe_frozen(dirs.iter().flatten().map(PathBuf::as_path));
+        frozen.is_none().then(|| self.release())
     }
 
     /// Whether records go to stderr too (the library's embedders may not want that).

@@ -137,7 +137,8 @@ const LABELS: [Consistency; 4] =
 /// blocking, whether they are frozen — a write there would hang the session.
 pub fn publish(settings: Option<&MetricsSettings>, report: &Report, state_dir: &Path, agent_may_hold_frozen: bool) -> Option<String> {
     let settings = settings?;
-    let written = match agent_may_hold_frozen.then(|| frozen_among(&[state_dir, settings.textfile.parent().unwrap_or(state_dir)])) {
+    let dirs = [state_dir, settings.textfile.parent().unwrap_or(state_dir)];
+    let written = match agent_may_hold_frozen.then(|| crate::freeze::first_maybe_frozen(dirs)) {
         Some(Some(frozen)) => Err(MetricsError::MaybeFrozen(frozen.display().to_string())),
         _ => write(settings, report, state_dir, crate::rundir::unix_ms()),
     };
@@ -151,16 +152,6 @@ pub fn publish(settings: Option<&MetricsSettings>, report: &Report, state_dir: &
             Some(e.to_string())
         }
     }
-}
-
-/// The first of `dirs` (or of the nearest directories above them that
-/// exist) that is frozen, or cannot be told not to be.
-fn frozen_among(dirs: &[&Path]) -> Option<PathBuf> {
-    dirs.iter().find_map(|d| {
-        let existing = d.ancestors().find(|a| a.is_dir())?;
-        let thawed = matches!(crate::freeze::is_frozen(existing, Duration::from_millis(50)), Ok(false));
-        (!thawed).then(|| existing.to_path_buf())
-    })
 }
 
 /// Updates the counters under `state_dir` with `report` and writes the textfile.

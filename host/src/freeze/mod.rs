@@ -26,5 +26,5 @@ pub use plan::{plan, plan_from, FreezePlan, PlanEnv, Selection, Skipped, SystemE
 pub use presync::{presync, SyncTiming};
 /// Async-signal-safe; the containment watchdog detaches with it too.
 pub(crate) use probe::detach;
-pub use probe::is_frozen;
+pub use probe::{first_maybe_frozen, is_frozen};
 pub use thaw::{thaw_all, thaw_mounts, thaw_one, ThawOutcome, ThawResult};

@@ -21,7 +21,7 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -43,6 +43,21 @@ const PROBE_NAME: &[u8] = b".quiesce-probe-nonexistent\0";
 /// The probe child's stack: it makes three syscalls, a few hundred bytes.
 const CHILD_STACK_WORDS: usize = 2048; // 32 KiB of u128: 16-byte aligned
 type ChildStack = Box<[u128]>;
+
+/// How long [`first_maybe_frozen`] waits on each directory.
+const MAYBE_FROZEN_WAIT: Duration = Duration::from_millis(50);
+
+/// The first of `dirs` whose file system is frozen or cannot be told not to
+/// be (each asked at the nearest directory that exists, at most twice
+/// [`MAYBE_FROZEN_WAIT`]): for quiesce's own writes that must not block on
+/// a freeze somebody else may still hold — the held log, the metrics.
+pub fn first_maybe_frozen<'a>(dirs: impl IntoIterator<Item = &'a Path>) -> Option<PathBuf> {
+    dirs.into_iter().find_map(|d| {
+        let existing = d.ancestors().find(|a| a.is_dir())?;
+        let thawed = matches!(is_frozen(existing, MAYBE_FROZEN_WAIT), Ok(false));
+        (!thawed).then(|| existing.to_path_buf())
+    })
+}
 
 /// True if `path`'s file system is frozen, judged by whether a harmless
 /// metadata operation is still blocked after `wait`. Never blocks longer
