@@ -194,6 +194,41 @@ fn a_pre_hook_failing_under_abort_ends_the_session_at_begin_with_its_report() {
     assert!(!is_frozen(f.mnt.path()));
 }
 
+/// How often the service's epoch ticker thread has gone to sleep and woken
+/// (the kernel's count of its voluntary context switches).
+fn epoch_ticker_wakeups(pid: u32) -> u64 {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the service's threads");
+    let ticker = tasks
+        .filter_map(Result::ok)
+        .find(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "quiesce-epoch"))
+        .expect("the service has a quiesce-epoch thread");
+    let status = std::fs::read_to_string(ticker.path().join("status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("voluntary_ctxt_switches")
+}
+
+/// The service keeps its plugin engine for days: its epoch ticker (what
+/// stops a spinning plugin) must tick while a plugin runs, not every 10 ms
+/// of an idle daemon's life. It used to wake 100 times a second for good.
+#[test]
+fn an_idle_service_with_plugins_loaded_does_not_wake_to_tick() {
+    quiesce_tests::require!(Root, Plugins);
+    let f = Fixture::new("svc-idle-ticker");
+    let plugin = install_plugin(&f.s, "noop");
+    let svc = Service::start(&f.s, &f.config(&format!("[[hook]]\nname = \"noop\"\nplugin = \"{}\"\n", plugin.display())));
+    let begun = f.begin(&svc, "native");
+    let ended = end(&svc, json!({"session_id": begun["session_id"]}));
+    assert_eq!(ended["report"]["consistency"], "AppConsistent", "{ended}");
+    assert_eq!(ended["report"]["hooks"][0]["outcome"], "succeeded", "the plugin ran: {ended}");
+    let before = epoch_ticker_wakeups(svc.pid());
+    std::thread::sleep(Duration::from_secs(2));
+    let woke = epoch_ticker_wakeups(svc.pid()) - before;
+    assert!(woke <= 4, "the epoch ticker woke {woke} times in 2 idle seconds (it ticks every 10 ms while a plugin runs)");
+}
+
 #[test]
 fn a_session_not_ended_within_its_hold_is_ended_by_the_service() {
     quiesce_tests::require!(Root, Plugins);

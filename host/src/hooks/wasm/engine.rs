@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -33,7 +34,7 @@ pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
 pub(crate) const MAX_PLUGIN_BYTES: u64 = 64 << 20;
 
 /// The plugin runtime. Cheap to clone; the epoch ticker stops when the last
-/// clone is dropped.
+/// clone is dropped, and ticks only while guest code runs (see [`Ticker`]).
 #[derive(Clone)]
 pub struct WasmEngine {
     inner: Arc<Inner>,
@@ -51,6 +52,7 @@ struct Inner {
     cache: Cache,
     /// Hands what `Drop` retires to the ticker thread, which then stops.
     retire: Mutex<Option<mpsc::Sender<Retire>>>,
+    ticker: Ticker,
     /// Plugins loaded before, by path, with the identity of the file they
     /// were read from: a long-lived process (the service) loads an unchanged
     /// plugin without reading, verifying or linking it again.
@@ -112,12 +114,46 @@ struct Retired {
     _loaded: HashMap<PathBuf, (FileKey, Arc<Loaded>)>,
 }
 
-/// What the ticker thread frees for the engine's users.
+/// What the ticker thread is handed by the engine's users.
 enum Retire {
     /// The last clone of the engine is gone: free what it left, then stop.
     Engine(Box<Retired>),
     /// What a closed plugin instance left (its memory).
     Instance(Leftover),
+    /// Guest code started running: tick until none runs.
+    Wake,
+}
+
+/// Switches the epoch ticker on while guest code runs. The service keeps
+/// its engine for days; a ticker that woke every 10 ms for the whole of
+/// them would keep an idle daemon on the CPU 100 times a second (a VM's
+/// steal time, a laptop's battery) for nothing: an epoch only matters to
+/// a guest that is running.
+#[derive(Clone)]
+pub(crate) struct Ticker {
+    running: Arc<AtomicUsize>,
+    wake: mpsc::Sender<Retire>,
+}
+
+/// Guest code may be running while this lives (an instantiation or a call).
+pub(crate) struct GuestRunning {
+    running: Arc<AtomicUsize>,
+}
+
+impl Ticker {
+    pub(crate) fn guest_running(&self) -> GuestRunning {
+        if self.running.fetch_add(1, Ordering::SeqCst) == 0 {
+            // A ticker that is gone (the engine dropped) has nothing to tick.
+            let _ = self.wake.send(Retire::Wake);
+        }
+        GuestRunning { running: self.running.clone() }
+    }
+}
+
+impl Drop for GuestRunning {
+    fn drop(&mut self) {
+        self.running.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Drop for Inner {
@@ -157,14 +193,24 @@ impl WasmEngine {
         let ticker_engine = engine.clone();
         let (linker_tx, linker_rx) = mpsc::sync_channel(1);
         let (retire_tx, retire_rx) = mpsc::channel::<Retire>();
+        let ticker = Ticker { running: Arc::new(AtomicUsize::new(0)), wake: retire_tx.clone() };
+        let running = ticker.running.clone();
         std::thread::Builder::new()
             .name("quiesce-epoch".into())
             .spawn(move || {
                 // Nobody waiting (the engine was dropped unused) is fine.
                 let _ = linker_tx.send(build_linker(&ticker_engine));
                 loop {
-                    match retire_rx.recv_timeout(EPOCH_TICK) {
+                    // Checked before each wait: a guest that starts after
+                    // the check sends `Wake`, which ends a wait without end.
+                    let next = if running.load(Ordering::SeqCst) > 0 {
+                        retire_rx.recv_timeout(EPOCH_TICK)
+                    } else {
+                        retire_rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected)
+                    };
+                    match next {
                         Err(mpsc::RecvTimeoutError::Timeout) => ticker_engine.increment_epoch(),
+                        Ok(Retire::Wake) => {}
                         Ok(Retire::Instance(leftover)) => drop(leftover),
                         // The last clone is gone: free what it left, stop.
                         Ok(Retire::Engine(retired)) => {
@@ -184,6 +230,7 @@ impl WasmEngine {
                 linker_rx: Mutex::new(Some(linker_rx)),
                 cache,
                 retire: Mutex::new(Some(retire_tx)),
+                ticker,
                 loaded: Mutex::new(HashMap::new()),
             }),
         })
@@ -209,6 +256,11 @@ impl WasmEngine {
             }
         });
         linked.as_ref().map_err(|e| PluginError::Runtime(e.clone()))
+    }
+
+    /// What a plugin instance holds while its guest code runs.
+    pub(crate) fn ticker(&self) -> &Ticker {
+        &self.inner.ticker
     }
 
     pub(crate) fn engine(&self) -> &Engine {

@@ -13,6 +13,7 @@ use wasmtime::{Store, StoreContextMut, Trap, UpdateDeadline};
 use serde::Serialize;
 
 use super::bindings::{v0_1_0, v0_2_0, WitVersion};
+use super::engine::Ticker;
 use super::grants::Grants;
 use super::plugin::{ParamDoc, Plugin, PluginInfo, PluginPre};
 use super::state::{memory_exceeded, Artifact, Events, HostState, LogSource};
@@ -182,6 +183,7 @@ pub struct PluginInstance {
     live: Option<Live>,
     params: Vec<(String, String)>,
     call_timeout: Duration,
+    ticker: Ticker,
     /// Kept when the instance dies (they were handed over before).
     artifacts: Vec<Artifact>,
     events: Events,
@@ -234,6 +236,8 @@ impl PluginInstance {
         store.set_epoch_deadline(1);
         // A timeout too large for the clock means none; the tokio timer copes.
         store.data_mut().deadline = Instant::now().checked_add(cfg.call_timeout);
+        let ticker = plugin.engine().ticker().clone();
+        let running = ticker.guest_running();
         let inst = tokio::time::timeout(cfg.call_timeout, async {
             match plugin.pre() {
                 PluginPre::V0_1_0(pre) => pre.instantiate_async(&mut store).await.map(Bindings::V0_1_0),
@@ -241,6 +245,7 @@ impl PluginInstance {
             }
         })
         .await;
+        drop(running);
         store.data_mut().deadline = None;
         let bindings = match inst {
             Ok(Ok(b)) => b,
@@ -255,6 +260,7 @@ impl PluginInstance {
             live: Some(Live { store, bindings }),
             params: cfg.params,
             call_timeout: cfg.call_timeout,
+            ticker,
             artifacts: Vec::new(),
             events: Events::default(),
             death: None,
@@ -387,6 +393,7 @@ impl PluginInstance {
         let started = Instant::now();
         live.store.data_mut().deadline = Some(crate::duration::deadline(started, timeout));
         live.store.set_epoch_deadline(1);
+        let running = self.ticker.guest_running();
 
         let deadline_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
         let params = &self.params;
@@ -397,6 +404,7 @@ impl PluginInstance {
             }
         };
         let result = tokio::time::timeout(timeout, fut).await;
+        drop(running);
 
         let data = live.store.data_mut();
         data.deadline = None;
