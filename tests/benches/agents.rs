@@ -17,6 +17,10 @@
 //!   snapshot, against the floor.
 //!
 //! Methods take turns round by round so they share the machine's drift.
+//! Every run directory (session lock, state file) is on a tmpfs, as
+//! `/run/quiesce` is on any systemd machine (on this VM `/run` is on the
+//! root disk, where each state-file rename costs 0.1–0.4 ms); the state
+//! directories (the recovery point catalog, fsynced) are on the disk.
 //! Then the service's RSS and open fds across 1 000 begin+end sessions.
 //!
 //! Run: `cargo bench -p quiesce-tests --bench agents` (root). Not a test: it
@@ -39,6 +43,27 @@ use serde_json::json;
 const WARMUP: usize = 5;
 const ROUNDS: usize = 100;
 const SOAK_SESSIONS: usize = 1000;
+/// Cold rounds: each freeze this long after the mounts' last thaw.
+const COLD_ROUNDS: usize = 10;
+const COLD_GAP: Duration = Duration::from_millis(300);
+
+/// A tmpfs mounted at `dir` for the bench's life.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn at(dir: PathBuf) -> Tmpfs {
+        std::fs::create_dir_all(&dir).unwrap();
+        let st = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "mode=0700,size=16m", "tmpfs"]).arg(&dir).status();
+        assert!(st.is_ok_and(|s| s.success()), "mount tmpfs at {}", dir.display());
+        Tmpfs(dir)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
 
 #[derive(Default)]
 struct Col {
@@ -69,6 +94,7 @@ fn main() {
     }
     quiesce::logging::gate().set_stderr(false);
     let s = Scratch::new("bench-agents");
+    let _run = Tmpfs::at(s.join("run"));
     let mounts = [LoopMount::new(&s.path, "e", Fs::Ext4), LoopMount::new(&s.path, "x", Fs::Xfs), LoopMount::new(&s.path, "b", Fs::Btrfs)];
     let paths: Vec<&Path> = mounts.iter().map(|m| m.path()).collect();
     let plan =
@@ -87,6 +113,7 @@ fn main() {
     let mut client = service.as_ref().map(Service::connect);
     // Its own scratch: its own socket, run directory and state.
     let s_bare = Scratch::new("bench-agents-bare");
+    let _run_bare = Tmpfs::at(s_bare.join("run"));
     let service_bare = service_available().then(|| Service::start(&s_bare, &bare));
     let mut client_bare = service_bare.as_ref().map(Service::connect);
     let have_qga = qga::available();
@@ -118,7 +145,7 @@ fn main() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let in_process = |config: &Path| {
         let opts = SessionOptions {
-            run_dir: Some(RunDir::new(s.join("run-lib"))),
+            run_dir: Some(RunDir::new(s.join("run/lib"))),
             mounts: paths.iter().map(|p| p.to_path_buf()).collect(),
             provider: Some(Box::new(InstantSnapshot)),
             cache_dir: Some(s.join("cache-lib")),
@@ -244,6 +271,32 @@ fn main() {
             }
         }
     }
+    // Cold: the back-to-back rounds above keep the file systems' writer
+    // locks warm; an agent's hourly snapshot finds them cold, and FIFREEZE
+    // then waits for RCU grace periods (the README's "Cold freezes").
+    let mut cold: [Vec<Duration>; 3] = Default::default();
+    for round in 0..COLD_ROUNDS {
+        for turn in 0..3 {
+            let i = (turn + round) % 3;
+            std::thread::sleep(COLD_GAP);
+            let t = Instant::now();
+            match i {
+                0 => drop(floor.round()),
+                1 => {
+                    let Some(ga) = ga_plain.as_mut() else { continue };
+                    ga.freeze_list(&qga_mounts).unwrap_or_else(|e| panic!("qemu-ga freeze: {e}"));
+                    ga.thaw().unwrap_or_else(|e| panic!("qemu-ga thaw: {e}"));
+                }
+                _ => {
+                    let Some(c) = client.as_mut() else { continue };
+                    let b = ok(c, "begin", json!({"freeze": "native", "mounts": mounts_json}));
+                    assert_eq!(b["proceed"], true, "{b}");
+                    ok(c, "end", json!({"session_id": b["session_id"]}));
+                }
+            }
+            cold[i].push(t.elapsed());
+        }
+    }
     drop((ga_plain, ga_shell, ga_quiesce));
 
     let med = |c: &Col| (!c.v.is_empty()).then(|| median(c.v.clone()));
@@ -302,6 +355,24 @@ fn main() {
             let m = |i: usize| if v[i].is_empty() { "-".to_string() } else { format!("{:.3}", fmed(v[i].clone())) };
             println!("| {name} | {} | {} |", m(0), m(1));
         }
+    }
+
+    println!("\ncold: each freeze {} ms after the mounts' last thaw, median of {COLD_ROUNDS} rounds", COLD_GAP.as_millis());
+    println!("| method | median ms | max ms | × qemu-ga (no hook) |");
+    println!("|---|---:|---:|---:|");
+    let cold_ga = (!cold[1].is_empty()).then(|| ms(median(cold[1].clone())));
+    for (name, v) in
+        ["floor: FIFREEZE×3 + FITHAW×3", "qemu-ga freeze-list+thaw, no hook", "quiesce begin+end (socket, native freeze, no-op plugin)"]
+            .iter()
+            .zip(&cold)
+    {
+        if v.is_empty() {
+            println!("| {name} | unavailable | | |");
+            continue;
+        }
+        let m = ms(median(v.clone()));
+        let max = v.iter().map(|d| ms(*d)).fold(0.0, f64::max);
+        println!("| {name} | {m:.3} | {max:.3} | {} |", cold_ga.map(|g| format!("{:.2}", m / g)).unwrap_or_else(|| "-".into()));
     }
 
     // RSS and open fds of the service across many sessions.
