@@ -97,6 +97,11 @@ fn package_installs_checks_an_example_and_purges_to_nothing() {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("quiesce_") && n.to_string_lossy().ends_with(".deb")))
         .expect("scripts/package left no target/debian/quiesce_*.deb");
+    // Debian's own checker: no error and no warning (policy: stripped
+    // binaries, a changelog, a copyright notice, no bare systemctl in the
+    // maintainer scripts, a maintainer address that can exist).
+    let lint = run(Command::new("lintian").args(["--fail-on", "error,warning", "--tag-display-limit", "0"]).arg(&deb));
+    assert!(stdout(&lint).trim().is_empty(), "lintian: {}", stdout(&lint));
 
     run(Command::new("dpkg").arg("-i").arg(&deb));
     let listed: Vec<PathBuf> = stdout(&run(Command::new("dpkg").args(["-L", "quiesce"]))).lines().map(PathBuf::from).collect();
@@ -114,6 +119,7 @@ fn package_installs_checks_an_example_and_purges_to_nothing() {
         "/usr/share/doc/quiesce/examples/redis.toml",
         "/usr/share/doc/quiesce/examples/VMSnapshotScriptPluginConfig.json",
         "/usr/share/doc/quiesce/copyright",
+        "/usr/share/doc/quiesce/changelog.gz",
         "/usr/share/man/man1/quiesce.1.gz",
         "/usr/share/man/man1/quiesce-check.1.gz",
         "/usr/share/man/man1/quiesce-snapshot.1.gz",
