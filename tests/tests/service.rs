@@ -263,6 +263,38 @@ fn begin_bound_then_close(svc: &Service, begin: Value, while_begun: impl FnOnce(
     begun
 }
 
+/// An agent that kills its `begin` while the pre hooks run (the Azure
+/// extension's script timeout, Velero's hook timeout) never learns that the
+/// session began: the service aborts it once the pre hooks are done instead
+/// of holding what they locked until the hold deadline.
+#[test]
+fn a_begin_whose_client_is_gone_before_its_reply_is_aborted_not_held() {
+    quiesce_tests::require!(Root);
+    let f = Fixture::new("svc-undelivered");
+    let svc = Service::start(&f.s, &f.config(&f.hook("sleep 1", "continue")));
+    let mut c = svc.connect();
+    c.send_raw(b"{\"v\":1,\"id\":1,\"op\":\"begin\",\"freeze\":\"external\",\"tag\":\"azure\",\"hold_secs\":300}\n").unwrap();
+    let t = Instant::now();
+    while f.log() != "pre\n" {
+        assert!(t.elapsed() < Duration::from_secs(10), "the pre hook never ran:\n{}", svc.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(c);
+    while f.log() != "pre\npost false\n" {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the session was not ended after its client was gone (log {:?}):\n{}",
+            f.log(),
+            svc.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let report = svc.last_report();
+    assert!(codes(&report).contains(&"SessionAborted".to_string()), "{report}");
+    assert!(report.to_string().contains("gone before its `begin` was answered"), "{report}");
+    assert!(svc.request(json!({"v":1,"id":2,"op":"status"}))["session"].is_null());
+}
+
 #[test]
 fn a_bound_session_is_aborted_when_its_connection_closes() {
     quiesce_tests::require!(Root, Plugins);

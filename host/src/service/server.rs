@@ -190,9 +190,10 @@ async fn serve_conn(stream: UnixStream, ctx: Arc<Ctx>, conn: u64, slots: &Slots)
                 break;
             }
         };
+        let mut began = None;
         let out = match next {
             Ok(Some(line)) if line.iter().all(u8::is_ascii_whitespace) => continue,
-            Ok(Some(line)) => handle(&ctx, &peer, conn, &line, &mut bound).await,
+            Ok(Some(line)) => handle(&ctx, &peer, conn, &line, &mut bound, &mut began).await,
             Ok(None) | Err(LineError::Io) => break,
             Err(LineError::TooLarge) => {
                 let f = Failure::new(Code::RequestTooLarge, format!("a request line is at most {MAX_LINE} bytes; closing the connection"));
@@ -200,13 +201,20 @@ async fn serve_conn(stream: UnixStream, ctx: Arc<Ctx>, conn: u64, slots: &Slots)
                 break;
             }
         };
-        match tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(&out)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => break,
-            Err(_) => {
-                tracing::warn!("connection {conn}: the client did not read its reply within {} s; closed", WRITE_TIMEOUT.as_secs());
-                break;
+        let written = tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(&out)).await;
+        if written.is_err() {
+            tracing::warn!("connection {conn}: the client did not read its reply within {} s; closed", WRITE_TIMEOUT.as_secs());
+        }
+        if !matches!(written, Ok(Ok(()))) {
+            // A client gone while its `begin` ran the pre hooks (killed by
+            // its agent's timeout) never learned the session began: nobody
+            // would end it, and the locks its hooks took would be held until
+            // the hold deadline. A bound session ends through `Disconnected`.
+            if let (Some(session_id), None) = (began, &bound) {
+                tracing::warn!("connection {conn}: the `begin` reply for session {session_id} could not be delivered: aborting it");
+                let _ = ctx.jobs.send(Job::Undelivered { session_id, uid: peer.uid });
             }
+            break;
         }
     }
     if bound.is_some() {
@@ -214,8 +222,9 @@ async fn serve_conn(stream: UnixStream, ctx: Arc<Ctx>, conn: u64, slots: &Slots)
     }
 }
 
-/// One request line in, one reply line out.
-async fn handle(ctx: &Ctx, peer: &Peer, conn: u64, line: &[u8], bound: &mut Option<String>) -> Vec<u8> {
+/// One request line in, one reply line out. A `begin` that began a session
+/// puts its id in `began`.
+async fn handle(ctx: &Ctx, peer: &Peer, conn: u64, line: &[u8], bound: &mut Option<String>, began: &mut Option<String>) -> Vec<u8> {
     let req = match protocol::parse(line) {
         Ok(r) => r,
         Err((id, f)) => return protocol::error_line(&id, &f),
@@ -251,8 +260,11 @@ async fn handle(ctx: &Ctx, peer: &Peer, conn: u64, line: &[u8], bound: &mut Opti
                     let uid = peer.uid;
                     let r = ask(ctx, |reply| Job::Begin { args, conn, uid, reply }).await;
                     if let Ok(m) = &r {
-                        if bind && m.get("proceed") == Some(&json!(true)) {
-                            *bound = m.get("session_id").and_then(Value::as_str).map(str::to_string);
+                        if m.get("proceed") == Some(&json!(true)) {
+                            *began = m.get("session_id").and_then(Value::as_str).map(str::to_string);
+                            if bind {
+                                bound.clone_from(began);
+                            }
                         }
                     }
                     r

@@ -56,6 +56,12 @@ pub(super) enum Job {
     Disconnected {
         conn: u64,
     },
+    /// The reply to the `begin` that began `session_id` could not be
+    /// written: its client is gone without learning the session began.
+    Undelivered {
+        session_id: String,
+        uid: u32,
+    },
     /// SIGHUP; `done` hears when the new config (or the kept one) is in use.
     Reload {
         done: oneshot::Sender<()>,
@@ -426,6 +432,13 @@ impl Worker {
                         if let Ok(c) = self.take(None) {
                             self.finish(c, Ending::Abort(Abort::Disconnected)).await;
                         }
+                    }
+                }
+                Job::Undelivered { session_id, uid } => {
+                    let target = Target { session_id: Some(session_id), tag: None };
+                    // Already ended (by the hold, or an `end` by tag): nothing to do.
+                    if let Ok(c) = self.take(Some((&target, uid))) {
+                        self.finish(c, Ending::Abort(Abort::Undelivered)).await;
                     }
                 }
                 Job::Reload { done } => self.reload(done),

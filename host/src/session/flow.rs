@@ -89,6 +89,10 @@ pub enum Abort {
     Client(String),
     /// The client's connection closed while the session was bound to it.
     Disconnected,
+    /// The client was gone before its `begin` could be answered (killed by
+    /// its agent's timeout during the pre hooks): it never learned the
+    /// session began, and its agent may have frozen without it.
+    Undelivered,
     /// Nobody called `end` within the hold deadline.
     HoldExpired { hold_secs: f64 },
     /// The embedding process is stopping (its interrupt fired): the report
@@ -403,6 +407,12 @@ impl Begun {
             Abort::Disconnected => (
                 Some(ErrorCode::SessionAborted),
                 "the client's connection closed before `end` and the session was bound to it: aborted".to_string(),
+            ),
+            Abort::Undelivered => (
+                Some(ErrorCode::SessionAborted),
+                "the client was gone before its `begin` was answered (its agent's timeout for the pre hooks?): nobody \
+                 knew the session began, so the service aborted it"
+                    .to_string(),
             ),
             Abort::HoldExpired { hold_secs } => (
                 Some(ErrorCode::SessionHoldExpired),
