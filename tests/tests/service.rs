@@ -1220,6 +1220,20 @@ fn fsfreeze_hook_freeze_and_thaw_as_qemu_ga_calls_them() {
     assert_eq!(report["consistency"], "AppConsistent", "{report}");
     assert_eq!(f.log(), "pre\npost true\n");
     assert_eq!(hook("thaw"), 0, "thaw with no session (after a failed freeze) is fine");
+    // A user the socket is not open to is told so (not "is it running?"), and qemu-ga must not freeze.
+    for arg in ["freeze", "thaw"] {
+        let out = Command::new("runuser")
+            .args(["-u", "nobody", "--", "env"])
+            .arg(format!("QUIESCE_SOCKET={}", svc.socket.display()))
+            .arg(quiesce_tests::quiesce_client_bin())
+            .args(["fsfreeze-hook", arg])
+            .stdin(Stdio::null())
+            .output()
+            .expect("runuser");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(4), "{arg} as nobody: {err}");
+        assert!(err.contains("not allowed to use the quiesce service"), "{arg} as nobody: {err}");
+    }
     drop(svc);
 
     // A failing pre makes the freeze fail; the session is aborted, its post ran.
@@ -1240,6 +1254,12 @@ fn fsfreeze_hook_freeze_and_thaw_as_qemu_ga_calls_them() {
     let (code, _, err) = run_cmd(cmd);
     assert_eq!(code, 5, "{err}");
     assert!(err.contains("here.sock") && err.contains("systemctl start quiesce.socket"), "{err}");
+    // ... but the thaw succeeds: qemu-ga has thawed, and a service that is gone has no session left.
+    let mut cmd = quiesce(&f.s);
+    cmd.env("QUIESCE_SOCKET", f.file("nothing/here.sock")).args(["fsfreeze-hook", "thaw"]);
+    let (code, _, err) = run_cmd(cmd);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("here.sock") && err.contains("no session is left to end"), "{err}");
 }
 
 #[test]

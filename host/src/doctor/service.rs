@@ -1,6 +1,6 @@
 //! Does the quiesce service answer on its socket?
 //!
-//! Asked the way every client asks (protocol v1, PROTOCOL.md): one
+//! Asked the way every client asks (protocol v1, the README's "Protocol v1"): one
 //! `version` request, one reply line, within [`REPLY_WAIT`]. A service is
 //! only *expected* when its socket exists or its systemd socket unit is
 //! installed; a machine that runs one-shot sessions only has neither, and
@@ -53,7 +53,7 @@ pub fn check(socket: &Path) -> Group {
                     check: NAME,
                     code: Code::UserErrorGuestAgentStatusUnavailable,
                     severity: Severity::Error,
-                    cause: format!("{expected}, but the quiesce service does not answer: {why}; begin/end and fsfreeze-hook fail"),
+                    cause: format!("{expected}, but the quiesce service does not answer: {why}; begin/end and fsfreeze-hook cannot reach it, or wait for it without end (qemu-ga waits for its hook without a timeout)"),
                     fix: "systemctl restart quiesce.socket quiesce.service; then journalctl -u quiesce.service -n 50".into(),
                 }],
             }
@@ -73,5 +73,6 @@ fn ask_version(socket: &Path) -> Result<String, String> {
         Err(ClientError::Timeout { .. }) => Err(format!("no reply within {} s", REPLY_WAIT.as_secs())),
         Err(ClientError::BadReply { why, .. }) => Err(why),
         Err(ClientError::Unreachable { source, .. }) => Err(format!("connect: {source}")),
+        Err(ClientError::NotAllowed { source, .. }) => Err(format!("connect: {source} (this user may not use the service)")),
     }
 }

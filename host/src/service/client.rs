@@ -25,6 +25,12 @@ pub fn socket_from_env() -> PathBuf {
 pub enum ClientError {
     #[error("cannot reach the quiesce service at {}: {source} (is it running? systemctl start quiesce.socket)", .path.display())]
     Unreachable { path: PathBuf, source: std::io::Error },
+    /// The socket or its directory is not open to this user.
+    #[error(
+        "not allowed to use the quiesce service at {}: {source} (only root may, and members of the group `[service] group` names)",
+        .path.display()
+    )]
+    NotAllowed { path: PathBuf, source: std::io::Error },
     #[error("the quiesce service at {} closed the connection or sent no valid reply: {why}", .path.display())]
     BadReply { path: PathBuf, why: String },
     /// No reply within the timeout set by [`Client::set_timeout`].
@@ -55,7 +61,10 @@ pub struct Client {
 impl Client {
     pub fn connect(path: &Path) -> Result<Client, ClientError> {
         let unreachable = |source| ClientError::Unreachable { path: path.to_path_buf(), source };
-        let stream = UnixStream::connect(path).map_err(unreachable)?;
+        let stream = UnixStream::connect(path).map_err(|source: std::io::Error| match source.kind() {
+            std::io::ErrorKind::PermissionDenied => ClientError::NotAllowed { path: path.to_path_buf(), source },
+            _ => unreachable(source),
+        })?;
         let reader = BufReader::new(stream.try_clone().map_err(unreachable)?);
         Ok(Client { path: path.to_path_buf(), stream, reader, next_id: 1 })
     }

@@ -117,13 +117,14 @@ fn call(op: &str, args: serde_json::Map<String, serde_json::Value>) -> Result<se
 }
 
 /// The exit status and message for a failed call: 5 unreachable, 2 a
-/// request the service called malformed, 4 anything else (no snapshot may be taken).
+/// request the service called malformed, 4 anything else (not allowed to
+/// use the service, or a refusal: no snapshot may be taken).
 fn call_failed(e: &ClientError) -> ExitCode {
     eprintln!("quiesce: {e}");
     match e {
         ClientError::Unreachable { .. } | ClientError::BadReply { .. } | ClientError::Timeout { .. } => ExitCode::from(UNREACHABLE),
         ClientError::Refused { code, .. } if code == "BadRequest" => ExitCode::from(USAGE),
-        ClientError::Refused { .. } => ExitCode::from(4),
+        ClientError::Refused { .. } | ClientError::NotAllowed { .. } => ExitCode::from(4),
     }
 }
 
@@ -247,6 +248,17 @@ fn fsfreeze_hook(args: HookArgs) -> ExitCode {
             // qemu-ga also calls thaw after a failed freeze: nothing of its own
             // to end (the tag leaves another agent's session alone).
             Err(ClientError::Refused { code, .. }) if code == "UnknownSession" => ExitCode::SUCCESS,
+            // A service that is stopping ends its session itself; one that is
+            // gone took its plugin connections along. qemu-ga has thawed, and
+            // a failing hook would fail its thaw, and the agent's snapshot.
+            Err(e @ (ClientError::Unreachable { .. } | ClientError::BadReply { .. })) => {
+                eprintln!("quiesce: {e}; no session is left to end");
+                ExitCode::SUCCESS
+            }
+            Err(ClientError::Refused { code, message }) if code == "Interrupted" => {
+                eprintln!("quiesce: {code}: {message}; it ends its session itself");
+                ExitCode::SUCCESS
+            }
             Err(e) => call_failed(&e),
         },
     }
