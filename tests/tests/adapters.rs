@@ -216,3 +216,30 @@ fn velero_pre_and_post_hook_commands_from_two_processes_hold_the_lock_between_th
     assert_eq!(report["mode"], "none", "{report}");
     assert_eq!(report["snapshot_taken"], true, "{report}");
 }
+
+/// With the database unreachable the plugin's pre fails; under the default
+/// `on_failure = "continue"` the session would go on unquiesced and Velero's
+/// `on-error: Fail` would never fire. The example's `--abort-on-error` makes
+/// the pre hook exit 4 and ends the session at once (post hooks run, nothing
+/// stays held until the hold deadline).
+#[test]
+fn velero_pre_hook_fails_the_backup_when_the_plugin_cannot_quiesce() {
+    quiesce_tests::require!(Root, Mariadb, Plugins);
+    let s = Scratch::new("velero-fail");
+    let lockd = Lockd::start("tcp:127.0.0.1:0");
+    let config = lockd_config(&s, &lockd);
+    drop(lockd);
+    let svc = Service::start(&s, &config);
+    let pre = velero_command("pre.hook.backup.velero.io/command");
+    assert!(pre.iter().any(|a| a == "--abort-on-error"), "{pre:?}");
+    let out = Command::new(quiesce_client_bin()).args(&pre[1..]).env("QUIESCE_SOCKET", &svc.socket).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "the pre hook must fail Velero's backup: {err}");
+    assert!(err.contains("a pre hook failed; session aborted"), "{err}");
+    let mut c = svc.connect();
+    assert_eq!(ok(&mut c, "status", json!({}))["session"], Value::Null, "the session was ended at once");
+    let report = svc.last_report();
+    assert_eq!(report["snapshot_taken"], false, "{report}");
+    assert!(report["errors"].to_string().contains("SessionAborted"), "{report}");
+    assert!(report["errors"].to_string().contains("Connection refused"), "{report}");
+}

@@ -1262,6 +1262,33 @@ fn fsfreeze_hook_freeze_and_thaw_as_qemu_ga_calls_them() {
     assert!(err.contains("here.sock") && err.contains("no session is left to end"), "{err}");
 }
 
+/// `end --missing-ok` (the Azure post wrapper's): no session left to end is
+/// success, told by the service's refusal code, while an `end` that ends a
+/// session keeps the report's status — a hook's message can no longer pass
+/// for the "nothing left" case (the wrapper used to match text).
+#[test]
+fn end_missing_ok_is_success_only_when_no_session_is_left() {
+    quiesce_tests::require!(Root);
+    let f = Fixture::new("svc-missing-ok");
+    let svc = Service::start(&f.s, &f.config(&f.hook("", "continue")));
+    let end_cmd = |extra: &[&str]| {
+        let mut cmd = svc.cmd(&f.s);
+        cmd.args(["end", "--tag", "azure"]).args(extra);
+        run_cmd(cmd)
+    };
+    let (code, _, err) = end_cmd(&[]);
+    assert_eq!(code, 4, "no session, no --missing-ok: {err}");
+    let (code, _, err) = end_cmd(&["--missing-ok"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("UnknownSession") && err.contains("--missing-ok"), "{err}");
+    let mut begin = svc.cmd(&f.s);
+    begin.args(["begin", "--freeze", "none", "--tag", "azure"]);
+    assert_eq!(run_cmd(begin).0, 0);
+    let (code, out, err) = end_cmd(&["--missing-ok", "--snapshot-failed"]);
+    assert_eq!(code, 4, "a session that was there and whose snapshot failed: {out}{err}");
+    assert!(out.contains("SnapshotFailed"), "{out}");
+}
+
 #[test]
 fn one_agents_end_never_ends_another_agents_session() {
     quiesce_tests::require!(Root, Plugins);

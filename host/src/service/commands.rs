@@ -72,6 +72,10 @@ pub struct BeginArgs {
     /// Name the session after its agent (e.g. azure, velero): `end --tag` the same then ends it and no other agent's.
     #[arg(long, value_name = "TAG")]
     pub tag: Option<String>,
+    /// A pre hook that failed, even under on_failure = "continue", aborts the session at once (post hooks run,
+    /// locks are released) and exits 4: for agents that fail their backup on a failed pre hook (Velero's onError: Fail).
+    #[arg(long)]
+    pub abort_on_error: bool,
     /// Print the service's reply as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -94,6 +98,9 @@ pub struct EndArgs {
     /// What the snapshot is known by (lands in report.snapshot.ids).
     #[arg(long, value_name = "ID")]
     pub snapshot_id: Option<String>,
+    /// Exit 0 when no begun session matches (nothing left to end: the pre script already ended it, or its hold did).
+    #[arg(long)]
+    pub missing_ok: bool,
     /// Print the service's reply ({report, exit_code}) as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -166,11 +173,30 @@ fn begin(args: BeginArgs) -> ExitCode {
             eprintln!("quiesce: {}: {}", e["code"].as_str().unwrap_or("?"), e["message"].as_str().unwrap_or(""));
         }
     }
-    if proceed {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(4)
+    if !proceed {
+        return ExitCode::from(4);
     }
+    if args.abort_on_error && abort_if_a_pre_hook_failed(&reply) {
+        eprintln!("quiesce: a pre hook failed; session aborted (post hooks ran, locks released): no snapshot should be taken");
+        return ExitCode::from(4);
+    }
+    ExitCode::SUCCESS
+}
+
+/// A session that proceeds although a pre hook failed (`on_failure =
+/// "continue"`) is aborted here, for agents that must not snapshot then:
+/// its post hooks run and its locks are released now, not at its hold.
+/// True if it was.
+fn abort_if_a_pre_hook_failed(reply: &serde_json::Map<String, serde_json::Value>) -> bool {
+    let failed = reply.get("errors").and_then(|v| v.as_array()).is_some_and(|a| !a.is_empty());
+    if failed {
+        let mut m = serde_json::Map::new();
+        if let Some(id) = reply.get("session_id").cloned() {
+            m.insert("session_id".into(), id);
+        }
+        let _ = call("abort", m);
+    }
+    failed
 }
 
 fn end_request(
@@ -196,6 +222,10 @@ fn end_request(
 fn end(args: EndArgs) -> ExitCode {
     let reply = match call("end", end_request(args.session, args.tag.as_deref(), !args.snapshot_failed, args.snapshot_id)) {
         Ok(r) => r,
+        Err(ClientError::Refused { code, message }) if code == "UnknownSession" && args.missing_ok => {
+            eprintln!("quiesce: {code}: {message}; nothing left to end (--missing-ok)");
+            return ExitCode::SUCCESS;
+        }
         Err(e) => return call_failed(&e),
     };
     let code = reply.get("exit_code").and_then(|v| v.as_u64()).and_then(|c| u8::try_from(c).ok()).unwrap_or(4);
@@ -230,14 +260,7 @@ fn fsfreeze_hook(args: HookArgs) -> ExitCode {
                 eprintln!("quiesce: the session could not go on; qemu-ga must not freeze");
                 return ExitCode::from(4);
             }
-            let failed = reply.get("errors").and_then(|v| v.as_array()).is_some_and(|a| !a.is_empty());
-            if failed {
-                // A pre hook failed: abort, so its post hooks run and its locks are released.
-                let mut m = serde_json::Map::new();
-                if let Some(id) = reply.get("session_id").cloned() {
-                    m.insert("session_id".into(), id);
-                }
-                let _ = call("abort", m);
+            if abort_if_a_pre_hook_failed(&reply) {
                 eprintln!("quiesce: a pre hook failed; session aborted, qemu-ga must not freeze");
                 return ExitCode::from(4);
             }
