@@ -6,8 +6,10 @@
     r = q.call("end", session_id=s["session_id"], snapshot="taken", snapshot_id="snap-1")
     print(r["report"]["consistency"], r["exit_code"])
 
-A refused request raises QuiesceError with the service's error code.
-Command line: python3 quiesce_client.py OP [KEY=JSON_OR_TEXT]... prints the reply.
+A refused request raises QuiesceError with the service's error code; a
+service that is gone raises OSError (ConnectionError).
+Command line: python3 quiesce_client.py OP [KEY=TEXT | KEY:=JSON]... prints the
+reply; exit 0, 4 refused, 5 unreachable, 2 bad arguments (as quiesce-client).
 """
 import itertools, json, os, socket, sys
 
@@ -27,23 +29,41 @@ class Quiesce:
     def call(self, op, **args):
         req = {"v": 1, "id": next(self.ids), "op": op, **args}
         self.sock.sendall(json.dumps(req).encode() + b"\n")
-        reply = json.loads(self.lines.readline())
+        line = self.lines.readline()
+        if not line:
+            raise ConnectionError("the quiesce service closed the connection")
+        reply = json.loads(line)
         if not reply.get("ok"):
-            raise QuiesceError(reply["error"]["code"], reply["error"]["message"])
+            error = reply.get("error") or {}
+            raise QuiesceError(error.get("code", "Unknown"), error.get("message", ""))
         return reply
 
 
-def _value(text):
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
+def _usage(why):
+    print(f"quiesce_client.py: {why}; usage: quiesce_client.py OP [KEY=TEXT | KEY:=JSON]...", file=sys.stderr)
+    sys.exit(2)
+
+
+def _arg(text):
+    """KEY:=JSON (a number, a list, true) or KEY=TEXT (always a string: a snapshot id of digits stays one)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        _usage(f"{text!r} is not KEY=TEXT or KEY:=JSON")
+    return (key[:-1], json.loads(value)) if key.endswith(":") else (key, value)
 
 
 if __name__ == "__main__":
-    args = dict(a.split("=", 1) for a in sys.argv[2:])
+    if len(sys.argv) < 2:
+        _usage("no OP")
     try:
-        print(json.dumps(Quiesce().call(sys.argv[1], **{k: _value(v) for k, v in args.items()})))
+        args = dict(_arg(a) for a in sys.argv[2:])
+    except ValueError as e:
+        _usage(f"not JSON after := ({e})")
+    try:
+        print(json.dumps(Quiesce().call(sys.argv[1], **args)))
     except QuiesceError as e:
         print(json.dumps({"ok": False, "code": e.code, "message": e.message}))
-        sys.exit(4)
+        sys.exit(2 if e.code == "BadRequest" else 4)
+    except (OSError, ValueError) as e:
+        print(f"quiesce_client.py: cannot use the quiesce service: {e}", file=sys.stderr)
+        sys.exit(5)

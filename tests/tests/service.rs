@@ -1361,6 +1361,29 @@ fn the_python_client_drives_begin_and_end() {
     std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
     assert!(child.wait().unwrap().success());
     assert_eq!(rest, "AppConsistent py-1 0\nUnknownSession\n");
+
+    // From a shell: KEY=TEXT stays a string (a numeric snapshot id), KEY:=JSON is JSON; exit statuses as quiesce-client's.
+    let cli = |socket: &Path, args: &[&str]| {
+        let out =
+            Command::new("python3").arg(client_dir.join("quiesce_client.py")).args(args).env("QUIESCE_SOCKET", socket).output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, out, err) = cli(&svc.socket, &["begin", "freeze=none", "tag=py", "hold_secs:=60"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = cli(&svc.socket, &["end", "tag=py", "snapshot_id=6712345678901234567"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let reply: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(reply["report"]["snapshot"]["ids"], json!(["6712345678901234567"]), "{reply}");
+    assert_eq!(cli(&svc.socket, &["end", "tag=py"]).0, 4, "refused: no session");
+    assert_eq!(cli(&svc.socket, &["begin", "freeze=sideways"]).0, 2, "BadRequest");
+    assert_eq!(cli(&svc.socket, &["status", "no-equals-sign"]).0, 2);
+    let (code, _, err) = cli(&f.file("nothing/here.sock"), &["status"]);
+    assert_eq!(code, 5, "{err}");
+    assert!(err.contains("cannot use the quiesce service"), "{err}");
 }
 
 #[test]
