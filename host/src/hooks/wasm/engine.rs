@@ -51,7 +51,7 @@ struct Inner {
     linker_rx: Mutex<Option<mpsc::Receiver<Linked>>>,
     cache: Cache,
     /// Hands what `Drop` retires to the ticker thread, which then stops.
-    retire: Mutex<Option<mpsc::Sender<Retire>>>,
+    retire: Mutex<Option<mpsc::Sender<ToTicker>>>,
     ticker: Ticker,
     /// Plugins loaded before, by path, with the identity of the file they
     /// were read from: a long-lived process (the service) loads an unchanged
@@ -114,8 +114,8 @@ struct Retired {
     _loaded: HashMap<PathBuf, (FileKey, Arc<Loaded>)>,
 }
 
-/// What the ticker thread is handed by the engine's users.
-enum Retire {
+/// What the engine's users hand the ticker thread.
+enum ToTicker {
     /// The last clone of the engine is gone: free what it left, then stop.
     Engine(Box<Retired>),
     /// What a closed plugin instance left (its memory).
@@ -132,7 +132,7 @@ enum Retire {
 #[derive(Clone)]
 pub(crate) struct Ticker {
     running: Arc<AtomicUsize>,
-    wake: mpsc::Sender<Retire>,
+    wake: mpsc::Sender<ToTicker>,
 }
 
 /// Guest code may be running while this lives (an instantiation or a call).
@@ -144,7 +144,7 @@ impl Ticker {
     pub(crate) fn guest_running(&self) -> GuestRunning {
         if self.running.fetch_add(1, Ordering::SeqCst) == 0 {
             // A ticker that is gone (the engine dropped) has nothing to tick.
-            let _ = self.wake.send(Retire::Wake);
+            let _ = self.wake.send(ToTicker::Wake);
         }
         GuestRunning { running: self.running.clone() }
     }
@@ -165,7 +165,7 @@ impl Drop for Inner {
         // A ticker that is gone already hands it back in the error, which
         // frees it here.
         if let Some(tx) = self.retire.get_mut().unwrap_or_else(|p| p.into_inner()).take() {
-            let _ = tx.send(Retire::Engine(Box::new(retired)));
+            let _ = tx.send(ToTicker::Engine(Box::new(retired)));
         }
     }
 }
@@ -192,7 +192,7 @@ impl WasmEngine {
         let engine = Engine::new(&config).map_err(rt)?;
         let ticker_engine = engine.clone();
         let (linker_tx, linker_rx) = mpsc::sync_channel(1);
-        let (retire_tx, retire_rx) = mpsc::channel::<Retire>();
+        let (retire_tx, retire_rx) = mpsc::channel::<ToTicker>();
         let ticker = Ticker { running: Arc::new(AtomicUsize::new(0)), wake: retire_tx.clone() };
         let running = ticker.running.clone();
         std::thread::Builder::new()
@@ -200,20 +200,26 @@ impl WasmEngine {
             .spawn(move || {
                 // Nobody waiting (the engine was dropped unused) is fine.
                 let _ = linker_tx.send(build_linker(&ticker_engine));
+                // Ticks keep their schedule: a message between two (a leftover
+                // to free, a `Wake`) must not put the next one off.
+                let mut next_tick = Instant::now() + EPOCH_TICK;
                 loop {
                     // Checked before each wait: a guest that starts after
                     // the check sends `Wake`, which ends a wait without end.
                     let next = if running.load(Ordering::SeqCst) > 0 {
-                        retire_rx.recv_timeout(EPOCH_TICK)
+                        retire_rx.recv_timeout(next_tick.saturating_duration_since(Instant::now()))
                     } else {
                         retire_rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected)
                     };
                     match next {
-                        Err(mpsc::RecvTimeoutError::Timeout) => ticker_engine.increment_epoch(),
-                        Ok(Retire::Wake) => {}
-                        Ok(Retire::Instance(leftover)) => drop(leftover),
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            ticker_engine.increment_epoch();
+                            next_tick = Instant::now() + EPOCH_TICK;
+                        }
+                        Ok(ToTicker::Wake) => next_tick = Instant::now() + EPOCH_TICK,
+                        Ok(ToTicker::Instance(leftover)) => drop(leftover),
                         // The last clone is gone: free what it left, stop.
-                        Ok(Retire::Engine(retired)) => {
+                        Ok(ToTicker::Engine(retired)) => {
                             drop(retired);
                             return;
                         }
@@ -241,7 +247,7 @@ impl WasmEngine {
         let tx = self.inner.retire.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if let Some(tx) = tx {
             // A ticker that is gone hands it back in the error: freed here.
-            let _ = tx.send(Retire::Instance(leftover));
+            let _ = tx.send(ToTicker::Instance(leftover));
         }
     }
 
