@@ -177,7 +177,7 @@ fn begin(args: BeginArgs) -> ExitCode {
         return ExitCode::from(4);
     }
     if args.abort_on_error && abort_if_a_pre_hook_failed(&reply) {
-        eprintln!("quiesce: a pre hook failed; session aborted (post hooks ran, locks released): no snapshot should be taken");
+        eprintln!("quiesce: a pre hook failed: no snapshot should be taken");
         return ExitCode::from(4);
     }
     ExitCode::SUCCESS
@@ -186,7 +186,7 @@ fn begin(args: BeginArgs) -> ExitCode {
 /// A session that proceeds although a pre hook failed (`on_failure =
 /// "continue"`) is aborted here, for agents that must not snapshot then:
 /// its post hooks run and its locks are released now, not at its hold.
-/// True if it was.
+/// True if a pre hook failed; says on stderr whether the abort went through.
 fn abort_if_a_pre_hook_failed(reply: &serde_json::Map<String, serde_json::Value>) -> bool {
     let failed = reply.get("errors").and_then(|v| v.as_array()).is_some_and(|a| !a.is_empty());
     if failed {
@@ -194,7 +194,10 @@ fn abort_if_a_pre_hook_failed(reply: &serde_json::Map<String, serde_json::Value>
         if let Some(id) = reply.get("session_id").cloned() {
             m.insert("session_id".into(), id);
         }
-        let _ = call("abort", m);
+        match call("abort", m) {
+            Ok(_) => eprintln!("quiesce: a pre hook failed; session aborted (post hooks ran, locks released)"),
+            Err(e) => eprintln!("quiesce: a pre hook failed, and aborting the session failed ({e}): it ends at its hold deadline"),
+        }
     }
     failed
 }
@@ -261,7 +264,7 @@ fn fsfreeze_hook(args: HookArgs) -> ExitCode {
                 return ExitCode::from(4);
             }
             if abort_if_a_pre_hook_failed(&reply) {
-                eprintln!("quiesce: a pre hook failed; session aborted, qemu-ga must not freeze");
+                eprintln!("quiesce: qemu-ga must not freeze");
                 return ExitCode::from(4);
             }
             ExitCode::SUCCESS

@@ -201,21 +201,20 @@ async fn serve_conn(stream: UnixStream, ctx: Arc<Ctx>, conn: u64, slots: &Slots)
                 break;
             }
         };
-        let written = tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(&out)).await;
-        if written.is_err() {
-            tracing::warn!("connection {conn}: the client did not read its reply within {} s; closed", WRITE_TIMEOUT.as_secs());
+        match tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(&out)).await {
+            Ok(Ok(())) => continue,
+            Ok(Err(_)) => {}
+            Err(_) => tracing::warn!("connection {conn}: the client did not read its reply within {} s; closed", WRITE_TIMEOUT.as_secs()),
         }
-        if !matches!(written, Ok(Ok(()))) {
-            // A client gone while its `begin` ran the pre hooks (killed by
-            // its agent's timeout) never learned the session began: nobody
-            // would end it, and the locks its hooks took would be held until
-            // the hold deadline. A bound session ends through `Disconnected`.
-            if let (Some(session_id), None) = (began, &bound) {
-                tracing::warn!("connection {conn}: the `begin` reply for session {session_id} could not be delivered: aborting it");
-                let _ = ctx.jobs.send(Job::Undelivered { session_id, uid: peer.uid });
-            }
-            break;
+        // Not delivered. A client gone while its `begin` ran the pre hooks
+        // (killed by its agent's timeout) never learned the session began:
+        // nobody would end it, and the locks its hooks took would be held
+        // until the hold deadline. A bound session ends through `Disconnected`.
+        if let (Some(session_id), None) = (began, &bound) {
+            tracing::warn!("connection {conn}: the `begin` reply for session {session_id} could not be delivered: aborting it");
+            let _ = ctx.jobs.send(Job::Undelivered { session_id, uid: peer.uid });
         }
+        break;
     }
     if bound.is_some() {
         let _ = ctx.jobs.send(Job::Disconnected { conn });
