@@ -329,11 +329,20 @@ mod tests {
         let me = std::process::id().to_string();
         // A longer pid left by an earlier holder: no digit of it may remain.
         std::fs::write(dir.join(LOCK_FILE), "1234567890\n").unwrap();
+        let changed_at = || {
+            let m = std::fs::metadata(dir.join(LOCK_FILE)).unwrap();
+            (std::os::unix::fs::MetadataExt::ctime(&m), std::os::unix::fs::MetadataExt::ctime_nsec(&m))
+        };
+        let mut first = None;
         for _ in 0..2 {
             let lock = run.lock().expect("lock");
             assert_eq!(std::fs::read_to_string(dir.join(LOCK_FILE)).unwrap(), me);
             drop(lock);
+            // A rewrite would move the change time on by then (timestamps tick every few ms).
+            std::thread::sleep(std::time::Duration::from_millis(30));
+            first.get_or_insert_with(changed_at);
         }
+        assert_eq!(first, Some(changed_at()), "taken again by the same process, the lock file is not rewritten");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -47,7 +47,7 @@ def _usage(why):
 def _arg(text):
     """KEY:=JSON (a number, a list, true) or KEY=TEXT (always a string: a snapshot id of digits stays one)."""
     key, sep, value = text.partition("=")
-    if not sep or not key:
+    if not sep or not key.rstrip(":"):
         _usage(f"{text!r} is not KEY=TEXT or KEY:=JSON")
     return (key[:-1], json.loads(value)) if key.endswith(":") else (key, value)
 
